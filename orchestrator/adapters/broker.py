@@ -1,0 +1,314 @@
+"""Embedded MQTT 3.1.1 broker over amqtt 0.12.1, with its keep-alive bug fixed.
+
+Why patch amqtt: `BrokerProtocolHandler.handle_read_timeout()` is a no-op in 0.12.1, so a client whose
+link goes silent (Wi-Fi loss, no RST) is never timed out and its Last Will never fires. The twin
+depends on that will, so `_install_keepalive_fix()` replaces the method once per process with one that
+treats the read timeout as a lost connection (the broker then publishes the will). It refuses to run,
+loudly, if the amqtt internals it relies on have changed.
+
+The timeout itself is `keepalive × (1 + keepalive_grace)`; the default grace 0.5 gives MQTT 3.1.1's
+1.5 × keep-alive (§3.1.2.10), which is also what Mosquitto does. amqtt's own
+`timeout-disconnect-delay` only takes whole seconds, so the broker subclass sets the session's
+keep-alive directly.
+
+Authentication: amqtt's AnonymousAuthPlugin marks *every* session anonymous, and anonymous sessions
+never queue offline messages, which breaks `clean_session=False`. We use our own cheap plugin
+(`_UserAuthPlugin`, a constant-time compare of SHA-256 digests; amqtt's argon2 FileAuth costs ~90 ms of
+loop time per login): clients without a user name are anonymous (allowed only if `allow_anonymous`),
+clients with a known user name and the right password get full persistent sessions.
+
+Threading: `EmbeddedBroker` runs in the caller's event loop (the manager's all-in-one mode).
+`BrokerThread` runs one in a daemon thread with its own loop, for synchronous code and for
+benchmarks that should not share a loop with the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import hmac
+import inspect
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.errors import BrokerError
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.protocol.handler import ProtocolHandler
+from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.session import Session
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BrokerStartError", "BrokerThread", "EmbeddedBroker"]
+
+
+class BrokerStartError(RuntimeError):
+    """The embedded broker could not start (the message names host:port and the cause)."""
+
+
+# --- the keep-alive fix ------------------------------------------------------------------------------
+
+_PATCH_MARK = "_propeller_keepalive_fix"
+
+
+def _keepalive_expired(self: BrokerProtocolHandler) -> None:
+    # Called by ProtocolHandler._reader_loop when no packet arrived within session.keep_alive seconds.
+    # Treat it as a dropped link: the broker's disconnect path publishes the will and stops the handler.
+    if self.session is not None:
+        log.info("keep-alive expired for client %r: closing it", self.session.client_id)
+    task = asyncio.ensure_future(self.handle_connection_closed())
+    _closing_tasks.add(task)  # keep a reference until done, or the task may be garbage-collected
+    task.add_done_callback(_closing_tasks.discard)
+
+
+_closing_tasks: set[asyncio.Future[None]] = set()
+
+
+setattr(_keepalive_expired, _PATCH_MARK, True)
+
+
+def _install_keepalive_fix() -> None:
+    """Patch amqtt once per process; raise RuntimeError if its internals no longer match."""
+    current = BrokerProtocolHandler.handle_read_timeout
+    if getattr(current, _PATCH_MARK, False):
+        return
+    problems = []
+    body = inspect.getsource(current).strip().splitlines()
+    if body[-1].strip() != "pass":
+        problems.append("BrokerProtocolHandler.handle_read_timeout is no longer a no-op")
+    reader = inspect.getsource(ProtocolHandler._reader_loop)
+    if "self.session.keep_alive" not in reader or "self.handle_read_timeout()" not in reader:
+        problems.append("ProtocolHandler._reader_loop no longer times reads by session.keep_alive")
+    if not inspect.iscoroutinefunction(BrokerProtocolHandler.handle_connection_closed):
+        problems.append("BrokerProtocolHandler.handle_connection_closed is gone")
+    if not inspect.iscoroutinefunction(getattr(Broker, "_initialize_client_session", None)):
+        problems.append("Broker._initialize_client_session is gone")
+    if problems:
+        raise RuntimeError(
+            "amqtt internals changed, review orchestrator/adapters/broker.py keep-alive fix: "
+            + "; ".join(problems)
+        )
+    BrokerProtocolHandler.handle_read_timeout = _keepalive_expired
+
+
+class _Broker(Broker):
+    """amqtt Broker whose keep-alive timeout is keepalive × factor (amqtt only adds whole seconds)."""
+
+    keepalive_factor: float = 1.5
+
+    async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> tuple[Any, Session]:
+        handler, session = await super()._initialize_client_session(*args, **kwargs)
+        if session.keep_alive > 0:
+            session.keep_alive = session.keep_alive * self.keepalive_factor
+        return handler, session
+
+
+# --- authentication ----------------------------------------------------------------------------------
+
+
+def _digest(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+class _UserAuthPlugin(BaseAuthPlugin):
+    """User/password check against SHA-256 digests; anonymous clients only if allowed."""
+
+    @dataclass
+    class Config:
+        allow_anonymous: bool = True
+        users: dict[str, str] = field(default_factory=dict)  # user -> sha256 hex of the password
+
+    async def authenticate(self, *, session: Session) -> bool:
+        config = self.context.config
+        assert isinstance(config, _UserAuthPlugin.Config)
+        if not session.username:
+            # amqtt drops anonymous sessions on disconnect, so only named users keep offline queues.
+            session.is_anonymous = True
+            return bool(config.allow_anonymous)
+        expected = config.users.get(session.username)
+        given = _digest(session.password or "")
+        return expected is not None and hmac.compare_digest(expected, given)
+
+
+# --- the broker --------------------------------------------------------------------------------------
+
+
+class EmbeddedBroker:
+    """An amqtt broker in the running event loop. Restartable: stop() then start() keeps the port."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        allow_anonymous: bool = True,
+        users: dict[str, str] | None = None,
+        keepalive_grace: float = 0.5,
+        max_connections: int = -1,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"embedded broker port {port} is out of range 0..65535")
+        if keepalive_grace < 0:
+            raise ValueError(f"keepalive_grace must be >= 0, got {keepalive_grace}")
+        for user, password in (users or {}).items():
+            if not user or not isinstance(password, str):
+                raise ValueError(f"embedded broker users: bad entry for user {user!r}")
+        if not allow_anonymous and not users:
+            raise ValueError("embedded broker: allow_anonymous=False needs at least one entry in users")
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._allow_anonymous = allow_anonymous
+        self._users = {u: _digest(p) for u, p in (users or {}).items()}
+        self._keepalive_factor = 1.0 + keepalive_grace
+        self._max_connections = max_connections
+        self._broker: _Broker | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._broker is not None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when constructed with port 0); valid after the first start()."""
+        if self._port is None:
+            raise RuntimeError("embedded broker has not been started yet: its port is unknown")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
+    def _config(self, port: int) -> dict[str, Any]:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return {
+            "listeners": {
+                "default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": self._max_connections}
+            },
+            "timeout_disconnect_delay": 0,
+            # Listing plugins replaces amqtt's defaults: no per-packet logger, no $SYS (both cost).
+            "plugins": {
+                f"{__name__}._UserAuthPlugin": {
+                    "allow_anonymous": self._allow_anonymous,
+                    "users": dict(self._users),
+                }
+            },
+        }
+
+    async def start(self) -> None:
+        """Bind and serve; raise BrokerStartError naming host:port on failure (e.g. address in use)."""
+        if self._broker is not None:
+            raise RuntimeError(f"embedded broker on {self.host}:{self._port} is already running")
+        _install_keepalive_fix()
+        port = self._port if self._port is not None else self._requested_port
+        broker = _Broker(self._config(port))
+        broker.keepalive_factor = self._keepalive_factor
+        amqtt_log = logging.getLogger("amqtt.broker")
+        previous = amqtt_log.disabled
+        amqtt_log.disabled = True  # amqtt logs a full traceback for a taken port; we raise a clear error
+        try:
+            await broker.start()
+        except BrokerError as exc:
+            raise BrokerStartError(
+                f"cannot start embedded MQTT broker on {self.host}:{port}: {_cause(exc)}"
+            ) from exc
+        finally:
+            amqtt_log.disabled = previous
+        server = broker._servers["default"].instance
+        self._port = int(server.sockets[0].getsockname()[1])
+        self._broker = broker
+        log.info("embedded MQTT broker listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Close every client connection (wills of connected clients are not sent) and the listener."""
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await broker.shutdown()
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _cause(exc: BaseException) -> str:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.EADDRINUSE:
+            return "address already in use"
+        if isinstance(seen, OSError) and seen.errno == errno.EADDRNOTAVAIL:
+            return "address not available on this machine"
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen)
+        seen = seen.__cause__
+    return str(exc)
+
+
+class BrokerThread:
+    """An EmbeddedBroker in a daemon thread with its own event loop (for sync code and benchmarks)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._host, self._port = host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.broker: EmbeddedBroker | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.broker is not None, "BrokerThread not started"
+        return self.broker.url
+
+    def start(self, timeout: float = 10.0) -> None:
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        async def boot() -> None:
+            self.broker = EmbeddedBroker(self._host, self._port, **self._kwargs)
+            try:
+                await self.broker.start()
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                started.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(boot())
+            if not failure:
+                loop.run_forever()
+            loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="embedded-mqtt-broker", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise BrokerStartError(f"embedded MQTT broker thread did not start within {timeout} s")
+        if failure:
+            self._thread.join(timeout)
+            self._loop = self._thread = None
+            raise failure[0]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or self.broker is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.broker.stop(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> BrokerThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,279 @@
+"""The ``propeller`` command: one CLI with subcommands for every job the project does."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("amqtt", "transitions", "uvicorn", "httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+async def _serve_until_signal(start: Callable[[], Any], stop: Callable[[], Any]) -> None:
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, done.set)
+    await start()
+    try:
+        await done.wait()
+    finally:
+        await stop()
+
+
+# ---------------------------------------------------------------------- manager
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    from orchestrator.service import ManagerService, ManagerSettings
+
+    host, port = args.api
+    settings = ManagerSettings(
+        broker=args.broker, db=args.db, api_host=host, api_port=port, domain=args.domain,
+        channel=args.channel, heartbeat_interval=args.heartbeat_interval,
+        liveness_timeout=args.liveness_timeout, max_attempts=args.max_attempts,
+        placement=args.placement, api_token=args.api_token or "",
+    )
+    service = ManagerService(settings)
+    try:
+        asyncio.run(_serve_until_signal(service.start, service.stop))
+    except OSError as err:
+        print(f"propeller manager: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_proplet(args: argparse.Namespace) -> int:
+    from proplets.agent import AgentSettings, PropletAgent, default_proplet_id
+
+    settings = AgentSettings(
+        broker=args.broker, proplet_id=args.id or default_proplet_id(), domain=args.domain,
+        channel=args.channel, heartbeat_interval=args.heartbeat_interval, max_instances=args.max_instances,
+        cache_dir=args.cache_dir, tags=[t for t in (args.tags or "").split(",") if t],
+    )
+
+    async def main() -> None:
+        agent = PropletAgent(settings)
+        await _serve_until_signal(agent.start, agent.stop)
+
+    try:
+        asyncio.run(main())
+    except Exception as err:
+        print(f"propeller proplet: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    return asyncio.run(run_demo(proplets=args.proplets, keep_db=args.db))
+
+
+# ---------------------------------------------------------------------- API client commands
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from orchestrator.client import ApiClient
+
+    return ApiClient(args.api_url, token=args.api_token)
+
+
+def _print(data: Any, as_json: bool, table: Callable[[Any], str]) -> None:
+    print(json.dumps(data, indent=2) if as_json else table(data))
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from orchestrator.client import ApiError, task_table, tasks_table
+
+    client = _client(args)
+    try:
+        if args.task_cmd == "create":
+            spec = _task_spec(args)
+            _print(client.create_task(spec), args.json, task_table)
+        elif args.task_cmd == "start":
+            client.start_task(args.id)
+            print(f"started {args.id}")
+        elif args.task_cmd == "stop":
+            client.stop_task(args.id)
+            print(f"stopped {args.id}")
+        elif args.task_cmd == "get":
+            _print(client.get_task(args.id), args.json, task_table)
+        elif args.task_cmd == "list":
+            _print(client.list_tasks(args.offset, args.limit), args.json, tasks_table)
+        elif args.task_cmd == "results":
+            print(json.dumps(client.task_results(args.id)))
+        elif args.task_cmd == "delete":
+            client.delete_task(args.id)
+            print(f"deleted {args.id}")
+    except ApiError as err:
+        print(f"propeller task {args.task_cmd}: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"propeller task {args.task_cmd}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
+    import base64
+    from pathlib import Path
+
+    spec: dict[str, Any] = {"name": args.name}
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise ValueError(f"--file {path}: no such file")
+        data = path.read_bytes()
+        if path.suffix == ".wat":
+            import wasmtime
+
+            data = wasmtime.wat2wasm(data.decode())
+        spec["file"] = base64.b64encode(data).decode()
+    if args.image_url:
+        spec["image_url"] = args.image_url
+    if args.inputs:
+        spec["inputs"] = args.inputs
+    if args.proplet:
+        spec["proplet_id"] = args.proplet
+    if args.priority is not None:
+        spec["priority"] = args.priority
+    return spec
+
+
+def cmd_proplets(args: argparse.Namespace) -> int:
+    from orchestrator.client import ApiError, proplet_table, proplets_table
+
+    client = _client(args)
+    try:
+        if args.proplets_cmd == "list":
+            _print(client.list_proplets(), args.json, proplets_table)
+        else:
+            _print(client.get_proplet(args.id), args.json, proplet_table)
+    except ApiError as err:
+        print(f"propeller proplets {args.proplets_cmd}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="propeller", description="WebAssembly orchestrator for the continuum")
+    parser.add_argument("--log-level", default="info")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def channel_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--domain", default="default", help="tenant/domain id in m/{domain}/c/{channel}")
+        p.add_argument("--channel", default="default", help="channel id in m/{domain}/c/{channel}")
+
+    m = sub.add_parser("manager", help="run the orchestrator (REST API, scheduler, MQTT)")
+    m.add_argument("--broker", default="embedded://127.0.0.1:1883",
+                   help="embedded://HOST:PORT (start a broker) or mqtt://[user:pass@]HOST:PORT")
+    m.add_argument("--db", default=".propeller/manager.db", help="SQLite file path or postgresql:// URL")
+    m.add_argument("--api", type=_host_port, default=("127.0.0.1", 7070), help="HOST:PORT of the REST API")
+    m.add_argument("--heartbeat-interval", type=float, default=10.0)
+    m.add_argument("--liveness-timeout", type=float, default=None, help="default: 3x the heartbeat interval")
+    m.add_argument("--max-attempts", type=int, default=3)
+    m.add_argument("--placement", default="round-robin", choices=["round-robin", "least-loaded"])
+    m.add_argument("--api-token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    channel_args(m)
+    m.set_defaults(func=cmd_manager)
+
+    p = sub.add_parser("proplet", help="run a Wasm worker")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--id", default="", help="proplet id (default: proplet-HOST-PID)")
+    p.add_argument("--heartbeat-interval", type=float, default=10.0)
+    p.add_argument("--max-instances", type=int, default=16)
+    p.add_argument("--cache-dir", default=None, help="directory for compiled modules")
+    p.add_argument("--tags", default="", help="comma-separated tags")
+    channel_args(p)
+    p.set_defaults(func=cmd_proplet)
+
+    d = sub.add_parser("demo", help="embedded broker + manager + proplets run a sample task")
+    d.add_argument("--proplets", type=int, default=3)
+    d.add_argument("--db", default=None, help="keep the demo database at this path")
+    d.set_defaults(func=cmd_demo)
+
+    def api_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--api-url", default="http://127.0.0.1:7070")
+        p.add_argument("--api-token", default=None)
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    t = sub.add_parser("task", help="create, start, stop and inspect tasks")
+    tsub = t.add_subparsers(dest="task_cmd", required=True)
+    tc = tsub.add_parser("create")
+    tc.add_argument("name", help="task name = the export to call")
+    tc.add_argument("--file", help=".wasm or .wat file sent inline")
+    tc.add_argument("--image-url", help="http(s) URL or OCI reference of the module")
+    tc.add_argument("--inputs", nargs="*", default=[])
+    tc.add_argument("--proplet", help="pin to this proplet id")
+    tc.add_argument("--priority", type=int)
+    api_args(tc)
+    for name in ("start", "stop", "get", "results", "delete"):
+        tp = tsub.add_parser(name)
+        tp.add_argument("id")
+        api_args(tp)
+    tl = tsub.add_parser("list")
+    tl.add_argument("--offset", type=int, default=0)
+    tl.add_argument("--limit", type=int, default=100)
+    api_args(tl)
+    t.set_defaults(func=cmd_task)
+
+    pr = sub.add_parser("proplets", help="list and inspect proplets")
+    psub = pr.add_subparsers(dest="proplets_cmd", required=True)
+    api_args(psub.add_parser("list"))
+    ps = psub.add_parser("show")
+    ps.add_argument("id")
+    api_args(ps)
+    pr.set_defaults(func=cmd_proplets)
+
+    _add_optional_subcommands(sub)
+    return parser
+
+
+def _add_optional_subcommands(sub: Any) -> None:
+    """Subcommands owned by other packages register themselves here."""
+    import importlib
+    import importlib.util
+
+    for module, function in (
+        ("twin.cli", "add_scenario_subcommands"),
+        ("hil.cli", "add_hil_subcommands"),
+        ("orchestrator.bench", "add_bench_subcommands"),
+    ):
+        if importlib.util.find_spec(module) is not None:
+            getattr(importlib.import_module(module), function)(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""The orchestrator engine: proplet registry, liveness, placement and the task state machine.
+
+Sans-I/O (model: h11.Connection). Network input arrives through ``handle(MessageReceived, now,
+wall)``; user operations are methods that raise typed errors and leave state unchanged on error;
+timers are ``next_deadline()`` / ``on_timer(now, wall)``. Everything the outside world must do is
+queued as commands and collected with ``take_commands()``. ``now`` is monotonic seconds, ``wall`` is
+UNIX seconds (only for what users see).
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator import wire
+from orchestrator.core import states
+from orchestrator.core.commands import (
+    Command,
+    DeleteProplet,
+    DeleteTask,
+    LogEvent,
+    MessageReceived,
+    PersistProplet,
+    PersistTask,
+    Publish,
+)
+from orchestrator.core.errors import Conflict, NotFound, ShuttingDown, ValidationError
+from orchestrator.core.model import Proplet, PropletMetadata, Task, TaskState
+from orchestrator.core.placement import PlacementPolicy, RoundRobin
+from orchestrator.core.states import Trigger
+from orchestrator.core.validation import build_task
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    domain: str = "default"
+    channel: str = "default"
+    heartbeat_interval: float = 10.0
+    # None = 3x the heartbeat interval. Upstream uses 1x, so healthy proplets flap.
+    liveness_timeout: float | None = None
+    history_limit: int = 10
+    max_attempts: int = 3
+    # How long a task may wait for a proplet with capacity before it fails (None = forever).
+    queue_timeout: float | None = None
+    qos: int = 1
+
+    @property
+    def timeout(self) -> float:
+        return self.liveness_timeout if self.liveness_timeout is not None else 3 * self.heartbeat_interval
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        policy: PlacementPolicy | None = None,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.topics = wire.Topics(self.config.domain, self.config.channel)
+        self.policy: PlacementPolicy = policy or RoundRobin()
+        self._new_id = new_id or (lambda: str(uuid.uuid4()))
+        self.proplets: dict[str, Proplet] = {}
+        self.tasks: dict[str, Task] = {}
+        # Tasks waiting for capacity, with the monotonic time they started waiting.
+        self._queue: dict[str, float] = {}
+        # Proplets restored from the store keep their running tasks until this deadline.
+        self._grace: dict[str, float] = {}
+        self._commands: list[Command] = []
+        self.malformed: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.dispatch_latencies: deque[float] = deque(maxlen=10_000)
+        self._dispatched_at: dict[str, float] = {}
+        self.shutting_down = False
+
+    # ------------------------------------------------------------------ commands
+
+    def take_commands(self) -> list[Command]:
+        out, self._commands = self._commands, []
+        return out
+
+    def _emit(self, command: Command) -> None:
+        self._commands.append(command)
+
+    def _log(self, event: str, level: str = "info", **fields: Any) -> None:
+        self._emit(LogEvent(event, fields, level))
+
+    def _persist_task(self, task: Task, wall: float) -> None:
+        task.updated_at = wall
+        self._emit(PersistTask(copy.deepcopy(task)))
+
+    def _persist_proplet(self, proplet: Proplet) -> None:
+        self._emit(PersistProplet(copy.deepcopy(proplet)))
+
+    # ------------------------------------------------------------------ recovery
+
+    def restore(self, tasks: Iterable[Task], proplets: Iterable[Proplet], now: float) -> None:
+        """Rebuild state from the store after a (re)start.
+
+        Proplets are not alive until they heartbeat again, but one that had running tasks keeps
+        them for one liveness timeout: if it heartbeats, its results still count; if not, its
+        tasks are re-dispatched like a death.
+        """
+        for p in proplets:
+            p.alive = False
+            p.last_seen = None
+            self.proplets[p.id] = p
+        for t in tasks:
+            self.tasks[t.id] = t
+            if t.state is TaskState.SCHEDULED:
+                self._queue[t.id] = now
+            elif t.state is TaskState.RUNNING and t.proplet_id:
+                self._grace.setdefault(t.proplet_id, now + self.config.timeout)
+                if t.proplet_id not in self.proplets:
+                    self.proplets[t.proplet_id] = Proplet(id=t.proplet_id)
+        for p in self.proplets.values():
+            p.task_count = sum(
+                1 for t in self.tasks.values() if t.state is TaskState.RUNNING and t.proplet_id == p.id
+            )
+        self._log("engine_restored", tasks=len(self.tasks), proplets=len(self.proplets))
+
+    # ------------------------------------------------------------------ network input
+
+    def handle(self, event: MessageReceived, now: float, wall: float) -> None:
+        suffix = self.topics.suffix(event.topic)
+        if suffix is None or suffix not in _HANDLED_SUFFIXES:
+            return  # our own commands echoed back, or topics we do not serve here
+        try:
+            message = wire.decode(self.topics, event.topic, event.payload)
+        except wire.CodecError as err:
+            self.malformed[suffix] += 1
+            self._log(
+                "malformed_message", "warning", topic=event.topic, field=err.field, reason=err.reason,
+                size=len(event.payload),
+            )
+            return
+        if isinstance(message, wire.Heartbeat):
+            self._on_heartbeat(message, now, wall)
+        elif isinstance(message, wire.Discovery):
+            self._on_discovery(message, now, wall)
+        elif isinstance(message, wire.TaskResult):
+            self._on_result(message, now, wall)
+        else:
+            self.counters[f"received_{suffix.replace('/', '_')}"] += 1
+
+    def _sighting(self, proplet_id: str, now: float, wall: float) -> tuple[Proplet, bool]:
+        """Record that ``proplet_id`` is alive now; returns the proplet and whether it was new."""
+        proplet = self.proplets.get(proplet_id)
+        created = proplet is None
+        if proplet is None:
+            proplet = Proplet(id=proplet_id, name=_name_for(proplet_id))
+            self.proplets[proplet_id] = proplet
+        if not proplet.name:
+            proplet.name = _name_for(proplet_id)
+        was_alive = proplet.alive
+        proplet.alive = True
+        proplet.last_seen = now
+        proplet.alive_history.append(wall)
+        del proplet.alive_history[: -self.config.history_limit]
+        self._grace.pop(proplet_id, None)
+        if not was_alive:
+            self._log("proplet_alive", proplet_id=proplet_id, new=created)
+            self._persist_proplet(proplet)
+            self._drain_queue(now, wall)
+        return proplet, created
+
+    def _on_heartbeat(self, msg: wire.Heartbeat, now: float, wall: float) -> None:
+        if msg.status == "offline":
+            proplet = self.proplets.get(msg.proplet_id)
+            if proplet is not None:
+                self._mark_dead(proplet, "last will: offline", now, wall)
+            return
+        proplet, _ = self._sighting(msg.proplet_id, now, wall)
+        if msg.namespace and proplet.namespace != msg.namespace:
+            proplet.namespace = msg.namespace
+            self._persist_proplet(proplet)
+
+    def _on_discovery(self, msg: wire.Discovery, now: float, wall: float) -> None:
+        proplet, _ = self._sighting(msg.proplet_id, now, wall)
+        proplet.namespace = msg.namespace
+        proplet.metadata = PropletMetadata.from_json(dict(msg.metadata))
+        self._log("proplet_discovered", proplet_id=proplet.id, embedded=proplet.is_embedded)
+        self._persist_proplet(proplet)
+        self._drain_queue(now, wall)
+
+    def _on_result(self, msg: wire.TaskResult, now: float, wall: float) -> None:
+        task = self.tasks.get(msg.task_id)
+        if task is None:
+            self.counters["results_unknown_task"] += 1
+            self._log("result_for_unknown_task", "warning", task_id=msg.task_id)
+            return
+        sender = msg.proplet_id or ""
+        superseded = (msg.attempt is not None and msg.attempt != task.attempt) or (
+            sender and task.proplet_id and sender != task.proplet_id and not task.broadcast
+        )
+        if task.state is not TaskState.RUNNING or superseded:
+            self.counters["results_ignored"] += 1
+            self._log(
+                "result_ignored", task_id=task.id, state=task.state.label, sender=sender,
+                attempt=msg.attempt, current_attempt=task.attempt, superseded=bool(superseded),
+            )
+            return
+        task.results = msg.results
+        task.finish_time = wall
+        if msg.is_success:
+            states.apply(task, Trigger.COMPLETE)
+            task.error = ""
+        else:
+            states.apply(task, Trigger.FAIL)
+            task.error = msg.error or ""
+        self._release_slot(task)
+        started = self._dispatched_at.pop(task.id, None)
+        if started is not None:
+            self.dispatch_latencies.append(now - started)
+        self.counters[f"tasks_{task.state.name.lower()}"] += 1
+        self._log("task_finished", task_id=task.id, state=task.state.label, proplet_id=task.proplet_id)
+        self._persist_task(task, wall)
+        self._drain_queue(now, wall)
+
+    # ------------------------------------------------------------------ liveness
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            p.last_seen + self.config.timeout
+            for p in self.proplets.values()
+            if p.alive and p.last_seen is not None
+        ]
+        deadlines.extend(self._grace.values())
+        if self.config.queue_timeout is not None:
+            deadlines.extend(t + self.config.queue_timeout for t in self._queue.values())
+        return min(deadlines, default=None)
+
+    def on_timer(self, now: float, wall: float) -> None:
+        timeout = self.config.timeout
+        for proplet in list(self.proplets.values()):
+            if proplet.alive and proplet.last_seen is not None and now >= proplet.last_seen + timeout:
+                self._mark_dead(proplet, f"no heartbeat for {timeout:g} s", now, wall)
+        for proplet_id, deadline in list(self._grace.items()):
+            if now >= deadline:
+                del self._grace[proplet_id]
+                proplet = self.proplets[proplet_id]
+                if not proplet.alive:
+                    self._release_tasks(proplet, "did not come back after manager restart", now, wall)
+        if self.config.queue_timeout is not None:
+            for task_id, since in list(self._queue.items()):
+                if now >= since + self.config.queue_timeout:
+                    task = self.tasks[task_id]
+                    del self._queue[task_id]
+                    reason = task.error or "no proplet available"
+                    self._fail(task, f"not dispatched within {self.config.queue_timeout:g} s: {reason}", wall)
+        self._drain_queue(now, wall)
+
+    def _mark_dead(self, proplet: Proplet, reason: str, now: float, wall: float) -> None:
+        self._grace.pop(proplet.id, None)
+        if proplet.alive:
+            proplet.alive = False
+            self.counters["proplets_died"] += 1
+            self._log("proplet_dead", "warning", proplet_id=proplet.id, reason=reason)
+            self._persist_proplet(proplet)
+        self._release_tasks(proplet, reason, now, wall)
+
+    def _release_tasks(self, proplet: Proplet, reason: str, now: float, wall: float) -> None:
+        for task in [t for t in self.tasks.values() if t.state is TaskState.RUNNING]:
+            if task.proplet_id != proplet.id or task.broadcast:
+                continue
+            self._release_slot(task)
+            self._dispatched_at.pop(task.id, None)
+            if task.attempt >= task.max_attempts:
+                self._fail(task, f"proplet {proplet.id} died ({reason}) on attempt {task.attempt}/"
+                           f"{task.max_attempts}", wall, already_released=True)
+                continue
+            states.apply(task, Trigger.REQUEUE)
+            task.error = f"attempt {task.attempt} lost: proplet {proplet.id} died ({reason})"
+            if not task.metadata.get("pinned"):
+                task.proplet_id = ""
+            self._queue[task.id] = now
+            self.counters["tasks_redispatched"] += 1
+            self._log("task_requeued", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt)
+            self._persist_task(task, wall)
+        self._drain_queue(now, wall)
+
+    # ------------------------------------------------------------------ user operations
+
+    def create_task(self, spec: dict[str, Any], wall: float) -> Task:
+        if self.shutting_down:
+            raise ShuttingDown("service is shutting down")
+        task = task_from_spec(spec, self._new_id)
+        task.created_at = task.updated_at = wall
+        if task.id in self.tasks:
+            raise Conflict(f"task {task.id} already exists", "id")
+        self.tasks[task.id] = task
+        self._persist_task(task, wall)
+        self._log("task_created", task_id=task.id, name=task.name)
+        return task
+
+    def get_task(self, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        return task
+
+    def get_proplet(self, proplet_id: str) -> Proplet:
+        proplet = self.proplets.get(proplet_id)
+        if proplet is None:
+            raise NotFound(f"proplet {proplet_id} not found")
+        return proplet
+
+    def start_task(self, task_id: str, now: float, wall: float) -> Task:
+        if self.shutting_down:
+            raise ShuttingDown("service is shutting down")
+        task = self.get_task(task_id)
+        if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):
+            raise Conflict(f"task {task_id} is already {task.state.label.lower()}")
+        if not task.file and not task.image_url:
+            raise ValidationError("task has no module: set file or image_url", "file")
+        if task.broadcast:
+            raise Conflict("broadcast tasks are not supported by this manager yet", "broadcast")
+        if task.proplet_id:
+            target = self.proplets.get(task.proplet_id)
+            if target is None:
+                raise NotFound(f"proplet {task.proplet_id} not found", "proplet_id")
+            if not target.alive:
+                raise Conflict(f"specified proplet {task.proplet_id} is not alive", "proplet_id")
+            task.metadata = {**task.metadata, "pinned": True}
+        if task.state.is_terminal:
+            states.apply(task, Trigger.RESET)
+            task.attempt = 0
+            task.results = None
+        task.error = ""
+        task.finish_time = None
+        states.apply(task, Trigger.QUEUE)
+        self._queue[task.id] = now
+        self._persist_task(task, wall)
+        self._drain_queue(now, wall)
+        return task
+
+    def stop_task(self, task_id: str, wall: float) -> Task:
+        task = self.get_task(task_id)
+        if task.state not in (TaskState.RUNNING, TaskState.SCHEDULED):
+            raise Conflict(f"task {task_id} is not running (state {task.state.label})")
+        if task.state is TaskState.RUNNING:
+            self._publish_stop(task)
+            self._release_slot(task)
+        self._queue.pop(task.id, None)
+        states.apply(task, Trigger.INTERRUPT)
+        task.error = "stopped by user"
+        task.finish_time = wall
+        self._persist_task(task, wall)
+        self._log("task_stopped", task_id=task.id)
+        return task
+
+    def delete_task(self, task_id: str) -> None:
+        task = self.get_task(task_id)
+        if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):
+            raise Conflict(f"task {task_id} is {task.state.label.lower()}; stop it first")
+        del self.tasks[task_id]
+        self._emit(DeleteTask(task_id))
+
+    def delete_proplet(self, proplet_id: str) -> None:
+        proplet = self.get_proplet(proplet_id)
+        if proplet.task_count > 0:
+            raise Conflict(f"proplet {proplet_id} has {proplet.task_count} running tasks")
+        del self.proplets[proplet_id]
+        self._emit(DeleteProplet(proplet_id))
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _drain_queue(self, now: float, wall: float) -> None:
+        if not self._queue:
+            return
+        order = sorted(self._queue, key=lambda tid: (-self.tasks[tid].priority, self._queue[tid], tid))
+        for task_id in order:
+            task = self.tasks[task_id]
+            candidates = [p for p in self.proplets.values() if p.alive]
+            if task.proplet_id:
+                candidates = [p for p in candidates if p.id == task.proplet_id]
+            choice = self.policy.choose(task, candidates)
+            if choice.proplet is None:
+                if task.error != choice.reason:
+                    task.error = choice.reason
+                continue
+            del self._queue[task_id]
+            self._dispatch(task, choice.proplet, now, wall)
+
+    def _dispatch(self, task: Task, proplet: Proplet, now: float, wall: float) -> None:
+        profile = wire.Profile.EMBEDDED if proplet.is_embedded else wire.Profile.RUST
+        task.attempt += 1
+        start = wire.StartTask(
+            id=task.id,
+            name=task.name,
+            state=int(TaskState.RUNNING),
+            image_url=task.image_url,
+            file=task.file,
+            inputs=tuple(task.inputs),
+            cli_args=tuple(task.cli_args),
+            daemon=task.daemon,
+            latent=task.latent,
+            env=dict(task.env),
+            encrypted=task.encrypted,
+            proplet_id=proplet.id,
+            sha256=task.sha256,
+            attempt=task.attempt,
+            limits=dict(task.limits) or None,
+        )
+        try:
+            payload = wire.encode(start, profile)
+        except wire.CodecError as err:
+            task.attempt -= 1
+            self._fail(task, f"cannot send task to {proplet.id}: {err}", wall)
+            return
+        states.apply(task, Trigger.DISPATCH)
+        task.proplet_id = proplet.id
+        task.error = ""
+        task.start_time = wall
+        proplet.task_count += 1
+        self._dispatched_at[task.id] = now
+        self.counters["tasks_dispatched"] += 1
+        self._persist_task(task, wall)
+        self._emit(Publish(self.topics.start, payload, self.config.qos))
+        self._log("task_dispatched", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt)
+
+    def _publish_stop(self, task: Task) -> None:
+        stop = wire.StopTask(
+            id=task.id, name=task.name, state=task.state.label, proplet_id=task.proplet_id, broadcast=False
+        )
+        self._emit(Publish(self.topics.stop, wire.encode(stop), self.config.qos))
+
+    def _release_slot(self, task: Task) -> None:
+        proplet = self.proplets.get(task.proplet_id)
+        if proplet is not None and proplet.task_count > 0:
+            proplet.task_count -= 1
+
+    def _fail(self, task: Task, reason: str, wall: float, *, already_released: bool = False) -> None:
+        if task.state is TaskState.RUNNING and not already_released:
+            self._release_slot(task)
+        self._queue.pop(task.id, None)
+        states.apply(task, Trigger.FAIL)
+        task.error = reason
+        task.finish_time = wall
+        self.counters["tasks_failed"] += 1
+        self._log("task_failed", "warning", task_id=task.id, reason=reason)
+        self._persist_task(task, wall)
+
+    # ------------------------------------------------------------------ views
+
+    def is_alive(self, proplet: Proplet, now: float) -> bool:
+        return proplet.alive and proplet.last_seen is not None and now - proplet.last_seen < self.config.timeout
+
+    def queued(self) -> list[str]:
+        return list(self._queue)
+
+
+_HANDLED_SUFFIXES = frozenset(
+    {
+        "control/proplet/create",
+        "control/proplet/alive",
+        "control/proplet/results",
+        "control/proplet/invoke_results",
+        "control/proplet/metrics",
+        "control/proplet/task_metrics",
+    }
+)
+
+_ADJECTIVES = ("brave", "calm", "eager", "fuzzy", "gentle", "happy", "jolly", "keen", "lucid", "merry")
+_NOUNS = ("otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "puffin", "raven", "wren")
+
+
+def _name_for(proplet_id: str) -> str:
+    """A stable human-readable name derived from the id (upstream picks a random one)."""
+    h = sum(ord(c) * (i + 1) for i, c in enumerate(proplet_id))
+    return f"{_ADJECTIVES[h % len(_ADJECTIVES)]}-{_NOUNS[(h // 10) % len(_NOUNS)]}"
+
+
+def task_from_spec(spec: dict[str, Any], new_id: Callable[[], str]) -> Task:
+    """Validate a user's task JSON (upstream field names) and build a Task. Raises ValidationError."""
+    return build_task(spec, new_id)

@@ -1,0 +1,89 @@
+"""``propeller demo``: embedded broker + manager + proplets, one real Wasm task through the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import wasmtime
+
+from orchestrator.service import ManagerService, ManagerSettings
+from proplets.agent import AgentSettings, PropletAgent
+
+STATE_NAMES = ["Pending", "Scheduled", "Running", "Completed", "Failed", "Skipped", "Interrupted"]
+
+
+def sample_module() -> bytes:
+    wat = resources.files("proplets").joinpath("wasm/add.wat").read_text()
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+async def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"demo: timed out after {timeout:g} s waiting for {what}")
+
+
+async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="propeller-demo-") as tmp:
+        db = keep_db or str(Path(tmp) / "manager.db")
+        settings = ManagerSettings(
+            broker="embedded://127.0.0.1:0", db=db, api_port=0, heartbeat_interval=1.0,
+        )
+        manager = ManagerService(settings)
+        await manager.start()
+        agents: list[PropletAgent] = []
+        try:
+            print(f"manager: broker {manager.broker_url}, API http://127.0.0.1:{manager.api_port}, db {db}")
+            for i in range(proplets):
+                agent = PropletAgent(
+                    AgentSettings(broker=manager.broker_url, proplet_id=f"demo-proplet-{i + 1}",
+                                  heartbeat_interval=1.0, cache_dir=str(Path(tmp) / "cache"))
+                )
+                await agent.start()
+                agents.append(agent)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{manager.api_port}", timeout=10) as api:
+
+                async def all_alive() -> bool:
+                    page = (await api.get("/proplets")).json()
+                    return sum(1 for p in page["proplets"] if p["alive"]) >= proplets
+
+                await _wait_for(all_alive, 20, f"{proplets} proplets to be alive")
+                print(f"proplets alive: {', '.join(a.settings.proplet_id for a in agents)}")
+                spec = {"name": "add", "file": base64.b64encode(sample_module()).decode(), "inputs": [2, 40]}
+                created = await api.post("/tasks", json=spec)
+                created.raise_for_status()
+                task_id = created.json()["id"]
+                submitted = time.monotonic()
+                (await api.post(f"/tasks/{task_id}/start")).raise_for_status()
+                task: dict[str, object] = {}
+
+                async def finished() -> bool:
+                    nonlocal task
+                    task = (await api.get(f"/tasks/{task_id}")).json()
+                    state = task["state"]
+                    return isinstance(state, int) and state >= 3
+
+                await _wait_for(finished, 20, f"task {task_id} to finish")
+                latency = time.monotonic() - submitted
+            state = STATE_NAMES[int(task["state"])]  # type: ignore[call-overload]
+            print(f"task {task_id} (add 2 40): {state} on {task.get('proplet_id')}, "
+                  f"result {task.get('results')!r}{', error ' + str(task['error']) if task.get('error') else ''}")
+            print(f"submit-to-result latency {latency * 1000:.1f} ms; demo wall time {time.monotonic() - t0:.2f} s")
+            return 0 if state == "Completed" else 1
+        finally:
+            for agent in agents:
+                with contextlib.suppress(Exception):
+                    await agent.stop()
+            await manager.stop()
+

@@ -1,0 +1,264 @@
+"""Composition root of the manager: the sans-I/O engine wired to MQTT, the store and the HTTP API.
+
+All engine calls happen on the one asyncio loop. Commands the engine queues are executed in order by
+``_flush`` under a lock, so a task is persisted before its start message is published, and an API
+call returns only after its effects are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.adapters.broker import EmbeddedBroker
+from orchestrator.adapters.mqtt import MqttClient, Will, parse_broker_url
+from orchestrator.adapters.store import Store
+from orchestrator.core.commands import (
+    Command,
+    DeleteProplet,
+    DeleteTask,
+    LogEvent,
+    MessageReceived,
+    PersistProplet,
+    PersistTask,
+    Publish,
+)
+from orchestrator.core.engine import Engine, EngineConfig
+from orchestrator.core.model import Proplet, Task
+from orchestrator.core.placement import make_policy
+
+log = logging.getLogger("propeller.manager")
+
+
+@dataclass
+class ManagerSettings:
+    broker: str = "embedded://127.0.0.1:1883"
+    db: str = ".propeller/manager.db"
+    api_host: str = "127.0.0.1"
+    api_port: int = 7070
+    domain: str = "default"
+    channel: str = "default"
+    heartbeat_interval: float = 10.0
+    liveness_timeout: float | None = None
+    max_attempts: int = 3
+    queue_timeout: float | None = None
+    placement: str = "round-robin"
+    client_id: str = ""
+    mqtt_keepalive: float = 30.0
+    api_token: str = ""
+    serve_api: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ManagerService:
+    def __init__(self, settings: ManagerSettings) -> None:
+        self.settings = settings
+        self.engine = Engine(
+            EngineConfig(
+                domain=settings.domain,
+                channel=settings.channel,
+                heartbeat_interval=settings.heartbeat_interval,
+                liveness_timeout=settings.liveness_timeout,
+                max_attempts=settings.max_attempts,
+                queue_timeout=settings.queue_timeout,
+            ),
+            policy=make_policy(settings.placement),
+        )
+        self.broker: EmbeddedBroker | None = None
+        self.store: Store | None = None
+        self.mqtt: MqttClient | None = None
+        self.broker_url = ""
+        self.api_port = settings.api_port
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._api_server: Any = None
+        self._stopped = asyncio.Event()
+        self._t0 = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def start(self) -> None:
+        url = parse_broker_url(self.settings.broker)
+        self.store = await Store.open(self.settings.db)
+        tasks = await self.store.load_tasks()
+        proplets = await self.store.load_proplets()
+        self.engine.restore(tasks, proplets, self.now())
+        if url.scheme == "embedded":
+            self.broker = EmbeddedBroker(url.host, url.port)
+            await self.broker.start()
+            self.broker_url = self.broker.url
+        else:
+            self.broker_url = self.settings.broker
+        topics = self.engine.topics
+        client_id = self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
+        self.mqtt = MqttClient(
+            self.broker_url,
+            client_id,
+            keepalive=self.settings.mqtt_keepalive,
+            will=Will(topics.alive, json.dumps({"status": "offline", "proplet_id": client_id}).encode(), 0),
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+        )
+        for topic in topics.manager_subscriptions:
+            self.mqtt.subscribe(topic, 1)
+        await self.mqtt.connect()
+        self._tasks.append(asyncio.create_task(self._timer_loop(), name="manager-timers"))
+        if self.settings.serve_api:
+            await self._start_api()
+        await self.flush()
+        log.info(
+            json.dumps({"event": "manager_started", "broker": self.broker_url, "db": self.settings.db,
+                        "api": f"http://{self.settings.api_host}:{self.api_port}"})
+        )
+
+    async def _start_api(self) -> None:
+        import uvicorn
+
+        from orchestrator.adapters.http_api import create_app
+
+        config = uvicorn.Config(
+            create_app(self), host=self.settings.api_host, port=self.settings.api_port,
+            log_level="warning", lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        sockets = [_bind_api(self.settings.api_host, self.settings.api_port)]
+        self.api_port = sockets[0].getsockname()[1]
+        self._api_server = server
+        self._tasks.append(asyncio.create_task(server.serve(sockets=sockets), name="manager-api"))
+        while not server.started:
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.engine.shutting_down = True
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+        for t in self._tasks:
+            if t.get_name() != "manager-api":
+                t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(t, 5)
+        with contextlib.suppress(Exception):
+            await self.flush()
+        if self.mqtt is not None:
+            with contextlib.suppress(Exception):
+                await self.mqtt.disconnect()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.store is not None:
+            await self.store.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ engine I/O
+
+    def _on_connect(self) -> None:
+        log.info(json.dumps({"event": "manager_mqtt_connected", "broker": self.broker_url}))
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
+        self._wake.set()
+        asyncio.get_running_loop().create_task(self.flush())
+
+    async def _timer_loop(self) -> None:
+        cap = max(0.02, min(1.0, self.engine.config.timeout / 10))
+        while True:
+            deadline = self.engine.next_deadline()
+            delay = cap if deadline is None else min(cap, max(0.0, deadline - self.now()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self.engine.on_timer(self.now(), time.time())
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            commands = self.engine.take_commands()
+            while commands:
+                await self._execute(commands)
+                commands = self.engine.take_commands()
+
+    async def _execute(self, commands: Sequence[Command]) -> None:
+        assert self.store is not None
+        pending: list[Task] = []
+        for command in commands:
+            if isinstance(command, PersistTask):
+                pending.append(command.task)
+                continue
+            if pending:
+                await self.store.save_tasks(pending)
+                pending = []
+            if isinstance(command, Publish):
+                if self.mqtt is not None:
+                    try:
+                        self.mqtt.publish(command.topic, command.payload, command.qos)
+                    except Exception as err:  # the broker may be away; the task stays recoverable
+                        log.warning(json.dumps({"event": "publish_failed", "topic": command.topic,
+                                                "error": str(err)}))
+            elif isinstance(command, PersistProplet):
+                await self.store.save_proplet(command.proplet)
+            elif isinstance(command, DeleteTask):
+                await self.store.delete_task(command.task_id)
+            elif isinstance(command, DeleteProplet):
+                await self.store.delete_proplet(command.proplet_id)
+            elif isinstance(command, LogEvent):
+                level = logging.WARNING if command.level == "warning" else logging.INFO
+                log.log(level, json.dumps({"event": command.name, **command.fields}, default=str))
+        if pending:
+            await self.store.save_tasks(pending)
+
+    # ------------------------------------------------------------------ operations (API, CLI)
+
+    async def create_task(self, spec: dict[str, Any]) -> Task:
+        task = self.engine.create_task(spec, time.time())
+        await self.flush()
+        return task
+
+    async def start_task(self, task_id: str) -> Task:
+        task = self.engine.start_task(task_id, self.now(), time.time())
+        await self.flush()
+        return task
+
+    async def stop_task(self, task_id: str) -> Task:
+        task = self.engine.stop_task(task_id, time.time())
+        await self.flush()
+        return task
+
+    async def delete_task(self, task_id: str) -> None:
+        self.engine.delete_task(task_id)
+        await self.flush()
+
+    async def delete_proplet(self, proplet_id: str) -> None:
+        self.engine.delete_proplet(proplet_id)
+        await self.flush()
+
+    def proplet_alive(self, proplet: Proplet) -> bool:
+        return self.engine.is_alive(proplet, self.now())
+
+
+def _bind_api(host: str, port: int) -> Any:
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"cannot serve the HTTP API on {host}:{port}: {err.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,86 @@
+"""JSON views of tasks and proplets in upstream's shapes (reference §3.1, §4, §6)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+from orchestrator.core.model import Proplet, Task
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def rfc3339(unix: float | None) -> str:
+    if unix is None:
+        return ZERO_TIME
+    return dt.datetime.fromtimestamp(unix, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def redact(b64: str) -> str:
+    """Upstream's redaction of the wasm bytes in API responses (reference §13)."""
+    if len(b64) <= 20:
+        return b64
+    return b64[:10] + "<REDACTED>" + b64[-10:]
+
+
+def task_view(task: Task) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": task.id,
+        "name": task.name,
+        "kind": task.kind,
+        "state": int(task.state),
+        "cli_args": list(task.cli_args),
+        "daemon": task.daemon,
+        "encrypted": task.encrypted,
+        "start_time": rfc3339(task.start_time),
+        "finish_time": rfc3339(task.finish_time),
+        "created_at": rfc3339(task.created_at),
+        "updated_at": rfc3339(task.updated_at),
+        "next_run": rfc3339(task.next_run),
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+    }
+    optional: dict[str, Any] = {
+        "image_url": task.image_url,
+        "file": redact(base64.b64encode(task.file).decode()) if task.file else "",
+        "inputs": list(task.inputs),
+        "env": dict(task.env),
+        "latent": task.latent,
+        "proplet_id": task.proplet_id,
+        "depends_on": list(task.depends_on),
+        "run_if": task.run_if,
+        "workflow_id": task.workflow_id,
+        "job_id": task.job_id,
+        "results": task.results,
+        "error": task.error,
+        "priority": task.priority,
+        "broadcast": task.broadcast,
+        "metadata": dict(task.metadata),
+        "schedule": task.schedule,
+        "is_recurring": task.is_recurring,
+        "sha256": task.sha256,
+        "memory_bytes": task.memory_bytes,
+        "limits": dict(task.limits),
+    }
+    for key, value in optional.items():
+        if value not in ("", None, [], {}, False, 0):
+            out[key] = value
+    if task.schedule:
+        out["timezone"] = task.timezone
+    return out
+
+
+def proplet_view(proplet: Proplet, alive: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": proplet.id,
+        "name": proplet.name,
+        "task_count": proplet.task_count,
+        "alive": alive,
+        "metadata": proplet.metadata.to_json(),
+    }
+    if proplet.namespace:
+        out["namespace"] = proplet.namespace
+    if proplet.alive_history:
+        out["last_alive_at"] = rfc3339(proplet.alive_history[-1])
+    return out

@@ -1,0 +1,246 @@
+"""The messages of the Propeller wire protocol as frozen dataclasses (reference §2).
+
+Sequences are tuples and mappings are read-only views, so a decoded message cannot be changed under
+the feet of whoever else holds it. Constructors accept lists and dicts and freeze them. Constructors do
+not validate; ``encode`` does, and raises CodecError naming the field.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+TimestampKind = Literal["unix", "uptime_ms"]
+HeartbeatStatus = Literal["alive", "offline"]
+HEARTBEAT_STATUSES: frozenset[str] = frozenset({"alive", "offline"})
+
+
+class Profile(enum.Enum):
+    """Which receiver an encoding targets (decoding accepts both)."""
+
+    RUST = "rust"  # upstream Rust proplet, the Go manager, and our Python proplet
+    EMBEDDED = "embedded"  # upstream Zephyr/WAMR firmware: numeric inputs, 1023-byte buffer
+
+
+# Discovery metadata (§2.1) and our capacity extensions, by JSON type.
+METADATA_TEXT_KEYS = (
+    "description", "location", "ip", "environment", "os", "hostname", "cpu_arch",
+    "proplet_version", "wasm_runtime",
+)  # fmt: skip
+METADATA_INT_KEYS = ("total_memory_bytes", "free_memory_bytes", "max_instances")
+METADATA_EXTENSION_KEYS = frozenset({"free_memory_bytes", "max_instances"})
+
+# MonitoringProfile (§2.9): Rust requires all ten keys; ``interval`` is integer seconds.
+MONITORING_BOOL_KEYS = (
+    "enabled", "collect_cpu", "collect_memory", "collect_disk_io", "collect_threads",
+    "collect_file_descriptors", "export_to_mqtt", "retain_history",
+)  # fmt: skip
+MONITORING_INT_KEYS = ("interval", "history_size")
+
+# Metrics (§2.7, §2.8): which keys are floats and which unsigned integers.
+CPU_FLOAT_KEYS = ("user_seconds", "system_seconds", "percent")
+MEMORY_INT_KEYS = (
+    "rss_bytes", "heap_alloc_bytes", "heap_sys_bytes", "heap_inuse_bytes", "container_usage_bytes",
+    "container_limit_bytes", "heap_free_bytes", "heap_max_alloc_bytes",
+)  # fmt: skip
+PROCESS_FLOAT_KEYS = ("cpu_percent", "memory_percent")
+PROCESS_INT_KEYS = (
+    "memory_bytes", "disk_read_bytes", "disk_write_bytes", "uptime_seconds", "thread_count",
+    "file_descriptor_count",
+)  # fmt: skip
+AGGREGATED_FLOAT_KEYS = ("avg_cpu_usage", "max_cpu_usage")
+AGGREGATED_INT_KEYS = (
+    "avg_memory_usage", "max_memory_usage", "total_disk_read", "total_disk_write", "sample_count",
+)  # fmt: skip
+
+
+def _frozen(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """``control/proplet/create``: a proplet announces itself. Unknown metadata keys are dropped."""
+
+    proplet_id: str
+    namespace: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=_empty)
+
+    def __post_init__(self) -> None:
+        md = dict(self.metadata)
+        if isinstance(md.get("tags"), list):
+            md["tags"] = tuple(md["tags"])
+        _set(self, "metadata", MappingProxyType(md))
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """``control/proplet/alive``. A Last Will is a Heartbeat with status ``offline``."""
+
+    proplet_id: str
+    status: HeartbeatStatus
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class StartTask:
+    """``control/manager/start`` (§2.3); ``sha256``, ``attempt`` and ``limits`` are our extensions."""
+
+    id: str
+    name: str
+    state: int = 0
+    image_url: str = ""
+    file: bytes = b""
+    inputs: tuple[str | int | float, ...] = ()
+    cli_args: tuple[str, ...] = ()
+    broadcast: bool = False
+    daemon: bool = False
+    latent: bool = False
+    env: Mapping[str, str] = field(default_factory=_empty)
+    encrypted: bool = False
+    kbs_resource_path: str = ""
+    monitoring_profile: Mapping[str, Any] | None = None
+    proplet_id: str = ""
+    hal_storage_path: str | None = None
+    parent_results: Mapping[str, Any] | None = None
+    sha256: str = ""
+    attempt: int = 0
+    limits: Mapping[str, int | float] | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "inputs", tuple(self.inputs))
+        _set(self, "cli_args", tuple(self.cli_args))
+        _set(self, "env", _frozen(self.env))
+        for name in ("monitoring_profile", "parent_results", "limits"):
+            value = getattr(self, name)
+            if value is not None:
+                _set(self, name, _frozen(value))
+
+
+@dataclass(frozen=True)
+class StopTask:
+    """``control/manager/stop``. ``state`` is a string because the firmware insists on one (§2.4)."""
+
+    id: str
+    name: str = ""
+    state: str = ""
+    proplet_id: str = ""
+    broadcast: bool = False
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """``control/proplet/results``: Rust, embedded (no proplet_id) and FL (object results) shapes."""
+
+    task_id: str
+    results: Any = ""
+    error: str | None = None
+    proplet_id: str | None = None
+    attempt: int | None = None  # our extension: echoes StartTask.attempt so stale results are spotted
+
+    @property
+    def is_success(self) -> bool:
+        return not self.error
+
+
+@dataclass(frozen=True)
+class InvokeTask:
+    """``control/manager/invoke``: call an already deployed latent task (§2.5)."""
+
+    id: str
+    invocation_id: str = ""
+    inputs: tuple[str | int | float, ...] = ()
+    env: Mapping[str, str] = field(default_factory=_empty)
+    proplet_id: str = ""
+    broadcast: bool = False
+
+    def __post_init__(self) -> None:
+        _set(self, "inputs", tuple(self.inputs))
+        _set(self, "env", _frozen(self.env))
+
+
+@dataclass(frozen=True)
+class InvokeResult:
+    """``control/proplet/invoke_results``, correlated by ``invocation_id``."""
+
+    task_id: str
+    invocation_id: str
+    proplet_id: str = ""
+    results: str = ""
+    error: str | None = None
+
+    @property
+    def is_success(self) -> bool:
+        return not self.error
+
+
+@dataclass(frozen=True)
+class PropletMetrics:
+    """``control/proplet/metrics`` (§2.7).
+
+    ``timestamp`` is in **seconds** whatever the wire form: UNIX time when ``timestamp_kind`` is
+    ``"unix"`` (RFC3339 string or Rust ``SystemTime`` object on the wire), device uptime when it is
+    ``"uptime_ms"`` (the firmware's ``k_uptime_get()`` milliseconds on the wire).
+    """
+
+    proplet_id: str
+    namespace: str = ""
+    timestamp: float = 0.0
+    timestamp_kind: TimestampKind = "unix"
+    cpu_metrics: Mapping[str, float] = field(default_factory=_empty)
+    memory_metrics: Mapping[str, int] = field(default_factory=_empty)
+
+    def __post_init__(self) -> None:
+        _set(self, "cpu_metrics", _frozen(self.cpu_metrics))
+        _set(self, "memory_metrics", _frozen(self.memory_metrics))
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """``control/proplet/task_metrics`` (§2.8); timestamp as in PropletMetrics."""
+
+    task_id: str
+    proplet_id: str = ""
+    metrics: Mapping[str, int | float] = field(default_factory=_empty)
+    aggregated: Mapping[str, int | float] | None = None
+    timestamp: float = 0.0
+    timestamp_kind: TimestampKind = "unix"
+
+    def __post_init__(self) -> None:
+        _set(self, "metrics", _frozen(self.metrics))
+        if self.aggregated is not None:
+            _set(self, "aggregated", _frozen(self.aggregated))
+
+
+@dataclass(frozen=True)
+class RegistryRequest:
+    """``registry/proplet``: a proplet asks for the binary of an OCI reference."""
+
+    app_name: str
+
+
+@dataclass(frozen=True)
+class RegistryChunk:
+    """``registry/server``: one piece of a binary; ``data`` travels as standard base64."""
+
+    app_name: str
+    chunk_idx: int
+    total_chunks: int
+    data: bytes
+
+
+Message = (
+    Discovery | Heartbeat | StartTask | StopTask | TaskResult | InvokeTask | InvokeResult
+    | PropletMetrics | TaskMetrics | RegistryRequest | RegistryChunk
+)  # fmt: skip

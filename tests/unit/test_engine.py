@@ -1,0 +1,282 @@
+"""The orchestrator engine, driven by hand: exact commands out for facts in, with `now` chosen by the test."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from orchestrator import wire
+from orchestrator.core.commands import MessageReceived, PersistProplet, PersistTask, Publish
+from orchestrator.core.engine import Engine, EngineConfig
+from orchestrator.core.errors import Conflict, IllegalTransition, NotFound, ValidationError
+from orchestrator.core.model import TaskState
+from orchestrator.core.states import Trigger, next_state
+
+T = wire.Topics("d1", "c1")
+WASM = b"\x00asm\x01\x00\x00\x00"
+
+
+def make_engine(**config: Any) -> Engine:
+    ids = (f"00000000-0000-4000-8000-{i:012d}" for i in itertools.count(1))
+    return Engine(EngineConfig(domain="d1", channel="c1", heartbeat_interval=10.0, **config), new_id=lambda: next(ids))
+
+
+def send(engine: Engine, topic: str, payload: dict[str, Any] | bytes, now: float) -> None:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    engine.handle(MessageReceived(topic, raw), now, 1_700_000_000 + now)
+
+
+def heartbeat(engine: Engine, proplet_id: str, now: float, status: str = "alive") -> None:
+    send(engine, T.alive, {"proplet_id": proplet_id, "status": status, "namespace": "default"}, now)
+
+
+def publishes(commands: list[Any], topic: str) -> list[dict[str, Any]]:
+    return [json.loads(c.payload) for c in commands if isinstance(c, Publish) and c.topic == topic]
+
+
+def submit(engine: Engine, now: float = 0.0, **spec: Any) -> str:
+    body = {"name": "add", "file": base64.b64encode(WASM).decode(), "inputs": [2, 40], **spec}
+    task = engine.create_task(body, 1_700_000_000 + now)
+    engine.start_task(task.id, now, 1_700_000_000 + now)
+    return task.id
+
+
+def test_first_heartbeat_registers_an_alive_proplet() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    proplet = engine.proplets["p1"]
+    assert proplet.alive and proplet.last_seen == 0.0 and len(proplet.alive_history) == 1
+    assert any(isinstance(c, PersistProplet) for c in engine.take_commands())
+
+
+def test_task_is_dispatched_round_robin_with_string_inputs_and_attempt() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    heartbeat(engine, "p2", 0.0)
+    engine.take_commands()
+    first, second, third = submit(engine, 1.0), submit(engine, 1.0), submit(engine, 1.0)
+    starts = publishes(engine.take_commands(), T.start)
+    assert [s["proplet_id"] for s in starts] == ["p1", "p2", "p1"]
+    assert [s["id"] for s in starts] == [first, second, third]
+    assert starts[0]["inputs"] == ["2", "40"] and starts[0]["attempt"] == 1
+    assert base64.b64decode(starts[0]["file"]) == WASM
+    assert engine.tasks[first].state is TaskState.RUNNING
+    assert engine.proplets["p1"].task_count == 2
+
+
+def test_task_is_persisted_before_its_start_is_published() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    engine.take_commands()
+    task_id = submit(engine, 1.0)
+    commands = engine.take_commands()
+    persist_at = max(i for i, c in enumerate(commands) if isinstance(c, PersistTask) and c.task.id == task_id
+                     and c.task.state is TaskState.RUNNING)
+    publish_at = next(i for i, c in enumerate(commands) if isinstance(c, Publish) and c.topic == T.start)
+    assert persist_at < publish_at
+
+
+def test_result_completes_and_a_duplicate_does_not_flip_it() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    send(engine, T.results, {"task_id": task_id, "proplet_id": "p1", "results": "42", "error": None}, 2.0)
+    task = engine.tasks[task_id]
+    assert task.state is TaskState.COMPLETED and task.results == "42"
+    assert engine.proplets["p1"].task_count == 0
+    engine.take_commands()
+    send(engine, T.results, {"task_id": task_id, "results": "", "error": "late failure"}, 3.0)
+    assert task.state is TaskState.COMPLETED and task.error == ""
+    assert not [c for c in engine.take_commands() if isinstance(c, PersistTask)]
+    assert engine.counters["results_ignored"] == 1
+
+
+def test_non_empty_error_fails_the_task_and_embedded_result_without_proplet_id_counts() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    failing, ok = submit(engine, 1.0), submit(engine, 1.0)
+    send(engine, T.results, {"task_id": failing, "results": "", "error": "wasm trap: unreachable"}, 2.0)
+    send(engine, T.results, {"task_id": ok, "results": "42"}, 2.0)
+    assert engine.tasks[failing].state is TaskState.FAILED
+    assert engine.tasks[failing].error == "wasm trap: unreachable"
+    assert engine.tasks[ok].state is TaskState.COMPLETED
+
+
+def test_last_will_marks_dead_at_once_and_requeues_its_task_elsewhere() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    heartbeat(engine, "p2", 1.5)
+    engine.take_commands()
+    heartbeat(engine, "p1", 2.0, status="offline")
+    assert not engine.proplets["p1"].alive
+    starts = publishes(engine.take_commands(), T.start)
+    assert [(s["id"], s["proplet_id"], s["attempt"]) for s in starts] == [(task_id, "p2", 2)]
+    assert engine.tasks[task_id].state is TaskState.RUNNING
+
+
+def test_silence_past_the_liveness_timeout_marks_dead_three_intervals_by_default() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    assert engine.next_deadline() == 30.0
+    engine.on_timer(29.9, 0)
+    assert engine.proplets["p1"].alive
+    engine.on_timer(30.0, 0)
+    assert not engine.proplets["p1"].alive
+
+
+def test_superseded_attempt_result_does_not_override_the_newer_attempt() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    heartbeat(engine, "p2", 1.0)
+    heartbeat(engine, "p1", 2.0, status="offline")
+    assert engine.tasks[task_id].proplet_id == "p2"
+    send(engine, T.results, {"task_id": task_id, "proplet_id": "p1", "results": "1", "attempt": 1}, 3.0)
+    assert engine.tasks[task_id].state is TaskState.RUNNING
+    send(engine, T.results, {"task_id": task_id, "proplet_id": "p2", "results": "42", "attempt": 2}, 4.0)
+    assert engine.tasks[task_id].state is TaskState.COMPLETED and engine.tasks[task_id].results == "42"
+
+
+def test_bounded_retries_then_failed_with_the_reason() -> None:
+    engine = make_engine(max_attempts=2)
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0, max_attempts=2)
+    heartbeat(engine, "p1", 2.0, status="offline")
+    heartbeat(engine, "p1", 3.0)  # back: attempt 2
+    assert engine.tasks[task_id].attempt == 2
+    heartbeat(engine, "p1", 4.0, status="offline")
+    task = engine.tasks[task_id]
+    assert task.state is TaskState.FAILED
+    assert "died" in task.error and "2/2" in task.error
+
+
+def test_task_waits_without_proplets_and_is_dispatched_when_one_arrives() -> None:
+    engine = make_engine()
+    task_id = submit(engine, 0.0)
+    assert engine.tasks[task_id].state is TaskState.SCHEDULED
+    assert engine.tasks[task_id].error == "no alive proplet"
+    assert not publishes(engine.take_commands(), T.start)
+    heartbeat(engine, "p1", 5.0)
+    assert [s["id"] for s in publishes(engine.take_commands(), T.start)] == [task_id]
+
+
+def test_queue_timeout_fails_a_waiting_task_with_the_reason() -> None:
+    engine = make_engine(queue_timeout=5.0)
+    task_id = submit(engine, 0.0)
+    assert engine.next_deadline() == 5.0
+    engine.on_timer(5.0, 0)
+    assert engine.tasks[task_id].state is TaskState.FAILED
+    assert engine.tasks[task_id].error == "not dispatched within 5 s: no alive proplet"
+
+
+def test_higher_priority_waits_less() -> None:
+    engine = make_engine()
+    low = submit(engine, 0.0, priority=10)
+    high = submit(engine, 1.0, priority=90)
+    heartbeat(engine, "p1", 2.0)
+    assert [s["id"] for s in publishes(engine.take_commands(), T.start)] == [high, low]
+
+
+def test_malformed_messages_are_counted_per_topic_and_dropped() -> None:
+    engine = make_engine()
+    for topic in (T.alive, T.create, T.results):
+        send(engine, topic, b"\xff not json", 0.0)
+    send(engine, T.results, {"task_id": 7}, 0.0)
+    assert engine.malformed == {"control/proplet/alive": 1, "control/proplet/create": 1,
+                                "control/proplet/results": 2}
+    assert engine.tasks == {} and engine.proplets == {}
+
+
+def test_targeted_start_errors_name_the_problem() -> None:
+    engine = make_engine()
+    task = engine.create_task({"name": "add", "image_url": "http://x/a.wasm", "proplet_id": "ghost"}, 0)
+    with pytest.raises(NotFound, match="proplet ghost not found"):
+        engine.start_task(task.id, 0, 0)
+    heartbeat(engine, "p1", 0.0)
+    heartbeat(engine, "p1", 1.0, status="offline")
+    pinned = engine.create_task({"name": "add", "image_url": "http://x/a.wasm", "proplet_id": "p1"}, 0)
+    with pytest.raises(Conflict, match="not alive"):
+        engine.start_task(pinned.id, 1, 1)
+    assert engine.tasks[pinned.id].state is TaskState.PENDING
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({}, "name"),
+        ({"name": "x", "priority": 101}, "priority"),
+        ({"name": "x", "broadcast": True, "proplet_id": "p"}, "broadcast"),
+        ({"name": "x", "file": "***"}, "file"),
+        ({"name": "x", "inputs": [True]}, "inputs[0]"),
+        ({"name": "x", "bogus": 1}, "bogus"),
+        ({"name": "x", "limits": {"fuel": -1}}, "limits.fuel"),
+    ],
+)
+def test_bad_task_specs_are_rejected_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    engine = make_engine()
+    with pytest.raises(ValidationError) as err:
+        engine.create_task(spec, 0)
+    assert err.value.field == field
+    assert engine.tasks == {}
+
+
+def test_stop_interrupts_and_sends_a_payload_both_proplet_kinds_accept() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    engine.take_commands()
+    engine.stop_task(task_id, 0)
+    (stop,) = publishes(engine.take_commands(), T.stop)
+    assert stop["id"] == task_id and stop["proplet_id"] == "p1"
+    assert isinstance(stop["name"], str) and isinstance(stop["state"], str)
+    assert engine.tasks[task_id].state is TaskState.INTERRUPTED
+    send(engine, T.results, {"task_id": task_id, "results": "", "error": "Task was cancelled"}, 2.0)
+    assert engine.tasks[task_id].state is TaskState.INTERRUPTED
+
+
+def test_restore_gives_running_tasks_one_timeout_for_their_proplet_to_return() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    heartbeat(engine, "p2", 0.0)
+    a, b = submit(engine, 1.0), submit(engine, 1.0)
+    restarted = make_engine()
+    restarted.restore([engine.tasks[a], engine.tasks[b]], list(engine.proplets.values()), now=100.0)
+    heartbeat(restarted, "p1", 101.0)  # p1 survived the manager restart; p2 did not
+    restarted.take_commands()
+    restarted.on_timer(130.0, 0)
+    assert restarted.tasks[a].state is TaskState.RUNNING and restarted.tasks[a].proplet_id == "p1"
+    starts = publishes(restarted.take_commands(), T.start)
+    assert [(s["id"], s["proplet_id"]) for s in starts] == [(b, "p1")]
+
+
+def test_embedded_proplets_get_numeric_inputs() -> None:
+    engine = make_engine()
+    send(engine, T.create, {"proplet_id": "esp", "namespace": "embedded",
+                            "metadata": {"os": "zephyr", "wasm_runtime": "wamr"}}, 0.0)
+    engine.take_commands()
+    submit(engine, 1.0)
+    (start,) = publishes(engine.take_commands(), T.start)
+    assert start["inputs"] == [2, 40]
+
+
+def test_a_task_without_a_module_cannot_start() -> None:
+    engine = make_engine()
+    task = engine.create_task({"name": "x"}, 0)
+    with pytest.raises(ValidationError, match="file or image_url") as err:
+        engine.start_task(task.id, 0, 0)
+    assert err.value.field == "file" and task.state is TaskState.PENDING
+
+
+def test_illegal_transition_raises_and_leaves_state_unchanged() -> None:
+    with pytest.raises(IllegalTransition):
+        next_state(TaskState.COMPLETED, Trigger.COMPLETE)
+    engine = make_engine()
+    task = engine.create_task({"name": "x"}, 0)
+    with pytest.raises(Conflict):
+        engine.stop_task(task.id, 0)
+    assert task.state is TaskState.PENDING

@@ -1,0 +1,117 @@
+"""The proplet engine, driven by hand: announces, heartbeats on time, filters targets, reports results."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestrator import wire
+from proplets.core import CancelTask, PropletConfig, PropletEngine, Publish, RunTask, Subscribe
+
+T = wire.Topics("d", "c")
+
+
+def engine(**kw: Any) -> PropletEngine:
+    return PropletEngine(PropletConfig(proplet_id="me", domain="d", channel="c", heartbeat_interval=5.0, **kw))
+
+
+def published(commands: list[Any], topic: str) -> list[dict[str, Any]]:
+    return [json.loads(c.payload) for c in commands if isinstance(c, Publish) and c.topic == topic]
+
+
+def start(task_id: str, target: str = "me") -> bytes:
+    return json.dumps({"id": task_id, "name": "add", "file": "AGFzbQEAAAA=", "inputs": ["1", "2"],
+                       "cli_args": None, "proplet_id": target, "attempt": 3}).encode()
+
+
+def test_connect_subscribes_announces_and_heartbeats_at_once() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    commands = e.take_commands()
+    assert {c.topic for c in commands if isinstance(c, Subscribe)} == set(T.proplet_subscriptions)
+    (discovery,) = published(commands, T.create)
+    assert discovery["proplet_id"] == "me"
+    assert published(commands, T.alive) == [{"proplet_id": "me", "status": "alive", "namespace": "default"}]
+    assert e.next_deadline() == 5.0
+
+
+def test_heartbeats_keep_their_interval_while_a_task_runs() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.take_commands()
+    for now in (5.0, 10.0, 15.0):
+        e.on_timer(now)
+    assert len(published(e.take_commands(), T.alive)) == 3
+    assert "t1" in e.running
+
+
+def test_start_for_another_proplet_is_ignored_but_untargeted_runs() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.take_commands()
+    e.handle(T.start, start("other", target="someone-else"), 1.0)
+    e.handle(T.start, start("mine", target=""), 1.0)
+    runs = [c.start.id for c in e.take_commands() if isinstance(c, RunTask)]
+    assert runs == ["mine"]
+
+
+def test_result_carries_proplet_id_and_attempt_and_duplicate_start_is_ignored() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.handle(T.start, start("t1"), 1.5)
+    assert len([c for c in e.take_commands() if isinstance(c, RunTask)]) == 1
+    e.task_finished("t1", "3", None, 2.0)
+    (result,) = published(e.take_commands(), T.results)
+    assert result == {"task_id": "t1", "proplet_id": "me", "results": "3", "error": None, "attempt": 3}
+
+
+def test_stop_with_only_an_id_cancels_and_the_result_says_stopped() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.handle(T.stop, b'{"id": "t1"}', 2.0)
+    assert [c for c in e.take_commands() if isinstance(c, CancelTask)] == [CancelTask("t1")]
+    e.task_finished("t1", "", "interrupted", 2.1)
+    (result,) = published(e.take_commands(), T.results)
+    assert result["error"] == "task t1 was stopped before completion"
+
+
+def test_results_finished_while_disconnected_are_sent_after_reconnect() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.on_disconnected(2.0)
+    e.take_commands()
+    e.task_finished("t1", "3", None, 3.0)
+    assert not published(e.take_commands(), T.results)
+    assert e.next_deadline() is None
+    e.on_connected(4.0)
+    assert [r["task_id"] for r in published(e.take_commands(), T.results)] == ["t1"]
+
+
+def test_busy_proplet_refuses_with_a_clear_error() -> None:
+    e = engine(max_instances=1)
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.handle(T.start, start("t2"), 1.0)
+    (result,) = published(e.take_commands(), T.results)
+    assert result["task_id"] == "t2" and result["error"] == "proplet busy: 1/1 instances running"
+
+
+def test_malformed_start_for_me_gets_an_error_result_and_garbage_is_counted() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.take_commands()
+    e.handle(T.start, b'{"id": "t9", "proplet_id": "me"}', 1.0)  # no name, no module
+    e.handle(T.start, b"\x00\xff", 1.0)
+    (result,) = published(e.take_commands(), T.results)
+    assert result["task_id"] == "t9" and "invalid start request" in result["error"]
+    assert e.malformed == 2
+
+
+def test_last_will_is_an_offline_heartbeat() -> None:
+    topic, payload = engine().last_will()
+    assert topic == T.alive
+    assert json.loads(payload) == {"proplet_id": "me", "status": "offline", "namespace": "default"}

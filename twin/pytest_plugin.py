@@ -1,0 +1,1 @@
+"""pytest plugin of the digital twin (fixtures for orchestrator, broker, fleet and faults)."""
