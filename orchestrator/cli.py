@@ -16,7 +16,9 @@ EXIT_USAGE = 2
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(name)s %(message)s"
+    )
     for noisy in ("amqtt", "transitions", "uvicorn", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -49,10 +51,17 @@ def cmd_manager(args: argparse.Namespace) -> int:
 
     host, port = args.api
     settings = ManagerSettings(
-        broker=args.broker, db=args.db, api_host=host, api_port=port, domain=args.domain,
-        channel=args.channel, heartbeat_interval=args.heartbeat_interval,
-        liveness_timeout=args.liveness_timeout, max_attempts=args.max_attempts,
-        placement=args.placement, api_token=args.api_token or "",
+        broker=args.broker,
+        db=args.db,
+        api_host=host,
+        api_port=port,
+        domain=args.domain,
+        channel=args.channel,
+        heartbeat_interval=args.heartbeat_interval,
+        liveness_timeout=args.liveness_timeout,
+        max_attempts=args.max_attempts,
+        placement=args.placement,
+        api_token=args.api_token or "",
     )
     service = ManagerService(settings)
     try:
@@ -67,9 +76,14 @@ def cmd_proplet(args: argparse.Namespace) -> int:
     from proplets.agent import AgentSettings, PropletAgent, default_proplet_id
 
     settings = AgentSettings(
-        broker=args.broker, proplet_id=args.id or default_proplet_id(), domain=args.domain,
-        channel=args.channel, heartbeat_interval=args.heartbeat_interval, max_instances=args.max_instances,
-        cache_dir=args.cache_dir, tags=[t for t in (args.tags or "").split(",") if t],
+        broker=args.broker,
+        proplet_id=args.id or default_proplet_id(),
+        domain=args.domain,
+        channel=args.channel,
+        heartbeat_interval=args.heartbeat_interval,
+        max_instances=args.max_instances,
+        cache_dir=args.cache_dir,
+        tags=[t for t in (args.tags or "").split(",") if t],
     )
 
     async def main() -> None:
@@ -80,6 +94,24 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         asyncio.run(main())
     except Exception as err:
         print(f"propeller proplet: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from orchestrator.adapters.broker import BrokerStartError, EmbeddedBroker
+
+    host, port = args.listen
+    broker = EmbeddedBroker(host, port, keepalive_grace=args.keepalive_grace)
+
+    async def start() -> None:
+        await broker.start()
+        print(f"propeller broker: listening on {broker.url}", flush=True)
+
+    try:
+        asyncio.run(_serve_until_signal(start, broker.stop))
+    except BrokerStartError as err:
+        print(f"propeller broker: {err}", file=sys.stderr)
         return 1
     return 0
 
@@ -180,7 +212,9 @@ def cmd_proplets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="propeller", description="WebAssembly orchestrator for the continuum")
+    parser = argparse.ArgumentParser(
+        prog="propeller", description="WebAssembly orchestrator for the continuum"
+    )
     parser.add_argument("--log-level", default="info")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -189,8 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--channel", default="default", help="channel id in m/{domain}/c/{channel}")
 
     m = sub.add_parser("manager", help="run the orchestrator (REST API, scheduler, MQTT)")
-    m.add_argument("--broker", default="embedded://127.0.0.1:1883",
-                   help="embedded://HOST:PORT (start a broker) or mqtt://[user:pass@]HOST:PORT")
+    m.add_argument(
+        "--broker",
+        default="embedded://127.0.0.1:1883",
+        help="embedded://HOST:PORT (start a broker) or mqtt://[user:pass@]HOST:PORT",
+    )
     m.add_argument("--db", default=".propeller/manager.db", help="SQLite file path or postgresql:// URL")
     m.add_argument("--api", type=_host_port, default=("127.0.0.1", 7070), help="HOST:PORT of the REST API")
     m.add_argument("--heartbeat-interval", type=float, default=10.0)
@@ -210,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tags", default="", help="comma-separated tags")
     channel_args(p)
     p.set_defaults(func=cmd_proplet)
+
+    b = sub.add_parser("broker", help="run the embedded MQTT broker on its own (amqtt, keep-alive fixed)")
+    b.add_argument("--listen", type=_host_port, default=("127.0.0.1", 1883), help="HOST:PORT to listen on")
+    b.add_argument(
+        "--keepalive-grace", type=float, default=0.5, help="extra fraction of keep-alive tolerated"
+    )
+    b.set_defaults(func=cmd_broker)
 
     d = sub.add_parser("demo", help="embedded broker + manager + proplets run a sample task")
     d.add_argument("--proplets", type=int, default=3)

@@ -81,7 +81,14 @@ def _state(task: dict[str, Any]) -> str:
 
 
 def _task_row(t: dict[str, Any]) -> list[str]:
-    return [t["id"], t["name"], _state(t), t.get("proplet_id", ""), str(t.get("results", "")), t.get("error", "")]
+    return [
+        t["id"],
+        t["name"],
+        _state(t),
+        t.get("proplet_id", ""),
+        str(t.get("results", "")),
+        t.get("error", ""),
+    ]
 
 
 def task_table(task: dict[str, Any]) -> str:
@@ -89,14 +96,22 @@ def task_table(task: dict[str, Any]) -> str:
 
 
 def tasks_table(page: dict[str, Any]) -> str:
-    body = _table(["ID", "NAME", "STATE", "PROPLET", "RESULTS", "ERROR"], [_task_row(t) for t in page["tasks"]])
+    body = _table(
+        ["ID", "NAME", "STATE", "PROPLET", "RESULTS", "ERROR"], [_task_row(t) for t in page["tasks"]]
+    )
     return f"{body}\n({len(page['tasks'])} of {page['total']})"
 
 
 def _proplet_row(p: dict[str, Any]) -> list[str]:
     md = p.get("metadata", {})
-    return [p["id"], p.get("name", ""), "alive" if p.get("alive") else "dead", str(p.get("task_count", 0)),
-            md.get("os", ""), md.get("wasm_runtime", "")]
+    return [
+        p["id"],
+        p.get("name", ""),
+        "alive" if p.get("alive") else "dead",
+        str(p.get("task_count", 0)),
+        md.get("os", ""),
+        md.get("wasm_runtime", ""),
+    ]
 
 
 def proplet_table(proplet: dict[str, Any]) -> str:
@@ -104,4 +119,6 @@ def proplet_table(proplet: dict[str, Any]) -> str:
 
 
 def proplets_table(page: dict[str, Any]) -> str:
-    return _table(["ID", "NAME", "STATUS", "TASKS", "OS", "RUNTIME"], [_proplet_row(p) for p in page["proplets"]])
+    return _table(
+        ["ID", "NAME", "STATUS", "TASKS", "OS", "RUNTIME"], [_proplet_row(p) for p in page["proplets"]]
+    )

@@ -38,7 +38,10 @@ async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="propeller-demo-") as tmp:
         db = keep_db or str(Path(tmp) / "manager.db")
         settings = ManagerSettings(
-            broker="embedded://127.0.0.1:0", db=db, api_port=0, heartbeat_interval=1.0,
+            broker="embedded://127.0.0.1:0",
+            db=db,
+            api_port=0,
+            heartbeat_interval=1.0,
         )
         manager = ManagerService(settings)
         await manager.start()
@@ -47,8 +50,12 @@ async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
             print(f"manager: broker {manager.broker_url}, API http://127.0.0.1:{manager.api_port}, db {db}")
             for i in range(proplets):
                 agent = PropletAgent(
-                    AgentSettings(broker=manager.broker_url, proplet_id=f"demo-proplet-{i + 1}",
-                                  heartbeat_interval=1.0, cache_dir=str(Path(tmp) / "cache"))
+                    AgentSettings(
+                        broker=manager.broker_url,
+                        proplet_id=f"demo-proplet-{i + 1}",
+                        heartbeat_interval=1.0,
+                        cache_dir=str(Path(tmp) / "cache"),
+                    )
                 )
                 await agent.start()
                 agents.append(agent)
@@ -77,13 +84,17 @@ async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
                 await _wait_for(finished, 20, f"task {task_id} to finish")
                 latency = time.monotonic() - submitted
             state = STATE_NAMES[int(task["state"])]  # type: ignore[call-overload]
-            print(f"task {task_id} (add 2 40): {state} on {task.get('proplet_id')}, "
-                  f"result {task.get('results')!r}{', error ' + str(task['error']) if task.get('error') else ''}")
-            print(f"submit-to-result latency {latency * 1000:.1f} ms; demo wall time {time.monotonic() - t0:.2f} s")
+            print(
+                f"task {task_id} (add 2 40): {state} on {task.get('proplet_id')}, "
+                f"result {task.get('results')!r}" + (f", error {task['error']}" if task.get("error") else "")
+            )
+            print(
+                f"submit-to-result latency {latency * 1000:.1f} ms; "
+                f"demo wall time {time.monotonic() - t0:.2f} s"
+            )
             return 0 if state == "Completed" else 1
         finally:
             for agent in agents:
                 with contextlib.suppress(Exception):
                     await agent.stop()
             await manager.stop()
-

@@ -23,14 +23,18 @@ from orchestrator.core.commands import (
     Command,
     DeleteProplet,
     DeleteTask,
+    InvocationFinished,
     LogEvent,
     MessageReceived,
+    PersistJob,
     PersistProplet,
     PersistTask,
     Publish,
+    RecordPropletMetrics,
+    RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
-from orchestrator.core.model import Proplet, Task
+from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
 
 log = logging.getLogger("propeller.manager")
@@ -81,6 +85,7 @@ class ManagerService:
         self._api_server: Any = None
         self._stopped = asyncio.Event()
         self._t0 = time.monotonic()
+        self._invocations: dict[str, asyncio.Future[InvocationFinished]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -92,7 +97,8 @@ class ManagerService:
         self.store = await Store.open(self.settings.db)
         tasks = await self.store.load_tasks()
         proplets = await self.store.load_proplets()
-        self.engine.restore(tasks, proplets, self.now())
+        jobs = await self.store.load_jobs()
+        self.engine.restore(tasks, proplets, self.now(), time.time(), jobs)
         if url.scheme == "embedded":
             self.broker = EmbeddedBroker(url.host, url.port)
             await self.broker.start()
@@ -100,7 +106,9 @@ class ManagerService:
         else:
             self.broker_url = self.settings.broker
         topics = self.engine.topics
-        client_id = self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
+        client_id = (
+            self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
+        )
         self.mqtt = MqttClient(
             self.broker_url,
             client_id,
@@ -117,8 +125,14 @@ class ManagerService:
             await self._start_api()
         await self.flush()
         log.info(
-            json.dumps({"event": "manager_started", "broker": self.broker_url, "db": self.settings.db,
-                        "api": f"http://{self.settings.api_host}:{self.api_port}"})
+            json.dumps(
+                {
+                    "event": "manager_started",
+                    "broker": self.broker_url,
+                    "db": self.settings.db,
+                    "api": f"http://{self.settings.api_host}:{self.api_port}",
+                }
+            )
         )
 
     async def _start_api(self) -> None:
@@ -127,8 +141,11 @@ class ManagerService:
         from orchestrator.adapters.http_api import create_app
 
         config = uvicorn.Config(
-            create_app(self), host=self.settings.api_host, port=self.settings.api_port,
-            log_level="warning", lifespan="off",
+            create_app(self),
+            host=self.settings.api_host,
+            port=self.settings.api_port,
+            log_level="warning",
+            lifespan="off",
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -206,8 +223,31 @@ class ManagerService:
                     try:
                         self.mqtt.publish(command.topic, command.payload, command.qos)
                     except Exception as err:  # the broker may be away; the task stays recoverable
-                        log.warning(json.dumps({"event": "publish_failed", "topic": command.topic,
-                                                "error": str(err)}))
+                        log.warning(
+                            json.dumps({"event": "publish_failed", "topic": command.topic, "error": str(err)})
+                        )
+            elif isinstance(command, InvocationFinished):
+                waiter = self._invocations.pop(command.invocation_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(command)
+            elif isinstance(command, RecordPropletMetrics):
+                await self.store.add_proplet_metrics(
+                    command.proplet_id,
+                    command.namespace,
+                    command.cpu_metrics,
+                    command.memory_metrics,
+                    command.timestamp,
+                )
+            elif isinstance(command, RecordTaskMetrics):
+                await self.store.add_task_metrics(
+                    command.task_id,
+                    command.proplet_id,
+                    command.metrics,
+                    command.aggregated,
+                    command.timestamp,
+                )
+            elif isinstance(command, PersistJob):
+                await self.store.save_job(command.job)
             elif isinstance(command, PersistProplet):
                 await self.store.save_proplet(command.proplet)
             elif isinstance(command, DeleteTask):
@@ -244,6 +284,32 @@ class ManagerService:
     async def delete_proplet(self, proplet_id: str) -> None:
         self.engine.delete_proplet(proplet_id)
         await self.flush()
+
+    async def create_workflow(self, specs: Any) -> list[Task]:
+        tasks = self.engine.create_workflow(specs, time.time())
+        await self.flush()
+        return tasks
+
+    async def create_job(self, name: str, specs: Any, mode: str) -> tuple[Job, list[Task]]:
+        job, tasks = self.engine.create_job(name, specs, mode, time.time())
+        await self.flush()
+        return job, tasks
+
+    async def start_job(self, job_id: str) -> None:
+        self.engine.start_job(job_id, self.now(), time.time())
+        await self.flush()
+
+    async def stop_job(self, job_id: str) -> None:
+        self.engine.stop_job(job_id, time.time())
+        await self.flush()
+
+    async def invoke(self, task_id: str, inputs: Any, env: Any) -> InvocationFinished:
+        invocation_id = self.engine.invoke(task_id, inputs, env, self.now())
+        waiter: asyncio.Future[InvocationFinished] = asyncio.get_running_loop().create_future()
+        self._invocations[invocation_id] = waiter
+        self._wake.set()
+        await self.flush()
+        return await waiter
 
     def proplet_alive(self, proplet: Proplet) -> bool:
         return self.engine.is_alive(proplet, self.now())

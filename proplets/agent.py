@@ -21,7 +21,16 @@ from typing import Any
 
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttClient, Will
-from proplets.core import CancelTask, LogEvent, PropletConfig, PropletEngine, Publish, RunTask, Subscribe
+from proplets.core import (
+    CancelTask,
+    InvokeTask,
+    LogEvent,
+    PropletConfig,
+    PropletEngine,
+    Publish,
+    RunTask,
+    Subscribe,
+)
 from proplets.delivery import DeliveryError, FetchLimits, WasmSource, fetch_wasm
 from proplets.runtime import CancelToken, Limits, RunRequest, WasmRuntime, WasmtimeRuntime
 
@@ -88,10 +97,13 @@ class PropletAgent:
                 metadata=host_metadata(settings),
             )
         )
-        self.runtime = runtime or WasmtimeRuntime(cache_dir=Path(settings.cache_dir) if settings.cache_dir else None)
+        self.runtime = runtime or WasmtimeRuntime(
+            cache_dir=Path(settings.cache_dir) if settings.cache_dir else None
+        )
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.max_instances), thread_name_prefix="wasm")
         self._cancels: dict[str, CancelToken] = {}
+        self._deployed: dict[str, bytes] = {}  # latent task id -> module bytes
         self._jobs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -158,21 +170,54 @@ class PropletAgent:
                 try:
                     self.mqtt.publish(command.topic, command.payload, command.qos)
                 except Exception as err:
-                    log.warning(json.dumps({"event": "publish_failed", "topic": command.topic, "error": str(err)}))
+                    log.warning(
+                        json.dumps({"event": "publish_failed", "topic": command.topic, "error": str(err)})
+                    )
             elif isinstance(command, Subscribe):
                 self.mqtt.subscribe(command.topic, command.qos)
             elif isinstance(command, RunTask):
-                job = asyncio.get_running_loop().create_task(self._run(command.start))
-                self._jobs.add(job)
-                job.add_done_callback(self._jobs.discard)
+                self._spawn(self._run(command.start))
+            elif isinstance(command, InvokeTask):
+                self._spawn(self._invoke(command))
             elif isinstance(command, CancelTask):
                 token = self._cancels.get(command.task_id)
                 if token is not None:
                     token.cancel()
+                if self._deployed.pop(command.task_id, None) is not None:
+                    self.engine.task_finished(command.task_id, "", "stopped", self._clock())
             elif isinstance(command, LogEvent):
-                log.info(json.dumps({"event": command.name, "proplet_id": self.settings.proplet_id,
-                                     **command.fields}, default=str))
+                log.info(
+                    json.dumps(
+                        {"event": command.name, "proplet_id": self.settings.proplet_id, **command.fields},
+                        default=str,
+                    )
+                )
         self._wake.set()
+
+    def _spawn(self, coroutine: Any) -> None:
+        job = asyncio.get_running_loop().create_task(coroutine)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    def _request(
+        self, start: wire.StartTask, wasm: bytes, inputs: tuple[Any, ...], env: dict[str, str]
+    ) -> RunRequest:
+        limits = Limits(**{**self.settings.default_limits, **dict(start.limits or {})})  # type: ignore[arg-type]
+        return RunRequest(
+            task_id=start.id,
+            wasm=wasm,
+            function=start.name,
+            inputs=inputs,
+            cli_args=tuple(start.cli_args),
+            env={**env, "PROPLET_ID": self.settings.proplet_id},
+            limits=limits,
+        )
+
+    async def _execute_wasm(self, request: RunRequest, token: CancelToken) -> tuple[str, str | None]:
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.runtime.run, request, token
+        )
+        return outcome.results, outcome.error
 
     async def _run(self, start: wire.StartTask) -> None:
         token = CancelToken()
@@ -183,18 +228,12 @@ class PropletAgent:
                 WasmSource(file=start.file, image_url=start.image_url, sha256=start.sha256),
                 limits=FetchLimits(),
             )
-            limits = Limits(**{**self.settings.default_limits, **dict(start.limits or {})})  # type: ignore[arg-type]
-            request = RunRequest(
-                task_id=start.id,
-                wasm=wasm,
-                function=start.name,
-                inputs=tuple(start.inputs),
-                cli_args=tuple(start.cli_args),
-                env={**dict(start.env), "PROPLET_ID": self.settings.proplet_id},
-                limits=limits,
-            )
-            outcome = await asyncio.get_running_loop().run_in_executor(self._pool, self.runtime.run, request, token)
-            results, error = outcome.results, outcome.error
+            if start.latent:
+                self._deployed[start.id] = wasm
+                self.engine.deployed(start.id)
+                return
+            request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
+            results, error = await self._execute_wasm(request, token)
         except DeliveryError as err:
             error = str(err)
         except Exception as err:  # a bug must become a failed task, never a silent hang
@@ -202,7 +241,25 @@ class PropletAgent:
             error = f"proplet internal error: {type(err).__name__}: {err}"
         finally:
             self._cancels.pop(start.id, None)
-        self.engine.task_finished(start.id, results, error, self._clock())
+        if start.id not in self._deployed:
+            self.engine.task_finished(start.id, results, error, self._clock())
+        self._execute()
+
+    async def _invoke(self, command: InvokeTask) -> None:
+        start, invoke = command.start, command.invoke
+        wasm = self._deployed.get(start.id)
+        results, error = "", None
+        if wasm is None:
+            error = f"task {start.id} has not been precompiled; deploy it as a latent task first"
+        else:
+            env = {**dict(start.env), **dict(invoke.env)}
+            request = self._request(start, wasm, tuple(invoke.inputs or start.inputs), env)
+            try:
+                results, error = await self._execute_wasm(request, CancelToken())
+            except Exception as err:
+                log.exception("invocation %s crashed the runner", invoke.invocation_id)
+                error = f"proplet internal error: {type(err).__name__}: {err}"
+        self.engine.invocation_finished(start.id, invoke.invocation_id, results, error)
         self._execute()
 
 

@@ -33,6 +33,8 @@ class PropletConfig:
     profile: wire.Profile = wire.Profile.RUST
     qos: int = 1
     outbox_limit: int = 1000
+    # Send our heartbeat extension listing running tasks (upstream proplets do not).
+    report_running: bool = True
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ class RunTask:
 
 
 @dataclass(frozen=True)
+class InvokeTask:
+    """Call a deployed latent task (the driver answers with ``invocation_finished``)."""
+
+    start: wire.StartTask
+    invoke: wire.InvokeTask
+
+
+@dataclass(frozen=True)
 class CancelTask:
     task_id: str
 
@@ -64,7 +74,7 @@ class LogEvent:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-PropletCommand = Publish | Subscribe | RunTask | CancelTask | LogEvent
+PropletCommand = Publish | Subscribe | RunTask | InvokeTask | CancelTask | LogEvent
 
 
 @dataclass
@@ -72,6 +82,7 @@ class _Running:
     start: wire.StartTask
     since: float
     cancelled: bool = False
+    deployed: bool = False
 
 
 class PropletEngine:
@@ -114,10 +125,11 @@ class PropletEngine:
         for topic in self.topics.proplet_subscriptions:
             self._commands.append(Subscribe(topic, self.config.qos))
         self._publish(self.topics.create, self.discovery())
-        self._heartbeat(now)
+        # Results held while offline go before the heartbeat that no longer lists their tasks.
         held, self._outbox = self._outbox, []
         for payload in held:
             self._commands.append(Publish(self.topics.results, payload, self.config.qos))
+        self._heartbeat(now)
         self._commands.append(LogEvent("connected", {"resent_results": len(held)}))
 
     def on_disconnected(self, now: float) -> None:
@@ -126,7 +138,9 @@ class PropletEngine:
         self._commands.append(LogEvent("disconnected", {"running": len(self.running)}))
 
     def _heartbeat(self, now: float) -> None:
-        self._publish(self.topics.alive, wire.Heartbeat(self.config.proplet_id, "alive", self.config.namespace))
+        running = tuple(sorted(self.running)) if self.config.report_running else None
+        hb = wire.Heartbeat(self.config.proplet_id, "alive", self.config.namespace, running)
+        self._publish(self.topics.alive, hb)
         self._next_heartbeat = now + self.config.heartbeat_interval
 
     def next_deadline(self) -> float | None:
@@ -140,7 +154,7 @@ class PropletEngine:
 
     def handle(self, topic: str, payload: bytes, now: float) -> None:
         suffix = self.topics.suffix(topic)
-        if suffix not in ("control/manager/start", "control/manager/stop"):
+        if suffix not in ("control/manager/start", "control/manager/stop", "control/manager/invoke"):
             return
         try:
             message = wire.decode(self.topics, topic, payload)
@@ -155,6 +169,29 @@ class PropletEngine:
             self._on_start(message, now)
         elif isinstance(message, wire.StopTask):
             self._on_stop(message)
+        elif isinstance(message, wire.InvokeTask):
+            self._on_invoke(message)
+
+    def _on_invoke(self, invoke: wire.InvokeTask) -> None:
+        if not invoke.broadcast and invoke.proplet_id and invoke.proplet_id != self.config.proplet_id:
+            return
+        entry = self.running.get(invoke.id)
+        if entry is None or not entry.start.latent or not entry.deployed:
+            error = f"task {invoke.id} has not been precompiled; deploy it as a latent task first"
+            self.invocation_finished(invoke.id, invoke.invocation_id, "", error)
+            return
+        self._count("invocations")
+        self._commands.append(InvokeTask(entry.start, invoke))
+
+    def deployed(self, task_id: str) -> None:
+        """The driver compiled a latent task: it now answers invocations (upstream publishes nothing)."""
+        entry = self.running.get(task_id)
+        if entry is not None:
+            entry.deployed = True
+
+    def invocation_finished(self, task_id: str, invocation_id: str, results: str, error: str | None) -> None:
+        message = wire.InvokeResult(task_id, invocation_id, self.config.proplet_id, results, error or None)
+        self._publish(self.topics.invoke_results, message)
 
     def _targets_me(self, payload: bytes) -> bool:
         try:
@@ -173,8 +210,12 @@ class PropletEngine:
             return
         limit = self.config.max_instances
         if limit and len(self.running) >= limit:
-            self._result(start.id, "", f"proplet busy: {len(self.running)}/{limit} instances running",
-                         start.attempt or None)
+            self._result(
+                start.id,
+                "",
+                f"proplet busy: {len(self.running)}/{limit} instances running",
+                start.attempt or None,
+            )
             return
         self.running[start.id] = _Running(start, now)
         self._count("tasks_started")
@@ -200,8 +241,11 @@ class PropletEngine:
             error = f"task {task_id} was stopped before completion"
         self._count("tasks_failed" if error else "tasks_completed")
         self._result(task_id, results, error, entry.start.attempt or None)
-        self._commands.append(LogEvent("task_finished", {"task_id": task_id, "ok": not error,
-                                                         "seconds": round(now - entry.since, 6)}))
+        self._commands.append(
+            LogEvent(
+                "task_finished", {"task_id": task_id, "ok": not error, "seconds": round(now - entry.since, 6)}
+            )
+        )
 
     def _result(self, task_id: str, results: str, error: str | None, attempt: int | None) -> None:
         message = wire.TaskResult(task_id, results, error or None, self.config.proplet_id, attempt)

@@ -36,7 +36,7 @@ static void emit(prop_t *p, prop_level_t level, const con_line_t *l)
     }
 }
 
-static void heap_stats(prop_t *p, prop_heap_t *h)
+static void heap_stats(const prop_t *p, prop_heap_t *h)
 {
     memset(h, 0, sizeof *h);
     if (p->ops.heap_stats != NULL) {
@@ -1097,7 +1097,7 @@ void prop_tick(prop_t *p, uint64_t now)
 void prop_status_line(const prop_t *p, uint64_t now_ms, char *buf, size_t cap)
 {
     prop_heap_t h;
-    heap_stats((prop_t *)p, &h);
+    heap_stats(p, &h);
     snprintf(buf, cap, "status state=%s wifi=%s mqtt=%s tasks=%lu heap_free=%lu uptime_ms=%llu",
              prop_running(p) > 0 ? "running" : "idle", p->wifi_up ? "up" : "down",
              p->conn == PROP_ONLINE ? "connected" : "disconnected", (unsigned long)p->tasks_done,

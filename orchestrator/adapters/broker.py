@@ -225,7 +225,7 @@ class EmbeddedBroker:
         log.info("embedded MQTT broker listening on %s", self.url)
 
     async def stop(self) -> None:
-        """Close every client connection (wills of connected clients are not sent) and the listener."""
+        """Close the listener and every client connection; sessions and retained messages are lost."""
         broker, self._broker = self._broker, None
         if broker is not None:
             await broker.shutdown()

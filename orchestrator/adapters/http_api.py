@@ -69,6 +69,26 @@ async def _json_body(request: Request, *, optional: bool = False) -> Any:
         raise ValidationError(f"request body is not valid JSON: {err}") from None
 
 
+def job_summary(manager: ManagerService, job_id: str) -> dict[str, Any]:
+    from orchestrator.core.workflow import job_state
+    from orchestrator.views import rfc3339
+
+    job = manager.engine.jobs[job_id]
+    tasks = manager.engine.job_tasks(job_id)
+    starts = [t.start_time for t in tasks if t.start_time]
+    finishes = [t.finish_time for t in tasks if t.finish_time]
+    return {
+        "job_id": job.id,
+        "name": job.name,
+        "execution_mode": job.execution_mode,
+        "state": job_state(tasks),
+        "tasks": len(tasks),
+        "start_time": rfc3339(min(starts) if starts else None),
+        "finish_time": rfc3339(max(finishes) if finishes else None),
+        "created_at": rfc3339(job.created_at),
+    }
+
+
 def create_app(manager: ManagerService) -> FastAPI:
     app = FastAPI(title="Propeller manager", version=VERSION, description="WebAssembly orchestrator API")
     instance_id = str(uuid.uuid4())
@@ -81,9 +101,9 @@ def create_app(manager: ManagerService) -> FastAPI:
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Response:
         token = manager.settings.api_token
-        if token and request.url.path not in ("/health", "/docs", "/openapi.json"):
-            if request.headers.get("authorization", "") != f"Bearer {token}":
-                return error(401, "missing or invalid bearer token")
+        open_path = request.url.path in ("/health", "/docs", "/openapi.json")
+        if token and not open_path and request.headers.get("authorization", "") != f"Bearer {token}":
+            return error(401, "missing or invalid bearer token")
         response: Response = await call_next(request)
         return response
 
@@ -140,6 +160,19 @@ def create_app(manager: ManagerService) -> FastAPI:
         await manager.stop_task(_uuid(task_id, "task_id"))
         return {"stopped": True}
 
+    @app.post("/tasks/{task_id}/invoke")
+    async def invoke_task(task_id: str, request: Request) -> JSONResponse:
+        body = await _json_body(request, optional=True)
+        if not isinstance(body, dict):
+            raise ValidationError("body must be a JSON object with optional 'inputs' and 'env'")
+        outcome = await manager.invoke(_uuid(task_id, "task_id"), body.get("inputs"), body.get("env"))
+        if outcome.error:
+            return JSONResponse(
+                {"invoked": False, "error": outcome.error, "results": outcome.results},
+                status_code=502 if "timed out" not in outcome.error else 504,
+            )
+        return JSONResponse({"invoked": True, "results": outcome.results})
+
     @app.get("/tasks/{task_id}/results")
     async def task_results(task_id: str) -> Response:
         task = manager.engine.get_task(_uuid(task_id, "task_id"))
@@ -157,7 +190,12 @@ def create_app(manager: ManagerService) -> FastAPI:
         views = [proplet_view(p, manager.proplet_alive(p)) for p in proplets]
         if status:
             views = [v for v in views if v["alive"] == (status == "active")]
-        return {"offset": offset, "limit": limit, "total": len(views), "proplets": views[offset : offset + limit]}
+        return {
+            "offset": offset,
+            "limit": limit,
+            "total": len(views),
+            "proplets": views[offset : offset + limit],
+        }
 
     @app.get("/proplets/{proplet_id}")
     async def get_proplet(proplet_id: str) -> dict[str, Any]:
@@ -176,7 +214,118 @@ def create_app(manager: ManagerService) -> FastAPI:
         offset, limit = _page(request)
         proplet = manager.engine.get_proplet(proplet_id)
         history = [rfc3339(t) for t in reversed(proplet.alive_history)]
-        return {"offset": offset, "limit": limit, "total": len(history), "history": history[offset : offset + limit]}
+        return {
+            "offset": offset,
+            "limit": limit,
+            "total": len(history),
+            "history": history[offset : offset + limit],
+        }
+
+    @app.post("/workflows", status_code=201)
+    async def create_workflow(request: Request) -> JSONResponse:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise ValidationError("body must be a JSON object with a 'tasks' list")
+        tasks = await manager.create_workflow(body.get("tasks"))
+        return JSONResponse({"tasks": [task_view(t) for t in tasks]}, status_code=201)
+
+    @app.post("/jobs", status_code=201)
+    async def create_job(request: Request) -> JSONResponse:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise ValidationError("body must be a JSON object with 'name' and 'tasks'")
+        name = body.get("name", "")
+        if not isinstance(name, str):
+            raise ValidationError("name must be a string", "name")
+        mode = body.get("execution_mode") or ""
+        if not isinstance(mode, str):
+            raise ValidationError("execution_mode must be a string", "execution_mode")
+        job, tasks = await manager.create_job(name, body.get("tasks"), mode)
+        return JSONResponse(
+            {"job_id": job.id, "tasks": [task_view(t) for t in tasks]},
+            status_code=201,
+            headers={"Location": f"/jobs/{job.id}"},
+        )
+
+    @app.get("/jobs")
+    async def list_jobs(request: Request) -> dict[str, Any]:
+        offset, limit = _page(request)
+        status = request.query_params.get("status", "")
+        if status not in ("", "pending", "running", "completed", "failed"):
+            raise ValidationError("status must be pending, running, completed or failed", "status")
+        summaries = [job_summary(manager, job_id) for job_id in manager.engine.jobs]
+        summaries.sort(key=lambda j: (j["created_at"], j["job_id"]), reverse=True)
+        if status:
+            summaries = [j for j in summaries if j["state"] == status]
+        return {
+            "offset": offset,
+            "limit": limit,
+            "total": len(summaries),
+            "jobs": summaries[offset : offset + limit],
+        }
+
+    @app.get("/jobs/{job_id}")
+    async def get_job(job_id: str) -> dict[str, Any]:
+        tasks = manager.engine.job_tasks(job_id)
+        return {**job_summary(manager, job_id), "tasks": [task_view(t) for t in tasks]}
+
+    @app.post("/jobs/{job_id}/start")
+    async def start_job(job_id: str) -> dict[str, Any]:
+        await manager.start_job(job_id)
+        return {"message": "job started", "job_id": job_id}
+
+    @app.post("/jobs/{job_id}/stop")
+    async def stop_job(job_id: str) -> dict[str, Any]:
+        await manager.stop_job(job_id)
+        return {"message": "job stopped", "job_id": job_id}
+
+    @app.get("/proplets/{proplet_id}/metrics")
+    async def proplet_metrics(proplet_id: str, request: Request) -> dict[str, Any]:
+        from orchestrator.views import rfc3339
+
+        offset, limit = _page(request)
+        manager.engine.get_proplet(proplet_id)
+        assert manager.store is not None
+        total, rows = await manager.store.list_proplet_metrics(proplet_id, offset, limit)
+        return {
+            "offset": offset,
+            "limit": limit,
+            "total": total,
+            "metrics": [
+                {
+                    "proplet_id": r.proplet_id,
+                    "namespace": r.namespace,
+                    "timestamp": rfc3339(r.timestamp),
+                    "cpu_metrics": r.cpu_metrics,
+                    "memory_metrics": r.memory_metrics,
+                }
+                for r in rows
+            ],
+        }
+
+    @app.get("/tasks/{task_id}/metrics")
+    async def task_metrics(task_id: str, request: Request) -> dict[str, Any]:
+        from orchestrator.views import rfc3339
+
+        offset, limit = _page(request)
+        manager.engine.get_task(_uuid(task_id, "task_id"))
+        assert manager.store is not None
+        total, rows = await manager.store.list_task_metrics(task_id, offset, limit)
+        return {
+            "offset": offset,
+            "limit": limit,
+            "total": total,
+            "metrics": [
+                {
+                    "task_id": r.task_id,
+                    "proplet_id": r.proplet_id,
+                    "metrics": r.metrics,
+                    "aggregated": r.aggregated,
+                    "timestamp": rfc3339(r.timestamp),
+                }
+                for r in rows
+            ],
+        }
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

@@ -32,7 +32,9 @@ class _EngineCollector(Collector):
         alive = sum(1 for p in engine.proplets.values() if self.manager.proplet_alive(p))
         yield GaugeMetricFamily("propeller_proplets_alive", "Proplets alive now", value=alive)
         yield GaugeMetricFamily("propeller_proplets_known", "Proplets registered", value=len(engine.proplets))
-        yield GaugeMetricFamily("propeller_tasks_queued", "Tasks waiting for capacity", value=len(engine.queued()))
+        yield GaugeMetricFamily(
+            "propeller_tasks_queued", "Tasks waiting for capacity", value=len(engine.queued())
+        )
         dropped = CounterMetricFamily(
             "propeller_messages_malformed", "Malformed messages dropped, by topic", labels=["topic"]
         )
@@ -47,7 +49,9 @@ class _EngineCollector(Collector):
         buckets = [(str(b), float(sum(1 for s in samples if s <= b))) for b in LATENCY_BUCKETS]
         buckets.append(("+Inf", float(len(samples))))
         yield HistogramMetricFamily(
-            "propeller_dispatch_latency_seconds", "Dispatch to result latency", buckets=buckets,
+            "propeller_dispatch_latency_seconds",
+            "Dispatch to result latency",
+            buckets=buckets,
             sum_value=sum(samples),
         )
 

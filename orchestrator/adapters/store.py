@@ -47,7 +47,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from orchestrator.core.model import Proplet, PropletMetadata, Task, TaskState
+from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -67,15 +67,7 @@ class StoreError(Exception):
         super().__init__(message)
 
 
-@dataclass
-class JobRecord:
-    """A job row (upstream ``pkg/job``); its state is derived from its tasks, so it is not stored."""
-
-    id: str
-    name: str = ""
-    execution_mode: str = ""
-    created_at: float | None = None
-    updated_at: float | None = None
+JobRecord = Job  # the job model lives in orchestrator.core.model
 
 
 @dataclass(frozen=True)
@@ -135,6 +127,7 @@ TASKS = sa.Table(
     sa.Column("limits", sa.JSON(), nullable=False),
     sa.Column("attempt", sa.Integer(), nullable=False),
     sa.Column("max_attempts", sa.Integer(), nullable=False),
+    sa.Column("targets", sa.JSON(), nullable=False),
     sa.Column("start_time", sa.Double(), nullable=True),
     sa.Column("finish_time", sa.Double(), nullable=True),
     sa.Column("created_at", sa.Double(), nullable=True),
@@ -208,6 +201,11 @@ class Store:
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if sqlite_backend else contextlib.nullcontext()
         )
+        # Built once: constructing `excluded` costs about a millisecond, more than the write itself.
+        # A task keeps its first `seq`: that is its place in load order.
+        self._upserts = {
+            table.name: self._build_upsert(table, keep=("id", "seq")) for table in (TASKS, PROPLETS, JOBS)
+        }
 
     @classmethod
     async def open(cls, url: str, *, schema: str | None = None) -> Store:
@@ -260,15 +258,9 @@ class Store:
         if not tasks:
             return
         rows = [self._task_row(t) for t in tasks]
-        stmt = self._insert(TASKS)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["id"],
-            # seq is kept from the first save: it is the task's place in load order.
-            set_={c.name: stmt.excluded[c.name] for c in TASKS.c if c.name not in ("id", "seq")},
-        )
         what = f"save task {tasks[0].id!r}" if len(tasks) == 1 else f"save {len(tasks)} tasks"
         async with self._write(what, rows) as conn:
-            await conn.execute(stmt, rows)
+            await conn.execute(self._upserts["tasks"], rows[0] if len(rows) == 1 else rows)
 
     async def delete_task(self, task_id: str) -> None:
         """Delete the task and its metrics; deleting an unknown id is not an error."""
@@ -410,13 +402,15 @@ class Store:
         data["file"] = bytes(values["file"])
         return Task(**data)
 
-    async def _upsert(self, table: sa.Table, row: dict[str, Any], what: str) -> None:
-        stmt = self._insert(table).values(row)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={k: stmt.excluded[k] for k in row if k != "id"}
+    def _build_upsert(self, table: sa.Table, keep: tuple[str, ...]) -> Any:
+        stmt = self._insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=["id"], set_={c.name: stmt.excluded[c.name] for c in table.c if c.name not in keep}
         )
+
+    async def _upsert(self, table: sa.Table, row: dict[str, Any], what: str) -> None:
         async with self._write(what, [row]) as conn:
-            await conn.execute(stmt)
+            await conn.execute(self._upserts[table.name], row)
 
     async def _page(
         self, table: sa.Table, key: sa.Column[Any], value: str, offset: int, limit: int
@@ -443,7 +437,12 @@ class Store:
                 async with self._engine.begin() as conn:
                     yield conn
             except StatementError as exc:
+                raise StoreError(self.url, f"{what}{_json_culprit(rows)}", exc) from exc
+            except (TypeError, ValueError) as exc:
+                # psycopg encodes JSON itself, outside SQLAlchemy's error wrapping.
                 culprit = _json_culprit(rows)
+                if not culprit:
+                    raise
                 raise StoreError(self.url, f"{what}{culprit}", exc) from exc
             except (SQLAlchemyError, OSError) as exc:
                 raise StoreError(self.url, what, exc) from exc
@@ -499,7 +498,11 @@ def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
         connect_args: dict[str, Any] = {"connect_timeout": 10}
         if schema is not None:
             connect_args["options"] = f"-csearch_path={schema}"
-        return create_async_engine(url, connect_args=connect_args, pool_pre_ping=True, **common)
+        # Overflow connections are closed on return, so a burst above pool_size pays a connect each;
+        # 10 covers the service's usual fan-out.
+        return create_async_engine(
+            url, connect_args=connect_args, pool_pre_ping=True, pool_size=10, max_overflow=10, **common
+        )
 
     try:
         Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.core.model import Proplet, Task
+from orchestrator.core.model import Job, Proplet, Task
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class PersistProplet:
 
 
 @dataclass(frozen=True)
+class PersistJob:
+    job: Job
+
+
+@dataclass(frozen=True)
 class DeleteTask:
     task_id: str
 
@@ -41,6 +46,34 @@ class DeleteTask:
 @dataclass(frozen=True)
 class DeleteProplet:
     proplet_id: str
+
+
+@dataclass(frozen=True)
+class RecordPropletMetrics:
+    proplet_id: str
+    namespace: str
+    cpu_metrics: dict[str, Any]
+    memory_metrics: dict[str, Any]
+    timestamp: float  # UNIX seconds (uptime stamps from devices are replaced by the arrival time)
+
+
+@dataclass(frozen=True)
+class RecordTaskMetrics:
+    task_id: str
+    proplet_id: str
+    metrics: dict[str, Any]
+    aggregated: dict[str, Any] | None
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class InvocationFinished:
+    """An invocation of a latent task got its answer (or timed out): the caller waiting on it resumes."""
+
+    invocation_id: str
+    task_id: str
+    results: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -52,4 +85,15 @@ class LogEvent:
     level: str = "info"
 
 
-Command = Publish | PersistTask | PersistProplet | DeleteTask | DeleteProplet | LogEvent
+Command = (
+    Publish
+    | PersistTask
+    | PersistProplet
+    | PersistJob
+    | DeleteTask
+    | DeleteProplet
+    | RecordPropletMetrics
+    | RecordTaskMetrics
+    | InvocationFinished
+    | LogEvent
+)

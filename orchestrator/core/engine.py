@@ -17,19 +17,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import wire
-from orchestrator.core import states
+from orchestrator.core import cron, states, workflow
 from orchestrator.core.commands import (
     Command,
     DeleteProplet,
     DeleteTask,
+    InvocationFinished,
     LogEvent,
     MessageReceived,
+    PersistJob,
     PersistProplet,
     PersistTask,
     Publish,
+    RecordPropletMetrics,
+    RecordTaskMetrics,
 )
-from orchestrator.core.errors import Conflict, NotFound, ShuttingDown, ValidationError
-from orchestrator.core.model import Proplet, PropletMetadata, Task, TaskState
+from orchestrator.core.errors import Conflict, EngineError, NotFound, ShuttingDown, ValidationError
+from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 from orchestrator.core.placement import PlacementPolicy, RoundRobin
 from orchestrator.core.states import Trigger
 from orchestrator.core.validation import build_task
@@ -46,6 +50,7 @@ class EngineConfig:
     max_attempts: int = 3
     # How long a task may wait for a proplet with capacity before it fails (None = forever).
     queue_timeout: float | None = None
+    invoke_timeout: float = 30.0
     qos: int = 1
 
     @property
@@ -67,6 +72,9 @@ class Engine:
         self._new_id = new_id or (lambda: str(uuid.uuid4()))
         self.proplets: dict[str, Proplet] = {}
         self.tasks: dict[str, Task] = {}
+        self.jobs: dict[str, Job] = {}
+        # wall - now, refreshed on every call that passes both: converts cron times to deadlines.
+        self._wall_offset: float | None = None
         # Tasks waiting for capacity, with the monotonic time they started waiting.
         self._queue: dict[str, float] = {}
         # Proplets restored from the store keep their running tasks until this deadline.
@@ -77,6 +85,8 @@ class Engine:
         self.dispatch_latencies: deque[float] = deque(maxlen=10_000)
         self._dispatched_at: dict[str, float] = {}
         self.shutting_down = False
+        # invocation_id -> (task_id, deadline, retried)
+        self._invocations: dict[str, tuple[str, float, bool, tuple[str, ...], dict[str, str]]] = {}
 
     # ------------------------------------------------------------------ commands
 
@@ -99,7 +109,14 @@ class Engine:
 
     # ------------------------------------------------------------------ recovery
 
-    def restore(self, tasks: Iterable[Task], proplets: Iterable[Proplet], now: float) -> None:
+    def restore(
+        self,
+        tasks: Iterable[Task],
+        proplets: Iterable[Proplet],
+        now: float,
+        wall: float | None = None,
+        jobs: Iterable[Job] = (),
+    ) -> None:
         """Rebuild state from the store after a (re)start.
 
         Proplets are not alive until they heartbeat again, but one that had running tasks keeps
@@ -110,23 +127,31 @@ class Engine:
             p.alive = False
             p.last_seen = None
             self.proplets[p.id] = p
+        for job in jobs:
+            self.jobs[job.id] = job
         for t in tasks:
             self.tasks[t.id] = t
+            if t.schedule and wall is not None and (t.next_run is None or t.next_run <= wall):
+                t.next_run = cron.next_run(t.schedule, t.timezone, wall)  # missed runs are skipped
             if t.state is TaskState.SCHEDULED:
                 self._queue[t.id] = now
             elif t.state is TaskState.RUNNING and t.proplet_id:
                 self._grace.setdefault(t.proplet_id, now + self.config.timeout)
+                self._dispatched_at[t.id] = now
                 if t.proplet_id not in self.proplets:
                     self.proplets[t.proplet_id] = Proplet(id=t.proplet_id)
         for p in self.proplets.values():
             p.task_count = sum(
                 1 for t in self.tasks.values() if t.state is TaskState.RUNNING and t.proplet_id == p.id
             )
-        self._log("engine_restored", tasks=len(self.tasks), proplets=len(self.proplets))
+        if wall is not None:
+            self._wall_offset = wall - now
+        self._log("engine_restored", tasks=len(self.tasks), proplets=len(self.proplets), jobs=len(self.jobs))
 
     # ------------------------------------------------------------------ network input
 
     def handle(self, event: MessageReceived, now: float, wall: float) -> None:
+        self._wall_offset = wall - now
         suffix = self.topics.suffix(event.topic)
         if suffix is None or suffix not in _HANDLED_SUFFIXES:
             return  # our own commands echoed back, or topics we do not serve here
@@ -135,7 +160,11 @@ class Engine:
         except wire.CodecError as err:
             self.malformed[suffix] += 1
             self._log(
-                "malformed_message", "warning", topic=event.topic, field=err.field, reason=err.reason,
+                "malformed_message",
+                "warning",
+                topic=event.topic,
+                field=err.field,
+                reason=err.reason,
                 size=len(event.payload),
             )
             return
@@ -145,6 +174,27 @@ class Engine:
             self._on_discovery(message, now, wall)
         elif isinstance(message, wire.TaskResult):
             self._on_result(message, now, wall)
+        elif isinstance(message, wire.InvokeResult):
+            self._on_invoke_result(message, now, wall)
+        elif isinstance(message, wire.PropletMetrics):
+            stamp = message.timestamp if message.timestamp_kind == "unix" else wall
+            self._emit(
+                RecordPropletMetrics(
+                    message.proplet_id,
+                    message.namespace,
+                    dict(message.cpu_metrics),
+                    dict(message.memory_metrics),
+                    stamp,
+                )
+            )
+        elif isinstance(message, wire.TaskMetrics):
+            stamp = message.timestamp if message.timestamp_kind == "unix" else wall
+            aggregated = dict(message.aggregated) if message.aggregated is not None else None
+            self._emit(
+                RecordTaskMetrics(
+                    message.task_id, message.proplet_id, dict(message.metrics), aggregated, stamp
+                )
+            )
         else:
             self.counters[f"received_{suffix.replace('/', '_')}"] += 1
 
@@ -179,6 +229,26 @@ class Engine:
         if msg.namespace and proplet.namespace != msg.namespace:
             proplet.namespace = msg.namespace
             self._persist_proplet(proplet)
+        if msg.running is not None:
+            self._reconcile(proplet, set(msg.running), now, wall)
+
+    def _reconcile(self, proplet: Proplet, reported: set[str], now: float, wall: float) -> None:
+        """A task we think runs on ``proplet`` but that it does not report has lost its start or result."""
+        settle = 2 * self.config.heartbeat_interval  # the start may still be in flight
+        lost = [
+            t
+            for t in self.tasks.values()
+            if t.state is TaskState.RUNNING
+            and not t.broadcast
+            and t.proplet_id == proplet.id
+            and t.id not in reported
+            and now - self._dispatched_at.get(t.id, now) >= settle
+        ]
+        for task in lost:
+            self.counters["tasks_lost_on_proplet"] += 1
+            self._requeue_or_fail(task, proplet, "it no longer reports the task running", now, wall)
+        if lost:
+            self._drain_queue(now, wall)
 
     def _on_discovery(self, msg: wire.Discovery, now: float, wall: float) -> None:
         proplet, _ = self._sighting(msg.proplet_id, now, wall)
@@ -195,14 +265,22 @@ class Engine:
             self._log("result_for_unknown_task", "warning", task_id=msg.task_id)
             return
         sender = msg.proplet_id or ""
+        if task.broadcast:
+            self._on_broadcast_result(task, sender, msg, now, wall)
+            return
         superseded = (msg.attempt is not None and msg.attempt != task.attempt) or (
             sender and task.proplet_id and sender != task.proplet_id and not task.broadcast
         )
         if task.state is not TaskState.RUNNING or superseded:
             self.counters["results_ignored"] += 1
             self._log(
-                "result_ignored", task_id=task.id, state=task.state.label, sender=sender,
-                attempt=msg.attempt, current_attempt=task.attempt, superseded=bool(superseded),
+                "result_ignored",
+                task_id=task.id,
+                state=task.state.label,
+                sender=sender,
+                attempt=msg.attempt,
+                current_attempt=task.attempt,
+                superseded=bool(superseded),
             )
             return
         task.results = msg.results
@@ -212,7 +290,7 @@ class Engine:
             task.error = ""
         else:
             states.apply(task, Trigger.FAIL)
-            task.error = msg.error or ""
+            task.error = _printable(msg.error or "")
         self._release_slot(task)
         started = self._dispatched_at.pop(task.id, None)
         if started is not None:
@@ -220,7 +298,38 @@ class Engine:
         self.counters[f"tasks_{task.state.name.lower()}"] += 1
         self._log("task_finished", task_id=task.id, state=task.state.label, proplet_id=task.proplet_id)
         self._persist_task(task, wall)
+        self._after_terminal(task, now, wall)
         self._drain_queue(now, wall)
+
+    def _on_broadcast_result(
+        self, task: Task, sender: str, msg: wire.TaskResult, now: float, wall: float
+    ) -> None:
+        results = task.results if isinstance(task.results, dict) else {}
+        key = sender or f"anonymous-{len(results) + 1}"
+        if task.state is not TaskState.RUNNING or key in results or (sender and sender not in task.targets):
+            self.counters["results_ignored"] += 1
+            return
+        results[key] = {"results": msg.results, "error": msg.error or ""}
+        task.results = results
+        self._maybe_finish_broadcast(task, now, wall)
+
+    def _maybe_finish_broadcast(self, task: Task, now: float, wall: float) -> None:
+        results = task.results if isinstance(task.results, dict) else {}
+        if len(results) < len(task.targets):
+            self._persist_task(task, wall)
+            return
+        failed = sorted(k for k, v in results.items() if v["error"])
+        task.finish_time = wall
+        if failed:
+            states.apply(task, Trigger.FAIL)
+            task.error = f"{len(failed)}/{len(results)} proplets failed: " + "; ".join(
+                f"{k}: {results[k]['error']}" for k in failed[:5]
+            )
+        else:
+            states.apply(task, Trigger.COMPLETE)
+        self.counters[f"tasks_{task.state.name.lower()}"] += 1
+        self._persist_task(task, wall)
+        self._after_terminal(task, now, wall)
 
     # ------------------------------------------------------------------ liveness
 
@@ -231,11 +340,29 @@ class Engine:
             if p.alive and p.last_seen is not None
         ]
         deadlines.extend(self._grace.values())
+        deadlines.extend(entry[1] for entry in self._invocations.values())
         if self.config.queue_timeout is not None:
             deadlines.extend(t + self.config.queue_timeout for t in self._queue.values())
+        if self._wall_offset is not None:
+            deadlines.extend(
+                t.next_run - self._wall_offset for t in self.tasks.values() if t.schedule and t.next_run
+            )
         return min(deadlines, default=None)
 
     def on_timer(self, now: float, wall: float) -> None:
+        self._wall_offset = wall - now
+        for invocation_id, (task_id, deadline, *_rest) in list(self._invocations.items()):
+            if now >= deadline:
+                del self._invocations[invocation_id]
+                self._emit(
+                    InvocationFinished(
+                        invocation_id,
+                        task_id,
+                        "",
+                        f"invocation timed out after {self.config.invoke_timeout:g} s",
+                    )
+                )
+        self._run_due_cron(now, wall)
         timeout = self.config.timeout
         for proplet in list(self.proplets.values()):
             if proplet.alive and proplet.last_seen is not None and now >= proplet.last_seen + timeout:
@@ -253,6 +380,7 @@ class Engine:
                     del self._queue[task_id]
                     reason = task.error or "no proplet available"
                     self._fail(task, f"not dispatched within {self.config.queue_timeout:g} s: {reason}", wall)
+                    self._after_terminal(task, now, wall)
         self._drain_queue(now, wall)
 
     def _mark_dead(self, proplet: Proplet, reason: str, now: float, wall: float) -> None:
@@ -266,23 +394,35 @@ class Engine:
 
     def _release_tasks(self, proplet: Proplet, reason: str, now: float, wall: float) -> None:
         for task in [t for t in self.tasks.values() if t.state is TaskState.RUNNING]:
+            if task.broadcast and proplet.id in task.targets:
+                results = task.results if isinstance(task.results, dict) else {}
+                if proplet.id not in results:
+                    results[proplet.id] = {"results": "", "error": f"proplet died ({reason})"}
+                    task.results = results
+                    self._maybe_finish_broadcast(task, now, wall)
+                continue
             if task.proplet_id != proplet.id or task.broadcast:
                 continue
-            self._release_slot(task)
-            self._dispatched_at.pop(task.id, None)
-            if task.attempt >= task.max_attempts:
-                self._fail(task, f"proplet {proplet.id} died ({reason}) on attempt {task.attempt}/"
-                           f"{task.max_attempts}", wall, already_released=True)
-                continue
-            states.apply(task, Trigger.REQUEUE)
-            task.error = f"attempt {task.attempt} lost: proplet {proplet.id} died ({reason})"
-            if not task.metadata.get("pinned"):
-                task.proplet_id = ""
-            self._queue[task.id] = now
-            self.counters["tasks_redispatched"] += 1
-            self._log("task_requeued", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt)
-            self._persist_task(task, wall)
+            self._requeue_or_fail(task, proplet, f"proplet {proplet.id} died ({reason})", now, wall)
         self._drain_queue(now, wall)
+
+    def _requeue_or_fail(self, task: Task, proplet: Proplet, why: str, now: float, wall: float) -> None:
+        self._release_slot(task)
+        self._dispatched_at.pop(task.id, None)
+        if task.attempt >= task.max_attempts:
+            self._fail(
+                task, f"{why} on attempt {task.attempt}/{task.max_attempts}", wall, already_released=True
+            )
+            self._after_terminal(task, now, wall)
+            return
+        states.apply(task, Trigger.REQUEUE)
+        task.error = f"attempt {task.attempt} lost on {proplet.id}: {why}"
+        if not task.metadata.get("pinned"):
+            task.proplet_id = ""
+        self._queue[task.id] = now
+        self.counters["tasks_redispatched"] += 1
+        self._log("task_requeued", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt, reason=why)
+        self._persist_task(task, wall)
 
     # ------------------------------------------------------------------ user operations
 
@@ -293,6 +433,9 @@ class Engine:
         task.created_at = task.updated_at = wall
         if task.id in self.tasks:
             raise Conflict(f"task {task.id} already exists", "id")
+        if task.schedule:
+            cron.validate(task.schedule, task.timezone)
+            task.next_run = cron.next_run(task.schedule, task.timezone, wall)
         self.tasks[task.id] = task
         self._persist_task(task, wall)
         self._log("task_created", task_id=task.id, name=task.name)
@@ -318,8 +461,6 @@ class Engine:
             raise Conflict(f"task {task_id} is already {task.state.label.lower()}")
         if not task.file and not task.image_url:
             raise ValidationError("task has no module: set file or image_url", "file")
-        if task.broadcast:
-            raise Conflict("broadcast tasks are not supported by this manager yet", "broadcast")
         if task.proplet_id:
             target = self.proplets.get(task.proplet_id)
             if target is None:
@@ -333,26 +474,52 @@ class Engine:
             task.results = None
         task.error = ""
         task.finish_time = None
+        if task.broadcast:
+            self._dispatch_broadcast(task, now, wall)
+            return task
         states.apply(task, Trigger.QUEUE)
         self._queue[task.id] = now
         self._persist_task(task, wall)
         self._drain_queue(now, wall)
         return task
 
+    def _dispatch_broadcast(self, task: Task, now: float, wall: float) -> None:
+        wanted = set(task.metadata.get("tags") or [])
+        targets = sorted(p.id for p in self.proplets.values() if p.alive and wanted <= set(p.metadata.tags))
+        if not targets:
+            raise Conflict(
+                "no alive proplet" + (f" with tags {sorted(wanted)}" if wanted else "") + " to broadcast to"
+            )
+        task.attempt += 1
+        start = self._start_message(task, proplet_id="", broadcast=True)
+        states.apply(task, Trigger.DISPATCH)
+        task.targets = targets
+        task.results = {}
+        task.start_time = wall
+        self.counters["tasks_dispatched"] += 1
+        self._persist_task(task, wall)
+        self._emit(Publish(self.topics.start, wire.encode(start), self.config.qos))
+        self._log("task_broadcast", task_id=task.id, targets=len(targets))
+
     def stop_task(self, task_id: str, wall: float) -> Task:
         task = self.get_task(task_id)
         if task.state not in (TaskState.RUNNING, TaskState.SCHEDULED):
             raise Conflict(f"task {task_id} is not running (state {task.state.label})")
+        self._interrupt(task, "stopped by user", wall)
+        return task
+
+    def _interrupt(self, task: Task, reason: str, wall: float) -> None:
         if task.state is TaskState.RUNNING:
             self._publish_stop(task)
-            self._release_slot(task)
+            if not task.broadcast:
+                self._release_slot(task)
         self._queue.pop(task.id, None)
+        self._dispatched_at.pop(task.id, None)
         states.apply(task, Trigger.INTERRUPT)
-        task.error = "stopped by user"
+        task.error = reason
         task.finish_time = wall
         self._persist_task(task, wall)
-        self._log("task_stopped", task_id=task.id)
-        return task
+        self._log("task_interrupted", task_id=task.id, reason=reason)
 
     def delete_task(self, task_id: str) -> None:
         task = self.get_task(task_id)
@@ -390,23 +557,7 @@ class Engine:
     def _dispatch(self, task: Task, proplet: Proplet, now: float, wall: float) -> None:
         profile = wire.Profile.EMBEDDED if proplet.is_embedded else wire.Profile.RUST
         task.attempt += 1
-        start = wire.StartTask(
-            id=task.id,
-            name=task.name,
-            state=int(TaskState.RUNNING),
-            image_url=task.image_url,
-            file=task.file,
-            inputs=tuple(task.inputs),
-            cli_args=tuple(task.cli_args),
-            daemon=task.daemon,
-            latent=task.latent,
-            env=dict(task.env),
-            encrypted=task.encrypted,
-            proplet_id=proplet.id,
-            sha256=task.sha256,
-            attempt=task.attempt,
-            limits=dict(task.limits) or None,
-        )
+        start = self._start_message(task, proplet_id=proplet.id, broadcast=False)
         try:
             payload = wire.encode(start, profile)
         except wire.CodecError as err:
@@ -424,9 +575,44 @@ class Engine:
         self._emit(Publish(self.topics.start, payload, self.config.qos))
         self._log("task_dispatched", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt)
 
+    def _start_message(self, task: Task, *, proplet_id: str, broadcast: bool) -> wire.StartTask:
+        return wire.StartTask(
+            id=task.id,
+            name=task.name,
+            state=int(TaskState.RUNNING),
+            image_url=task.image_url,
+            file=task.file,
+            inputs=tuple(task.inputs),
+            cli_args=tuple(task.cli_args),
+            broadcast=broadcast,
+            daemon=task.daemon,
+            latent=task.latent,
+            env=dict(task.env),
+            encrypted=task.encrypted,
+            proplet_id=proplet_id,
+            parent_results=self._parent_results(task),
+            sha256=task.sha256,
+            attempt=task.attempt,
+            limits=dict(task.limits) or None,
+        )
+
+    def _parent_results(self, task: Task) -> dict[str, Any] | None:
+        parents = {
+            d: self.tasks[d].results
+            for d in task.depends_on
+            if d in self.tasks
+            and self.tasks[d].state is TaskState.COMPLETED
+            and self.tasks[d].results is not None
+        }
+        return parents or None
+
     def _publish_stop(self, task: Task) -> None:
         stop = wire.StopTask(
-            id=task.id, name=task.name, state=task.state.label, proplet_id=task.proplet_id, broadcast=False
+            id=task.id,
+            name=task.name,
+            state=task.state.label,
+            proplet_id=task.proplet_id,
+            broadcast=task.broadcast,
         )
         self._emit(Publish(self.topics.stop, wire.encode(stop), self.config.qos))
 
@@ -446,10 +632,205 @@ class Engine:
         self._log("task_failed", "warning", task_id=task.id, reason=reason)
         self._persist_task(task, wall)
 
+    # ------------------------------------------------------------------ workflows, jobs, cron
+
+    def create_workflow(self, specs: Any, wall: float) -> list[Task]:
+        tasks = self._build_group(specs, wall)
+        workflow_id = next((t.workflow_id for t in tasks if t.workflow_id), "") or self._new_id()
+        for t in tasks:
+            t.workflow_id = workflow_id
+        self._admit_group(tasks, wall)
+        self._log("workflow_created", workflow_id=workflow_id, tasks=len(tasks))
+        return tasks
+
+    def create_job(self, name: str, specs: Any, mode: str, wall: float) -> tuple[Job, list[Task]]:
+        mode = mode or "parallel"
+        if mode not in workflow.EXECUTION_MODES:
+            raise ValidationError(
+                f"execution_mode must be one of {', '.join(workflow.EXECUTION_MODES)}", "execution_mode"
+            )
+        tasks = self._build_group(specs, wall)
+        job_id = next((t.job_id for t in tasks if t.job_id), "") or self._new_id()
+        if job_id in self.jobs:
+            raise Conflict(f"job {job_id} already exists", "job_id")
+        for i, t in enumerate(tasks):
+            t.job_id = job_id
+            if mode == "sequential" and i > 0 and not t.depends_on:
+                t.depends_on = [tasks[i - 1].id]  # one after another, each waiting for the previous
+        job = Job(id=job_id, name=name, execution_mode=mode, created_at=wall, updated_at=wall)
+        self._admit_group(tasks, wall)
+        self.jobs[job_id] = job
+        self._emit(PersistJob(copy.deepcopy(job)))
+        self._log("job_created", job_id=job_id, tasks=len(tasks), mode=mode)
+        return job, tasks
+
+    def _build_group(self, specs: Any, wall: float) -> list[Task]:
+        if self.shutting_down:
+            raise ShuttingDown("service is shutting down")
+        if not isinstance(specs, list) or not specs:
+            raise ValidationError("tasks must be a non-empty list", "tasks")
+        tasks: list[Task] = []
+        for i, spec in enumerate(specs):
+            try:
+                task = task_from_spec(spec, self._new_id)
+            except ValidationError as err:
+                raise ValidationError(f"tasks[{i}]: {err.message}", f"tasks[{i}].{err.field}") from None
+            if task.id in self.tasks or any(t.id == task.id for t in tasks):
+                raise Conflict(f"tasks[{i}]: task {task.id} already exists", f"tasks[{i}].id")
+            task.created_at = task.updated_at = wall
+            tasks.append(task)
+        workflow.validate_dag(tasks)
+        return tasks
+
+    def _admit_group(self, tasks: list[Task], wall: float) -> None:
+        for t in tasks:
+            self.tasks[t.id] = t
+            self._persist_task(t, wall)
+
+    def job_tasks(self, job_id: str) -> list[Task]:
+        if job_id not in self.jobs:
+            raise NotFound(f"job {job_id} not found")
+        return [t for t in self.tasks.values() if t.job_id == job_id]
+
+    def start_job(self, job_id: str, now: float, wall: float) -> None:
+        tasks = self.job_tasks(job_id)
+        if any(t.state in (TaskState.RUNNING, TaskState.SCHEDULED) for t in tasks):
+            raise Conflict(f"job {job_id} is already running")
+        for t in tasks:
+            if t.state.is_terminal:
+                states.apply(t, Trigger.RESET)
+                t.attempt, t.results, t.error, t.finish_time = 0, None, "", None
+        for t in workflow.topological_order(tasks):
+            if not t.depends_on:
+                self.start_task(t.id, now, wall)
+        self._log("job_started", job_id=job_id)
+
+    def stop_job(self, job_id: str, wall: float) -> None:
+        for t in self.job_tasks(job_id):
+            if t.state in (TaskState.RUNNING, TaskState.SCHEDULED):
+                self._interrupt(t, "job stopped by user", wall)
+
+    def _after_terminal(self, task: Task, now: float, wall: float) -> None:
+        """Advance the task's workflow or job: start ready dependents, skip unreachable ones."""
+        group = [
+            t
+            for t in self.tasks.values()
+            if (task.workflow_id and t.workflow_id == task.workflow_id)
+            or (task.job_id and t.job_id == task.job_id)
+        ]
+        if not group:
+            return
+        if task.job_id and task.state in (TaskState.FAILED, TaskState.INTERRUPTED):
+            for t in group:  # fail fast: nothing else of a failed job runs
+                if t.state in (TaskState.RUNNING, TaskState.SCHEDULED):
+                    self._interrupt(
+                        t, f"job failed fast: task {task.name} ({task.id}) {task.state.label.lower()}", wall
+                    )
+                elif t.state is TaskState.PENDING:
+                    states.apply(t, Trigger.SKIP)
+                    t.error = f"job failed fast: task {task.name} ({task.id}) {task.state.label.lower()}"
+                    self._persist_task(t, wall)
+            return
+        by_id = {t.id: t for t in group}
+        progressed = True
+        while progressed:
+            progressed = False
+            for t in group:
+                if t.state is not TaskState.PENDING or not t.depends_on:
+                    continue
+                verdict = workflow.decide(t, by_id)
+                if verdict == "start":
+                    try:
+                        self.start_task(t.id, now, wall)
+                    except EngineError as err:
+                        self._fail(t, err.message, wall)
+                    progressed = True
+                elif verdict == "skip":
+                    states.apply(t, Trigger.SKIP)
+                    t.error = "run_if condition not met"
+                    t.finish_time = wall
+                    self._persist_task(t, wall)
+                    progressed = True
+
+    def _run_due_cron(self, now: float, wall: float) -> None:
+        for task in [t for t in self.tasks.values() if t.schedule and t.next_run is not None]:
+            assert task.next_run is not None
+            if task.next_run > wall:
+                continue
+            if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):
+                self.counters["cron_runs_skipped"] += 1
+                self._log("cron_run_skipped", task_id=task.id, reason=f"still {task.state.label.lower()}")
+            else:
+                try:
+                    self.start_task(task.id, now, wall)
+                    self.counters["cron_runs"] += 1
+                except (Conflict, NotFound, ValidationError) as err:
+                    self._log("cron_run_failed", "warning", task_id=task.id, reason=err.message)
+            if task.is_recurring:
+                task.next_run = cron.next_run(task.schedule, task.timezone, wall)
+            else:
+                task.schedule, task.next_run = "", None
+            self._persist_task(task, wall)
+
+    # ------------------------------------------------------------------ latent tasks
+
+    def invoke(self, task_id: str, inputs: Any, env: Any, now: float) -> str:
+        """Call a deployed latent task; the answer comes back as an InvocationFinished command."""
+        task = self.get_task(task_id)
+        if not task.latent:
+            raise ValidationError(f"task {task_id} is not a latent task and cannot be invoked")
+        if task.state is not TaskState.RUNNING or not task.proplet_id:
+            raise Conflict(
+                f"latent task {task_id} is not deployed (state {task.state.label}); start it first"
+            )
+        probe = build_task({"name": "invoke", "inputs": inputs, "env": env}, self._new_id)
+        invocation_id = self._new_id()
+        self._invocations[invocation_id] = (
+            task_id,
+            now + self.config.invoke_timeout,
+            False,
+            tuple(probe.inputs),
+            dict(probe.env),
+        )
+        self._publish_invoke(task, invocation_id, tuple(probe.inputs), dict(probe.env))
+        return invocation_id
+
+    def _publish_invoke(
+        self, task: Task, invocation_id: str, inputs: tuple[str, ...], env: dict[str, str]
+    ) -> None:
+        message = wire.InvokeTask(task.id, invocation_id, inputs, env, task.proplet_id, False)
+        self._emit(Publish(self.topics.invoke, wire.encode(message), self.config.qos))
+
+    def _on_invoke_result(self, msg: wire.InvokeResult, now: float, wall: float) -> None:
+        entry = self._invocations.get(msg.invocation_id)
+        if entry is None:
+            self.counters["invoke_results_ignored"] += 1
+            return
+        task_id, _deadline, retried, inputs, env = entry
+        task = self.tasks.get(task_id)
+        if msg.error and "has not been precompiled" in msg.error and not retried and task is not None:
+            # The proplet lost its deployment (restart): deploy again and retry once.
+            self._invocations[msg.invocation_id] = (
+                task_id,
+                now + self.config.invoke_timeout,
+                True,
+                inputs,
+                env,
+            )
+            start = self._start_message(task, proplet_id=task.proplet_id, broadcast=False)
+            self._emit(Publish(self.topics.start, wire.encode(start), self.config.qos))
+            self._publish_invoke(task, msg.invocation_id, inputs, env)
+            self._log("latent_redeployed", task_id=task_id, proplet_id=task.proplet_id)
+            return
+        del self._invocations[msg.invocation_id]
+        self._emit(InvocationFinished(msg.invocation_id, task_id, msg.results, _printable(msg.error or "")))
+
     # ------------------------------------------------------------------ views
 
     def is_alive(self, proplet: Proplet, now: float) -> bool:
-        return proplet.alive and proplet.last_seen is not None and now - proplet.last_seen < self.config.timeout
+        return (
+            proplet.alive and proplet.last_seen is not None and now - proplet.last_seen < self.config.timeout
+        )
 
     def queued(self) -> list[str]:
         return list(self._queue)
@@ -468,6 +849,12 @@ _HANDLED_SUFFIXES = frozenset(
 
 _ADJECTIVES = ("brave", "calm", "eager", "fuzzy", "gentle", "happy", "jolly", "keen", "lucid", "merry")
 _NOUNS = ("otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "puffin", "raven", "wren")
+
+
+def _printable(text: str, limit: int = 4096) -> str:
+    """Error text from the network, made safe to store (PostgreSQL text refuses NUL) and bounded."""
+    text = text.replace("\x00", "\\0")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
 def _name_for(proplet_id: str) -> str:

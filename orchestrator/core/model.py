@@ -31,9 +31,7 @@ class TaskState(enum.IntEnum):
         return self.name.capitalize()
 
 
-TERMINAL_STATES = frozenset(
-    {TaskState.COMPLETED, TaskState.FAILED, TaskState.SKIPPED, TaskState.INTERRUPTED}
-)
+TERMINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.SKIPPED, TaskState.INTERRUPTED})
 
 
 class TaskKind(enum.StrEnum):
@@ -131,7 +129,20 @@ class Task:
     limits: dict[str, float] = field(default_factory=dict)
     attempt: int = 0
     max_attempts: int = 3
+    # Broadcast: the proplets that were alive when it was sent; results are kept per proplet.
+    targets: list[str] = field(default_factory=list)
     start_time: float | None = None
     finish_time: float | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+
+
+@dataclass
+class Job:
+    """A named group of tasks started together (reference §3.4); its state is derived from its tasks."""
+
+    id: str
+    name: str = ""
+    execution_mode: str = "parallel"
     created_at: float | None = None
     updated_at: float | None = None

@@ -15,8 +15,17 @@ from orchestrator.core.model import Task, TaskKind
 
 # Keys upstream clients send that are read-only here (state, timestamps): accepted and ignored.
 _READ_ONLY = frozenset(
-    {"state", "results", "error", "start_time", "finish_time", "created_at", "updated_at", "next_run",
-     "attempt"}
+    {
+        "state",
+        "results",
+        "error",
+        "start_time",
+        "finish_time",
+        "created_at",
+        "updated_at",
+        "next_run",
+        "attempt",
+    }
 )
 _LIMIT_KEYS = frozenset({"fuel", "memory_bytes", "timeout_s", "output_bytes"})
 _SHA256 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
@@ -70,8 +79,11 @@ def _int(spec: dict[str, Any], key: str, lo: int, hi: int, default: int) -> int:
 def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
     if not isinstance(spec, dict):
         raise ValidationError("task must be a JSON object")
-    known = set(Task.__dataclass_fields__) | _READ_ONLY | {"monitoring_profile", "kbs_resource_path",
-                                                           "hal_storage_path", "mode"}
+    known = (
+        set(Task.__dataclass_fields__)
+        | _READ_ONLY
+        | {"monitoring_profile", "kbs_resource_path", "hal_storage_path", "mode"}
+    )
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
@@ -108,7 +120,9 @@ def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
     limits = _expect(spec, "limits", dict, "an object") or {}
     for k, v in limits.items():
         if k not in _LIMIT_KEYS:
-            raise ValidationError(f"unknown limit {k!r} (use {', '.join(sorted(_LIMIT_KEYS))})", f"limits.{k}")
+            raise ValidationError(
+                f"unknown limit {k!r} (use {', '.join(sorted(_LIMIT_KEYS))})", f"limits.{k}"
+            )
         if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
             raise ValidationError(f"limits.{k} must be a positive number", f"limits.{k}")
     image_url = _expect(spec, "image_url", str, "a string") or ""

@@ -49,7 +49,8 @@ def _heartbeat(o: Obj) -> m.Heartbeat:
     status = o.text("status", required=True)
     if status not in m.HEARTBEAT_STATUSES:
         o.fail("status", f"must be 'alive' or 'offline', got {status[:40]!r}")
-    return m.Heartbeat(o.text("proplet_id", required=True), status, o.text("namespace"))  # type: ignore[arg-type]
+    running = o.text_list("running") if o.raw("running") is not None else None
+    return m.Heartbeat(o.text("proplet_id", required=True), status, o.text("namespace"), running)  # type: ignore[arg-type]
 
 
 def _inputs(o: Obj) -> tuple[str | int | float, ...]:
@@ -313,9 +314,9 @@ def decode_payload(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> m.Message:
     """Decode ``payload`` as the message of topic ``suffix`` (``control/proplet/alive``, ...)."""
-    decoder = DECODERS.get(suffix)
+    decoder = DECODERS.get(suffix) if isinstance(suffix, str) else None
     if decoder is None:
-        raise CodecError(topic or suffix, "", f"unknown topic suffix {suffix[:80]!r}")
+        raise CodecError(topic or str(suffix)[:80], "", f"unknown topic suffix {str(suffix)[:80]!r}")
     data = parse_object(payload, topic, max_payload_bytes)
     return decoder(Obj(data, topic))
 

@@ -132,8 +132,12 @@ def _heartbeat(msg: m.Heartbeat, profile: Profile) -> dict[str, Any]:
     ns = _need_text(msg.namespace, "namespace")
     # Key order as each upstream sender writes it, so golden payloads compare byte for byte.
     if profile is Profile.EMBEDDED:
-        return {"status": msg.status, "proplet_id": pid, "namespace": ns}
-    return {"proplet_id": pid, "status": msg.status, "namespace": ns}
+        out = {"status": msg.status, "proplet_id": pid, "namespace": ns}
+    else:
+        out = {"proplet_id": pid, "status": msg.status, "namespace": ns}
+    if msg.running is not None:
+        out["running"] = [_need_text(r, "running", required=True) for r in msg.running]
+    return out
 
 
 def _monitoring_profile(mp: Mapping[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,13 @@ class Heartbeat:
     proplet_id: str
     status: HeartbeatStatus
     namespace: str = ""
+    # Our extension: ids of the tasks the proplet is running now (None = sender does not say), so the
+    # manager can notice a task whose start or result was lost. Upstream managers ignore the key.
+    running: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.running is not None:
+            _set(self, "running", tuple(self.running))
 
 
 @dataclass(frozen=True)

@@ -33,30 +33,41 @@ class MqttChunkFetcher:
         self._timeout_s = timeout_s
         self._clock = clock
         self._waiters: dict[str, asyncio.Future[bytes]] = {}
+        self._users: dict[str, int] = {}  # requests awaiting each app's future
 
     async def request(self, app_name: str) -> bytes:
         future = self._waiters.get(app_name)
+        first = future is None
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._waiters[app_name] = future
-            try:
-                await self._publish(app_name)
-            except Exception:
-                self._forget(app_name, future)
-                raise
+        self._users[app_name] = self._users.get(app_name, 0) + 1
         try:
+            if first:
+                await self._send_request(app_name, future)
             async with asyncio.timeout(self._timeout_s):
                 return await asyncio.shield(future)
         except TimeoutError:
             progress = self._assembler.progress(app_name)
             got = f"{progress[0]} of {progress[1]} chunks" if progress else "no chunks"
-            self._forget(app_name, future)
             raise DeliveryError(
                 "mqtt", f"timed out after {self._timeout_s:g} s waiting for chunks of {app_name} (got {got})"
             ) from None
+        finally:
+            # Also on cancellation (an outer timeout): a stale waiter would swallow the next request.
+            self._release(app_name, future)
+
+    async def _send_request(self, app_name: str, future: asyncio.Future[bytes]) -> None:
+        try:
+            await self._publish(app_name)
+        except Exception as exc:
+            error = DeliveryError("mqtt", f"cannot publish the registry request for {app_name}: {exc}")
+            if not future.done():
+                future.set_exception(error)
+            raise error from exc
 
     def on_payload(self, payload: bytes) -> None:
-        """Feed one raw ``registry/server`` payload; undecodable payloads are dropped (logged by caller)."""
+        """Feed one raw ``registry/server`` payload; a malformed one raises DeliveryError (log, drop)."""
         self.on_chunk(decode_chunk(payload))
 
     def on_chunk(self, chunk: ChunkMessage) -> None:
@@ -90,9 +101,16 @@ class MqttChunkFetcher:
         else:
             future.set_result(result or b"")
 
-    def _forget(self, app_name: str, future: asyncio.Future[bytes]) -> None:
+    def _release(self, app_name: str, future: asyncio.Future[bytes]) -> None:
+        users = self._users.get(app_name, 1) - 1
+        if users > 0:
+            self._users[app_name] = users
+            return
+        self._users.pop(app_name, None)
         if self._waiters.get(app_name) is future:
             del self._waiters[app_name]
             self._assembler.discard(app_name)
         if not future.done():
             future.cancel()
+        elif not future.cancelled():
+            future.exception()  # mark it retrieved: every user has seen it by now

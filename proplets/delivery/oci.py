@@ -185,7 +185,7 @@ async def pull_oci(image_ref: str, limits: FetchLimits, client: httpx.AsyncClien
         finally:
             await response.aclose()
     except httpx.HTTPError as exc:
-        raise DeliveryError("oci", describe_transport_error(exc, str(ref))) from exc
+        raise DeliveryError("oci", describe_transport_error(exc, f"{ref} from {base}")) from exc
     got = "sha256:" + sha256_hex(blob)
     if got != digest:
         raise DeliveryError("oci", f"sha256 mismatch for layer of {ref}: expected {digest}, got {got}")

@@ -22,7 +22,9 @@ WASM = b"\x00asm\x01\x00\x00\x00"
 
 def make_engine(**config: Any) -> Engine:
     ids = (f"00000000-0000-4000-8000-{i:012d}" for i in itertools.count(1))
-    return Engine(EngineConfig(domain="d1", channel="c1", heartbeat_interval=10.0, **config), new_id=lambda: next(ids))
+    return Engine(
+        EngineConfig(domain="d1", channel="c1", heartbeat_interval=10.0, **config), new_id=lambda: next(ids)
+    )
 
 
 def send(engine: Engine, topic: str, payload: dict[str, Any] | bytes, now: float) -> None:
@@ -74,8 +76,11 @@ def test_task_is_persisted_before_its_start_is_published() -> None:
     engine.take_commands()
     task_id = submit(engine, 1.0)
     commands = engine.take_commands()
-    persist_at = max(i for i, c in enumerate(commands) if isinstance(c, PersistTask) and c.task.id == task_id
-                     and c.task.state is TaskState.RUNNING)
+    persist_at = max(
+        i
+        for i, c in enumerate(commands)
+        if isinstance(c, PersistTask) and c.task.id == task_id and c.task.state is TaskState.RUNNING
+    )
     publish_at = next(i for i, c in enumerate(commands) if isinstance(c, Publish) and c.topic == T.start)
     assert persist_at < publish_at
 
@@ -187,8 +192,11 @@ def test_malformed_messages_are_counted_per_topic_and_dropped() -> None:
     for topic in (T.alive, T.create, T.results):
         send(engine, topic, b"\xff not json", 0.0)
     send(engine, T.results, {"task_id": 7}, 0.0)
-    assert engine.malformed == {"control/proplet/alive": 1, "control/proplet/create": 1,
-                                "control/proplet/results": 2}
+    assert engine.malformed == {
+        "control/proplet/alive": 1,
+        "control/proplet/create": 1,
+        "control/proplet/results": 2,
+    }
     assert engine.tasks == {} and engine.proplets == {}
 
 
@@ -256,8 +264,12 @@ def test_restore_gives_running_tasks_one_timeout_for_their_proplet_to_return() -
 
 def test_embedded_proplets_get_numeric_inputs() -> None:
     engine = make_engine()
-    send(engine, T.create, {"proplet_id": "esp", "namespace": "embedded",
-                            "metadata": {"os": "zephyr", "wasm_runtime": "wamr"}}, 0.0)
+    send(
+        engine,
+        T.create,
+        {"proplet_id": "esp", "namespace": "embedded", "metadata": {"os": "zephyr", "wasm_runtime": "wamr"}},
+        0.0,
+    )
     engine.take_commands()
     submit(engine, 1.0)
     (start,) = publishes(engine.take_commands(), T.start)
@@ -280,3 +292,17 @@ def test_illegal_transition_raises_and_leaves_state_unchanged() -> None:
     with pytest.raises(Conflict):
         engine.stop_task(task.id, 0)
     assert task.state is TaskState.PENDING
+
+
+def test_a_task_its_proplet_no_longer_reports_is_redispatched() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": []}, 5.0)  # start in flight
+    assert engine.tasks[task_id].attempt == 1
+    engine.take_commands()
+    send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": []}, 25.0)
+    (start,) = publishes(engine.take_commands(), T.start)
+    assert start["id"] == task_id and start["attempt"] == 2
+    send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": [task_id]}, 50.0)
+    assert engine.tasks[task_id].attempt == 2

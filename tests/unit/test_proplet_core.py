@@ -12,7 +12,9 @@ T = wire.Topics("d", "c")
 
 
 def engine(**kw: Any) -> PropletEngine:
-    return PropletEngine(PropletConfig(proplet_id="me", domain="d", channel="c", heartbeat_interval=5.0, **kw))
+    return PropletEngine(
+        PropletConfig(proplet_id="me", domain="d", channel="c", heartbeat_interval=5.0, **kw)
+    )
 
 
 def published(commands: list[Any], topic: str) -> list[dict[str, Any]]:
@@ -20,8 +22,17 @@ def published(commands: list[Any], topic: str) -> list[dict[str, Any]]:
 
 
 def start(task_id: str, target: str = "me") -> bytes:
-    return json.dumps({"id": task_id, "name": "add", "file": "AGFzbQEAAAA=", "inputs": ["1", "2"],
-                       "cli_args": None, "proplet_id": target, "attempt": 3}).encode()
+    return json.dumps(
+        {
+            "id": task_id,
+            "name": "add",
+            "file": "AGFzbQEAAAA=",
+            "inputs": ["1", "2"],
+            "cli_args": None,
+            "proplet_id": target,
+            "attempt": 3,
+        }
+    ).encode()
 
 
 def test_connect_subscribes_announces_and_heartbeats_at_once() -> None:
@@ -31,7 +42,9 @@ def test_connect_subscribes_announces_and_heartbeats_at_once() -> None:
     assert {c.topic for c in commands if isinstance(c, Subscribe)} == set(T.proplet_subscriptions)
     (discovery,) = published(commands, T.create)
     assert discovery["proplet_id"] == "me"
-    assert published(commands, T.alive) == [{"proplet_id": "me", "status": "alive", "namespace": "default"}]
+    assert published(commands, T.alive) == [
+        {"proplet_id": "me", "status": "alive", "namespace": "default", "running": []}
+    ]
     assert e.next_deadline() == 5.0
 
 
@@ -42,7 +55,8 @@ def test_heartbeats_keep_their_interval_while_a_task_runs() -> None:
     e.take_commands()
     for now in (5.0, 10.0, 15.0):
         e.on_timer(now)
-    assert len(published(e.take_commands(), T.alive)) == 3
+    beats = published(e.take_commands(), T.alive)
+    assert len(beats) == 3 and all(b["running"] == ["t1"] for b in beats)
     assert "t1" in e.running
 
 
@@ -115,3 +129,32 @@ def test_last_will_is_an_offline_heartbeat() -> None:
     topic, payload = engine().last_will()
     assert topic == T.alive
     assert json.loads(payload) == {"proplet_id": "me", "status": "offline", "namespace": "default"}
+
+
+def test_latent_task_answers_invocations_once_deployed() -> None:
+    from proplets.core import InvokeTask
+
+    e = engine()
+    e.on_connected(0.0)
+    latent = json.dumps({"id": "lt", "name": "add", "file": "AGFzbQEAAAA=", "latent": True}).encode()
+    invoke = json.dumps(
+        {"id": "lt", "invocation_id": "i1", "inputs": ["1", "2"], "proplet_id": "me"}
+    ).encode()
+    e.handle(T.invoke, invoke, 0.5)
+    (early,) = published(e.take_commands(), T.invoke_results)
+    assert "has not been precompiled" in early["error"]
+    e.handle(T.start, latent, 1.0)
+    e.deployed("lt")
+    e.take_commands()
+    e.handle(T.invoke, invoke, 2.0)
+    (call,) = [c for c in e.take_commands() if isinstance(c, InvokeTask)]
+    assert call.invoke.invocation_id == "i1" and call.invoke.inputs == ("1", "2")
+    e.invocation_finished("lt", "i1", "3", None)
+    (answer,) = published(e.take_commands(), T.invoke_results)
+    assert answer == {
+        "task_id": "lt",
+        "invocation_id": "i1",
+        "proplet_id": "me",
+        "results": "3",
+        "error": None,
+    }

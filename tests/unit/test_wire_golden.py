@@ -248,7 +248,9 @@ def test_firmware_style_stop() -> None:
 
 
 def test_go_invoke_and_rust_invoke_result() -> None:
-    invoke = b'{"id":"t","broadcast":false,"proplet_id":"p","invocation_id":"i-1","inputs":["3"],"env":{"K":"v"}}'
+    invoke = (
+        b'{"id":"t","broadcast":false,"proplet_id":"p","invocation_id":"i-1","inputs":["3"],"env":{"K":"v"}}'
+    )
     msg = decode(T, T.invoke, invoke)
     assert msg == InvokeTask("t", "i-1", ("3",), {"K": "v"}, "p", False)
     assert encode(msg) == invoke

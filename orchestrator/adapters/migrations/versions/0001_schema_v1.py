@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("limits", sa.JSON(), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("targets", sa.JSON(), nullable=False),
         sa.Column("start_time", sa.Double(), nullable=True),
         sa.Column("finish_time", sa.Double(), nullable=True),
         sa.Column("created_at", sa.Double(), nullable=True),

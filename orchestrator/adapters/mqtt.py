@@ -1,0 +1,637 @@
+"""Asyncio MQTT 3.1.1 client over paho-mqtt 2.2, using paho's external-loop hooks.
+
+Why not paho's threaded loop (`loop_start()` / `loop_forever()`): it waits in `select.select()`, which
+rejects file descriptors >= 1024, and each client holds 3 fds (its socket plus a socketpair). Past about
+340 clients per process the extra clients fail *silently* (no on_connect, no on_disconnect), and each
+costs an OS thread and ~35 KiB. Here every client's socket is registered with the asyncio loop
+(`add_reader` / `add_writer`, epoll underneath), so thousands of clients share one loop and no thread.
+One ticker task per event loop calls `loop_misc()` for all live clients (keep-alive pings, ping
+timeouts); it ticks every min(1 s, smallest keep-alive / 4), so a ping always leaves well within the
+broker's 1.5 × keep-alive.
+
+Why the TCP connect is ours: paho's `connect()` calls a blocking `socket.create_connection()`. With the
+embedded broker in the same loop, hundreds of back-to-back connects fill the broker's accept backlog
+(100) while the loop is blocked, and `connect()` times out. We connect the socket with
+`loop.sock_connect()` and hand it to paho through a one-method subclass (`_Paho`). A TLS handshake still
+runs inside paho, blocking for at most one round trip bounded by `connect_timeout` (the embedded broker
+does not serve TLS, so it cannot deadlock on itself).
+
+Semantics a caller relies on:
+- `connect()` raises `MqttError` naming host:port and the reason (refused, not authorised, timeout).
+  Automatic reconnection (capped, jittered exponential backoff from the injected rng) starts only after
+  an established connection is lost; `on_connect` fires on every (re)connect, after remembered
+  subscriptions have been re-sent, and before `connect()` returns.
+- `publish()` while not connected raises `MqttError` (nothing is queued silently across an outage).
+  QoS 1/2 messages already handed to paho are re-sent by paho after a reconnect.
+- `disconnect()` sends DISCONNECT (the broker drops the will); `abort()` drops the TCP link without it
+  (power loss: the will fires); `silence()` stops all reading, writing and pinging with the socket open
+  (a Wi-Fi drop: the broker must notice by keep-alive). Publishes while silenced stay in paho's queue.
+- Exceptions raised by user callbacks are logged and counted (`callback_errors`), never propagated
+  into paho or the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import math
+import os
+import random
+import socket
+import ssl
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from orchestrator.adapters.broker_url import BrokerUrl, parse_broker_url
+
+__all__ = ["BrokerUrl", "MqttClient", "MqttError", "TlsOptions", "Will", "parse_broker_url"]
+
+log = logging.getLogger(__name__)
+
+
+class MqttError(Exception):
+    """An MQTT operation failed; the message names the broker and the reason."""
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes = b""
+    qos: int = 1
+    retain: bool = False
+
+    def __post_init__(self) -> None:
+        _check_topic(self.topic, "will topic")
+        _check_qos(self.qos)
+        if not isinstance(self.payload, bytes | bytearray):
+            raise ValueError(f"will payload must be bytes, not {type(self.payload).__name__}")
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS for mqtts://. No ca_file means the system CAs; `insecure` skips certificate checks."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cert_file and not self.key_file:
+            raise ValueError("TLS options: cert_file is given but key_file is missing")
+        if self.key_file and not self.cert_file:
+            raise ValueError("TLS options: key_file is given but cert_file is missing")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"TLS options: {name} {path!r} does not exist")
+
+
+def _check_topic(topic: str, what: str = "topic") -> None:
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"{what} must be a non-empty string, got {topic!r}")
+    if "+" in topic or "#" in topic:
+        raise ValueError(f"{what} {topic!r} must not contain the wildcards '+' or '#'")
+
+
+def _check_filter(topic_filter: str) -> None:
+    if not isinstance(topic_filter, str) or not topic_filter:
+        raise ValueError(f"topic filter must be a non-empty string, got {topic_filter!r}")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError(f"topic filter {topic_filter!r}: '#' must be a whole, last level")
+        if "+" in level and level != "+":
+            raise ValueError(f"topic filter {topic_filter!r}: '+' must be a whole level")
+
+
+def _check_qos(qos: int) -> None:
+    if qos not in (0, 1, 2):
+        raise ValueError(f"QoS must be 0, 1 or 2, got {qos!r}")
+
+
+class _Paho(paho.Client):
+    """paho client that takes an already-connected socket instead of connecting (see docstring)."""
+
+    preconnected: socket.socket | None = None
+
+    def _create_socket_connection(self) -> socket.socket:
+        sock, self.preconnected = self.preconnected, None
+        if sock is None:
+            raise OSError("internal: no pre-connected socket for paho")
+        return sock
+
+
+if not callable(getattr(paho.Client, "_create_socket_connection", None)):
+    raise RuntimeError("paho-mqtt internals changed: Client._create_socket_connection is gone (see mqtt.py)")
+
+
+class _Ticker:
+    """One task per event loop running paho's periodic work for all its clients."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.clients: set[MqttClient] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, client: MqttClient) -> None:
+        self.clients.add(client)
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._run(), name="mqtt-misc-ticker")
+
+    def discard(self, client: MqttClient) -> None:
+        self.clients.discard(client)
+
+    async def _run(self) -> None:
+        while self.clients:
+            keepalives = [c.keepalive for c in self.clients if c.keepalive > 0]
+            await asyncio.sleep(min([1.0, *(k / 4 for k in keepalives)]))
+            for client in list(self.clients):
+                client._tick()
+
+
+_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = weakref.WeakKeyDictionary()
+
+
+def _ticker(loop: asyncio.AbstractEventLoop) -> _Ticker:
+    ticker = _tickers.get(loop)
+    if ticker is None:
+        ticker = _tickers[loop] = _Ticker(loop)
+    return ticker
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+
+
+class MqttClient:
+    """One MQTT connection driven by the running asyncio loop. Create and use it inside that loop."""
+
+    total_callback_errors = 0  # across all clients of the process
+
+    def __init__(
+        self,
+        url: BrokerUrl | str,
+        client_id: str,
+        *,
+        keepalive: float = 30,
+        will: Will | None = None,
+        clean_session: bool = True,
+        on_message: Callable[[str, bytes], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+        reconnect: bool = True,
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+        rng: random.Random | None = None,
+        tls: TlsOptions | None = None,
+        connect_timeout: float = 10.0,
+        max_inflight: int = 20,
+        max_queued: int = 10_000,
+    ) -> None:
+        self.url = parse_broker_url(url) if isinstance(url, str) else url
+        if not isinstance(client_id, str) or (not client_id and not clean_session):
+            raise ValueError(f"client_id must be a string (empty only with clean_session), got {client_id!r}")
+        if keepalive < 0 or keepalive > 65535 or keepalive != math.floor(keepalive):
+            raise ValueError(f"keepalive must be whole seconds in 0..65535, got {keepalive}")
+        if not 0 < backoff_min <= backoff_max:
+            raise ValueError(f"backoff needs 0 < backoff_min <= backoff_max, got {backoff_min}/{backoff_max}")
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be > 0, got {connect_timeout}")
+        if tls is not None and not self.url.tls:
+            raise ValueError(f"TLS options given for {self.url.url}; use an mqtts:// URL")
+        self.client_id = client_id
+        self.keepalive = int(keepalive)
+        self.callback_errors = 0
+        self._on_message, self._on_connect, self._on_disconnect = on_message, on_connect, on_disconnect
+        self._reconnect_enabled = reconnect
+        self._backoff_min, self._backoff_max = backoff_min, backoff_max
+        self._rng = rng if rng is not None else random.Random()
+        self._connect_timeout = connect_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state = _State.IDLE
+        self._auto = False  # reconnect after an unexpected loss (set once connected)
+        self._silenced = False
+        self._write_wanted = False
+        self._subs: dict[str, int] = {}
+        self._connack: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._pub_waiters: dict[int, asyncio.Future[None]] = {}
+        self._sub_waiters: dict[int, asyncio.Future[list[Any]]] = {}
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._paho = self._make_paho(clean_session, will, tls, max_inflight, max_queued)
+
+    def _make_paho(
+        self, clean_session: bool, will: Will | None, tls: TlsOptions | None, inflight: int, queued: int
+    ) -> _Paho:
+        p = _Paho(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=clean_session,
+            protocol=paho.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        p.suppress_exceptions = True
+        p.max_inflight_messages_set(inflight)
+        p.max_queued_messages_set(queued)
+        p.connect_timeout = self._connect_timeout
+        if self.url.username is not None:
+            p.username_pw_set(self.url.username, self.url.password)
+        if will is not None:
+            p.will_set(will.topic, bytes(will.payload), will.qos, will.retain)
+        if self.url.tls:
+            opts = tls or TlsOptions()
+            p.tls_set(
+                ca_certs=opts.ca_file,
+                certfile=opts.cert_file,
+                keyfile=opts.key_file,
+                cert_reqs=ssl.CERT_NONE if opts.insecure else ssl.CERT_REQUIRED,
+            )
+            p.tls_insecure_set(opts.insecure)
+        p.on_socket_open = self._sock_open
+        p.on_socket_close = self._sock_close
+        p.on_socket_register_write = self._want_write
+        p.on_socket_unregister_write = self._unwant_write
+        p.on_connect = self._paho_connect
+        p.on_disconnect = self._paho_disconnect
+        p.on_message = self._paho_message
+        p.on_publish = self._paho_publish
+        p.on_subscribe = self._paho_subscribe
+        return p
+
+    # --- public API -------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._state is _State.CONNECTED
+
+    @property
+    def silenced(self) -> bool:
+        return self._silenced
+
+    @property
+    def subscriptions(self) -> dict[str, int]:
+        return dict(self._subs)
+
+    async def connect(self, timeout: float | None = None) -> None:
+        """Connect and wait for CONNACK; raise MqttError naming host:port and the reason."""
+        if self._state is _State.CONNECTED:
+            return
+        if self._state is _State.CONNECTING:
+            raise MqttError(f"{self.client_id}: connect() to {self.url.hostport} is already in progress")
+        await self._cancel_reconnect()
+        self._loop = asyncio.get_running_loop()
+        await self._attempt(timeout if timeout is not None else self._connect_timeout)
+        self._auto = self._reconnect_enabled
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Queue a message for sending (returns its message id); MqttError if not connected."""
+        _check_topic(topic)
+        _check_qos(qos)
+        if not isinstance(payload, bytes | bytearray):
+            raise ValueError(f"payload for {topic!r} must be bytes, not {type(payload).__name__}")
+        if self._state is not _State.CONNECTED:
+            raise MqttError(
+                f"{self.client_id}: cannot publish to {topic!r}: not connected to {self.url.hostport}"
+            )
+        info = self._paho.publish(topic, bytes(payload), qos, retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            raise MqttError(f"{self.client_id}: cannot publish to {topic!r}: the outgoing queue is full")
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"{self.client_id}: cannot publish to {topic!r}: {paho.error_string(info.rc)}")
+        return info.mid
+
+    async def publish_and_wait(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 10.0
+    ) -> None:
+        """Publish and wait until the broker acknowledged it (QoS 1/2) or it was written (QoS 0)."""
+        mid = self.publish(topic, payload, qos, retain)
+        waiter = self._running_loop().create_future()
+        self._pub_waiters[mid] = waiter
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise MqttError(
+                f"{self.client_id}: no acknowledgement from {self.url.hostport} "
+                f"for {topic!r} within {timeout} s"
+            ) from None
+        finally:
+            self._pub_waiters.pop(mid, None)
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now if connected, and again after every reconnect."""
+        _check_filter(topic_filter)
+        _check_qos(qos)
+        self._subs[topic_filter] = qos
+        if self._state is _State.CONNECTED:
+            self._paho.subscribe(topic_filter, qos)
+
+    async def subscribe_and_wait(self, topic_filter: str, qos: int = 1, timeout: float = 10.0) -> int:
+        """Subscribe and wait for the SUBACK; return the granted QoS, MqttError if refused."""
+        _check_filter(topic_filter)
+        _check_qos(qos)
+        if self._state is not _State.CONNECTED:
+            raise MqttError(f"{self.client_id}: cannot subscribe to {topic_filter!r}: not connected")
+        self._subs[topic_filter] = qos
+        _rc, sub_mid = self._paho.subscribe(topic_filter, qos)
+        mid = sub_mid if sub_mid is not None else -1
+        waiter: asyncio.Future[list[Any]] = self._running_loop().create_future()
+        self._sub_waiters[mid] = waiter
+        try:
+            codes = await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise MqttError(f"{self.client_id}: no SUBACK for {topic_filter!r} within {timeout} s") from None
+        finally:
+            self._sub_waiters.pop(mid, None)
+        if not codes or codes[0].is_failure:
+            raise MqttError(
+                f"{self.client_id}: {self.url.hostport} refused the subscription to {topic_filter!r}"
+            )
+        return int(codes[0].value)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self._subs.pop(topic_filter, None)
+        if self._state is _State.CONNECTED:
+            self._paho.unsubscribe(topic_filter)
+
+    async def disconnect(self, timeout: float = 5.0) -> None:
+        """Clean DISCONNECT (the broker discards the will); stops reconnecting. A silenced link
+        cannot carry a DISCONNECT, so a silenced client just closes its socket."""
+        self._auto = False
+        await self._cancel_reconnect()
+        if self._state is _State.CONNECTED and not self._silenced:
+            self._closed = self._running_loop().create_future()
+            self._paho.disconnect()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+            except TimeoutError:
+                self._kill_socket()
+            finally:
+                self._closed = None
+        else:
+            self._kill_socket()
+        self._state = _State.IDLE
+        self._retire()
+
+    def abort(self, reconnect: bool = False) -> None:
+        """Drop the TCP link without DISCONNECT, as on a power loss: the broker fires the will.
+        With reconnect=True the client then behaves as after any unexpected loss."""
+        if not reconnect:
+            self._auto = False
+            if self._reconnect_task is not None:
+                self._reconnect_task.cancel()
+        self._kill_socket()
+        if not reconnect:
+            self._state = _State.IDLE
+            self._retire()
+
+    def silence(self) -> None:
+        """Stop reading, writing and keep-alive pings, keeping the socket open (a silent link)."""
+        if self._silenced:
+            return
+        self._silenced = True
+        sock = self._paho.socket()
+        if sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def unsilence(self) -> None:
+        """Resume I/O; if the broker has meanwhile dropped us, the loss is noticed and handled."""
+        if not self._silenced:
+            return
+        self._silenced = False
+        sock = self._paho.socket()
+        if sock is not None and self._loop is not None:
+            self._loop.add_reader(sock, self._on_readable)
+            if self._write_wanted:
+                self._loop.add_writer(sock, self._on_writable)
+
+    # --- connection attempts ----------------------------------------------------------------------
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    async def _attempt(self, timeout: float) -> None:
+        loop = self._running_loop()
+        where = f"MQTT broker at {self.url.hostport} (client {self.client_id!r})"
+        self._state = _State.CONNECTING
+        self._connack = loop.create_future()
+        _ticker(loop).add(self)
+        try:
+            async with asyncio.timeout(timeout):
+                sock = await self._open_tcp(loop)
+                self._paho.preconnected = sock
+                try:
+                    self._paho.connect(self.url.host, self.url.port, self.keepalive)
+                except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                    sock.close()
+                    raise MqttError(f"cannot connect to {where}: {exc}") from exc
+                await self._connack
+        except TimeoutError:
+            self._kill_socket()
+            raise MqttError(f"cannot connect to {where}: timed out after {timeout} s") from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            if isinstance(exc, ConnectionRefusedError):
+                reason = "connection refused (is the broker running?)"
+            raise MqttError(f"cannot connect to {where}: {reason}") from exc
+        finally:
+            self._connack = None
+            if self._state is _State.CONNECTING:
+                self._state = _State.IDLE
+
+    async def _open_tcp(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        host, port = self.url.host, self.url.port
+        try:
+            ip = ipaddress.ip_address(host)
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            targets: list[tuple[Any, ...]] = [(family, socket.SOCK_STREAM, 0, "", (host, port))]
+        except ValueError:  # a name: resolving it uses the loop's executor
+            targets = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        error: OSError = OSError(f"no address found for {host!r}")
+        for family, kind, proto, _name, address in targets:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.sock_connect(sock, address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+            except BaseException:
+                sock.close()
+                raise
+        raise error
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._backoff_max, self._backoff_min * 2.0 ** min(attempt, 30))
+        return self._rng.uniform(max(self._backoff_min, ceiling / 2), ceiling)
+
+    async def _reconnect_loop(self) -> None:
+        attempt = 0
+        while self._auto:
+            delay = self._backoff(attempt)
+            attempt += 1
+            await asyncio.sleep(delay)
+            if not self._auto:
+                return
+            try:
+                await self._attempt(self._connect_timeout)
+                return
+            except MqttError as exc:
+                self._state = _State.RECONNECTING
+                log.info("%s: reconnect attempt %d failed: %s", self.client_id, attempt, exc)
+
+    async def _cancel_reconnect(self) -> None:
+        task, self._reconnect_task = self._reconnect_task, None
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _kill_socket(self) -> None:
+        """Close the link without DISCONNECT; paho notices EOF at once and reports the loss."""
+        self._silenced = False
+        sock = self._paho.socket()
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        self._on_readable()
+
+    def _retire(self) -> None:
+        if self._loop is not None:
+            _ticker(self._loop).discard(self)
+
+    # --- loop and ticker hooks --------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            self._paho.loop_read()
+            sock = self._paho.socket()
+            # TLS can hold decrypted bytes that epoll does not see; drain them now.
+            while isinstance(sock, ssl.SSLSocket) and sock.pending() and not self._silenced:
+                self._paho.loop_read()
+                sock = self._paho.socket()
+        except Exception:
+            self._count_error("loop_read")
+
+    def _on_writable(self) -> None:
+        try:
+            self._paho.loop_write()
+        except Exception:
+            self._count_error("loop_write")
+
+    def _tick(self) -> None:
+        # Not while CONNECTING: paho would close a socket whose CONNACK is slower than keep-alive,
+        # and connect() has its own timeout.
+        if self._silenced or self._state is not _State.CONNECTED:
+            return
+        try:
+            self._paho.loop_misc()
+        except Exception:
+            self._count_error("loop_misc")
+
+    def _count_error(self, where: str) -> None:
+        self.callback_errors += 1
+        MqttClient.total_callback_errors += 1
+        log.exception("%s: exception in %s (counted, loop continues)", self.client_id, where)
+
+    def _fire(self, callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            self._count_error(getattr(callback, "__qualname__", "callback"))
+
+    # --- paho callbacks (all run inside loop_read / loop_write / loop_misc) -----------------------
+
+    def _sock_open(self, _c: Any, _u: Any, sock: Any) -> None:
+        if not self._silenced and self._loop is not None:
+            self._loop.add_reader(sock, self._on_readable)
+
+    def _sock_close(self, _c: Any, _u: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        self._write_wanted = False
+
+    def _want_write(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._write_wanted = True
+        if not self._silenced and self._loop is not None:
+            self._loop.add_writer(sock, self._on_writable)
+
+    def _unwant_write(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._write_wanted = False
+        if self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def _paho_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        waiter = self._connack
+        if reason.is_failure:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(
+                    MqttError(
+                        f"MQTT broker at {self.url.hostport} refused client {self.client_id!r}: "
+                        f"{reason.getName()}"
+                    )
+                )
+            return
+        self._state = _State.CONNECTED
+        for topic_filter, qos in self._subs.items():
+            self._paho.subscribe(topic_filter, qos)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._fire(self._on_connect)
+
+    def _paho_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        was_connected = self._state is _State.CONNECTED
+        self._state = _State.RECONNECTING if self._auto else _State.IDLE
+        waiter = self._connack
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(
+                MqttError(
+                    f"MQTT broker at {self.url.hostport} closed the connection before CONNACK ({reason})"
+                )
+            )
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        for sub_waiter in self._sub_waiters.values():
+            if not sub_waiter.done():
+                sub_waiter.set_exception(MqttError(f"{self.client_id}: connection lost before SUBACK"))
+        if not was_connected:
+            return
+        log.debug("%s: disconnected from %s (%s)", self.client_id, self.url.hostport, reason)
+        self._fire(self._on_disconnect)
+        idle = self._reconnect_task is None or self._reconnect_task.done()
+        if self._auto and self._loop is not None and idle:
+            self._reconnect_task = self._loop.create_task(
+                self._reconnect_loop(), name=f"mqtt-reconnect-{self.client_id}"
+            )
+
+    def _paho_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+        self._fire(self._on_message, message.topic, message.payload)
+
+    def _paho_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+        waiter = self._pub_waiters.get(mid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _paho_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[Any], _props: Any) -> None:
+        waiter = self._sub_waiters.get(mid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(list(codes))

@@ -1,0 +1,132 @@
+"""The runtime contract: what a proplet asks for (`RunRequest`), what it gets back (`RunOutcome`).
+
+Blocking `WasmRuntime.run` is called from a worker thread; `CancelToken.cancel()` may be called from
+any other thread and interrupts the running module within one epoch tick (10 ms by default).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+KiB = 1024
+MiB = 1024 * KiB
+
+InputValue = str | int | float
+RunKind = Literal["core", "wasi", "component"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-run resource limits. `None` means "no limit of this kind".
+
+    Defaults, and why:
+    - fuel=None: no deterministic CPU budget by default; the wall-time limit bounds runaway code.
+      About 10 fuel units per wasm call, ~1 per simple instruction (stack-notes §3b).
+    - memory_bytes=256 MiB: a generous cap on one instance's linear memory so a memory bomb cannot take
+      the host down; a gateway runs many instances.
+    - timeout_s=300: upstream has no limit at all (§8.3); five minutes keeps a stuck task from
+      holding a worker slot forever.
+    - output_bytes=1 MiB per stream: upstream's INVOCATION_OUTPUT_CAPACITY for components (§8.3).
+    - max_table_elements=100_000, max_instances/tables/memories=10: wasmtime defaults are unbounded;
+      these are far above what normal toolchains emit.
+    """
+
+    fuel: int | None = None
+    memory_bytes: int | None = 256 * MiB
+    timeout_s: float | None = 300.0
+    output_bytes: int = 1 * MiB
+    max_table_elements: int | None = 100_000
+    max_instances: int | None = 10
+    max_tables: int | None = 10
+    max_memories: int | None = 10
+
+    def __post_init__(self) -> None:
+        for name in ("fuel", "memory_bytes", "max_table_elements", "max_instances", "max_tables",
+                     "max_memories"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"Limits.{name} must be a non-negative int or None, got {value!r}")
+        if self.timeout_s is not None and not (self.timeout_s > 0):
+            raise ValueError(f"Limits.timeout_s must be > 0 or None, got {self.timeout_s!r}")
+        if isinstance(self.output_bytes, bool) or self.output_bytes < 0:
+            raise ValueError(f"Limits.output_bytes must be >= 0, got {self.output_bytes!r}")
+
+
+@dataclass(frozen=True)
+class Preopen:
+    """A host directory visible to the guest (WASI preopen) at `guest_path`."""
+
+    host_path: str
+    guest_path: str
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One execution of a Wasm binary.
+
+    `function` is the task name: the export to call. Core modules fall back to `main`, `run`,
+    `_start`; components without a custom export run as `wasi:cli/run` commands (upstream §8.3).
+    `cli_args` become argv[1:] for WASI modules (upstream's Rust proplet drops them; we pass them).
+    """
+
+    task_id: str
+    wasm: bytes
+    function: str = ""
+    inputs: tuple[InputValue, ...] = ()
+    cli_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    stdin: bytes = b""
+    limits: Limits = field(default_factory=Limits)
+    dirs: tuple[Preopen, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What happened. `error is None` means success.
+
+    `results` is upstream's result string: the first return value as decimal (core), WAVE text
+    (component), or stdout (+ "\\n" + stderr when non-empty) for commands. `values` holds every
+    return value of a core call.
+    """
+
+    results: str
+    error: str | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    exit_code: int | None = None
+    fuel_consumed: int | None = None
+    duration_s: float = 0.0
+    kind: RunKind = "core"
+    values: tuple[int | float, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class CancelToken:
+    """Thread-safe stop flag. The runtime polls it on every epoch tick of a running module."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+class WasmRuntime(Protocol):
+    def run(self, request: RunRequest, cancel: CancelToken | None = None) -> RunOutcome:
+        """Execute `request` to completion (blocking). Never raises for guest misbehaviour."""
+        ...
+
+    def close(self) -> None: ...

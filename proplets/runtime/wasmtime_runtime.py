@@ -1,0 +1,437 @@
+"""`WasmRuntime` on wasmtime-py: core modules, WASI preview 1 commands, components; limits on every run.
+
+One Engine (fuel + epoch interruption + component model) is shared by every run, so cached artifacts
+fit every Store. One ticker thread bumps the epoch every `tick_s`; each Store's deadline is one tick
+and an epoch callback decides, every tick, whether to go on: it stops the guest on cancel, wall-time
+or output overflow (stack-notes §3b). One Store per run makes runs thread-safe; wasm runs with the
+GIL released, so runs on threads use every core (§3g). Never fork after importing this (§3g).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi as ffi
+from wasmtime import component as cm
+
+from proplets.runtime import wave
+from proplets.runtime.api import CancelToken, Limits, RunKind, RunOutcome, RunRequest
+from proplets.runtime.cache import ArtifactCache
+from proplets.runtime.component import UnsupportedComponentType, lift, lower, to_wave_type
+from proplets.runtime.inputs import InputError, convert_inputs, format_value
+from proplets.runtime.wasmbin import PAGE_BYTES, is_component, is_wasm
+
+FUEL_UNLIMITED = 2**63 - 1
+FALLBACK_EXPORTS = ("main", "run", "_start")
+_STDERR_TAIL = 512
+
+_EpochCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t, ctypes.POINTER(ffi.wasmtime_context_t), ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint8))
+_Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_NO_FINALIZER = _Finalizer(lambda _p: None)
+
+
+class _RunError(Exception):
+    """A run failed for a reason we can already phrase for the user."""
+
+
+@dataclass
+class _Watch:
+    """Per-run stop conditions, polled from the epoch callback on the running thread."""
+
+    cancel: CancelToken | None
+    deadline: float | None
+    timeout_s: float | None
+    output_cap: int
+    fds: tuple[int, ...] = ()
+    reason: str | None = None
+    callback: Any = field(default=None, repr=False)
+
+    def check(self) -> str | None:
+        if self.cancel is not None and self.cancel.cancelled:
+            return "stopped"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return f"wall-time limit of {self.timeout_s:g} s exceeded"
+        for fd in self.fds:
+            if os.fstat(fd).st_size > self.output_cap:
+                return f"output exceeded {self.output_cap} bytes"
+        return None
+
+    def install(self, store: wasmtime.Store) -> None:
+        def on_deadline(_ctx: Any, _data: Any, delta: Any, kind: Any) -> int:
+            reason = self.check()
+            if reason is not None:
+                self.reason = reason
+                return ctypes.cast(ffi.wasmtime_error_new(reason.encode()), ctypes.c_void_p).value or 0
+            delta[0] = 1
+            kind[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+            return 0
+
+        self.callback = _EpochCallback(on_deadline)  # must outlive the store
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self.callback, None, _NO_FINALIZER)
+        store.set_epoch_deadline(1)
+
+
+@dataclass
+class _Io:
+    """Temp files for WASI stdio (stdout_custom would abort the process at exit, stack-notes §3d)."""
+
+    dir: Path
+    stdout: Path
+    stderr: Path
+    stdin: Path
+    fds: tuple[int, int]
+
+    def read(self, cap: int) -> tuple[bytes, bytes]:
+        def head(p: Path) -> bytes:
+            with p.open("rb") as f:
+                return f.read(cap)
+        return head(self.stdout), head(self.stderr)
+
+
+class WasmtimeRuntime:
+    def __init__(self, cache_dir: Path | None = None, *, max_concurrency: int | None = None,
+                 memory_cache_entries: int = 64, tick_s: float = 0.01) -> None:
+        cfg = wasmtime.Config()
+        cfg.consume_fuel = True
+        cfg.epoch_interruption = True
+        cfg.wasm_component_model = True
+        cfg.wasm_reference_types = True
+        cfg.wasm_bulk_memory = True
+        cfg.wasm_simd = True
+        self.engine = wasmtime.Engine(cfg)
+        flags = "fuel,epoch,component,reftypes,bulk,simd"
+        from importlib.metadata import version
+        namespace = f"wasmtime-{version('wasmtime')}|{flags}"
+        entries = memory_cache_entries
+        self.modules: ArtifactCache[wasmtime.Module] = ArtifactCache(namespace, cache_dir, entries)
+        self.components: ArtifactCache[cm.Component] = ArtifactCache(namespace, cache_dir, entries)
+        self.tick_s = tick_s
+        self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            self.engine.increment_epoch()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker.is_alive() and self._ticker is not threading.current_thread():
+            self._ticker.join()
+
+    def __enter__(self) -> WasmtimeRuntime:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- compile (cached) ----------------------------------------------------------------------------
+
+    def compile_module(self, wasm: bytes) -> wasmtime.Module:
+        return self.modules.get(
+            wasm, "module", lambda b: wasmtime.Module(self.engine, b), lambda m: bytes(m.serialize()),
+            lambda b: wasmtime.Module.deserialize(self.engine, b))
+
+    def compile_component(self, wasm: bytes) -> cm.Component:
+        return self.components.get(
+            wasm, "component", lambda b: cm.Component(self.engine, b), lambda c: bytes(c.serialize()),
+            lambda b: cm.Component.deserialize(self.engine, b))
+
+    # -- run -----------------------------------------------------------------------------------------
+
+    def run(self, request: RunRequest, cancel: CancelToken | None = None) -> RunOutcome:
+        if self._stop.is_set():
+            raise RuntimeError("WasmtimeRuntime is closed")
+        start = time.monotonic()
+        if self._slots is not None:
+            while not self._slots.acquire(timeout=0.05):
+                if cancel is not None and cancel.cancelled:
+                    return RunOutcome("", "stopped", duration_s=time.monotonic() - start)
+        try:
+            return self._run(request, cancel, start)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    def _run(self, req: RunRequest, cancel: CancelToken | None, start: float) -> RunOutcome:
+        kind: RunKind = "component" if is_component(req.wasm) else "core"
+        if cancel is not None and cancel.cancelled:
+            return RunOutcome("", "stopped", kind=kind, duration_s=time.monotonic() - start)
+        if not is_wasm(req.wasm):
+            return RunOutcome("", "not a WebAssembly binary (missing \\0asm header)", kind=kind)
+        lim = req.limits
+        with tempfile.TemporaryDirectory(prefix=f"wasm-{_safe(req.task_id)}-") as tmp:
+            io = _open_io(Path(tmp), req.stdin)
+            try:
+                watch = _Watch(cancel, None if lim.timeout_s is None else start + lim.timeout_s,
+                               lim.timeout_s, lim.output_bytes, io.fds)
+                return self._execute(req, kind, watch, io, start)
+            finally:
+                for fd in io.fds:
+                    os.close(fd)
+
+    def _execute(self, req: RunRequest, kind: RunKind, watch: _Watch, io: _Io, start: float) -> RunOutcome:
+        lim = req.limits
+        try:
+            artifact: Any = self.compile_component(req.wasm) if kind == "component" else \
+                self.compile_module(req.wasm)
+        except wasmtime.WasmtimeError as e:
+            return RunOutcome("", f"invalid wasm {kind}: {_cause(e)}", kind=kind,
+                              duration_s=time.monotonic() - start)
+        store = wasmtime.Store(self.engine)
+        fuel = FUEL_UNLIMITED if lim.fuel is None else lim.fuel
+        memories: list[wasmtime.Memory] = []
+        results, exit_code, error = "", None, None
+        values: tuple[float, ...] = ()
+        try:
+            store.set_limits(**_store_limits(lim))
+            store.set_fuel(fuel)
+            watch.install(store)
+            if kind == "component":
+                kind, results, exit_code = self._call_component(req, artifact, store, io)
+            else:
+                kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories)
+        except _RunError as e:
+            error = str(e)
+        except InputError as e:
+            error = str(e)
+        except wave.WaveError as e:
+            error = f"bad WAVE input: {e}"
+        except UnsupportedComponentType as e:
+            error = str(e)
+        except wasmtime.ExitTrap as e:
+            exit_code = e.code
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            error = self._describe(e, watch, lim, fuel, store, memories)
+        try:
+            consumed: int | None = fuel - store.get_fuel()
+        except wasmtime.WasmtimeError:
+            consumed = None
+        store.close()
+        stdout, stderr = io.read(lim.output_bytes)
+        overflow = max(_size(io.stdout), _size(io.stderr)) > lim.output_bytes
+        if error is None and watch.reason is None and overflow:
+            watch.reason = f"output exceeded {lim.output_bytes} bytes"
+        if error is None and watch.reason is not None:
+            error = watch.reason  # overflow noticed after the guest returned
+        if error is None and exit_code not in (None, 0):
+            tail = stderr[-_STDERR_TAIL:].decode("utf-8", "replace").strip()
+            error = f"exited with code {exit_code}" + (f": {tail}" if tail else "")
+        if kind == "wasi" and error is None:
+            results = _command_result(stdout, stderr)
+        return RunOutcome(results, error, stdout, stderr, exit_code, consumed,
+                          time.monotonic() - start, kind, values)
+
+    def _describe(self, e: Exception, watch: _Watch, lim: Limits, fuel: int, store: wasmtime.Store,
+                  memories: list[wasmtime.Memory]) -> str:
+        if watch.reason is not None:
+            return watch.reason
+        message = _cause(e)
+        out_of_fuel = isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL
+        if out_of_fuel or message == "wasm trap: all fuel consumed by WebAssembly":  # components: no code
+            message = f"CPU budget exhausted (fuel {fuel})"
+        # memory.grow past the limit returns -1 inside the guest (stack-notes §3c): a guest that then
+        # traps or spins looks like any other failure unless we check where its memory stands
+        if lim.memory_bytes is not None:
+            for memory in memories:
+                try:
+                    at_cap = memory.data_len(store) + PAGE_BYTES > lim.memory_bytes
+                except wasmtime.WasmtimeError:
+                    continue
+                if at_cap:
+                    return f"memory limit of {lim.memory_bytes} bytes exceeded ({message})"
+        if "exceeds memory limits" in message:
+            return f"memory limit of {lim.memory_bytes} bytes exceeded ({message})"
+        return message
+
+    # -- core modules --------------------------------------------------------------------------------
+
+    def _call_core(self, req: RunRequest, module: wasmtime.Module, store: wasmtime.Store, io: _Io,
+                   memories: list[wasmtime.Memory]) -> tuple[RunKind, str, tuple[float, ...], int | None]:
+        linker = wasmtime.Linker(self.engine)
+        if any(i.module.startswith(("wasi_snapshot_preview1", "wasi_unstable")) for i in module.imports):
+            linker.define_wasi()
+            store.set_wasi(_wasi_config(req, io))
+        instance = linker.instantiate(store, module)
+        exports = instance.exports(store)
+        for export in module.exports:
+            if isinstance(export.type, wasmtime.MemoryType):
+                memory = exports[export.name]
+                if isinstance(memory, wasmtime.Memory):
+                    memories.append(memory)
+        names = [e.name for e in module.exports if isinstance(e.type, wasmtime.FuncType)]
+        name = _pick_export(req.function, names)
+        init = _safe_get(exports, "_initialize")
+        if isinstance(init, wasmtime.Func) and name != "_initialize":
+            init(store)
+        func = exports[name]
+        assert isinstance(func, wasmtime.Func)
+        ftype = func.type(store)
+        if name == "_start":
+            # a WASI command: argv/env/stdin in, stdout out; a normal return is exit code 0
+            try:
+                func(store)
+            except wasmtime.ExitTrap as e:
+                return "wasi", "", (), e.code
+            return "wasi", "", (), 0
+        args = convert_inputs(name, [str(p) for p in ftype.params], req.inputs)
+        raw = func(store, *args)
+        values: tuple[int | float, ...] = tuple(raw) if isinstance(raw, list | tuple) else \
+            (() if raw is None else (raw,))
+        result_types = [str(r) for r in ftype.results]
+        results = format_value(values[0], result_types[0]) if values else ""
+        return "core", results, values, None
+
+    # -- components ----------------------------------------------------------------------------------
+
+    def _call_component(self, req: RunRequest, component: cm.Component, store: wasmtime.Store,
+                        io: _Io) -> tuple[RunKind, str, int | None]:
+        linker = cm.Linker(self.engine)
+        linker.add_wasip2()
+        store.set_wasi(_wasi_config(req, io))
+        instance = linker.instantiate(store, component)
+        export_names = list(component.type.exports(self.engine))
+        if _has_custom_export(req.function):
+            func = _resolve_component_func(instance, store, req.function, export_names)
+            ftype = func.type(store)
+            params = ftype.params
+            if len(params) != len(req.inputs):
+                raise _RunError(f"argument count mismatch: '{req.function}' expects {len(params)} "
+                                f"({', '.join(n for n, _ in params) or 'none'}), got {len(req.inputs)}")
+            args = []
+            for (pname, ptype), text in zip(params, req.inputs, strict=True):
+                try:
+                    args.append(lower(wave.parse(str(text), to_wave_type(ptype)), ptype))
+                except wave.WaveError as e:
+                    raise _RunError(f"bad WAVE input for parameter '{pname}': {e}") from None
+            out = func(store, *args)
+            result_t = ftype.result
+            return "component", "" if result_t is None else wave.format_value(lift(out, result_t),
+                                                                             to_wave_type(result_t)), None
+        run_name = next((n for n in export_names if n.startswith("wasi:cli/run@")), None)
+        if run_name is None:
+            raise _RunError(f"component has no export '{req.function or '(none)'}' and is not a wasi:cli/run "
+                            f"command; exports: {', '.join(export_names) or 'none'}")
+        idx = instance.get_export_index(store, run_name)
+        fidx = instance.get_export_index(store, "run", idx) if idx is not None else None
+        run = instance.get_func(store, fidx) if fidx is not None else None
+        if run is None:
+            raise _RunError(f"{run_name} does not export a 'run' function")
+        status = run(store)
+        tag = status.tag if isinstance(status, cm.Variant) else "ok"
+        return "wasi", "", 0 if tag == "ok" else 1
+
+
+def _pick_export(function: str, names: list[str]) -> str:
+    tried = ([function] if function else []) + [n for n in FALLBACK_EXPORTS if n != function]
+    for candidate in tried:
+        if candidate in names:
+            return candidate
+    raise _RunError(f"export '{function or tried[0]}' not found (also tried {', '.join(tried[1:])}); "
+                    f"module exports: {', '.join(names) or 'no functions'}")
+
+
+def _has_custom_export(name: str) -> bool:
+    return bool(name) and name != "_start" and not name.startswith("fl-round-")
+
+
+def _resolve_component_func(instance: cm.Instance, store: wasmtime.Store, name: str,
+                            export_names: list[str]) -> cm.Func:
+    if "#" in name:
+        outer, inner = name.split("#", 1)
+        idx = instance.get_export_index(store, outer)
+        fidx = instance.get_export_index(store, inner, idx) if idx is not None else None
+        func = instance.get_func(store, fidx) if fidx is not None else None
+    else:
+        func = _try_func(instance, store, name)
+        for outer in export_names:
+            if func is not None:
+                break
+            if outer.startswith(("elastic:", "wasi:")):
+                idx = instance.get_export_index(store, outer)
+                fidx = instance.get_export_index(store, name, idx) if idx is not None else None
+                func = instance.get_func(store, fidx) if fidx is not None else None
+    if func is None:
+        raise _RunError(f"component export '{name}' not found; exports: {', '.join(export_names) or 'none'}")
+    return func
+
+
+def _try_func(instance: cm.Instance, store: wasmtime.Store, name: str) -> cm.Func | None:
+    try:
+        return instance.get_func(store, name)
+    except wasmtime.WasmtimeError:
+        return None
+
+
+def _safe_get(exports: Any, name: str) -> Any:
+    try:
+        return exports[name]
+    except KeyError:
+        return None
+
+
+def _store_limits(lim: Limits) -> dict[str, int]:
+    def n(v: int | None) -> int:
+        return -1 if v is None else v
+    return {"memory_size": n(lim.memory_bytes), "table_elements": n(lim.max_table_elements),
+            "instances": n(lim.max_instances), "tables": n(lim.max_tables), "memories": n(lim.max_memories)}
+
+
+def _open_io(tmp: Path, stdin: bytes) -> _Io:
+    paths = {name: tmp / name for name in ("stdin", "stdout", "stderr")}
+    paths["stdin"].write_bytes(stdin)
+    fds = []
+    for name in ("stdout", "stderr"):
+        paths[name].touch()
+        fds.append(os.open(paths[name], os.O_RDONLY))
+    return _Io(tmp, paths["stdout"], paths["stderr"], paths["stdin"], (fds[0], fds[1]))
+
+
+def _wasi_config(req: RunRequest, io: _Io) -> wasmtime.WasiConfig:
+    w = wasmtime.WasiConfig()
+    w.argv = [req.function or "task.wasm", *req.cli_args]
+    w.env = list(req.env.items())
+    w.stdin_file = str(io.stdin)
+    w.stdout_file = str(io.stdout)
+    w.stderr_file = str(io.stderr)
+    for d in req.dirs:
+        w.preopen_dir(d.host_path, d.guest_path)
+    return w
+
+
+def _command_result(stdout: bytes, stderr: bytes) -> str:
+    text = stdout.decode("utf-8", "replace")
+    if stderr:
+        text += "\n" + stderr.decode("utf-8", "replace")
+    return text
+
+
+def _cause(e: Exception) -> str:
+    """The "Caused by" line of a wasmtime error, without the backtrace."""
+    text = str(e).strip()
+    if "Caused by:" in text:
+        lines = [ln.strip() for ln in text.split("Caused by:", 1)[1].splitlines() if ln.strip()]
+        return "; ".join(lines) if lines else text
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def _safe(task_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in task_id)[:40]

@@ -1,0 +1,89 @@
+"""Store throughput: one awaited ``save_task`` per transaction (what the service does per PersistTask),
+a 100-task ``save_tasks`` batch, and 50 concurrent savers, on SQLite WAL and on PostgreSQL.
+
+Run with ``pytest tests/bench/test_bench_store.py --benchmark-enable``; under the default
+``--benchmark-disable`` each body runs once, as a plain test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.adapters.store import Store
+from orchestrator.core.model import Task, TaskState
+from tests.fixtures.store import PgSchema
+
+BATCH = 100
+
+
+@pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.postgres)])
+def bench_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[asyncio.AbstractEventLoop, Store]]:
+    # pytest-benchmark calls plain functions, so the test drives its own loop.
+    loop = asyncio.new_event_loop()
+    if request.param == "sqlite":
+        store = loop.run_until_complete(Store.open(str(tmp_path / "bench.db")))
+    else:
+        schema: PgSchema = request.getfixturevalue("pg_schema")
+        store = loop.run_until_complete(Store.open(schema.url, schema=schema.name))
+    yield loop, store
+    loop.run_until_complete(store.close())
+    loop.close()
+
+
+def _task(i: int) -> Task:
+    return Task(
+        id=f"bench-{i}",
+        name="bench",
+        state=TaskState.RUNNING,
+        file=b"\x00asm" + bytes(1020),
+        inputs=["1", "2"],
+        env={"A": "b"},
+        metadata={"owner": "bench"},
+        created_at=1.0e9,
+    )
+
+
+def _run(
+    benchmark: Callable[..., object], loop: asyncio.AbstractEventLoop, make: Callable[[int], object]
+) -> None:
+    counter = itertools.count()
+
+    def once() -> None:
+        loop.run_until_complete(make(next(counter)))  # type: ignore[arg-type]
+
+    benchmark(once)
+
+
+def test_bench_save_task(
+    benchmark: Callable[..., object], bench_store: tuple[asyncio.AbstractEventLoop, Store]
+) -> None:
+    loop, store = bench_store
+    _run(benchmark, loop, lambda i: store.save_task(_task(i % 500)))
+    assert loop.run_until_complete(store.load_tasks())
+
+
+def test_bench_save_tasks_batch_of_100(
+    benchmark: Callable[..., object], bench_store: tuple[asyncio.AbstractEventLoop, Store]
+) -> None:
+    loop, store = bench_store
+    _run(benchmark, loop, lambda i: store.save_tasks([_task(i * BATCH + k) for k in range(BATCH)]))
+    assert len(loop.run_until_complete(store.load_tasks())) >= BATCH
+
+
+def test_bench_50_concurrent_save_task(
+    benchmark: Callable[..., object], bench_store: tuple[asyncio.AbstractEventLoop, Store]
+) -> None:
+    loop, store = bench_store
+
+    async def fifty(i: int) -> None:
+        await asyncio.gather(*(store.save_task(_task(k)) for k in range(50)))
+
+    _run(benchmark, loop, fifty)
+    assert len(loop.run_until_complete(store.load_tasks())) == 50

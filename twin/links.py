@@ -1,0 +1,327 @@
+"""Per-device fault-injecting TCP link: an asyncio proxy between one device and the broker.
+
+A device connects to `link.port` instead of the broker; every byte is forwarded with the link's current
+`LinkProfile`, which can be changed at any time. Built on asyncio protocols with `call_at` timers (no
+task, no thread per connection), so thousands of links share one loop: each costs one listening socket
+plus two sockets per open connection.
+
+What the faults mean on a TCP stream:
+- latency/jitter: each chunk is delivered `latency ± jitter` later, never out of order (a late chunk
+  holds the ones behind it, as TCP does).
+- loss: TCP never loses bytes, it retransmits. A lost segment therefore shows up as extra delay: with
+  probability `loss` a chunk waits an extra `retransmit_s` (Linux's minimum RTO is 200 ms), and
+  everything behind it waits too (head-of-line blocking).
+- blackhole: nothing moves either way but both sockets stay open, as when Wi-Fi drops without a FIN.
+  Reading stops, so the kernel buffers fill and TCP flow control holds the senders; MQTT keep-alive
+  expiry is what ends the session. Lifting it lets held data flow again (TCP retransmission).
+- bandwidth: chunks are serialised at `bandwidth_bps` bits per second each way.
+- `reset()`: RST to both sides (SO_LINGER 0), as a NAT or access point that forgets the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import random
+import socket
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+HIGH_WATER = 256 * 1024  # bytes queued in a direction before we stop reading its source
+LOW_WATER = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    latency_s: float = 0.0  # one way
+    jitter_s: float = 0.0  # uniform in [-jitter, +jitter], clamped at zero delay
+    loss: float = 0.0  # probability per chunk of a retransmission delay
+    retransmit_s: float = 0.2  # the delay a "lost" chunk adds
+    blackhole: bool = False
+    bandwidth_bps: float | None = None  # None: unlimited
+
+    def __post_init__(self) -> None:
+        for name in ("latency_s", "jitter_s", "retransmit_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"LinkProfile.{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.loss, int | float) or not 0 <= self.loss <= 1:
+            raise ValueError(f"LinkProfile.loss must be a probability in [0, 1], got {self.loss!r}")
+        if self.bandwidth_bps is not None and not (
+            isinstance(self.bandwidth_bps, int | float) and self.bandwidth_bps > 0
+        ):
+            raise ValueError(f"LinkProfile.bandwidth_bps must be > 0 or None, got {self.bandwidth_bps!r}")
+
+
+CLEAN = LinkProfile()
+
+
+@dataclass
+class LinkStats:
+    up_bytes: int = 0  # device -> broker, delivered
+    down_bytes: int = 0  # broker -> device, delivered
+    connections: int = 0  # accepted so far
+    resets: int = 0
+    upstream_failures: int = 0  # accepted but the broker could not be reached
+
+
+class _Direction:
+    """One direction of one connection: a FIFO of (due time, bytes) drained by a single timer."""
+
+    def __init__(self, link: LinkProxy, conn: _Conn, up: bool) -> None:
+        self.link, self.conn, self.up = link, conn, up
+        self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.queued = 0
+        self.last_due = 0.0
+        self.wire_free_at = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.src_paused = False  # we paused the source because this queue is full
+        self.dst_full = False  # the destination transport asked us to pause
+
+    def push(self, data: bytes) -> None:
+        p = self.link.profile
+        now = self.link.loop.time()
+        start = now
+        if p.bandwidth_bps is not None:
+            start = max(now, self.wire_free_at)
+            self.wire_free_at = start + len(data) * 8 / p.bandwidth_bps
+            start = self.wire_free_at
+        delay = p.latency_s
+        if p.jitter_s:
+            delay = max(0.0, delay + self.link.rng.uniform(-p.jitter_s, p.jitter_s))
+        if p.loss and self.link.rng.random() < p.loss:
+            delay += p.retransmit_s
+        due = max(start + delay, self.last_due)
+        self.last_due = due
+        self.queue.append((due, data))
+        self.queued += len(data)
+        if self.queued > HIGH_WATER:
+            self._pause_source()
+        self.schedule()
+
+    def schedule(self) -> None:
+        if self.timer is not None or not self.queue or self.link.profile.blackhole or self.dst_full:
+            return
+        due = self.queue[0][0]
+        if due <= self.link.loop.time():
+            self.timer = self.link.loop.call_soon(self.drain)  # type: ignore[assignment]
+        else:
+            self.timer = self.link.loop.call_at(due, self.drain)
+
+    def drain(self) -> None:
+        self.timer = None
+        dst = self.conn.dst(self.up)
+        if dst is None or dst.is_closing():
+            return
+        now = self.link.loop.time()
+        while self.queue and self.queue[0][0] <= now and not self.link.profile.blackhole and not self.dst_full:
+            _, data = self.queue.popleft()
+            self.queued -= len(data)
+            dst.write(data)
+            if self.up:
+                self.link.stats.up_bytes += len(data)
+            else:
+                self.link.stats.down_bytes += len(data)
+        if self.queued < LOW_WATER:
+            self._resume_source()
+        self.schedule()
+
+    def _pause_source(self) -> None:
+        src = self.conn.src(self.up)
+        if src is not None and not self.src_paused and not src.is_closing():
+            self.src_paused = True
+            src.pause_reading()
+
+    def _resume_source(self) -> None:
+        src = self.conn.src(self.up)
+        if self.src_paused and src is not None and not src.is_closing() and not self.link.profile.blackhole:
+            self.src_paused = False
+            src.resume_reading()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class _Side(asyncio.Protocol):
+    """Protocol of one socket of a proxied connection (`device` or `broker` side)."""
+
+    def __init__(self, conn: _Conn, is_device: bool) -> None:
+        self.conn, self.is_device = conn, is_device
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        (self.conn.up if self.is_device else self.conn.down).push(data)
+
+    def eof_received(self) -> bool | None:
+        self.conn.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.close()
+
+    def pause_writing(self) -> None:  # our peer is slow: stop delivering into it
+        (self.conn.down if self.is_device else self.conn.up).dst_full = True
+
+    def resume_writing(self) -> None:
+        d = self.conn.down if self.is_device else self.conn.up
+        d.dst_full = False
+        d.schedule()
+
+
+class _Conn:
+    def __init__(self, link: LinkProxy) -> None:
+        self.link = link
+        self.device = _Side(self, True)
+        self.broker = _Side(self, False)
+        self.up = _Direction(link, self, up=True)
+        self.down = _Direction(link, self, up=False)
+        self.closed = False
+
+    def src(self, up: bool) -> asyncio.Transport | None:
+        return (self.device if up else self.broker).transport
+
+    def dst(self, up: bool) -> asyncio.Transport | None:
+        return (self.broker if up else self.device).transport
+
+    def set_reading(self, on: bool) -> None:
+        for side, direction in ((self.device, self.up), (self.broker, self.down)):
+            t = side.transport
+            if t is None or t.is_closing():
+                continue
+            if on and not direction.src_paused:
+                t.resume_reading()
+            elif not on:
+                with contextlib.suppress(RuntimeError):
+                    t.pause_reading()
+
+    def close(self, rst: bool = False) -> None:
+        """Close both sockets: an orderly close flushes nothing still queued (the link is gone)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.up.cancel()
+        self.down.cancel()
+        for side in (self.device, self.broker):
+            t = side.transport
+            if t is None:
+                continue
+            if rst:
+                sock = t.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                t.abort()
+            else:
+                t.close()
+        self.link._conns.discard(self)
+
+
+@dataclass
+class LinkProxy:
+    """A listening proxy for one device. `await start()`, point the device at `port`, change `profile`
+    (or call `blackhole()`, `reset()`) at any time, `await close()` at the end."""
+
+    target_host: str
+    target_port: int
+    profile: LinkProfile = CLEAN
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    listen_host: str = "127.0.0.1"
+    stats: LinkStats = field(default_factory=LinkStats)
+    _server: asyncio.Server | None = None
+    _conns: set[_Conn] = field(default_factory=set)
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "LinkProxy used before start()"
+        return self._loop
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("LinkProxy.port is known only after start()")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    async def start(self, port: int = 0) -> LinkProxy:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(self._accept, self.listen_host, port, backlog=128)
+        return self
+
+    def _accept(self) -> asyncio.Protocol:
+        conn = _Conn(self)
+        self._conns.add(conn)
+        self.stats.connections += 1
+        # Reading from the device waits until the broker side is connected; bytes queue meanwhile.
+        self.loop.create_task(self._dial(conn))
+        return conn.device
+
+    async def _dial(self, conn: _Conn) -> None:
+        try:
+            await self.loop.create_connection(lambda: conn.broker, self.target_host, self.target_port)
+        except OSError:
+            self.stats.upstream_failures += 1
+            conn.close(rst=True)
+            return
+        if conn.closed:  # the device gave up while we dialled
+            conn.close()
+            t = conn.broker.transport
+            if t is not None:
+                t.close()
+            return
+        if self.profile.blackhole:
+            conn.set_reading(False)
+        conn.up.schedule()
+
+    def set_profile(self, profile: LinkProfile) -> None:
+        was = self.profile.blackhole
+        self.profile = profile
+        if profile.blackhole != was:
+            for conn in list(self._conns):
+                conn.set_reading(not profile.blackhole)
+        if not profile.blackhole:
+            for conn in list(self._conns):
+                conn.up.schedule()
+                conn.down.schedule()
+
+    def update(self, **changes: Any) -> None:
+        """Change some fields of the profile, e.g. `link.update(latency_s=0.2)`."""
+        self.set_profile(replace(self.profile, **changes))
+
+    def blackhole(self, on: bool = True) -> None:
+        self.update(blackhole=on)
+
+    def reset(self) -> int:
+        """RST every open connection on both sides; returns how many were reset."""
+        conns = list(self._conns)
+        for conn in conns:
+            conn.close(rst=True)
+        self.stats.resets += len(conns)
+        return len(conns)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._conns):
+            conn.close(rst=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> LinkProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
