@@ -205,6 +205,7 @@ class Serial(SerialBase):
     """The pyserial port object for esp32sim://NAME."""
 
     board: SimBoard | None = None
+    is_open: bool
 
     def open(self) -> None:
         if self.is_open:

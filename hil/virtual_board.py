@@ -40,6 +40,8 @@ class PtyBoard:
         self._r, self._w = os.pipe()  # wakes the reader for close() and queued output
         with self._lock:
             self.console.boot("power_on", self.clock())
+            # Printed before anyone opens the port: a host that opens later flushes it, as on a board.
+            os.write(self._master, self.console.take_output())
         self._thread = threading.Thread(target=self._run, name=f"pty-board-{name}", daemon=True)
         self._thread.start()
 

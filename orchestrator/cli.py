@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="propeller", description="WebAssembly orchestrator for the continuum"
     )
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default=None, help="debug, info, warning (default: info; demo: warning)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def channel_args(p: argparse.ArgumentParser) -> None:
@@ -314,7 +314,7 @@ def _add_optional_subcommands(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level or ("warning" if args.command == "demo" else "info"))
     result: int = args.func(args)
     return result
 

@@ -19,6 +19,7 @@ from typing import Any
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, Will, parse_broker_url
 from orchestrator.adapters.store import Store
+from orchestrator.chunk_server import ChunkServer
 from orchestrator.core.commands import (
     Command,
     DeleteProplet,
@@ -86,6 +87,7 @@ class ManagerService:
         self._stopped = asyncio.Event()
         self._t0 = time.monotonic()
         self._invocations: dict[str, asyncio.Future[InvocationFinished]] = {}
+        self.chunks = ChunkServer()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,9 +188,40 @@ class ManagerService:
         log.info(json.dumps({"event": "manager_mqtt_connected", "broker": self.broker_url}))
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.engine.topics.registry_request:
+            asyncio.get_running_loop().create_task(self._serve_registry(payload))
+            return
         self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
         self._wake.set()
         asyncio.get_running_loop().create_task(self.flush())
+
+    async def _serve_registry(self, payload: bytes) -> None:
+        """Answer a proplet's `registry/proplet` request with the module in chunks (reference §2.10).
+
+        The module is pulled from its OCI registry once and kept; an app we cannot serve gets an
+        explicit refusal, so the proplet fails at once instead of waiting for its timeout.
+        """
+        from orchestrator import wire
+        from orchestrator.chunk_server import encode_reply
+        from proplets.delivery import DeliveryError, FetchLimits, WasmSource, fetch_wasm
+
+        try:
+            request = wire.decode(self.engine.topics, self.engine.topics.registry_request, payload)
+        except wire.CodecError as err:
+            self.engine.malformed["registry/proplet"] += 1
+            log.warning(json.dumps({"event": "malformed_message", "error": str(err)}))
+            return
+        assert isinstance(request, wire.RegistryRequest)
+        app = request.app_name
+        if app not in self.chunks:
+            try:
+                wasm = await fetch_wasm(WasmSource(image_url=app), limits=FetchLimits())
+                self.chunks.register(app, wasm)
+            except DeliveryError as err:
+                log.warning(json.dumps({"event": "registry_pull_failed", "app_name": app, "error": str(err)}))
+        assert self.mqtt is not None
+        for reply in self.chunks.handle_request(app):
+            self.mqtt.publish(self.engine.topics.registry_server, encode_reply(reply), 1)
 
     async def _timer_loop(self) -> None:
         cap = max(0.02, min(1.0, self.engine.config.timeout / 10))

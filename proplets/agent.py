@@ -31,7 +31,7 @@ from proplets.core import (
     RunTask,
     Subscribe,
 )
-from proplets.delivery import DeliveryError, FetchLimits, WasmSource, fetch_wasm
+from proplets.delivery import DeliveryError, FetchLimits, MqttChunkFetcher, WasmSource, fetch_wasm
 from proplets.runtime import CancelToken, Limits, RunRequest, WasmRuntime, WasmtimeRuntime
 
 log = logging.getLogger("propeller.proplet")
@@ -104,6 +104,7 @@ class PropletAgent:
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.max_instances), thread_name_prefix="wasm")
         self._cancels: dict[str, CancelToken] = {}
         self._deployed: dict[str, bytes] = {}  # latent task id -> module bytes
+        self._chunks = MqttChunkFetcher(self._request_chunks)
         self._jobs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -151,8 +152,17 @@ class PropletAgent:
         self._execute()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.engine.topics.registry_server:
+            try:
+                self._chunks.on_payload(payload)
+            except DeliveryError as err:
+                log.warning(json.dumps({"event": "malformed_chunk", "error": str(err)}))
+            return
         self.engine.handle(topic, payload, self._clock())
         self._execute()
+
+    async def _request_chunks(self, app_name: str) -> None:
+        self.mqtt.publish(self.engine.topics.registry_request, wire.encode(wire.RegistryRequest(app_name)), 1)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -227,6 +237,7 @@ class PropletAgent:
             wasm = await fetch_wasm(
                 WasmSource(file=start.file, image_url=start.image_url, sha256=start.sha256),
                 limits=FetchLimits(),
+                chunk_fetcher=self._chunks,
             )
             if start.latent:
                 self._deployed[start.id] = wasm

@@ -77,7 +77,7 @@ class _Direction:
         self.queued = 0
         self.last_due = 0.0
         self.wire_free_at = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
         self.src_paused = False  # we paused the source because this queue is full
         self.dst_full = False  # the destination transport asked us to pause
 
@@ -107,7 +107,7 @@ class _Direction:
             return
         due = self.queue[0][0]
         if due <= self.link.loop.time():
-            self.timer = self.link.loop.call_soon(self.drain)  # type: ignore[assignment]
+            self.timer = self.link.loop.call_soon(self.drain)
         else:
             self.timer = self.link.loop.call_at(due, self.drain)
 
@@ -117,7 +117,8 @@ class _Direction:
         if dst is None or dst.is_closing():
             return
         now = self.link.loop.time()
-        while self.queue and self.queue[0][0] <= now and not self.link.profile.blackhole and not self.dst_full:
+        blackhole = self.link.profile.blackhole
+        while self.queue and self.queue[0][0] <= now and not blackhole and not self.dst_full:
             _, data = self.queue.popleft()
             self.queued -= len(data)
             dst.write(data)
@@ -276,7 +277,6 @@ class LinkProxy:
             conn.close(rst=True)
             return
         if conn.closed:  # the device gave up while we dialled
-            conn.close()
             t = conn.broker.transport
             if t is not None:
                 t.close()

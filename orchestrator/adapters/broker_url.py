@@ -90,7 +90,7 @@ def parse_broker_url(url: str) -> BrokerUrl:
         if parts.netloc.endswith(":"):
             raise bad("empty port after ':'")
         port = DEFAULT_PORTS[scheme]
-    elif port == 0:
+    elif port == 0 and scheme != "embedded":  # embedded://HOST:0 asks for an ephemeral port
         raise bad("port must be a number from 1 to 65535")
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None

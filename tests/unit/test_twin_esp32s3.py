@@ -103,7 +103,7 @@ def test_capacity_matches_what_admission_allows() -> None:
 
 
 def test_bad_spec_values_are_named() -> None:
-    with pytest.raises(ValueError, match="Esp32S3Spec.cores"):
+    with pytest.raises(ValueError, match=r"Esp32S3Spec\.cores"):
         Esp32S3Spec(cores=-1)
     with pytest.raises(ValueError, match="wamr_heap_in_psram"):
         Esp32S3Spec(wamr_heap_in_psram=True)

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget, Refusal
-from proplets.runtime.wasmbin import PAGE_BYTES
 
 KiB = 1024
 MiB = 1024 * KiB

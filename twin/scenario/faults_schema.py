@@ -1,0 +1,133 @@
+"""The fault section of the scenario language: which fault kinds exist and what parameters they take.
+
+Device-level faults (power loss, Wi-Fi drop, reboot, ...) are also defined as data by ``twin.faults``;
+when that module offers ``from_mapping(d, where)`` it gets the last word on a device fault, and its
+errors are reported with the scenario's file and line. Fleet-level faults (``broker_restart``,
+``manager_kill``) and the seeded ``random`` generator belong to the runner and are checked here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from yaml.nodes import MappingNode, Node
+
+from twin.scenario.yamlread import Reader
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    needs_target: bool
+    duration: str  # "required" | "optional" | "none"
+    params: dict[str, tuple[str, bool]]  # name -> (type, required)
+    device_level: bool = True
+    lethal: bool = False  # the manager should mark the device dead (dead_within's default)
+    doc: str = ""
+
+
+FAULTS: dict[str, FaultKind] = {
+    "power_loss": FaultKind(True, "optional", {}, lethal=True,
+                            doc="power cut, no DISCONNECT (LWT fires); duration = time until power returns"),
+    "wifi_drop": FaultKind(True, "required", {}, lethal=True,
+                           doc="link blackholed for duration (half-open TCP, keep-alive expiry)"),
+    "wifi_flap": FaultKind(True, "none", {"down": ("duration", True), "up": ("duration", True),
+                                          "cycles": ("int", True)},
+                           doc="cycles of down/up; lethal only when down exceeds the liveness timeout"),
+    "reboot": FaultKind(True, "none", {"boot_time": ("duration", False)}, doc="restart of the device"),
+    "brownout": FaultKind(True, "optional", {}, lethal=True, doc="reset by supply dip; like a short power loss"),
+    "oom": FaultKind(True, "optional", {"bytes": ("size", True)}, doc="hog bytes of the device's heap"),
+    "clock_skew": FaultKind(True, "none", {"offset": ("number", True)}, doc="shift the device clock"),
+    "link": FaultKind(True, "optional", {"latency": ("duration0", False), "jitter": ("duration0", False),
+                                         "loss": ("probability", False), "blackhole": ("bool", False),
+                                         "reset": ("bool", False), "bandwidth": ("number", False)},
+                      doc="change the device's link profile for duration"),
+    "broker_restart": FaultKind(False, "optional", {}, device_level=False,
+                                doc="stop the broker; duration = downtime before it starts again"),
+    "manager_kill": FaultKind(False, "none", {"signal": ("signal", False), "restart_after": ("duration", False)},
+                              device_level=False, doc="kill the manager process, restart it from its store"),
+    "random": FaultKind(False, "required", {"rate": ("number", True), "kinds": ("kinds", True),
+                                            "down_min": ("duration", False), "down_max": ("duration", False)},
+                        device_level=False,
+                        doc="seeded random device faults at rate per second over duration (target = population)"),
+}  # fmt: skip
+FAULT_KINDS = tuple(FAULTS)
+LETHAL_FAULTS = frozenset(k for k, f in FAULTS.items() if f.lethal)
+RANDOM_KINDS = ("power_loss", "wifi_drop", "reboot", "brownout")
+
+
+def read_fault(
+    r: Reader, item: Node, path: str, kind: str, has_target: bool, duration: float | None,
+    params_node: Node | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Check one fault's target, duration and params against its kind; returns the typed params."""
+    spec = FAULTS[kind]
+    if spec.needs_target and not has_target:
+        r.error(item, path, f"a {kind} fault needs a 'target' (a device name, glob or selector)")
+    if not spec.needs_target and has_target and kind != "random":
+        r.error(item, f"{path}.target", f"a {kind} fault affects the whole run and takes no target")
+    if spec.duration == "required" and duration is None:
+        r.error(item, path, f"a {kind} fault needs a 'duration'")
+    if spec.duration == "none" and duration is not None:
+        r.error(item, f"{path}.duration", f"a {kind} fault takes no duration")
+    typed = _typed_params(r, params_node, f"{path}.params", spec) if params_node is not None else {}
+    given = {str(r.plain(k)) for k, _ in params_node.value} if isinstance(params_node, MappingNode) else set()
+    missing = [n for n, (_, req) in spec.params.items() if req and n not in given]
+    for name in missing:
+        r.error(params_node or item, f"{path}.params", f"missing required parameter {name!r} for {kind}")
+    if spec.device_level:
+        _delegate(r, item, path, kind, duration, typed)
+    return typed
+
+
+def _typed_params(r: Reader, node: Node, path: str, spec: FaultKind) -> dict[str, Any]:
+    m = r.mapping(node, path, spec.params)
+    out: dict[str, Any] = {}
+    for name, value in (m or {}).items():
+        kind = spec.params[name][0]
+        where = f"{path}.{name}"
+        got: Any
+        if kind == "duration":
+            got = r.duration(value, where)
+        elif kind == "duration0":
+            got = r.duration(value, where, positive=False)
+        elif kind == "int":
+            got = r.integer(value, where, minimum=1)
+        elif kind == "size":
+            got = r.size(value, where)
+        elif kind == "bool":
+            got = r.boolean(value, where)
+        elif kind == "probability":
+            got = r.number(value, where, minimum=0, maximum=1)
+        elif kind == "signal":
+            got = r.integer(value, where)
+            if got is not None and got not in (9, 15):
+                r.error(value, where, f"must be 9 (SIGKILL) or 15 (SIGTERM), got {got}")
+        elif kind == "kinds":
+            got = r.strings(value, where)
+            for k in got or ():
+                if k not in RANDOM_KINDS:
+                    r.error(value, where, f"unknown random fault kind {k!r} (choose from {', '.join(RANDOM_KINDS)})")
+        else:
+            got = r.number(value, where)
+        if got is not None:
+            out[name] = got
+    return out
+
+
+def _delegate(r: Reader, item: Node, path: str, kind: str, duration: float | None, params: dict[str, Any]) -> None:
+    """Let ``twin.faults`` validate a device fault, when it offers ``from_mapping``."""
+    if importlib.util.find_spec("twin.faults") is None:
+        return
+    from_mapping = getattr(importlib.import_module("twin.faults"), "from_mapping", None)
+    if from_mapping is None:
+        return
+    data: dict[str, Any] = {"kind": kind, **params}
+    if duration is not None:
+        data["duration"] = duration
+    try:
+        from_mapping(data, f"{r.source}:{item.start_mark.line + 1}: {path}")
+    except (ValueError, TypeError, KeyError) as exc:
+        r.error(item, path, str(exc))
