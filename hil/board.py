@@ -26,6 +26,7 @@ from hil.serial_link import LinkError, SerialLink
 Pattern = str | re.Pattern[str] | Callable[[Item], bool]
 TAIL_ITEMS = 20
 REOPEN_S = 0.1
+RESET_HOLD_S = 0.1
 
 
 class BoardError(RuntimeError):
@@ -71,6 +72,12 @@ class Board(Protocol):
     def flash(self, image: Path | None) -> FlashResult: ...
     def provision(self, provisioning: Provisioning, timeout: float = 5.0) -> ConsoleEvent: ...
     def status(self, timeout: float = 5.0) -> dict[str, str]: ...
+    def send(self, text: str) -> None:
+        """Type a shell line without waiting for its reply (`kernel reboot cold` has none)."""
+        self._note(f"> {text}")
+        self._write(text.encode() + b"\r\n")
+
+    def send(self, text: str) -> None: ...
     def command(self, text: str, timeout: float = 5.0) -> list[Item]: ...
     def expect(self, pattern: Pattern, timeout: float = 10.0) -> Item: ...
     def expect_event(self, event: str, timeout: float = 10.0, **fields: str) -> ConsoleEvent: ...
@@ -169,7 +176,7 @@ class SerialBoard:
     def _write_log(self, t: float, kind: str, text: str) -> None:
         wall = datetime.now(UTC).isoformat(timespec="milliseconds")
         if not self._log.closed:
-            self._log.write(f"{wall} +{t - self._t0:11.6f} {kind:<24} {text}\n")
+            self._log.write(f"{wall} +{t - self._t0:.6f} {kind:<24} {text}\n")
 
     def _note(self, text: str) -> None:
         with self._cond:
@@ -240,12 +247,16 @@ class SerialBoard:
         except LinkError as exc:
             raise BoardError(f"board {self.name!r}: {exc}; log: {self.log_path}") from exc
 
+    def send(self, text: str) -> None:
+        """Type a shell line without waiting for its reply (`kernel reboot cold` has none)."""
+        self._note(f"> {text}")
+        self._write(text.encode() + b"\r\n")
+
     def command(self, text: str, timeout: float = 5.0) -> list[Item]:
         """Run a shell command; the items up to its OK. ShellError on ERROR or an unknown command."""
         with self._cond:
             start = len(self._items)
-        self._note(f"> {text}")
-        self._write(text.encode() + b"\r\n")
+        self.send(text)
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -282,11 +293,16 @@ class SerialBoard:
         """Reset into the firmware: the DTR/RTS pulse where the port has line control, else the shell."""
         self.mark()
         link = self._link
-        if link is not None and link.pulse_reset():
+        if link is not None and link.set_lines(dtr=False, rts=True):
+            # While EN is held low the chip is silent, so whatever is read by the end of the hold
+            # was printed before the reset: mark past it, then release EN.
+            time.sleep(RESET_HOLD_S)
+            self.mark()
+            link.set_lines(rts=False)
             self._note("reset: RTS pulse")
             return self.expect_event("boot", timeout)
         self._note("reset: no line control on this port, using 'kernel reboot cold'")
-        self._write(b"kernel reboot cold\r\n")
+        self.send("kernel reboot cold")
         return self.expect_event("boot", timeout, reset="sw")
 
     def power_cycle(self, timeout: float = 10.0) -> ConsoleEvent:

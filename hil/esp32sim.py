@@ -104,6 +104,11 @@ class SimBoard:
             self.dtr = self.rts = False
         self.power_on()
 
+    def poll(self) -> None:
+        """Advance the chip to now without touching the port."""
+        with self.cond:
+            self._advance()
+
     def _advance(self) -> None:
         """Bring the chip up to now: a due boot samples IO0 as the lines stand until this moment."""
         now = self.clock()

@@ -202,10 +202,10 @@ def _comports() -> list[Any]:
     return list(list_ports.comports())
 
 
-def discover(comports: Callable[[], Sequence[Any]] = _comports) -> list[FoundPort]:
+def discover(comports: Callable[[], Sequence[Any]] | None = None) -> list[FoundPort]:
     """Attached ports whose USB VID:PID is an ESP32-S3 console or a usual DevKit bridge."""
     found = []
-    for port in comports():
+    for port in (comports or _comports)():
         vid, pid = getattr(port, "vid", None), getattr(port, "pid", None)
         if vid is None or pid is None or (vid, pid) not in KNOWN_USB:
             continue
@@ -221,7 +221,7 @@ def specs_from_ports(ports: Iterable[FoundPort], platform: str = "esp32s3_devkit
             for i, p in enumerate(ports, 1)]
 
 
-def resolve_port(spec: BoardSpec, comports: Callable[[], Sequence[Any]] = _comports) -> str:
+def resolve_port(spec: BoardSpec, comports: Callable[[], Sequence[Any]] | None = None) -> str:
     """The port of a mapped board: by serial number or USB location first (ttyACM numbers move)."""
     if spec.id or spec.location:
         for port in discover(comports):

@@ -66,8 +66,11 @@ def cmd_manager(args: argparse.Namespace) -> int:
     service = ManagerService(settings)
     try:
         asyncio.run(_serve_until_signal(service.start, service.stop))
-    except OSError as err:
+    except (OSError, ValueError) as err:
         print(f"propeller manager: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # store, broker and MQTT errors: one clear line, not a traceback
+        print(f"propeller manager: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
 
@@ -180,7 +183,7 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
         if path.suffix == ".wat":
             import wasmtime
 
-            data = wasmtime.wat2wasm(data.decode())
+            data = bytes(wasmtime.wat2wasm(data.decode()))
         spec["file"] = base64.b64encode(data).decode()
     if args.image_url:
         spec["image_url"] = args.image_url
@@ -215,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="propeller", description="WebAssembly orchestrator for the continuum"
     )
-    parser.add_argument("--log-level", default=None, help="debug, info, warning (default: info; demo: warning)")
+    parser.add_argument(
+        "--log-level", default=None, help="debug, info, warning (default: info; demo: warning)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def channel_args(p: argparse.ArgumentParser) -> None:
@@ -233,7 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--heartbeat-interval", type=float, default=10.0)
     m.add_argument("--liveness-timeout", type=float, default=None, help="default: 3x the heartbeat interval")
     m.add_argument("--max-attempts", type=int, default=3)
-    m.add_argument("--placement", default="round-robin", choices=["round-robin", "least-loaded"])
+    m.add_argument(
+        "--placement", default="round-robin", choices=["round-robin", "least-loaded", "memory-aware"]
+    )
+    m.add_argument("--queue-timeout", type=float, default=None, help="fail tasks waiting longer (seconds)")
+    m.add_argument("--mqtt-ca", default=None, help="CA bundle for mqtts://")
+    m.add_argument("--mqtt-cert", default=None, help="client certificate for mutual TLS")
+    m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")
+    m.add_argument("--mqtt-insecure", action="store_true", help="do not verify the broker's certificate")
     m.add_argument("--api-token", default=None, help="require 'Authorization: Bearer TOKEN'")
     channel_args(m)
     m.set_defaults(func=cmd_manager)

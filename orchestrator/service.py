@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.adapters.broker import EmbeddedBroker
-from orchestrator.adapters.mqtt import MqttClient, Will, parse_broker_url
+from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
 from orchestrator.adapters.store import Store
 from orchestrator.chunk_server import ChunkServer
 from orchestrator.core.commands import (
@@ -58,6 +58,11 @@ class ManagerSettings:
     mqtt_keepalive: float = 30.0
     api_token: str = ""
     serve_api: bool = True
+    # TLS to an external broker (mqtts://): CA bundle, client certificate and key, or skip verification.
+    mqtt_ca: str | None = None
+    mqtt_cert: str | None = None
+    mqtt_key: str | None = None
+    mqtt_insecure: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,6 +100,14 @@ class ManagerService:
         return time.monotonic()
 
     async def start(self) -> None:
+        """Open the store, recover, start the broker, MQTT and the API; on failure undo what was started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         url = parse_broker_url(self.settings.broker)
         self.store = await Store.open(self.settings.db)
         tasks = await self.store.load_tasks()
@@ -118,6 +131,8 @@ class ManagerService:
             will=Will(topics.alive, json.dumps({"status": "offline", "proplet_id": client_id}).encode(), 0),
             on_message=self._on_message,
             on_connect=self._on_connect,
+            clean_session=url.scheme == "embedded",  # an external broker keeps our results while we restart
+            tls=self._tls(),
         )
         for topic in topics.manager_subscriptions:
             self.mqtt.subscribe(topic, 1)
@@ -137,6 +152,12 @@ class ManagerService:
             )
         )
 
+    def _tls(self) -> TlsOptions | None:
+        s = self.settings
+        if not (s.mqtt_ca or s.mqtt_cert or s.mqtt_key or s.mqtt_insecure):
+            return None
+        return TlsOptions(s.mqtt_ca, s.mqtt_cert, s.mqtt_key, s.mqtt_insecure)
+
     async def _start_api(self) -> None:
         import uvicorn
 
@@ -150,7 +171,8 @@ class ManagerService:
             lifespan="off",
         )
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # The CLI owns SIGINT/SIGTERM (graceful stop of everything); uvicorn must not take them over.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         sockets = [_bind_api(self.settings.api_host, self.settings.api_port)]
         self.api_port = sockets[0].getsockname()[1]
         self._api_server = server

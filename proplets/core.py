@@ -106,7 +106,7 @@ class PropletEngine:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def _publish(self, topic: str, message: object) -> None:
+    def _publish(self, topic: str, message: wire.Message) -> None:
         self._commands.append(Publish(topic, wire.encode(message, self.config.profile), self.config.qos))
 
     def last_will(self) -> tuple[str, bytes]:

@@ -283,6 +283,19 @@ class Engine:
                 superseded=bool(superseded),
             )
             return
+        if msg.error and msg.error.startswith("out of memory") and task.attempt < task.max_attempts:
+            # The device could not fit it after all: its free memory is less than it announced. Note
+            # that, and place the task again where it fits instead of failing it.
+            proplet = self.proplets.get(task.proplet_id)
+            if proplet is not None and task.memory_bytes:
+                held = self._reserved().get(proplet.id, 0)
+                proplet.metadata.free_memory_bytes = max(1, held)
+            self.counters["tasks_oom_replaced"] += 1
+            self._requeue_or_fail(
+                task, proplet or Proplet(id=task.proplet_id), _printable(msg.error), now, wall
+            )
+            self._drain_queue(now, wall)
+            return
         task.results = msg.results
         task.finish_time = wall
         if msg.is_success:
@@ -546,13 +559,21 @@ class Engine:
             candidates = [p for p in self.proplets.values() if p.alive]
             if task.proplet_id:
                 candidates = [p for p in candidates if p.id == task.proplet_id]
-            choice = self.policy.choose(task, candidates)
+            choice = self.policy.choose(task, candidates, self._reserved())
             if choice.proplet is None:
                 if task.error != choice.reason:
                     task.error = choice.reason
                 continue
             del self._queue[task_id]
             self._dispatch(task, choice.proplet, now, wall)
+
+    def _reserved(self) -> dict[str, int]:
+        """Memory reserved on each proplet by the tasks running there."""
+        held: dict[str, int] = {}
+        for t in self.tasks.values():
+            if t.state is TaskState.RUNNING and t.memory_bytes and t.proplet_id and not t.broadcast:
+                held[t.proplet_id] = held.get(t.proplet_id, 0) + t.memory_bytes
+        return held
 
     def _dispatch(self, task: Task, proplet: Proplet, now: float, wall: float) -> None:
         profile = wire.Profile.EMBEDDED if proplet.is_embedded else wire.Profile.RUST

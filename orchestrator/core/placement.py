@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,26 +18,39 @@ class Choice:
 class PlacementPolicy(Protocol):
     name: str
 
-    def choose(self, task: Task, candidates: Sequence[Proplet]) -> Choice: ...
+    def choose(
+        self, task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] = ...
+    ) -> Choice: ...
 
 
-def fits(task: Task, proplet: Proplet) -> str:
+def free_memory(proplet: Proplet, reserved: Mapping[str, int]) -> int | None:
+    """Memory still free on ``proplet``: announced minus what running tasks reserve; None if unknown."""
+    md = proplet.metadata
+    announced = md.free_memory_bytes or md.total_memory_bytes
+    if not announced:
+        return None
+    return announced - reserved.get(proplet.id, 0)
+
+
+def fits(task: Task, proplet: Proplet, reserved: Mapping[str, int] | None = None) -> str:
     """Empty string when ``proplet`` can take ``task``; otherwise the reason it cannot."""
     md = proplet.metadata
     if md.max_instances and proplet.task_count >= md.max_instances:
         return f"{proplet.id} runs {proplet.task_count}/{md.max_instances} instances"
     if task.memory_bytes:
-        free = md.free_memory_bytes or md.total_memory_bytes
-        if free and task.memory_bytes > free:
-            return f"{proplet.id} has {free} bytes free, task needs {task.memory_bytes}"
+        free = free_memory(proplet, reserved or {})
+        if free is not None and task.memory_bytes > free:
+            return f"{proplet.id} has {max(free, 0)} bytes free, task needs {task.memory_bytes}"
     return ""
 
 
-def eligible(task: Task, candidates: Sequence[Proplet]) -> tuple[list[Proplet], str]:
+def eligible(
+    task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] | None = None
+) -> tuple[list[Proplet], str]:
     ok: list[Proplet] = []
     reasons: list[str] = []
     for p in candidates:
-        why = fits(task, p)
+        why = fits(task, p, reserved)
         if why:
             reasons.append(why)
         else:
@@ -57,8 +70,10 @@ class RoundRobin:
     def __init__(self) -> None:
         self._last = ""
 
-    def choose(self, task: Task, candidates: Sequence[Proplet]) -> Choice:
-        ok, reason = eligible(task, candidates)
+    def choose(
+        self, task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] | None = None
+    ) -> Choice:
+        ok, reason = eligible(task, candidates, reserved)
         if not ok:
             return Choice(None, reason)
         ordered = sorted(ok, key=lambda p: p.id)
@@ -75,16 +90,34 @@ class LeastLoaded:
 
     name = "least-loaded"
 
-    def choose(self, task: Task, candidates: Sequence[Proplet]) -> Choice:
-        ok, reason = eligible(task, candidates)
+    def choose(
+        self, task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] | None = None
+    ) -> Choice:
+        ok, reason = eligible(task, candidates, reserved)
         if not ok:
             return Choice(None, reason)
         return Choice(min(ok, key=lambda p: (p.task_count, p.id)))
 
 
-POLICIES: dict[str, type[RoundRobin] | type[LeastLoaded]] = {
+class MostFreeMemory:
+    """Memory-aware spreading: the proplet with the most free memory after reservations; ties by load."""
+
+    name = "memory-aware"
+
+    def choose(
+        self, task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] | None = None
+    ) -> Choice:
+        ok, reason = eligible(task, candidates, reserved)
+        if not ok:
+            return Choice(None, reason)
+        held = reserved or {}
+        return Choice(min(ok, key=lambda p: (-(free_memory(p, held) or 0), p.task_count, p.id)))
+
+
+POLICIES: dict[str, type[RoundRobin] | type[LeastLoaded] | type[MostFreeMemory]] = {
     RoundRobin.name: RoundRobin,
     LeastLoaded.name: LeastLoaded,
+    MostFreeMemory.name: MostFreeMemory,
 }
 
 

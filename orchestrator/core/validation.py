@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.core.errors import ValidationError
 from orchestrator.core.model import Task, TaskKind
+from proplets.runtime.wasmbin import WasmFormatError, is_component, memory_requirements
 
 # Keys upstream clients send that are read-only here (state, timestamps): accepted and ignored.
 _READ_ONLY = frozenset(
@@ -76,6 +77,17 @@ def _int(spec: dict[str, Any], key: str, lo: int, hi: int, default: int) -> int:
     return int(value)
 
 
+def declared_memory(wasm: bytes) -> int:
+    """Linear memory a core module declares it needs at start (its minimum pages x 64 KiB)."""
+    if is_component(wasm):
+        return 0  # a component's memories are inside its core modules; not derived here
+    try:
+        min_pages, _max = memory_requirements(wasm)
+    except WasmFormatError as err:
+        raise ValidationError(f"file is not a valid wasm module: {err}", "file") from None
+    return min_pages * 65536
+
+
 def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
     if not isinstance(spec, dict):
         raise ValidationError("task must be a JSON object")
@@ -126,6 +138,9 @@ def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
         if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
             raise ValidationError(f"limits.{k} must be a positive number", f"limits.{k}")
     image_url = _expect(spec, "image_url", str, "a string") or ""
+    memory_bytes = _int(spec, "memory_bytes", 0, 1 << 40, 0)
+    if not memory_bytes and wasm:
+        memory_bytes = declared_memory(wasm)
     task = Task(
         id=task_id,
         name=name,
@@ -150,7 +165,7 @@ def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
         timezone=_expect(spec, "timezone", str, "a string") or "UTC",
         is_recurring=bool(_expect(spec, "is_recurring", bool, "a boolean")),
         sha256=sha256.removeprefix("sha256:").lower(),
-        memory_bytes=_int(spec, "memory_bytes", 0, 1 << 40, 0),
+        memory_bytes=memory_bytes,
         limits=dict(limits),
         max_attempts=_int(spec, "max_attempts", 1, 100, 3),
     )

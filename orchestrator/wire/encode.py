@@ -131,6 +131,7 @@ def _heartbeat(msg: m.Heartbeat, profile: Profile) -> dict[str, Any]:
     pid = _need_text(msg.proplet_id, "proplet_id", required=True)
     ns = _need_text(msg.namespace, "namespace")
     # Key order as each upstream sender writes it, so golden payloads compare byte for byte.
+    out: dict[str, Any]
     if profile is Profile.EMBEDDED:
         out = {"status": msg.status, "proplet_id": pid, "namespace": ns}
     else:

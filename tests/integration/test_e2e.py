@@ -3,21 +3,13 @@ running real Wasm with wasmtime."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
-import httpx
-import pytest
 import wasmtime
 
 from orchestrator.adapters.mqtt import MqttClient
-from orchestrator.service import ManagerService, ManagerSettings
-from proplets.agent import AgentSettings, PropletAgent
+from tests.integration.conftest import Cluster, _async, eventually
 
 ADD = base64.b64encode(
     wasmtime.wat2wasm("""
@@ -27,94 +19,6 @@ ADD = base64.b64encode(
   (func (export "boom") (result i32) i32.const 1 i32.const 0 i32.div_s))
 """)
 ).decode()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Cluster:
-    def __init__(self, manager: ManagerService, api: httpx.AsyncClient, tmp: Path) -> None:
-        self.manager, self.api, self.tmp = manager, api, tmp
-        self.agents: dict[str, PropletAgent] = {}
-
-    @property
-    def broker_url(self) -> str:
-        return self.manager.broker_url
-
-    async def add_proplet(self, proplet_id: str) -> PropletAgent:
-        s = self.manager.settings
-        agent = PropletAgent(
-            AgentSettings(
-                broker=self.broker_url,
-                proplet_id=proplet_id,
-                domain=s.domain,
-                channel=s.channel,
-                heartbeat_interval=s.heartbeat_interval,
-                keepalive=2,
-                cache_dir=str(self.tmp / "cache"),
-            )
-        )
-        await agent.start()
-        self.agents[proplet_id] = agent
-        await eventually(lambda: self.alive(proplet_id), 10, f"{proplet_id} alive")
-        return agent
-
-    async def alive(self, proplet_id: str, expected: bool = True) -> bool:
-        r = await self.api.get(f"/proplets/{proplet_id}")
-        return r.status_code == 200 and r.json()["alive"] is expected
-
-    async def run_task(self, spec: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
-        created = await self.api.post("/tasks", json=spec)
-        assert created.status_code == 201, created.text
-        task_id = created.json()["id"]
-        started = await self.api.post(f"/tasks/{task_id}/start")
-        assert started.status_code == 200, started.text
-        return await self.wait_terminal(task_id, timeout)
-
-    async def wait_terminal(self, task_id: str, timeout: float = 15) -> dict[str, Any]:
-        task: dict[str, Any] = {}
-
-        async def done() -> bool:
-            nonlocal task
-            task = (await self.api.get(f"/tasks/{task_id}")).json()
-            return int(task["state"]) >= 3
-
-        await eventually(done, timeout, f"task {task_id} to finish")
-        return task
-
-
-@pytest.fixture(params=["embedded", "mosquitto"])
-async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
-    broker = "embedded://127.0.0.1:0"
-    if request.param == "mosquitto":
-        broker = request.getfixturevalue("mosquitto_url")
-    settings = ManagerSettings(
-        broker=broker,
-        db=str(tmp_path / "m.db"),
-        api_port=0,
-        heartbeat_interval=0.5,
-        # Unique channel per test: the machine's Mosquitto is shared.
-        domain=f"d-{uuid.uuid4().hex[:8]}",
-        channel="c1",
-        mqtt_keepalive=5,
-    )
-    manager = ManagerService(settings)
-    await manager.start()
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{manager.api_port}", timeout=10)
-    c = Cluster(manager, api, tmp_path)
-    try:
-        yield c
-    finally:
-        for agent in c.agents.values():
-            await agent.stop()
-        await api.aclose()
-        await manager.stop()
 
 
 async def test_wasm_task_runs_through_the_api_and_reports_where(cluster: Cluster) -> None:
@@ -186,7 +90,3 @@ async def test_api_errors_are_json_and_name_the_problem(cluster: Cluster) -> Non
     missing = await api.post(f"/tasks/{created['id']}/start")
     assert missing.status_code == 404 and "ghost" in missing.json()["error"]
     assert (await api.get("/tasks?limit=1000")).status_code == 400
-
-
-async def _async(value: bool) -> bool:
-    return value

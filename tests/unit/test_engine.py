@@ -306,3 +306,47 @@ def test_a_task_its_proplet_no_longer_reports_is_redispatched() -> None:
     assert start["id"] == task_id and start["attempt"] == 2
     send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": [task_id]}, 50.0)
     assert engine.tasks[task_id].attempt == 2
+
+
+def _module_with_pages(pages: int) -> str:
+    # magic, version, memory section (id 5): one memory, flags 0 (min only), min = pages
+    body = bytes([1, 0, pages])
+    return base64.b64encode(WASM + bytes([5, len(body)]) + body).decode()
+
+
+def test_memory_aware_placement_never_sends_a_task_where_it_cannot_fit() -> None:
+    from orchestrator.core.placement import MostFreeMemory
+
+    engine = Engine(EngineConfig(domain="d1", channel="c1"), policy=MostFreeMemory())
+    for pid, free in (("small", 100_000), ("big", 300_000)):
+        send(engine, T.create, {"proplet_id": pid, "metadata": {"free_memory_bytes": free}}, 0.0)
+    engine.take_commands()
+    ids = []
+    for _ in range(6):  # each declares one 64 KiB page: 4 fit on big, 1 on small, 1 must wait
+        task = engine.create_task({"name": "main", "file": _module_with_pages(1)}, 0)
+        assert task.memory_bytes == 65536
+        engine.start_task(task.id, 1.0, 1.0)
+        ids.append(task.id)
+    placed = [engine.tasks[i].proplet_id for i in ids[:5]]
+    assert placed.count("big") == 4 and placed.count("small") == 1
+    waiting = engine.tasks[ids[-1]]
+    assert waiting.state is TaskState.SCHEDULED and "no proplet can fit" in waiting.error
+    send(engine, T.results, {"task_id": ids[0], "proplet_id": placed[0], "results": "0"}, 2.0)
+    assert waiting.state is TaskState.RUNNING
+
+
+def test_out_of_memory_result_places_the_task_again_elsewhere() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    heartbeat(engine, "p2", 0.0)
+    engine.take_commands()
+    task_id = submit(engine, 1.0)
+    first = engine.tasks[task_id].proplet_id
+    send(
+        engine,
+        T.results,
+        {"task_id": task_id, "results": "", "error": "out of memory: need 9 bytes, free 1"},
+        2.0,
+    )
+    task = engine.tasks[task_id]
+    assert task.state is TaskState.RUNNING and task.attempt == 2 and task.proplet_id != first

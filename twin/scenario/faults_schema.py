@@ -29,39 +29,68 @@ class FaultKind:
 
 
 FAULTS: dict[str, FaultKind] = {
-    "power_loss": FaultKind(True, "optional", {}, lethal=True,
-                            doc="power cut, no DISCONNECT (LWT fires); duration = time until power returns"),
-    "wifi_drop": FaultKind(True, "required", {}, lethal=True,
-                           doc="link blackholed for duration (half-open TCP, keep-alive expiry)"),
-    "wifi_flap": FaultKind(True, "none", {"down": ("duration", True), "up": ("duration", True),
-                                          "cycles": ("int", True)},
-                           doc="cycles of down/up; lethal only when down exceeds the liveness timeout"),
-    "reboot": FaultKind(True, "none", {"boot_time": ("duration", False)}, doc="restart of the device"),
-    "brownout": FaultKind(True, "optional", {}, lethal=True, doc="reset by supply dip; like a short power loss"),
-    "oom": FaultKind(True, "optional", {"bytes": ("size", True)}, doc="hog bytes of the device's heap"),
-    "clock_skew": FaultKind(True, "none", {"offset": ("number", True)}, doc="shift the device clock"),
-    "link": FaultKind(True, "optional", {"latency": ("duration0", False), "jitter": ("duration0", False),
-                                         "loss": ("probability", False), "blackhole": ("bool", False),
-                                         "reset": ("bool", False), "bandwidth": ("number", False)},
-                      doc="change the device's link profile for duration"),
-    "broker_restart": FaultKind(False, "optional", {}, device_level=False,
-                                doc="stop the broker; duration = downtime before it starts again"),
-    "manager_kill": FaultKind(False, "none", {"signal": ("signal", False), "restart_after": ("duration", False)},
-                              device_level=False, doc="kill the manager process, restart it from its store"),
-    "random": FaultKind(False, "required", {"rate": ("number", True), "kinds": ("kinds", True),
-                                            "down_min": ("duration", False), "down_max": ("duration", False)},
-                        device_level=False,
-                        doc="seeded random device faults at rate per second over duration (target = population)"),
+    "power_loss": FaultKind(
+        True, "optional", {}, lethal=True,
+        doc="power cut, no DISCONNECT (the will fires); duration = time until power returns (off_for)",
+    ),
+    "wifi_drop": FaultKind(
+        True, "required", {}, lethal=True, doc="link silent for duration (half-open TCP)"
+    ),
+    "wifi_flap": FaultKind(
+        True, "none", {"down": ("duration", True), "up": ("duration", True), "cycles": ("int", True)},
+        doc="cycles of wifi_drop(down) then up; lethal only when down exceeds the liveness timeout",
+    ),
+    "reboot": FaultKind(True, "none", {"only_if_running": ("bool", False)}, doc="watchdog-style reboot"),
+    "brownout": FaultKind(
+        True, "optional", {}, lethal=True, doc="supply dip: a power loss of duration (default 0.2 s)"
+    ),
+    "out_of_memory": FaultKind(
+        True, "optional", {"reserve_bytes": ("size", False)},
+        doc="a leak takes reserve_bytes (default: all free heap) for duration",
+    ),
+    "clock_skew": FaultKind(True, "none", {"offset": ("number", True)}, doc="clock off by offset s"),
+    "link": FaultKind(
+        True, "optional",
+        {"latency": ("duration0", False), "jitter": ("duration0", False), "loss": ("probability", False),
+         "blackhole": ("bool", False), "bandwidth": ("number", False)},
+        doc="the device's link takes this profile for duration",
+    ),
+    "broker_restart": FaultKind(
+        False, "optional", {}, device_level=False, doc="broker down for duration"
+    ),
+    "manager_kill": FaultKind(
+        False, "none", {"signal": ("signal", False), "restart_after": ("duration", False)},
+        device_level=False, doc="kill the manager (signal 9), restart it from its store after restart_after",
+    ),
+    "random": FaultKind(
+        False, "required",
+        {"rate": ("number", True), "kinds": ("kinds", True), "down_min": ("duration", False),
+         "down_max": ("duration", False)},
+        device_level=False,
+        doc="seeded random device faults, rate per second over duration, among target (default: all)",
+    ),
 }  # fmt: skip
+# Our ``duration`` under the name twin.faults gives it, per kind.
+DURATION_KEYS = {
+    "power_loss": "off_for", "wifi_drop": "duration", "link": "duration", "out_of_memory": "duration",
+    "broker_restart": "downtime",
+}  # fmt: skip
+LINK_KEYS = {"latency": "latency_s", "jitter": "jitter_s", "loss": "loss", "blackhole": "blackhole",
+             "bandwidth": "bandwidth_bps"}  # fmt: skip
 FAULT_KINDS = tuple(FAULTS)
 LETHAL_FAULTS = frozenset(k for k, f in FAULTS.items() if f.lethal)
-RANDOM_KINDS = ("power_loss", "wifi_drop", "reboot", "brownout")
+RANDOM_KINDS = ("power_loss", "wifi_drop", "reboot", "brownout", "out_of_memory")
 
 
 def read_fault(
-    r: Reader, item: Node, path: str, kind: str, has_target: bool, duration: float | None,
+    r: Reader,
+    item: Node,
+    path: str,
+    kind: str,
+    has_target: bool,
+    duration: float | None,
     params_node: Node | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Check one fault's target, duration and params against its kind; returns the typed params."""
     spec = FAULTS[kind]
     if spec.needs_target and not has_target:
@@ -77,8 +106,7 @@ def read_fault(
     missing = [n for n, (_, req) in spec.params.items() if req and n not in given]
     for name in missing:
         r.error(params_node or item, f"{path}.params", f"missing required parameter {name!r} for {kind}")
-    if spec.device_level:
-        _delegate(r, item, path, kind, duration, typed)
+    _delegate(r, item, path, kind, duration, typed)
     return typed
 
 
@@ -109,7 +137,11 @@ def _typed_params(r: Reader, node: Node, path: str, spec: FaultKind) -> dict[str
             got = r.strings(value, where)
             for k in got or ():
                 if k not in RANDOM_KINDS:
-                    r.error(value, where, f"unknown random fault kind {k!r} (choose from {', '.join(RANDOM_KINDS)})")
+                    r.error(
+                        value,
+                        where,
+                        f"unknown random fault kind {k!r} (choose from {', '.join(RANDOM_KINDS)})",
+                    )
         else:
             got = r.number(value, where)
         if got is not None:
@@ -117,17 +149,34 @@ def _typed_params(r: Reader, node: Node, path: str, spec: FaultKind) -> dict[str
     return out
 
 
-def _delegate(r: Reader, item: Node, path: str, kind: str, duration: float | None, params: dict[str, Any]) -> None:
-    """Let ``twin.faults`` validate a device fault, when it offers ``from_mapping``."""
-    if importlib.util.find_spec("twin.faults") is None:
+def to_fault_mapping(kind: str, duration: float | None, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The mapping ``twin.faults.fault_from_mapping`` takes for this fault; None for kinds the runner
+    composes itself (wifi_flap, brownout, random)."""
+    if kind in ("wifi_flap", "brownout", "random"):
+        return None
+    data: dict[str, Any] = {"type": kind}
+    if kind == "link":
+        data["profile"] = {LINK_KEYS[k]: v for k, v in params.items()}
+    elif kind == "manager_kill":
+        data.update({k: v for k, v in params.items() if k != "signal"})
+    else:
+        data.update(params)
+    if duration is not None and kind in DURATION_KEYS:
+        data[DURATION_KEYS[kind]] = duration
+    return data
+
+
+def _delegate(
+    r: Reader, item: Node, path: str, kind: str, duration: float | None, params: dict[str, Any]
+) -> None:
+    """Let ``twin.faults`` check the fault too, when it is installed: it defines what the runner injects."""
+    data = to_fault_mapping(kind, duration, params)
+    if data is None or importlib.util.find_spec("twin.faults") is None:
         return
-    from_mapping = getattr(importlib.import_module("twin.faults"), "from_mapping", None)
-    if from_mapping is None:
+    build = getattr(importlib.import_module("twin.faults"), "fault_from_mapping", None)
+    if build is None:
         return
-    data: dict[str, Any] = {"kind": kind, **params}
-    if duration is not None:
-        data["duration"] = duration
     try:
-        from_mapping(data, f"{r.source}:{item.start_mark.line + 1}: {path}")
+        build(data, path)
     except (ValueError, TypeError, KeyError) as exc:
-        r.error(item, path, str(exc))
+        r.error(item, path, str(exc).removeprefix(f"{path}: "))

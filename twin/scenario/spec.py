@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from yaml.nodes import Node, ScalarNode
 
-from twin.scenario.faults_schema import FAULT_KINDS, read_fault
+from twin.scenario.faults_schema import FAULT_KINDS, read_fault, to_fault_mapping
 from twin.scenario.yamlread import Issue, Reader, ScenarioError, compose
 
 if TYPE_CHECKING:
@@ -199,6 +199,19 @@ class FaultSpec:
     def end(self) -> float | None:
         return None if self.duration is None else self.at + self.duration
 
+    def to_fault(self, device: str | None = None) -> Any:
+        """This fault as a ``twin.faults.Fault`` (aimed at ``device`` when given), for the runner to
+        inject; ValueError for the kinds the runner composes itself (wifi_flap, brownout, random)."""
+        from twin.faults import fault_from_mapping  # lazy: pulls in twin.links and asyncio
+
+        data = to_fault_mapping(self.kind, self.duration, dict(self.params))
+        if data is None:
+            raise ValueError(f"{self.kind} is composed by the runner, not a twin.faults fault")
+        data["at"] = self.at
+        if device is not None:
+            data["target"] = {"device": device}
+        return fault_from_mapping(data, f"faults (line {self.line})")
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -220,9 +233,7 @@ class Scenario:
         return self if seed is None else replace(self, seed=seed)
 
     def devices(self) -> list[DeviceRef]:
-        return [
-            DeviceRef(name, g.kind, i, g.tags) for i, g in enumerate(self.fleet) for name in g.names()
-        ]
+        return [DeviceRef(name, g.kind, i, g.tags) for i, g in enumerate(self.fleet) for name in g.names()]
 
     def device_kinds(self) -> dict[str, str]:
         return {d.name: d.kind for d in self.devices()}
@@ -279,6 +290,7 @@ def _scenario(r: Reader, root: Node, source: str, base: Path) -> Scenario | None
     _unique_names(r, top.get("fleet"), devices)
     ctx = _Context(devices, duration or 0.0)
     workload = _workload(r, top["workload"], ctx, base) if "workload" in top else ()
+    ctx.workloads = [w.name for w in workload]
     faults = _faults(r, top["faults"], ctx) if "faults" in top else ()
     expect = _expect(r, top["expect"], ctx) if "expect" in top else ()
     if None in (name, desc, seed, duration, speed, broker):
@@ -298,6 +310,7 @@ class _Context:
 
     devices: list[DeviceRef]
     duration: float
+    workloads: list[str] = field(default_factory=list)
 
     @property
     def kinds(self) -> list[str]:
@@ -309,11 +322,16 @@ def _manager(r: Reader, node: Node) -> ManagerSpec:
     if m is None:
         return ManagerSpec()
     placement = r.string(m["placement"], "manager.placement", PLACEMENTS) if "placement" in m else None
-    attempts = r.integer(m["max_attempts"], "manager.max_attempts", minimum=1) if "max_attempts" in m else None
+    attempts = (
+        r.integer(m["max_attempts"], "manager.max_attempts", minimum=1) if "max_attempts" in m else None
+    )
     qt = r.duration(m["queue_timeout"], "manager.queue_timeout") if "queue_timeout" in m else None
     store = r.string(m["store"], "manager.store", ("sqlite", "postgres")) if "store" in m else None
     return ManagerSpec(
-        placement=placement or "round_robin", max_attempts=attempts or 3, queue_timeout=qt, store=store or "sqlite"
+        placement=placement or "round_robin",
+        max_attempts=attempts or 3,
+        queue_timeout=qt,
+        store=store or "sqlite",
     )
 
 
@@ -361,7 +379,11 @@ def _fleet(r: Reader, node: Node) -> tuple[FleetGroup, ...]:
         memory = r.size(m["memory"], f"{path}.memory") if "memory" in m else None
         psram = r.size(m["psram"], f"{path}.psram") if "psram" in m else None
         cpu = r.number(m["cpu_mhz"], f"{path}.cpu_mhz", positive=True) if "cpu_mhz" in m else None
-        inst = r.integer(m["max_instances"], f"{path}.max_instances", minimum=1) if "max_instances" in m else None
+        inst = (
+            r.integer(m["max_instances"], f"{path}.max_instances", minimum=1)
+            if "max_instances" in m
+            else None
+        )
         port = r.string(m["port"], f"{path}.port") if "port" in m else None
         if kind == "board" and port is None and "kind" in m:
             r.error(item, path, "a board needs 'port' (its serial port or rig name)")
@@ -428,7 +450,9 @@ def read_selector(r: Reader, node: Node, path: str, ctx: _Context) -> Selector |
             return None
         sel = Selector(names, kind, tags, count, pick)
     if sel is not None and ctx.devices and not any(sel.matches(d) for d in ctx.devices):
-        r.error(node, path, f"selects no device of the fleet ({sel.describe()}); fleet has {_fleet_summary(ctx)}")
+        r.error(
+            node, path, f"selects no device of the fleet ({sel.describe()}); fleet has {_fleet_summary(ctx)}"
+        )
     return sel
 
 
@@ -446,7 +470,11 @@ def _target(r: Reader, node: Node, path: str, ctx: _Context) -> Target | None:
     device = r.string(m["device"], f"{path}.device") if "device" in m else None
     tags = r.strings(m["tags"], f"{path}.tags") if "tags" in m else ()
     if kind is not None and ctx.devices and kind not in ctx.kinds:
-        r.error(m["kind"], f"{path}.kind", f"no device of kind {kind!r} in the fleet (kinds: {', '.join(ctx.kinds)})")
+        r.error(
+            m["kind"],
+            f"{path}.kind",
+            f"no device of kind {kind!r} in the fleet (kinds: {', '.join(ctx.kinds)})",
+        )
     if device is not None and ctx.devices and device not in {d.name for d in ctx.devices}:
         r.error(m["device"], f"{path}.device", f"no device named {device!r} in the fleet")
     return Target(kind, device, tags or ())
@@ -479,7 +507,7 @@ def _workload(r: Reader, node: Node, ctx: _Context, base: Path) -> tuple[Workloa
         if "every" in m and "rate" in m:
             r.error(m["rate"], f"{path}.rate", "give either 'every' or 'rate', not both")
         module = _module(r, m["module"], f"{path}.module", base) if "module" in m else None
-        default_fn = BUILTIN_MODULES.get(module or "", None)
+        default_fn = BUILTIN_MODULES.get(module or "")
         function = r.string(m["function"], f"{path}.function") if "function" in m else default_fn
         if function is None and module is not None and "function" not in m:
             r.error(item, path, "missing required key 'function' (needed for a module given by path)")
@@ -496,7 +524,11 @@ def _workload(r: Reader, node: Node, ctx: _Context, base: Path) -> tuple[Workloa
             continue
         assert name is not None and at is not None and count is not None
         assert module is not None and function is not None
-        out.append(WorkloadItem(name, module, function, at, count, every, rate, tuple(inputs), target, limits, memory))
+        out.append(
+            WorkloadItem(
+                name, module, function, at, count, every, rate, tuple(inputs), target, limits, memory
+            )
+        )
     return tuple(out)
 
 
@@ -505,7 +537,11 @@ def _module(r: Reader, node: Node, path: str, base: Path) -> str | None:
     if value is None or value in BUILTIN_MODULES:
         return value
     if not value.endswith((".wat", ".wasm")):
-        r.error(node, path, f"must be one of {', '.join(BUILTIN_MODULES)} or a path to a .wat/.wasm file, got {value!r}")
+        r.error(
+            node,
+            path,
+            f"must be one of {', '.join(BUILTIN_MODULES)} or a path to a .wat/.wasm file, got {value!r}",
+        )
         return None
     full = (base / value).resolve()
     if not full.is_file():

@@ -40,7 +40,16 @@ class ScenarioError(ValueError):
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|min|m|h)\s*$")
-_SIZES = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZES = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -151,7 +160,7 @@ class Reader:
             seconds = float(m.group(1)) * _UNITS[m.group(2)]
         if seconds is None:
             what = "a positive number" if positive else "a number >= 0"
-            self.error(node, path, f"must be {what} (seconds, or with a unit: 500ms, 2s), got {_show(value)}")
+            self.error(node, path, f"must be {what}, got {_show(value)} (seconds, or with a unit: 500ms, 2s)")
             return None
         return self._bounded(node, path, seconds, 0.0, positive, None)
 
@@ -164,7 +173,9 @@ class Reader:
         elif isinstance(value, str) and (m := _SIZE.match(value)) and m.group(2).lower() in _SIZES:
             count = float(m.group(1)) * _SIZES[m.group(2).lower()]
         if count is None or count <= 0:
-            self.error(node, path, f"must be a positive size in bytes (e.g. 65536 or 64KiB), got {_show(value)}")
+            self.error(
+                node, path, f"must be a positive size in bytes (e.g. 65536 or 64KiB), got {_show(value)}"
+            )
             return None
         return int(count)
 
@@ -180,7 +191,13 @@ class Reader:
         return None if any(v is None for v in out) else tuple(v for v in out if v is not None)
 
     def _bounded(
-        self, node: Node, path: str, value: float, minimum: float | None, positive: bool, maximum: float | None
+        self,
+        node: Node,
+        path: str,
+        value: float,
+        minimum: float | None,
+        positive: bool,
+        maximum: float | None,
     ) -> float | None:
         shown = f"{value:g}"
         if positive and value <= 0:

@@ -1,0 +1,147 @@
+"""`propeller hil discover|calibrate|flash|console`. Each command is a plain function returning an exit
+code; errors print one line naming what was wrong and return 2 (usage/input) or 1 (the board)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hil.board import BoardError, SerialBoard
+from hil.calibrate import CalibrationError, calibrate_files
+from hil.console import ConsoleEvent
+from hil.flash import FlashConfig, FlashError, flash
+from hil.rig import (
+    BoardSpec,
+    MapError,
+    PortBusy,
+    discover,
+    dump_map,
+    load_map,
+    resolve_port,
+    specs_from_ports,
+)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"propeller hil: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    ports = discover()
+    if not ports:
+        print("no ESP32-S3 boards found (looked for USB-Serial/JTAG 303a:1001, CP210x, CH340, CH9102, FTDI)")
+    for port in ports:
+        print(f"{port.device}\t{port.vid:04x}:{port.pid:04x}\t{port.kind}\t"
+              f"serial={port.serial_number or '-'}\tlocation={port.location or '-'}")
+    if args.write:
+        path = Path(args.write)
+        if path.exists() and not args.force:
+            return _fail(f"{path} exists; pass --force to overwrite it")
+        path.write_text(dump_map(specs_from_ports(ports, args.platform)))
+        print(f"wrote {len(ports)} board(s) to {path}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    try:
+        result = calibrate_files(Path(p) for p in args.logs)
+    except CalibrationError as exc:
+        return _fail(str(exc))
+    print(result.report())
+    return 0
+
+
+def _spec(args: argparse.Namespace) -> BoardSpec:
+    if args.port:
+        return BoardSpec(name=args.board or "board", platform="esp32s3_devkitc", serial=args.port)
+    if not args.map or not args.board:
+        raise MapError("give --port PORT, or --map FILE and --board NAME")
+    for spec in load_map(Path(args.map)):
+        if spec.name == args.board:
+            return spec
+    raise MapError(f"{args.map}: no board named {args.board!r}")
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    try:
+        spec = _spec(args)
+        config = spec.flash_config()
+        if args.runner or args.build_dir:
+            config = FlashConfig(runner=args.runner or config.runner, baud=config.baud,
+                                 write_flash=config.write_flash,
+                                 build_dir=Path(args.build_dir) if args.build_dir else config.build_dir)
+        port = resolve_port(spec)
+        result = flash(config, port, Path(args.image) if args.image else None, Path(args.run_dir) / spec.name)
+    except (MapError, ValueError) as exc:
+        return _fail(str(exc))
+    except (FlashError, PortBusy) as exc:
+        return _fail(str(exc), 1)
+    print(f"flashed {spec.name} on {port} in {result.duration_s:.1f}s; output: {result.log_path}")
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    try:
+        spec = _spec(args)
+        port = resolve_port(spec)
+        board = SerialBoard(spec.name, port, Path(args.run_dir), baud=spec.baud,
+                            on_item=lambda _n, item: print(
+                                item.raw if isinstance(item, ConsoleEvent) else item.text, flush=True))
+    except (MapError, ValueError) as exc:
+        return _fail(str(exc))
+    except (BoardError, PortBusy) as exc:
+        return _fail(str(exc), 1)
+    try:
+        if args.reset:
+            board.reset()
+        for command in args.send or []:
+            board.command(command)
+        deadline = time.monotonic() + args.seconds if args.seconds else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    except BoardError as exc:
+        return _fail(str(exc), 1)
+    finally:
+        board.close()
+        print(f"console log: {board.log_path}", file=sys.stderr)
+    return 0
+
+
+def _board_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--map", help="hardware map YAML")
+    p.add_argument("--board", help="board name in the map")
+    p.add_argument("--port", help="serial port or URL instead of a mapped board")
+    p.add_argument("--run-dir", default=str(Path(tempfile.gettempdir()) / "propeller-hil"),
+                   help="where console and flash logs are kept")
+
+
+def add_hil_subcommands(subparsers: Any) -> None:
+    hil = subparsers.add_parser("hil", help="hardware in the loop: ESP32-S3 boards on serial ports")
+    sub = hil.add_subparsers(dest="hil_command", required=True)
+    d = sub.add_parser("discover", help="list attached ESP32-S3 boards and write a hardware map")
+    d.add_argument("--write", metavar="MAP", help="write a hardware map YAML")
+    d.add_argument("--force", action="store_true", help="overwrite an existing map")
+    d.add_argument("--platform", default="esp32s3_devkitc")
+    d.set_defaults(func=cmd_discover)
+    c = sub.add_parser("calibrate", help="fit the twin's esp32s3 memory constants from benchmark logs")
+    c.add_argument("logs", nargs="+", metavar="LOG")
+    c.set_defaults(func=cmd_calibrate)
+    f = sub.add_parser("flash", help="flash a board with esptool or west")
+    _board_args(f)
+    f.add_argument("--image", help="firmware image (esptool runner)")
+    f.add_argument("--runner", choices=("esptool", "west"))
+    f.add_argument("--build-dir", help="Zephyr build directory (west runner)")
+    f.set_defaults(func=cmd_flash)
+    o = sub.add_parser("console", help="watch a board's console (and send shell commands)")
+    _board_args(o)
+    o.add_argument("--reset", action="store_true", help="reset the board first")
+    o.add_argument("--send", action="append", metavar="CMD", help="shell command to run (repeatable)")
+    o.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C)")
+    o.set_defaults(func=cmd_console)

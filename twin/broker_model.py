@@ -1,0 +1,578 @@
+"""MQTT 3.1.1 semantics in virtual time, for the fleet-scale virtual driver (simpy, no sockets).
+
+`BrokerModel` plays the broker; `ModelClient` has the same small interface as the live
+`orchestrator.adapters.mqtt.MqttClient` (publish, subscribe, callbacks, abort, silence, disconnect), so
+device code runs unchanged on both. What is modelled, and how:
+
+- Each client has a one-way link `latency`; both directions are FIFO (a later packet never overtakes).
+- connect: CONNECT reaches the broker after `latency`, CONNACK leaves `connect_delay` later. `connect()`
+  returns a simpy event whose value is True on CONNACK, False when the broker is down (refused).
+- publish QoS 0/1 (QoS 2 is refused with ValueError), delivered QoS = min(publish, subscription);
+  a client matching several of its filters gets one copy at the highest QoS. QoS 1 publishes stay in
+  the client until PUBACK and are resent on the next connect (at least once, as paho does).
+- retained messages (an empty retained payload clears), replayed on subscribe.
+- persistent sessions (clean_session=False): subscriptions survive, QoS 1 messages queue while offline
+  (up to `max_queued`, then dropped and counted, as Mosquitto's max_queued_messages) and are sent after
+  the next CONNACK; a QoS 1 delivery cut by a lost connection is queued again.
+- Last Will: fired on an abrupt close (`abort()`), on keep-alive expiry and on session takeover; never
+  after `disconnect()`. A broker stop closes every link without wills.
+- keep-alive: a client that is not silenced is assumed to ping on time (no ping traffic is simulated).
+  `silence()` stops everything; the broker then drops the client 1.5 × keepalive after the last packet
+  it heard, where the last packet is the latest of the client's real packets and of the pings paho
+  would have sent every `keepalive` seconds after it.
+- Auto-reconnect after an unexpected loss (not after abort()/disconnect()), with capped, jittered
+  exponential backoff from the injected rng, like the live client.
+
+Shortcut (documented, omniscient): a QoS 1 delivery that arrives at a client whose connection has
+changed is handed back to the broker's session queue directly instead of by an unacked-message resend.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from orchestrator.adapters.mqtt import MqttError, Will
+
+__all__ = ["BrokerModel", "BrokerStats", "ModelClient", "MqttError", "Will", "topic_matches"]
+
+log = logging.getLogger(__name__)
+
+
+def check_topic(topic: str) -> None:
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"topic must be a non-empty string, got {topic!r}")
+    if "+" in topic or "#" in topic:
+        raise ValueError(f"topic {topic!r} must not contain the wildcards '+' or '#'")
+
+
+def check_filter(topic_filter: str) -> None:
+    if not isinstance(topic_filter, str) or not topic_filter:
+        raise ValueError(f"topic filter must be a non-empty string, got {topic_filter!r}")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError(f"topic filter {topic_filter!r}: '#' must be a whole, last level")
+        if "+" in level and level != "+":
+            raise ValueError(f"topic filter {topic_filter!r}: '+' must be a whole level")
+
+
+@functools.lru_cache(maxsize=65536)
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT 3.1.1 §4.7 matching. Wildcards at the first level do not match topics starting with '$'."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    f_levels = topic_filter.split("/")
+    t_levels = topic.split("/")
+    for i, f in enumerate(f_levels):
+        if f == "#":
+            return True  # also matches the parent level: "a/#" matches "a"
+        if i >= len(t_levels):
+            return False
+        if f != "+" and f != t_levels[i]:
+            return False
+    return len(f_levels) == len(t_levels)
+
+
+def _check_qos(qos: int) -> None:
+    if qos not in (0, 1):
+        raise ValueError(f"QoS must be 0 or 1 in the broker model, got {qos!r}")
+
+
+@dataclass
+class BrokerStats:
+    publishes: int = 0  # PUBLISH packets the broker accepted (wills included)
+    deliveries: int = 0  # messages handed to a client's link
+    queued: int = 0  # QoS 1 messages stored for offline persistent sessions
+    dropped: int = 0  # QoS 1 messages dropped because a session queue was full
+    wills: int = 0
+    expiries: int = 0  # keep-alive expiries
+    refused: int = 0  # connects refused while the broker was down
+
+
+@dataclass
+class _Session:
+    client_id: str
+    persistent: bool
+    subs: dict[str, int] = field(default_factory=dict)
+    queue: collections.deque[tuple[str, bytes]] = field(default_factory=collections.deque)
+
+
+@dataclass
+class _Conn:
+    client: ModelClient
+    epoch: int
+    session: _Session
+    will: Will | None
+    alive: bool = True
+
+
+class BrokerModel:
+    def __init__(
+        self, env: simpy.Environment, *, connect_delay: float = 0.0, max_queued: int = 1000,
+        persistence: bool = True,
+    ) -> None:  # fmt: skip
+        if connect_delay < 0 or max_queued < 0:
+            raise ValueError(f"connect_delay and max_queued must be >= 0, got {connect_delay}, {max_queued}")
+        self.env = env
+        self.connect_delay = connect_delay
+        self.max_queued = max_queued
+        self.persistence = persistence  # sessions and retained messages survive a restart
+        self.up = True
+        self.stats = BrokerStats()
+        self.retained: dict[str, tuple[bytes, int]] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._conns: dict[str, _Conn] = {}
+        self._filters: dict[str, dict[str, int]] = {}  # filter -> {client_id: qos}, for routing
+
+    def client(self, client_id: str, **kwargs: Any) -> ModelClient:
+        return ModelClient(self, client_id, **kwargs)
+
+    def at(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        ev = self.env.timeout(max(0.0, delay))
+        ev.callbacks.append(lambda _e: fn(*args))
+
+    @property
+    def connected_clients(self) -> list[str]:
+        return [cid for cid, c in self._conns.items() if c.alive]
+
+    def session_queue_length(self, client_id: str) -> int:
+        s = self._sessions.get(client_id)
+        return len(s.queue) if s else 0
+
+    # --- broker lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """The broker process dies: every link closes, no will is sent."""
+        self.up = False
+        for conn in list(self._conns.values()):
+            if conn.alive:
+                conn.alive = False
+                conn.client._down(conn.client._on_closed, conn.epoch)
+        self._conns.clear()
+        if not self.persistence:
+            self._sessions.clear()
+            self._filters.clear()
+            self.retained.clear()
+
+    def start(self) -> None:
+        self.up = True
+
+    def restart(self, downtime: float) -> None:
+        self.stop()
+        self.at(downtime, self.start)
+
+    # --- packets arriving at the broker (called through the client's uplink) -------------------------
+
+    def _on_connect(self, client: ModelClient, epoch: int, clean: bool, will: Will | None) -> None:
+        if not self.up:
+            self.stats.refused += 1
+            client._down(client._on_refused, epoch)
+            return
+        self.at(self.connect_delay, self._accept, client, epoch, clean, will)
+
+    def _accept(self, client: ModelClient, epoch: int, clean: bool, will: Will | None) -> None:
+        if not self.up:
+            self.stats.refused += 1
+            client._down(client._on_refused, epoch)
+            return
+        cid = client.client_id
+        old = self._conns.get(cid)
+        if old is not None and old.alive:  # session takeover (§3.1.4): the old link is closed
+            self._drop(old, fire_will=True)
+            old.client._down(old.client._on_closed, old.epoch)
+        session = self._sessions.get(cid)
+        present = session is not None and not clean and session.persistent
+        if not present:
+            if session is not None:
+                self._forget_subs(session)
+            session = self._sessions[cid] = _Session(cid, persistent=not clean)
+        assert session is not None
+        conn = self._conns[cid] = _Conn(client, epoch, session, will)
+        client._down(client._on_connack, epoch, present)
+        while session.queue:
+            topic, payload = session.queue.popleft()
+            self._deliver(conn, topic, payload, 1)
+
+    def _live(self, client: ModelClient, epoch: int) -> _Conn | None:
+        conn = self._conns.get(client.client_id)
+        return conn if conn is not None and conn.alive and conn.epoch == epoch else None
+
+    def _on_publish(self, client: ModelClient, epoch: int, mid: int, topic: str, payload: bytes, qos: int,
+                    retain: bool) -> None:  # fmt: skip
+        if self._live(client, epoch) is None:
+            return
+        if qos == 1:
+            client._down(client._on_puback, epoch, mid)
+        self.publish(topic, payload, qos, retain)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        """Route a message as the broker (also used for wills and by tests)."""
+        self.stats.publishes += 1
+        if retain:
+            if payload:
+                self.retained[topic] = (payload, qos)
+            else:
+                self.retained.pop(topic, None)
+        targets: dict[str, int] = {}
+        for topic_filter, subscribers in self._filters.items():
+            if topic_matches(topic_filter, topic):
+                for cid, sub_qos in subscribers.items():
+                    targets[cid] = max(targets.get(cid, -1), min(qos, sub_qos))
+        for cid, out_qos in targets.items():
+            conn = self._conns.get(cid)
+            if conn is not None and conn.alive:
+                self._deliver(conn, topic, payload, out_qos)
+            elif out_qos == 1:
+                self._enqueue(self._sessions[cid], topic, payload)
+
+    def _on_subscribe(self, client: ModelClient, epoch: int, topic_filter: str, qos: int) -> None:
+        conn = self._live(client, epoch)
+        if conn is None:
+            return
+        conn.session.subs[topic_filter] = qos
+        self._filters.setdefault(topic_filter, {})[client.client_id] = qos
+        for topic, (payload, r_qos) in self.retained.items():
+            if topic_matches(topic_filter, topic):
+                self._deliver(conn, topic, payload, min(qos, r_qos))
+
+    def _on_unsubscribe(self, client: ModelClient, epoch: int, topic_filter: str) -> None:
+        conn = self._live(client, epoch)
+        if conn is None:
+            return
+        conn.session.subs.pop(topic_filter, None)
+        subscribers = self._filters.get(topic_filter, {})
+        subscribers.pop(client.client_id, None)
+        if not subscribers:
+            self._filters.pop(topic_filter, None)
+
+    def _on_ping(self, client: ModelClient, epoch: int) -> None:
+        pass  # a live connection heard from; expiry checks ask the client when it resumed
+
+    def _on_disconnect(self, client: ModelClient, epoch: int) -> None:
+        conn = self._live(client, epoch)
+        if conn is not None:
+            self._drop(conn, fire_will=False)
+
+    def _on_link_lost(self, client: ModelClient, epoch: int) -> None:
+        conn = self._live(client, epoch)
+        if conn is not None:
+            self._drop(conn, fire_will=True)
+
+    def _check_expiry(self, client: ModelClient, epoch: int, generation: int) -> None:
+        conn = self._live(client, epoch)
+        if conn is None or client._silence_gen != generation:
+            return
+        if client.silenced or client._resumed_at > self.env.now:
+            self.stats.expiries += 1
+            self._drop(conn, fire_will=True)
+            client._down(client._on_closed, epoch)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _drop(self, conn: _Conn, fire_will: bool) -> None:
+        conn.alive = False
+        if self._conns.get(conn.client.client_id) is conn:
+            del self._conns[conn.client.client_id]
+        if not conn.session.persistent:
+            self._forget_subs(conn.session)
+            self._sessions.pop(conn.client.client_id, None)
+        if fire_will and conn.will is not None:
+            self.stats.wills += 1
+            w = conn.will
+            self.publish(w.topic, bytes(w.payload), min(w.qos, 1), w.retain)
+
+    def _forget_subs(self, session: _Session) -> None:
+        for topic_filter in session.subs:
+            subscribers = self._filters.get(topic_filter)
+            if subscribers is not None:
+                subscribers.pop(session.client_id, None)
+                if not subscribers:
+                    del self._filters[topic_filter]
+        session.subs.clear()
+
+    def _deliver(self, conn: _Conn, topic: str, payload: bytes, qos: int) -> None:
+        self.stats.deliveries += 1
+        conn.client._down(conn.client._on_publish_in, conn.epoch, topic, payload, qos)
+
+    def _enqueue(self, session: _Session, topic: str, payload: bytes, front: bool = False) -> None:
+        if len(session.queue) >= self.max_queued:
+            self.stats.dropped += 1
+            return
+        self.stats.queued += 1
+        if front:
+            session.queue.appendleft((topic, payload))
+        else:
+            session.queue.append((topic, payload))
+
+    def _requeue(self, client_id: str, topic: str, payload: bytes) -> None:
+        session = self._sessions.get(client_id)
+        if session is None or not session.persistent:
+            return
+        conn = self._conns.get(client_id)
+        if conn is not None and conn.alive:
+            self._deliver(conn, topic, payload, 1)
+        else:
+            self._enqueue(session, topic, payload, front=True)
+
+
+class ModelClient:
+    """A client of `BrokerModel` with the live `MqttClient`'s interface, in simulated time."""
+
+    def __init__(
+        self,
+        broker: BrokerModel,
+        client_id: str,
+        *,
+        keepalive: float = 30,
+        will: Will | None = None,
+        clean_session: bool = True,
+        latency: float = 0.0,
+        on_message: Callable[[str, bytes], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+        reconnect: bool = True,
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(client_id, str) or not client_id:
+            raise ValueError(f"client_id must be a non-empty string, got {client_id!r}")
+        if keepalive < 0 or latency < 0:
+            raise ValueError(f"keepalive and latency must be >= 0, got {keepalive}, {latency}")
+        if not 0 < backoff_min <= backoff_max:
+            raise ValueError(f"backoff needs 0 < backoff_min <= backoff_max, got {backoff_min}/{backoff_max}")
+        self.broker, self.env, self.client_id = broker, broker.env, client_id
+        self.keepalive, self.will, self.clean_session, self.latency = keepalive, will, clean_session, latency
+        self.on_message, self.on_connect, self.on_disconnect = on_message, on_connect, on_disconnect
+        self.reconnect_enabled = reconnect
+        self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self.rng = rng if rng is not None else random.Random(client_id)
+        self.callback_errors = 0
+        self.connects = 0  # CONNACKs received
+        self._state = "idle"  # idle | connecting | connected
+        self._auto = False
+        self._attempt = 0
+        self._epoch = 0
+        self._mid = 0
+        self._subs: dict[str, int] = {}
+        self._unacked: dict[int, tuple[str, bytes, bool]] = {}
+        self._connack: simpy.Event | None = None
+        self._up_last = 0.0
+        self._down_last = 0.0
+        self._last_out = 0.0
+        self.silenced = False
+        self._silence_gen = 0
+        self._resumed_at = -1.0
+        self._held_up: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._held_down: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+
+    @property
+    def connected(self) -> bool:
+        return self._state == "connected"
+
+    @property
+    def subscriptions(self) -> dict[str, int]:
+        return dict(self._subs)
+
+    # --- public API -------------------------------------------------------------------------------
+
+    def connect(self) -> simpy.Event:
+        """Start connecting; the event's value is True on CONNACK, False when refused."""
+        if self._state == "connected":
+            ev = self.env.event()
+            ev.succeed(True)
+            return ev
+        if self._state == "connecting" and self._connack is not None:
+            return self._connack
+        self._auto = False
+        return self._start_connect()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        check_topic(topic)
+        _check_qos(qos)
+        if not isinstance(payload, bytes | bytearray):
+            raise ValueError(f"payload must be bytes, not {type(payload).__name__}")
+        if self._state != "connected":
+            raise MqttError(f"{self.client_id}: not connected to the broker model, cannot publish to {topic}")
+        self._mid = self._mid % 65535 + 1
+        if qos == 1:
+            self._unacked[self._mid] = (topic, bytes(payload), retain)
+        self._up(self.broker._on_publish, self, self._epoch, self._mid, topic, bytes(payload), qos, retain)
+        return self._mid
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        check_filter(topic_filter)
+        _check_qos(qos)
+        self._subs[topic_filter] = qos
+        if self._state == "connected":
+            self._up(self.broker._on_subscribe, self, self._epoch, topic_filter, qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self._subs.pop(topic_filter, None)
+        if self._state == "connected":
+            self._up(self.broker._on_unsubscribe, self, self._epoch, topic_filter)
+
+    def disconnect(self) -> None:
+        """Clean DISCONNECT: the broker discards the will. A silenced link cannot carry it, so then the
+        broker only notices by keep-alive (and fires the will)."""
+        self._auto = False
+        if self._state == "connected" and not self.silenced:
+            self._up(self.broker._on_disconnect, self, self._epoch)
+        self._close_locally()
+
+    def abort(self, reconnect: bool = False) -> None:
+        """Drop the link without DISCONNECT (power loss): the broker fires the will once it sees the
+        close; on a silenced link it never sees it and keep-alive expiry does the same later."""
+        if self._state != "idle" and not self.silenced:
+            self._up(self.broker._on_link_lost, self, self._epoch)
+        self._auto = reconnect and self.reconnect_enabled
+        self._close_locally()
+        if self._auto:
+            self._schedule_reconnect()
+
+    def silence(self) -> None:
+        if self.silenced:
+            return
+        self.silenced = True
+        self._silence_gen += 1
+        if self._state == "idle" or self.keepalive <= 0:
+            return
+        ka = float(self.keepalive)
+        since = self.env.now - self._last_out
+        last_ping = self._last_out + (since // ka) * ka  # paho pings `keepalive` after its last packet
+        deadline = last_ping + self.latency + 1.5 * ka
+        check = self.broker._check_expiry
+        self.broker.at(deadline - self.env.now, check, self, self._epoch, self._silence_gen)
+
+    def unsilence(self) -> None:
+        if not self.silenced:
+            return
+        self.silenced = False
+        self._resumed_at = self.env.now + self.latency
+        held_up, self._held_up = self._held_up, []
+        for fn, args in held_up:
+            self._up(fn, *args)
+        if self._state != "idle":
+            self._up(self.broker._on_ping, self, self._epoch)
+        held_down, self._held_down = self._held_down, []
+        for fn, args in held_down:
+            fn(*args)
+
+    # --- links ------------------------------------------------------------------------------------
+
+    def _up(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.silenced:
+            self._held_up.append((fn, args))
+            return
+        now = self.env.now
+        self._last_out = now
+        t = max(now + self.latency, self._up_last)
+        self._up_last = t
+        self.broker.at(t - now, fn, *args)
+
+    def _down(self, fn: Callable[..., None], *args: Any) -> None:
+        now = self.env.now
+        t = max(now + self.latency, self._down_last)
+        self._down_last = t
+        self.broker.at(t - now, self._arrive, fn, args)
+
+    def _arrive(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        if self.silenced:
+            self._held_down.append((fn, args))
+        else:
+            fn(*args)
+
+    # --- packets arriving at the client -------------------------------------------------------------
+
+    def _on_connack(self, epoch: int, _session_present: bool) -> None:
+        if epoch != self._epoch or self._state != "connecting":
+            return
+        self._state = "connected"
+        self._attempt = 0
+        self.connects += 1
+        for topic_filter, qos in self._subs.items():
+            self._up(self.broker._on_subscribe, self, epoch, topic_filter, qos)
+        for mid, (topic, payload, retain) in self._unacked.items():
+            self._up(self.broker._on_publish, self, epoch, mid, topic, payload, 1, retain)
+        self._auto = self.reconnect_enabled
+        if self._connack is not None and not self._connack.triggered:
+            self._connack.succeed(True)
+        self._fire(self.on_connect)
+
+    def _on_refused(self, epoch: int) -> None:
+        if epoch != self._epoch or self._state != "connecting":
+            return
+        self._state = "idle"
+        if self._connack is not None and not self._connack.triggered:
+            self._connack.succeed(False)
+        if self._auto:
+            self._schedule_reconnect()
+
+    def _on_closed(self, epoch: int) -> None:
+        if epoch != self._epoch or self._state == "idle":
+            return
+        was_connected = self._state == "connected"
+        self._state = "idle"
+        if was_connected:
+            self._fire(self.on_disconnect)
+        if self._auto:
+            self._schedule_reconnect()
+
+    def _on_puback(self, epoch: int, mid: int) -> None:
+        if epoch == self._epoch:
+            self._unacked.pop(mid, None)
+
+    def _on_publish_in(self, epoch: int, topic: str, payload: bytes, qos: int) -> None:
+        if epoch != self._epoch or self._state != "connected":
+            if qos == 1:
+                self.broker._requeue(self.client_id, topic, payload)
+            return
+        self._fire(self.on_message, topic, payload)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _start_connect(self) -> simpy.Event:
+        self._epoch += 1
+        self._state = "connecting"
+        self._connack = self.env.event()
+        self._up(self.broker._on_connect, self, self._epoch, self.clean_session, self.will)
+        return self._connack
+
+    def _close_locally(self) -> None:
+        was_connected = self._state == "connected"
+        self._state = "idle"
+        self._epoch += 1  # whatever is still on the wire for the old link is ignored
+        self.silenced = False
+        self._held_up.clear()
+        self._held_down.clear()
+        if self._connack is not None and not self._connack.triggered:
+            self._connack.succeed(False)
+        if was_connected:
+            self._fire(self.on_disconnect)
+
+    def _schedule_reconnect(self) -> None:
+        delay = min(self.backoff_max, self.backoff_min * 2**self._attempt) * self.rng.uniform(0.5, 1.0)
+        self._attempt += 1
+        epoch = self._epoch
+        self.broker.at(delay, self._retry, epoch)
+
+    def _retry(self, epoch: int) -> None:
+        if self._auto and self._state == "idle" and self._epoch == epoch:
+            self._start_connect()
+
+    def _fire(self, callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:  # a device bug must not stop the simulation of everyone else
+            self.callback_errors += 1
+            log.exception("%s: callback %s failed", self.client_id, getattr(callback, "__name__", callback))
