@@ -13,7 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twin.devices.esp32s3 import ESP32S3, Esp32S3Spec
+
 KIB = 1024
+WASM_PAGE = 64 * KIB
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _SAMPLE = re.compile(
     rf"instances={_NUM}\s+heap={_NUM}\s*(?:KB|KiB|K)?\s+min={_NUM}\s*(?:KB|KiB|K)?"
@@ -57,6 +60,24 @@ class Calibration:
         return {"heap_free_baseline_bytes": round(self.overall.baseline_kb * KIB),
                 "per_instance_bytes": round(self.overall.per_instance_kb * KIB)}
 
+    def esp32s3_overrides(self, *, module_bytes: int = 312, memory_pages: int = 0,
+                          spec: Esp32S3Spec = ESP32S3) -> dict[str, int]:
+        """`Esp32S3Spec` fields that make the twin's model reproduce the fit (twin/devices/esp32s3.py).
+
+        The benchmark's free heap at N=0 is the model's heap minus WAMR's baseline, and one instance
+        costs the model's fixed parts plus module and linear memory; what is left is the overhead.
+        """
+        fixed = spec.wasm_stack_bytes + spec.exec_env_bytes + spec.thread_stack_bytes + spec.app_heap_bytes
+        constants = self.constants()
+        overhead = constants["per_instance_bytes"] - fixed - module_bytes - memory_pages * WASM_PAGE
+        if overhead < 0:
+            raise CalibrationError(
+                f"fitted per-instance cost {constants['per_instance_bytes']} B is below the model's fixed "
+                f"parts ({fixed} B stacks/exec env + {module_bytes} B module + {memory_pages} pages): "
+                "check the workload's module size and memory pages")
+        return {"free_dram_bytes": constants["heap_free_baseline_bytes"] + spec.wamr_baseline_bytes,
+                "instance_overhead_bytes": overhead}
+
     def report(self) -> str:
         lines = [f"samples={self.overall.samples} baseline={self.overall.baseline_kb:.1f}KB "
                  f"per_instance={self.overall.per_instance_kb:.2f}KB rmse={self.overall.rmse_kb:.2f}KB"
@@ -70,6 +91,13 @@ class Calibration:
         constants = self.constants()
         lines.append("esp32s3:")
         lines += [f"  {k}: {v}" for k, v in constants.items()]
+        try:
+            overrides = self.esp32s3_overrides()
+        except CalibrationError as exc:
+            lines.append(f"  # no Esp32S3Spec overrides: {exc}")
+        else:
+            lines.append("  # Esp32S3Spec overrides (cpu-bound 312-byte module, no linear memory):")
+            lines += [f"  {k}: {v}" for k, v in overrides.items()]
         return "\n".join(lines)
 
 

@@ -75,6 +75,8 @@ def cmd_flash(args: argparse.Namespace) -> int:
             config = FlashConfig(runner=args.runner or config.runner, baud=config.baud,
                                  write_flash=config.write_flash,
                                  build_dir=Path(args.build_dir) if args.build_dir else config.build_dir)
+        if args.image and not Path(args.image).is_file():
+            return _fail(f"flash image not found: {args.image}")
         port = resolve_port(spec)
         result = flash(config, port, Path(args.image) if args.image else None, Path(args.run_dir) / spec.name)
     except (MapError, ValueError) as exc:

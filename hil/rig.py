@@ -44,7 +44,9 @@ KNOWN_USB = {
     (0x0403, 0x6010): "FTDI FT2232",
     (0x0403, 0x6015): "FTDI FT231X",
 }
-DEFAULT_LOCK_DIR = Path(os.environ.get("PROPELLER_LOCK_DIR", Path.home() / ".cache" / "propeller" / "locks"))
+def default_lock_dir() -> Path:
+    """$PROPELLER_LOCK_DIR, else ~/.cache/propeller/locks: shared by every run of this user."""
+    return Path(os.environ.get("PROPELLER_LOCK_DIR") or Path.home() / ".cache" / "propeller" / "locks")
 
 
 class MapError(ValueError):
@@ -242,7 +244,7 @@ class PortLock:
     """An exclusive flock per port, so two runs never share a board. Released by release() or exit."""
 
     port: str
-    lock_dir: Path = field(default_factory=lambda: DEFAULT_LOCK_DIR)
+    lock_dir: Path = field(default_factory=default_lock_dir)
     _fd: int | None = None
 
     @property

@@ -87,6 +87,10 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         max_instances=args.max_instances,
         cache_dir=args.cache_dir,
         tags=[t for t in (args.tags or "").split(",") if t],
+        profile=args.profile,
+        metrics_interval=args.metrics_interval,
+        metrics_port=args.metrics_port,
+        heap_bytes=args.heap_bytes,
     )
 
     async def main() -> None:
@@ -257,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-instances", type=int, default=16)
     p.add_argument("--cache-dir", default=None, help="directory for compiled modules")
     p.add_argument("--tags", default="", help="comma-separated tags")
+    p.add_argument(
+        "--profile", default="host", choices=["host", "esp32s3"], help="esp32s3: act like the firmware"
+    )
+    p.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between metrics; 0 = off")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (upstream 9092)")
+    p.add_argument("--heap-bytes", type=int, default=None, help="embedded profile: WAMR heap size override")
     channel_args(p)
     p.set_defaults(func=cmd_proplet)
 

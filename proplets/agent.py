@@ -2,6 +2,14 @@
 
 MQTT through the project's asyncio client (no thread per client), Wasm on worker threads
 (wasmtime releases the GIL, so threads scale and heartbeats keep flowing while modules run).
+
+Link loss: the MQTT client reconnects with capped, jittered exponential backoff (``reconnect_min`` ..
+``reconnect_max``, 1 s .. 60 s like upstream's Rust proplet); on every (re)connect the engine re-subscribes,
+re-announces itself and sends results that finished while the link was down. The Last Will is an
+``offline`` heartbeat, so a proplet that loses power is seen dead at once.
+
+``profile="esp32s3"`` runs the embedded profile (`proplets.profile`): firmware wire format and
+metadata, ``main`` entry point, i32 inputs and results, and WAMR-like memory admission by the engine.
 """
 
 from __future__ import annotations
@@ -13,16 +21,20 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient, Will
+from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from proplets import profile as embedded
 from proplets.core import (
     CancelTask,
+    CollectMetrics,
     InvokeTask,
     LogEvent,
     PropletConfig,
@@ -32,7 +44,16 @@ from proplets.core import (
     Subscribe,
 )
 from proplets.delivery import DeliveryError, FetchLimits, MqttChunkFetcher, WasmSource, fetch_wasm
-from proplets.runtime import CancelToken, Limits, RunRequest, WasmRuntime, WasmtimeRuntime
+from proplets.metrics import MetricsServer, ProcessSampler, PropletCollector, PropletStats
+from proplets.runtime import (
+    CancelToken,
+    Limits,
+    RunRequest,
+    WasmRuntime,
+    WasmtimeRuntime,
+    memory_requirements,
+)
+from proplets.runtime.wasmbin import PAGE_BYTES
 
 log = logging.getLogger("propeller.proplet")
 
@@ -50,9 +71,24 @@ class AgentSettings:
     keepalive: float = 30.0
     max_instances: int = 16
     cache_dir: str | None = None
-    profile: str = "host"
+    profile: str = "host"  # or "esp32s3": the embedded profile (proplets/profile.py)
     tags: list[str] = field(default_factory=list)
     default_limits: dict[str, float] = field(default_factory=dict)
+    metrics_interval: float = 10.0  # seconds between control/proplet/metrics samples; 0 = off
+    metrics_port: int | None = None  # Prometheus endpoint (upstream: 9092); None = off, 0 = any port
+    metrics_host: str = "127.0.0.1"
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    # Embedded profile: override the device's WAMR heap (bytes); None = the profile's own.
+    heap_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile != "host":
+            embedded.device_profile(self.profile)  # ValueError naming the known profiles
+        if self.heap_bytes is not None and self.heap_bytes <= 0:
+            raise ValueError(f"heap_bytes must be > 0, got {self.heap_bytes}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
 
 
 def host_metadata(settings: AgentSettings) -> dict[str, Any]:
@@ -77,6 +113,39 @@ def host_metadata(settings: AgentSettings) -> dict[str, Any]:
     }
 
 
+def engine_config(settings: AgentSettings) -> PropletConfig:
+    """The engine's configuration for ``settings``: host, or an embedded device profile."""
+    base = PropletConfig(
+        proplet_id=settings.proplet_id,
+        domain=settings.domain,
+        channel=settings.channel,
+        namespace=settings.namespace,
+        heartbeat_interval=settings.heartbeat_interval,
+        metrics_interval=settings.metrics_interval,
+        max_instances=settings.max_instances,
+    )
+    if settings.profile == "host":
+        return replace(base, metadata=host_metadata(settings))
+    device = embedded.device_profile(settings.profile)
+    budget = device.budget
+    if settings.heap_bytes is not None:
+        budget = replace(budget, heap_bytes=settings.heap_bytes)
+    # The engine announces the budget's live figures (PropletEngine.discovery); these are the start.
+    metadata = embedded.discovery_metadata(
+        device, total_bytes=budget.heap_bytes, free_bytes=budget.heap_bytes,
+        max_instances=budget.max_instances, tags=settings.tags,
+    )  # fmt: skip
+    return replace(
+        base,
+        namespace=embedded.NAMESPACE,
+        metadata=metadata,
+        profile=wire.Profile.EMBEDDED,
+        budget=budget,
+        # The firmware's heartbeat has no running list; ours would also eat into its 1023 bytes.
+        report_running=False,
+    )
+
+
 class PropletAgent:
     def __init__(
         self,
@@ -86,17 +155,7 @@ class PropletAgent:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.engine = PropletEngine(
-            PropletConfig(
-                proplet_id=settings.proplet_id,
-                domain=settings.domain,
-                channel=settings.channel,
-                namespace=settings.namespace,
-                heartbeat_interval=settings.heartbeat_interval,
-                max_instances=settings.max_instances,
-                metadata=host_metadata(settings),
-            )
-        )
+        self.engine = PropletEngine(engine_config(settings))
         self.runtime = runtime or WasmtimeRuntime(
             cache_dir=Path(settings.cache_dir) if settings.cache_dir else None
         )
@@ -108,6 +167,12 @@ class PropletAgent:
         self._jobs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
+        self._connects = 0
+        self._sampler: ProcessSampler | None = None
+        self.stats = PropletStats(
+            counters=lambda: dict(self.engine.counters), running=lambda: len(self.engine.running)
+        )
+        self.metrics_server: MetricsServer | None = None
         will_topic, will_payload = self.engine.last_will()
         self.mqtt = MqttClient(
             settings.broker,
@@ -117,33 +182,56 @@ class PropletAgent:
             on_message=self._on_message,
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
+            backoff_min=settings.reconnect_min,
+            backoff_max=settings.reconnect_max,
         )
 
     async def start(self) -> None:
-        await self.mqtt.connect()
+        if self.settings.metrics_port is not None:
+            registry = CollectorRegistry()
+            registry.register(PropletCollector(self.stats))
+            self.metrics_server = MetricsServer(
+                registry, self.settings.metrics_host, self.settings.metrics_port
+            )
+            await self.metrics_server.start()
+        try:
+            await self.mqtt.connect()
+        except BaseException:
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+            raise
         self._timer = asyncio.create_task(self._timer_loop(), name=f"proplet-{self.settings.proplet_id}")
 
     async def stop(self, *, clean: bool = True) -> None:
+        """Interrupt running modules, close the link (clean: DISCONNECT; else as a power loss, the will
+        fires) and leave no task or thread behind (the wasm workers and the epoch ticker are joined)."""
         for token in self._cancels.values():
             token.cancel()
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
-        for job in list(self._jobs):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(job, 5)
+        if self._jobs:
+            _done, pending = await asyncio.wait(list(self._jobs), timeout=5)
+            for job in pending:  # e.g. a fetch waiting for chunks that will never come
+                job.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if clean:
             with contextlib.suppress(Exception):
                 await self.mqtt.disconnect()
         else:
             self.mqtt.abort()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        # Every job has ended and every token is cancelled, so the workers are idle: joining is quick.
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
 
     # ------------------------------------------------------------------ engine I/O
 
     def _on_connect(self) -> None:
+        self._connects += 1
+        self.stats.reconnects = self._connects - 1
         self.engine.on_connected(self._clock())
         self._execute()
 
@@ -175,11 +263,17 @@ class PropletAgent:
             self._execute()
 
     def _execute(self) -> None:
-        for command in self.engine.take_commands():
+        while commands := self.engine.take_commands():
+            self._execute_batch(commands)
+        self._wake.set()
+
+    def _execute_batch(self, commands: list[Any]) -> None:
+        for command in commands:
             if isinstance(command, Publish):
                 try:
                     self.mqtt.publish(command.topic, command.payload, command.qos)
-                except Exception as err:
+                except MqttError as err:  # the link died before paho told us: keep results for later
+                    self.engine.publish_failed(command.topic, command.payload)
                     log.warning(
                         json.dumps({"event": "publish_failed", "topic": command.topic, "error": str(err)})
                     )
@@ -189,6 +283,8 @@ class PropletAgent:
                 self._spawn(self._run(command.start))
             elif isinstance(command, InvokeTask):
                 self._spawn(self._invoke(command))
+            elif isinstance(command, CollectMetrics):
+                self._collect_metrics()
             elif isinstance(command, CancelTask):
                 token = self._cancels.get(command.task_id)
                 if token is not None:
@@ -204,7 +300,18 @@ class PropletAgent:
                 )
         self._wake.set()
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _collect_metrics(self) -> None:
+        # psutil reads a few /proc files: well under a millisecond, so it runs inline on the loop.
+        if self._sampler is None:
+            self._sampler = ProcessSampler()
+        try:
+            sample = self._sampler.sample()
+        except Exception as err:  # a metrics hiccup must not stop the proplet
+            log.warning(json.dumps({"event": "metrics_sample_failed", "error": str(err)}))
+            return
+        self.engine.metrics_sampled(sample, self._clock(), time.time())  # _execute sends what it queued
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         job = asyncio.get_running_loop().create_task(coroutine)
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
@@ -239,12 +346,19 @@ class PropletAgent:
                 limits=FetchLimits(),
                 chunk_fetcher=self._chunks,
             )
-            if start.latent:
+            self.stats.fetch_bytes += len(wasm)
+            refusal = self.engine.admit(start.id, wasm)
+            if refusal is not None:
+                error = refusal  # nothing runs: the instance does not fit the device
+            elif self.engine.embedded:
+                results, error = await self._run_embedded(start, wasm, token)
+            elif start.latent:
                 self._deployed[start.id] = wasm
                 self.engine.deployed(start.id)
                 return
-            request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
-            results, error = await self._execute_wasm(request, token)
+            else:
+                request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
+                results, error = await self._execute_wasm(request, token)
         except DeliveryError as err:
             error = str(err)
         except Exception as err:  # a bug must become a failed task, never a silent hang
@@ -255,6 +369,35 @@ class PropletAgent:
         if start.id not in self._deployed:
             self.engine.task_finished(start.id, results, error, self._clock())
         self._execute()
+
+    async def _run_embedded(
+        self, start: wire.StartTask, wasm: bytes, token: CancelToken
+    ) -> tuple[str, str | None]:
+        """As the firmware: call the task's export or ``main`` with i32s, join the i32 results."""
+        try:
+            function = embedded.select_export(start.name, embedded.function_exports(wasm))
+            inputs = embedded.i32_inputs(start.inputs)
+        except ValueError as err:
+            return "", str(err)
+        entry = self.engine.running.get(start.id)
+        admission = entry.admission if entry is not None else None
+        request = self._request(start, wasm, inputs, dict(start.env))
+        if admission is not None:
+            # Linear memory may grow into what the device heap has left after this instance.
+            pages, _ = memory_requirements(wasm)
+            cap = pages * PAGE_BYTES + max(0, admission.free_bytes_after)
+            request = replace(request, function=function, limits=replace(request.limits, memory_bytes=cap))
+        else:
+            request = replace(request, function=function)
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.runtime.run, request, token
+        )
+        if outcome.error is not None:
+            return "", outcome.error
+        try:
+            return embedded.join_results(outcome.values), None
+        except ValueError as err:
+            return "", str(err)
 
     async def _invoke(self, command: InvokeTask) -> None:
         start, invoke = command.start, command.invoke

@@ -7,6 +7,13 @@ back with ``task_finished``.
 Upstream failures this engine does not repeat: heartbeats keep flowing while modules run (tasks run
 outside the message callback), a start aimed at another proplet is ignored, the manager's stop payload
 is accepted with only ``id``, and every result carries ``proplet_id`` and the attempt number.
+
+Metrics: the engine decides *when* (a deadline like heartbeats) and emits ``CollectMetrics``; the driver
+samples its process and hands the sample back with ``metrics_sampled``, and the engine formats
+``control/proplet/metrics`` and one ``control/proplet/task_metrics`` per running task (§2.7/§2.8), in
+the Rust form or, for the embedded profile, the firmware's (uptime-ms timestamps, heap_* from the
+device budget). With a ``budget`` (the embedded profile) every instance is admitted against it before
+it runs (``admit``) and released when its task ends.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import wire
+from orchestrator.wire.messages import TimestampKind
+from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget
+from proplets.runtime.wasmbin import WasmFormatError, is_component, memory_requirements
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,20 @@ class PropletConfig:
     outbox_limit: int = 1000
     # Send our heartbeat extension listing running tasks (upstream proplets do not).
     report_running: bool = True
+    # Seconds between control/proplet/metrics (and task_metrics) samples; 0 disables both.
+    metrics_interval: float = 10.0
+    # A WAMR-like memory budget every instance is admitted against (the embedded profile); None = none.
+    budget: BudgetConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not self.proplet_id:
+            raise ValueError("PropletConfig.proplet_id must be a non-empty string")
+        if not self.heartbeat_interval > 0:
+            raise ValueError(f"heartbeat_interval must be > 0 seconds, got {self.heartbeat_interval}")
+        if self.metrics_interval < 0:
+            raise ValueError(f"metrics_interval must be >= 0 s (0 disables), got {self.metrics_interval}")
+        if self.max_instances < 0:
+            raise ValueError(f"max_instances must be >= 0 (0 = unlimited), got {self.max_instances}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +98,41 @@ class LogEvent:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-PropletCommand = Publish | Subscribe | RunTask | InvokeTask | CancelTask | LogEvent
+@dataclass(frozen=True)
+class CollectMetrics:
+    """Sample the process now and answer with ``metrics_sampled`` (tasks: the ones running now)."""
+
+    task_ids: tuple[str, ...]
+
+
+PropletCommand = Publish | Subscribe | RunTask | InvokeTask | CancelTask | CollectMetrics | LogEvent
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One reading of the proplet process, taken by the driver (psutil, /proc, cgroup files)."""
+
+    cpu_user_seconds: float = 0.0
+    cpu_system_seconds: float = 0.0
+    cpu_percent: float = 0.0  # average over all CPUs since the previous sample
+    rss_bytes: int = 0
+    memory_percent: float = 0.0
+    thread_count: int = 0
+    fd_count: int = 0
+    disk_read_bytes: int = 0
+    disk_write_bytes: int = 0
+    container_usage_bytes: int | None = None
+    container_limit_bytes: int | None = None
+
+
+@dataclass
+class _Aggregate:
+    samples: int = 0
+    cpu_sum: float = 0.0
+    cpu_max: float = 0.0
+    mem_sum: int = 0
+    mem_max: int = 0
+    disk_base: tuple[int, int] | None = None  # process disk counters when the task was first sampled
 
 
 @dataclass
@@ -83,6 +141,8 @@ class _Running:
     since: float
     cancelled: bool = False
     deployed: bool = False
+    admission: Admission | None = None
+    stats: _Aggregate = field(default_factory=_Aggregate)
 
 
 class PropletEngine:
@@ -92,10 +152,18 @@ class PropletEngine:
         self.connected = False
         self.running: dict[str, _Running] = {}
         self._next_heartbeat: float | None = None
+        self._next_metrics: float | None = None
+        self._boot: float | None = None  # first connect: the embedded profile's uptime starts here
         self._outbox: list[bytes] = []
         self._commands: list[PropletCommand] = []
         self.malformed = 0
         self.counters: dict[str, int] = {}
+        self.budget = DeviceBudget(config.budget) if config.budget is not None else None
+        self._heap_peak = 0
+
+    @property
+    def embedded(self) -> bool:
+        return self.config.profile is wire.Profile.EMBEDDED
 
     # ------------------------------------------------------------------ plumbing
 
@@ -106,8 +174,24 @@ class PropletEngine:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def _publish(self, topic: str, message: wire.Message) -> None:
-        self._commands.append(Publish(topic, wire.encode(message, self.config.profile), self.config.qos))
+    def _publish(self, topic: str, message: wire.Message) -> bool:
+        try:
+            payload = wire.encode(message, self.config.profile)
+        except wire.CodecError as err:  # e.g. over the embedded 1023 bytes: drop it, never crash
+            self._count("encode_failed")
+            self._commands.append(LogEvent("encode_failed", {"topic": topic, "error": str(err)}))
+            return False
+        self._commands.append(Publish(topic, payload, self.config.qos))
+        return True
+
+    def publish_failed(self, topic: str, payload: bytes) -> None:
+        """The driver could not hand a publish to the broker (link just died): keep results for later."""
+        if topic != self.topics.results:
+            return
+        if len(self._outbox) < self.config.outbox_limit:
+            self._outbox.append(payload)
+        else:
+            self._count("results_dropped")
 
     def last_will(self) -> tuple[str, bytes]:
         """Topic and payload of the Last Will the driver must set before connecting."""
@@ -115,13 +199,25 @@ class PropletEngine:
         return self.topics.alive, wire.encode(hb, self.config.profile)
 
     def discovery(self) -> wire.Discovery:
-        return wire.Discovery(self.config.proplet_id, self.config.namespace, dict(self.config.metadata))
+        metadata = dict(self.config.metadata)
+        if self.budget is not None:  # announce the budget as it stands, like the firmware's heap
+            metadata["total_memory_bytes"] = self.budget.config.heap_bytes
+            metadata["free_memory_bytes"] = max(0, self.budget.free_bytes)
+            metadata["max_instances"] = self._instance_limit()
+        return wire.Discovery(self.config.proplet_id, self.config.namespace, metadata)
+
+    def _instance_limit(self) -> int:
+        budget_limit = self.budget.config.max_instances if self.budget is not None else 0
+        limits = [n for n in (self.config.max_instances, budget_limit) if n]
+        return min(limits) if limits else 0
 
     # ------------------------------------------------------------------ connection
 
     def on_connected(self, now: float) -> None:
         """(Re)connected: subscribe, announce, heartbeat at once, resend results held back."""
         self.connected = True
+        if self._boot is None:
+            self._boot = now
         for topic in self.topics.proplet_subscriptions:
             self._commands.append(Subscribe(topic, self.config.qos))
         self._publish(self.topics.create, self.discovery())
@@ -130,31 +226,135 @@ class PropletEngine:
         for payload in held:
             self._commands.append(Publish(self.topics.results, payload, self.config.qos))
         self._heartbeat(now)
+        if self.config.metrics_interval > 0:
+            self._next_metrics = now + self.config.metrics_interval
         self._commands.append(LogEvent("connected", {"resent_results": len(held)}))
 
     def on_disconnected(self, now: float) -> None:
         self.connected = False
         self._next_heartbeat = None
+        self._next_metrics = None
         self._commands.append(LogEvent("disconnected", {"running": len(self.running)}))
 
     def _heartbeat(self, now: float) -> None:
         running = tuple(sorted(self.running)) if self.config.report_running else None
         hb = wire.Heartbeat(self.config.proplet_id, "alive", self.config.namespace, running)
-        self._publish(self.topics.alive, hb)
+        if not self._publish(self.topics.alive, hb) and running is not None:
+            # Too many running ids for the embedded buffer: a plain heartbeat still keeps us alive.
+            plain = wire.Heartbeat(self.config.proplet_id, "alive", self.config.namespace)
+            self._publish(self.topics.alive, plain)
         self._next_heartbeat = now + self.config.heartbeat_interval
 
     def next_deadline(self) -> float | None:
-        return self._next_heartbeat if self.connected else None
+        if not self.connected:
+            return None
+        deadlines = [d for d in (self._next_heartbeat, self._next_metrics) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def on_timer(self, now: float) -> None:
-        if self.connected and self._next_heartbeat is not None and now >= self._next_heartbeat:
+        if not self.connected:
+            return
+        if self._next_heartbeat is not None and now >= self._next_heartbeat:
             self._heartbeat(now)
+        if self._next_metrics is not None and now >= self._next_metrics:
+            self._next_metrics = now + self.config.metrics_interval
+            self._commands.append(CollectMetrics(tuple(sorted(self.running))))
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics_sampled(self, sample: ProcessSample, now: float, wall: float) -> None:
+        """Publish proplet metrics and one task_metrics per task still running (§2.7, §2.8)."""
+        if not self.connected:
+            return
+        pid = self.config.proplet_id
+        kind: TimestampKind = "uptime_ms" if self.embedded else "unix"
+        stamp = now - (self._boot if self._boot is not None else now) if self.embedded else wall
+        cpu, memory = self._cpu_metrics(sample), self._memory_metrics(sample)
+        self._publish(
+            self.topics.metrics, wire.PropletMetrics(pid, self.config.namespace, stamp, kind, cpu, memory)
+        )
+        for task_id, entry in sorted(self.running.items()):
+            metrics, aggregated = self._task_metrics(entry, sample, now)
+            message = wire.TaskMetrics(task_id, pid, metrics, aggregated, stamp, kind)
+            self._publish(self.topics.task_metrics, message)
+
+    def _cpu_metrics(self, s: ProcessSample) -> dict[str, float]:
+        if self.embedded:  # the firmware reports load only (CONFIG_CPU_LOAD), no process times
+            return {"user_seconds": 0.0, "system_seconds": 0.0, "percent": s.cpu_percent}
+        return {
+            "user_seconds": s.cpu_user_seconds,
+            "system_seconds": s.cpu_system_seconds,
+            "percent": s.cpu_percent,
+        }
+
+    def _memory_metrics(self, s: ProcessSample) -> dict[str, int]:
+        if self.embedded:
+            used = self.budget.used_bytes if self.budget else 0
+            free = max(0, self.budget.free_bytes) if self.budget else 0
+            return {
+                "rss_bytes": 0, "heap_alloc_bytes": used, "heap_sys_bytes": used + free,
+                "heap_inuse_bytes": used, "heap_free_bytes": free, "heap_max_alloc_bytes": self._heap_peak,
+            }  # fmt: skip
+        out = {"rss_bytes": s.rss_bytes, "heap_alloc_bytes": 0, "heap_sys_bytes": 0, "heap_inuse_bytes": 0}
+        if s.container_usage_bytes is not None:
+            out["container_usage_bytes"] = s.container_usage_bytes
+        if s.container_limit_bytes is not None:
+            out["container_limit_bytes"] = s.container_limit_bytes
+        return out
+
+    def _task_metrics(
+        self, entry: _Running, s: ProcessSample, now: float
+    ) -> tuple[dict[str, int | float], dict[str, int | float]]:
+        # One process runs every instance (as upstream's in-process wasmtime): process-wide numbers,
+        # except on the embedded profile where the instance's admitted bytes are its memory.
+        memory = entry.admission.cost_bytes if self.embedded and entry.admission else s.rss_bytes
+        disk = (0, 0) if self.embedded else (s.disk_read_bytes, s.disk_write_bytes)
+        agg = entry.stats
+        if agg.disk_base is None:
+            agg.disk_base = disk
+        agg.samples += 1
+        agg.cpu_sum += s.cpu_percent
+        agg.cpu_max = max(agg.cpu_max, s.cpu_percent)
+        agg.mem_sum += memory
+        agg.mem_max = max(agg.mem_max, memory)
+        metrics: dict[str, int | float] = {
+            "cpu_percent": s.cpu_percent,
+            "memory_bytes": memory,
+            "memory_percent": 0.0 if self.embedded else s.memory_percent,
+            "disk_read_bytes": disk[0],
+            "disk_write_bytes": disk[1],
+            "uptime_seconds": int(max(0.0, now - entry.since)),
+            "thread_count": 1 if self.embedded else s.thread_count,
+            "file_descriptor_count": 0 if self.embedded else s.fd_count,
+        }
+        aggregated: dict[str, int | float] = {
+            "avg_cpu_usage": agg.cpu_sum / agg.samples,
+            "max_cpu_usage": agg.cpu_max,
+            "avg_memory_usage": agg.mem_sum // agg.samples,
+            "max_memory_usage": agg.mem_max,
+            "total_disk_read": max(0, disk[0] - agg.disk_base[0]),
+            "total_disk_write": max(0, disk[1] - agg.disk_base[1]),
+            "sample_count": agg.samples,
+        }
+        return metrics, aggregated
 
     # ------------------------------------------------------------------ messages
 
     def handle(self, topic: str, payload: bytes, now: float) -> None:
         suffix = self.topics.suffix(topic)
         if suffix not in ("control/manager/start", "control/manager/stop", "control/manager/invoke"):
+            return
+        if self.embedded and len(payload) > wire.EMBEDDED_MAX_PAYLOAD_BYTES:
+            # The firmware's buffer holds 1023 bytes: it would truncate and fail to parse. We say why.
+            self.malformed += 1
+            self._commands.append(LogEvent("oversized_message", {"topic": topic, "bytes": len(payload)}))
+            start_id = _task_id_of(payload) if suffix == "control/manager/start" else ""
+            if start_id and self._targets_me(payload):
+                error = (
+                    f"start message is {len(payload)} bytes; the embedded proplet reads at most "
+                    f"{wire.EMBEDDED_MAX_PAYLOAD_BYTES}"
+                )
+                self._result(start_id, "", error, None)
             return
         try:
             message = wire.decode(self.topics, topic, payload)
@@ -208,7 +408,7 @@ class PropletEngine:
             self._count("duplicate_starts")
             self._commands.append(LogEvent("duplicate_start_ignored", {"task_id": start.id}))
             return
-        limit = self.config.max_instances
+        limit = self._instance_limit()
         if limit and len(self.running) >= limit:
             self._result(
                 start.id,
@@ -231,12 +431,44 @@ class PropletEngine:
         entry.cancelled = True
         self._commands.append(CancelTask(stop.id))
 
+    # ------------------------------------------------------------------ memory admission
+
+    def admit(self, task_id: str, wasm: bytes) -> str | None:
+        """Before instantiating: reserve the instance's memory. None = go ahead; else the error result.
+
+        Without a budget every module is admitted. On refusal the driver must not run the module and
+        reports the returned text through ``task_finished``.
+        """
+        entry = self.running.get(task_id)
+        if self.budget is None or entry is None:
+            return None
+        if entry.admission is not None:
+            return None
+        try:
+            if is_component(wasm):
+                return "the embedded proplet runs core modules only, not components"
+            pages, _ = memory_requirements(wasm)
+        except WasmFormatError as err:
+            return f"invalid wasm module: {err}"
+        outcome = self.budget.admit(len(wasm), pages)
+        if not isinstance(outcome, Admission):
+            self._count("admissions_refused")
+            if outcome.reason.startswith("instance limit"):
+                return outcome.reason
+            # The manager re-places a task whose error starts with "out of memory" (engine._on_result).
+            return f"out of memory: need {outcome.cost_bytes} bytes, free {max(0, outcome.free_bytes)} bytes"
+        entry.admission = outcome
+        self._heap_peak = max(self._heap_peak, self.budget.used_bytes)
+        return None
+
     # ------------------------------------------------------------------ results
 
     def task_finished(self, task_id: str, results: str, error: str | None, now: float) -> None:
         entry = self.running.pop(task_id, None)
         if entry is None:
             return
+        if entry.admission is not None and self.budget is not None:
+            self.budget.release(entry.admission)
         if error and entry.cancelled:
             error = f"task {task_id} was stopped before completion"
         self._count("tasks_failed" if error else "tasks_completed")
@@ -248,14 +480,35 @@ class PropletEngine:
         )
 
     def _result(self, task_id: str, results: str, error: str | None, attempt: int | None) -> None:
-        message = wire.TaskResult(task_id, results, error or None, self.config.proplet_id, attempt)
-        payload = wire.encode(message, self.config.profile)
+        payload = self._encode_result(task_id, results, error, attempt)
+        if payload is None:
+            self._count("results_dropped")
+            return
         if self.connected:
             self._commands.append(Publish(self.topics.results, payload, self.config.qos))
         elif len(self._outbox) < self.config.outbox_limit:
             self._outbox.append(payload)
         else:
             self._count("results_dropped")
+
+    def _encode_result(
+        self, task_id: str, results: str, error: str | None, attempt: int | None
+    ) -> bytes | None:
+        """The result payload; one that does not fit (embedded 1023 bytes) becomes an error that does."""
+        pid = self.config.proplet_id
+        message = wire.TaskResult(task_id, results, error or None, pid, attempt)
+        try:
+            return wire.encode(message, self.config.profile)
+        except wire.CodecError as err:
+            reason = f"result could not be sent: {err.reason}"
+        for cut in (400, 120):  # error texts can be long: shorten until it fits
+            fallback = wire.TaskResult(task_id, "", reason[:cut], pid, attempt)
+            try:
+                return wire.encode(fallback, self.config.profile)
+            except wire.CodecError:
+                continue
+        self._commands.append(LogEvent("result_unsendable", {"task_id": task_id}))
+        return None
 
 
 def _task_id_of(payload: bytes) -> str:

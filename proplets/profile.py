@@ -108,7 +108,9 @@ def i32_inputs(values: Sequence[object]) -> tuple[int, ...]:
             except ValueError:
                 number = None
         if number is None:
-            raise EmbeddedInputError(f"inputs[{i}] ({value!r}) is not an integer; the embedded proplet takes i32")
+            raise EmbeddedInputError(
+                f"inputs[{i}] ({value!r}) is not an integer; the embedded proplet takes i32s"
+            )
         if not I32_MIN <= number <= I32_MAX:
             raise EmbeddedInputError(f"inputs[{i}] ({number}) is out of i32 range [{I32_MIN}, {I32_MAX}]")
         out.append(number)

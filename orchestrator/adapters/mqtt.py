@@ -149,6 +149,11 @@ class _Ticker:
 
     def discard(self, client: MqttClient) -> None:
         self.clients.discard(client)
+        if not self.clients and self.task is not None:
+            # Stop now rather than after the next sleep, so a loop closed right after the last
+            # disconnect() has no pending task left.
+            self.task.cancel()
+            self.task = None
 
     async def _run(self) -> None:
         while self.clients:

@@ -3,34 +3,50 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hil.calibrate import KIB, CalibrationError, calibrate_files, calibrate_texts, fit_line, parse_log
 from hil.cli import cmd_calibrate
+from twin.devices.esp32s3 import ESP32S3, MemoryModel
 
 LOGS = Path(__file__).parent / "logs"
 ALL = sorted(LOGS.glob("*.log"))
-TRUE_BASELINE_KB, TRUE_COST_KB = 171.0, 8.5  # what the logs were generated from
+TRUE_BASELINE_KB, TRUE_COST_KB = 183.0, 16.5  # what the logs were generated from
 
 
 def test_recorded_logs_give_back_the_constants_they_were_made_from() -> None:
     result = calibrate_files(ALL)
-    assert result.overall.samples == 19 + 12 + 18 + 17
+    assert result.overall.samples == 11 + 7 + 11 + 9
     assert result.overall.per_instance_kb == pytest.approx(TRUE_COST_KB, abs=0.1)
     assert result.overall.baseline_kb == pytest.approx(TRUE_BASELINE_KB, abs=1.0)
     assert result.overall.rmse_kb < 1.0
-    assert result.peak == 19
+    assert result.peak == 11
     constants = result.constants()
     assert constants["per_instance_bytes"] == pytest.approx(TRUE_COST_KB * KIB, abs=0.1 * KIB)
     assert constants["heap_free_baseline_bytes"] == pytest.approx(TRUE_BASELINE_KB * KIB, abs=KIB)
 
 
+def test_the_fit_maps_onto_the_twins_esp32s3_spec() -> None:
+    result = calibrate_files(ALL)
+    overrides = result.esp32s3_overrides(module_bytes=312)
+    spec = replace(ESP32S3, free_dram_bytes=overrides["free_dram_bytes"],
+                   instance_overhead_bytes=overrides["instance_overhead_bytes"])
+    model = MemoryModel(spec)
+    assert model.free_bytes == pytest.approx(TRUE_BASELINE_KB * KIB, abs=KIB)
+    assert spec.instance_cost(312, 0) == pytest.approx(TRUE_COST_KB * KIB, abs=0.15 * KIB)
+    # The calibrated twin admits as many instances as the ramps that ended in a spawn failure reached.
+    assert model.capacity(312, 0) == result.peak
+    with pytest.raises(CalibrationError, match="below the model's fixed parts"):
+        result.esp32s3_overrides(module_bytes=312, memory_pages=1)
+
+
 def test_each_ramp_is_fitted_on_its_own() -> None:
     result = calibrate_files([LOGS / "bench_experiment0_zephyr_prefix.log"])
-    assert [len(run.samples) for run, _ in result.runs] == [18, 17]
-    assert [run.peak for run, _ in result.runs] == [18, 17]
+    assert [len(run.samples) for run, _ in result.runs] == [11, 9]
+    assert [run.peak for run, _ in result.runs] == [11, 9]
     for run, fit in result.runs:
         assert fit is not None
         assert fit.per_instance_kb == pytest.approx(TRUE_COST_KB, abs=0.2)
@@ -59,7 +75,7 @@ def test_a_file_without_benchmark_lines_is_named() -> None:
 def test_cli_prints_the_constants(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cmd_calibrate(argparse.Namespace(logs=[str(p) for p in ALL])) == 0
     out = capsys.readouterr().out
-    assert "esp32s3:" in out and "per_instance_bytes:" in out and "peak=19" in out
+    assert "esp32s3:" in out and "per_instance_bytes:" in out and "peak=11" in out
     empty = tmp_path / "empty.log"
     empty.write_text("nothing\n")
     assert cmd_calibrate(argparse.Namespace(logs=[str(empty)])) == 2

@@ -18,6 +18,8 @@ def sim() -> Iterator[tuple[esp32sim.SimBoard, str]]:
     esp32sim.register()
     name = f"t-{uuid.uuid4().hex[:8]}"
     board = esp32sim.create_board(name)
+    time.sleep(esp32sim.RC_DELAY_S * 2)  # the power-on boot happens before any test opens the port
+    board.poll()
     yield board, f"esp32sim://{name}"
     esp32sim.remove_board(name)
 
@@ -92,14 +94,15 @@ def test_opening_and_closing_the_port_does_not_reset(sim: tuple[esp32sim.SimBoar
 
 
 def test_shell_over_esp32sim_and_download_mode_ignores_input(sim: tuple[esp32sim.SimBoard, str]) -> None:
-    board, url = sim
+    _, url = sim
     link = SerialLink(url)
     try:
         assert link.pulse_reset(hold_s=0.01)
         out = b""
         deadline = time.monotonic() + 2
-        while b"uart:~$ " not in out and time.monotonic() < deadline:
-            out += link.read()  # wait for the prompt: typed before the firmware is up, input is lost
+        # Wait for the prompt of this boot: typed before the firmware is up, input is lost.
+        while not (b"reset=ext" in out and out.endswith(b"uart:~$ ")) and time.monotonic() < deadline:
+            out += link.read()
         link.write(b"prop status\r\n")
         deadline = time.monotonic() + 2
         while b"OK\r\n" not in out and time.monotonic() < deadline:

@@ -45,20 +45,23 @@ def test_a_good_map_loads(tmp_path: Path) -> None:
     assert parse_map(dump_map([a, b])) == [a, b]
 
 
+M = r"map\.yaml:"
+
+
 @pytest.mark.parametrize(("text", "message"), [
-    (GOOD.replace("  fixtures:", "  fixtrues:"), r"map\.yaml:8: unknown key 'fixtrues'"),
-    (GOOD.replace("baud: 921600", "baud: fast"), r"map\.yaml:14: key 'baud' must be a positive integer"),
-    (GOOD.replace("runner: west", "runner: openocd"), r"map\.yaml:12: key 'runner' must be one of esptool, west"),
-    (GOOD.replace("connected: false", "connected: maybe"), r"map\.yaml:15: key 'connected' must be true or false"),
-    (GOOD.replace("name: s3-b", "name: s3-a"), r"map\.yaml:9: duplicate board name 's3-a' \(first at line 1\)"),
-    (GOOD.replace("  platform: esp32s3_devkitc\n  location", "  location"), r"map\.yaml:9: board is missing "
+    (GOOD.replace("  fixtures:", "  fixtrues:"), M + r"8: unknown key 'fixtrues'"),
+    (GOOD.replace("baud: 921600", "baud: fast"), M + r"14: key 'baud' must be a positive integer"),
+    (GOOD.replace("runner: west", "runner: openocd"), M + r"12: key 'runner' must be one of esptool, west"),
+    (GOOD.replace("connected: false", "connected: maybe"), M + r"15: key 'connected' must be true or false"),
+    (GOOD.replace("name: s3-b", "name: s3-a"), M + r"9: duplicate board name 's3-a' \(first at line 1\)"),
+    (GOOD.replace("  platform: esp32s3_devkitc\n  location", "  location"), M + r"9: board is missing "
                                                                            r"required key 'platform'"),
-    (GOOD.replace("  build_dir: build/s3\n", ""), r"map\.yaml:9: board 's3-b' uses runner west but has no key"),
-    ("name: x\n", r"map\.yaml:1: a hardware map is a list of boards"),
-    ("- [1, 2]\n", r"map\.yaml:1: each board must be a mapping"),
-    ("- name: x\n  platform: [a]\n", r"map\.yaml:2: key 'platform' must be a single value"),
-    ("- name: x\n  platform: p\n  vid_pid: 303a-1001\n", r"map\.yaml:3: key 'vid_pid' must look like 303a:1001"),
-    ("- name: [unclosed\n", r"map\.yaml: not valid YAML"),
+    (GOOD.replace("  build_dir: build/s3\n", ""), M + r"9: board 's3-b' uses runner west but has no key"),
+    ("name: x\n", M + r"1: a hardware map is a list of boards"),
+    ("- [1, 2]\n", M + r"1: each board must be a mapping"),
+    ("- name: x\n  platform: [a]\n", M + r"2: key 'platform' must be a single value"),
+    ("- name: x\n  platform: p\n  vid_pid: 303a-1001\n", M + r"3: key 'vid_pid' must look like 303a:1001"),
+    ("- name: [unclosed\n", M + r" not valid YAML"),
 ])  # fmt: skip
 def test_map_errors_name_file_line_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "map.yaml"

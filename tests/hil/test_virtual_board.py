@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 
 from hil import esp32sim
 from hil.board import BoardError, ExpectTimeout, Provisioning, SerialBoard, ShellError
+from hil.cli import cmd_console
 from hil.console import ConsoleEvent
 from hil.rig import PortBusy
 from hil.vfirmware import StandInDevice, StandInTimings
@@ -108,7 +110,8 @@ def test_console_log_has_timestamps_per_line(pty_board: tuple[PtyBoard, SerialBo
     assert any("event:mqtt_connected" in line for line in lines)
 
 
-def test_a_second_user_of_the_port_is_refused(pty_board: tuple[PtyBoard, SerialBoard], tmp_path: Path) -> None:
+def test_a_second_user_of_the_port_is_refused(pty_board: tuple[PtyBoard, SerialBoard],
+                                              tmp_path: Path) -> None:
     virtual, board = pty_board
     with pytest.raises(PortBusy, match=f"port {virtual.port} is in use by another run"):
         SerialBoard("again", virtual.port, tmp_path / "run2", lock_dir=tmp_path / "locks")
@@ -171,3 +174,15 @@ def test_serial_unplug_and_replug(board: SerialBoard, hil_backends: dict) -> Non
         time.sleep(0.02)
     assert board.reset(timeout=3).fields["reset"] == "ext"
     assert "link lost" in board.log_path.read_text()
+
+
+def test_cli_console_sends_commands_and_prints_the_console(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with PtyBoard("cli", StandInDevice(FAST)) as virtual:
+        args = argparse.Namespace(map=None, board=None, port=virtual.port, run_dir=str(tmp_path),
+                                  reset=True, send=["prop status", "nope"], seconds=0.1)
+        assert cmd_console(args) == 1  # the second command fails
+    captured = capsys.readouterr()
+    assert "reset=sw" in captured.out and "status state=idle" in captured.out
+    assert "'nope' failed: nope: command not found" in captured.err
+    assert "console log:" in captured.err

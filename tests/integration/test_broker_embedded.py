@@ -101,7 +101,8 @@ async def test_port_taken_gives_a_clear_error() -> None:
         broker = EmbeddedBroker("127.0.0.1", port)
         with pytest.raises(BrokerStartError) as info:
             await broker.start()
-        assert str(info.value) == f"cannot start embedded MQTT broker on 127.0.0.1:{port}: address already in use"
+        expected = f"cannot start embedded MQTT broker on 127.0.0.1:{port}: address already in use"
+        assert str(info.value) == expected
         assert not broker.running
 
 
@@ -138,7 +139,7 @@ def test_keepalive_fix_refuses_unknown_amqtt(monkeypatch: pytest.MonkeyPatch) ->
         self.logger.debug("upstream now handles read timeouts itself")
 
     monkeypatch.setattr(BrokerProtocolHandler, "handle_read_timeout", changed_upstream)
-    with pytest.raises(RuntimeError, match="amqtt internals changed.*no longer a no-op"):
+    with pytest.raises(RuntimeError, match=r"amqtt internals changed.*no longer a no-op"):
         broker_module._install_keepalive_fix()
 
 

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from orchestrator.adapters.broker_url import parse_broker_url
-from orchestrator.adapters.mqtt import MqttClient
+from orchestrator.adapters.mqtt import MqttClient, Will
 from tests.conftest import free_port
 from tests.fixtures.mqtt import eventually
 from twin.links import LinkProfile, LinkProxy
@@ -215,4 +215,22 @@ async def test_blackhole_makes_the_broker_expire_keepalive_and_fire_the_will(mos
             with contextlib.suppress(asyncio.CancelledError):
                 await pinger
             writer.close()
+    await observer.disconnect()
+
+
+async def test_reset_makes_the_broker_fire_the_will(broker_url: str, unique_topic: str) -> None:
+    url = parse_broker_url(broker_url)
+    got: list[bytes] = []
+    lost: list[str] = []
+    observer = MqttClient(broker_url, f"obs-{unique_topic[2:14]}", on_message=lambda _t, p: got.append(p))
+    await observer.connect()
+    await observer.subscribe_and_wait(f"{unique_topic}/will", 1)
+    async with LinkProxy(url.host, url.port) as proxy:
+        device = MqttClient(f"mqtt://127.0.0.1:{proxy.port}", f"dev-{unique_topic[2:14]}", reconnect=False,
+                            will=Will(f"{unique_topic}/will", b"reset"),
+                            on_disconnect=lambda: lost.append("lost"))  # fmt: skip
+        await device.connect()
+        assert proxy.reset() == 1
+        await eventually(lambda: got == [b"reset"] and lost == ["lost"])
+        await device.disconnect()
     await observer.disconnect()

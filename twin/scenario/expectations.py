@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from twin.scenario.faults_schema import FAULTS, LETHAL_FAULTS
 from twin.scenario.trace import FaultWindow, TaskHistory, Trace
@@ -58,6 +58,7 @@ class _Base:
             if value is None or value == ():
                 continue
             shown = value.describe() if hasattr(value, "describe") else value
+            shown = f"{shown:g}" if isinstance(shown, float) else shown
             args.append(f"{f.name}={','.join(shown) if isinstance(shown, tuple) else shown}")
         return f"{self.NAME}({', '.join(args)})"
 
@@ -238,7 +239,7 @@ class TasksLost(_Base):
     """At most ``max`` tasks are lost: submitted (or due by the workload) but never terminal."""
 
     NAME = "tasks_lost"
-    PARAMS: ClassVar[Params] = {"max": ("int0", True)}
+    PARAMS: ClassVar[Params] = {"max": ("int0", False)}
     max: int = 0
 
     def evaluate(self, trace: Trace, scenario: Scenario) -> Verdict:
@@ -327,7 +328,7 @@ class NoOomWhileRoom(_Base):
         for task in ooms:
             e = task.final
             here = trace.task_device(e)
-            need = e.data.get("memory_bytes") or needs.get(str(e.data.get("workload", "")))
+            need = e.data.get("memory_bytes") or needs.get(task.workload)
             if not need:
                 bad.append(
                     f"{task.name} failed out of memory but neither the trace nor the workload gives its "
@@ -408,10 +409,13 @@ EXPECTATIONS: dict[str, type[_Base]] = {
 # ---------------------------------------------------------------------------------------------- reading
 def read_expectation(r: Reader, node: Node, path: str, ctx: _Context) -> Expectation | None:
     """One ``expect`` entry: ``{name: {param: value}}``, or ``{name: value}`` for the first param."""
-    if not isinstance(node, MappingNode) or len(node.value) != 1:
+    if isinstance(node, ScalarNode) and isinstance(r.plain(node), str):
+        key_node, value_node = node, ScalarNode("tag:yaml.org,2002:null", "", node.start_mark, node.end_mark)
+    elif not isinstance(node, MappingNode) or len(node.value) != 1:
         r.error(node, path, "must be a mapping with one expectation name, e.g. 'tasks_lost: {max: 0}'")
         return None
-    key_node, value_node = node.value[0]
+    else:
+        key_node, value_node = node.value[0]
     name = str(r.plain(key_node))
     cls = EXPECTATIONS.get(name)
     if cls is None:

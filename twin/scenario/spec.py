@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from twin.scenario.faults_schema import FAULT_KINDS, read_fault, to_fault_mapping
 from twin.scenario.yamlread import Issue, Reader, ScenarioError, compose
@@ -288,7 +288,9 @@ def _scenario(r: Reader, root: Node, source: str, base: Path) -> Scenario | None
     fleet = _fleet(r, top["fleet"]) if "fleet" in top else ()
     devices = [DeviceRef(n, g.kind, i, g.tags) for i, g in enumerate(fleet) for n in g.names()]
     _unique_names(r, top.get("fleet"), devices)
-    ctx = _Context(devices, duration or 0.0)
+    # A broken fleet group would make every later reference to its devices look wrong: skip those checks.
+    fleet_items = top["fleet"].value if isinstance(top.get("fleet"), SequenceNode) else []
+    ctx = _Context(devices if len(fleet) == len(fleet_items) else [], duration or 0.0)
     workload = _workload(r, top["workload"], ctx, base) if "workload" in top else ()
     ctx.workloads = [w.name for w in workload]
     faults = _faults(r, top["faults"], ctx) if "faults" in top else ()
@@ -428,10 +430,10 @@ def _profile_link(profile: str, over: dict[str, float]) -> LinkSpec:
 
 # ---------------------------------------------------------------------------------------------- selectors
 def read_selector(r: Reader, node: Node, path: str, ctx: _Context) -> Selector | None:
-    """A device name or glob (``esp-*``), or a mapping of devices/kind/tags/count/pick."""
-    if isinstance(node, ScalarNode):
-        name = r.string(node, path)
-        sel = None if name is None else Selector(devices=(name,))
+    """A device name or glob (``esp-*``), a list of them, or a mapping of devices/kind/tags/count/pick."""
+    if isinstance(node, ScalarNode | SequenceNode):
+        listed = r.strings(node, path)
+        sel = None if listed is None else Selector(devices=listed)
     else:
         m = r.mapping(node, path, ("device", "devices", "kind", "tags", "count", "pick"))
         if m is None:

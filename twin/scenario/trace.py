@@ -111,6 +111,14 @@ class TaskHistory:
         return self.final.t if self.terminal else None
 
     @property
+    def workload(self) -> str:
+        """The workload item it came from: as recorded, else the name without its ``-N`` suffix."""
+        for e in self.events:
+            if "workload" in e.data:
+                return str(e.data["workload"])
+        return self.name.rsplit("-", 1)[0]
+
+    @property
     def runs(self) -> list[TraceEvent]:
         return [e for e in self.events if e.data.get("state") == "Running"]
 

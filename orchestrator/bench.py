@@ -1,0 +1,789 @@
+"""``propeller bench``: end-to-end task throughput/latency and manager memory at scale.
+
+Layout (the ``split`` default, see docs/benchmarks.md for the measurements behind the choice): the
+manager runs as a real ``propeller manager`` subprocess, with the embedded broker inside it as in
+production; the proplets run in a second subprocess (``propeller bench proplets``); this process only
+drives the REST API and observes MQTT. Each of the three keeps its own GIL, so on 2 cores the figures
+show the manager's cost, not the load generator's. ``inprocess`` puts everything on one loop (used by
+the quick pytest pass; slower, but starts in a fraction of the time).
+
+Latency of one task = manager's ``finish_time`` (stamped when it accepts the result, in the same flush
+that persists it) minus the client's wall clock just before ``POST /tasks``; all processes share the
+host clock. Completion is noticed without polling: an observer subscribes to the results topic and
+frees a concurrency slot when a task's result passes by. Figures are read back in pages afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from orchestrator import wire
+from orchestrator.adapters.mqtt import MqttClient
+
+MOSQUITTO_URL = os.environ.get("PROPELLER_BENCH_MOSQUITTO", "mqtt://127.0.0.1:1883")
+ADD_WAT = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+TERMINAL = 3  # TaskState.COMPLETED and above
+COMPLETED = 3
+
+
+def add_module_b64() -> str:
+    import wasmtime
+
+    return base64.b64encode(wasmtime.wat2wasm(ADD_WAT)).decode()
+
+
+# ---------------------------------------------------------------------- pure helpers
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def parse_histogram(metrics_text: str, name: str) -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` pairs of a Prometheus histogram in exposition text."""
+    out: list[tuple[float, float]] = []
+    prefix = f"{name}_bucket{{"
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix):
+            labels, _, value = line.partition("} ")
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            out.append((float("inf") if le == "+Inf" else float(le), float(value)))
+    return out
+
+
+def parse_sample(metrics_text: str, name: str, labels: str = "") -> float:
+    """Value of one sample (``name{labels} value``); 0 when absent."""
+    key = f"{name}{{{labels}}}" if labels else name
+    for line in metrics_text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head == key:
+            return float(value)
+    return 0.0
+
+
+def histogram_quantile(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], q: float
+) -> float:
+    """Upper bucket bound holding quantile q (0..1) of the observations made between two scrapes."""
+    prev = dict(before)
+    deltas = [(le, count - prev.get(le, 0.0)) for le, count in after]
+    total = deltas[-1][1] if deltas else 0.0
+    if total <= 0:
+        return float("nan")
+    for le, count in deltas:
+        if count >= q * total:
+            return le
+    return float("inf")
+
+
+def parse_rfc3339(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _ms(seconds: float) -> str:
+    return "-" if seconds != seconds else ("inf" if seconds == float("inf") else f"{seconds * 1000:.1f}")
+
+
+# ---------------------------------------------------------------------- results
+
+
+@dataclass
+class RoundTrip:
+    messages: int
+    seconds: float
+    p50_s: float
+    p99_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class E2EResult:
+    broker: str
+    proplets: int
+    layout: str
+    tasks: int
+    concurrency: int
+    completed: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_s: list[float] = field(default_factory=list, repr=False)
+    manager_p50_le_s: float = float("nan")
+    manager_p99_le_s: float = float("nan")
+    manager_cpu_s: float = 0.0
+    proplets_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    broker_rtt: RoundTrip | None = None
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.completed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies_s
+        out = {k: v for k, v in asdict(self).items() if k not in ("latencies_s", "broker_rtt")}
+        out.update(
+            tasks_per_s=round(self.tasks_per_s, 1),
+            p50_s=percentile(lat, 50),
+            p90_s=percentile(lat, 90),
+            p99_s=percentile(lat, 99),
+            max_s=max(lat) if lat else float("nan"),
+        )
+        if self.broker_rtt is not None:
+            out["broker_rtt"] = {**asdict(self.broker_rtt), "msgs_per_s": round(self.broker_rtt.rate, 1)}
+        return out
+
+
+def e2e_table(results: Iterable[E2EResult]) -> str:
+    head = (
+        "broker     proplets  tasks  conc  tasks/s   p50ms   p90ms   p99ms   maxms  errors"
+        "  mgr-p50<=  mgr-p99<=  mgr-cpu/task-ms  qos1-rtt msg/s  rtt-p50ms"
+    )
+    rows = [head, "-" * len(head)]
+    for r in results:
+        s = r.summary()
+        rtt = r.broker_rtt
+        per_task = r.manager_cpu_s / r.completed if r.completed else float("nan")
+        rows.append(
+            f"{r.broker:<10} {r.proplets:>8} {r.tasks:>6} {r.concurrency:>5} {r.tasks_per_s:>8.1f}"
+            f" {_ms(s['p50_s']):>7} {_ms(s['p90_s']):>7} {_ms(s['p99_s']):>7} {_ms(s['max_s']):>7}"
+            f" {r.errors:>7} {_ms(r.manager_p50_le_s):>10} {_ms(r.manager_p99_le_s):>10}"
+            f" {_ms(per_task):>16} {rtt.rate if rtt else 0:>15.0f} {_ms(rtt.p50_s) if rtt else '-':>10}"
+        )
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.cli", "--log-level", "warning", *args]
+
+
+class Child:
+    """A subprocess we started: stderr kept in a file so a failure can say why."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check(self, what: str) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"{what} exited with {self.proc.returncode}: {tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def rss_bytes(pid: int) -> int:
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+async def _until(check: Any, timeout: float, what: str, child: Child | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None:
+            child.check(what)
+        with contextlib.suppress(httpx.HTTPError):
+            if await check():
+                return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"bench: timed out after {timeout:g} s waiting for {what}")
+
+
+@dataclass
+class Cluster:
+    api: httpx.AsyncClient
+    broker_url: str  # as clients (proplets, observers) reach it
+    domain: str
+    channel: str
+    manager_pid: int
+    proplets_pid: int
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    broker: str, proplets: int, layout: str, tmp: Path, heartbeat: float = 1.0
+) -> AsyncIterator[Cluster]:
+    """Manager (+ embedded broker) and ``proplets`` Python proplets, all alive, on a fresh domain."""
+    if broker not in ("embedded", "mosquitto"):
+        raise ValueError(f"broker must be 'embedded' or 'mosquitto', got {broker!r}")
+    if layout not in ("split", "inprocess"):
+        raise ValueError(f"layout must be 'split' or 'inprocess', got {layout!r}")
+    domain, channel = f"bench-{uuid.uuid4().hex[:10]}", "c"  # Mosquitto is shared: a domain per run
+    if broker == "embedded":
+        port = free_port() if layout == "split" else 0
+        manager_broker, client_broker = f"embedded://127.0.0.1:{port}", f"mqtt://127.0.0.1:{port}"
+    else:
+        manager_broker = client_broker = MOSQUITTO_URL
+    prefix = f"{domain}-p"
+    async with contextlib.AsyncExitStack() as stack:
+        if layout == "split":
+            api_port = free_port()
+            manager = Child(
+                _cli(
+                    "manager", "--broker", manager_broker, "--db", str(tmp / "manager.db"),
+                    "--api", f"127.0.0.1:{api_port}", "--domain", domain, "--channel", channel,
+                    "--heartbeat-interval", str(heartbeat),
+                ),
+                tmp / "manager.log",
+            )  # fmt: skip
+            stack.callback(manager.stop)
+            api = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
+            )
+            await _until(lambda: _ok(api.get("/health")), 30, "the manager to serve /health", manager)
+            manager_pid, proplets_pid, guard = manager.pid, manager.pid, manager
+            if proplets > 0:
+                pool = Child(
+                    _cli(
+                        "bench", "proplets", "--broker", client_broker, "--count", str(proplets),
+                        "--prefix", prefix, "--domain", domain, "--channel", channel,
+                        "--heartbeat-interval", str(heartbeat), "--cache-dir", str(tmp / "cache"),
+                    ),
+                    tmp / "proplets.log",
+                )  # fmt: skip
+                stack.callback(pool.stop)
+                proplets_pid, guard = pool.pid, pool
+        else:
+            from orchestrator.service import ManagerService, ManagerSettings
+
+            service = ManagerService(
+                ManagerSettings(
+                    broker=manager_broker, db=str(tmp / "manager.db"), api_port=0, domain=domain,
+                    channel=channel, heartbeat_interval=heartbeat,
+                )
+            )  # fmt: skip
+            await service.start()
+            stack.push_async_callback(service.stop)
+            if broker == "embedded":
+                client_broker = service.broker_url
+            api = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.api_port}", timeout=30)
+            )
+            agents = await start_proplets(client_broker, proplets, prefix, domain, channel, heartbeat, tmp)
+            stack.push_async_callback(stop_proplets, agents)
+            manager_pid = proplets_pid = os.getpid()
+            guard = None
+
+        async def all_alive() -> bool:
+            page = (await api.get("/proplets", params={"limit": 10_000})).json()
+            return sum(1 for p in page["proplets"] if p["alive"] and p["id"].startswith(prefix)) >= proplets
+
+        await _until(all_alive, 30 + proplets * 0.5, f"{proplets} proplets to be alive", guard)
+        yield Cluster(api, client_broker, domain, channel, manager_pid, proplets_pid)
+
+
+async def _ok(request: Any) -> bool:
+    return bool((await request).status_code == 200)
+
+
+async def start_proplets(
+    broker: str, count: int, prefix: str, domain: str, channel: str, heartbeat: float, tmp: Path
+) -> list[Any]:
+    from proplets.agent import AgentSettings, PropletAgent
+
+    agents = []
+    for i in range(count):
+        agent = PropletAgent(
+            AgentSettings(
+                broker=broker, proplet_id=f"{prefix}{i}", domain=domain, channel=channel,
+                heartbeat_interval=heartbeat, cache_dir=str(tmp / "cache"),
+            )
+        )  # fmt: skip
+        await agent.start()
+        agents.append(agent)
+    return agents
+
+
+async def stop_proplets(agents: list[Any]) -> None:
+    for agent in agents:
+        with contextlib.suppress(Exception):
+            await agent.stop()
+
+
+# ---------------------------------------------------------------------- measurements
+
+
+async def broker_roundtrip(url: str, topic: str, messages: int = 5000, window: int = 50) -> RoundTrip:
+    """QoS 1 publish → broker → subscriber, ``window`` messages in flight, through MqttClient."""
+    loop = asyncio.get_running_loop()
+    sent: dict[int, float] = {}
+    latencies: list[float] = []
+    done: asyncio.Future[None] = loop.create_future()
+    next_seq = 0
+    tag = uuid.uuid4().hex[:8]
+    pub = MqttClient(url, f"bench-pub-{tag}", max_inflight=window * 2)
+
+    def send() -> None:
+        nonlocal next_seq
+        sent[next_seq] = time.perf_counter()
+        pub.publish(topic, next_seq.to_bytes(4, "big"), 1)
+        next_seq += 1
+
+    def on_message(_topic: str, payload: bytes) -> None:
+        latencies.append(time.perf_counter() - sent.pop(int.from_bytes(payload, "big")))
+        if next_seq < messages:
+            send()
+        elif len(latencies) >= messages and not done.done():
+            done.set_result(None)
+
+    sub = MqttClient(url, f"bench-sub-{tag}", on_message=on_message)
+    await sub.connect()
+    await pub.connect()
+    try:
+        await sub.subscribe_and_wait(topic, 1)
+        t0 = time.perf_counter()
+        for _ in range(min(window, messages)):
+            send()
+        await asyncio.wait_for(done, 30 + messages / 100)
+        elapsed = time.perf_counter() - t0
+    finally:
+        await pub.disconnect()
+        await sub.disconnect()
+    return RoundTrip(messages, elapsed, percentile(latencies, 50), percentile(latencies, 99))
+
+
+async def run_load(c: Cluster, result: E2EResult, module: str) -> None:
+    """Closed loop: ``concurrency`` tasks in flight; a slot frees when the task's result is published."""
+    loop = asyncio.get_running_loop()
+    topics = wire.Topics(c.domain, c.channel)
+    waiters: dict[str, asyncio.Future[None]] = {}
+
+    def on_result(topic: str, payload: bytes) -> None:
+        with contextlib.suppress(wire.CodecError):
+            msg = wire.decode(topics, topic, payload)
+            if isinstance(msg, wire.TaskResult):
+                waiter = waiters.get(msg.task_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+    observer = MqttClient(c.broker_url, f"bench-obs-{uuid.uuid4().hex[:8]}", on_message=on_result)
+    await observer.connect()
+    await observer.subscribe_and_wait(topics.results, 1)
+    submitted: dict[str, tuple[float, int]] = {}
+    counter = iter(range(result.tasks))
+
+    def fail(reason: str) -> None:
+        result.errors += 1
+        if len(result.error_samples) < 5:
+            result.error_samples.append(reason)
+
+    async def worker() -> None:
+        for i in counter:
+            t0 = time.time()
+            created = await c.api.post("/tasks", json={"name": "add", "file": module, "inputs": [i, 1]})
+            if created.status_code != 201:
+                fail(f"POST /tasks: {created.status_code} {created.text[:200]}")
+                continue
+            task_id = created.json()["id"]
+            waiters[task_id] = loop.create_future()
+            started = await c.api.post(f"/tasks/{task_id}/start")
+            if started.status_code != 200:
+                fail(f"POST /tasks/{task_id}/start: {started.status_code} {started.text[:200]}")
+                continue
+            submitted[task_id] = (t0, i)
+            with contextlib.suppress(TimeoutError):  # counted below from its stored state
+                await asyncio.wait_for(waiters[task_id], 60)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(result.concurrency)))
+    finally:
+        await observer.disconnect()
+    # The observer can see a result a moment before the manager has stored it.
+    stored: dict[str, dict[str, Any]] = {}
+
+    async def all_stored() -> bool:
+        nonlocal stored
+        stored = await read_tasks(c.api)
+        return all(t in stored and stored[t]["state"] >= TERMINAL for t in submitted)
+
+    with contextlib.suppress(TimeoutError):
+        await _until(all_stored, 30, "results to be stored")
+    finishes: list[float] = []
+    for task_id, (t0, i) in submitted.items():
+        task = stored.get(task_id)
+        if task is None or task["state"] != COMPLETED or task.get("results") != str(i + 1):
+            state = "missing" if task is None else f"state {task['state']} {task.get('error', '')}"
+            fail(f"task {task_id}: {state}")
+            continue
+        finish = parse_rfc3339(task["finish_time"])
+        finishes.append(finish)
+        result.latencies_s.append(max(0.0, finish - t0))
+    result.completed = len(finishes)
+    if finishes:
+        result.seconds = max(finishes) - min(t0 for t0, _ in submitted.values())
+
+
+async def read_tasks(api: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    offset = 0
+    while True:
+        page = (await api.get("/tasks", params={"offset": offset, "limit": 100})).json()
+        out.update({t["id"]: t for t in page["tasks"]})
+        offset += len(page["tasks"])
+        if not page["tasks"] or offset >= page["total"]:
+            return out
+
+
+async def warm_up(c: Cluster, proplets: int, module: str) -> None:
+    """One task pinned to each proplet, so compile-on-first-use stays out of the figures."""
+    ids = []
+    for i in range(proplets):
+        spec = {"name": "add", "file": module, "inputs": [1, 1], "proplet_id": f"{c.domain}-p{i}"}
+        created = (await c.api.post("/tasks", json=spec)).json()
+        (await c.api.post(f"/tasks/{created['id']}/start")).raise_for_status()
+        ids.append(created["id"])
+
+    async def all_done() -> bool:
+        tasks = await read_tasks(c.api)
+        return all(tasks[t]["state"] >= TERMINAL for t in ids)
+
+    await _until(all_done, 30 + proplets, "warm-up tasks")
+
+
+async def run_e2e(
+    broker: str,
+    proplets: int,
+    tasks: int,
+    concurrency: int,
+    layout: str = "split",
+    rtt_messages: int = 5000,
+) -> E2EResult:
+    if proplets < 1 or tasks < 1 or concurrency < 1:
+        raise ValueError(
+            f"proplets, tasks and concurrency must be >= 1, got {proplets}/{tasks}/{concurrency}"
+        )
+    result = E2EResult(broker, proplets, layout, tasks, concurrency)
+    module = add_module_b64()
+    with tempfile.TemporaryDirectory(prefix="propeller-bench-") as tmp:
+        async with cluster(broker, proplets, layout, Path(tmp)) as c:
+            await warm_up(c, proplets, module)
+            if rtt_messages > 0:
+                topic = f"bench-rtt/{c.domain}/echo"
+                result.broker_rtt = await broker_roundtrip(c.broker_url, topic, rtt_messages)
+            before = (await c.api.get("/metrics")).text
+            pids = (c.manager_pid, c.proplets_pid, os.getpid())
+            cpu0 = [cpu_seconds(p) for p in pids]
+            await run_load(c, result, module)
+            cpu1 = [cpu_seconds(p) for p in pids]
+            after = (await c.api.get("/metrics")).text
+            if result.errors:  # the children's warnings usually say why
+                for log in sorted(Path(tmp).glob("*.log")):
+                    result.error_samples.append(f"{log.name}: {log.read_text(errors='replace')[-1500:]}")
+    name = "propeller_dispatch_latency_seconds"
+    h0, h1 = parse_histogram(before, name), parse_histogram(after, name)
+    result.manager_p50_le_s = histogram_quantile(h0, h1, 0.5)
+    result.manager_p99_le_s = histogram_quantile(h0, h1, 0.99)
+    result.manager_cpu_s = cpu1[0] - cpu0[0]
+    result.proplets_cpu_s = cpu1[1] - cpu0[1]
+    result.client_cpu_s = cpu1[2] - cpu0[2]
+    return result
+
+
+# ---------------------------------------------------------------------- registry scale
+
+
+@dataclass
+class RegistryResult:
+    broker: str
+    proplets: int
+    rss_before: int = 0
+    rss_registered: int = 0
+    rss_after_heartbeats: int = 0
+    register_s: float = 0.0
+    heartbeats: int = 0
+    heartbeat_s: float = 0.0
+    heartbeat_cpu_s: float = 0.0
+
+    @property
+    def rss_per_proplet(self) -> float:
+        return (self.rss_after_heartbeats - self.rss_before) / self.proplets
+
+    @property
+    def heartbeats_per_s(self) -> float:
+        return self.heartbeats / self.heartbeat_s if self.heartbeat_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "rss_per_proplet": round(self.rss_per_proplet),
+            "heartbeats_per_s": round(self.heartbeats_per_s, 1),
+            "manager_cpu_per_heartbeat_us": round(1e6 * self.heartbeat_cpu_s / max(1, self.heartbeats), 1),
+        }
+
+
+def registry_table(r: RegistryResult) -> str:
+    mib = 1024 * 1024
+    s = r.summary()
+    return "\n".join(
+        [
+            f"broker {r.broker}, {r.proplets} proplets registered by raw discovery publishes",
+            f"manager RSS before           {r.rss_before / mib:8.1f} MiB",
+            f"manager RSS registered       {r.rss_registered / mib:8.1f} MiB  ({r.register_s:.2f} s)",
+            f"manager RSS after heartbeats {r.rss_after_heartbeats / mib:8.1f} MiB",
+            f"RSS per proplet              {r.rss_per_proplet / 1024:8.1f} KiB",
+            f"heartbeats processed         {r.heartbeats:8d} in {r.heartbeat_s:.2f} s"
+            f" = {r.heartbeats_per_s:,.0f}/s, manager CPU {s['manager_cpu_per_heartbeat_us']} us each",
+        ]
+    )
+
+
+async def _publish_batches(
+    client: MqttClient, messages: list[tuple[str, bytes]], sentinel: Any, batch: int = 500
+) -> None:
+    """Publish in batches, each followed by a check that the manager has taken it in (``sentinel``),
+    so no broker queue overflows (Mosquitto drops QoS 1 beyond 1000 queued per client)."""
+    for start in range(0, len(messages), batch):
+        for topic, payload in messages[start : start + batch]:
+            client.publish(topic, payload, 1)
+        await sentinel(start // batch + 1)
+
+
+async def run_registry(broker: str, proplets: int, rounds: int = 5) -> RegistryResult:
+    """Manager RSS before/after ``proplets`` register (one client publishing every discovery with a
+    distinct proplet id), then ``rounds`` heartbeats from each."""
+    if proplets < 1 or rounds < 1:
+        raise ValueError(f"proplets and rounds must be >= 1, got {proplets}/{rounds}")
+    result = RegistryResult(broker, proplets)
+    with tempfile.TemporaryDirectory(prefix="propeller-bench-") as tmp:
+        # Heartbeat interval long enough that no simulated proplet is declared dead mid-run.
+        async with cluster(broker, 0, "split", Path(tmp), heartbeat=60.0) as c:
+            topics = wire.Topics(c.domain, c.channel)
+            client = MqttClient(c.broker_url, f"bench-reg-{uuid.uuid4().hex[:8]}", max_queued=100_000)
+            await client.connect()
+            try:
+                await asyncio.sleep(1.0)  # let the manager settle after start-up
+                result.rss_before = rss_bytes(c.manager_pid)
+                meta = {"description": "bench", "tags": ["bench"], "os": "linux", "cpu_arch": "x86_64"}
+                ids = [f"{c.domain}-sim-{i}" for i in range(proplets)]
+                discoveries = [(topics.create, wire.encode(wire.Discovery(p, "default", meta))) for p in ids]
+
+                async def known(batch: int) -> None:
+                    want = min(proplets, batch * 500)
+                    await _until(
+                        lambda: _metric_at_least(c.api, "propeller_proplets_known", "", want), 60, "discovery"
+                    )
+
+                t0 = time.perf_counter()
+                await _publish_batches(client, discoveries, known)
+                result.register_s = time.perf_counter() - t0
+                result.rss_registered = rss_bytes(c.manager_pid)
+                beat = [
+                    (topics.alive, wire.encode(wire.Heartbeat(p, "alive", "default", running=())))
+                    for p in ids
+                ]
+                sentinels = 0
+
+                async def processed(batch: int) -> None:
+                    # A malformed message on the same topic is ordered after the batch and leaves no
+                    # state behind; the manager counts it once it has handled everything before it.
+                    nonlocal sentinels
+                    client.publish(topics.alive, b"{}", 1)
+                    sentinels += 1
+                    await _until(
+                        lambda: _metric_at_least(
+                            c.api,
+                            "propeller_messages_malformed_total",
+                            'topic="control/proplet/alive"',
+                            sentinels,
+                        ),
+                        60,
+                        "heartbeats",
+                    )
+
+                cpu0 = cpu_seconds(c.manager_pid)
+                t0 = time.perf_counter()
+                await _publish_batches(client, beat * rounds, processed)
+                result.heartbeat_s = time.perf_counter() - t0
+                result.heartbeat_cpu_s = cpu_seconds(c.manager_pid) - cpu0
+                result.heartbeats = len(beat) * rounds
+                result.rss_after_heartbeats = rss_bytes(c.manager_pid)
+            finally:
+                await client.disconnect()
+    return result
+
+
+async def _metric_at_least(api: httpx.AsyncClient, name: str, labels: str, want: float) -> bool:
+    return parse_sample((await api.get("/metrics")).text, name, labels) >= want
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        numbers = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {value!r}")
+    return numbers
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _brokers(choice: str) -> list[str]:
+    return ["embedded", "mosquitto"] if choice == "both" else [choice]
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _conditions() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+    }
+
+
+def cmd_e2e(args: argparse.Namespace) -> int:
+    results: list[E2EResult] = []
+    print(f"conditions: {_conditions()}", flush=True)
+    try:
+        for broker in _brokers(args.broker):
+            for n in args.proplets:
+                r = asyncio.run(
+                    run_e2e(broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages)
+                )
+                results.append(r)
+                print(f"done: {broker} x{n}: {r.tasks_per_s:.1f} tasks/s, {r.errors} errors", flush=True)
+                for sample in r.error_samples:
+                    print(f"  error: {sample}", file=sys.stderr)
+    except (OSError, RuntimeError, TimeoutError, ValueError) as err:
+        print(f"propeller bench e2e: {err}", file=sys.stderr)
+        return 1
+    print(e2e_table(results))
+    _write_json(args.json, {"conditions": _conditions(), "e2e": [r.summary() for r in results]})
+    return 1 if any(r.errors for r in results) else 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    out = []
+    try:
+        for broker in _brokers(args.broker):
+            r = asyncio.run(run_registry(broker, args.proplets, args.rounds))
+            print(registry_table(r), flush=True)
+            out.append(r.summary())
+    except (OSError, RuntimeError, TimeoutError, ValueError) as err:
+        print(f"propeller bench registry: {err}", file=sys.stderr)
+        return 1
+    _write_json(args.json, {"conditions": _conditions(), "registry": out})
+    return 0
+
+
+def cmd_proplets(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, done.set)
+        tmp = Path(args.cache_dir or tempfile.mkdtemp(prefix="propeller-bench-cache-"))
+        agents = await start_proplets(
+            args.broker, args.count, args.prefix, args.domain, args.channel, args.heartbeat_interval, tmp
+        )
+        print(f"propeller bench proplets: {len(agents)} proplets running", flush=True)
+        try:
+            await done.wait()
+        finally:
+            await stop_proplets(agents)
+
+    try:
+        asyncio.run(main())
+    except Exception as err:
+        print(f"propeller bench proplets: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="measure end-to-end throughput/latency and manager memory")
+    bsub = bench.add_subparsers(dest="bench_cmd", required=True)
+
+    e = bsub.add_parser("e2e", help="tasks/s and latency, API submit -> result stored")
+    e.add_argument("--proplets", type=_int_list, default=[1, 10, 50], help="comma-separated counts")
+    e.add_argument("--broker", choices=["embedded", "mosquitto", "both"], default="both")
+    e.add_argument("--tasks", type=_positive, default=500)
+    e.add_argument("--concurrency", type=_positive, default=16, help="tasks in flight at once")
+    e.add_argument("--layout", choices=["split", "inprocess"], default="split")
+    e.add_argument("--rtt-messages", type=int, default=5000, help="raw QoS 1 round trips (0: skip)")
+    e.add_argument("--json", default=None, help="also write the results to this file")
+    e.set_defaults(func=cmd_e2e)
+
+    r = bsub.add_parser("registry", help="manager RSS with many registered proplets")
+    r.add_argument("--proplets", type=_positive, default=1000)
+    r.add_argument("--rounds", type=_positive, default=5, help="heartbeats per proplet")
+    r.add_argument("--broker", choices=["embedded", "mosquitto", "both"], default="embedded")
+    r.add_argument("--json", default=None)
+    r.set_defaults(func=cmd_registry)
+
+    p = bsub.add_parser("proplets", help="run N Python proplets in one process (load for e2e)")
+    p.add_argument("--broker", required=True)
+    p.add_argument("--count", type=_positive, required=True)
+    p.add_argument("--prefix", default="bench-p")
+    p.add_argument("--domain", default="default")
+    p.add_argument("--channel", default="default")
+    p.add_argument("--heartbeat-interval", type=float, default=1.0)
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_proplets)

@@ -1,0 +1,94 @@
+"""End-to-end orchestrator throughput as a pytest-benchmark: manager + embedded broker + one Python
+proplet in this process, 10 `add` tasks submitted through the REST API, plus the broker's raw QoS 1
+round trip. Under the default ``--benchmark-disable`` each body runs once as a correctness pass.
+
+Run the figures with ``pytest tests/bench/test_bench_e2e.py --benchmark-enable``; the full matrix
+(1/10/50 proplets, subprocess layout, Mosquitto) is ``propeller bench e2e`` (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from typing import Any
+
+from orchestrator.adapters.broker import EmbeddedBroker
+from orchestrator.bench import (
+    E2EResult,
+    RoundTrip,
+    broker_roundtrip,
+    e2e_table,
+    histogram_quantile,
+    parse_histogram,
+    parse_sample,
+    percentile,
+    run_e2e,
+)
+
+TASKS = 10
+
+
+def test_bench_e2e_tasks_through_api_to_stored_result(benchmark: Any) -> None:
+    def run() -> E2EResult:
+        return asyncio.run(run_e2e("embedded", 1, TASKS, 4, layout="inprocess", rtt_messages=200))
+
+    result = benchmark.pedantic(run, rounds=3, iterations=1)
+    assert result.errors == 0, result.error_samples
+    assert result.completed == TASKS and len(result.latencies_s) == TASKS
+    assert all(0 < s < 60 for s in result.latencies_s)
+    assert result.tasks_per_s > 0
+    # The manager's own dispatch→result histogram saw exactly the measured tasks.
+    assert not math.isnan(result.manager_p50_le_s)
+    assert result.broker_rtt is not None and result.broker_rtt.messages == 200
+    benchmark.extra_info.update({k: v for k, v in result.summary().items() if k != "error_samples"})
+    assert "embedded" in e2e_table([result])
+
+
+def test_bench_raw_qos1_roundtrip_embedded_broker(benchmark: Any) -> None:
+    async def run() -> RoundTrip:
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        await broker.start()
+        try:
+            return await broker_roundtrip(broker.url, f"bench-rtt/{uuid.uuid4().hex[:8]}", 1000)
+        finally:
+            await broker.stop()
+
+    rtt = benchmark.pedantic(lambda: asyncio.run(run()), rounds=3, iterations=1)
+    assert rtt.messages == 1000 and rtt.rate > 0 and rtt.p50_s <= rtt.p99_s
+
+
+# ---------------------------------------------------------------------- the pure helpers behind the figures
+
+METRICS = """\
+# TYPE propeller_dispatch_latency_seconds histogram
+propeller_dispatch_latency_seconds_bucket{le="0.01"} 1.0
+propeller_dispatch_latency_seconds_bucket{le="0.1"} 5.0
+propeller_dispatch_latency_seconds_bucket{le="1.0"} 10.0
+propeller_dispatch_latency_seconds_bucket{le="+Inf"} 10.0
+propeller_proplets_known 1000.0
+propeller_messages_malformed_total{topic="control/proplet/alive"} 3.0
+"""
+
+
+def test_histogram_quantile_counts_only_observations_between_two_scrapes() -> None:
+    after = parse_histogram(METRICS, "propeller_dispatch_latency_seconds")
+    assert after == [(0.01, 1.0), (0.1, 5.0), (1.0, 10.0), (math.inf, 10.0)]
+    before = [(0.01, 1.0), (0.1, 5.0), (1.0, 5.0), (math.inf, 5.0)]
+    # the 5 new observations all fell in (0.1, 1.0]: the earlier fast ones must not pull p50 down
+    assert histogram_quantile(before, after, 0.5) == 1.0
+    assert histogram_quantile([], after, 0.5) == 0.1
+    assert math.isnan(histogram_quantile(after, after, 0.5))
+
+
+def test_parse_sample_reads_plain_and_labelled_samples() -> None:
+    assert parse_sample(METRICS, "propeller_proplets_known") == 1000
+    assert parse_sample(METRICS, "propeller_messages_malformed_total", 'topic="control/proplet/alive"') == 3
+    assert parse_sample(METRICS, "propeller_messages_malformed_total", 'topic="other"') == 0
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
+    assert percentile([3.0], 99) == 3.0
+    assert math.isnan(percentile([], 50))

@@ -1,0 +1,52 @@
+"""Smoke test of the ``propeller bench`` commands as a user runs them (real subprocesses, real broker).
+No timing asserts: only that they finish, print their table and JSON, and refuse bad input clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def propeller(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_bench_e2e_one_proplet_embedded_prints_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    run = propeller(
+        "bench", "e2e", "--proplets", "1", "--tasks", "20", "--broker", "embedded",
+        "--rtt-messages", "500", "--json", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("broker"))
+    assert "tasks/s" in lines[header] and "p99ms" in lines[header] and "qos1-rtt" in lines[header]
+    row = lines[header + 2].split()
+    assert row[:4] == ["embedded", "1", "20", "16"]
+    data = json.loads(out.read_text())
+    (e2e,) = data["e2e"]
+    assert e2e["completed"] == 20 and e2e["errors"] == 0
+    assert e2e["p50_s"] <= e2e["p99_s"] <= e2e["max_s"]
+    assert e2e["broker_rtt"]["messages"] == 500
+    assert data["conditions"]["cpus"] >= 1
+
+
+def test_bench_registry_reports_rss_and_heartbeat_rate(tmp_path: Path) -> None:
+    out = tmp_path / "reg.json"
+    run = propeller("bench", "registry", "--proplets", "100", "--rounds", "2", "--json", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "RSS per proplet" in run.stdout and "heartbeats processed" in run.stdout
+    (reg,) = json.loads(out.read_text())["registry"]
+    assert reg["proplets"] == 100 and reg["heartbeats"] == 200
+    assert reg["rss_before"] > 0 and reg["rss_after_heartbeats"] > 0
+
+
+def test_bench_rejects_bad_arguments_by_name() -> None:
+    run = propeller("bench", "e2e", "--proplets", "1,0", timeout=30)
+    assert run.returncode == 2 and "--proplets" in run.stderr and "positive" in run.stderr
+    run = propeller("bench", "e2e", "--broker", "rabbit", timeout=30)
+    assert run.returncode == 2 and "--broker" in run.stderr
