@@ -3,6 +3,10 @@
 Virtual boards are esp32sim:// ports (they see DTR/RTS) or, with `--hil-virtual=pty`, pseudo-terminals
 (a real /dev/pts device path). `hil_backends` maps board names to the virtual objects so a test can
 inject faults (power cycle, unplug) on the board's side; it is empty for real boards.
+
+Register it in the top-level conftest (`pytest_plugins = ["hil.plugin"]`) or with `-p hil.plugin`;
+pytest refuses `pytest_plugins` in a nested conftest. Without registration, importing the fixtures
+still works and the options fall back to their defaults (virtual boards).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.store",
+    "hil.plugin",
 ]
 
 MOSQUITTO_HOST = os.environ.get("PROPELLER_TEST_MOSQUITTO_HOST", "127.0.0.1")

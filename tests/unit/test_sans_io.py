@@ -19,8 +19,8 @@ SANS_IO = [
     "proplets/runtime/budget.py",
     "orchestrator/chunk_server.py",
     "twin/devices/esp32s3.py",
-    "twin/broker_model_core.py",
     "hil/console.py",
+    "hil/vfirmware.py",
 ]
 
 
