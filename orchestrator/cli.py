@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
@@ -85,7 +86,7 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         channel=args.channel,
         heartbeat_interval=args.heartbeat_interval,
         max_instances=args.max_instances,
-        cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir or None,
         tags=[t for t in (args.tags or "").split(",") if t],
         profile=args.profile,
         metrics_interval=args.metrics_interval,
@@ -176,7 +177,6 @@ def cmd_task(args: argparse.Namespace) -> int:
 
 def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     import base64
-    from pathlib import Path
 
     spec: dict[str, Any] = {"name": args.name}
     if args.file:
@@ -259,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", default="", help="proplet id (default: proplet-HOST-PID)")
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
     p.add_argument("--max-instances", type=int, default=16)
-    p.add_argument("--cache-dir", default=None, help="directory for compiled modules")
+    p.add_argument(
+        "--cache-dir",
+        default=str(Path.home() / ".cache" / "propeller" / "wasm"),
+        help="directory of compiled modules, keyed by sha256 (default: ~/.cache/propeller/wasm; '' disables)",
+    )
     p.add_argument("--tags", default="", help="comma-separated tags")
     p.add_argument(
         "--profile", default="host", choices=["host", "esp32s3"], help="esp32s3: act like the firmware"
