@@ -32,15 +32,25 @@ def _host_port(value: str) -> tuple[str, int]:
 
 
 async def _serve_until_signal(start: Callable[[], Any], stop: Callable[[], Any]) -> None:
+    """Run ``start``, serve until SIGINT/SIGTERM, then ``stop``; a signal during start also stops."""
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, done.set)
-    await start()
+    starting = asyncio.ensure_future(start())
+    signalled = asyncio.ensure_future(done.wait())
     try:
-        await done.wait()
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a failed start raises here
+            await signalled
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
     finally:
+        signalled.cancel()
         await stop()
 
 
@@ -82,6 +92,7 @@ def cmd_proplet(args: argparse.Namespace) -> int:
     settings = AgentSettings(
         broker=args.broker,
         proplet_id=args.id or default_proplet_id(),
+        wait_for_broker=True,
         domain=args.domain,
         channel=args.channel,
         heartbeat_interval=args.heartbeat_interval,

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import random
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,8 @@ class AgentSettings:
     metrics_host: str = "127.0.0.1"
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
+    # Keep retrying the first connection (a service started before its broker) instead of failing.
+    wait_for_broker: bool = False
     # Embedded profile: override the device's WAMR heap (bytes); None = the profile's own.
     heap_bytes: int | None = None
 
@@ -186,6 +189,25 @@ class PropletAgent:
             backoff_max=settings.reconnect_max,
         )
 
+    async def _first_connect(self) -> None:
+        """Connect; with ``wait_for_broker``, retry with capped, jittered backoff until the broker is up."""
+        delay = self.settings.reconnect_min
+        while True:
+            try:
+                await self.mqtt.connect()
+                return
+            except MqttError as err:
+                if not self.settings.wait_for_broker:
+                    raise
+                pause = delay * (0.5 + random.random() / 2)  # jitter only: no decision rides on it
+                log.warning(
+                    json.dumps(
+                        {"event": "broker_unreachable", "error": str(err), "retry_in_s": round(pause, 2)}
+                    )
+                )
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, self.settings.reconnect_max)
+
     async def start(self) -> None:
         if self.settings.metrics_port is not None:
             registry = CollectorRegistry()
@@ -195,7 +217,7 @@ class PropletAgent:
             )
             await self.metrics_server.start()
         try:
-            await self.mqtt.connect()
+            await self._first_connect()
         except BaseException:
             if self.metrics_server is not None:
                 await self.metrics_server.stop()

@@ -86,6 +86,64 @@ def _check_qos(qos: int) -> None:
         raise ValueError(f"QoS must be 0 or 1 in the broker model, got {qos!r}")
 
 
+class SubscriptionTree:
+    """Subscriptions indexed by topic level, so routing costs the topic's depth, not the number of
+    distinct filters (a fleet where each device subscribes to its own topics has tens of thousands)."""
+
+    __slots__ = ("children", "subscribers")
+
+    def __init__(self) -> None:
+        self.children: dict[str, SubscriptionTree] = {}
+        self.subscribers: dict[str, int] = {}  # client_id -> QoS, for the filter ending here
+
+    def add(self, topic_filter: str, client_id: str, qos: int) -> None:
+        node = self
+        for level in topic_filter.split("/"):
+            node = node.children.setdefault(level, SubscriptionTree())
+        node.subscribers[client_id] = qos
+
+    def remove(self, topic_filter: str, client_id: str) -> None:
+        path = [self]
+        for level in topic_filter.split("/"):
+            child = path[-1].children.get(level)
+            if child is None:
+                return
+            path.append(child)
+        path[-1].subscribers.pop(client_id, None)
+        for parent, level, node in zip(
+            reversed(path[:-1]), reversed(topic_filter.split("/")), reversed(path[1:]), strict=True
+        ):
+            if node.subscribers or node.children:
+                break
+            del parent.children[level]
+
+    def match(self, topic: str) -> dict[str, int]:
+        """client_id -> highest QoS among that client's filters matching `topic`."""
+        out: dict[str, int] = {}
+        levels = topic.split("/")
+        dollar = topic.startswith("$")
+
+        def take(subscribers: dict[str, int]) -> None:
+            for cid, qos in subscribers.items():
+                if qos > out.get(cid, -1):
+                    out[cid] = qos
+
+        def walk(node: SubscriptionTree, i: int) -> None:
+            wild_ok = not (dollar and i == 0)
+            if wild_ok and (hash_node := node.children.get("#")) is not None:
+                take(hash_node.subscribers)  # "a/#" also matches "a"
+            if i == len(levels):
+                take(node.subscribers)
+                return
+            if (exact := node.children.get(levels[i])) is not None:
+                walk(exact, i + 1)
+            if wild_ok and (plus := node.children.get("+")) is not None:
+                walk(plus, i + 1)
+
+        walk(self, 0)
+        return out
+
+
 @dataclass
 class BrokerStats:
     publishes: int = 0  # PUBLISH packets the broker accepted (wills included)
@@ -130,7 +188,7 @@ class BrokerModel:
         self.retained: dict[str, tuple[bytes, int]] = {}
         self._sessions: dict[str, _Session] = {}
         self._conns: dict[str, _Conn] = {}
-        self._filters: dict[str, dict[str, int]] = {}  # filter -> {client_id: qos}, for routing
+        self._tree = SubscriptionTree()
 
     def client(self, client_id: str, **kwargs: Any) -> ModelClient:
         return ModelClient(self, client_id, **kwargs)
@@ -159,7 +217,7 @@ class BrokerModel:
         self._conns.clear()
         if not self.persistence:
             self._sessions.clear()
-            self._filters.clear()
+            self._tree = SubscriptionTree()
             self.retained.clear()
 
     def start(self) -> None:
@@ -221,12 +279,8 @@ class BrokerModel:
                 self.retained[topic] = (payload, qos)
             else:
                 self.retained.pop(topic, None)
-        targets: dict[str, int] = {}
-        for topic_filter, subscribers in self._filters.items():
-            if topic_matches(topic_filter, topic):
-                for cid, sub_qos in subscribers.items():
-                    targets[cid] = max(targets.get(cid, -1), min(qos, sub_qos))
-        for cid, out_qos in targets.items():
+        for cid, sub_qos in self._tree.match(topic).items():
+            out_qos = min(qos, sub_qos)
             conn = self._conns.get(cid)
             if conn is not None and conn.alive:
                 self._deliver(conn, topic, payload, out_qos)
@@ -238,7 +292,7 @@ class BrokerModel:
         if conn is None:
             return
         conn.session.subs[topic_filter] = qos
-        self._filters.setdefault(topic_filter, {})[client.client_id] = qos
+        self._tree.add(topic_filter, client.client_id, qos)
         for topic, (payload, r_qos) in self.retained.items():
             if topic_matches(topic_filter, topic):
                 self._deliver(conn, topic, payload, min(qos, r_qos))
@@ -248,10 +302,7 @@ class BrokerModel:
         if conn is None:
             return
         conn.session.subs.pop(topic_filter, None)
-        subscribers = self._filters.get(topic_filter, {})
-        subscribers.pop(client.client_id, None)
-        if not subscribers:
-            self._filters.pop(topic_filter, None)
+        self._tree.remove(topic_filter, client.client_id)
 
     def _on_ping(self, client: ModelClient, epoch: int) -> None:
         pass  # a live connection heard from; expiry checks ask the client when it resumed
@@ -291,11 +342,7 @@ class BrokerModel:
 
     def _forget_subs(self, session: _Session) -> None:
         for topic_filter in session.subs:
-            subscribers = self._filters.get(topic_filter)
-            if subscribers is not None:
-                subscribers.pop(session.client_id, None)
-                if not subscribers:
-                    del self._filters[topic_filter]
+            self._tree.remove(topic_filter, session.client_id)
         session.subs.clear()
 
     def _deliver(self, conn: _Conn, topic: str, payload: bytes, qos: int) -> None:

@@ -79,6 +79,7 @@ class _Direction:
         self.wire_free_at = 0.0
         self.timer: asyncio.Handle | None = None
         self.src_paused = False  # we paused the source because this queue is full
+        self.finishing = False  # the source closed: deliver what is queued, then close the connection
         self.dst_full = False  # the destination transport asked us to pause
 
     def push(self, data: bytes) -> None:
@@ -128,6 +129,9 @@ class _Direction:
                 self.link.stats.down_bytes += len(data)
         if self.queued < LOW_WATER:
             self._resume_source()
+        if self.finishing and not self.queue:
+            self.conn.close()
+            return
         self.schedule()
 
     def _pause_source(self) -> None:
@@ -163,11 +167,14 @@ class _Side(asyncio.Protocol):
         (self.conn.up if self.is_device else self.conn.down).push(data)
 
     def eof_received(self) -> bool | None:
-        self.conn.close()
-        return None
+        self.conn.finish(self.is_device)
+        return True  # keep our write side open until the queued bytes are delivered
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.close()
+        if exc is None:
+            self.conn.finish(self.is_device)  # bytes still on their way (a DISCONNECT) arrive first
+        else:
+            self.conn.close(rst=True)
 
     def pause_writing(self) -> None:  # our peer is slow: stop delivering into it
         (self.conn.down if self.is_device else self.conn.up).dst_full = True
@@ -204,8 +211,15 @@ class _Conn:
                 with contextlib.suppress(RuntimeError):
                     t.pause_reading()
 
+    def finish(self, from_device: bool) -> None:
+        """One side closed in order: deliver what it sent before, then close both sides."""
+        direction = self.up if from_device else self.down
+        direction.finishing = True
+        if not direction.queue:
+            self.close()
+
     def close(self, rst: bool = False) -> None:
-        """Close both sockets: an orderly close flushes nothing still queued (the link is gone)."""
+        """Close both sockets now; bytes still queued in either direction are lost with the link."""
         if self.closed:
             return
         self.closed = True
@@ -239,6 +253,7 @@ class LinkProxy:
     stats: LinkStats = field(default_factory=LinkStats)
     _server: asyncio.Server | None = None
     _conns: set[_Conn] = field(default_factory=set)
+    _dials: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -266,7 +281,9 @@ class LinkProxy:
         self._conns.add(conn)
         self.stats.connections += 1
         # Reading from the device waits until the broker side is connected; bytes queue meanwhile.
-        self.loop.create_task(self._dial(conn))
+        task = self.loop.create_task(self._dial(conn))
+        self._dials.add(task)
+        task.add_done_callback(self._dials.discard)
         return conn.device
 
     async def _dial(self, conn: _Conn) -> None:
@@ -314,6 +331,8 @@ class LinkProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for task in list(self._dials):
+            task.cancel()
         for conn in list(self._conns):
             conn.close(rst=True)
         if self._server is not None:

@@ -198,13 +198,17 @@ class Engine:
         else:
             self.counters[f"received_{suffix.replace('/', '_')}"] += 1
 
-    def _sighting(self, proplet_id: str, now: float, wall: float) -> tuple[Proplet, bool]:
+    def _sighting(
+        self, proplet_id: str, now: float, wall: float, metadata: PropletMetadata | None = None
+    ) -> tuple[Proplet, bool]:
         """Record that ``proplet_id`` is alive now; returns the proplet and whether it was new."""
         proplet = self.proplets.get(proplet_id)
         created = proplet is None
         if proplet is None:
             proplet = Proplet(id=proplet_id, name=_name_for(proplet_id))
             self.proplets[proplet_id] = proplet
+        if metadata is not None:  # before the queue drains: placement must see the announced memory
+            proplet.metadata = metadata
         if not proplet.name:
             proplet.name = _name_for(proplet_id)
         was_alive = proplet.alive
@@ -251,9 +255,9 @@ class Engine:
             self._drain_queue(now, wall)
 
     def _on_discovery(self, msg: wire.Discovery, now: float, wall: float) -> None:
-        proplet, _ = self._sighting(msg.proplet_id, now, wall)
+        metadata = PropletMetadata.from_json(dict(msg.metadata))
+        proplet, _ = self._sighting(msg.proplet_id, now, wall, metadata)
         proplet.namespace = msg.namespace
-        proplet.metadata = PropletMetadata.from_json(dict(msg.metadata))
         self._log("proplet_discovered", proplet_id=proplet.id, embedded=proplet.is_embedded)
         self._persist_proplet(proplet)
         self._drain_queue(now, wall)
@@ -288,7 +292,7 @@ class Engine:
             # that, and place the task again where it fits instead of failing it.
             proplet = self.proplets.get(task.proplet_id)
             if proplet is not None and task.memory_bytes:
-                held = self._reserved().get(proplet.id, 0)
+                held = self._reserved().get(proplet.id, 0) - task.memory_bytes  # not the refused task
                 proplet.metadata.free_memory_bytes = max(1, held)
             self.counters["tasks_oom_replaced"] += 1
             self._requeue_or_fail(

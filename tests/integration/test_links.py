@@ -234,3 +234,25 @@ async def test_reset_makes_the_broker_fire_the_will(broker_url: str, unique_topi
         await eventually(lambda: got == [b"reset"] and lost == ["lost"])
         await device.disconnect()
     await observer.disconnect()
+
+
+async def test_a_clean_disconnect_through_a_slow_link_fires_no_will(
+    broker_url: str, unique_topic: str
+) -> None:
+    """The DISCONNECT is still in the link's latency queue when the device closes its socket: it must
+    reach the broker before the close does, or the broker would fire the will."""
+    url = parse_broker_url(broker_url)
+    got: list[bytes] = []
+    observer = MqttClient(broker_url, f"obs-{unique_topic[2:14]}", on_message=lambda _t, p: got.append(p))
+    await observer.connect()
+    await observer.subscribe_and_wait(f"{unique_topic}/#", 1)
+    async with LinkProxy(url.host, url.port, LinkProfile(latency_s=0.2)) as proxy:
+        device = MqttClient(f"mqtt://127.0.0.1:{proxy.port}", f"dev-{unique_topic[2:14]}", reconnect=False,
+                            will=Will(f"{unique_topic}/will", b"unexpected"))  # fmt: skip
+        await device.connect()
+        await device.disconnect()
+        await eventually(lambda: proxy.open_connections == 0)
+        observer.publish(f"{unique_topic}/marker", b"marker", 1)  # anything after the will would follow it
+        await eventually(lambda: b"marker" in got)
+    assert got == [b"marker"]
+    await observer.disconnect()

@@ -22,11 +22,13 @@ from orchestrator.adapters.mqtt import MqttClient
 from proplets.agent import AgentSettings, PropletAgent
 from tests.fixtures.mqtt import eventually
 
-WASM = wasmtime.wat2wasm("""
+WASM = bytes(
+    wasmtime.wat2wasm("""
 (module
   (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add)
   (func (export "spin") (loop br 0)))
 """)
+)
 FILE = base64.b64encode(WASM).decode()
 
 
@@ -54,7 +56,9 @@ class Observer:
         await self.client.subscribe_and_wait(self.topics.all)
 
     def send_start(self, task_id: str, name: str, inputs: list[Any], **extra: Any) -> None:
-        start = wire.StartTask(id=task_id, name=name, file=WASM, inputs=inputs, proplet_id="p1", **extra)
+        start = wire.StartTask(
+            id=task_id, name=name, file=WASM, inputs=tuple(inputs), proplet_id="p1", **extra
+        )
         self.client.publish(self.topics.start, wire.encode(start), 1)
 
 
@@ -156,7 +160,11 @@ async def test_last_will_tells_the_manager_the_proplet_is_offline_on_abort(
     await eventually(lambda: len(observer.on(observer.topics.alive)) == 1, 5)
     await agent.stop(clean=False)
     await eventually(lambda: observer.on(observer.topics.alive)[-1]["status"] == "offline", 5)
-    assert observer.on(observer.topics.alive)[-1] == {"proplet_id": "p1", "status": "offline", "namespace": "default"}
+    assert observer.on(observer.topics.alive)[-1] == {
+        "proplet_id": "p1",
+        "status": "offline",
+        "namespace": "default",
+    }
 
 
 async def test_metrics_over_mqtt_and_a_prometheus_scrape(
@@ -166,7 +174,9 @@ async def test_metrics_over_mqtt_and_a_prometheus_scrape(
     observer.send_start("sum", "add", ["1", "2"])
     observer.send_start("long", "spin", [], limits={"timeout_s": 60})
     await eventually(lambda: bool(observer.results("sum")), 10)
-    await eventually(lambda: any(m["task_id"] == "long" for m in observer.on(observer.topics.task_metrics)), 5)
+    await eventually(
+        lambda: any(m["task_id"] == "long" for m in observer.on(observer.topics.task_metrics)), 5
+    )
     pm = observer.on(observer.topics.metrics)[-1]
     assert pm["proplet_id"] == "p1" and set(pm["timestamp"]) == {"secs_since_epoch", "nanos_since_epoch"}
     assert pm["memory_metrics"]["rss_bytes"] > 1_000_000 and pm["cpu_metrics"]["user_seconds"] > 0

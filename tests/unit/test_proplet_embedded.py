@@ -13,7 +13,7 @@ import pytest
 from orchestrator import wire
 from proplets import profile
 from proplets.core import PropletConfig, PropletEngine, Publish, RunTask
-from proplets.runtime.budget import KiB, BudgetConfig
+from proplets.runtime.budget import BudgetConfig, KiB
 
 T = wire.Topics("d", "c")
 HEADER = b"\0asm\x01\0\0\0"
@@ -76,7 +76,9 @@ def test_discovery_and_heartbeat_look_like_the_firmware() -> None:
             profile=wire.Profile.EMBEDDED,
             budget=profile.ESP32S3.budget,
             report_running=False,
-            metadata=profile.discovery_metadata(profile.ESP32S3, total_bytes=0, free_bytes=0, max_instances=0),
+            metadata=profile.discovery_metadata(
+                profile.ESP32S3, total_bytes=0, free_bytes=0, max_instances=0
+            ),
         )
     )
     e.on_connected(0.0)
@@ -162,7 +164,9 @@ def test_result_too_large_for_1023_bytes_becomes_an_error_that_fits() -> None:
     e.handle(T.start, start("t"), 1.0)
     e.take_commands()
     e.task_finished("t", ",".join(["2147483647"] * 200), None, 2.0)
-    ((payload,),) = [[c.payload for c in e.take_commands() if isinstance(c, Publish) and c.topic == T.results]]
+    ((payload,),) = [
+        [c.payload for c in e.take_commands() if isinstance(c, Publish) and c.topic == T.results]
+    ]
     assert len(payload) <= 1023
     result = json.loads(payload)
     assert result["results"] == "" and "1023-byte buffer" in result["error"]
@@ -213,7 +217,7 @@ def test_embedded_metrics_use_uptime_and_the_heap_of_the_budget() -> None:
 def test_export_is_the_task_name_when_exported_else_main() -> None:
     assert profile.select_export("add", ["add", "main"]) == "add"
     assert profile.select_export("other", ["add", "main"]) == "main"
-    with pytest.raises(ValueError, match="export 'main' not found.*exports: add, run"):
+    with pytest.raises(ValueError, match=r"export 'main' not found.*exports: add, run"):
         profile.select_export("x", ["add", "run"])
 
 

@@ -90,7 +90,9 @@ def test_proplet_metrics_in_the_rust_format_with_a_systemtime_timestamp() -> Non
             "container_usage_bytes": 1000,
         },
     }
-    assert wire.decode(T, T.metrics, json.dumps(pm).encode()).timestamp == pytest.approx(1_700_000_000.25)
+    decoded = wire.decode(T, T.metrics, json.dumps(pm).encode())
+    assert isinstance(decoded, wire.PropletMetrics)
+    assert decoded.timestamp == pytest.approx(1_700_000_000.25)
 
 
 def test_task_metrics_aggregate_over_the_samples_of_each_running_task() -> None:

@@ -8,39 +8,59 @@ from typing import Any
 import pytest
 import simpy
 
-from twin.broker_model import BrokerModel, ModelClient, MqttError, Will, check_filter, topic_matches
-
-
-@pytest.mark.parametrize(
-    ("topic_filter", "topic", "expected"),
-    [
-        # MQTT 3.1.1 §4.7.1.2 and §4.7.1.3 examples
-        ("sport/tennis/player1/#", "sport/tennis/player1", True),
-        ("sport/tennis/player1/#", "sport/tennis/player1/ranking", True),
-        ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", True),
-        ("sport/#", "sport", True),
-        ("#", "anything/at/all", True),
-        ("sport/tennis/+", "sport/tennis/player1", True),
-        ("sport/tennis/+", "sport/tennis/player1/tournament", False),
-        ("sport/+", "sport", False),
-        ("sport/+", "sport/", True),
-        ("+/+", "/finance", True),
-        ("/+", "/finance", True),
-        ("+", "/finance", False),
-        # §4.7.2: wildcards at the first level do not match $-topics
-        ("#", "$SYS/broker/load", False),
-        ("+/monitor/Clients", "$SYS/monitor/Clients", False),
-        ("$SYS/#", "$SYS/monitor/Clients", True),
-        ("$SYS/monitor/+", "$SYS/monitor/Clients", True),
-        # exact and case-sensitive
-        ("m/d/c/control/manager/start", "m/d/c/control/manager/start", True),
-        ("ACCOUNTS", "Accounts", False),
-        ("a/b", "a/b/c", False),
-        ("a/b/c", "a/b", False),
-    ],
+from twin.broker_model import (
+    BrokerModel,
+    ModelClient,
+    MqttError,
+    SubscriptionTree,
+    Will,
+    check_filter,
+    topic_matches,
 )
+
+SPEC_CASES: list[tuple[str, str, bool]] = [
+    # MQTT 3.1.1 §4.7.1.2 and §4.7.1.3 examples
+    ("sport/tennis/player1/#", "sport/tennis/player1", True),
+    ("sport/tennis/player1/#", "sport/tennis/player1/ranking", True),
+    ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", True),
+    ("sport/#", "sport", True),
+    ("#", "anything/at/all", True),
+    ("sport/tennis/+", "sport/tennis/player1", True),
+    ("sport/tennis/+", "sport/tennis/player1/tournament", False),
+    ("sport/+", "sport", False),
+    ("sport/+", "sport/", True),
+    ("+/+", "/finance", True),
+    ("/+", "/finance", True),
+    ("+", "/finance", False),
+    # §4.7.2: wildcards at the first level do not match $-topics
+    ("#", "$SYS/broker/load", False),
+    ("+/monitor/Clients", "$SYS/monitor/Clients", False),
+    ("$SYS/#", "$SYS/monitor/Clients", True),
+    ("$SYS/monitor/+", "$SYS/monitor/Clients", True),
+    # exact and case-sensitive
+    ("m/d/c/control/manager/start", "m/d/c/control/manager/start", True),
+    ("ACCOUNTS", "Accounts", False),
+    ("a/b", "a/b/c", False),
+    ("a/b/c", "a/b", False),
+]
+
+
+@pytest.mark.parametrize(("topic_filter", "topic", "expected"), SPEC_CASES)
 def test_topic_matching_follows_the_spec(topic_filter: str, topic: str, expected: bool) -> None:
     assert topic_matches(topic_filter, topic) is expected
+
+
+def test_the_routing_tree_agrees_with_the_matcher() -> None:
+    cases = SPEC_CASES
+    tree = SubscriptionTree()
+    for i, (topic_filter, _, _) in enumerate(cases):
+        tree.add(topic_filter, f"c{i}", i % 2)
+    for topic in {topic for _, topic, _ in cases}:
+        expected = {f"c{i}" for i, (f, _, _) in enumerate(cases) if topic_matches(f, topic)}
+        assert set(tree.match(topic)) == expected, topic
+    for i, (topic_filter, _, _) in enumerate(cases):
+        tree.remove(topic_filter, f"c{i}")
+    assert tree.children == {}  # removing every subscription prunes the tree
 
 
 @pytest.mark.parametrize("bad", ["sport/tennis#", "sport/tennis/#/ranking", "sport+", "", "a/+b"])

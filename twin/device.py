@@ -1,0 +1,637 @@
+"""A simulated device of the live twin: the real proplet engine, a real MQTT client, a device model.
+
+One ``SimDevice`` per device, all on one asyncio loop and one simpy ``Environment`` (no thread per
+device). It is the simpy counterpart of ``proplets.agent``: it executes the ``PropletEngine``'s
+commands, feeds it MQTT messages (injected into the simulation at the scaled wall time) and services
+its timers as simpy timeouts.
+
+Kinds: ``esp32s3`` (embedded wire profile; boot, Wi-Fi and MQTT-connect delays from ``TimingModel``;
+each instance admitted by ``MemoryModel`` — refused ones fail at once with "out of memory: need N
+bytes, free M bytes"; modules run for real on wasmtime for their true result, while the task lasts the
+``CpuModel``'s simulated time for the fuel they consumed, shared over the cores), ``upstream-firmware``
+(the same with upstream's failures: no reconnect, execution blocks the MQTT client and the timers, one
+task at a time, no target filtering, stops ignored) and ``host`` (Rust wire profile, real duration).
+
+Lifecycle: dead (off) → booting → online ⇄ running; offline while the link is down. Power loss aborts
+the TCP link (the broker fires the Last Will) and the device boots again later with a fresh engine:
+its running tasks are lost and the manager must re-dispatch them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import simpy
+
+from orchestrator import wire
+from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from proplets import profile as embedded
+from proplets.core import (
+    CancelTask,
+    CollectMetrics,
+    InvokeTask,
+    LogEvent,
+    PropletConfig,
+    PropletEngine,
+    Publish,
+    RunTask,
+    Subscribe,
+)  # fmt: skip
+from proplets.runtime import CancelToken, Limits, RunOutcome, RunRequest, WasmRuntime
+from proplets.runtime.wasmbin import PAGE_BYTES, WasmFormatError, memory_requirements
+from twin.clock import AsyncSimClock
+from twin.devices.esp32s3 import (
+    ESP32S3,
+    OUR_FIRMWARE,
+    UPSTREAM_FAILURES,
+    CpuModel,
+    Esp32S3Spec,
+    FirmwareFlags,
+    Instance,
+    MemoryModel,
+    TimingModel,
+    execution_seconds,
+)  # fmt: skip
+from twin.devices.host import HOST, HostSpec
+from twin.scenario.spec import FleetGroup, Timers
+from twin.scenario.trace import Trace
+
+HOST_RESTART_S = 0.5  # a host proplet is a process: it restarts in well under a second (inference)
+
+
+# ---------------------------------------------------------------------------------------------- pure
+def device_state(powered: bool, booted: bool, connected: bool, link_up: bool, running: int) -> str:
+    """The device's trace state from what it knows about itself."""
+    if not powered:
+        return "dead"
+    if not booted:
+        return "booting"
+    if not connected or not link_up:
+        return "offline"
+    return "running" if running else "online"
+
+
+def strip_target(payload: bytes) -> bytes:
+    """A start message as upstream firmware reads it: the ``proplet_id`` it ignores is blanked."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return payload
+    if isinstance(obj, dict) and obj.get("proplet_id"):
+        obj["proplet_id"] = ""
+        return json.dumps(obj).encode()
+    return payload
+
+
+def esp_spec(group: FleetGroup) -> Esp32S3Spec:
+    """The ESP32-S3 model for a fleet group: SRAM (``memory``), PSRAM as the WAMR heap, CPU, slots."""
+    changes: dict[str, Any] = {}
+    if group.memory_bytes:
+        changes["free_dram_bytes"] = group.memory_bytes
+    if group.psram_bytes:
+        changes.update(psram_bytes=group.psram_bytes, wamr_heap_in_psram=True)
+    if group.cpu_mhz:
+        changes["cpu_hz"] = int(group.cpu_mhz * 1e6)
+    if group.max_instances:
+        changes["max_instances"] = group.max_instances
+    return replace(ESP32S3, **changes) if changes else ESP32S3
+
+
+def firmware_flags(kind: str) -> FirmwareFlags:
+    return UPSTREAM_FAILURES if kind == "upstream-firmware" else OUR_FIRMWARE
+
+
+# ---------------------------------------------------------------------------------------------- device
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    kind: str  # esp32s3 | upstream-firmware | host
+    proplet_id: str
+    domain: str
+    host: str  # where the MQTT client dials: the broker, or this device's LinkProxy
+    port: int
+    timers: Timers
+    spec: Esp32S3Spec | HostSpec = ESP32S3
+    tags: tuple[str, ...] = ()
+
+    @property
+    def embedded(self) -> bool:
+        return self.kind in ("esp32s3", "upstream-firmware")
+
+    @property
+    def flags(self) -> FirmwareFlags:
+        return firmware_flags(self.kind)
+
+
+@dataclass
+class _Job:
+    start: wire.StartTask
+    instance: Instance | None
+    token: CancelToken
+    result: tuple[str, str | None] | None = None  # set when wasmtime returned; the CPU model times it
+
+
+@dataclass
+class DeviceStats:
+    boots: int = 0
+    connects: int = 0
+    tasks_run: int = 0
+    refused: int = 0
+    first_online: float | None = None
+
+
+@dataclass
+class Shared:
+    """What every device of a run shares: the simulation, the clock, the trace, the Wasm runtime."""
+
+    env: simpy.Environment
+    clock: AsyncSimClock
+    trace: Trace
+    runtime: WasmRuntime
+    executor: Executor
+    jobs: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.jobs.add(task)
+        task.add_done_callback(self.jobs.discard)
+
+
+class SimDevice:
+    def __init__(self, config: DeviceConfig, shared: Shared, rng: random.Random) -> None:
+        self.config = config
+        self.shared = shared
+        self.env = shared.env
+        self.rng = rng
+        self.flags = config.flags
+        self.stats = DeviceStats()
+        self.timing = TimingModel(config.spec, rng) if isinstance(config.spec, Esp32S3Spec) else None
+        self.memory: MemoryModel | None = None
+        self.cpu: CpuModel | None = None
+        self.engine: PropletEngine | None = None
+        self.mqtt: MqttClient | None = None
+        self.gen = 0  # power cycles: callbacks of an older life are ignored
+        self.powered = False
+        self.booted = False
+        self.wifi_down = 0  # nested Wi-Fi drops
+        self.clock_offset = 0.0
+        self.jobs: dict[str, _Job] = {}
+        self._blocked = False  # upstream: a module is running inside the MQTT callback
+        self._inbox: list[tuple[str, bytes]] = []
+        self._timer_token = 0
+        self._timer_at: float | None = None
+        self._cpu_token = 0
+        self._state = ""
+        self._free = -1
+        self.trace.emit(
+            self.env.now, "device", config.name, proplet_id=config.proplet_id, device_kind=config.kind
+        )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def trace(self) -> Trace:
+        return self.shared.trace
+
+    @property
+    def now(self) -> float:
+        return float(self.env.now)
+
+    @property
+    def online(self) -> bool:
+        return self._state in ("online", "running")
+
+    # ------------------------------------------------------------------ trace
+    def _update(self) -> None:
+        connected = self.engine is not None and self.engine.connected
+        state = device_state(self.powered, self.booted, connected, self.wifi_down == 0, len(self.jobs))
+        if state != self._state:
+            self._state = state
+            self.trace.emit(self.now, "device", self.name, state=state)
+            if state == "online" and self.stats.first_online is None:
+                self.stats.first_online = self.now
+        free = self.memory.free_bytes if self.memory is not None else None
+        if free is not None and free != self._free:
+            self._free = free
+            self.trace.emit(self.now, "device", self.name, free_memory=max(0, free))
+
+    # ------------------------------------------------------------------ power
+    def power_on(self, delay: float = 0.0) -> None:
+        """Boot after ``delay`` simulated seconds (the fleet staggers its devices)."""
+        self.env.process(self._boot(self.gen, delay))
+
+    def power_loss(self, off_for: float | None, state: str = "dead") -> None:
+        """Cut power: no DISCONNECT (the broker fires the will), tasks lost; back after ``off_for``."""
+        self.gen += 1
+        self._kill_link()
+        for job in self.jobs.values():
+            job.token.cancel()
+        self.jobs.clear()
+        self.powered = self.booted = False
+        self.engine = None
+        self.memory = self.cpu = None
+        self._free = -1
+        self._blocked = False
+        self._inbox.clear()
+        self._timer_at = None
+        if state != "dead":
+            self._state = state
+            self.trace.emit(self.now, "device", self.name, state=state)
+        else:
+            self._update()
+        if off_for is not None:
+            self.power_on(off_for)
+
+    def shutdown(self) -> None:
+        """End of the run: drop the link and ignore everything still in flight."""
+        self.gen += 1
+        self._kill_link()
+        for job in self.jobs.values():
+            job.token.cancel()
+
+    def _kill_link(self) -> None:
+        client, self.mqtt = self.mqtt, None
+        if client is not None:
+            client.abort()
+
+    def _boot(self, gen: int, delay: float) -> Any:
+        if delay > 0:
+            yield self.env.timeout(delay)
+        if gen != self.gen:
+            return
+        self.powered, self.booted = True, False
+        self.stats.boots += 1
+        self._new_life()
+        self._update()
+        if self.timing is not None:
+            yield self.env.timeout(self.timing.boot())
+            yield self.env.timeout(self.timing.wifi_association(upstream_dhcp_wait=self.flags.no_reconnect))
+        else:
+            yield self.env.timeout(HOST_RESTART_S * self.rng.uniform(0.5, 1.5))
+        retry = self.config.timers.reconnect_min
+        while gen == self.gen:
+            while self.wifi_down and gen == self.gen:
+                yield self.env.timeout(0.1)
+            if self.timing is not None:
+                yield self.env.timeout(self.timing.mqtt_connect())
+            done = self.env.event()
+            self.shared.spawn(self._connect(gen, done))
+            ok = yield done
+            if ok or gen != self.gen:
+                return
+            # The first connection failed (broker down): upstream retries every 5 s, ours backs off.
+            if self.flags.no_reconnect and isinstance(self.config.spec, Esp32S3Spec):
+                yield self.env.timeout(self.config.spec.mqtt_retry_s)
+            else:
+                yield self.env.timeout(retry * self.rng.uniform(0.5, 1.0))
+                retry = min(retry * 2, self.config.timers.reconnect_max)
+
+    def _new_life(self) -> None:
+        """A fresh engine, device model and MQTT client, as after a reset."""
+        cfg = self.config
+        gen = self.gen
+        if isinstance(cfg.spec, Esp32S3Spec):
+            self.memory, self.cpu = MemoryModel(cfg.spec), CpuModel(cfg.spec)
+        self.engine = PropletEngine(self._engine_config())
+        topic, payload = self.engine.last_will()
+        t = cfg.timers
+        self.mqtt = MqttClient(
+            f"mqtt://{cfg.host}:{cfg.port}", cfg.proplet_id, keepalive=max(1, round(t.keepalive)),
+            will=Will(topic, payload, 1), reconnect=not self.flags.no_reconnect,
+            backoff_min=t.reconnect_min, backoff_max=t.reconnect_max, rng=random.Random(self.rng.random()),
+            on_message=lambda tp, pl: self._inject(gen, self._on_message, tp, pl),
+            on_connect=lambda: self._inject(gen, self._on_connected),
+            on_disconnect=lambda: self._inject(gen, self._on_disconnected),
+        )  # fmt: skip
+
+    def _engine_config(self) -> PropletConfig:
+        cfg = self.config
+        base = PropletConfig(
+            proplet_id=cfg.proplet_id, domain=cfg.domain, heartbeat_interval=cfg.timers.heartbeat_interval,
+            metrics_interval=0.0,
+        )  # fmt: skip
+        if isinstance(cfg.spec, Esp32S3Spec):
+            memory = self.memory
+            assert memory is not None
+            limit = 0 if self.flags.blocking_execution else cfg.spec.max_instances
+            metadata = embedded.discovery_metadata(
+                embedded.ESP32S3, total_bytes=memory.total_bytes, free_bytes=memory.free_bytes,
+                max_instances=1 if self.flags.blocking_execution else cfg.spec.max_instances, tags=cfg.tags,
+            )  # fmt: skip
+            return replace(
+                base, namespace=embedded.NAMESPACE, metadata=metadata, profile=wire.Profile.EMBEDDED,
+                report_running=False, max_instances=limit,
+            )  # fmt: skip
+        spec = cfg.spec
+        metadata = {
+            "description": "propeller twin host proplet", "tags": list(cfg.tags), "environment": "binary",
+            "os": "linux", "hostname": cfg.name, "cpu_arch": "aarch64",
+            "total_memory_bytes": spec.memory_bytes,
+            "free_memory_bytes": spec.wasm_memory_budget_bytes, "max_instances": spec.max_instances,
+            "proplet_version": "twin", "wasm_runtime": "wasmtime-python",
+        }  # fmt: skip
+        return replace(base, metadata=metadata, max_instances=spec.max_instances)
+
+    async def _connect(self, gen: int, done: simpy.Event) -> None:
+        client = self.mqtt
+        ok = False
+        if client is not None:
+            try:
+                await client.connect()
+                ok = True
+            except MqttError:
+                ok = False
+        if gen == self.gen and not done.triggered:
+            self.shared.clock.inject(done.succeed, ok)
+
+    def _inject(self, gen: int, fn: Callable[..., None], *args: Any) -> None:
+        if gen == self.gen:
+            self.shared.clock.inject(fn, *args)
+
+    # ------------------------------------------------------------------ link
+    def _on_connected(self) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        self.booted = True
+        self.stats.connects += 1
+        if self.memory is not None:  # announce the heap as it stands now, as the firmware does
+            md = dict(engine.config.metadata)
+            md["free_memory_bytes"] = max(0, self.memory.free_bytes)
+            engine.config = replace(engine.config, metadata=md)
+        engine.on_connected(self.now)
+        self._pump()
+
+    def _on_disconnected(self) -> None:
+        if self.engine is not None:
+            self.engine.on_disconnected(self.now)
+            self._pump()
+
+    def wifi_drop(self, duration: float) -> None:
+        """The radio goes silent for ``duration``: half-open TCP, only keep-alive can tell."""
+        gen = self.gen
+        self.wifi_down += 1
+        if self.mqtt is not None:
+            self.mqtt.silence()
+        self._update()
+
+        def back(_ev: Any) -> None:
+            self.wifi_down = max(0, self.wifi_down - 1)
+            if gen == self.gen and self.wifi_down == 0 and not self._blocked and self.mqtt is not None:
+                self.mqtt.unsilence()
+            self._update()
+
+        self.env.timeout(duration).callbacks.append(back)
+
+    # ------------------------------------------------------------------ engine plumbing
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.engine is None:
+            return
+        if self._blocked:  # upstream: the callback is busy running a module; this waits in the socket
+            self._inbox.append((topic, payload))
+            return
+        if self.flags.no_target_filter and topic == self.engine.topics.start:
+            payload = strip_target(payload)
+        if self.flags.rejects_stop and topic == self.engine.topics.stop:
+            return
+        self.engine.handle(topic, payload, self.now)
+        self._pump()
+
+    def _pump(self) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        while commands := engine.take_commands():
+            for command in commands:
+                self._execute(command)
+        self._arm_timer()
+        self._update()
+
+    def _execute(self, command: Any) -> None:
+        engine = self.engine
+        assert engine is not None
+        if isinstance(command, Publish):
+            client = self.mqtt
+            try:
+                if client is None:
+                    raise MqttError("no link")
+                client.publish(command.topic, command.payload, command.qos)
+            except MqttError:
+                engine.publish_failed(command.topic, command.payload)
+        elif isinstance(command, Subscribe):
+            if self.mqtt is not None:
+                self.mqtt.subscribe(command.topic, command.qos)
+        elif isinstance(command, RunTask):
+            self._run(command.start)
+        elif isinstance(command, CancelTask):
+            self._cancel(command.task_id)
+        elif isinstance(command, InvokeTask):
+            engine.invocation_finished(command.start.id, command.invoke.invocation_id, "",
+                                       "the twin's devices do not serve invocations")  # fmt: skip
+        elif isinstance(command, CollectMetrics | LogEvent):
+            pass  # metrics are off in the twin; engine log events are not trace facts
+
+    def _arm_timer(self) -> None:
+        engine = self.engine
+        deadline = engine.next_deadline() if engine is not None else None
+        if deadline is None or self._blocked:
+            return
+        if self._timer_at is not None and self._timer_at <= deadline:
+            return
+        self._timer_token += 1
+        token, gen = self._timer_token, self.gen
+        self._timer_at = deadline
+
+        def fire(_ev: Any) -> None:
+            if token != self._timer_token or gen != self.gen:
+                return
+            self._timer_at = None
+            if self.engine is not None and not self._blocked:
+                self.engine.on_timer(self.now)
+                self._pump()
+
+        self.env.timeout(max(0.0, deadline - self.now)).callbacks.append(fire)
+
+    # ------------------------------------------------------------------ tasks
+    def _finish(self, task_id: str, results: str, error: str | None) -> None:
+        job = self.jobs.pop(task_id, None)
+        if job is not None and job.instance is not None and self.memory is not None:
+            self.memory.release(job.instance)
+        if self.engine is not None:
+            self.engine.task_finished(task_id, results, error, self.now)
+        if self._blocked and not self.jobs:
+            self._unblock()
+        self._pump()
+
+    def _run(self, start: wire.StartTask) -> None:
+        wasm = bytes(start.file or b"")
+        if not wasm:
+            self._finish(start.id, "", "the twin's devices take inline modules only (file), not image_url")
+            return
+        instance: Instance | None = None
+        if self.memory is not None:
+            try:
+                pages, _ = memory_requirements(wasm)
+            except WasmFormatError as err:
+                self._finish(start.id, "", f"invalid wasm module: {err}")
+                return
+            admitted = self.memory.admit(len(wasm), pages)
+            if isinstance(admitted, str):
+                self.stats.refused += 1
+                self._finish(start.id, "", admitted)
+                return
+            instance = admitted
+        try:
+            request = self._request(start, wasm, instance)
+        except ValueError as err:  # the firmware's own refusals: no `main`, non-i32 input
+            self.jobs[start.id] = _Job(start, instance, CancelToken())
+            self._finish(start.id, "", str(err))
+            return
+        job = self.jobs[start.id] = _Job(start, instance, CancelToken())
+        self.stats.tasks_run += 1
+        if self.flags.blocking_execution:
+            self._block()
+        self.shared.spawn(self._execute_wasm(self.gen, start.id, request, job.token))
+        self._update()
+
+    def _request(self, start: wire.StartTask, wasm: bytes, instance: Instance | None) -> RunRequest:
+        given: dict[str, Any] = dict(start.limits or {})
+        limits = Limits(**given)
+        if not self.config.embedded:
+            return RunRequest(start.id, wasm, start.name, tuple(start.inputs), limits=limits)
+        function = embedded.select_export(start.name, embedded.function_exports(wasm))
+        inputs = embedded.i32_inputs(start.inputs)
+        if instance is not None and self.memory is not None:
+            pages, _ = memory_requirements(wasm)
+            limits = replace(limits, memory_bytes=pages * PAGE_BYTES + max(0, self.memory.free_bytes))
+        return RunRequest(start.id, wasm, function, inputs, limits=limits)
+
+    async def _execute_wasm(self, gen: int, task_id: str, request: RunRequest, token: CancelToken) -> None:
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self.shared.executor, self.shared.runtime.run, request, token)
+        if gen == self.gen:
+            self.shared.clock.inject(self._ran, task_id, outcome)
+
+    def _ran(self, task_id: str, outcome: RunOutcome) -> None:
+        job = self.jobs.get(task_id)
+        if job is None:
+            return
+        if outcome.error is not None:
+            result: tuple[str, str | None] = ("", outcome.error)
+        elif self.config.embedded:
+            try:
+                result = (embedded.join_results(outcome.values), None)
+            except ValueError as err:
+                result = ("", str(err))
+        else:
+            result = (outcome.results, None)
+        if self.cpu is None or not isinstance(self.config.spec, Esp32S3Spec):
+            self._finish(task_id, *result)  # host: the real run was the run
+            return
+        job.result = result
+        seconds = execution_seconds(self.config.spec, fuel=max(0, outcome.fuel_consumed or 0))
+        for done in self.cpu.start(task_id, seconds, self.now):
+            self._cpu_done(done)
+        self._arm_cpu()
+
+    def _arm_cpu(self) -> None:
+        if self.cpu is None:
+            return
+        at = self.cpu.next_completion()
+        if at is None:
+            return
+        self._cpu_token += 1
+        token, gen = self._cpu_token, self.gen
+
+        def fire(_ev: Any) -> None:
+            if token != self._cpu_token or gen != self.gen or self.cpu is None:
+                return
+            for done in self.cpu.advance(self.now):
+                self._cpu_done(done)
+            self._arm_cpu()
+
+        self.env.timeout(max(0.0, at - self.now)).callbacks.append(fire)
+
+    def _cpu_done(self, task_id: str) -> None:
+        job = self.jobs.get(task_id)
+        if job is not None and job.result is not None:
+            self._finish(task_id, *job.result)
+
+    def _cancel(self, task_id: str) -> None:
+        if self.flags.rejects_stop:
+            return
+        job = self.jobs.get(task_id)
+        if job is None:
+            return
+        job.token.cancel()
+        if self.cpu is not None:
+            for done in self.cpu.cancel(task_id, self.now):
+                self._cpu_done(done)
+            self._arm_cpu()
+        self._finish(task_id, "", "stopped")
+
+    # ------------------------------------------------------------------ upstream's blocking execution
+    def _block(self) -> None:
+        """Upstream runs Wasm inside the MQTT callback: no reads, no pings, no heartbeats meanwhile."""
+        self._blocked = True
+        if self.mqtt is not None:
+            self.mqtt.silence()
+
+    def _unblock(self) -> None:
+        self._blocked = False
+        if self.mqtt is not None and self.wifi_down == 0:
+            self.mqtt.unsilence()
+        inbox, self._inbox = self._inbox, []
+        while inbox and not self._blocked:
+            self._on_message(*inbox.pop(0))
+        self._inbox = inbox + self._inbox
+
+    # ------------------------------------------------------------------ faults the fleet injects
+    def out_of_memory(self, reserve: int | None, duration: float | None) -> int:
+        """A leak takes ``reserve`` bytes (None: all free heap); given back after ``duration``."""
+        if self.memory is None:
+            return 0
+        gen = self.gen
+        taken = self.memory.reserve(reserve)
+        self._update()
+        if duration is not None:
+
+            def back(_ev: Any) -> None:
+                if gen == self.gen and self.memory is not None:
+                    self.memory.unreserve()
+                    self._update()
+
+            self.env.timeout(duration).callbacks.append(back)
+        return taken
+
+    def summary(self) -> Mapping[str, Any]:
+        return {"boots": self.stats.boots, "connects": self.stats.connects, "tasks_run": self.stats.tasks_run,
+                "refused": self.stats.refused, "state": self._state}  # fmt: skip
+
+
+def shutdown_all(devices: list[SimDevice]) -> None:
+    for device in devices:
+        with contextlib.suppress(Exception):
+            device.shutdown()
+
+
+__all__ = [
+    "HOST",
+    "DeviceConfig",
+    "Shared",
+    "SimDevice",
+    "device_state",
+    "esp_spec",
+    "firmware_flags",
+    "shutdown_all",
+    "strip_target",
+]  # fmt: skip

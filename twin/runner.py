@@ -1,0 +1,252 @@
+"""The live scenario runner: the real broker and manager processes, a simulated fleet, faults on a script.
+
+``create_runner("live", **options)`` (called by ``twin.scenario.get_runner``) returns a ``LiveRunner``.
+One run: start the broker (its own process) and the manager (``propeller manager``, observed through its
+log), build the fleet on one simpy ``Environment`` driven by ``AsyncSimClock`` at speed 1.0 (the protocol
+timers are compressed by the scenario instead), submit the workload through the REST API, inject the
+faults at their times, and at the end reconcile every task's final state from the API. The runner only
+fills the ``Trace``; ``run_scenarios`` judges it and writes the reports.
+
+Options: ``log_dir`` (where the manager and broker logs are kept; default a fresh temporary directory,
+named in ``trace.meta``). Everything started is stopped on every exit path, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import simpy
+
+from twin.clock import AsyncSimClock
+from twin.device import Shared
+from twin.fleet import Fleet
+from twin.observer import ManagerObserver
+from twin.scenario import RunnerUnavailable
+from twin.scenario.spec import FaultSpec, Scenario
+from twin.scenario.trace import Trace
+from twin.services import Broker, Manager, ManagerOptions
+from twin.workload import Submission, Submitter, list_tasks, schedule
+
+MODES = ("live",)
+SETTLE_S = 2.0  # after the run: let in-flight submissions finish before judging
+
+
+def create_runner(mode: str = "live", **options: Any) -> LiveRunner:
+    if mode not in MODES:
+        raise RunnerUnavailable(f"twin.runner has no {mode!r} mode (modes: {', '.join(MODES)}, or replay)")
+    return LiveRunner(**options)
+
+
+class LiveRunner:
+    def __init__(self, log_dir: str | Path | None = None) -> None:
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.last: dict[str, Any] = {}  # figures of the last run (also in trace.meta["live"])
+
+    async def run(self, scenario: Scenario, trace: Trace, progress: Callable[[float], None]) -> None:
+        if scenario.speed != 1.0:
+            raise ValueError(
+                f"live mode runs at speed 1.0 against the real manager (got speed {scenario.speed:g}); "
+                "compress the protocol timers instead"
+            )
+        work = self.log_dir / scenario.name if self.log_dir is not None else \
+            Path(tempfile.mkdtemp(prefix=f"twin-{scenario.name}-"))  # fmt: skip
+        work.mkdir(parents=True, exist_ok=True)
+        run = _Run(scenario, trace, progress, work)
+        # Hundreds of devices retrying a restarting broker would each log every failed attempt.
+        quiet = logging.getLogger("orchestrator.adapters.mqtt")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            await run.execute()
+        finally:
+            await run.teardown()
+            quiet.setLevel(level)
+            self.last = dict(trace.meta.get("live", {}))
+
+
+class _Run:
+    def __init__(
+        self, scenario: Scenario, trace: Trace, progress: Callable[[float], None], work: Path
+    ) -> None:
+        self.scenario, self.trace, self.progress, self.work = scenario, trace, progress, work
+        self.env = simpy.Environment()
+        self.clock = AsyncSimClock(self.env, 1.0)
+        self.domain = f"twin-{uuid.uuid4().hex[:12]}"
+        self.broker: Broker | None = None
+        self.manager: Manager | None = None
+        self.fleet: Fleet | None = None
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="twin-wasm")
+        self.runtime: Any = None
+        self.shared: Shared | None = None
+        self.observer = ManagerObserver(trace, now=self.clock.target)
+        self.fleet_jobs: set[asyncio.Task[None]] = set()
+        self.submissions: set[asyncio.Task[Any]] = set()
+        self.cpu0 = psutil.Process().cpu_times()
+
+    def _spawn(self, coro: Any, into: set[asyncio.Task[Any]]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        into.add(task)
+        task.add_done_callback(into.discard)
+
+    async def execute(self) -> None:
+        s, trace = self.scenario, self.trace
+        trace.meta.update(
+            {"runner": "live", "seed": s.seed, "work_dir": str(self.work), "domain": self.domain}
+        )
+        self.broker = Broker(s.broker, self.work)
+        await self.broker.start()
+        m = s.manager
+        liveness = s.timers.liveness_timeout
+        opts = ManagerOptions(self.domain, s.timers.heartbeat_interval, liveness, m.placement, m.max_attempts,
+                              m.queue_timeout)  # fmt: skip
+        if m.store != "sqlite":
+            raise ValueError(f"manager.store {m.store!r}: the live runner runs the manager on SQLite only")
+        self.manager = Manager(self.broker.url, opts, self.work, self.observer.on_line)
+        trace.meta["manager_log"] = str(self.manager.process.log_path)
+        await self.manager.start()
+        from proplets.runtime import WasmtimeRuntime  # lazy: wasmtime is heavy to import
+
+        self.runtime = WasmtimeRuntime()
+        self.shared = Shared(self.env, self.clock, trace, self.runtime, self.executor)
+        self.fleet = Fleet(s, self.shared, self.broker.host, self.broker.port, self.domain, self._fleet_fault)
+        await self.fleet.start()
+        self.observer.proplet_names = self.fleet.proplet_names
+        async with Submitter(self.manager.api_url, self.observer, s.devices(),
+                             {n: d.config.proplet_id for n, d in self.fleet.devices.items()},
+                             s.rng("workload"), m.max_attempts, self.clock.target) as submitter:  # fmt: skip
+            for sub in schedule(s.workload):
+                self.env.timeout(sub.at).callbacks.append(self._submit_at(submitter, sub))
+            self.env.process(self._progress())
+            started = time.monotonic()
+            await self.clock.run(s.duration_s)
+            wall = time.monotonic() - started
+            if self.submissions:
+                await asyncio.wait(set(self.submissions), timeout=SETTLE_S)
+            for job in list(self.submissions):
+                job.cancel()
+            await self._reconcile()
+            self.observer.closed = True
+            self._figures(wall, submitter.errors)
+
+    def _submit_at(self, submitter: Submitter, sub: Submission) -> Callable[[Any], None]:
+        return lambda _ev: self._spawn(submitter.submit(sub), self.submissions)
+
+    def _progress(self) -> Any:
+        while True:
+            self.progress(self.env.now / self.scenario.duration_s)
+            yield self.env.timeout(0.5)
+
+    async def _reconcile(self) -> None:
+        if self.manager is None or not self.manager.process.running:
+            self.trace.emit(
+                self.env.now, "note", "manager", text="manager not running at the end: no reconcile"
+            )
+            return
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            try:
+                views = await list_tasks(client, self.manager.api_url)
+            except httpx.HTTPError as exc:
+                self.trace.emit(self.env.now, "note", "manager", text=f"could not list tasks: {exc}")
+                return
+        changed = self.observer.reconcile(views, float(self.env.now))
+        self.trace.meta["reconciled_tasks"] = changed
+
+    def _figures(self, wall: float, errors: list[str]) -> None:
+        assert self.fleet is not None
+        devices = list(self.fleet.devices.values())
+        online = [d.stats.first_online for d in devices if d.stats.first_online is not None]
+        me = psutil.Process()
+        cpu = me.cpu_times()
+        lag = self.clock.lag_stats()
+        figures = {
+            "devices": len(devices),
+            "devices_online_once": len(online),
+            "all_online_at_s": round(max(online), 3) if len(online) == len(devices) and online else None,
+            "wall_s": round(wall, 3),
+            "runner_cpu_s": round((cpu.user - self.cpu0.user) + (cpu.system - self.cpu0.system), 3),
+            "runner_rss_mib": round(me.memory_info().rss / 2**20, 1),
+            "sim_lag_ms": {"median": round(lag.median_s * 1e3, 2), "p99": round(lag.p99_s * 1e3, 2),
+                           "max": round(lag.max_s * 1e3, 2)},
+            "faults_injected": self.fleet.faults_injected,
+            "manager_log_events": self.observer.events,
+            "submit_errors": errors[:20],
+            "tasks_run_on_devices": sum(d.stats.tasks_run for d in devices),
+            "instances_refused": sum(d.stats.refused for d in devices),
+        }  # fmt: skip
+        for proc, key in ((self.broker, "broker"), (self.manager, "manager")):
+            pid = proc.process.pid if proc is not None and proc.process.running else None
+            if pid is not None:
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(pid)
+                    t = p.cpu_times()
+                    figures[f"{key}_cpu_s"] = round(t.user + t.system, 3)
+                    figures[f"{key}_rss_mib"] = round(p.memory_info().rss / 2**20, 1)
+        self.trace.meta["live"] = figures
+        for e in errors:
+            self.trace.emit(float(self.env.now), "note", "workload", text=e)
+
+    # ------------------------------------------------------------------ fleet-wide faults
+    def _fleet_fault(self, spec: FaultSpec) -> None:
+        if spec.kind == "broker_restart":
+            self._spawn(self._broker_restart(spec), self.fleet_jobs)
+        elif spec.kind == "manager_kill":
+            self._spawn(self._manager_kill(spec), self.fleet_jobs)
+
+    def _mark(self, subject: str, fault: str, phase: str, params: Any) -> None:
+        self.trace.emit(self.clock.target(), "fault", subject, fault=fault, phase=phase, params=dict(params))
+
+    async def _broker_restart(self, spec: FaultSpec) -> None:
+        assert self.broker is not None
+        downtime = spec.duration if spec.duration is not None else 5.0
+        self._mark("broker", "broker_restart", "start", {"downtime": downtime})
+        await self.broker.stop(signal.SIGKILL)
+        await asyncio.sleep(downtime)
+        await self.broker.start()
+        self._mark("broker", "broker_restart", "end", {"downtime": downtime})
+
+    async def _manager_kill(self, spec: FaultSpec) -> None:
+        assert self.manager is not None
+        sig = int(spec.params.get("signal", 9))
+        after = spec.params.get("restart_after", 5.0)
+        self._mark("manager", "manager_kill", "start", {"signal": sig, "restart_after": after})
+        await self.manager.process.kill(signal.Signals(sig))
+        if after is None:
+            return
+        await asyncio.sleep(float(after))
+        await self.manager.start()
+        self._mark("manager", "manager_kill", "end", {"signal": sig, "restart_after": after})
+
+    # ------------------------------------------------------------------ teardown
+    async def teardown(self) -> None:
+        """Stop everything this run started, whatever happened; never raises."""
+        self.observer.closed = True
+        for jobs in (self.fleet_jobs, self.submissions):
+            for job in list(jobs):
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+        if self.fleet is not None:
+            with contextlib.suppress(Exception):
+                await self.fleet.close()
+        if self.shared is not None:
+            for job in list(self.shared.jobs):
+                job.cancel()
+            await asyncio.gather(*self.shared.jobs, return_exceptions=True)
+        for service in (self.manager, self.broker):
+            if service is not None:
+                with contextlib.suppress(Exception):
+                    await service.process.kill(signal.SIGTERM)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.runtime is not None:
+            self.runtime.close()
