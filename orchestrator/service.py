@@ -131,6 +131,7 @@ class ManagerService:
             will=Will(topics.alive, json.dumps({"status": "offline", "proplet_id": client_id}).encode(), 0),
             on_message=self._on_message,
             on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
             clean_session=url.scheme == "embedded",  # an external broker keeps our results while we restart
             tls=self._tls(),
         )
@@ -208,6 +209,13 @@ class ManagerService:
 
     def _on_connect(self) -> None:
         log.info(json.dumps({"event": "manager_mqtt_connected", "broker": self.broker_url}))
+        self.engine.link_restored(self.now(), time.time())
+        self._wake.set()
+        asyncio.get_running_loop().create_task(self.flush())
+
+    def _on_disconnect(self) -> None:
+        self.engine.link_lost(self.now())
+        asyncio.get_running_loop().create_task(self.flush())
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.engine.topics.registry_request:

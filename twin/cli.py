@@ -43,7 +43,10 @@ def add_scenario_subcommands(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: Any) -> int:
     from twin.scenario.pipeline import run_scenarios
 
-    mode, options = ("replay", {"trace": args.replay}) if args.replay else (args.mode, {})
+    options: dict[str, Any] = {"trace": args.replay} if args.replay else {}
+    mode = "replay" if args.replay else args.mode
+    if not args.replay and args.report and not str(args.report).endswith(".html"):
+        options["log_dir"] = args.report  # keep the manager's and broker's logs beside the report
     return run_scenarios(args.files, args.seed, args.junit, args.report, mode=mode, runner_options=options)
 
 

@@ -85,6 +85,9 @@ class Engine:
         self.dispatch_latencies: deque[float] = deque(maxlen=10_000)
         self._dispatched_at: dict[str, float] = {}
         self.shutting_down = False
+        # Our own link to the broker: while it is down nobody's heartbeats can reach us, so liveness
+        # verdicts and dispatch wait (otherwise a broker restart kills every proplet and burns attempts).
+        self.link_up = True
         # invocation_id -> (task_id, deadline, retried)
         self._invocations: dict[str, tuple[str, float, bool, tuple[str, ...], dict[str, str]]] = {}
 
@@ -348,13 +351,31 @@ class Engine:
         self._persist_task(task, wall)
         self._after_terminal(task, now, wall)
 
+    # ------------------------------------------------------------------ our broker link
+
+    def link_lost(self, now: float) -> None:
+        if self.link_up:
+            self.link_up = False
+            self._log("manager_link_lost", "warning")
+
+    def link_restored(self, now: float, wall: float) -> None:
+        """Back on the broker: every proplet gets a full liveness timeout to heartbeat again."""
+        was_down = not self.link_up
+        self.link_up = True
+        if was_down:
+            for proplet in self.proplets.values():
+                if proplet.alive and proplet.last_seen is not None:
+                    proplet.last_seen = max(proplet.last_seen, now)
+            self._log("manager_link_restored")
+        self._drain_queue(now, wall)
+
     # ------------------------------------------------------------------ liveness
 
     def next_deadline(self) -> float | None:
         deadlines = [
             p.last_seen + self.config.timeout
             for p in self.proplets.values()
-            if p.alive and p.last_seen is not None
+            if p.alive and p.last_seen is not None and self.link_up
         ]
         deadlines.extend(self._grace.values())
         deadlines.extend(entry[1] for entry in self._invocations.values())
@@ -382,10 +403,12 @@ class Engine:
         self._run_due_cron(now, wall)
         timeout = self.config.timeout
         for proplet in list(self.proplets.values()):
+            if not self.link_up:
+                break
             if proplet.alive and proplet.last_seen is not None and now >= proplet.last_seen + timeout:
                 self._mark_dead(proplet, f"no heartbeat for {timeout:g} s", now, wall)
         for proplet_id, deadline in list(self._grace.items()):
-            if now >= deadline:
+            if now >= deadline and self.link_up:
                 del self._grace[proplet_id]
                 proplet = self.proplets[proplet_id]
                 if not proplet.alive:
@@ -555,7 +578,7 @@ class Engine:
     # ------------------------------------------------------------------ dispatch
 
     def _drain_queue(self, now: float, wall: float) -> None:
-        if not self._queue:
+        if not self._queue or not self.link_up:
             return
         order = sorted(self._queue, key=lambda tid: (-self.tasks[tid].priority, self._queue[tid], tid))
         for task_id in order:

@@ -350,3 +350,21 @@ def test_out_of_memory_result_places_the_task_again_elsewhere() -> None:
     )
     task = engine.tasks[task_id]
     assert task.state is TaskState.RUNNING and task.attempt == 2 and task.proplet_id != first
+
+
+def test_while_our_broker_link_is_down_nobody_is_declared_dead_and_nothing_dispatched() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    engine.take_commands()
+    engine.link_lost(5.0)
+    task_id = submit(engine, 6.0)
+    engine.on_timer(100.0, 0)
+    assert engine.proplets["p1"].alive
+    assert engine.tasks[task_id].state is TaskState.SCHEDULED
+    assert not publishes(engine.take_commands(), T.start)
+    engine.link_restored(101.0, 0)
+    assert [s["id"] for s in publishes(engine.take_commands(), T.start)] == [task_id]
+    engine.on_timer(130.0, 0)  # a full timeout after the link came back, still no heartbeat
+    assert engine.proplets["p1"].alive
+    engine.on_timer(131.0, 0)
+    assert not engine.proplets["p1"].alive
