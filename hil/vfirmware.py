@@ -25,6 +25,7 @@ class VirtualDevice(Protocol):
     """The network side of a virtual board. It reports what happens through the attached `emit`."""
 
     def attach(self, emit: Emit) -> None: ...
+    def halt(self) -> None: ...  # the chip stops (EN low, power off): the network side goes silent
     def reboot(self, reset: str, now: float) -> None: ...
     def provision(self, config: Mapping[str, str], now: float) -> None: ...
     def status(self, now: float) -> dict[str, object]: ...
@@ -71,6 +72,11 @@ class StandInDevice:
 
     def attach(self, emit: Emit) -> None:
         self._emit = emit
+
+    def halt(self) -> None:
+        self._wifi = self._mqtt = False
+        self._wifi_at = self._mqtt_at = None
+        self._next_heartbeat = self._next_heap = float("inf")
 
     def reboot(self, reset: str, now: float) -> None:
         self._wifi = self._mqtt = False
@@ -162,6 +168,7 @@ class FirmwareConsole:
         """The chip is held in reset or sits in the ROM: the firmware neither prints nor listens."""
         self.running = False
         self._line.clear()
+        self.device.halt()
 
     def print_raw(self, text: str) -> None:
         self._out += text.encode()

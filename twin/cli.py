@@ -38,6 +38,7 @@ def add_scenario_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     val.add_argument("files", nargs="+", metavar="FILE")
     val.set_defaults(func=cmd_validate)
+    __import__("twin.scale").scale.add_twin_subcommands(sub)  # `propeller twin scale`
 
 
 def cmd_run(args: Any) -> int:

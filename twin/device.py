@@ -64,6 +64,9 @@ from twin.scenario.spec import FleetGroup, Timers
 from twin.scenario.trace import Trace
 
 HOST_RESTART_S = 0.5  # a host proplet is a process: it restarts in well under a second (inference)
+TWIN_IP = "192.168.4.23"  # what a board's console shows for wifi_up; the twin has no real station
+TWIN_RSSI = -55
+Listener = Callable[[str, dict[str, object]], None]  # (console event, fields): see firmware/CONSOLE.md
 
 
 # ---------------------------------------------------------------------------------------------- pure
@@ -120,6 +123,7 @@ class DeviceConfig:
     timers: Timers
     spec: Esp32S3Spec | HostSpec = ESP32S3
     tags: tuple[str, ...] = ()
+    channel: str = "default"
 
     @property
     def embedded(self) -> bool:
@@ -136,6 +140,7 @@ class _Job:
     instance: Instance | None
     token: CancelToken
     result: tuple[str, str | None] | None = None  # set when wasmtime returned; the CPU model times it
+    started: float | None = None  # accepted and running (not refused at the door)
 
 
 @dataclass
@@ -190,6 +195,9 @@ class SimDevice:
         self._cpu_token = 0
         self._state = ""
         self._free = -1
+        self._heartbeats = 0
+        # A board's console (twin.board_device) listens to what the firmware would log; None: nobody.
+        self.listener: Listener | None = None
         self.trace.emit(
             self.env.now, "device", config.name, proplet_id=config.proplet_id, device_kind=config.kind
         )
@@ -211,6 +219,10 @@ class SimDevice:
         return self._state in ("online", "running")
 
     # ------------------------------------------------------------------ trace
+    def _tell(self, event: str, **fields: object) -> None:
+        if self.listener is not None:
+            self.listener(event, fields)
+
     def _update(self) -> None:
         connected = self.engine is not None and self.engine.connected
         state = device_state(self.powered, self.booted, connected, self.wifi_down == 0, len(self.jobs))
@@ -275,6 +287,8 @@ class SimDevice:
         if self.timing is not None:
             yield self.env.timeout(self.timing.boot())
             yield self.env.timeout(self.timing.wifi_association(upstream_dhcp_wait=self.flags.no_reconnect))
+            if gen == self.gen and not self.wifi_down:
+                self._tell("wifi_up", ip=TWIN_IP, rssi=TWIN_RSSI)
         else:
             yield self.env.timeout(HOST_RESTART_S * self.rng.uniform(0.5, 1.5))
         retry = self.config.timers.reconnect_min
@@ -316,8 +330,8 @@ class SimDevice:
     def _engine_config(self) -> PropletConfig:
         cfg = self.config
         base = PropletConfig(
-            proplet_id=cfg.proplet_id, domain=cfg.domain, heartbeat_interval=cfg.timers.heartbeat_interval,
-            metrics_interval=0.0,
+            proplet_id=cfg.proplet_id, domain=cfg.domain, channel=cfg.channel,
+            heartbeat_interval=cfg.timers.heartbeat_interval, metrics_interval=0.0,
         )  # fmt: skip
         if isinstance(cfg.spec, Esp32S3Spec):
             memory = self.memory
@@ -364,15 +378,18 @@ class SimDevice:
             return
         self.booted = True
         self.stats.connects += 1
+        self._tell("mqtt_connected", broker=f"{self.config.host}:{self.config.port}")
         if self.memory is not None:  # announce the heap as it stands now, as the firmware does
             md = dict(engine.config.metadata)
             md["free_memory_bytes"] = max(0, self.memory.free_bytes)
             engine.config = replace(engine.config, metadata=md)
         engine.on_connected(self.now)
+        self._tell("discovery_sent", proplet_id=self.config.proplet_id)
         self._pump()
 
     def _on_disconnected(self) -> None:
         if self.engine is not None:
+            self._tell("mqtt_disconnected", reason="wifi_down" if self.wifi_down else "link_lost")
             self.engine.on_disconnected(self.now)
             self._pump()
 
@@ -382,10 +399,14 @@ class SimDevice:
         self.wifi_down += 1
         if self.mqtt is not None:
             self.mqtt.silence()
+        if self.wifi_down == 1 and self.powered:
+            self._tell("wifi_down", reason="beacon_timeout")
         self._update()
 
         def back(_ev: Any) -> None:
             self.wifi_down = max(0, self.wifi_down - 1)
+            if gen == self.gen and self.wifi_down == 0 and self.powered:
+                self._tell("wifi_up", ip=TWIN_IP, rssi=TWIN_RSSI)
             if gen == self.gen and self.wifi_down == 0 and not self._blocked and self.mqtt is not None:
                 self.mqtt.unsilence()
             self._update()
@@ -425,6 +446,9 @@ class SimDevice:
                 if client is None:
                     raise MqttError("no link")
                 client.publish(command.topic, command.payload, command.qos)
+                if command.topic == engine.topics.alive:
+                    self._heartbeats += 1
+                    self._tell("heartbeat", seq=self._heartbeats)
             except MqttError:
                 engine.publish_failed(command.topic, command.payload)
         elif isinstance(command, Subscribe):
@@ -462,10 +486,25 @@ class SimDevice:
         self.env.timeout(max(0.0, deadline - self.now)).callbacks.append(fire)
 
     # ------------------------------------------------------------------ tasks
+    def _tell_end(self, task_id: str, results: str, error: str | None, job: _Job) -> None:
+        if job.started is None:
+            return  # refused before it ran: the firmware logs no task_end for those
+        ms = round((self.now - job.started) * 1000)
+        if error is None:
+            self._tell("task_end", id=task_id, ok=1, result=results, duration_ms=ms)
+        else:
+            self._tell("task_end", id=task_id, ok=0, error=error, duration_ms=ms)
+        if self.memory is not None:
+            free = max(0, self.memory.free_bytes)
+            used = self.memory.total_bytes - free
+            self._tell("heap", free=free, used=used, max_used=used)
+
     def _finish(self, task_id: str, results: str, error: str | None) -> None:
         job = self.jobs.pop(task_id, None)
         if job is not None and job.instance is not None and self.memory is not None:
             self.memory.release(job.instance)
+        if job is not None and self.listener is not None:
+            self._tell_end(task_id, results, error, job)
         if self.engine is not None:
             self.engine.task_finished(task_id, results, error, self.now)
         if self._blocked and not self.jobs:
@@ -487,6 +526,8 @@ class SimDevice:
             admitted = self.memory.admit(len(wasm), pages)
             if isinstance(admitted, str):
                 self.stats.refused += 1
+                self._tell("oom", id=start.id, need=len(wasm) + pages * PAGE_BYTES,
+                           free=max(0, self.memory.free_bytes))  # fmt: skip
                 self._finish(start.id, "", admitted)
                 return
             instance = admitted
@@ -496,8 +537,9 @@ class SimDevice:
             self.jobs[start.id] = _Job(start, instance, CancelToken())
             self._finish(start.id, "", str(err))
             return
-        job = self.jobs[start.id] = _Job(start, instance, CancelToken())
+        job = self.jobs[start.id] = _Job(start, instance, CancelToken(), started=self.now)
         self.stats.tasks_run += 1
+        self._tell("task_start", id=start.id, name=start.name, inputs=len(start.inputs))
         if self.flags.blocking_execution:
             self._block()
         self.shared.spawn(self._execute_wasm(self.gen, start.id, request, job.token))
