@@ -40,28 +40,11 @@ from typing import Any
 import simpy
 
 from orchestrator.adapters.mqtt import MqttError, Will
+from orchestrator.wire.mqtt_names import check_filter, check_topic
 
 __all__ = ["BrokerModel", "BrokerStats", "ModelClient", "MqttError", "Will", "topic_matches"]
 
 log = logging.getLogger(__name__)
-
-
-def check_topic(topic: str) -> None:
-    if not isinstance(topic, str) or not topic:
-        raise ValueError(f"topic must be a non-empty string, got {topic!r}")
-    if "+" in topic or "#" in topic:
-        raise ValueError(f"topic {topic!r} must not contain the wildcards '+' or '#'")
-
-
-def check_filter(topic_filter: str) -> None:
-    if not isinstance(topic_filter, str) or not topic_filter:
-        raise ValueError(f"topic filter must be a non-empty string, got {topic_filter!r}")
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise ValueError(f"topic filter {topic_filter!r}: '#' must be a whole, last level")
-        if "+" in level and level != "+":
-            raise ValueError(f"topic filter {topic_filter!r}: '+' must be a whole level")
 
 
 @functools.lru_cache(maxsize=65536)

@@ -51,6 +51,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from orchestrator.adapters.broker_url import BrokerUrl, parse_broker_url
+from orchestrator.wire.mqtt_names import check_filter, check_topic
 
 __all__ = ["BrokerUrl", "MqttClient", "MqttError", "TlsOptions", "Will", "parse_broker_url"]
 
@@ -69,7 +70,7 @@ class Will:
     retain: bool = False
 
     def __post_init__(self) -> None:
-        _check_topic(self.topic, "will topic")
+        check_topic(self.topic, "will topic")
         _check_qos(self.qos)
         if not isinstance(self.payload, bytes | bytearray):
             raise ValueError(f"will payload must be bytes, not {type(self.payload).__name__}")
@@ -95,22 +96,6 @@ class TlsOptions:
                 raise ValueError(f"TLS options: {name} {path!r} does not exist")
 
 
-def _check_topic(topic: str, what: str = "topic") -> None:
-    if not isinstance(topic, str) or not topic:
-        raise ValueError(f"{what} must be a non-empty string, got {topic!r}")
-    if "+" in topic or "#" in topic:
-        raise ValueError(f"{what} {topic!r} must not contain the wildcards '+' or '#'")
-
-
-def _check_filter(topic_filter: str) -> None:
-    if not isinstance(topic_filter, str) or not topic_filter:
-        raise ValueError(f"topic filter must be a non-empty string, got {topic_filter!r}")
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise ValueError(f"topic filter {topic_filter!r}: '#' must be a whole, last level")
-        if "+" in level and level != "+":
-            raise ValueError(f"topic filter {topic_filter!r}: '+' must be a whole level")
 
 
 def _check_qos(qos: int) -> None:
@@ -302,7 +287,7 @@ class MqttClient:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
         """Queue a message for sending (returns its message id); MqttError if not connected."""
-        _check_topic(topic)
+        check_topic(topic)
         _check_qos(qos)
         if not isinstance(payload, bytes | bytearray):
             raise ValueError(f"payload for {topic!r} must be bytes, not {type(payload).__name__}")
@@ -336,7 +321,7 @@ class MqttClient:
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now if connected, and again after every reconnect."""
-        _check_filter(topic_filter)
+        check_filter(topic_filter)
         _check_qos(qos)
         self._subs[topic_filter] = qos
         if self._state is _State.CONNECTED:
@@ -344,7 +329,7 @@ class MqttClient:
 
     async def subscribe_and_wait(self, topic_filter: str, qos: int = 1, timeout: float = 10.0) -> int:
         """Subscribe and wait for the SUBACK; return the granted QoS, MqttError if refused."""
-        _check_filter(topic_filter)
+        check_filter(topic_filter)
         _check_qos(qos)
         if self._state is not _State.CONNECTED:
             raise MqttError(f"{self.client_id}: cannot subscribe to {topic_filter!r}: not connected")
