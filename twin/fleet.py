@@ -6,6 +6,11 @@ and injects device faults at their times. ``wifi_flap`` (repeated drops), ``brow
 loss) and ``random`` (seeded picks over a window, ``random_faults``) are composed here; fleet-wide
 faults (broker restart, manager kill) go to the runner's ``on_fleet_fault``. Every fault leaves
 ``fault`` start/end events in the trace, per device.
+
+Boards (``kind: board``) are fleet members the runner opens over their serial console: ``Fleet`` gives
+each a proplet id and, unless it is real hardware, a twin esp32s3 ``SimDevice`` behind a
+``BoardDevice`` (its network side, powered by the board's console, never by the fleet). Faults aimed
+at a board go to the runner's ``on_board_fault`` as board actions (``BOARD_FAULTS``).
 """
 
 from __future__ import annotations
@@ -17,13 +22,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from twin.board_device import BoardDevice
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec, shutdown_all
 from twin.devices.host import HOST
 from twin.links import CLEAN, LinkProfile, LinkProxy
-from twin.scenario.spec import FaultSpec, Scenario
+from twin.scenario.spec import FaultSpec, FleetGroup, Scenario
 
 BROWNOUT_S = 0.2  # a supply dip: the chip resets, power is back at once (README: default 0.2 s)
 RECOVERY_S = 3.0  # after a random fault a device is left alone this long to boot and reconnect
+# Scenario fault kind -> what is done to a board: a reboot is the reset line, a brownout a power cycle
+# (the hardware map's command on a rig), a power loss pulls the USB cable (back after its duration).
+BOARD_FAULTS = {"reboot": "reset", "brownout": "power_cycle", "power_loss": "unplug"}
+OnBoardFault = Callable[[str, str, float | None], None]  # (board, action in BOARD_FAULTS' values, down)
+
+
+@dataclass(frozen=True)
+class BoardMember:
+    """A board of the scenario: where it is plugged and the proplet id it is provisioned with."""
+
+    name: str
+    port: str
+    proplet_id: str
+    device: BoardDevice | None  # the twin device behind a virtual board; None for real hardware
 
 
 @dataclass(frozen=True)
@@ -68,7 +88,8 @@ def proplet_id(rng: random.Random) -> str:
 
 class Fleet:
     def __init__(self, scenario: Scenario, shared: Shared, broker_host: str, broker_port: int, domain: str,
-                 on_fleet_fault: Callable[[FaultSpec], None]) -> None:  # fmt: skip
+                 on_fleet_fault: Callable[[FaultSpec], None], *, on_board_fault: OnBoardFault | None = None,
+                 real_port: Callable[[str], bool] = lambda port: False) -> None:  # fmt: skip
         self.scenario = scenario
         self.shared = shared
         self.env = shared.env
@@ -76,26 +97,53 @@ class Fleet:
         self.broker = (broker_host, broker_port)
         self.domain = domain
         self.on_fleet_fault = on_fleet_fault
+        self.on_board_fault = on_board_fault
+        self.real_port = real_port  # does this board port name real hardware (the runner's hardware map)
         self.devices: dict[str, SimDevice] = {}
+        self.boards: dict[str, BoardMember] = {}
         self.links: dict[str, LinkProxy] = {}
         self.link_profiles: dict[str, LinkProfile] = {}
         self.faults_injected = 0
 
     @property
     def proplet_names(self) -> dict[str, str]:
-        return {d.config.proplet_id: name for name, d in self.devices.items()}
+        names = {d.config.proplet_id: name for name, d in self.devices.items()}
+        return names | {b.proplet_id: name for name, b in self.boards.items()}
+
+    @property
+    def proplet_ids(self) -> dict[str, str]:
+        """Device name -> proplet id, boards included: what the workload pins tasks with."""
+        return {name: pid for pid, name in self.proplet_names.items()}
+
+    def _add_board(self, index: int, group: FleetGroup, name: str, pid: str) -> None:
+        port = group.port
+        if port is None:
+            raise ValueError(f"fleet[{index}]: board {name} needs a 'port'")
+        if self.on_board_fault is None:
+            raise ValueError(f"fleet[{index}]: board {name}: this runner cannot open boards")
+        device = None
+        if not self.real_port(port):
+            s = self.scenario
+            # Host and port are the provisioning's to give: the device stays off until then.
+            config = DeviceConfig(name, "esp32s3", pid, self.domain, *self.broker, s.timers, esp_spec(group),
+                                  group.tags)  # fmt: skip
+            sim = SimDevice(config, self.shared, s.rng(f"device:{name}"))
+            device = BoardDevice(sim, asyncio.get_running_loop())
+        else:
+            self.trace.emit(self.env.now, "device", name, proplet_id=pid, device_kind="board")
+        if port != "virtual" and any(b.port == port for b in self.boards.values()):
+            raise ValueError(f"fleet[{index}]: board {name}: port {port!r} is already taken by another board")
+        self.boards[name] = BoardMember(name, port, pid, device)
 
     async def start(self) -> None:
         s = self.scenario
         ids = s.rng("proplet-ids")
         link_faulted = self._link_fault_targets()
         for index, group in enumerate(s.fleet):
-            if group.kind == "board":
-                raise ValueError(
-                    f"fleet[{index}]: kind 'board' (port {group.port!r}) is not supported by the live runner "
-                    "yet; use esp32s3 devices, or run boards with the hil tools"
-                )
             for name in group.names():
+                if group.kind == "board":
+                    self._add_board(index, group, name, proplet_id(ids))
+                    continue
                 host, port = self.broker
                 if group.link is not None or name in link_faulted:
                     profile = group.link.to_profile() if group.link is not None else CLEAN
@@ -107,12 +155,22 @@ class Fleet:
                 config = DeviceConfig(name, group.kind, proplet_id(ids), self.domain, host, port, s.timers,
                                       spec, group.tags)  # fmt: skip
                 self.devices[name] = SimDevice(config, self.shared, s.rng(f"device:{name}"))
+        self._check_board_faults()
         stagger = min(2.0, 0.004 * len(self.devices))
         boot = s.rng("boot")
         for device in self.devices.values():
             device.power_on(boot.uniform(0.0, stagger))
         for fault in s.faults:
             self.env.process(self._at(fault))
+
+    def _check_board_faults(self) -> None:
+        for spec in self.scenario.faults:
+            if spec.kind in ("broker_restart", "manager_kill", "random") or spec.kind in BOARD_FAULTS:
+                continue
+            hit = sorted(set(self._targets(spec)) & set(self.boards))
+            if hit:
+                raise ValueError(f"faults (line {spec.line}): a {spec.kind} fault cannot be injected into "
+                                 f"board {', '.join(hit)}; boards take {', '.join(BOARD_FAULTS)}")
 
     def _link_fault_targets(self) -> set[str]:
         s = self.scenario
@@ -123,7 +181,8 @@ class Fleet:
         return out
 
     async def close(self) -> None:
-        shutdown_all(list(self.devices.values()))
+        boards = [b.device.device for b in self.boards.values() if b.device is not None]
+        shutdown_all(list(self.devices.values()) + boards)
         await asyncio.gather(*(link.close() for link in self.links.values()), return_exceptions=True)
 
     # ------------------------------------------------------------------ faults
@@ -138,7 +197,9 @@ class Fleet:
         if spec.kind in ("broker_restart", "manager_kill"):
             self.on_fleet_fault(spec)
         elif spec.kind == "random":
-            picks = random_faults(spec, self._targets(spec), self.scenario.rng(f"random:{spec.line}"))
+            # Random picks stay among simulated devices: a board takes only its own faults.
+            population = [n for n in self._targets(spec) if n not in self.boards]
+            picks = random_faults(spec, population, self.scenario.rng(f"random:{spec.line}"))
             self.trace.emit(self.env.now, "note", "fleet", text=f"random faults: {len(picks)} picks")
             for pick in picks:
                 self.env.process(self._random(pick))
@@ -175,6 +236,9 @@ class Fleet:
     def inject(self, name: str, kind: str, duration: float | None, params: dict[str, Any],
                random: bool = False) -> None:  # fmt: skip
         """Apply one device fault now, with its trace events."""
+        if name in self.boards:
+            self._board_fault(name, kind, duration, params)
+            return
         device = self.devices[name]
         self.faults_injected += 1
         shown = {**params, **({"duration": round(duration, 3)} if duration is not None else {})}
@@ -205,6 +269,22 @@ class Fleet:
             self._link(name, params, duration, shown)
         else:
             raise ValueError(f"fault kind {kind!r} cannot be injected into device {name}")
+
+    def _board_fault(self, name: str, kind: str, duration: float | None, params: dict[str, Any]) -> None:
+        action = BOARD_FAULTS.get(kind)
+        if action is None or self.on_board_fault is None:
+            raise ValueError(f"fault kind {kind!r} cannot be injected into board {name} "
+                             f"(boards take {', '.join(BOARD_FAULTS)})")  # fmt: skip
+        self.faults_injected += 1
+        shown = {**params, "board": action}
+        if duration is not None:
+            shown["duration"] = round(duration, 3)
+        self._mark(name, kind, "start", shown)
+        self.on_board_fault(name, action, duration)
+        if kind == "power_loss":
+            self._end_after(name, kind, duration, shown)
+        else:
+            self._mark(name, kind, "end", shown)
 
     def _link(self, name: str, params: dict[str, Any], duration: float | None, shown: Any) -> None:
         proxy = self.links.get(name)

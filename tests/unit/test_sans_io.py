@@ -21,6 +21,9 @@ SANS_IO = [
     "twin/devices/esp32s3.py",
     "hil/console.py",
     "hil/vfirmware.py",
+    "twin/faults.py",
+    "twin/link_profile.py",
+    "proplets/profile.py",
 ]
 
 

@@ -87,7 +87,7 @@ class LinkSpec:
     bandwidth_bps: float | None = None
 
     def to_profile(self) -> Any:
-        from twin.links import LinkProfile  # lazy: twin.links pulls in asyncio
+        from twin.link_profile import LinkProfile
 
         return LinkProfile(
             latency_s=self.latency, jitter_s=self.jitter, loss=self.loss, bandwidth_bps=self.bandwidth_bps
