@@ -330,6 +330,11 @@ class ManagerService:
         await self.flush()
         return task
 
+    async def update_task(self, task_id: str, spec: Any) -> Task:
+        task = self.engine.update_task(task_id, spec, time.time())
+        await self.flush()
+        return task
+
     async def start_task(self, task_id: str) -> Task:
         task = self.engine.start_task(task_id, self.now(), time.time())
         await self.flush()

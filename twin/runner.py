@@ -8,7 +8,16 @@ faults at their times, and at the end reconcile every task's final state from th
 fills the ``Trace``; ``run_scenarios`` judges it and writes the reports.
 
 Options: ``log_dir`` (where the manager and broker logs are kept; default a fresh temporary directory,
-named in ``trace.meta``). Everything started is stopped on every exit path, Ctrl-C included.
+named in ``trace.meta``); ``hil_map`` (a hardware-map YAML, default ``$PROPELLER_HIL_MAP``): board ports
+that name one of its boards open that real board. Everything started is stopped on every exit path,
+Ctrl-C included.
+
+Boards (``kind: board``): once the clock runs, ``ScenarioBoards`` opens them (``port: virtual`` or an
+``esp32sim://`` URL is a virtual board whose network side is a twin esp32s3 device; a hardware-map
+name is the real board of the map, and without a map a virtual one; a device path is a real board),
+provisions each over its console to this run's broker, domain and channel, and waits for its
+``mqtt_connected`` line. Every console line becomes a ``console`` trace event; board faults go
+through ``ScenarioBoards.fault``.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import tempfile
 import time
@@ -29,18 +39,24 @@ import httpx
 import psutil
 import simpy
 
+from hil import esp32sim
+from hil.rig import BoardSpec, load_map
+from hil.scenario_boards import ScenarioBoards
 from twin.clock import AsyncSimClock
 from twin.device import Shared
 from twin.fleet import Fleet
 from twin.observer import ManagerObserver
 from twin.scenario import RunnerUnavailable
 from twin.scenario.spec import FaultSpec, Scenario
-from twin.scenario.trace import Trace
+from twin.scenario.trace import Trace, TraceEvent
 from twin.services import Broker, Manager, ManagerOptions
 from twin.workload import Submission, Submitter, list_tasks, schedule
 
 MODES = ("live",)
 SETTLE_S = 2.0  # after the run: let in-flight submissions finish before judging
+BOARD_JOIN_S = 20.0  # provisioned board to mqtt_connected: boot, Wi-Fi, MQTT (a real board ~5 s)
+CHANNEL = "default"  # the twin's manager and devices all use the default channel
+HIL_MAP_ENV = "PROPELLER_HIL_MAP"
 
 
 def create_runner(mode: str = "live", **options: Any) -> LiveRunner:
@@ -50,8 +66,10 @@ def create_runner(mode: str = "live", **options: Any) -> LiveRunner:
 
 
 class LiveRunner:
-    def __init__(self, log_dir: str | Path | None = None) -> None:
+    def __init__(self, log_dir: str | Path | None = None, hil_map: str | Path | None = None) -> None:
         self.log_dir = Path(log_dir) if log_dir is not None else None
+        given = hil_map if hil_map is not None else os.environ.get(HIL_MAP_ENV) or None
+        self.hw_map: list[BoardSpec] | None = load_map(Path(given)) if given else None
         self.last: dict[str, Any] = {}  # figures of the last run (also in trace.meta["live"])
 
     async def run(self, scenario: Scenario, trace: Trace, progress: Callable[[float], None]) -> None:
@@ -63,7 +81,7 @@ class LiveRunner:
         work = self.log_dir / scenario.name if self.log_dir is not None else \
             Path(tempfile.mkdtemp(prefix=f"twin-{scenario.name}-"))  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)
-        run = _Run(scenario, trace, progress, work)
+        run = _Run(scenario, trace, progress, work, self.hw_map)
         # Hundreds of devices retrying a restarting broker would each log every failed attempt.
         quiet = logging.getLogger("orchestrator.adapters.mqtt")
         level = quiet.level
@@ -78,9 +96,15 @@ class LiveRunner:
 
 class _Run:
     def __init__(
-        self, scenario: Scenario, trace: Trace, progress: Callable[[float], None], work: Path
-    ) -> None:
+        self, scenario: Scenario, trace: Trace, progress: Callable[[float], None], work: Path,
+        hw_map: list[BoardSpec] | None = None,
+    ) -> None:  # fmt: skip
         self.scenario, self.trace, self.progress, self.work = scenario, trace, progress, work
+        self.hw_map = hw_map
+        self.hw_names = {b.name for b in hw_map or []}
+        self.boards: ScenarioBoards | None = None
+        self.board_error: str | None = None
+        self.sims: list[str] = []  # esp32sim:// boards this run created
         self.env = simpy.Environment()
         self.clock = AsyncSimClock(self.env, 1.0)
         self.domain = f"twin-{uuid.uuid4().hex[:12]}"
@@ -120,11 +144,13 @@ class _Run:
 
         self.runtime = WasmtimeRuntime()
         self.shared = Shared(self.env, self.clock, trace, self.runtime, self.executor)
-        self.fleet = Fleet(s, self.shared, self.broker.host, self.broker.port, self.domain, self._fleet_fault)
+        self.fleet = Fleet(s, self.shared, self.broker.host, self.broker.port, self.domain, self._fleet_fault,
+                           on_board_fault=self._board_fault, real_port=self._real_port)  # fmt: skip
         await self.fleet.start()
         self.observer.proplet_names = self.fleet.proplet_names
-        async with Submitter(self.manager.api_url, self.observer, s.devices(),
-                             {n: d.config.proplet_id for n, d in self.fleet.devices.items()},
+        if self.fleet.boards:
+            self._spawn(self._start_boards(), self.fleet_jobs)
+        async with Submitter(self.manager.api_url, self.observer, s.devices(), self.fleet.proplet_ids,
                              s.rng("workload"), m.max_attempts, self.clock.target) as submitter:  # fmt: skip
             for sub in schedule(s.workload):
                 self.env.timeout(sub.at).callbacks.append(self._submit_at(submitter, sub))
@@ -139,6 +165,8 @@ class _Run:
             await self._reconcile()
             self.observer.closed = True
             self._figures(wall, submitter.errors)
+        if self.board_error is not None:
+            raise RuntimeError(self.board_error)
 
     def _submit_at(self, submitter: Submitter, sub: Submission) -> Callable[[Any], None]:
         return lambda _ev: self._spawn(submitter.submit(sub), self.submissions)
@@ -184,6 +212,9 @@ class _Run:
             "submit_errors": errors[:20],
             "tasks_run_on_devices": sum(d.stats.tasks_run for d in devices),
             "instances_refused": sum(d.stats.refused for d in devices),
+            "boards": len(self.fleet.boards),
+            "tasks_run_on_virtual_boards": sum(b.device.device.stats.tasks_run for b in self.fleet.boards.values()
+                                               if b.device is not None),
         }  # fmt: skip
         for proc, key in ((self.broker, "broker"), (self.manager, "manager")):
             pid = proc.process.pid if proc is not None and proc.process.running else None
@@ -228,6 +259,78 @@ class _Run:
         await self.manager.start()
         self._mark("manager", "manager_kill", "end", {"signal": sig, "restart_after": after})
 
+    # ------------------------------------------------------------------ boards
+    def _real_port(self, port: str) -> bool:
+        if port in self.hw_names:
+            return True
+        return port.startswith("/") or port.upper().startswith("COM")
+
+    def _board_port(self, port: str) -> str:
+        """What ScenarioBoards opens for a scenario's board port (names outside any map run virtual)."""
+        if self._real_port(port) or port == "virtual" or port.startswith("esp32sim://"):
+            return port
+        if self.hw_map is not None:
+            known = ", ".join(sorted(self.hw_names)) or "none"
+            raise ValueError(f"board port {port!r} is not in the hardware map (boards: {known})")
+        return "virtual"
+
+    async def _start_boards(self) -> None:
+        assert self.fleet is not None and self.broker is not None
+        members = self.fleet.boards
+        # ScenarioBoards stamps console lines on time.monotonic (the loop's clock): map it onto ours.
+        t0 = time.monotonic() - self.clock.target()
+        loop = asyncio.get_running_loop()
+
+        def on_console(device: str, t: float, data: dict[str, Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the run is over
+                loop.call_soon_threadsafe(self._console, device, t, data)
+
+        def factory(name: str) -> Any:
+            return members[name].device
+
+        boards = self.boards = ScenarioBoards(self.work / "boards", hw_map=self.hw_map, on_console=on_console,
+                                              t0=t0, device_factory=factory)  # fmt: skip
+        broker = f"{self.broker.host}:{self.broker.port}"
+
+        def join() -> None:
+            for name, member in members.items():
+                port = self._board_port(member.port)
+                if port.startswith("esp32sim://") and member.device is not None:
+                    esp32sim.register()
+                    esp32sim.create_board(port.removeprefix("esp32sim://"), member.device)
+                    self.sims.append(port.removeprefix("esp32sim://"))
+                boards.open(name, port)
+            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key="twin",
+                                 proplet_ids={n: b.proplet_id for n, b in members.items()})  # fmt: skip
+            for board in boards.boards.values():
+                board.expect_event("mqtt_connected", timeout=BOARD_JOIN_S)
+
+        try:
+            await asyncio.to_thread(join)
+        except Exception as exc:  # the run goes on; its end reports the boards' failure
+            self.board_error = f"boards could not join the scenario: {exc}"
+            self.trace.emit(self.clock.target(), "note", "boards", text=self.board_error)
+            return
+        self.trace.emit(self.clock.target(), "note", "boards", text=f"{len(members)} boards joined")
+
+    def _console(self, device: str, t: float, data: dict[str, Any]) -> None:
+        self.trace.append(TraceEvent(max(0.0, t), "console", device, data))
+
+    def _board_fault(self, name: str, action: str, down: float | None) -> None:
+        self._spawn(self._board_action(name, action, down), self.fleet_jobs)
+
+    async def _board_action(self, name: str, action: str, down: float | None) -> None:
+        boards = self.boards
+        try:
+            if boards is None or name not in boards.boards:
+                raise RuntimeError("the board has not joined yet")
+            await asyncio.to_thread(boards.fault, name, action)
+            if action == "unplug" and down is not None:
+                await asyncio.sleep(down)
+                await asyncio.to_thread(boards.fault, name, "replug")
+        except Exception as exc:
+            self.trace.emit(self.clock.target(), "note", name, text=f"board fault {action} failed: {exc}")
+
     # ------------------------------------------------------------------ teardown
     async def teardown(self) -> None:
         """Stop everything this run started, whatever happened; never raises."""
@@ -236,6 +339,11 @@ class _Run:
             for job in list(jobs):
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
+        if self.boards is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.boards.close)
+        for name in self.sims:
+            esp32sim.remove_board(name)
         if self.fleet is not None:
             with contextlib.suppress(Exception):
                 await self.fleet.close()

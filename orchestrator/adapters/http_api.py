@@ -6,6 +6,7 @@ A thin adapter: it parses requests, calls the manager service and maps engine er
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -156,6 +157,28 @@ def create_app(manager: ManagerService) -> FastAPI:
     @app.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:
         return task_view(manager.engine.get_task(_uuid(task_id, "task_id")))
+
+    @app.put("/tasks/{task_id}")
+    async def update_task(task_id: str, request: Request) -> dict[str, Any]:
+        spec = await _json_body(request)
+        return task_view(await manager.update_task(_uuid(task_id, "task_id"), spec))
+
+    @app.put("/tasks/{task_id}/upload")
+    async def upload_module(task_id: str, request: Request) -> dict[str, Any]:
+        _uuid(task_id, "task_id")
+        if "multipart/form-data" not in request.headers.get("content-type", ""):
+            raise ValidationError("upload must be multipart/form-data with a 'file' field")
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ValidationError("multipart field 'file' is missing", "file")
+        if not (upload.filename or "").endswith(".wasm"):
+            raise ValidationError(f"file name {upload.filename!r} must end in .wasm", "file")
+        data = await upload.read()
+        if not data.startswith(b"\x00asm"):
+            raise ValidationError("file is not a wasm module (it does not start with \\0asm)", "file")
+        spec = {"file": base64.b64encode(data).decode()}
+        return task_view(await manager.update_task(task_id, spec))
 
     @app.delete("/tasks/{task_id}", status_code=204)
     async def delete_task(task_id: str) -> Response:

@@ -561,6 +561,35 @@ class Engine:
         self._persist_task(task, wall)
         self._log("task_interrupted", task_id=task.id, reason=reason)
 
+    UPDATABLE = ("name", "inputs", "file", "priority", "metadata", "schedule", "is_recurring", "timezone")
+
+    def update_task(self, task_id: str, spec: Any, wall: float) -> Task:
+        """Upstream's PUT /tasks/{id}: only the fields in UPDATABLE change; each is validated first."""
+        task = self.get_task(task_id)
+        if not isinstance(spec, dict):
+            raise ValidationError("task must be a JSON object")
+        if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):
+            raise Conflict(f"task {task_id} is {task.state.label.lower()}; stop it before changing it")
+        ignored = sorted(set(spec) - set(self.UPDATABLE) - {"id"})
+        if ignored:
+            raise ValidationError(
+                f"field {ignored[0]!r} cannot be updated (updatable: {', '.join(self.UPDATABLE)})", ignored[0]
+            )
+        probe = build_task({"name": task.name, **{k: v for k, v in spec.items() if k != "id"}}, self._new_id)
+        changes = {k: getattr(probe, k) for k in self.UPDATABLE if k in spec}
+        if "file" in spec:
+            changes["memory_bytes"] = probe.memory_bytes
+        if changes.get("schedule"):
+            cron.validate(probe.schedule, probe.timezone)
+            changes["next_run"] = cron.next_run(probe.schedule, probe.timezone, wall)
+        elif "schedule" in spec:
+            changes["next_run"] = None
+        for key, value in changes.items():
+            setattr(task, key, value)
+        self._persist_task(task, wall)
+        self._log("task_updated", task_id=task_id, fields=sorted(changes))
+        return task
+
     def delete_task(self, task_id: str) -> None:
         task = self.get_task(task_id)
         if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):

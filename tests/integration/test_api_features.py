@@ -155,3 +155,23 @@ async def test_bearer_token_guards_the_api_but_not_health_and_docs(tmp_path: Pat
         assert "/tasks/{task_id}/start" in json.loads(spec_doc.text)["paths"]
     finally:
         await close_cluster(c)
+
+
+async def test_update_and_upload_change_a_task_before_it_runs(embedded_cluster: Cluster) -> None:
+    c = embedded_cluster
+    await c.add_proplet("p1")
+    task = (await c.api.post("/tasks", json={"name": "add", "inputs": [1, 1]})).json()
+    wasm = base64.b64decode(MODULE)
+    bad = await c.api.put(f"/tasks/{task['id']}/upload", files={"file": ("m.txt", wasm)})
+    assert bad.status_code == 400 and ".wasm" in bad.json()["error"]
+    junk = await c.api.put(f"/tasks/{task['id']}/upload", files={"file": ("m.wasm", b"hello")})
+    assert junk.status_code == 400 and "not a wasm module" in junk.json()["error"]
+    uploaded = await c.api.put(f"/tasks/{task['id']}/upload", files={"file": ("m.wasm", wasm)})
+    assert uploaded.status_code == 200 and uploaded.json()["file"]
+    updated = await c.api.put(f"/tasks/{task['id']}", json={"inputs": [40, 2], "priority": 90})
+    assert updated.status_code == 200 and updated.json()["inputs"] == ["40", "2"]
+    refused = await c.api.put(f"/tasks/{task['id']}", json={"proplet_id": "elsewhere"})
+    assert refused.status_code == 400 and "cannot be updated" in refused.json()["error"]
+    await c.api.post(f"/tasks/{task['id']}/start")
+    done = await c.wait_terminal(task["id"])
+    assert done["results"] == "42"
