@@ -214,6 +214,8 @@ class ManagerService:
         asyncio.get_running_loop().create_task(self.flush())
 
     def _on_disconnect(self) -> None:
+        if self.engine.shutting_down:
+            return  # our own clean disconnect at shutdown
         self.engine.link_lost(self.now())
         asyncio.get_running_loop().create_task(self.flush())
 
