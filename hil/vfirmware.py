@@ -41,7 +41,7 @@ def validate_provisioning(args: Mapping[str, str]) -> str | None:
         if not args.get(key):
             return f"missing key: {key}"
     host, _, port = args["broker"].rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
         return f"bad value: broker={args['broker']}"
     return None
 

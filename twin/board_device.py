@@ -32,7 +32,7 @@ HEAP_EVERY_S = 10.0  # the firmware's periodic heap line (CONSOLE.md)
 def parse_broker(value: str) -> tuple[str, int]:
     """``HOST:PORT`` as typed in ``prop provision``; a clear error naming the value otherwise."""
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"broker must be HOST:PORT, got {value!r}")
     return host, int(port)
 

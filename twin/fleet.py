@@ -26,13 +26,23 @@ from twin.board_device import BoardDevice
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec, shutdown_all
 from twin.devices.host import HOST
 from twin.links import CLEAN, LinkProfile, LinkProxy
+from twin.scenario.faults_schema import BOARD_ONLY_FAULTS
 from twin.scenario.spec import FaultSpec, FleetGroup, Scenario
 
 BROWNOUT_S = 0.2  # a supply dip: the chip resets, power is back at once (README: default 0.2 s)
 RECOVERY_S = 3.0  # after a random fault a device is left alone this long to boot and reconnect
 # Scenario fault kind -> what is done to a board: a reboot is the reset line, a brownout a power cycle
 # (the hardware map's command on a rig), a power loss pulls the USB cable (back after its duration).
-BOARD_FAULTS = {"reboot": "reset", "brownout": "power_cycle", "power_loss": "unplug"}
+# Scenario fault kind -> board action. The board kinds say it directly; the device kinds map onto the
+# nearest thing a rig can do to a real board.
+BOARD_FAULTS = {
+    "reset": "reset",
+    "power_cycle": "power_cycle",
+    "unplug": "unplug",
+    "reboot": "reset",
+    "brownout": "power_cycle",
+    "power_loss": "unplug",
+}
 OnBoardFault = Callable[[str, str, float | None], None]  # (board, action in BOARD_FAULTS' values, down)
 
 
@@ -165,12 +175,21 @@ class Fleet:
 
     def _check_board_faults(self) -> None:
         for spec in self.scenario.faults:
+            if spec.kind in BOARD_ONLY_FAULTS:
+                devices = sorted(set(self._targets(spec)) - set(self.boards))
+                if devices:
+                    raise ValueError(
+                        f"faults (line {spec.line}): {spec.kind} is a board fault; "
+                        f"{', '.join(devices[:5])} {'is not a board' if len(devices) == 1 else 'are not boards'}"  # noqa: E501
+                    )
             if spec.kind in ("broker_restart", "manager_kill", "random") or spec.kind in BOARD_FAULTS:
                 continue
             hit = sorted(set(self._targets(spec)) & set(self.boards))
             if hit:
-                raise ValueError(f"faults (line {spec.line}): a {spec.kind} fault cannot be injected into "
-                                 f"board {', '.join(hit)}; boards take {', '.join(BOARD_FAULTS)}")
+                raise ValueError(
+                    f"faults (line {spec.line}): a {spec.kind} fault cannot be injected into "
+                    f"board {', '.join(hit)}; boards take {', '.join(BOARD_FAULTS)}"
+                )
 
     def _link_fault_targets(self) -> set[str]:
         s = self.scenario
@@ -281,7 +300,7 @@ class Fleet:
             shown["duration"] = round(duration, 3)
         self._mark(name, kind, "start", shown)
         self.on_board_fault(name, action, duration)
-        if kind == "power_loss":
+        if action in ("unplug", "power_cycle") and duration:
             self._end_after(name, kind, duration, shown)
         else:
             self._mark(name, kind, "end", shown)

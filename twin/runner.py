@@ -30,7 +30,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,23 @@ SETTLE_S = 2.0  # after the run: let in-flight submissions finish before judging
 BOARD_JOIN_S = 20.0  # provisioned board to mqtt_connected: boot, Wi-Fi, MQTT (a real board ~5 s)
 CHANNEL = "default"  # the twin's manager and devices all use the default channel
 HIL_MAP_ENV = "PROPELLER_HIL_MAP"
+
+
+def is_real_port(port: str, hw_names: Collection[str]) -> bool:
+    """A board port that names real hardware: a hardware-map entry or a device path."""
+    return port in hw_names or port.startswith("/") or port.upper().startswith("COM")
+
+
+def board_port(port: str, hw_names: Collection[str] | None) -> str:
+    """What ``ScenarioBoards.open`` gets for a scenario's board ``port``, given the hardware map's board
+    names (None: no map). Without a map, a board name runs as a virtual board, so the same scenario
+    runs on a laptop and, given the rig's map, on the real boards."""
+    if is_real_port(port, hw_names or ()) or port == "virtual" or port.startswith("esp32sim://"):
+        return port
+    if hw_names is not None:
+        known = ", ".join(sorted(hw_names)) or "none"
+        raise ValueError(f"board port {port!r} is not in the hardware map (boards: {known})")
+    return "virtual"
 
 
 def create_runner(mode: str = "live", **options: Any) -> LiveRunner:
@@ -213,8 +230,8 @@ class _Run:
             "tasks_run_on_devices": sum(d.stats.tasks_run for d in devices),
             "instances_refused": sum(d.stats.refused for d in devices),
             "boards": len(self.fleet.boards),
-            "tasks_run_on_virtual_boards": sum(b.device.device.stats.tasks_run for b in self.fleet.boards.values()
-                                               if b.device is not None),
+            "tasks_run_on_virtual_boards": sum(b.device.device.stats.tasks_run
+                                               for b in self.fleet.boards.values() if b.device is not None),
         }  # fmt: skip
         for proc, key in ((self.broker, "broker"), (self.manager, "manager")):
             pid = proc.process.pid if proc is not None and proc.process.running else None
@@ -261,18 +278,10 @@ class _Run:
 
     # ------------------------------------------------------------------ boards
     def _real_port(self, port: str) -> bool:
-        if port in self.hw_names:
-            return True
-        return port.startswith("/") or port.upper().startswith("COM")
+        return is_real_port(port, self.hw_names)
 
     def _board_port(self, port: str) -> str:
-        """What ScenarioBoards opens for a scenario's board port (names outside any map run virtual)."""
-        if self._real_port(port) or port == "virtual" or port.startswith("esp32sim://"):
-            return port
-        if self.hw_map is not None:
-            known = ", ".join(sorted(self.hw_names)) or "none"
-            raise ValueError(f"board port {port!r} is not in the hardware map (boards: {known})")
-        return "virtual"
+        return board_port(port, self.hw_names if self.hw_map is not None else None)
 
     async def _start_boards(self) -> None:
         assert self.fleet is not None and self.broker is not None
@@ -314,6 +323,8 @@ class _Run:
         self.trace.emit(self.clock.target(), "note", "boards", text=f"{len(members)} boards joined")
 
     def _console(self, device: str, t: float, data: dict[str, Any]) -> None:
+        if data.get("kind") in ("prompt", "echo"):
+            return  # the shell redraws its prompt around every log line: noise, kept in the console log
         self.trace.append(TraceEvent(max(0.0, t), "console", device, data))
 
     def _board_fault(self, name: str, action: str, down: float | None) -> None:

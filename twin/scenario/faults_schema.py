@@ -55,6 +55,15 @@ FAULTS: dict[str, FaultKind] = {
          "blackhole": ("bool", False), "bandwidth": ("number", False)},
         doc="the device's link takes this profile for duration",
     ),
+    # Board faults (hardware in the loop): only boards of the fleet take them.
+    "reset": FaultKind(True, "none", {}, lethal=True, doc="board: reset through DTR/RTS (EN low, then high)"),
+    "power_cycle": FaultKind(
+        True, "optional", {}, lethal=True,
+        doc="board: the hardware map's power-cycle command (e.g. a USB hub switch); duration = time off",
+    ),
+    "unplug": FaultKind(
+        True, "optional", {}, lethal=True, doc="board: USB serial unplugged for duration (virtual only)"
+    ),
     "broker_restart": FaultKind(
         False, "optional", {}, device_level=False, doc="broker down for duration"
     ),
@@ -79,6 +88,7 @@ LINK_KEYS = {"latency": "latency_s", "jitter": "jitter_s", "loss": "loss", "blac
              "bandwidth": "bandwidth_bps"}  # fmt: skip
 FAULT_KINDS = tuple(FAULTS)
 LETHAL_FAULTS = frozenset(k for k, f in FAULTS.items() if f.lethal)
+BOARD_ONLY_FAULTS = frozenset({"reset", "power_cycle", "unplug"})
 RANDOM_KINDS = ("power_loss", "wifi_drop", "reboot", "brownout", "out_of_memory")
 
 
@@ -152,7 +162,7 @@ def _typed_params(r: Reader, node: Node, path: str, spec: FaultKind) -> dict[str
 def to_fault_mapping(kind: str, duration: float | None, params: dict[str, Any]) -> dict[str, Any] | None:
     """The mapping ``twin.faults.fault_from_mapping`` takes for this fault; None for kinds the runner
     composes itself (wifi_flap, brownout, random)."""
-    if kind in ("wifi_flap", "brownout", "random"):
+    if kind in ("wifi_flap", "brownout", "random") or kind in BOARD_ONLY_FAULTS:
         return None
     data: dict[str, Any] = {"type": kind}
     if kind == "link":

@@ -193,6 +193,29 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+CONSOLE_ROWS = 400  # a long run's boards print thousands of lines; the console logs hold them all
+QUIET_EVENTS = frozenset({"heartbeat"})  # counted per board, not listed
+
+
+def _console_section(trace: Trace) -> str:
+    """The boards' own view (their console event lines), beside the manager's in the tables above."""
+    lines = [e for e in trace if e.kind == "console" and e.data.get("kind") == "event"]
+    if not lines:
+        return ""
+    counts = Counter((e.subject, str(e.data.get("event"))) for e in lines)
+    boards = sorted({e.subject for e in lines})
+    names = sorted({name for _, name in counts})
+    summary = _table(["board", *names], [[b, *(str(counts[(b, n)]) for n in names)] for b in boards])
+    shown = [e for e in lines if e.data.get("event") not in QUIET_EVENTS]
+    rows = [[f"{e.t:.3f}", e.subject, str(e.data.get("event")), str(e.data.get("line", ""))]
+            for e in shown[:CONSOLE_ROWS]]  # fmt: skip
+    more = f"<p>{len(shown) - CONSOLE_ROWS} more lines in the trace.</p>" if len(shown) > CONSOLE_ROWS else ""
+    return (f'<h2 id="console">Board consoles</h2>{summary}'
+            f'<table id="console-events"><tr><th>t (s)</th><th>board</th><th>event</th><th>line</th></tr>'
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+            + f"</table>{more}")  # fmt: skip
+
+
 def render_html(result: ScenarioResult) -> str:
     s = result.scenario
     esc = html.escape
@@ -231,6 +254,7 @@ def render_html(result: ScenarioResult) -> str:
 <h2>Tasks by final state</h2>
 {_table(["state", "tasks"], task_rows)}
 {per_device}
+{_console_section(result.trace)}
 </body></html>
 """
 

@@ -1,0 +1,102 @@
+"""Boards in scenarios: virtual ESP32-S3 boards join the twin's fleet over their serial console.
+
+The shipped ``hil_boards`` scenario runs live (real broker and manager processes, twenty simulated
+devices, two virtual boards whose network side is a twin esp32s3): the boards are provisioned over
+the console, run tasks, are reset / unplugged, and their console lines land in the trace and report.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hil import esp32sim
+from twin.runner import LiveRunner, board_port, is_real_port
+from twin.scenario.pipeline import run_scenario, write_outputs
+from twin.scenario.result import ScenarioResult
+
+SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "hil_boards.yaml"
+BOARDS = ("board-a1", "board-b1")
+Outcome = tuple[ScenarioResult, Path, set[int], int]
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    import asyncio
+
+    from twin.scenario.spec import load_scenario
+
+    work = tmp_path_factory.mktemp("hil_boards")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    threads = threading.active_count()
+    result = asyncio.run(run_scenario(load_scenario(SCENARIO), LiveRunner(log_dir=work / "logs")))
+    write_outputs(result, work / "report", many=True)
+    return result, work, before, threads
+
+
+def console(result: ScenarioResult, board: str) -> Counter[str]:
+    return Counter(str(e.data["event"]) for e in result.trace.of("console")
+                   if e.subject == board and e.data.get("kind") == "event")  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_the_boards_scenario_passes(outcome: Outcome) -> None:
+    result, _, before, threads = outcome
+    assert result.passed, result.summary()
+    live = result.trace.meta["live"]
+    assert live["boards"] == 2 and live["devices"] == 20
+    # Tasks really ran on the boards' twin devices, and the manager saw them there.
+    assert live["tasks_run_on_virtual_boards"] >= 6
+    ran_on = {result.trace.task_device(e) for t in result.trace.tasks().values() for e in t.runs}
+    assert set(BOARDS) <= ran_on
+    left = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()} - before
+    assert not left, f"processes left behind: {left}"
+    assert threading.active_count() <= threads, [t.name for t in threading.enumerate()]
+    assert not [n for n in esp32sim._boards if any(n.startswith(b) for b in BOARDS)]
+
+
+def test_both_boards_console_events_are_in_the_trace(outcome: Outcome) -> None:
+    result = outcome[0]
+    for board in BOARDS:
+        seen = console(result, board)
+        for event in ("boot", "provisioned", "wifi_up", "mqtt_connected", "discovery_sent", "heartbeat",
+                      "task_start", "task_end"):  # fmt: skip
+            assert seen[event] >= 1, f"{board}: no {event} on its console: {dict(seen)}"
+        # Joined once at the start and once again after its fault.
+        assert seen["mqtt_connected"] >= 2, f"{board} did not rejoin after its fault: {dict(seen)}"
+        assert seen["task_start"] == seen["task_end"]
+    lines = [e for e in result.trace.of("console") if e.data.get("event") == "task_end"]
+    assert all("<inf> prop: task_end" in e.data["line"] and e.data["fields"]["ok"] == "1" for e in lines)
+    # The console's clock is the scenario's: the reset's boot line follows the fault, not the start.
+    reboots = [e.t for e in result.trace.of("console")
+               if e.subject == "board-a1" and e.data.get("event") == "boot"]  # fmt: skip
+    assert any(10.0 <= t < 12.0 for t in reboots), reboots
+
+
+def test_the_report_shows_the_boards_consoles(outcome: Outcome) -> None:
+    work = outcome[1]
+    html = (work / "report" / "hil_boards.html").read_text()
+    assert 'id="console-events"' in html
+    for board in BOARDS:
+        assert f"<td>{board}</td><td>mqtt_connected</td>" in html
+        assert f"<td>{board}</td><td>task_start</td>" in html
+    for board in BOARDS:
+        assert (work / "logs" / "hil_boards" / "boards" / board / "console.log").stat().st_size > 0
+
+
+def test_board_ports_resolve_through_the_hardware_map_only(tmp_path: Path) -> None:
+    hw = tmp_path / "rig.yaml"
+    hw.write_text("- {name: s3-a, platform: esp32s3_devkitc, serial: ABC123}\n")
+    names = {b.name for b in LiveRunner(hil_map=hw).hw_map or []}
+    assert names == {"s3-a"}
+    # The shipped scenario's ports: virtual without a map, the rig's boards with one.
+    assert board_port("s3-a", None) == "virtual"
+    assert board_port("s3-a", names) == "s3-a" and is_real_port("s3-a", names)
+    assert board_port("/dev/ttyACM0", None) == "/dev/ttyACM0" and is_real_port("/dev/ttyACM0", ())
+    assert board_port("esp32sim://x", names) == "esp32sim://x" and not is_real_port("virtual", names)
+    with pytest.raises(ValueError, match=r"board port 's3-b' is not in the hardware map \(boards: s3-a\)"):
+        board_port("s3-b", names)
