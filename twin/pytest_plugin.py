@@ -12,29 +12,49 @@ verdicts), ``twin_runner`` (the Runner used when none is given; override it in a
 return ``ReplayRunner(path)``), ``twin_trace`` (an empty Trace). Options: ``--twin-report DIR`` (write
 each run's HTML report and trace under DIR/<test name>/), ``--twin-seed N`` (override every seed).
 
-Hooks for the live runner (``twin.runner``): it adds its fixtures here — ``twin_broker``,
-``twin_orchestrator``, ``twin_fleet``, ``twin_faults`` — built the same lazy way, and ``twin_runner``
-keeps returning ``get_runner("live")`` so that ``scenario_runner`` uses them.
+Imperative fault tests (``twin.harness``): ``twin_cluster`` yields a started ``TwinCluster`` (the
+embedded broker, the real manager, no devices yet; options from ``@pytest.mark.twin(broker=...,
+timers=..., placement=..., seed=...)``), ``twin_cluster_factory`` starts more or custom ones
+(``await twin_cluster_factory(broker="mosquitto")``). Both stop every process and socket at teardown,
+also when the test fails; with ``--twin-report DIR`` each cluster's HTML report and trace are written
+under DIR/<test name>/. See docs/twin-pytest.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+try:  # strict-mode projects only run async fixtures declared through pytest-asyncio
+    from pytest_asyncio import fixture as async_fixture
+except ImportError:  # pragma: no cover - without pytest-asyncio no async test can use them anyway
+    async_fixture = pytest.fixture  # type: ignore[assignment]
+
 if TYPE_CHECKING:
+    from twin.harness import TwinCluster
     from twin.scenario import Runner, Scenario, Trace
     from twin.scenario.result import ScenarioResult
+
+TWIN_MARKER = (
+    "twin(**options): options of the twin_cluster fixture's TwinCluster "
+    "(broker, timers, placement, max_attempts, queue_timeout, seed)"
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("propeller-twin", "propeller digital twin")
     group.addoption("--twin-report", metavar="DIR", default=None, help="write reports and traces here")
     group.addoption("--twin-seed", metavar="N", type=int, default=None, help="override every scenario's seed")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", TWIN_MARKER)
 
 
 class ScenarioRunner:
@@ -109,3 +129,55 @@ def twin_trace() -> Trace:
     from twin.scenario.trace import Trace
 
     return Trace("pytest")
+
+
+# ---------------------------------------------------------------------------------------------- clusters
+ClusterFactory = Callable[..., Awaitable["TwinCluster"]]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+@async_fixture
+async def twin_cluster_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ClusterFactory]:
+    """``await twin_cluster_factory(**options)``: a started ``TwinCluster`` (options as its constructor:
+    broker, timers, placement, max_attempts, queue_timeout, seed, name); all closed at teardown."""
+    from twin.harness import TwinCluster
+
+    clusters: list[TwinCluster] = []
+    seed_option = request.config.getoption("--twin-seed")
+
+    async def start(**options: Any) -> TwinCluster:
+        if seed_option is not None:
+            options["seed"] = seed_option
+        options.setdefault("name", f"{_safe(request.node.name)}-{len(clusters) + 1}")
+        options.setdefault("work_dir", tmp_path / f"twin-{len(clusters) + 1}")
+        cluster = TwinCluster(**options)
+        clusters.append(cluster)  # closed at teardown even if it fails to start
+        await cluster.start()
+        return cluster
+
+    try:
+        yield start
+    finally:
+        report = request.config.getoption("--twin-report")
+        for cluster in reversed(clusters):
+            if report is not None and cluster.fleet is not None:
+                with contextlib.suppress(Exception):
+                    cluster.report(Path(report) / _safe(request.node.name) / f"{cluster.name}.html")
+            await cluster.close()
+
+
+@async_fixture
+async def twin_cluster(request: pytest.FixtureRequest, twin_cluster_factory: ClusterFactory) -> TwinCluster:
+    """A started ``TwinCluster`` on the embedded broker, no devices yet; ``@pytest.mark.twin(...)``
+    sets its options."""
+    marker = request.node.get_closest_marker("twin")
+    if marker is not None and marker.args:
+        raise pytest.UsageError(f"@pytest.mark.twin takes keyword options only, got {marker.args!r}")
+    options = dict(marker.kwargs) if marker is not None else {}
+    options.setdefault("name", _safe(request.node.name))
+    return await twin_cluster_factory(**options)
