@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -124,8 +125,13 @@ class ManagerService:
         client_id = (
             self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
         )
+        broker = parse_broker_url(self.broker_url)
+        if not broker.username:
+            # A named session: brokers (amqtt too) keep a named client's QoS 1 messages while it is
+            # away, so results published during a manager restart are delivered when it is back.
+            broker = dataclasses.replace(broker, username=client_id)
         self.mqtt = MqttClient(
-            self.broker_url,
+            broker,
             client_id,
             keepalive=self.settings.mqtt_keepalive,
             will=Will(topics.alive, json.dumps({"status": "offline", "proplet_id": client_id}).encode(), 0),

@@ -144,8 +144,9 @@ def engine_config(settings: AgentSettings) -> PropletConfig:
         metadata=metadata,
         profile=wire.Profile.EMBEDDED,
         budget=budget,
-        # The firmware's heartbeat has no running list; ours would also eat into its 1023 bytes.
-        report_running=False,
+        # Like our firmware (not upstream's), heartbeats list running tasks so the manager notices a
+        # lost start or result; a list too long for 1023 bytes falls back to a plain heartbeat.
+        report_running=True,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -343,7 +344,8 @@ class SimDevice:
             )  # fmt: skip
             return replace(
                 base, namespace=embedded.NAMESPACE, metadata=metadata, profile=wire.Profile.EMBEDDED,
-                report_running=False, max_instances=limit,
+                # our firmware lists running tasks in its heartbeats; upstream's does not
+                report_running=not any(dataclasses.astuple(self.flags)), max_instances=limit,
             )  # fmt: skip
         spec = cfg.spec
         metadata = {

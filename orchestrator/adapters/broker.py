@@ -130,8 +130,13 @@ class _UserAuthPlugin(BaseAuthPlugin):
             session.is_anonymous = True
             return bool(config.allow_anonymous)
         expected = config.users.get(session.username)
+        if expected is None:
+            # Open broker: a user name it does not know is a label, not a credential. Accepting it
+            # still gives the client a persistent session (a manager's queued results survive its
+            # restart), which anonymous sessions never get.
+            return bool(config.allow_anonymous) and not session.password
         given = _digest(session.password or "")
-        return expected is not None and hmac.compare_digest(expected, given)
+        return hmac.compare_digest(expected, given)
 
 
 # --- the broker --------------------------------------------------------------------------------------
