@@ -196,7 +196,9 @@ def raise_fd_limit(needed: int) -> int:
 class ScaleDevice(SimDevice):
     """A SimDevice that counts the heartbeats it hands to a connected client."""
 
-    heartbeats_sent = 0
+    def __init__(self, config: DeviceConfig, shared: Shared, rng: random.Random) -> None:
+        super().__init__(config, shared, rng)
+        self.heartbeats_sent = 0
 
     def _execute(self, command: Any) -> None:
         engine = self.engine
