@@ -29,7 +29,7 @@ async def _wait_for(predicate: object, timeout: float, what: str) -> None:
     while time.monotonic() < deadline:
         if await predicate():  # type: ignore[operator]
             return
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.005)
     raise TimeoutError(f"demo: timed out after {timeout:g} s waiting for {what}")
 
 
