@@ -62,7 +62,24 @@ def eligible(
     return [], "no proplet can fit the task: " + "; ".join(reasons[:5])
 
 
-class RoundRobin:
+class _Policy:
+    """Filters the candidates that can fit the task; subclasses pick one of them."""
+
+    name = ""
+
+    def choose(
+        self, task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] | None = None
+    ) -> Choice:
+        ok, reason = eligible(task, candidates, reserved)
+        if not ok:
+            return Choice(None, reason)
+        return Choice(self.pick(ok, reserved or {}))
+
+    def pick(self, ok: list[Proplet], reserved: Mapping[str, int]) -> Proplet:
+        raise NotImplementedError
+
+
+class RoundRobin(_Policy):
     """Rotates over the alive proplets, sorted by id so the order is stable across restarts."""
 
     name = "round-robin"
@@ -70,51 +87,32 @@ class RoundRobin:
     def __init__(self) -> None:
         self._last = ""
 
-    def choose(
-        self, task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] | None = None
-    ) -> Choice:
-        ok, reason = eligible(task, candidates, reserved)
-        if not ok:
-            return Choice(None, reason)
+    def pick(self, ok: list[Proplet], reserved: Mapping[str, int]) -> Proplet:
         ordered = sorted(ok, key=lambda p: p.id)
-        for p in ordered:
-            if p.id > self._last:
-                self._last = p.id
-                return Choice(p)
-        self._last = ordered[0].id
-        return Choice(ordered[0])
+        chosen = next((p for p in ordered if p.id > self._last), ordered[0])
+        self._last = chosen.id
+        return chosen
 
 
-class LeastLoaded:
+class LeastLoaded(_Policy):
     """Fewest running tasks first; ties broken by id."""
 
     name = "least-loaded"
 
-    def choose(
-        self, task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] | None = None
-    ) -> Choice:
-        ok, reason = eligible(task, candidates, reserved)
-        if not ok:
-            return Choice(None, reason)
-        return Choice(min(ok, key=lambda p: (p.task_count, p.id)))
+    def pick(self, ok: list[Proplet], reserved: Mapping[str, int]) -> Proplet:
+        return min(ok, key=lambda p: (p.task_count, p.id))
 
 
-class MostFreeMemory:
+class MostFreeMemory(_Policy):
     """Memory-aware spreading: the proplet with the most free memory after reservations; ties by load."""
 
     name = "memory-aware"
 
-    def choose(
-        self, task: Task, candidates: Sequence[Proplet], reserved: Mapping[str, int] | None = None
-    ) -> Choice:
-        ok, reason = eligible(task, candidates, reserved)
-        if not ok:
-            return Choice(None, reason)
-        held = reserved or {}
-        return Choice(min(ok, key=lambda p: (-(free_memory(p, held) or 0), p.task_count, p.id)))
+    def pick(self, ok: list[Proplet], reserved: Mapping[str, int]) -> Proplet:
+        return min(ok, key=lambda p: (-(free_memory(p, reserved) or 0), p.task_count, p.id))
 
 
-POLICIES: dict[str, type[RoundRobin] | type[LeastLoaded] | type[MostFreeMemory]] = {
+POLICIES: dict[str, type[_Policy]] = {
     RoundRobin.name: RoundRobin,
     LeastLoaded.name: LeastLoaded,
     MostFreeMemory.name: MostFreeMemory,
