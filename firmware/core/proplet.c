@@ -418,12 +418,26 @@ static void flush_outbox(prop_t *p)
 
 static void send_heartbeat(prop_t *p)
 {
-    char buf[160];
+    /* 4 slots x 64-byte ids fit easily: well under the manager's 1023-byte embedded budget. */
+    char buf[512];
     pj_writer_t w;
     pj_w_init(&w, buf, sizeof buf);
     pj_w_raw(&w, "{\"status\":\"alive\",\"proplet_id\":");
     pj_w_str(&w, p->cfg.proplet_id);
-    pj_w_raw(&w, ",\"namespace\":\"embedded\"}");
+    /* Our extension (upstream's firmware has no such key): the tasks we are running, so the manager
+     * notices a start or a result that got lost and dispatches the task again. */
+    pj_w_raw(&w, ",\"namespace\":\"embedded\",\"running\":[");
+    int listed = 0;
+    for (int i = 0; i < PROP_MAX_SLOTS; i++) {
+        if (p->slots[i].state == SLOT_FREE) {
+            continue;
+        }
+        if (listed++ > 0) {
+            pj_w_raw(&w, ",");
+        }
+        pj_w_str(&w, p->slots[i].id);
+    }
+    pj_w_raw(&w, "]}");
     int n = pj_w_end(&w);
     if (n > 0 && publish(p, T_ALIVE, buf, (size_t)n) == 0) {
         con_line_t l;

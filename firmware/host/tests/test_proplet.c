@@ -116,7 +116,8 @@ static void connect_subscribes_announces_and_beats_at_once(void)
     int h = fake_last_pub(&F, "control/proplet/alive");
     CHECK(h >= 0);
     if (h >= 0) {
-        CHECK_STR(F.pub_payload[h], "{\"status\":\"alive\",\"proplet_id\":\"dev-1\",\"namespace\":\"embedded\"}");
+        CHECK_STR(F.pub_payload[h],
+                  "{\"status\":\"alive\",\"proplet_id\":\"dev-1\",\"namespace\":\"embedded\",\"running\":[]}");
     }
     CHECK(fake_find_line(&F, "heartbeat seq=1") >= 0);
     CHECK_INT(prop_next_deadline(&P), 10000); /* the heap report; the next beat is at 10500 */
@@ -135,6 +136,13 @@ static void heartbeats_keep_their_cadence_while_a_task_runs(void)
         prop_tick(&P, now);
     }
     CHECK_INT(fake_count_pub(&F, "control/proplet/alive"), 6);
+    {
+        int h = fake_last_pub(&F, "control/proplet/alive");
+        CHECK(h >= 0);
+        if (h >= 0) {
+            CHECK_CONTAINS(F.pub_payload[h], "\"running\":[\"t1\"]");
+        }
+    }
     CHECK(fake_find_line(&F, "heartbeat seq=7") >= 0);
     CHECK(fake_find_line(&F, "heap free=150000 used=50000 max_used=60000") >= 0);
     char status[160];
