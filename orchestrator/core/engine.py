@@ -17,26 +17,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import wire
-from orchestrator.core import cron, states, workflow
+from orchestrator.core import cron, states
 from orchestrator.core.commands import (
     Command,
     DeleteProplet,
     DeleteTask,
-    InvocationFinished,
     LogEvent,
     MessageReceived,
-    PersistJob,
     PersistProplet,
     PersistTask,
     Publish,
     RecordPropletMetrics,
     RecordTaskMetrics,
 )
-from orchestrator.core.errors import Conflict, EngineError, NotFound, ShuttingDown, ValidationError
+from orchestrator.core.errors import Conflict, NotFound, ShuttingDown, ValidationError
+from orchestrator.core.groups import Groups
+from orchestrator.core.latent import Latent
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 from orchestrator.core.placement import PlacementPolicy, RoundRobin
 from orchestrator.core.states import Trigger
-from orchestrator.core.validation import build_task
+from orchestrator.core.validation import build_task, printable
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ class Engine:
         # Our own link to the broker: while it is down nobody's heartbeats can reach us, so liveness
         # verdicts and dispatch wait (otherwise a broker restart kills every proplet and burns attempts).
         self.link_up = True
-        # invocation_id -> (task_id, deadline, retried)
-        self._invocations: dict[str, tuple[str, float, bool, tuple[str, ...], dict[str, str]]] = {}
+        self.groups = Groups(self)
+        self.latent = Latent(self)
 
     # ------------------------------------------------------------------ commands
 
@@ -178,7 +178,7 @@ class Engine:
         elif isinstance(message, wire.TaskResult):
             self._on_result(message, now, wall)
         elif isinstance(message, wire.InvokeResult):
-            self._on_invoke_result(message, now, wall)
+            self.latent.on_result(message, now, wall)
         elif isinstance(message, wire.PropletMetrics):
             stamp = message.timestamp if message.timestamp_kind == "unix" else wall
             self._emit(
@@ -299,7 +299,7 @@ class Engine:
                 proplet.metadata.free_memory_bytes = max(1, held)
             self.counters["tasks_oom_replaced"] += 1
             self._requeue_or_fail(
-                task, proplet or Proplet(id=task.proplet_id), _printable(msg.error), now, wall
+                task, proplet or Proplet(id=task.proplet_id), printable(msg.error), now, wall
             )
             self._drain_queue(now, wall)
             return
@@ -310,7 +310,7 @@ class Engine:
             task.error = ""
         else:
             states.apply(task, Trigger.FAIL)
-            task.error = _printable(msg.error or "")
+            task.error = printable(msg.error or "")
         self._release_slot(task)
         started = self._dispatched_at.pop(task.id, None)
         if started is not None:
@@ -378,7 +378,7 @@ class Engine:
             if p.alive and p.last_seen is not None and self.link_up
         ]
         deadlines.extend(self._grace.values())
-        deadlines.extend(entry[1] for entry in self._invocations.values())
+        deadlines.extend(self.latent.deadlines())
         if self.config.queue_timeout is not None:
             deadlines.extend(t + self.config.queue_timeout for t in self._queue.values())
         if self._wall_offset is not None:
@@ -389,18 +389,8 @@ class Engine:
 
     def on_timer(self, now: float, wall: float) -> None:
         self._wall_offset = wall - now
-        for invocation_id, (task_id, deadline, *_rest) in list(self._invocations.items()):
-            if now >= deadline:
-                del self._invocations[invocation_id]
-                self._emit(
-                    InvocationFinished(
-                        invocation_id,
-                        task_id,
-                        "",
-                        f"invocation timed out after {self.config.invoke_timeout:g} s",
-                    )
-                )
-        self._run_due_cron(now, wall)
+        self.latent.expire(now)
+        self.groups.run_due_cron(now, wall)
         timeout = self.config.timeout
         for proplet in list(self.proplets.values()):
             if not self.link_up:
@@ -709,198 +699,28 @@ class Engine:
         self._log("task_failed", "warning", task_id=task.id, reason=reason)
         self._persist_task(task, wall)
 
-    # ------------------------------------------------------------------ workflows, jobs, cron
+    # ------------------------------------------------------------------ workflows, jobs, cron, latent
 
     def create_workflow(self, specs: Any, wall: float) -> list[Task]:
-        tasks = self._build_group(specs, wall)
-        workflow_id = next((t.workflow_id for t in tasks if t.workflow_id), "") or self._new_id()
-        for t in tasks:
-            t.workflow_id = workflow_id
-        self._admit_group(tasks, wall)
-        self._log("workflow_created", workflow_id=workflow_id, tasks=len(tasks))
-        return tasks
+        return self.groups.create_workflow(specs, wall)
 
     def create_job(self, name: str, specs: Any, mode: str, wall: float) -> tuple[Job, list[Task]]:
-        mode = mode or "parallel"
-        if mode not in workflow.EXECUTION_MODES:
-            raise ValidationError(
-                f"execution_mode must be one of {', '.join(workflow.EXECUTION_MODES)}", "execution_mode"
-            )
-        tasks = self._build_group(specs, wall)
-        job_id = next((t.job_id for t in tasks if t.job_id), "") or self._new_id()
-        if job_id in self.jobs:
-            raise Conflict(f"job {job_id} already exists", "job_id")
-        for i, t in enumerate(tasks):
-            t.job_id = job_id
-            if mode == "sequential" and i > 0 and not t.depends_on:
-                t.depends_on = [tasks[i - 1].id]  # one after another, each waiting for the previous
-        job = Job(id=job_id, name=name, execution_mode=mode, created_at=wall, updated_at=wall)
-        self._admit_group(tasks, wall)
-        self.jobs[job_id] = job
-        self._emit(PersistJob(copy.deepcopy(job)))
-        self._log("job_created", job_id=job_id, tasks=len(tasks), mode=mode)
-        return job, tasks
-
-    def _build_group(self, specs: Any, wall: float) -> list[Task]:
-        if self.shutting_down:
-            raise ShuttingDown("service is shutting down")
-        if not isinstance(specs, list) or not specs:
-            raise ValidationError("tasks must be a non-empty list", "tasks")
-        tasks: list[Task] = []
-        for i, spec in enumerate(specs):
-            try:
-                task = task_from_spec(spec, self._new_id)
-            except ValidationError as err:
-                raise ValidationError(f"tasks[{i}]: {err.message}", f"tasks[{i}].{err.field}") from None
-            if task.id in self.tasks or any(t.id == task.id for t in tasks):
-                raise Conflict(f"tasks[{i}]: task {task.id} already exists", f"tasks[{i}].id")
-            task.created_at = task.updated_at = wall
-            tasks.append(task)
-        workflow.validate_dag(tasks)
-        return tasks
-
-    def _admit_group(self, tasks: list[Task], wall: float) -> None:
-        for t in tasks:
-            self.tasks[t.id] = t
-            self._persist_task(t, wall)
+        return self.groups.create_job(name, specs, mode, wall)
 
     def job_tasks(self, job_id: str) -> list[Task]:
-        if job_id not in self.jobs:
-            raise NotFound(f"job {job_id} not found")
-        return [t for t in self.tasks.values() if t.job_id == job_id]
+        return self.groups.job_tasks(job_id)
 
     def start_job(self, job_id: str, now: float, wall: float) -> None:
-        tasks = self.job_tasks(job_id)
-        if any(t.state in (TaskState.RUNNING, TaskState.SCHEDULED) for t in tasks):
-            raise Conflict(f"job {job_id} is already running")
-        for t in tasks:
-            if t.state.is_terminal:
-                states.apply(t, Trigger.RESET)
-                t.attempt, t.results, t.error, t.finish_time = 0, None, "", None
-        for t in workflow.topological_order(tasks):
-            if not t.depends_on:
-                self.start_task(t.id, now, wall)
-        self._log("job_started", job_id=job_id)
+        self.groups.start_job(job_id, now, wall)
 
     def stop_job(self, job_id: str, wall: float) -> None:
-        for t in self.job_tasks(job_id):
-            if t.state in (TaskState.RUNNING, TaskState.SCHEDULED):
-                self._interrupt(t, "job stopped by user", wall)
-
-    def _after_terminal(self, task: Task, now: float, wall: float) -> None:
-        """Advance the task's workflow or job: start ready dependents, skip unreachable ones."""
-        group = [
-            t
-            for t in self.tasks.values()
-            if (task.workflow_id and t.workflow_id == task.workflow_id)
-            or (task.job_id and t.job_id == task.job_id)
-        ]
-        if not group:
-            return
-        if task.job_id and task.state in (TaskState.FAILED, TaskState.INTERRUPTED):
-            for t in group:  # fail fast: nothing else of a failed job runs
-                if t.state in (TaskState.RUNNING, TaskState.SCHEDULED):
-                    self._interrupt(
-                        t, f"job failed fast: task {task.name} ({task.id}) {task.state.label.lower()}", wall
-                    )
-                elif t.state is TaskState.PENDING:
-                    states.apply(t, Trigger.SKIP)
-                    t.error = f"job failed fast: task {task.name} ({task.id}) {task.state.label.lower()}"
-                    self._persist_task(t, wall)
-            return
-        by_id = {t.id: t for t in group}
-        progressed = True
-        while progressed:
-            progressed = False
-            for t in group:
-                if t.state is not TaskState.PENDING or not t.depends_on:
-                    continue
-                verdict = workflow.decide(t, by_id)
-                if verdict == "start":
-                    try:
-                        self.start_task(t.id, now, wall)
-                    except EngineError as err:
-                        self._fail(t, err.message, wall)
-                    progressed = True
-                elif verdict == "skip":
-                    states.apply(t, Trigger.SKIP)
-                    t.error = "run_if condition not met"
-                    t.finish_time = wall
-                    self._persist_task(t, wall)
-                    progressed = True
-
-    def _run_due_cron(self, now: float, wall: float) -> None:
-        for task in [t for t in self.tasks.values() if t.schedule and t.next_run is not None]:
-            assert task.next_run is not None
-            if task.next_run > wall:
-                continue
-            if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):
-                self.counters["cron_runs_skipped"] += 1
-                self._log("cron_run_skipped", task_id=task.id, reason=f"still {task.state.label.lower()}")
-            else:
-                try:
-                    self.start_task(task.id, now, wall)
-                    self.counters["cron_runs"] += 1
-                except (Conflict, NotFound, ValidationError) as err:
-                    self._log("cron_run_failed", "warning", task_id=task.id, reason=err.message)
-            if task.is_recurring:
-                task.next_run = cron.next_run(task.schedule, task.timezone, wall)
-            else:
-                task.schedule, task.next_run = "", None
-            self._persist_task(task, wall)
-
-    # ------------------------------------------------------------------ latent tasks
+        self.groups.stop_job(job_id, wall)
 
     def invoke(self, task_id: str, inputs: Any, env: Any, now: float) -> str:
-        """Call a deployed latent task; the answer comes back as an InvocationFinished command."""
-        task = self.get_task(task_id)
-        if not task.latent:
-            raise ValidationError(f"task {task_id} is not a latent task and cannot be invoked")
-        if task.state is not TaskState.RUNNING or not task.proplet_id:
-            raise Conflict(
-                f"latent task {task_id} is not deployed (state {task.state.label}); start it first"
-            )
-        probe = build_task({"name": "invoke", "inputs": inputs, "env": env}, self._new_id)
-        invocation_id = self._new_id()
-        self._invocations[invocation_id] = (
-            task_id,
-            now + self.config.invoke_timeout,
-            False,
-            tuple(probe.inputs),
-            dict(probe.env),
-        )
-        self._publish_invoke(task, invocation_id, tuple(probe.inputs), dict(probe.env))
-        return invocation_id
+        return self.latent.invoke(task_id, inputs, env, now)
 
-    def _publish_invoke(
-        self, task: Task, invocation_id: str, inputs: tuple[str, ...], env: dict[str, str]
-    ) -> None:
-        message = wire.InvokeTask(task.id, invocation_id, inputs, env, task.proplet_id, False)
-        self._emit(Publish(self.topics.invoke, wire.encode(message), self.config.qos))
-
-    def _on_invoke_result(self, msg: wire.InvokeResult, now: float, wall: float) -> None:
-        entry = self._invocations.get(msg.invocation_id)
-        if entry is None:
-            self.counters["invoke_results_ignored"] += 1
-            return
-        task_id, _deadline, retried, inputs, env = entry
-        task = self.tasks.get(task_id)
-        if msg.error and "has not been precompiled" in msg.error and not retried and task is not None:
-            # The proplet lost its deployment (restart): deploy again and retry once.
-            self._invocations[msg.invocation_id] = (
-                task_id,
-                now + self.config.invoke_timeout,
-                True,
-                inputs,
-                env,
-            )
-            start = self._start_message(task, proplet_id=task.proplet_id, broadcast=False)
-            self._emit(Publish(self.topics.start, wire.encode(start), self.config.qos))
-            self._publish_invoke(task, msg.invocation_id, inputs, env)
-            self._log("latent_redeployed", task_id=task_id, proplet_id=task.proplet_id)
-            return
-        del self._invocations[msg.invocation_id]
-        self._emit(InvocationFinished(msg.invocation_id, task_id, msg.results, _printable(msg.error or "")))
+    def _after_terminal(self, task: Task, now: float, wall: float) -> None:
+        self.groups.after_terminal(task, now, wall)
 
     # ------------------------------------------------------------------ views
 
@@ -926,12 +746,6 @@ _HANDLED_SUFFIXES = frozenset(
 
 _ADJECTIVES = ("brave", "calm", "eager", "fuzzy", "gentle", "happy", "jolly", "keen", "lucid", "merry")
 _NOUNS = ("otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "puffin", "raven", "wren")
-
-
-def _printable(text: str, limit: int = 4096) -> str:
-    """Error text from the network, made safe to store (PostgreSQL text refuses NUL) and bounded."""
-    text = text.replace("\x00", "\\0")
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
 def _name_for(proplet_id: str) -> str:

@@ -170,3 +170,9 @@ def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
         max_attempts=_int(spec, "max_attempts", 1, 100, 3),
     )
     return task
+
+
+def printable(text: str, limit: int = 4096) -> str:
+    """Error text from the network, made safe to store (PostgreSQL text refuses NUL) and bounded."""
+    text = text.replace("\x00", "\\0")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
