@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.adapters.broker import EmbeddedBroker
@@ -64,7 +64,6 @@ class ManagerSettings:
     mqtt_cert: str | None = None
     mqtt_key: str | None = None
     mqtt_insecure: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ManagerService:
@@ -90,8 +89,6 @@ class ManagerService:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._api_server: Any = None
-        self._stopped = asyncio.Event()
-        self._t0 = time.monotonic()
         self._invocations: dict[str, asyncio.Future[InvocationFinished]] = {}
         self.chunks = ChunkServer()
 
@@ -206,10 +203,6 @@ class ManagerService:
             await self.broker.stop()
         if self.store is not None:
             await self.store.close()
-        self._stopped.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
     # ------------------------------------------------------------------ engine I/O
 

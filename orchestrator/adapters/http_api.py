@@ -56,6 +56,11 @@ def _page(request: Request, *, max_limit: int | None = None) -> tuple[int, int]:
     return offset, limit
 
 
+def _page_body(offset: int, limit: int, key: str, items: list[Any]) -> dict[str, Any]:
+    """Upstream's page shape: ``{offset, limit, total, <key>: items[offset:offset+limit]}``."""
+    return {"offset": offset, "limit": limit, "total": len(items), key: items[offset : offset + limit]}
+
+
 async def _json_body(request: Request, *, optional: bool = False) -> Any:
     body = await request.body()
     if optional and not body:
@@ -225,12 +230,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         views = [proplet_view(p, manager.proplet_alive(p)) for p in proplets]
         if status:
             views = [v for v in views if v["alive"] == (status == "active")]
-        return {
-            "offset": offset,
-            "limit": limit,
-            "total": len(views),
-            "proplets": views[offset : offset + limit],
-        }
+        return _page_body(offset, limit, "proplets", views)
 
     @app.get("/proplets/{proplet_id}")
     async def get_proplet(proplet_id: str) -> dict[str, Any]:
@@ -249,12 +249,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         offset, limit = _page(request)
         proplet = manager.engine.get_proplet(proplet_id)
         history = [rfc3339(t) for t in reversed(proplet.alive_history)]
-        return {
-            "offset": offset,
-            "limit": limit,
-            "total": len(history),
-            "history": history[offset : offset + limit],
-        }
+        return _page_body(offset, limit, "history", history)
 
     @app.post("/workflows", status_code=201)
     async def create_workflow(request: Request) -> JSONResponse:
@@ -292,12 +287,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         summaries.sort(key=lambda j: (j["created_at"], j["job_id"]), reverse=True)
         if status:
             summaries = [j for j in summaries if j["state"] == status]
-        return {
-            "offset": offset,
-            "limit": limit,
-            "total": len(summaries),
-            "jobs": summaries[offset : offset + limit],
-        }
+        return _page_body(offset, limit, "jobs", summaries)
 
     @app.get("/jobs/{job_id}")
     async def get_job(job_id: str) -> dict[str, Any]:
