@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,13 @@ from proplets.runtime import (
 from proplets.runtime.wasmbin import PAGE_BYTES
 
 log = logging.getLogger("propeller.proplet")
+
+LIMIT_FIELDS = frozenset(f.name for f in fields(Limits))
+
+
+class TaskInputError(Exception):
+    """The start request itself is unusable (e.g. limits this proplet cannot apply): a task error."""
+
 
 VERSION = "0.1.0"
 
@@ -342,7 +349,16 @@ class PropletAgent:
     def _request(
         self, start: wire.StartTask, wasm: bytes, inputs: tuple[Any, ...], env: dict[str, str]
     ) -> RunRequest:
-        limits = Limits(**{**self.settings.default_limits, **dict(start.limits or {})})  # type: ignore[arg-type]
+        requested = {**self.settings.default_limits, **dict(start.limits or {})}
+        unknown = sorted(set(requested) - LIMIT_FIELDS)
+        if unknown:
+            raise TaskInputError(
+                f"unknown limit {unknown[0]!r} (this proplet knows {', '.join(sorted(LIMIT_FIELDS))})"
+            )
+        try:
+            limits = Limits(**requested)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as err:
+            raise TaskInputError(f"bad limits: {err}") from None
         return RunRequest(
             task_id=start.id,
             wasm=wasm,
@@ -382,7 +398,7 @@ class PropletAgent:
             else:
                 request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
                 results, error = await self._execute_wasm(request, token)
-        except DeliveryError as err:
+        except (DeliveryError, TaskInputError) as err:
             error = str(err)
         except Exception as err:  # a bug must become a failed task, never a silent hang
             log.exception("task %s crashed the runner", start.id)
@@ -430,9 +446,11 @@ class PropletAgent:
             error = f"task {start.id} has not been precompiled; deploy it as a latent task first"
         else:
             env = {**dict(start.env), **dict(invoke.env)}
-            request = self._request(start, wasm, tuple(invoke.inputs or start.inputs), env)
             try:
+                request = self._request(start, wasm, tuple(invoke.inputs or start.inputs), env)
                 results, error = await self._execute_wasm(request, CancelToken())
+            except TaskInputError as err:
+                error = str(err)
             except Exception as err:
                 log.exception("invocation %s crashed the runner", invoke.invocation_id)
                 error = f"proplet internal error: {type(err).__name__}: {err}"

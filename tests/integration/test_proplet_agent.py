@@ -225,3 +225,15 @@ async def test_stop_leaves_no_thread_and_no_task_behind(broker: EmbeddedBroker, 
 def _where(task: asyncio.Task[Any]) -> str:
     code = getattr(task.get_coro(), "cr_code", None)
     return str(getattr(code, "co_filename", ""))
+
+
+async def test_limits_the_proplet_cannot_apply_fail_the_task_naming_them(
+    broker: EmbeddedBroker, observer: Observer, agents: list[PropletAgent]
+) -> None:
+    await started(agents, settings(broker.url))
+    observer.send_start("gas", "add", ["1", "2"], limits={"gas": 5})
+    observer.send_start("neg", "add", ["1", "2"], limits={"fuel": 0.5})
+    await eventually(lambda: bool(observer.results("gas")) and bool(observer.results("neg")), 10)
+    assert observer.results("gas")[0]["error"].startswith("unknown limit 'gas'")
+    neg = observer.results("neg")[0]["error"]
+    assert neg.startswith("bad limits:") and "Limits.fuel" in neg
