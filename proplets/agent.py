@@ -319,8 +319,7 @@ class PropletAgent:
                 token = self._cancels.get(command.task_id)
                 if token is not None:
                     token.cancel()
-                if self._deployed.pop(command.task_id, None) is not None:
-                    self.engine.task_finished(command.task_id, "", "stopped", self._clock())
+                self._deployed.pop(command.task_id, None)
             elif isinstance(command, LogEvent):
                 log.info(
                     json.dumps(

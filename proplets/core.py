@@ -368,7 +368,7 @@ class PropletEngine:
         if isinstance(message, wire.StartTask):
             self._on_start(message, now)
         elif isinstance(message, wire.StopTask):
-            self._on_stop(message)
+            self._on_stop(message, now)
         elif isinstance(message, wire.InvokeTask):
             self._on_invoke(message)
 
@@ -422,7 +422,7 @@ class PropletEngine:
         self._commands.append(RunTask(start))
         self._commands.append(LogEvent("task_started", {"task_id": start.id, "name": start.name}))
 
-    def _on_stop(self, stop: wire.StopTask) -> None:
+    def _on_stop(self, stop: wire.StopTask, now: float) -> None:
         if stop.proplet_id and stop.proplet_id != self.config.proplet_id:
             return
         entry = self.running.get(stop.id)
@@ -430,6 +430,9 @@ class PropletEngine:
             return
         entry.cancelled = True
         self._commands.append(CancelTask(stop.id))
+        if entry.deployed:
+            # A deployed latent task has no run to wait for: stopping it ends it now.
+            self.task_finished(stop.id, "", "stopped", now)
 
     # ------------------------------------------------------------------ memory admission
 

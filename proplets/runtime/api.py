@@ -44,8 +44,14 @@ class Limits:
     max_memories: int | None = 10
 
     def __post_init__(self) -> None:
-        for name in ("fuel", "memory_bytes", "max_table_elements", "max_instances", "max_tables",
-                     "max_memories"):
+        for name in (
+            "fuel",
+            "memory_bytes",
+            "max_table_elements",
+            "max_instances",
+            "max_tables",
+            "max_memories",
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"Limits.{name} must be a non-negative int or None, got {value!r}")

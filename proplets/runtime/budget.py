@@ -38,20 +38,38 @@ class BudgetConfig:
                 raise ValueError(f"BudgetConfig.{name} must be a non-negative int, got {value!r}")
 
     def instance_cost(self, module_bytes: int, memory_pages: int) -> int:
-        return (module_bytes + memory_pages * PAGE_BYTES + self.wasm_stack_bytes + self.app_heap_bytes
-                + self.exec_env_bytes + self.thread_stack_bytes)
+        return (
+            module_bytes
+            + memory_pages * PAGE_BYTES
+            + self.wasm_stack_bytes
+            + self.app_heap_bytes
+            + self.exec_env_bytes
+            + self.thread_stack_bytes
+        )
 
 
 # upstream's examples/esp32s3-wasm-benchmark-zephyr (§10): 192 KiB malloc arena
 # (CONFIG_COMMON_LIBC_MALLOC_ARENA_SIZE=196608), WASM_STACK_KB 4 used for stack and exec env,
 # heap 0 (WASM_HEAP_KB is not passed), 4 KiB static thread stack per instance (BENCH_THREAD_STACK_SIZE),
 # MAX_INSTANCES 24.
-ESP32S3_ZEPHYR_BENCH = BudgetConfig(heap_bytes=196_608, wasm_stack_bytes=4 * KiB, app_heap_bytes=0,
-                                    exec_env_bytes=4 * KiB, thread_stack_bytes=4 * KiB, max_instances=24)
+ESP32S3_ZEPHYR_BENCH = BudgetConfig(
+    heap_bytes=196_608,
+    wasm_stack_bytes=4 * KiB,
+    app_heap_bytes=0,
+    exec_env_bytes=4 * KiB,
+    thread_stack_bytes=4 * KiB,
+    max_instances=24,
+)
 # The removed ESP-IDF benchmark README's illustrative figures (§10, expectations, not measurements):
 # ~412 KB free internal DRAM, 4 KB wasm stack + 8 KB heap + 6 KB task stack + 8 KB overhead per instance.
-ESP32S3_IDF_SRAM = BudgetConfig(heap_bytes=412 * KiB, wasm_stack_bytes=4 * KiB, app_heap_bytes=8 * KiB,
-                                exec_env_bytes=8 * KiB, thread_stack_bytes=6 * KiB, max_instances=100)
+ESP32S3_IDF_SRAM = BudgetConfig(
+    heap_bytes=412 * KiB,
+    wasm_stack_bytes=4 * KiB,
+    app_heap_bytes=8 * KiB,
+    exec_env_bytes=8 * KiB,
+    thread_stack_bytes=6 * KiB,
+    max_instances=100,
+)
 EMBED_PROPLET = BudgetConfig()
 
 
@@ -91,15 +109,19 @@ class DeviceBudget:
 
     def admit(self, module_bytes: int, memory_pages: int) -> Admission | Refusal:
         if module_bytes < 0 or memory_pages < 0:
-            raise ValueError(f"module_bytes and memory_pages must be >= 0, got {module_bytes}, "
-                             f"{memory_pages}")
+            raise ValueError(
+                f"module_bytes and memory_pages must be >= 0, got {module_bytes}, {memory_pages}"
+            )
         cost = self.config.instance_cost(module_bytes, memory_pages)
         free = self.free_bytes
         if len(self._instances) >= self.config.max_instances:
             return Refusal(f"instance limit reached ({self.config.max_instances} instances)", cost, free)
         if cost > free:
-            return Refusal(f"out of device memory: instance needs {cost} bytes, {free} of "
-                           f"{self.config.heap_bytes} free", cost, free)
+            return Refusal(
+                f"out of device memory: instance needs {cost} bytes, {free} of {self.config.heap_bytes} free",
+                cost,
+                free,
+            )
         instance_id = self._next_id
         self._next_id += 1
         self._instances[instance_id] = cost

@@ -10,8 +10,19 @@ from proplets.runtime import wave
 from proplets.runtime.wave import Case, WaveType
 
 _PRIMS: dict[type, str] = {
-    cm.Bool: "bool", cm.S8: "s8", cm.S16: "s16", cm.S32: "s32", cm.S64: "s64", cm.U8: "u8", cm.U16: "u16",
-    cm.U32: "u32", cm.U64: "u64", cm.F32: "f32", cm.F64: "f64", cm.Char: "char", cm.String: "string",
+    cm.Bool: "bool",
+    cm.S8: "s8",
+    cm.S16: "s16",
+    cm.S32: "s32",
+    cm.S64: "s64",
+    cm.U8: "u8",
+    cm.U16: "u16",
+    cm.U32: "u32",
+    cm.U64: "u64",
+    cm.F32: "f32",
+    cm.F64: "f64",
+    cm.Char: "char",
+    cm.String: "string",
 }
 
 
@@ -40,8 +51,8 @@ def to_wave_type(t: Any) -> WaveType:
     if isinstance(t, cm.VariantType):
         return wave.VariantT(tuple((n, _opt(ct)) for n, ct in t.cases))
     raise UnsupportedComponentType(
-        f"component value type {type(t).__name__} (resources, streams, futures) cannot be passed as "
-        "WAVE text")
+        f"component value type {type(t).__name__} (resources, streams, futures) cannot be passed as WAVE text"
+    )
 
 
 def _opt(t: Any | None) -> WaveType | None:

@@ -34,8 +34,10 @@ def convert_inputs(
 def convert_one(index: int, wasm_type: str, value: InputValue) -> int | float:
     where = f"input {index} ({value!r}) for parameter type {wasm_type}"
     if wasm_type not in CORE_TYPES:
-        raise InputError(f"unsupported parameter type {wasm_type} at position {index}; "
-                         f"only i32, i64, f32, f64 can be passed")
+        raise InputError(
+            f"unsupported parameter type {wasm_type} at position {index}; "
+            f"only i32, i64, f32, f64 can be passed"
+        )
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InputError(f"{where}: expected a number or a numeric string")
     if wasm_type in _INT_RANGES:

@@ -34,8 +34,12 @@ FALLBACK_EXPORTS = ("main", "run", "_start")
 _STDERR_TAIL = 512
 
 _EpochCallback = ctypes.CFUNCTYPE(
-    ctypes.c_size_t, ctypes.POINTER(ffi.wasmtime_context_t), ctypes.c_void_p,
-    ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint8))
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ctypes.c_uint8),
+)
 _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _NO_FINALIZER = _Finalizer(lambda _p: None)
 
@@ -95,12 +99,19 @@ class _Io:
         def head(p: Path) -> bytes:
             with p.open("rb") as f:
                 return f.read(cap)
+
         return head(self.stdout), head(self.stderr)
 
 
 class WasmtimeRuntime:
-    def __init__(self, cache_dir: Path | None = None, *, max_concurrency: int | None = None,
-                 memory_cache_entries: int = 64, tick_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        *,
+        max_concurrency: int | None = None,
+        memory_cache_entries: int = 64,
+        tick_s: float = 0.01,
+    ) -> None:
         cfg = wasmtime.Config()
         cfg.consume_fuel = True
         cfg.epoch_interruption = True
@@ -111,6 +122,7 @@ class WasmtimeRuntime:
         self.engine = wasmtime.Engine(cfg)
         flags = "fuel,epoch,component,reftypes,bulk,simd"
         from importlib.metadata import version
+
         namespace = f"wasmtime-{version('wasmtime')}|{flags}"
         entries = memory_cache_entries
         self.modules: ArtifactCache[wasmtime.Module] = ArtifactCache(namespace, cache_dir, entries)
@@ -140,13 +152,21 @@ class WasmtimeRuntime:
 
     def compile_module(self, wasm: bytes) -> wasmtime.Module:
         return self.modules.get(
-            wasm, "module", lambda b: wasmtime.Module(self.engine, b), lambda m: bytes(m.serialize()),
-            lambda b: wasmtime.Module.deserialize(self.engine, b))
+            wasm,
+            "module",
+            lambda b: wasmtime.Module(self.engine, b),
+            lambda m: bytes(m.serialize()),
+            lambda b: wasmtime.Module.deserialize(self.engine, b),
+        )
 
     def compile_component(self, wasm: bytes) -> cm.Component:
         return self.components.get(
-            wasm, "component", lambda b: cm.Component(self.engine, b), lambda c: bytes(c.serialize()),
-            lambda b: cm.Component.deserialize(self.engine, b))
+            wasm,
+            "component",
+            lambda b: cm.Component(self.engine, b),
+            lambda c: bytes(c.serialize()),
+            lambda b: cm.Component.deserialize(self.engine, b),
+        )
 
     # -- run -----------------------------------------------------------------------------------------
 
@@ -174,8 +194,13 @@ class WasmtimeRuntime:
         with tempfile.TemporaryDirectory(prefix=f"wasm-{_safe(req.task_id)}-") as tmp:
             io = _open_io(Path(tmp), req.stdin)
             try:
-                watch = _Watch(cancel, None if lim.timeout_s is None else start + lim.timeout_s,
-                               lim.timeout_s, lim.output_bytes, io.fds)
+                watch = _Watch(
+                    cancel,
+                    None if lim.timeout_s is None else start + lim.timeout_s,
+                    lim.timeout_s,
+                    lim.output_bytes,
+                    io.fds,
+                )
                 return self._execute(req, kind, watch, io, start)
             finally:
                 for fd in io.fds:
@@ -184,11 +209,13 @@ class WasmtimeRuntime:
     def _execute(self, req: RunRequest, kind: RunKind, watch: _Watch, io: _Io, start: float) -> RunOutcome:
         lim = req.limits
         try:
-            artifact: Any = self.compile_component(req.wasm) if kind == "component" else \
-                self.compile_module(req.wasm)
+            artifact: Any = (
+                self.compile_component(req.wasm) if kind == "component" else self.compile_module(req.wasm)
+            )
         except wasmtime.WasmtimeError as e:
-            return RunOutcome("", f"invalid wasm {kind}: {_cause(e)}", kind=kind,
-                              duration_s=time.monotonic() - start)
+            return RunOutcome(
+                "", f"invalid wasm {kind}: {_cause(e)}", kind=kind, duration_s=time.monotonic() - start
+            )
         store = wasmtime.Store(self.engine)
         fuel = FUEL_UNLIMITED if lim.fuel is None else lim.fuel
         memories: list[wasmtime.Memory] = []
@@ -230,11 +257,19 @@ class WasmtimeRuntime:
             error = f"exited with code {exit_code}" + (f": {tail}" if tail else "")
         if kind == "wasi" and error is None:
             results = _command_result(stdout, stderr)
-        return RunOutcome(results, error, stdout, stderr, exit_code, consumed,
-                          time.monotonic() - start, kind, values)
+        return RunOutcome(
+            results, error, stdout, stderr, exit_code, consumed, time.monotonic() - start, kind, values
+        )
 
-    def _describe(self, e: Exception, watch: _Watch, lim: Limits, fuel: int, store: wasmtime.Store,
-                  memories: list[wasmtime.Memory]) -> str:
+    def _describe(
+        self,
+        e: Exception,
+        watch: _Watch,
+        lim: Limits,
+        fuel: int,
+        store: wasmtime.Store,
+        memories: list[wasmtime.Memory],
+    ) -> str:
         if watch.reason is not None:
             return watch.reason
         message = _cause(e)
@@ -257,8 +292,14 @@ class WasmtimeRuntime:
 
     # -- core modules --------------------------------------------------------------------------------
 
-    def _call_core(self, req: RunRequest, module: wasmtime.Module, store: wasmtime.Store, io: _Io,
-                   memories: list[wasmtime.Memory]) -> tuple[RunKind, str, tuple[float, ...], int | None]:
+    def _call_core(
+        self,
+        req: RunRequest,
+        module: wasmtime.Module,
+        store: wasmtime.Store,
+        io: _Io,
+        memories: list[wasmtime.Memory],
+    ) -> tuple[RunKind, str, tuple[float, ...], int | None]:
         linker = wasmtime.Linker(self.engine)
         if any(i.module.startswith(("wasi_snapshot_preview1", "wasi_unstable")) for i in module.imports):
             linker.define_wasi()
@@ -287,16 +328,18 @@ class WasmtimeRuntime:
             return "wasi", "", (), 0
         args = convert_inputs(name, [str(p) for p in ftype.params], req.inputs)
         raw = func(store, *args)
-        values: tuple[int | float, ...] = tuple(raw) if isinstance(raw, list | tuple) else \
-            (() if raw is None else (raw,))
+        values: tuple[int | float, ...] = (
+            tuple(raw) if isinstance(raw, list | tuple) else (() if raw is None else (raw,))
+        )
         result_types = [str(r) for r in ftype.results]
         results = format_value(values[0], result_types[0]) if values else ""
         return "core", results, values, None
 
     # -- components ----------------------------------------------------------------------------------
 
-    def _call_component(self, req: RunRequest, component: cm.Component, store: wasmtime.Store,
-                        io: _Io) -> tuple[RunKind, str, int | None]:
+    def _call_component(
+        self, req: RunRequest, component: cm.Component, store: wasmtime.Store, io: _Io
+    ) -> tuple[RunKind, str, int | None]:
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
         store.set_wasi(_wasi_config(req, io))
@@ -307,8 +350,10 @@ class WasmtimeRuntime:
             ftype = func.type(store)
             params = ftype.params
             if len(params) != len(req.inputs):
-                raise _RunError(f"argument count mismatch: '{req.function}' expects {len(params)} "
-                                f"({', '.join(n for n, _ in params) or 'none'}), got {len(req.inputs)}")
+                raise _RunError(
+                    f"argument count mismatch: '{req.function}' expects {len(params)} "
+                    f"({', '.join(n for n, _ in params) or 'none'}), got {len(req.inputs)}"
+                )
             args = []
             for (pname, ptype), text in zip(params, req.inputs, strict=True):
                 try:
@@ -317,12 +362,17 @@ class WasmtimeRuntime:
                     raise _RunError(f"bad WAVE input for parameter '{pname}': {e}") from None
             out = func(store, *args)
             result_t = ftype.result
-            return "component", "" if result_t is None else wave.format_value(lift(out, result_t),
-                                                                             to_wave_type(result_t)), None
+            return (
+                "component",
+                "" if result_t is None else wave.format_value(lift(out, result_t), to_wave_type(result_t)),
+                None,
+            )
         run_name = next((n for n in export_names if n.startswith("wasi:cli/run@")), None)
         if run_name is None:
-            raise _RunError(f"component has no export '{req.function or '(none)'}' and is not a wasi:cli/run "
-                            f"command; exports: {', '.join(export_names) or 'none'}")
+            raise _RunError(
+                f"component has no export '{req.function or '(none)'}' and is not a wasi:cli/run "
+                f"command; exports: {', '.join(export_names) or 'none'}"
+            )
         idx = instance.get_export_index(store, run_name)
         fidx = instance.get_export_index(store, "run", idx) if idx is not None else None
         run = instance.get_func(store, fidx) if fidx is not None else None
@@ -338,16 +388,19 @@ def _pick_export(function: str, names: list[str]) -> str:
     for candidate in tried:
         if candidate in names:
             return candidate
-    raise _RunError(f"export '{function or tried[0]}' not found (also tried {', '.join(tried[1:])}); "
-                    f"module exports: {', '.join(names) or 'no functions'}")
+    raise _RunError(
+        f"export '{function or tried[0]}' not found (also tried {', '.join(tried[1:])}); "
+        f"module exports: {', '.join(names) or 'no functions'}"
+    )
 
 
 def _has_custom_export(name: str) -> bool:
     return bool(name) and name != "_start" and not name.startswith("fl-round-")
 
 
-def _resolve_component_func(instance: cm.Instance, store: wasmtime.Store, name: str,
-                            export_names: list[str]) -> cm.Func:
+def _resolve_component_func(
+    instance: cm.Instance, store: wasmtime.Store, name: str, export_names: list[str]
+) -> cm.Func:
     if "#" in name:
         outer, inner = name.split("#", 1)
         idx = instance.get_export_index(store, outer)
@@ -384,8 +437,14 @@ def _safe_get(exports: Any, name: str) -> Any:
 def _store_limits(lim: Limits) -> dict[str, int]:
     def n(v: int | None) -> int:
         return -1 if v is None else v
-    return {"memory_size": n(lim.memory_bytes), "table_elements": n(lim.max_table_elements),
-            "instances": n(lim.max_instances), "tables": n(lim.max_tables), "memories": n(lim.max_memories)}
+
+    return {
+        "memory_size": n(lim.memory_bytes),
+        "table_elements": n(lim.max_table_elements),
+        "instances": n(lim.max_instances),
+        "tables": n(lim.max_tables),
+        "memories": n(lim.max_memories),
+    }
 
 
 def _open_io(tmp: Path, stdin: bytes) -> _Io:

@@ -16,8 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 INT_RANGES = {
-    "s8": (-(2**7), 2**7 - 1), "s16": (-(2**15), 2**15 - 1), "s32": (-(2**31), 2**31 - 1),
-    "s64": (-(2**63), 2**63 - 1), "u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1), "u32": (0, 2**32 - 1),
+    "s8": (-(2**7), 2**7 - 1),
+    "s16": (-(2**15), 2**15 - 1),
+    "s32": (-(2**31), 2**31 - 1),
+    "s64": (-(2**63), 2**63 - 1),
+    "u8": (0, 2**8 - 1),
+    "u16": (0, 2**16 - 1),
+    "u32": (0, 2**32 - 1),
     "u64": (0, 2**64 - 1),
 }
 PRIMS = (*INT_RANGES, "bool", "f32", "f64", "char", "string")
@@ -128,7 +133,7 @@ class _Parser:
         self.pos = 0
 
     def error(self, what: str) -> WaveError:
-        near = self.text[self.pos:self.pos + 20]
+        near = self.text[self.pos : self.pos + 20]
         return WaveError(f"{what} at offset {self.pos} (near {near!r}) in WAVE text {self.text!r}")
 
     def skip_ws(self) -> None:
@@ -160,7 +165,7 @@ class _Parser:
             self.pos += 1
         if start == self.pos:
             raise self.error("expected a label")
-        return self.text[start:self.pos]
+        return self.text[start : self.pos]
 
     def token(self) -> str:
         self.skip_ws()
@@ -169,7 +174,7 @@ class _Parser:
             self.pos += 1
         if start == self.pos:
             raise self.error("expected a value")
-        return self.text[start:self.pos]
+        return self.text[start : self.pos]
 
     def comma_list(self, close: str, item: Any) -> list[Any]:
         out: list[Any] = []
@@ -233,6 +238,7 @@ class _Parser:
         if self.accept(":"):  # `{:}` is the empty record
             self.expect("}")
         else:
+
             def field() -> None:
                 name = self.label()
                 if name not in fields:
@@ -241,6 +247,7 @@ class _Parser:
                     raise self.error(f"duplicate field {name!r}")
                 self.expect(":")
                 got[name] = self.value(fields[name])
+
             self.comma_list("}", field)
         out: dict[str, Any] = {}
         for name, fty in fields.items():
@@ -315,17 +322,17 @@ class _Parser:
             if ch != "\\":
                 out.append(ch)
                 continue
-            esc = self.text[self.pos:self.pos + 1]
+            esc = self.text[self.pos : self.pos + 1]
             self.pos += 1
             simple = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
             if esc in simple:
                 out.append(simple[esc])
-            elif esc == "u" and self.text[self.pos:self.pos + 1] == "{":
+            elif esc == "u" and self.text[self.pos : self.pos + 1] == "{":
                 end = self.text.find("}", self.pos)
                 if end < 0:
                     raise self.error("unterminated \\u{...} escape")
                 try:
-                    out.append(chr(int(self.text[self.pos + 1:end], 16)))
+                    out.append(chr(int(self.text[self.pos + 1 : end], 16)))
                 except ValueError:
                     raise self.error("bad \\u{...} escape") from None
                 self.pos = end + 1
@@ -352,8 +359,11 @@ def format_value(value: Any, ty: WaveType) -> str:
         case RecordT(fields):
             if not fields:
                 return "{:}"
-            parts = [f"{_label(n)}: {format_value(value[n], t)}" for n, t in fields
-                     if not (isinstance(t, OptionT) and value[n] == Case("none"))]
+            parts = [
+                f"{_label(n)}: {format_value(value[n], t)}"
+                for n, t in fields
+                if not (isinstance(t, OptionT) and value[n] == Case("none"))
+            ]
             return "{" + ", ".join(parts) + "}" if parts else "{:}"
         case FlagsT(names):
             return "{" + ", ".join(_label(n) for n in names if n in value) + "}"

@@ -158,3 +158,19 @@ def test_latent_task_answers_invocations_once_deployed() -> None:
         "results": "3",
         "error": None,
     }
+
+
+def test_stopping_a_deployed_latent_task_ends_it_at_once() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.handle(
+        T.start, json.dumps({"id": "lt", "name": "add", "file": "AGFzbQEAAAA=", "latent": True}).encode(), 1.0
+    )
+    e.deployed("lt")
+    e.take_commands()
+    e.handle(T.stop, b'{"id": "lt"}', 2.0)
+    commands = e.take_commands()
+    assert CancelTask("lt") in commands
+    (result,) = published(commands, T.results)
+    assert result["task_id"] == "lt" and "stopped" in result["error"]
+    assert "lt" not in e.running
