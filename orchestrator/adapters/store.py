@@ -17,6 +17,14 @@ Choices, and why:
 - JSON columns use the SQL ``JSON`` type (PostgreSQL ``json``, not ``jsonb``): it keeps the text as
   written, so strings holding ``\\u0000`` round-trip. NaN/Infinity are refused on both backends, since
   PostgreSQL cannot store them in JSON. Plain text columns cannot hold NUL on PostgreSQL.
+- Group commit: the service hands ``write(batch)`` everything one flush window changed and it goes in
+  one transaction. A task row is written whole only the first time this process sees it; after that
+  only the columns that differ from what this process last wrote (a bounded cache of written rows).
+  Each row is checked in Python before the transaction (text the backend cannot hold, integers out of
+  range, JSON that cannot be encoded or is nested deeper than ``MAX_JSON_DEPTH``): a refused row is
+  reported by id and the rest of the batch is still written. On SQLite the whole transaction runs in
+  one call to a dedicated writer thread over a plain ``sqlite3`` connection, not one aiosqlite thread
+  hand-off per statement.
 - ``load_tasks()`` returns tasks in first-save order (a ``seq`` column), since sequential jobs start
   their roots in list order.
 - PostgreSQL may be given a ``schema=``: it is created if missing and put on ``search_path``, so every
@@ -26,12 +34,14 @@ Choices, and why:
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +143,10 @@ TASKS = sa.Table(
     sa.Column("created_at", sa.Double(), nullable=True),
     sa.Column("updated_at", sa.Double(), nullable=True),
     sa.Column("extras", sa.JSON(), nullable=False),
+    sa.Index("ix_tasks_seq", "seq"),
+    sa.Index("ix_tasks_state_seq", "state", "seq"),
+    sa.Index("ix_tasks_proplet_id_seq", "proplet_id", "seq"),
+    sa.Index("ix_tasks_name_seq", "name", "seq"),
 )
 PROPLETS = sa.Table(
     "proplets",
@@ -184,12 +198,86 @@ _PROPLET_FIELDS = tuple(f.name for f in dataclasses.fields(Proplet))
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
 # PostgreSQL's json type refuses NaN/Infinity; refusing them everywhere keeps the backends alike.
 _json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
+# JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper
+# value could be written but not read back (a store that cannot be loaded at restart).
+MAX_JSON_DEPTH = 100
+# Rows this process last wrote, kept to write only changed columns next time (LRU, by task id).
+WRITTEN_ROWS_CACHE = 10_000
+
+
+class RawJson(str):
+    """JSON text the store already encoded (and checked); the engines' serializer passes it through."""
+
+
+def _serialize(value: Any) -> str:
+    return value if type(value) is RawJson else _json_dumps(value)
+
+
+class Unstorable(ValueError):
+    """A value the backend cannot hold; the message names the row and the field."""
+
+
+@dataclass
+class WriteBatch:
+    """What one flush window changed, written in one transaction by ``Store.write``.
+
+    Persisting a task or proplet twice keeps the latest snapshot; a delete drops an earlier persist of
+    the same id in the batch (deletes run first in the transaction, so a later re-create survives).
+    """
+
+    tasks: dict[str, Task] = dataclasses.field(default_factory=dict)
+    proplets: dict[str, Proplet] = dataclasses.field(default_factory=dict)
+    jobs: dict[str, Job] = dataclasses.field(default_factory=dict)
+    deleted_tasks: list[str] = dataclasses.field(default_factory=list)
+    deleted_proplets: list[str] = dataclasses.field(default_factory=list)
+    task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.tasks or self.proplets or self.jobs or self.deleted_tasks or self.deleted_proplets
+            or self.task_metrics or self.proplet_metrics
+        )  # fmt: skip
+
+    def delete_task(self, task_id: str) -> None:
+        self.tasks.pop(task_id, None)
+        self.deleted_tasks.append(task_id)
+
+    def delete_proplet(self, proplet_id: str) -> None:
+        self.proplets.pop(proplet_id, None)
+        self.deleted_proplets.append(proplet_id)
+
+
+@dataclass
+class Refusals:
+    """Rows of a batch that the store refused (by id, with the reason); everything else was written."""
+
+    tasks: dict[str, str] = dataclasses.field(default_factory=dict)
+    proplets: dict[str, str] = dataclasses.field(default_factory=dict)
+    jobs: dict[str, str] = dataclasses.field(default_factory=dict)
+    metrics: list[str] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.proplets or self.jobs or self.metrics)
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    total: int
+    tasks: list[Task]
 
 
 class Store:
     """One database. Open with ``await Store.open(url)``; every method is a coroutine."""
 
-    def __init__(self, engine: AsyncEngine, shown_url: str, applied: tuple[str, ...], next_seq: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        shown_url: str,
+        applied: tuple[str, ...],
+        next_seq: int,
+        writer: sa.Engine | None = None,
+    ) -> None:
         self._engine = engine
         self.url = shown_url
         # Alembic revisions this open() applied; empty when the database was already at head.
@@ -197,14 +285,26 @@ class Store:
         self._next_seq = next_seq
         self._closed = False
         sqlite_backend = engine.dialect.name == "sqlite"
+        self._pg = not sqlite_backend
         self._insert = sqlite.insert if sqlite_backend else postgresql.insert
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if sqlite_backend else contextlib.nullcontext()
+        )
+        # SQLite batches run whole in one call to this thread (see the module docstring).
+        self._writer = writer
+        self._writer_thread = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer") if writer else None
         )
         # Built once: constructing `excluded` costs about a millisecond, more than the write itself.
         # A task keeps its first `seq`: that is its place in load order.
         self._upserts = {
             table.name: self._build_upsert(table, keep=("id", "seq")) for table in (TASKS, PROPLETS, JOBS)
+        }
+        self._batch_lock = asyncio.Lock()
+        self._written: collections.OrderedDict[str, tuple[Any, ...]] = collections.OrderedDict()
+        self._checks = {t.name: _column_checks(t) for t in (TASKS, PROPLETS, JOBS)}
+        self._metric_checks = {
+            t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS)
         }
 
     @classmethod
@@ -231,11 +331,16 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise StoreError(shown, "cannot open the database", exc) from exc
-        return cls(engine, shown, tuple(applied), int(top or 0) + 1)
+        writer = _sqlite_writer(resolved) if resolved.get_backend_name() == "sqlite" else None
+        return cls(engine, shown, tuple(applied), int(top or 0) + 1, writer)
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._writer_thread is not None:
+                self._writer_thread.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.dispose()
             await self._engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -254,16 +359,43 @@ class Store:
         await self.save_tasks([task])
 
     async def save_tasks(self, tasks: Sequence[Task]) -> None:
-        """Upsert whole rows, all in one transaction: either every task is saved or none is."""
+        """Save whole tasks, all in one transaction: either every task is saved or none is."""
         if not tasks:
             return
-        rows = [self._task_row(t) for t in tasks]
         what = f"save task {tasks[0].id!r}" if len(tasks) == 1 else f"save {len(tasks)} tasks"
-        async with self._write(what, rows) as conn:
-            await conn.execute(self._upserts["tasks"], rows[0] if len(rows) == 1 else rows)
+        batch = WriteBatch(tasks={t.id: t for t in tasks})
+        async with self._batch_lock, self._write_lock:  # plans diff against rows written before them
+            try:
+                plan = self._plan(batch, Refusals(), strict=True)
+            except Unstorable as exc:
+                raise StoreError(self.url, f"{what} ({exc})", exc) from exc
+            await self._run(plan, what)
+
+    async def write(self, batch: WriteBatch) -> Refusals:
+        """Write a flush window's changes in one transaction; returns the rows refused.
+
+        A row the backend cannot hold is refused and named, and the rest of the batch is still
+        written, so one bad input never costs anyone else's work. ``StoreError`` means nothing was
+        written (the database is unreachable, full, ...): the caller may retry the same batch.
+        """
+        refused = Refusals()
+        if not batch:
+            return refused
+        what = f"write {len(batch.tasks)} tasks"
+        async with self._batch_lock, self._write_lock:
+            plan = self._plan(batch, refused, strict=False)
+            try:
+                await self._run(plan, what)
+            except StoreError as exc:
+                if not _is_data_error(exc.cause):
+                    raise
+                # The database refused something the checks let through: find it, item by item.
+                await self._run(plan, what, isolate=refused)
+        return refused
 
     async def delete_task(self, task_id: str) -> None:
         """Delete the task and its metrics; deleting an unknown id is not an error."""
+        self._written.pop(task_id, None)
         async with self._write(f"delete task {task_id!r}") as conn:
             await conn.execute(sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == task_id))
             await conn.execute(sa.delete(TASKS).where(TASKS.c.id == task_id))
@@ -278,6 +410,39 @@ class Store:
         async with self._read("load tasks") as conn:
             rows = (await conn.execute(sa.select(TASKS).order_by(TASKS.c.seq, TASKS.c.id))).all()
         return [self._task_from_row(r._mapping) for r in rows]
+
+    async def list_tasks(
+        self,
+        offset: int = 0,
+        limit: int = 100,
+        *,
+        state: int | None = None,
+        proplet_id: str | None = None,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> TaskPage:
+        """(total, page) of the stored tasks in first-save order, filtered in SQL.
+
+        ``metadata`` keeps tasks whose metadata has each key equal to the given scalar value.
+        """
+        if offset < 0 or limit < 0:
+            raise ValueError(f"offset and limit must be >= 0, got offset={offset} limit={limit}")
+        where: list[Any] = []
+        if state is not None:
+            where.append(TASKS.c.state == int(state))
+        if proplet_id is not None:
+            where.append(TASKS.c.proplet_id == proplet_id)
+        if name is not None:
+            where.append(TASKS.c.name == name)
+        for key, value in (metadata or {}).items():
+            where.append(_json_equals(TASKS.c.metadata[key], value))
+        async with self._read("list tasks") as conn:
+            total = await conn.scalar(sa.select(sa.func.count()).select_from(TASKS).where(*where))
+            query = (
+                sa.select(TASKS).where(*where).order_by(TASKS.c.seq, TASKS.c.id).offset(offset).limit(limit)
+            )
+            rows = (await conn.execute(query)).all()
+        return TaskPage(int(total or 0), [self._task_from_row(r._mapping) for r in rows])
 
     # -- proplets ------------------------------------------------------------------------------------
 
@@ -383,13 +548,148 @@ class Store:
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _task_row(self, task: Task) -> dict[str, Any]:
-        row = _to_row(task, TASKS, _TASK_FIELDS)
-        row["state"] = int(task.state)
-        row["file"] = bytes(task.file)
-        row["seq"] = self._next_seq
-        self._next_seq += 1
-        return row
+    # -- batch writes --------------------------------------------------------------------------------
+
+    def _task_values(self, task: Task) -> tuple[Any, ...]:
+        """The task's column values in ``_TASK_COLUMNS`` order, checked; raises ``Unstorable``."""
+        checks = self._checks["tasks"]
+        out = []
+        for name in _TASK_COLUMNS:
+            if name == "extras":
+                raw: Any = {f: getattr(task, f) for f in _TASK_EXTRAS}
+            elif name == "state":
+                raw = int(task.state)
+            else:
+                raw = getattr(task, name)
+            out.append(checks[name](raw, task.id))
+        return tuple(out)
+
+    def _checked(self, table: str, row: dict[str, Any], owner: str) -> dict[str, Any]:
+        checks = self._checks[table] if table in self._checks else self._metric_checks[table]
+        return {k: checks[k](v, owner) for k, v in row.items()}
+
+    def _plan(self, batch: WriteBatch, refused: Refusals, *, strict: bool) -> _Plan:
+        """Rows to write, checked; a refused row goes to ``refused`` (or raises when ``strict``)."""
+        plan = _Plan(list(batch.deleted_tasks), list(batch.deleted_proplets))
+        for task in batch.tasks.values():
+            try:
+                values = self._task_values(task)
+            except Unstorable as exc:
+                if strict:
+                    raise
+                refused.tasks[task.id] = str(exc)
+                continue
+            old = self._written.get(task.id)
+            if old is None:
+                row = dict(zip(_TASK_COLUMNS, values, strict=True))
+                row["seq"] = self._next_seq
+                self._next_seq += 1
+                plan.inserts.append(row)
+            else:
+                changed = {c: v for c, v, o in zip(_TASK_COLUMNS, values, old, strict=True) if v != o}
+                if not changed:
+                    continue
+                plan.updates.setdefault(tuple(changed), []).append({"_id": task.id, **changed})
+            plan.written[task.id] = values
+        for proplet in batch.proplets.values():
+            row = _to_row(proplet, PROPLETS, _PROPLET_FIELDS)
+            row["metadata"] = dataclasses.asdict(proplet.metadata)
+            row["alive_history"] = list(proplet.alive_history)
+            try:
+                plan.proplets.append(self._checked("proplets", row, proplet.id))
+            except Unstorable as exc:
+                if strict:
+                    raise
+                refused.proplets[proplet.id] = str(exc)
+        for job in batch.jobs.values():
+            try:
+                plan.jobs.append(self._checked("jobs", dataclasses.asdict(job), job.id))
+            except Unstorable as exc:
+                if strict:
+                    raise
+                refused.jobs[job.id] = str(exc)
+        for table, rows, out in (
+            ("task_metrics", batch.task_metrics, plan.task_metrics),
+            ("proplet_metrics", batch.proplet_metrics, plan.proplet_metrics),
+        ):
+            for row in rows:
+                owner = str(row.get("task_id") or row.get("proplet_id"))
+                try:
+                    out.append(self._checked(table, row, owner))
+                except Unstorable as exc:
+                    if strict:
+                        raise
+                    refused.metrics.append(str(exc))
+        return plan
+
+    async def _run(self, plan: _Plan, what: str, isolate: Refusals | None = None) -> None:
+        """Apply ``plan`` in one transaction; with ``isolate``, each row in its own savepoint."""
+        self._check_open(what)
+        try:
+            if self._writer is not None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._writer_thread, self._apply_on_writer, plan, isolate)
+            else:
+                async with self._engine.begin() as conn:
+                    await conn.run_sync(self._apply, plan, isolate)
+        except (SQLAlchemyError, OSError, TypeError, ValueError) as exc:
+            raise StoreError(self.url, what, exc) from exc
+        for task_id in plan.deleted_tasks:
+            self._written.pop(task_id, None)
+        for task_id, values in plan.written.items():
+            if isolate is None or task_id not in isolate.tasks:
+                self._written[task_id] = values
+                self._written.move_to_end(task_id)
+        while len(self._written) > WRITTEN_ROWS_CACHE:
+            self._written.popitem(last=False)
+
+    def _apply_on_writer(self, plan: _Plan, isolate: Refusals | None) -> None:
+        assert self._writer is not None
+        with self._writer.begin() as conn:
+            self._apply(conn, plan, isolate)
+
+    def _apply(self, conn: sa.Connection, plan: _Plan, isolate: Refusals | None) -> None:
+        """Runs inside one transaction (writer thread on SQLite, greenlet on PostgreSQL)."""
+
+        def run(stmt: Any, rows: list[dict[str, Any]], refuse: Callable[[dict[str, Any], str], None]) -> None:
+            if not rows:
+                return
+            if isolate is None:
+                conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
+                return
+            for row in rows:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(stmt, row)
+                except (SQLAlchemyError, TypeError, ValueError) as exc:
+                    if not _is_data_error(exc):
+                        raise
+                    refuse(row, _describe(exc))
+
+        assert isolate is None or isinstance(isolate, Refusals)
+        refusals = isolate or Refusals()
+
+        def task(row: dict[str, Any], why: str) -> None:
+            refusals.tasks[row.get("id") or row["_id"]] = why
+
+        if plan.deleted_tasks:
+            conn.execute(sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id.in_(plan.deleted_tasks)))
+            conn.execute(sa.delete(TASKS).where(TASKS.c.id.in_(plan.deleted_tasks)))
+        if plan.deleted_proplets:
+            ids = plan.deleted_proplets
+            conn.execute(sa.delete(PROPLET_METRICS).where(PROPLET_METRICS.c.proplet_id.in_(ids)))
+            conn.execute(sa.delete(PROPLETS).where(PROPLETS.c.id.in_(ids)))
+        run(self._upserts["tasks"], plan.inserts, task)
+        for rows in plan.updates.values():
+            run(_UPDATE_TASK, rows, task)
+        run(
+            self._upserts["proplets"],
+            plan.proplets,
+            lambda r, why: refusals.proplets.__setitem__(r["id"], why),
+        )
+        run(self._upserts["jobs"], plan.jobs, lambda r, why: refusals.jobs.__setitem__(r["id"], why))
+        run(sa.insert(TASK_METRICS), plan.task_metrics, lambda r, why: refusals.metrics.append(why))
+        run(sa.insert(PROPLET_METRICS), plan.proplet_metrics, lambda r, why: refusals.metrics.append(why))
 
     def _task_from_row(self, values: Any) -> Task:
         data = _from_row(values, _TASK_FIELDS)
@@ -461,6 +761,156 @@ class Store:
             raise StoreError(self.url, f"{what}: the store is closed")
 
 
+_TASK_COLUMNS = tuple(c.name for c in TASKS.c if c.name != "seq")
+_TASK_EXTRAS = tuple(f for f in _TASK_FIELDS if f not in TASKS.c)
+# executemany UPDATE: the SET clause comes from the keys of the parameter rows (all alike per call).
+_UPDATE_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
+
+
+@dataclass
+class _Plan:
+    deleted_tasks: list[str]
+    deleted_proplets: list[str]
+    inserts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    proplets: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    jobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    written: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+
+
+def _column_checks(table: sa.Table, *, skip: tuple[str, ...] = ()) -> dict[str, Callable[[Any, str], Any]]:
+    """Per column, a function (value, owner id) -> value to bind, raising ``Unstorable`` with the row
+    and field named for what the backend would refuse. Both backends get the same rules, so a row
+    that SQLite takes is one PostgreSQL takes too."""
+    checks: dict[str, Callable[[Any, str], Any]] = {}
+    for column in table.c:
+        if column.name in skip:
+            continue
+        checks[column.name] = _check_for(column, column.name)
+    return checks
+
+
+def _check_for(column: sa.Column[Any], name: str) -> Callable[[Any, str], Any]:
+    nullable = bool(column.nullable)
+    kind = column.type
+
+    def none(owner: str) -> None:
+        if not nullable:
+            raise Unstorable(f"{owner!r} field {name!r} must not be null")
+
+    if isinstance(kind, sa.JSON):
+
+        def check_json(value: Any, owner: str) -> Any:
+            try:
+                text = _json_dumps(value)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise Unstorable(f"{owner!r} field {name!r} is not JSON-encodable: {exc}") from None
+            if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _json_depth(value) > MAX_JSON_DEPTH:
+                raise Unstorable(f"{owner!r} field {name!r} is nested deeper than {MAX_JSON_DEPTH} levels")
+            return RawJson(text)
+
+        return check_json
+    if isinstance(kind, sa.String):  # Text too
+        limit = kind.length
+
+        def check_text(value: Any, owner: str) -> Any:
+            if value is None:
+                return none(owner)
+            if not isinstance(value, str):
+                raise Unstorable(f"{owner!r} field {name!r} must be text, got {type(value).__name__}")
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise Unstorable(
+                        f"{owner!r} field {name!r} is not valid Unicode (it holds a lone surrogate)"
+                    ) from None
+            if "\x00" in value:
+                raise Unstorable(f"{owner!r} field {name!r} contains a NUL character (PostgreSQL refuses it)")
+            if limit is not None and len(value) > limit:
+                raise Unstorable(f"{owner!r} field {name!r} is longer than {limit} characters")
+            return value
+
+        return check_text
+    if isinstance(kind, sa.Boolean):
+        return lambda value, owner: none(owner) if value is None else bool(value)
+    if isinstance(kind, sa.Integer):  # SmallInteger and BigInteger too
+        bits = 63 if isinstance(kind, sa.BigInteger) else 15 if isinstance(kind, sa.SmallInteger) else 31
+
+        def check_int(value: Any, owner: str) -> Any:
+            if value is None:
+                return none(owner)
+            if not -(2**bits) <= value < 2**bits:
+                raise Unstorable(
+                    f"{owner!r} field {name!r} = {value} is out of range ({bits + 1}-bit integer)"
+                )
+            return value
+
+        return check_int
+    if isinstance(kind, sa.LargeBinary):
+        return lambda value, owner: none(owner) if value is None else bytes(value)
+    return lambda value, owner: none(owner) if value is None else value
+
+
+def _put(refused: dict[str, str], key: str, why: str) -> None:
+    refused[key] = why
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of lists/dicts, without recursion (stops counting past the bound)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _json_equals(element: Any, value: Any) -> Any:
+    """SQL: this JSON element equals the scalar ``value`` (as a string, number or boolean)."""
+    if isinstance(value, bool):
+        return element.as_boolean() == value
+    if isinstance(value, int):
+        return element.as_string() == str(value)
+    if isinstance(value, float):
+        return element.as_float() == value
+    if isinstance(value, str):
+        return element.as_string() == value
+    raise ValueError(f"metadata filter values must be strings, numbers or booleans, got {value!r}")
+
+
+def _is_data_error(exc: BaseException | None) -> bool:
+    """The database refused the data (retrying the same row cannot help), not the connection."""
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError) or isinstance(
+            exc.orig, UnicodeError | ValueError
+        )
+    return isinstance(exc, StatementError | TypeError | ValueError | RecursionError)
+
+
+def _sqlite_writer(url: URL) -> sa.Engine:
+    """A plain (synchronous) sqlite3 engine for the writer thread, set up like the async one."""
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        json_serializer=_serialize,
+        json_deserializer=json.loads,
+        poolclass=sa.pool.SingletonThreadPool,
+    )
+    _sqlite_hooks(engine)
+    return engine
+
+
 def _resolve_url(raw: str) -> URL:
     hint = "use a file path, sqlite:///path.db or postgresql://user@host/db"
     if not raw or not raw.strip():
@@ -493,7 +943,7 @@ def _resolve_url(raw: str) -> URL:
 
 
 def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
-    common: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": json.loads}
+    common: dict[str, Any] = {"json_serializer": _serialize, "json_deserializer": json.loads}
     if url.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {"connect_timeout": 10}
         if schema is not None:
@@ -509,8 +959,12 @@ def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
     except OSError as exc:
         raise StoreError(shown, "cannot create the directory of the SQLite file", exc) from exc
     engine = create_async_engine(url, **common)
+    _sqlite_hooks(engine.sync_engine)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _sqlite_hooks(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
         cursor = dbapi_connection.cursor()
@@ -518,11 +972,9 @@ def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN")
-
-    return engine
 
 
 def _migrate(shown: str, connection: sa.Connection) -> list[str]:
