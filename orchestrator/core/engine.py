@@ -151,6 +151,32 @@ class Engine:
             self._wall_offset = wall - now
         self._log("engine_restored", tasks=len(self.tasks), proplets=len(self.proplets), jobs=len(self.jobs))
 
+    def revert_task(self, task_id: str, stored: Task | None, now: float) -> None:
+        """The store refused this task's latest state: hold what the store holds instead.
+
+        ``stored`` is the task as the store has it, or None when it never stored it (the task is
+        then forgotten). Memory never claims what a restart would not find; running and queue
+        bookkeeping follow the state that stays.
+        """
+        task = self.tasks.pop(task_id, None)
+        if task is not None:
+            if task.state is TaskState.RUNNING and not task.broadcast:
+                self._release_slot(task)
+            self._queue.pop(task_id, None)
+            self._dispatched_at.pop(task_id, None)
+        self.counters["tasks_refused_by_store"] += 1
+        self._log("task_reverted", "warning", task_id=task_id, stored=stored is not None)
+        if stored is None:
+            return
+        self.tasks[task_id] = stored
+        if stored.state is TaskState.SCHEDULED:
+            self._queue[task_id] = now
+        elif stored.state is TaskState.RUNNING and stored.proplet_id and not stored.broadcast:
+            proplet = self.proplets.get(stored.proplet_id)
+            if proplet is not None:
+                proplet.task_count += 1
+            self._dispatched_at[task_id] = now
+
     # ------------------------------------------------------------------ network input
 
     def handle(self, event: MessageReceived, now: float, wall: float) -> None:
