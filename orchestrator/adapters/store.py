@@ -363,12 +363,12 @@ class Store:
         if not tasks:
             return
         what = f"save task {tasks[0].id!r}" if len(tasks) == 1 else f"save {len(tasks)} tasks"
-        batch = WriteBatch(tasks={t.id: t for t in tasks})
+        try:
+            plan = self._prepare(WriteBatch(tasks={t.id: t for t in tasks}), Refusals(), strict=True)
+        except Unstorable as exc:
+            raise StoreError(self.url, f"{what} ({exc})", exc) from exc
         async with self._batch_lock, self._write_lock:  # plans diff against rows written before them
-            try:
-                plan = self._plan(batch, Refusals(), strict=True)
-            except Unstorable as exc:
-                raise StoreError(self.url, f"{what} ({exc})", exc) from exc
+            self._plan(plan)
             await self._run(plan, what)
 
     async def write(self, batch: WriteBatch) -> Refusals:
@@ -381,9 +381,10 @@ class Store:
         refused = Refusals()
         if not batch:
             return refused
+        plan = self._prepare(batch, refused, strict=False)  # before any await: see PersistTask
         what = f"write {len(batch.tasks)} tasks"
         async with self._batch_lock, self._write_lock:
-            plan = self._plan(batch, refused, strict=False)
+            self._plan(plan)
             try:
                 await self._run(plan, what)
             except StoreError as exc:
@@ -568,29 +569,18 @@ class Store:
         checks = self._checks[table] if table in self._checks else self._metric_checks[table]
         return {k: checks[k](v, owner) for k, v in row.items()}
 
-    def _plan(self, batch: WriteBatch, refused: Refusals, *, strict: bool) -> _Plan:
-        """Rows to write, checked; a refused row goes to ``refused`` (or raises when ``strict``)."""
+    def _prepare(self, batch: WriteBatch, refused: Refusals, *, strict: bool) -> _Plan:
+        """Check and encode every row now (JSON to text): the result no longer shares anything with the
+        caller's objects, so the engine may go on mutating them. A refused row goes to ``refused`` (or
+        raises ``Unstorable`` when ``strict``)."""
         plan = _Plan(list(batch.deleted_tasks), list(batch.deleted_proplets))
         for task in batch.tasks.values():
             try:
-                values = self._task_values(task)
+                plan.written[task.id] = self._task_values(task)
             except Unstorable as exc:
                 if strict:
                     raise
                 refused.tasks[task.id] = str(exc)
-                continue
-            old = self._written.get(task.id)
-            if old is None:
-                row = dict(zip(_TASK_COLUMNS, values, strict=True))
-                row["seq"] = self._next_seq
-                self._next_seq += 1
-                plan.inserts.append(row)
-            else:
-                changed = {c: v for c, v, o in zip(_TASK_COLUMNS, values, old, strict=True) if v != o}
-                if not changed:
-                    continue
-                plan.updates.setdefault(tuple(changed), []).append({"_id": task.id, **changed})
-            plan.written[task.id] = values
         for proplet in batch.proplets.values():
             row = _to_row(proplet, PROPLETS, _PROPLET_FIELDS)
             row["metadata"] = dataclasses.asdict(proplet.metadata)
@@ -621,6 +611,21 @@ class Store:
                         raise
                     refused.metrics.append(str(exc))
         return plan
+
+    def _plan(self, plan: _Plan) -> None:
+        """Split the encoded tasks into whole-row inserts (first time seen) and updates of the columns
+        that differ from what this store last wrote. Runs under the batch lock."""
+        for task_id, values in list(plan.written.items()):
+            old = self._written.get(task_id)
+            if old is None:
+                row = dict(zip(_TASK_COLUMNS, values, strict=True))
+                row["seq"] = self._next_seq
+                self._next_seq += 1
+                plan.inserts.append(row)
+                continue
+            changed = {c: v for c, v, o in zip(_TASK_COLUMNS, values, old, strict=True) if v != o}
+            if changed:
+                plan.updates.setdefault(tuple(changed), []).append({"_id": task_id, **changed})
 
     async def _run(self, plan: _Plan, what: str, isolate: Refusals | None = None) -> None:
         """Apply ``plan`` in one transaction; with ``isolate``, each row in its own savepoint."""
