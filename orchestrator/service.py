@@ -195,6 +195,7 @@ class ManagerService:
             port=self.settings.api_port,
             log_level="warning",
             lifespan="off",
+            proxy_headers=False,  # not behind a proxy by default; the check cost ~1 % per request
         )
         server = uvicorn.Server(config)
         # The CLI owns SIGINT/SIGTERM (graceful stop of everything); uvicorn must not take them over.
