@@ -130,7 +130,7 @@ class E2EResult:
     layout: str
     tasks: int
     concurrency: int
-    submit: str = "start"  # "start": POST /tasks with start:true; "two": POST /tasks + POST /start
+    submit: str = "start"  # start: POST /tasks with start:true; two: + POST /start; batch: /tasks/batch
     completed: int = 0
     errors: int = 0
     seconds: float = 0.0
@@ -456,8 +456,39 @@ async def run_load(
             with contextlib.suppress(TimeoutError):  # counted below from its stored state
                 await asyncio.wait_for(waiters[task_id], 60)
 
+    async def batcher() -> None:
+        """The same window of ``concurrency`` tasks in flight, refilled by POST /tasks/batch (start:
+        true) whenever a quarter of it is free: one request per several tasks."""
+        chunk = max(1, result.concurrency // 4)
+        pending: set[asyncio.Future[None]] = set()
+        i = 0
+        while i < result.tasks:
+            while pending and len(pending) > result.concurrency - chunk:
+                done, _ = await asyncio.wait(pending, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                pending = pending - done if done else set()  # a timeout is counted from the store
+            n = min(chunk, result.tasks - i)
+            t0 = time.time()
+            specs = [{"name": "add", "file": module, "inputs": [j, 1]} for j in range(i, i + n)]
+            created = await c.api.post("/tasks/batch", json={"start": True, "tasks": specs})
+            if created.status_code != 201:
+                fail(f"POST /tasks/batch: {created.status_code} {created.text[:200]}")
+            else:
+                for j, item in enumerate(created.json()["results"]):
+                    task_id = item["task"]["id"]
+                    waiters[task_id] = waiter = loop.create_future()
+                    if task_id in early:
+                        waiter.set_result(None)
+                    pending.add(waiter)
+                    submitted[task_id] = (t0, i + j)
+            i += n
+        if pending:
+            await asyncio.wait(pending, timeout=60)
+
     try:
-        await asyncio.gather(*(worker() for _ in range(result.concurrency)))
+        if result.submit == "batch":
+            await batcher()
+        else:
+            await asyncio.gather(*(worker() for _ in range(result.concurrency)))
     finally:
         await observer.disconnect()
 
@@ -926,8 +957,9 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--layout", choices=["split", "inprocess"], default="split")
     e.add_argument("--rtt-messages", type=int, default=5000, help="raw QoS 1 round trips (0: skip)")
     e.add_argument(
-        "--submit", choices=["start", "two"], default="start",
-        help="start: POST /tasks with start:true (default); two: POST /tasks then POST /tasks/{id}/start",
+        "--submit", choices=["start", "two", "batch"], default="start",
+        help="start: POST /tasks with start:true (default); two: POST /tasks then POST /tasks/{id}/start;"
+        " batch: POST /tasks/batch of concurrency/4 tasks whenever that many slots are free",
     )  # fmt: skip
     e.add_argument("--no-celery", action="store_true", help="skip the Celery + Redis comparison")
     e.add_argument("--profile", default=None, help="directory: cProfile the manager (split layout) into it")
