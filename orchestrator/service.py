@@ -324,6 +324,8 @@ class ManagerService:
                 delay = min(5.0, max(0.05, delay * 2))
                 await asyncio.sleep(delay)
                 self._dirty.set()
+            except Exception:  # a bug must not stop every later flush (and hang every API call)
+                log.exception(json.dumps({"event": "flush_failed"}))
 
     async def _flush_once(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -337,6 +339,11 @@ class ManagerService:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(StoreUnavailable(str(err)))
+            raise
+        except Exception as err:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(err)
             raise
         self._last_refusals = refused
         for waiter in waiters:

@@ -248,3 +248,35 @@ async def test_every_acknowledged_task_survives_kill_9(db_url: str, tmp_path: Pa
 
 async def _at_least(items: list[str], n: int) -> bool:
     return len(items) >= n
+
+
+async def test_a_locked_database_gives_503_and_the_window_is_written_when_it_frees(
+    tmp_path: Path,
+) -> None:
+    """SQLite held by another writer past the busy timeout: the call is told 503 (not confirmed)
+    and nothing is stored; once the lock is gone the same window is written, then published.
+
+    Heartbeats are slow here so that the proplet's list of running tasks (which cannot hold a start
+    that was never published) does not requeue the task while the database is away."""
+    import sqlite3
+
+    from orchestrator.service import StoreUnavailable
+
+    c = await make_cluster("embedded://127.0.0.1:0", tmp_path, heartbeat_interval=10.0)
+    try:
+        await c.add_proplet("p1")
+        locker = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await c.manager.create_task({**add(1), "metadata": {"k": "v"}}, start=True)
+            (task_id,) = list(c.manager.engine.tasks)
+            assert c.manager.store is not None
+            assert await c.manager.store.get_task(task_id) is None  # (reads still work: WAL)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        done = await c.wait_terminal(task_id, timeout=30)  # retried, stored, published, run
+        assert done["state"] == int(TaskState.COMPLETED) and done["results"] == "2"
+    finally:
+        await close_cluster(c)
