@@ -198,6 +198,8 @@ _PROPLET_FIELDS = tuple(f.name for f in dataclasses.fields(Proplet))
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
 # PostgreSQL's json type refuses NaN/Infinity; refusing them everywhere keeps the backends alike.
 _json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
+# One encoder, reused: json.dumps with options builds a new JSONEncoder on every call.
+_json_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 # JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper
 # value could be written but not read back (a store that cannot be loaded at restart).
 MAX_JSON_DEPTH = 100
@@ -211,6 +213,9 @@ class RawJson(str):
 
 def _serialize(value: Any) -> str:
     return value if type(value) is RawJson else _json_dumps(value)
+
+
+_EMPTY_JSON: dict[type, RawJson] = {list: RawJson("[]"), dict: RawJson("{}"), type(None): RawJson("null")}
 
 
 class Unstorable(ValueError):
@@ -303,6 +308,7 @@ class Store:
         self._batch_lock = asyncio.Lock()
         self._written: collections.OrderedDict[str, tuple[Any, ...]] = collections.OrderedDict()
         self._checks = {t.name: _column_checks(t) for t in (TASKS, PROPLETS, JOBS)}
+        self._task_checks = [self._checks["tasks"][name] for name in (*_TASK_PLAIN, "state", "extras")]
         self._metric_checks = {
             t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS)
         }
@@ -553,17 +559,11 @@ class Store:
 
     def _task_values(self, task: Task) -> tuple[Any, ...]:
         """The task's column values in ``_TASK_COLUMNS`` order, checked; raises ``Unstorable``."""
-        checks = self._checks["tasks"]
-        out = []
-        for name in _TASK_COLUMNS:
-            if name == "extras":
-                raw: Any = {f: getattr(task, f) for f in _TASK_EXTRAS}
-            elif name == "state":
-                raw = int(task.state)
-            else:
-                raw = getattr(task, name)
-            out.append(checks[name](raw, task.id))
-        return tuple(out)
+        fields = task.__dict__
+        values = [fields[name] for name in _TASK_PLAIN]  # every column but state and extras
+        values.append(int(task.state))
+        values.append({f: fields[f] for f in _TASK_EXTRAS})
+        return tuple(check(v, task.id) for check, v in zip(self._task_checks, values, strict=True))
 
     def _checked(self, table: str, row: dict[str, Any], owner: str) -> dict[str, Any]:
         checks = self._checks[table] if table in self._checks else self._metric_checks[table]
@@ -766,7 +766,8 @@ class Store:
             raise StoreError(self.url, f"{what}: the store is closed")
 
 
-_TASK_COLUMNS = tuple(c.name for c in TASKS.c if c.name != "seq")
+_TASK_PLAIN = tuple(c.name for c in TASKS.c if c.name not in ("seq", "state", "extras"))
+_TASK_COLUMNS = (*_TASK_PLAIN, "state", "extras")  # the order of _task_values
 _TASK_EXTRAS = tuple(f for f in _TASK_FIELDS if f not in TASKS.c)
 # executemany UPDATE: the SET clause comes from the keys of the parameter rows (all alike per call).
 _UPDATE_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
@@ -808,8 +809,10 @@ def _check_for(column: sa.Column[Any], name: str) -> Callable[[Any, str], Any]:
     if isinstance(kind, sa.JSON):
 
         def check_json(value: Any, owner: str) -> Any:
+            if not value and type(value) in _EMPTY_JSON:  # most list/dict fields are empty
+                return _EMPTY_JSON[type(value)]
             try:
-                text = _json_dumps(value)
+                text = _json_encode(value)
             except (TypeError, ValueError, RecursionError) as exc:
                 raise Unstorable(f"{owner!r} field {name!r} is not JSON-encodable: {exc}") from None
             if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _json_depth(value) > MAX_JSON_DEPTH:
