@@ -10,6 +10,7 @@ is fine; results expire after five minutes.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import sys
 import time
@@ -83,6 +84,12 @@ class CeleryResult:
         return self.completed / self.seconds if self.seconds > 0 else 0.0
 
 
+@functools.cache
+def _client() -> Any:
+    """One client app per process (a task name may be registered once); the queue is per call."""
+    return make_app(REDIS_URL)
+
+
 def _tree_cpu(pid: int) -> float:
     import psutil
 
@@ -125,8 +132,7 @@ def run_celery(workers: int, tasks: int, concurrency: int, tmp: Path) -> CeleryR
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     result = CeleryResult(workers, tasks, concurrency)
-    client = make_app(REDIS_URL, queue)
-    add = client.tasks["propeller_bench.add"]
+    add = _client().tasks["propeller_bench.add"]
     try:
         # Warm-up: the worker is up and every pool process has run once.
         deadline = time.monotonic() + 60
@@ -134,7 +140,7 @@ def run_celery(workers: int, tasks: int, concurrency: int, tmp: Path) -> CeleryR
             if worker.poll() is not None:
                 raise RuntimeError(f"celery worker exited: {log.read_text(errors='replace')[-1500:]}")
             try:
-                [add.apply_async((1, 1)) for _ in range(workers * 2)][-1].get(timeout=5)
+                [add.apply_async((1, 1), queue=queue) for _ in range(workers * 2)][-1].get(timeout=5)
                 break
             except Exception:
                 if time.monotonic() > deadline:
@@ -146,7 +152,8 @@ def run_celery(workers: int, tasks: int, concurrency: int, tmp: Path) -> CeleryR
         t0 = time.perf_counter()
         while submitted < tasks or inflight:
             while submitted < tasks and len(inflight) < concurrency:
-                inflight.append((add.apply_async((submitted, 1)), time.perf_counter(), submitted))
+                sent = add.apply_async((submitted, 1), queue=queue)
+                inflight.append((sent, time.perf_counter(), submitted))
                 submitted += 1
             pending, started, i = inflight.popleft()
             try:
