@@ -343,10 +343,10 @@ class Store:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._writer_thread is not None:
+            if self._writer_thread is not None and self._writer is not None:
+                # The writer's sqlite3 connection belongs to its thread: close it there.
+                await asyncio.wrap_future(self._writer_thread.submit(self._writer.dispose))
                 self._writer_thread.shutdown(wait=True)
-            if self._writer is not None:
-                self._writer.dispose()
             await self._engine.dispose()
 
     async def __aenter__(self) -> Store:
