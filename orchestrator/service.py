@@ -436,9 +436,13 @@ class ManagerService:
                 self.engine.revert_task(task.id, await self.store.get_task(task.id), self.now())
             self.engine.jobs.pop(job_id, None)
         for proplet_id, reason in refused.proplets.items():
-            log.warning(
-                json.dumps({"event": "store_refused_proplet", "proplet_id": proplet_id, "reason": reason})
-            )
+            # An id the store cannot hold came from the network: the proplet is not kept (it would
+            # take tasks whose rows are refused in turn); its next message brings it back to be
+            # refused and logged again.
+            fields = {"event": "store_refused_proplet", "proplet_id": proplet_id, "reason": reason}
+            log.warning(json.dumps(fields))
+            with contextlib.suppress(EngineError):
+                self.engine.delete_proplet(proplet_id)
         for reason in refused.metrics:
             log.warning(json.dumps({"event": "store_refused_metrics", "reason": reason}))
         return set(refused.tasks)

@@ -397,7 +397,17 @@ class Store:
                 if not _is_data_error(exc.cause):
                     raise
                 # The database refused something the checks let through: find it, item by item.
-                await self._run(plan, what, isolate=refused)
+                try:
+                    await self._run(plan, what, isolate=refused)
+                except StoreError as again:
+                    if not _is_data_error(again.cause):
+                        raise
+                    # Cannot be pinned on one row: refuse the whole window rather than retry it
+                    # forever (a poison batch would stall every later write).
+                    why = f"the batch was refused: {_describe(again.cause or again)}"
+                    refused.tasks.update(dict.fromkeys(batch.tasks, why))
+                    refused.proplets.update(dict.fromkeys(batch.proplets, why))
+                    refused.jobs.update(dict.fromkeys(batch.jobs, why))
         return refused
 
     async def delete_task(self, task_id: str) -> None:
@@ -573,7 +583,7 @@ class Store:
         """Check and encode every row now (JSON to text): the result no longer shares anything with the
         caller's objects, so the engine may go on mutating them. A refused row goes to ``refused`` (or
         raises ``Unstorable`` when ``strict``)."""
-        plan = _Plan(list(batch.deleted_tasks), list(batch.deleted_proplets))
+        plan = _Plan(_storable_ids(batch.deleted_tasks), _storable_ids(batch.deleted_proplets))
         for task in batch.tasks.values():
             try:
                 plan.written[task.id] = self._task_values(task)
@@ -671,19 +681,18 @@ class Store:
                         raise
                     refuse(row, _describe(exc))
 
-        assert isolate is None or isinstance(isolate, Refusals)
-        refusals = isolate or Refusals()
+        refusals = isolate if isolate is not None else Refusals()  # (an empty Refusals is falsy)
 
         def task(row: dict[str, Any], why: str) -> None:
             refusals.tasks[row.get("id") or row["_id"]] = why
 
-        if plan.deleted_tasks:
-            conn.execute(sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id.in_(plan.deleted_tasks)))
-            conn.execute(sa.delete(TASKS).where(TASKS.c.id.in_(plan.deleted_tasks)))
-        if plan.deleted_proplets:
-            ids = plan.deleted_proplets
-            conn.execute(sa.delete(PROPLET_METRICS).where(PROPLET_METRICS.c.proplet_id.in_(ids)))
-            conn.execute(sa.delete(PROPLETS).where(PROPLETS.c.id.in_(ids)))
+        def ignore(row: dict[str, Any], why: str) -> None:
+            pass  # deleting a row that cannot be there
+
+        run(_DELETE_TASK_METRICS, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_TASK, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_PROPLET_METRICS, [{"_id": i} for i in plan.deleted_proplets], ignore)
+        run(_DELETE_PROPLET, [{"_id": i} for i in plan.deleted_proplets], ignore)
         run(self._upserts["tasks"], plan.inserts, task)
         for rows in plan.updates.values():
             run(_UPDATE_TASK, rows, task)
@@ -771,6 +780,12 @@ _TASK_COLUMNS = (*_TASK_PLAIN, "state", "extras")  # the order of _task_values
 _TASK_EXTRAS = tuple(f for f in _TASK_FIELDS if f not in TASKS.c)
 # executemany UPDATE: the SET clause comes from the keys of the parameter rows (all alike per call).
 _UPDATE_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
+_DELETE_TASK = sa.delete(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
+_DELETE_TASK_METRICS = sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == sa.bindparam("_id"))
+_DELETE_PROPLET = sa.delete(PROPLETS).where(PROPLETS.c.id == sa.bindparam("_id"))
+_DELETE_PROPLET_METRICS = sa.delete(PROPLET_METRICS).where(
+    PROPLET_METRICS.c.proplet_id == sa.bindparam("_id")
+)
 
 
 @dataclass
@@ -860,6 +875,18 @@ def _check_for(column: sa.Column[Any], name: str) -> Callable[[Any, str], Any]:
     if isinstance(kind, sa.LargeBinary):
         return lambda value, owner: none(owner) if value is None else bytes(value)
     return lambda value, owner: none(owner) if value is None else value
+
+
+def _storable_ids(ids: list[str]) -> list[str]:
+    """Ids that a row could have: deleting one the store cannot hold is a no-op, not an error."""
+    check = _check_for(TASKS.c.id, "id")
+    out = []
+    for i in ids:
+        try:
+            out.append(check(i, i))
+        except Unstorable:
+            continue
+    return out
 
 
 def _put(refused: dict[str, str], key: str, why: str) -> None:

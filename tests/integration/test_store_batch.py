@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orchestrator.adapters.store import MAX_JSON_DEPTH, Store, WriteBatch
+from orchestrator.adapters.store import _TASK_COLUMNS, MAX_JSON_DEPTH, Store, WriteBatch
 from orchestrator.core.model import Job, Proplet, Task, TaskState
 
 
@@ -141,3 +141,29 @@ async def test_list_tasks_pages_and_filters_in_the_store(store: Store) -> None:
     number = await store.list_tasks(0, 100, metadata={"n": 7})
     assert [t.id for t in number.tasks] == ["t007"]
     assert (await store.list_tasks(0, 10, state=int(TaskState.SKIPPED))).total == 0
+
+
+async def test_deleting_an_id_the_store_cannot_hold_is_a_no_op(store: Store) -> None:
+    batch = WriteBatch(tasks={"t": Task(id="t", name="kept")})
+    batch.delete_task("bad\x00id")
+    batch.delete_proplet("bad\x00id")
+    batch.delete_proplet("p" * 300)
+    assert not await store.write(batch)
+    assert [t.id for t in await store.load_tasks()] == ["t"]
+
+
+@pytest.mark.postgres
+async def test_a_row_the_database_refuses_past_the_checks_is_isolated(pg_store: Store) -> None:
+    """The checks are the first line; if PostgreSQL still refuses a row, the batch is re-run with one
+    savepoint per row, and only that row is refused."""
+    await pg_store.save_task(Task(id="old", name="old"))
+    checks = zip(_TASK_COLUMNS, pg_store._task_checks, strict=True)
+    pg_store._task_checks = [(lambda v, _o: v) if n == "name" else c for n, c in checks]  # NUL goes through
+    batch = WriteBatch()
+    batch.tasks["a"] = Task(id="a", name="a")
+    batch.tasks["bad"] = Task(id="bad", name="x\x00y")
+    batch.tasks["old"] = Task(id="old", name="old", attempt=2)
+    batch.delete_task("gone")
+    refused = await pg_store.write(batch)
+    assert set(refused.tasks) == {"bad"} and "NUL" in refused.tasks["bad"]
+    assert {t.id: t.attempt for t in await pg_store.load_tasks()} == {"old": 2, "a": 0}
