@@ -423,17 +423,24 @@ class ManagerService:
     async def _revert(self, refused: Refusals) -> set[str]:
         """Make the engine hold what the store holds for every refused row; returns the task ids."""
         assert self.store is not None
-        for task_id, reason in refused.tasks.items():
-            log.warning(json.dumps({"event": "store_refused_task", "task_id": task_id, "reason": reason}))
+        store = self.store
+
+        async def revert(task_id: str) -> None:
             try:
-                stored = await self.store.get_task(task_id)
+                stored = await store.get_task(task_id)
             except StoreError:
                 stored = None  # unreadable is as good as absent: memory must not claim more
             self.engine.revert_task(task_id, stored, self.now())
+
+        dropped = set(refused.tasks)
+        for task_id, reason in refused.tasks.items():
+            log.warning(json.dumps({"event": "store_refused_task", "task_id": task_id, "reason": reason}))
+            await revert(task_id)
         for job_id, reason in refused.jobs.items():
             log.warning(json.dumps({"event": "store_refused_job", "job_id": job_id, "reason": reason}))
             for task in self.engine.job_tasks(job_id) if job_id in self.engine.jobs else []:
-                self.engine.revert_task(task.id, await self.store.get_task(task.id), self.now())
+                dropped.add(task.id)
+                await revert(task.id)
             self.engine.jobs.pop(job_id, None)
         for proplet_id, reason in refused.proplets.items():
             # An id the store cannot hold came from the network: the proplet is not kept (it would
@@ -445,7 +452,7 @@ class ManagerService:
                 self.engine.delete_proplet(proplet_id)
         for reason in refused.metrics:
             log.warning(json.dumps({"event": "store_refused_metrics", "reason": reason}))
-        return set(refused.tasks)
+        return dropped
 
     async def _durable(self, *task_ids: str) -> None:
         """Wait until the commands queued so far are executed; raise if one of ``task_ids`` was refused."""
@@ -537,7 +544,16 @@ class ManagerService:
 
     async def create_job(self, name: str, specs: Any, mode: str) -> tuple[Job, list[Task]]:
         job, tasks = self.engine.create_job(name, specs, mode, time.time())
-        await self._durable(*(t.id for t in tasks))
+        refused = await self.flush()
+        why = refused.jobs.get(job.id) or next(
+            (refused.tasks[t.id] for t in tasks if t.id in refused.tasks), ""
+        )
+        if why:  # all or nothing: the job's stored tasks go too
+            for task in tasks:
+                with contextlib.suppress(EngineError):
+                    self.engine.delete_task(task.id)
+            await self.flush()
+            raise StoreRefused(f"job {job.id} cannot be stored: {why}")
         return job, tasks
 
     async def start_job(self, job_id: str) -> None:

@@ -317,3 +317,14 @@ async def test_a_proplet_the_store_cannot_hold_gets_no_work(
         await rogue.disconnect()
     listed = (await c.api.get("/proplets")).json()
     assert [p["id"] for p in listed["proplets"]] == ["p1"]
+
+
+async def test_a_job_the_store_refuses_leaves_nothing_behind(manager: Cluster) -> None:
+    c = manager
+    with pytest.raises(StoreRefused, match=r"job .* cannot be stored"):
+        await c.manager.create_job("job\x00name", [add(1), add(2)], "parallel")
+    assert not c.manager.engine.jobs and not c.manager.engine.tasks
+    assert c.manager.store is not None
+    assert await c.manager.store.load_tasks() == [] and await c.manager.store.load_jobs() == []
+    job, tasks = await c.manager.create_job("fine", [add(1)], "parallel")  # the next one is unaffected
+    assert [j.id for j in await c.manager.store.load_jobs()] == [job.id] and len(tasks) == 1
