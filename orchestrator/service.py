@@ -539,8 +539,19 @@ class ManagerService:
 
     async def create_workflow(self, specs: Any) -> list[Task]:
         tasks = self.engine.create_workflow(specs, time.time())
-        await self._durable(*(t.id for t in tasks))
+        refused = await self.flush()
+        why = next((refused.tasks[t.id] for t in tasks if t.id in refused.tasks), "")
+        if why:  # all or nothing, like the engine's own validation of a workflow
+            await self._forget(tasks)
+            raise StoreRefused(f"workflow cannot be stored: {why}")
         return tasks
+
+    async def _forget(self, tasks: list[Task]) -> None:
+        """Delete tasks created by a call that is refused as a whole."""
+        for task in tasks:
+            with contextlib.suppress(EngineError):
+                self.engine.delete_task(task.id)
+        await self.flush()
 
     async def create_job(self, name: str, specs: Any, mode: str) -> tuple[Job, list[Task]]:
         job, tasks = self.engine.create_job(name, specs, mode, time.time())
@@ -549,10 +560,7 @@ class ManagerService:
             (refused.tasks[t.id] for t in tasks if t.id in refused.tasks), ""
         )
         if why:  # all or nothing: the job's stored tasks go too
-            for task in tasks:
-                with contextlib.suppress(EngineError):
-                    self.engine.delete_task(task.id)
-            await self.flush()
+            await self._forget(tasks)
             raise StoreRefused(f"job {job.id} cannot be stored: {why}")
         return job, tasks
 

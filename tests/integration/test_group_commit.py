@@ -328,3 +328,13 @@ async def test_a_job_the_store_refuses_leaves_nothing_behind(manager: Cluster) -
     assert await c.manager.store.load_tasks() == [] and await c.manager.store.load_jobs() == []
     job, tasks = await c.manager.create_job("fine", [add(1)], "parallel")  # the next one is unaffected
     assert [j.id for j in await c.manager.store.load_jobs()] == [job.id] and len(tasks) == 1
+
+
+async def test_a_workflow_with_an_unstorable_task_is_refused_whole(manager: Cluster) -> None:
+    c = manager
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    specs = [add(1, id=a), add(2, id=b, depends_on=[a], metadata=nested(900))]
+    with pytest.raises(StoreRefused, match="workflow cannot be stored"):
+        await c.manager.create_workflow(specs)
+    assert not c.manager.engine.tasks
+    assert c.manager.store is not None and await c.manager.store.load_tasks() == []
