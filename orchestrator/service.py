@@ -514,22 +514,36 @@ class ManagerService:
                 raise
             return stored
 
+    async def _load(self, task_id: str) -> None:
+        """Bring a task the engine no longer holds (terminal tasks may leave memory) back from the
+        store, so that operations on it (start again, update, delete) behave as before."""
+        if task_id in self.engine.tasks:
+            return
+        assert self.store is not None
+        stored = await self.store.get_task(task_id)
+        if stored is not None and task_id not in self.engine.tasks:
+            self.engine.revert_task(task_id, stored, self.now(), refused=False)
+
     async def update_task(self, task_id: str, spec: Any) -> Task:
+        await self._load(task_id)
         task = self.engine.update_task(task_id, spec, time.time())
         await self._durable(task_id)
         return task
 
     async def start_task(self, task_id: str) -> Task:
+        await self._load(task_id)
         task = self.engine.start_task(task_id, self.now(), time.time())
         await self._durable(task_id)
         return task
 
     async def stop_task(self, task_id: str) -> Task:
+        await self._load(task_id)
         task = self.engine.stop_task(task_id, time.time())
         await self._durable(task_id)
         return task
 
     async def delete_task(self, task_id: str) -> None:
+        await self._load(task_id)
         self.engine.delete_task(task_id)
         await self._durable()
 

@@ -153,8 +153,9 @@ class Engine:
             self._wall_offset = wall - now
         self._log("engine_restored", tasks=len(self.tasks), proplets=len(self.proplets), jobs=len(self.jobs))
 
-    def revert_task(self, task_id: str, stored: Task | None, now: float) -> None:
-        """The store refused this task's latest state: hold what the store holds instead.
+    def revert_task(self, task_id: str, stored: Task | None, now: float, *, refused: bool = True) -> None:
+        """Hold what the store holds for this task: after the store refused its latest state
+        (``refused``), or to bring back a task that had left memory (``refused=False``).
 
         ``stored`` is the task as the store has it, or None when it never stored it (the task is
         then forgotten). Memory never claims what a restart would not find; running and queue
@@ -166,8 +167,9 @@ class Engine:
                 self._release_slot(task)
             self._queue.pop(task_id, None)
             self._dispatched_at.pop(task_id, None)
-        self.counters["tasks_refused_by_store"] += 1
-        self._log("task_reverted", "warning", task_id=task_id, stored=stored is not None)
+        if refused:
+            self.counters["tasks_refused_by_store"] += 1
+            self._log("task_reverted", "warning", task_id=task_id, stored=stored is not None)
         if stored is None:
             return
         self.tasks[task_id] = stored

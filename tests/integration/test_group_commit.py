@@ -185,6 +185,15 @@ async def test_listing_filters_and_reading_a_task_the_engine_no_longer_holds(man
     assert again.status_code == 200 and again.json()["results"] == "1"
     assert (await c.api.get(f"/tasks/{ids[0]}/results")).json() == {"results": "1"}
     assert (await c.api.get(f"/tasks/{uuid.uuid4()}")).status_code == 404
+    # ...and it can be started again, updated and deleted as if it had stayed.
+    del c.manager.engine.tasks[ids[1]]
+    assert (await c.api.post(f"/tasks/{ids[1]}/start")).status_code == 200
+    assert (await c.wait_terminal(ids[1]))["state"] == int(TaskState.COMPLETED)
+    del c.manager.engine.tasks[ids[2]]
+    assert (await c.api.put(f"/tasks/{ids[2]}", json={"priority": 7})).json()["priority"] == 7
+    del c.manager.engine.tasks[ids[2]]
+    assert (await c.api.delete(f"/tasks/{ids[2]}")).status_code == 204
+    assert (await c.api.get(f"/tasks/{ids[2]}")).status_code == 404
 
 
 # ---------------------------------------------------------------------- kill -9 under group commit
