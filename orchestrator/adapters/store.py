@@ -290,7 +290,6 @@ class Store:
         self._next_seq = next_seq
         self._closed = False
         sqlite_backend = engine.dialect.name == "sqlite"
-        self._pg = not sqlite_backend
         self._insert = sqlite.insert if sqlite_backend else postgresql.insert
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if sqlite_backend else contextlib.nullcontext()
