@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from orchestrator.adapters.store import StoreError
 from orchestrator.core.errors import EngineError, NotFound, ValidationError
 from orchestrator.core.model import TaskState
 from orchestrator.views import proplet_view, task_view
@@ -144,6 +145,10 @@ def create_app(manager: ManagerService) -> FastAPI:
     @app.exception_handler(EngineError)
     async def _engine_error(_: Request, err: EngineError) -> JSONResponse:
         return error(err.status, err.message)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, err: StoreError) -> JSONResponse:
+        return error(503, str(err))  # a read the database could not answer (it names the cause)
 
     if manager.settings.api_token:
         app.add_middleware(_BearerAuth, token=manager.settings.api_token)
