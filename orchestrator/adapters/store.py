@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import json
 import re
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +204,7 @@ _json_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 # JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper
 # value could be written but not read back (a store that cannot be loaded at restart).
 MAX_JSON_DEPTH = 100
-# Rows this process last wrote, kept to write only changed columns next time (LRU, by task id).
+# Rows this process last wrote (fingerprints), kept to write only changed columns next time (LRU).
 WRITTEN_ROWS_CACHE = 10_000
 
 
@@ -572,7 +573,8 @@ class Store:
         values = [fields[name] for name in _TASK_PLAIN]  # every column but state and extras
         values.append(int(task.state))
         values.append({f: fields[f] for f in _TASK_EXTRAS})
-        return tuple(check(v, task.id) for check, v in zip(self._task_checks, values, strict=True))
+        owner = task.id
+        return tuple([check(v, owner) for check, v in zip(self._task_checks, values)])  # noqa: B905
 
     def _checked(self, table: str, row: dict[str, Any], owner: str) -> dict[str, Any]:
         checks = self._checks[table] if table in self._checks else self._metric_checks[table]
@@ -632,7 +634,9 @@ class Store:
                 self._next_seq += 1
                 plan.inserts.append(row)
                 continue
-            changed = {c: v for c, v, o in zip(_TASK_COLUMNS, values, old, strict=True) if v != o}
+            changed = {
+                c: v for c, v, o in zip(_TASK_COLUMNS, values, old, strict=True) if _fingerprint(v) != o
+            }
             if changed:
                 plan.updates.setdefault(tuple(changed), []).append({"_id": task_id, **changed})
 
@@ -652,7 +656,7 @@ class Store:
             self._written.pop(task_id, None)
         for task_id, values in plan.written.items():
             if isolate is None or task_id not in isolate.tasks:
-                self._written[task_id] = values
+                self._written[task_id] = tuple(map(_fingerprint, values))
                 self._written.move_to_end(task_id)
         while len(self._written) > WRITTEN_ROWS_CACHE:
             self._written.popitem(last=False)
@@ -836,8 +840,11 @@ def _check_for(column: sa.Column[Any], name: str) -> Callable[[Any, str], Any]:
         return check_json
     if isinstance(kind, sa.String):  # Text too
         limit = kind.length
+        bound = limit if limit is not None else sys.maxsize
 
         def check_text(value: Any, owner: str) -> Any:
+            if type(value) is str and value.isascii() and "\x00" not in value and len(value) <= bound:
+                return value  # the common case, in one test
             if value is None:
                 return none(owner)
             if not isinstance(value, str):
@@ -874,6 +881,18 @@ def _check_for(column: sa.Column[Any], name: str) -> Callable[[Any, str], Any]:
     if isinstance(kind, sa.LargeBinary):
         return lambda value, owner: none(owner) if value is None else bytes(value)
     return lambda value, owner: none(owner) if value is None else value
+
+
+def _fingerprint(value: Any) -> Any:
+    """What the written-rows cache keeps of a value: small ones as they are, long text and bytes (a
+    module, a big result) as (length, hash), so the cache does not hold every module it wrote. str and
+    bytes cache their hash, so an unchanged object costs nothing to compare again."""
+    if type(value) in _HASHED and len(value) > 64:
+        return (len(value), hash(value))
+    return value
+
+
+_HASHED = frozenset({str, RawJson, bytes})
 
 
 def _storable_ids(ids: list[str]) -> list[str]:

@@ -98,6 +98,11 @@ async def test_updates_write_only_the_changed_columns(store: Store) -> None:
     assert "state" in updates[0] and "attempt" in updates[0]
     assert "metadata" not in updates[0] and "file" not in updates[0]
     assert await store.get_task("t") == task
+    # A module of the same size but other bytes is a change too; the cache keeps no module bytes.
+    task.file = b"\x01asm" * 1000
+    await store.write(WriteBatch(tasks={"t": dataclasses.replace(task)}))
+    assert await store.get_task("t") == task
+    assert not any(isinstance(v, bytes) and len(v) > 64 for row in store._written.values() for v in row)
 
 
 async def test_delete_then_recreate_in_one_batch_keeps_the_new_row(store: Store) -> None:
