@@ -12,8 +12,8 @@ Choices, and why:
   migration half-apply) and one in-process write lock (SQLite has one writer anyway; queueing in asyncio
   beats spinning on SQLITE_BUSY). In-memory SQLite is refused: not durable, and with a shared connection
   it loses concurrent updates.
-- Core statements and whole-row upserts (``INSERT .. ON CONFLICT DO UPDATE``), not the ORM: the engine
-  owns the objects, the store only mirrors rows.
+- Core statements, upserts (``INSERT .. ON CONFLICT DO UPDATE``) and column ``UPDATE``s, not the ORM:
+  the engine owns the objects, the store only mirrors rows.
 - JSON columns use the SQL ``JSON`` type (PostgreSQL ``json``, not ``jsonb``): it keeps the text as
   written, so strings holding ``\\u0000`` round-trip. NaN/Infinity are refused on both backends, since
   PostgreSQL cannot store them in JSON. Plain text columns cannot hold NUL on PostgreSQL.
