@@ -38,6 +38,7 @@ from orchestrator.core.commands import (
 from orchestrator.core.engine import Engine, EngineConfig
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
+from orchestrator.core.receipts import KeyLookup
 
 log = logging.getLogger("propeller.manager")
 
@@ -67,7 +68,8 @@ class ManagerSettings:
 
 
 class ManagerService:
-    def __init__(self, settings: ManagerSettings) -> None:
+    def __init__(self, settings: ManagerSettings, *, keys: KeyLookup | None = None) -> None:
+        """``keys``: the identity registry's key lookup; with it, results must verify (result_trust)."""
         self.settings = settings
         self.engine = Engine(
             EngineConfig(
@@ -79,6 +81,7 @@ class ManagerService:
                 queue_timeout=settings.queue_timeout,
             ),
             policy=make_policy(settings.placement),
+            keys=keys,
         )
         self.broker: EmbeddedBroker | None = None
         self.store: Store | None = None

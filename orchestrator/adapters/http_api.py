@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from orchestrator.core.errors import EngineError, NotFound, ValidationError
-from orchestrator.views import proplet_view, task_view
+from orchestrator.views import proplet_view, receipt_view, task_view
 
 if TYPE_CHECKING:
     from orchestrator.service import ManagerService
@@ -219,6 +219,11 @@ def create_app(manager: ManagerService) -> FastAPI:
         if task.results is None:
             return Response(status_code=200)
         return JSONResponse({"results": task.results})
+
+    @app.get("/tasks/{task_id}/receipt")
+    async def task_receipt(task_id: str) -> dict[str, Any]:
+        task = manager.engine.get_task(_uuid(task_id, "task_id"))
+        return receipt_view(task, manager.engine.keys)
 
     @app.get("/proplets")
     async def list_proplets(request: Request) -> dict[str, Any]:

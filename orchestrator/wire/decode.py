@@ -170,6 +170,7 @@ def _result(o: Obj) -> m.TaskResult:
         error=_error(o),
         proplet_id=o.opt_text("proplet_id"),
         attempt=o.opt_integer("attempt", hi=I32_MAX),
+        receipt=o.any_map("receipt"),
     )
 
 

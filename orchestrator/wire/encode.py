@@ -252,6 +252,8 @@ def _result(msg: m.TaskResult, profile: Profile) -> dict[str, Any]:
         out["results"] = msg.results
         if error:
             out["error"] = error
+        if msg.receipt is not None:
+            out["receipt"] = dict(msg.receipt)
         return out
     if msg.proplet_id is not None:
         out["proplet_id"] = _need_text(msg.proplet_id, "proplet_id")
@@ -259,6 +261,8 @@ def _result(msg: m.TaskResult, profile: Profile) -> dict[str, Any]:
     out["error"] = error
     if msg.attempt is not None:
         out["attempt"] = check_int(msg.attempt, "", "attempt", lo=0, hi=I32_MAX)
+    if msg.receipt is not None:
+        out["receipt"] = dict(msg.receipt)
     return out
 
 

@@ -155,6 +155,13 @@ class TaskResult:
     error: str | None = None
     proplet_id: str | None = None
     attempt: int | None = None  # our extension: echoes StartTask.attempt so stale results are spotted
+    # Our extension: the signed execution receipt (orchestrator/core/receipts.py) as its JSON object;
+    # the codec checks only that it is an object, the manager verifies it. Upstream managers ignore it.
+    receipt: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.receipt is not None:
+            _set(self, "receipt", _frozen(self.receipt))
 
     @property
     def is_success(self) -> bool:
