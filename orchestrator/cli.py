@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--limit", type=int, default=100)
     api_args(tl)
     t.set_defaults(func=cmd_task)
+    from orchestrator.receipt_verify import add_verify_parser
+
+    add_verify_parser(tsub, api_args)  # `task verify`: its own module, its own command function
 
     pr = sub.add_parser("proplets", help="list and inspect proplets")
     psub = pr.add_subparsers(dest="proplets_cmd", required=True)

@@ -91,6 +91,7 @@ class AgentSettings:
     wait_for_broker: bool = False
     # Embedded profile: override the device's WAMR heap (bytes); None = the profile's own.
     heap_bytes: int | None = None
+    signing_key: bytes | None = field(default=None, repr=False)  # signs execution receipts
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -133,6 +134,7 @@ def engine_config(settings: AgentSettings) -> PropletConfig:
         heartbeat_interval=settings.heartbeat_interval,
         metrics_interval=settings.metrics_interval,
         max_instances=settings.max_instances,
+        signing_key=settings.signing_key,
     )
     if settings.profile == "host":
         return replace(base, metadata=host_metadata(settings))
@@ -405,7 +407,7 @@ class PropletAgent:
         finally:
             self._cancels.pop(start.id, None)
         if start.id not in self._deployed:
-            self.engine.task_finished(start.id, results, error, self._clock())
+            self.engine.task_finished(start.id, results, error, self._clock(), time.time())
         self._execute()
 
     async def _run_embedded(

@@ -51,14 +51,10 @@ class PropletConfig:
     metrics_interval: float = 10.0
     # A WAMR-like memory budget every instance is admitted against (the embedded profile); None = none.
     budget: BudgetConfig | None = None
-    # Raw 32-byte Ed25519 private key: every result then carries a signed execution receipt.
-    signing_key: bytes | None = field(default=None, repr=False)
+    # Raw 32-byte Ed25519 private key from the proplet's enrolled identity (signs execution receipts).
+    signing_key: bytes | None = None
 
     def __post_init__(self) -> None:
-        if self.signing_key is not None and len(self.signing_key) != receipts.KEY_BYTES:
-            raise ValueError(
-                f"signing_key must be {receipts.KEY_BYTES} raw bytes, got {len(self.signing_key)}"
-            )
         if not self.proplet_id:
             raise ValueError("PropletConfig.proplet_id must be a non-empty string")
         if not self.heartbeat_interval > 0:
@@ -67,6 +63,11 @@ class PropletConfig:
             raise ValueError(f"metrics_interval must be >= 0 s (0 disables), got {self.metrics_interval}")
         if self.max_instances < 0:
             raise ValueError(f"max_instances must be >= 0 (0 = unlimited), got {self.max_instances}")
+        # With a key, every result carries a signed execution receipt (orchestrator/core/receipts.py).
+        if self.signing_key is not None and len(self.signing_key) != receipts.KEY_BYTES:
+            raise ValueError(
+                f"signing_key must be {receipts.KEY_BYTES} raw bytes, got {len(self.signing_key)}"
+            )
 
 
 @dataclass(frozen=True)
