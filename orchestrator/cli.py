@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +30,15 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def _fetch_allow(value: str) -> tuple[str, ...]:
+    from proplets.egress import EgressPolicy
+
+    try:
+        return EgressPolicy.parse(value).entries
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 async def _serve_until_signal(start: Callable[[], Any], stop: Callable[[], Any]) -> None:
@@ -103,6 +113,7 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         metrics_interval=args.metrics_interval,
         metrics_port=args.metrics_port,
         heap_bytes=args.heap_bytes,
+        fetch_allow=args.fetch_allow,
     )
 
     async def main() -> None:
@@ -282,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between metrics; 0 = off")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (upstream 9092)")
     p.add_argument("--heap-bytes", type=int, default=None, help="embedded profile: WAMR heap size override")
+    p.add_argument(
+        "--fetch-allow",
+        type=_fetch_allow,
+        default=os.environ.get("PROPELLER_FETCH_ALLOW", "public"),
+        help="where HTTP(S) modules may come from: comma-separated 'public', HOST[:PORT], IP or CIDR "
+        "(default: public addresses only; link-local and metadata never; env PROPELLER_FETCH_ALLOW)",
+    )
     channel_args(p)
     p.set_defaults(func=cmd_proplet)
 

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from proplets import egress
 from proplets import profile as embedded
 from proplets.core import (
     CancelTask,
@@ -92,6 +93,8 @@ class AgentSettings:
     # Embedded profile: override the device's WAMR heap (bytes); None = the profile's own.
     heap_bytes: int | None = None
     signing_key: bytes | None = field(default=None, repr=False)  # signs execution receipts
+    # Where HTTP(S) modules may be fetched from (proplets/egress.py): "public", HOST[:PORT], IP, CIDR.
+    fetch_allow: tuple[str, ...] = egress.DEFAULT_ENTRIES
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -100,6 +103,7 @@ class AgentSettings:
             raise ValueError(f"heap_bytes must be > 0, got {self.heap_bytes}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        egress.EgressPolicy(self.fetch_allow)  # ValueError naming a bad entry
 
 
 def host_metadata(settings: AgentSettings) -> dict[str, Any]:
@@ -177,6 +181,7 @@ class PropletAgent:
         self._cancels: dict[str, CancelToken] = {}
         self._deployed: dict[str, bytes] = {}  # latent task id -> module bytes
         self._chunks = MqttChunkFetcher(self._request_chunks)
+        self._fetch_limits = FetchLimits(egress=egress.EgressPolicy(settings.fetch_allow))
         self._jobs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -383,7 +388,7 @@ class PropletAgent:
         try:
             wasm = await fetch_wasm(
                 WasmSource(file=start.file, image_url=start.image_url, sha256=start.sha256),
-                limits=FetchLimits(),
+                limits=self._fetch_limits,
                 chunk_fetcher=self._chunks,
             )
             self.stats.fetch_bytes += len(wasm)

@@ -786,6 +786,22 @@ class Engine:
 
     # ------------------------------------------------------------------ views
 
+    def module_request(self, app_name: str) -> Task | None:
+        """A task of ours whose module ``app_name`` is (its ``image_url``): the only modules the registry
+        fetches and serves. Anything else, e.g. a URL planted on ``registry/proplet``, is refused,
+        counted and logged, and nothing is fetched (no SSRF from the broker)."""
+        for task in self.tasks.values():
+            if task.image_url and task.image_url == app_name:
+                return task
+        self.counters["registry_requests_refused"] += 1
+        self._log(
+            "registry_request_refused",
+            "warning",
+            app_name=printable(app_name)[:200],
+            reason="no task refers to it",
+        )
+        return None
+
     def is_alive(self, proplet: Proplet, now: float) -> bool:
         return (
             proplet.alive and proplet.last_seen is not None and now - proplet.last_seen < self.config.timeout

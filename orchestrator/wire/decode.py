@@ -282,6 +282,9 @@ def _registry_request(o: Obj) -> m.RegistryRequest:
 
 def _registry_chunk(o: Obj) -> m.RegistryChunk:
     app_name = o.text("app_name", required=True)
+    error = o.text("error")
+    if error:  # our refusal: the counters and data of a refusal carry nothing
+        return m.RegistryChunk.refusal(app_name, error)
     for key in ("chunk_idx", "total_chunks", "data"):
         if o.raw(key) is None:
             o.fail(key, "is required")

@@ -352,6 +352,8 @@ def _registry_request(msg: m.RegistryRequest, profile: Profile) -> dict[str, Any
 def _registry_chunk(msg: m.RegistryChunk, profile: Profile) -> dict[str, Any]:
     embedded = profile is Profile.EMBEDDED
     name = _need_text(msg.app_name, "app_name", required=True, limit=EMBEDDED_MAX_ID if embedded else None)
+    if _need_text(msg.error, "error"):
+        return {"app_name": name, "chunk_idx": 0, "total_chunks": 0, "data": "", "error": msg.error}
     total = check_int(msg.total_chunks, "", "total_chunks", lo=1, hi=U32_MAX)
     idx = check_int(msg.chunk_idx, "", "chunk_idx", lo=0, hi=U32_MAX)
     if idx >= total:

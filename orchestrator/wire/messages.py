@@ -246,12 +246,26 @@ class RegistryRequest:
 
 @dataclass(frozen=True)
 class RegistryChunk:
-    """``registry/server``: one piece of a binary; ``data`` travels as standard base64."""
+    """``registry/server``: one piece of a binary; ``data`` travels as standard base64.
+
+    Our extension, a refusal: ``error`` says why the registry will not serve ``app_name``; it travels
+    as ``{"app_name", "chunk_idx": 0, "total_chunks": 0, "data": "", "error"}`` (``total_chunks`` 0
+    never occurs in a transfer, so an upstream Rust proplet's codec drops it and times out as before).
+    """
 
     app_name: str
     chunk_idx: int
     total_chunks: int
     data: bytes
+    error: str = ""
+
+    @property
+    def is_refusal(self) -> bool:
+        return bool(self.error)
+
+    @classmethod
+    def refusal(cls, app_name: str, error: str) -> RegistryChunk:
+        return cls(app_name, 0, 0, b"", error or "refused")
 
 
 Message = (
