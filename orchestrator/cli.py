@@ -83,6 +83,9 @@ def cmd_manager(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         placement=args.placement,
         api_token=args.api_token or "",
+        api_token_read=args.api_token_read or "",
+        api_token_admin=args.api_token_admin or "",
+        metrics_public=args.metrics_public,
     )
     service = ManagerService(settings)
     try:
@@ -272,7 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mqtt-cert", default=None, help="client certificate for mutual TLS")
     m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")
     m.add_argument("--mqtt-insecure", action="store_true", help="do not verify the broker's certificate")
-    m.add_argument("--api-token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    m.add_argument(
+        "--api-token",
+        default=os.environ.get("PROPELLER_API_TOKEN"),
+        help="admin bearer token (as --api-token-admin; env PROPELLER_API_TOKEN)",
+    )
+    m.add_argument(
+        "--api-token-admin",
+        default=os.environ.get("PROPELLER_API_TOKEN_ADMIN"),
+        help="comma-separated tokens that may do everything (env PROPELLER_API_TOKEN_ADMIN)",
+    )
+    m.add_argument(
+        "--api-token-read",
+        default=os.environ.get("PROPELLER_API_TOKEN_READ"),
+        help="comma-separated tokens that may only read (GET) (env PROPELLER_API_TOKEN_READ)",
+    )
+    m.add_argument(
+        "--metrics-public",
+        action="store_true",
+        default=os.environ.get("PROPELLER_METRICS_PUBLIC", "") in ("1", "true", "yes"),
+        help="serve /metrics without a token even when tokens are set (env PROPELLER_METRICS_PUBLIC=1)",
+    )
     channel_args(m)
     m.set_defaults(func=cmd_manager)
 

@@ -58,7 +58,10 @@ class ManagerSettings:
     placement: str = "round-robin"
     client_id: str = ""
     mqtt_keepalive: float = 30.0
-    api_token: str = ""
+    api_token: str = ""  # admin scope (kept for compatibility); see api_token_admin / api_token_read
+    api_token_read: str = ""  # comma-separated bearer tokens that may only GET
+    api_token_admin: str = ""  # comma-separated bearer tokens that may do everything
+    metrics_public: bool = False  # serve /metrics without a token even when tokens are configured
     serve_api: bool = True
     # TLS to an external broker (mqtts://): CA bundle, client certificate and key, or skip verification.
     mqtt_ca: str | None = None
