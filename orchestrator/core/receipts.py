@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -77,10 +77,18 @@ class Receipt:
 
     def body(self) -> dict[str, Any]:
         """Every signed field, with the format version; not the signature."""
-        out = asdict(self)
-        del out["signature"]
-        out["v"] = RECEIPT_VERSION
-        return out
+        return {
+            "attempt": self.attempt,
+            "evidence": self.evidence,
+            "finished_at_ms": self.finished_at_ms,
+            "inputs_sha256": self.inputs_sha256,
+            "module_sha256": self.module_sha256,
+            "proplet_id": self.proplet_id,
+            "result_sha256": self.result_sha256,
+            "started_at_ms": self.started_at_ms,
+            "task_id": self.task_id,
+            "v": RECEIPT_VERSION,
+        }
 
     def signed_bytes(self) -> bytes:
         return DOMAIN + canonical_json(self.body())
@@ -115,6 +123,11 @@ class Receipt:
             evidence=evidence,
             signature=_text(data, "signature"),
         )
+
+
+assert {f.name for f in fields(Receipt)} - {"signature"} | {"v"} == set(
+    Receipt("", 0, "", "", "", "", 0, 0).body()
+), "Receipt.body() must sign every field"
 
 
 def _text(data: Mapping[str, Any], key: str) -> str:
@@ -210,17 +223,11 @@ class Signer:
 
     def sign(self, receipt: Receipt) -> Receipt:
         signature = self._key.sign(receipt.signed_bytes())
-        return _replace_signature(receipt, base64.b64encode(signature).decode("ascii"))
+        return replace(receipt, signature=base64.b64encode(signature).decode("ascii"))
 
 
 def sign(receipt: Receipt, private_key: bytes) -> Receipt:
     return Signer(private_key).sign(receipt)
-
-
-def _replace_signature(receipt: Receipt, signature: str) -> Receipt:
-    fields = asdict(receipt)
-    fields["signature"] = signature
-    return Receipt(**fields)
 
 
 def signature_ok(receipt: Receipt, public_key: bytes) -> bool:
