@@ -28,7 +28,8 @@ WASM = b"\x00asm\x01\x00\x00\x00"  # the smallest module: what is measured is th
 def _receipt() -> receipts.Receipt:
     return receipts.Receipt(
         "00000000-0000-4000-8000-000000000001", 1, "p1", receipts.sha256_hex(WASM),
-        receipts.inputs_digest(["2", "40"]), receipts.result_digest("42", None), 1_700_000_000_000, 1_700_000_000_010,
+        receipts.inputs_digest(["2", "40"]), receipts.result_digest("42", None),
+        1_700_000_000_000, 1_700_000_000_010,
     )  # fmt: skip
 
 
