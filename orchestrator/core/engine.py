@@ -562,6 +562,7 @@ class Engine:
             states.apply(task, Trigger.RESET)
             task.attempt = 0
             task.results = None
+            task.receipt, task.verified = None, False
         task.error = ""
         task.finish_time = None
         if task.broadcast:

@@ -386,3 +386,28 @@ def test_broadcast_results_are_verified_per_target() -> None:
     deliver(engine, run_on(proplet(OTHER_KEY, "p2"), start))
     assert task.state is TaskState.COMPLETED and task.verified
     assert task.receipt is not None and set(task.receipt) == {"p1", "p2"}
+    from orchestrator.views import receipt_view
+
+    view = receipt_view(task, registry)
+    assert view["receipts"]["p2"]["public_key"] == receipts.encode_key(receipts.public_key_of(OTHER_KEY))
+    assert view["receipts"]["p1"]["receipt"]["proplet_id"] == "p1"
+
+
+def test_the_receipt_view_gives_each_signer_its_enrolled_public_key_and_a_rerun_starts_unverified() -> None:
+    from orchestrator.core.errors import NotFound
+    from orchestrator.views import receipt_view
+
+    registry = Registry()
+    registry.enroll("p1", KEY)
+    engine = manager(registry)
+    task_id, start = dispatch(engine)
+    task = engine.tasks[task_id]
+    with pytest.raises(NotFound, match="has no receipt"):
+        receipt_view(task, registry)
+    deliver(engine, run_on(proplet(KEY, "p1"), start))
+    view = receipt_view(task, registry)
+    assert view["verified"] is True and view["public_key"] == receipts.encode_key(receipts.public_key_of(KEY))
+    assert view["receipt"] == task.receipt
+    assert receipt_view(task, None)["public_key"] is None  # no registry: the key is the verifier's business
+    engine.start_task(task_id, 3.0, 3.0)  # run it again: the old receipt no longer describes its result
+    assert task.receipt is None and task.verified is False
