@@ -460,7 +460,9 @@ class PropletAgent:
             except Exception as err:
                 log.exception("invocation %s crashed the runner", invoke.invocation_id)
                 error = f"proplet internal error: {type(err).__name__}: {err}"
-        self.engine.invocation_finished(start.id, invoke.invocation_id, results, error)
+        self.engine.invocation_finished(
+            start.id, invoke.invocation_id, results, error, self._clock(), time.time()
+        )
         self._execute()
 
 

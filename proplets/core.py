@@ -171,6 +171,7 @@ class PropletEngine:
         self.budget = DeviceBudget(config.budget) if config.budget is not None else None
         self._heap_peak = 0
         self._signer = receipts.Signer(config.signing_key) if config.signing_key is not None else None
+        self._invoked: dict[str, tuple[wire.InvokeTask, float]] = {}  # invocation id -> (invoke, since)
 
     @property
     def embedded(self) -> bool:
@@ -381,11 +382,13 @@ class PropletEngine:
         elif isinstance(message, wire.StopTask):
             self._on_stop(message, now)
         elif isinstance(message, wire.InvokeTask):
-            self._on_invoke(message)
+            self._on_invoke(message, now)
 
-    def _on_invoke(self, invoke: wire.InvokeTask) -> None:
+    def _on_invoke(self, invoke: wire.InvokeTask, now: float) -> None:
         if not invoke.broadcast and invoke.proplet_id and invoke.proplet_id != self.config.proplet_id:
             return
+        if self._signer is not None:  # what the answer's receipt will say it was asked
+            self._invoked[invoke.invocation_id] = (invoke, now)
         entry = self.running.get(invoke.id)
         if entry is None or not entry.start.latent or not entry.deployed:
             error = f"task {invoke.id} has not been precompiled; deploy it as a latent task first"
@@ -400,8 +403,30 @@ class PropletEngine:
         if entry is not None:
             entry.deployed = True
 
-    def invocation_finished(self, task_id: str, invocation_id: str, results: str, error: str | None) -> None:
-        message = wire.InvokeResult(task_id, invocation_id, self.config.proplet_id, results, error or None)
+    def invocation_finished(
+        self,
+        task_id: str,
+        invocation_id: str,
+        results: str,
+        error: str | None,
+        now: float | None = None,
+        wall: float | None = None,
+    ) -> None:
+        """An invocation ended; with a signing key its answer carries a receipt naming the invocation."""
+        receipt = None
+        if self._signer is not None:
+            invoke, since = self._invoked.pop(invocation_id, (None, now or 0.0))
+            entry = self.running.get(task_id)
+            proof = None
+            if entry is not None:
+                proof = _Proof(entry.start, since, now, wall, entry.module_sha256)
+            inputs = (invoke.inputs if invoke is not None else ()) or (entry.start.inputs if entry else ())
+            receipt = self._receipt(
+                task_id, results, error, proof, invocation_id=invocation_id, inputs=inputs
+            )
+        message = wire.InvokeResult(
+            task_id, invocation_id, self.config.proplet_id, results, error or None, receipt
+        )
         self._publish(self.topics.invoke_results, message)
 
     def _targets_me(self, payload: bytes) -> bool:
@@ -537,7 +562,14 @@ class PropletEngine:
         return None
 
     def _receipt(
-        self, task_id: str, results: str, error: str | None, proof: _Proof | None
+        self,
+        task_id: str,
+        results: str,
+        error: str | None,
+        proof: _Proof | None,
+        *,
+        invocation_id: str | None = None,
+        inputs: tuple[str | int | float, ...] | None = None,
     ) -> dict[str, Any] | None:
         """The signed receipt of this result (None without a signing key)."""
         if self._signer is None:
@@ -556,10 +588,13 @@ class PropletEngine:
             attempt=start.attempt if start is not None else 0,
             proplet_id=self.config.proplet_id,
             module_sha256=module,
-            inputs_sha256=receipts.inputs_digest(start.inputs if start is not None else ()),
+            inputs_sha256=receipts.inputs_digest(
+                inputs if inputs is not None else (start.inputs if start is not None else ())
+            ),
             result_sha256=receipts.result_digest(results, error),
             started_at_ms=max(0, round((since + offset) * 1000)),
             finished_at_ms=max(0, round((end + offset) * 1000)),
+            invocation_id=invocation_id,
         )
         return self._signer.sign(unsigned).to_json()
 

@@ -249,7 +249,7 @@ def create_app(manager: ManagerService) -> FastAPI:
                 {"invoked": False, "error": outcome.error, "results": outcome.results},
                 status_code=502 if "timed out" not in outcome.error else 504,
             )
-        return JSONResponse({"invoked": True, "results": outcome.results})
+        return JSONResponse({"invoked": True, "results": outcome.results, "verified": outcome.verified})
 
     @app.get("/tasks/{task_id}/results")
     async def task_results(task_id: str) -> Response:

@@ -355,7 +355,9 @@ class Engine:
             task.receipt, task.verified = verdict.receipt, verdict.verified
         return verdict
 
-    def _reject_result(self, task: Task, msg: wire.TaskResult, verdict: result_trust.Judgement) -> None:
+    def _reject_result(
+        self, task: Task, msg: wire.TaskResult | wire.InvokeResult, verdict: result_trust.Judgement
+    ) -> None:
         self.results_rejected[verdict.reason] += 1
         self.counters["results_rejected"] += 1
         self._log(

@@ -73,6 +73,7 @@ class Receipt:
     started_at_ms: int
     finished_at_ms: int
     evidence: str | None = None  # base64 attestation evidence bound to this receipt (TEE), if any
+    invocation_id: str | None = None  # set when this is the answer to one invocation of a latent task
     signature: str = ""  # base64 Ed25519 signature of signed_bytes()
 
     def body(self) -> dict[str, Any]:
@@ -82,6 +83,7 @@ class Receipt:
             "evidence": self.evidence,
             "finished_at_ms": self.finished_at_ms,
             "inputs_sha256": self.inputs_sha256,
+            "invocation_id": self.invocation_id,
             "module_sha256": self.module_sha256,
             "proplet_id": self.proplet_id,
             "result_sha256": self.result_sha256,
@@ -111,6 +113,9 @@ class Receipt:
         evidence = data.get("evidence")
         if evidence is not None and (not isinstance(evidence, str) or len(evidence) > MAX_EVIDENCE_CHARS):
             raise ReceiptError("evidence", f"must be null or a string of at most {MAX_EVIDENCE_CHARS} chars")
+        invocation_id = data.get("invocation_id")
+        if invocation_id is not None:
+            invocation_id = _text(data, "invocation_id")
         return cls(
             task_id=_text(data, "task_id"),
             attempt=_int(data, "attempt"),
@@ -121,6 +126,7 @@ class Receipt:
             started_at_ms=_int(data, "started_at_ms"),
             finished_at_ms=_int(data, "finished_at_ms"),
             evidence=evidence,
+            invocation_id=invocation_id,
             signature=_text(data, "signature"),
         )
 
@@ -280,6 +286,7 @@ class Expected:
     attempt: int | None = None
     module_sha256: str | None = None
     inputs_sha256: str | None = None
+    invocation_id: str | None = None  # always compared: a task's receipt (null) never answers an invocation
 
 
 def check(receipt: Receipt, public_key: bytes, expected: Expected) -> str | None:
@@ -297,6 +304,8 @@ def check(receipt: Receipt, public_key: bytes, expected: Expected) -> str | None
     for name, got, want in pairs:
         if want is not None and got != want:
             return f"{name} is {_short(got)}, expected {_short(want)}"
+    if receipt.invocation_id != expected.invocation_id:
+        return f"invocation_id is {_short(receipt.invocation_id)}, expected {_short(expected.invocation_id)}"
     if receipt.finished_at_ms < receipt.started_at_ms:
         return "finished_at_ms is before started_at_ms"
     return None

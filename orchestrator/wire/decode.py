@@ -192,6 +192,7 @@ def _invoke_result(o: Obj) -> m.InvokeResult:
         proplet_id=o.text("proplet_id"),
         results=o.text("results"),
         error=_error(o),
+        receipt=o.any_map("receipt"),
     )
 
 

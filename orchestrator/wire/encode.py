@@ -283,13 +283,16 @@ def _invoke(msg: m.InvokeTask, profile: Profile) -> dict[str, Any]:
 
 
 def _invoke_result(msg: m.InvokeResult, profile: Profile) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "task_id": _need_text(msg.task_id, "task_id", required=True),
         "invocation_id": _need_text(msg.invocation_id, "invocation_id", required=True),
         "proplet_id": _need_text(msg.proplet_id, "proplet_id"),
         "results": _need_text(msg.results, "results"),
         "error": _error_text(msg.error),
     }
+    if msg.receipt is not None:
+        out["receipt"] = dict(msg.receipt)
+    return out
 
 
 def _timestamp(value: float, kind: str) -> Any:

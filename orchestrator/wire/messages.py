@@ -193,6 +193,11 @@ class InvokeResult:
     proplet_id: str = ""
     results: str = ""
     error: str | None = None
+    receipt: Mapping[str, Any] | None = None  # our extension, as in TaskResult
+
+    def __post_init__(self) -> None:
+        if self.receipt is not None:
+            _set(self, "receipt", _frozen(self.receipt))
 
     @property
     def is_success(self) -> bool:

@@ -252,3 +252,21 @@ async def _state(cluster: TrustedCluster, task_id: str, state: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_invocation_answer_is_signed_and_verified(trusted: TrustedCluster) -> None:
+    await trusted.add_proplet("p1")
+    spec = {"name": "add", "file": base64.b64encode(ADD).decode(), "inputs": ["1", "1"], "latent": True}
+    created = await trusted.api.post("/tasks", json=spec)
+    task_id = created.json()["id"]
+    assert (await trusted.api.post(f"/tasks/{task_id}/start")).status_code == 200
+    answer: dict[str, Any] = {}
+
+    async def answered() -> bool:  # the first invocations may race the deployment ("not precompiled")
+        nonlocal answer
+        answer = (await trusted.api.post(f"/tasks/{task_id}/invoke", json={"inputs": ["20", "22"]})).json()
+        return bool(answer.get("invoked"))
+
+    await eventually(answered, 20, "an invocation to be answered")
+    assert answer == {"invoked": True, "results": "42", "verified": True}
+    assert await trusted.rejected() == {}

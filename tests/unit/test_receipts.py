@@ -411,3 +411,49 @@ def test_the_receipt_view_gives_each_signer_its_enrolled_public_key_and_a_rerun_
     assert receipt_view(task, None)["public_key"] is None  # no registry: the key is the verifier's business
     engine.start_task(task_id, 3.0, 3.0)  # run it again: the old receipt no longer describes its result
     assert task.receipt is None and task.verified is False
+
+
+def test_answers_to_invocations_are_signed_naming_the_invocation_and_checked() -> None:
+    from orchestrator.core.commands import InvocationFinished
+
+    registry = Registry()
+    registry.enroll("p1", KEY)
+    engine = manager(registry)
+    engine.handle(MessageReceived(T.alive, b'{"proplet_id":"p1","status":"alive"}'), 0, 0)
+    spec = {"name": "add", "file": base64.b64encode(WASM).decode(), "inputs": ["1", "1"], "latent": True}
+    task = engine.create_task(spec, 1.0)
+    engine.start_task(task.id, 1.0, 1.0)
+    (start,) = [c.payload for c in engine.take_commands() if isinstance(c, Publish) and c.topic == T.start]
+    device = proplet(KEY, "p1")
+    device.handle(T.start, start, 1.0)
+    device.admit(task.id, WASM)
+    device.deployed(task.id)
+    device.take_commands()
+
+    def invoke(inputs: list[str]) -> tuple[str, dict[str, Any]]:
+        invocation = engine.invoke(task.id, inputs, {}, 2.0)
+        (message,) = [
+            c.payload for c in engine.take_commands() if isinstance(c, Publish) and c.topic == T.invoke
+        ]
+        device.handle(T.invoke, message, 2.0)
+        device.take_commands()  # the driver would run it now
+        device.invocation_finished(task.id, invocation, "5", None, 2.5, 10.0)
+        (answer,) = [c.payload for c in device.take_commands() if isinstance(c, PropletPublish)]
+        return invocation, json.loads(answer)
+
+    def finished() -> list[InvocationFinished]:
+        return [c for c in engine.take_commands() if isinstance(c, InvocationFinished)]
+
+    first, answer = invoke(["2", "3"])
+    assert answer["receipt"]["invocation_id"] == first
+    forged = {**answer, "results": "FORGED"}
+    engine.handle(MessageReceived(T.invoke_results, json.dumps(forged).encode()), 3.0, 3.0)
+    assert finished() == [] and engine.results_rejected == {"bad_receipt": 1}
+    engine.handle(MessageReceived(T.invoke_results, json.dumps(answer).encode()), 3.0, 3.0)
+    (done,) = finished()
+    assert (done.invocation_id, done.results, done.verified) == (first, "5", True)
+    # The genuine answer to the first invocation does not answer the second one.
+    second, _ = invoke(["2", "3"])
+    replayed = {**answer, "invocation_id": second}
+    engine.handle(MessageReceived(T.invoke_results, json.dumps(replayed).encode()), 4.0, 4.0)
+    assert finished() == [] and engine.results_rejected == {"bad_receipt": 2}
