@@ -575,9 +575,8 @@ class PropletEngine:
         if self._signer is None:
             return None
         start = proof.start if proof is not None else None
-        finished = proof.finished if proof is not None and proof.finished is not None else None
         since = proof.since if proof is not None else 0.0
-        end = finished if finished is not None else since
+        end = proof.finished if proof is not None and proof.finished is not None else since
         # Times on the wall axis when the driver gave one, else on its `now` axis.
         offset = (proof.wall - end) if proof is not None and proof.wall is not None else 0.0
         module = proof.module_sha256 if proof is not None else ""
