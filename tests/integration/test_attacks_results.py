@@ -76,13 +76,14 @@ class TrustedCluster:
         await self.manager.start()
         self.api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.manager.api_port}", timeout=10)
 
-    async def add_proplet(self, pid: str, runtime: Any = None) -> bytes:
+    async def add_proplet(self, pid: str, runtime: Any = None, profile: str = "host") -> bytes:
         key = receipts.generate_key()
         self.provers[pid] = receipts.ProverKey(receipts.public_key_of(key), "proplet")
         agent = PropletAgent(
             AgentSettings(
                 broker=self.broker_url, proplet_id=pid, domain=self.settings.domain, channel="c1",
                 heartbeat_interval=0.5, keepalive=5, metrics_interval=0, signing_key=key, cache_dir=None,
+                profile=profile,
             ),
             runtime=runtime,
         )  # fmt: skip
@@ -270,3 +271,15 @@ async def test_an_invocation_answer_is_signed_and_verified(trusted: TrustedClust
     await eventually(answered, 20, "an invocation to be answered")
     assert answer == {"invoked": True, "results": "42", "verified": True}
     assert await trusted.rejected() == {}
+
+
+async def test_an_embedded_profile_proplet_signs_firmware_shaped_results_that_verify(
+    trusted: TrustedCluster,
+) -> None:
+    await trusted.add_proplet("esp-1", profile="esp32s3")
+    task_id = await trusted.submit(["20", "22"])
+    await eventually(lambda: _state(trusted, task_id, 3), 20, "the embedded proplet's result")
+    task = await trusted.task(task_id)
+    assert task["results"] == "42" and task["verified"] is True
+    signed = (await trusted.api.get(f"/tasks/{task_id}/receipt")).json()
+    assert signed["receipt"]["attempt"] == 0  # the embedded profile is not sent attempts
