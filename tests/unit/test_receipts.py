@@ -55,6 +55,12 @@ def test_signed_bytes_are_the_domain_and_sorted_compact_json_without_the_signatu
     assert receipts.sign(sample(), KEY).signature == signed.signature
 
 
+def test_every_field_but_the_signature_is_signed() -> None:
+    from dataclasses import fields
+
+    assert set(sample().body()) == {f.name for f in fields(Receipt)} - {"signature"} | {"v"}
+
+
 def test_a_signed_receipt_verifies_with_the_public_key_only() -> None:
     signed = receipts.sign(sample(), KEY)
     public = receipts.public_key_of(KEY)
