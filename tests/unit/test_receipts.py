@@ -55,6 +55,25 @@ def test_signed_bytes_are_the_domain_and_sorted_compact_json_without_the_signatu
     assert receipts.sign(sample(), KEY).signature == signed.signature
 
 
+def test_the_documented_test_vector() -> None:
+    # docs/trust.md publishes these bytes and this signature for third-party verifiers.
+    signed = receipts.sign(sample(), KEY)
+    assert receipts.encode_key(receipts.public_key_of(KEY)) == "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+    assert hashlib.sha256(signed.signed_bytes()).hexdigest() == hashlib.sha256(
+        b"propeller-receipt-v1\n"
+        b'{"attempt":2,"evidence":null,"finished_at_ms":1700000000250,'
+        b'"inputs_sha256":"75edf077ce3c09795bfb3644f3609fb9286c410dde7868d08b18148ccc5e58ff",'
+        b'"invocation_id":null,'
+        b'"module_sha256":"93a44bbb96c751218e4c00d479e4c14358122a389acca16205b1e4d0dc5f9476",'
+        b'"proplet_id":"p-1",'
+        b'"result_sha256":"fb84daca2101ef2bd933d27f83858d0850939a4e50383d08c4d3b8af71461c53",'
+        b'"started_at_ms":1700000000000,"task_id":"t-1","v":1}'
+    ).hexdigest()
+    assert signed.signature == (
+        "cLOOP3mqcm+Nt7DwSlBeQQmH1y2gHp7nHm/4AzaKNoEwj5Am7H14Q42aPk6fk+wbf/v1dbiLIC6LhGiy8+ADBA=="
+    )
+
+
 def test_every_field_but_the_signature_is_signed() -> None:
     from dataclasses import fields
 
