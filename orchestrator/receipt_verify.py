@@ -141,14 +141,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except UsageError as err:
         print(f"propeller task verify: {err}", file=sys.stderr)
         return EXIT_USAGE
-    width = max(len(f.check) for f in findings)
-    for f in findings:
-        print(f"{f.check:<{width}}  {'ok' if f.ok else 'FAILED'}  {f.detail}")
     bad = [f for f in findings if not f.ok]
+    if args.json:
+        checks = [{"check": f.check, "ok": f.ok, "detail": f.detail} for f in findings]
+        print(json.dumps({"task_id": args.id, "verified": not bad, "checks": checks}, indent=2))
+    else:
+        width = max(len(f.check) for f in findings)
+        for f in findings:
+            print(f"{f.check:<{width}}  {'ok' if f.ok else 'FAILED'}  {f.detail}")
     if bad:
         print(f"receipt REJECTED: {bad[0].check}: {bad[0].detail}", file=sys.stderr)
         return EXIT_REJECTED
-    print(f"receipt verified for task {args.id}")
+    if not args.json:
+        print(f"receipt verified for task {args.id}")
     return 0
 
 

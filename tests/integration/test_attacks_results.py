@@ -207,6 +207,10 @@ async def test_forged_results_are_rejected_and_counted_and_the_signed_one_comple
     api = ["--api-url", str(trusted.api.base_url)]
     code, out, err = await propeller("task", "verify", task_id, *api)
     assert code == 0 and f"receipt verified for task {task_id}" in out, out + err
+    code, out, err = await propeller("task", "verify", task_id, "--json", *api)
+    report = json.loads(out)
+    assert code == 0 and report["verified"] is True, out + err
+    assert {c["check"] for c in report["checks"] if c["ok"]} >= {"signature", "task_id", "result_sha256"}
 
     receipt_file, key_file = tmp_path / "receipt.json", tmp_path / "key.txt"
     task_file, module_file = tmp_path / "task.json", tmp_path / "add.wasm"
