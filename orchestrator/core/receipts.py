@@ -6,7 +6,7 @@ sends, and when it started and finished (optionally attestation evidence, for th
 manager checks the receipt before it accepts the result (``check``); anyone holding the proplet's
 public key can check it again offline (``propeller task verify``), without trusting the manager.
 
-The signed bytes (docs/trust.md, "Receipt encoding") are ``DOMAIN`` followed by the canonical JSON of
+The signed bytes (docs/receipts.md, "Receipt encoding") are ``DOMAIN`` followed by the canonical JSON of
 the receipt without its ``signature``: keys sorted, no whitespace, UTF-8, strings and integers only
 (times are integer milliseconds), which is RFC 8785 (JCS) for these values, so a verifier in any
 language can rebuild them. Digests are lower-case hex sha256:

@@ -82,7 +82,7 @@ def test_bench_result_path_per_task(benchmark: Any, signing: bool) -> None:
 
 
 def test_signed_result_payload_size() -> None:
-    """Not a speed figure: how many bytes a receipt adds to a result (docs/trust.md quotes it)."""
+    """Not a speed figure: how many bytes a receipt adds to a result (docs/receipts.md quotes it)."""
     for profile in (wire.Profile.RUST, wire.Profile.EMBEDDED):
         engine = PropletEngine(PropletConfig(proplet_id="esp32-0001", signing_key=KEY, profile=profile))
         engine.on_connected(0.0)

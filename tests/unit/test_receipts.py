@@ -56,7 +56,7 @@ def test_signed_bytes_are_the_domain_and_sorted_compact_json_without_the_signatu
 
 
 def test_the_documented_test_vector() -> None:
-    # docs/trust.md publishes these bytes and this signature for third-party verifiers.
+    # docs/receipts.md publishes these bytes and this signature for third-party verifiers.
     signed = receipts.sign(sample(), KEY)
     assert receipts.encode_key(receipts.public_key_of(KEY)) == "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
     assert hashlib.sha256(signed.signed_bytes()).hexdigest() == hashlib.sha256(
