@@ -45,7 +45,14 @@ from proplets.core import (
     RunTask,
     Subscribe,
 )
-from proplets.delivery import DeliveryError, FetchLimits, MqttChunkFetcher, WasmSource, fetch_wasm
+from proplets.delivery import (
+    DeliveryError,
+    FetchLimits,
+    FetchRefused,
+    MqttChunkFetcher,
+    WasmSource,
+    fetch_wasm,
+)
 from proplets.metrics import MetricsServer, ProcessSampler, PropletCollector, PropletStats
 from proplets.runtime import (
     CancelToken,
@@ -405,6 +412,9 @@ class PropletAgent:
                 request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
                 results, error = await self._execute_wasm(request, token)
         except (DeliveryError, TaskInputError) as err:
+            if isinstance(err, FetchRefused):
+                self.stats.fetch_refused += 1
+                log.warning(json.dumps({"event": "fetch_refused", "task_id": start.id, "rule": str(err)}))
             error = str(err)
         except Exception as err:  # a bug must become a failed task, never a silent hang
             log.exception("task %s crashed the runner", start.id)

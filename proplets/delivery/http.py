@@ -12,7 +12,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from proplets.delivery.errors import DeliveryError, DeliverySource
+from proplets.delivery.errors import DeliveryError, DeliverySource, FetchRefused
 from proplets.delivery.source import FetchLimits
 from proplets.egress import EgressPolicy
 
@@ -69,7 +69,7 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         for address in addresses:  # one refused address refuses the name: it may be rebinding
             verdict = self.policy.check(host, port, address)
             if not verdict.allowed:
-                raise DeliveryError("http", f"fetch refused: {verdict.rule}")
+                raise FetchRefused("http", f"fetch refused: {verdict.rule}")
         last: Exception | None = None
         for address in addresses:
             try:
@@ -81,7 +81,7 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.AsyncNetworkStream:
-        raise DeliveryError("http", f"fetch refused: unix socket {path} is not a network destination")
+        raise FetchRefused("http", f"fetch refused: unix socket {path} is not a network destination")
 
     async def sleep(self, seconds: float) -> None:
         await self.inner.sleep(seconds)

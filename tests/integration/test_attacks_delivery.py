@@ -213,7 +213,7 @@ async def test_a_loopback_module_url_fails_on_a_default_proplet_naming_the_rule(
         f"fetch refused: 127.0.0.1:{recorder.port} is a private or loopback address: not in this proplet's "
         "fetch allow-list (public); allow it with --fetch-allow"
     )
-    assert recorder.requests == []
+    assert recorder.requests == [] and setup.agents[0].stats.fetch_refused == 1  # counted
     await setup.proplet("trusting", fetch_allow=(f"127.0.0.1:{recorder.port}",))
     task = await setup.run(
         {"name": "add", "image_url": module, "inputs": ["2", "40"], "proplet_id": "trusting"}
