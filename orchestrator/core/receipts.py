@@ -142,8 +142,9 @@ def _text(data: Mapping[str, Any], key: str) -> str:
 
 def _int(data: Mapping[str, Any], key: str) -> int:
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise ReceiptError(key, f"must be a non-negative integer, got {value!r:.40}")
+    # Below 2**53: exact in every JSON reader, so the canonical form is JCS's too.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise ReceiptError(key, f"must be an integer in 0..2**53-1, got {value!r:.40}")
     return value
 
 
