@@ -285,10 +285,18 @@ class Expected:
     invocation_id: str | None = None  # always compared: a task's receipt (null) never answers an invocation
 
 
-def check(receipt: Receipt, public_key: bytes, expected: Expected) -> str | None:
-    """None when the receipt is good for ``expected``; otherwise why not, naming the first bad field."""
+def check(
+    receipt: Receipt, public_key: bytes, expected: Expected | Callable[[], Expected]
+) -> str | None:
+    """None when the receipt is good for ``expected``; otherwise why not, naming the first bad field.
+
+    The signature is checked first; ``expected`` may be a function, called only for a receipt whose
+    signature holds, so a flood of forged receipts costs one signature check each, not the digests.
+    """
     if not signature_ok(receipt, public_key):
         return "signature does not verify with the proplet's public key"
+    if callable(expected):
+        expected = expected()
     pairs: tuple[tuple[str, object, object], ...] = (
         ("task_id", receipt.task_id, expected.task_id),
         ("proplet_id", receipt.proplet_id, expected.proplet_id),

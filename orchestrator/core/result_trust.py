@@ -106,7 +106,7 @@ def _judge(
         receipt = receipts.Receipt.from_json(raw)
     except receipts.ReceiptError as err:
         return _reject("bad_receipt", str(err))
-    why = receipts.check(receipt, prover.public_key, expectation())
+    why = receipts.check(receipt, prover.public_key, expectation)
     if why is not None:
         return _reject("bad_receipt", why)
     return Judgement(True, True, receipt=receipt.to_json())

@@ -482,3 +482,12 @@ def test_answers_to_invocations_are_signed_naming_the_invocation_and_checked() -
     replayed = {**answer, "invocation_id": second}
     engine.handle(MessageReceived(T.invoke_results, json.dumps(replayed).encode()), 4.0, 4.0)
     assert finished() == [] and engine.results_rejected == {"bad_receipt": 2}
+
+
+def test_digests_are_computed_only_for_a_receipt_whose_signature_holds() -> None:
+    def expensive() -> receipts.Expected:
+        raise AssertionError("digests computed for a forged receipt")
+
+    forged = receipts.sign(sample(), OTHER_KEY)
+    why = receipts.check(forged, receipts.public_key_of(KEY), expensive)
+    assert why == "signature does not verify with the proplet's public key"
