@@ -41,6 +41,7 @@ import simpy
 
 from orchestrator.adapters.mqtt import MqttError, Will
 from orchestrator.wire.mqtt_names import check_filter, check_topic
+from twin.link_profile import LinkProfile
 
 __all__ = ["BrokerModel", "BrokerStats", "ModelClient", "MqttError", "Will", "topic_matches"]
 
@@ -237,6 +238,9 @@ class BrokerModel:
             session = self._sessions[cid] = _Session(cid, persistent=not clean)
         assert session is not None
         conn = self._conns[cid] = _Conn(client, epoch, session, will)
+        if client._epoch != epoch and client.keepalive > 0:
+            # It vanished while its CONNECT was on the wire: to the broker the link is open and silent.
+            self.at(1.5 * client.keepalive, self._check_expiry, client, epoch, client._silence_gen)
         client._down(client._on_connack, epoch, present)
         while session.queue:
             topic, payload = session.queue.popleft()
@@ -244,7 +248,9 @@ class BrokerModel:
 
     def _live(self, client: ModelClient, epoch: int) -> _Conn | None:
         conn = self._conns.get(client.client_id)
-        return conn if conn is not None and conn.alive and conn.epoch == epoch else None
+        # Same client object too: a rebooted device is a new client whose epochs count from 1 again.
+        ok = conn is not None and conn.alive and conn.epoch == epoch and conn.client is client
+        return conn if ok else None
 
     def _on_publish(self, client: ModelClient, epoch: int, mid: int, topic: str, payload: bytes, qos: int,
                     retain: bool) -> None:  # fmt: skip
@@ -302,12 +308,17 @@ class BrokerModel:
 
     def _check_expiry(self, client: ModelClient, epoch: int, generation: int) -> None:
         conn = self._live(client, epoch)
-        if conn is None or client._silence_gen != generation:
+        if conn is None:
             return
-        if client.silenced or client._resumed_at > self.env.now:
-            self.stats.expiries += 1
-            self._drop(conn, fire_will=True)
-            client._down(client._on_closed, epoch)
+        gone = client._epoch != epoch  # the client vanished (power loss): it will never ping again
+        if not gone:
+            if client._silence_gen != generation:
+                return
+            if not (client.silenced or client._resumed_at > self.env.now):
+                return
+        self.stats.expiries += 1
+        self._drop(conn, fire_will=True)
+        client._down(client._on_closed, epoch)
 
     # --- internals ----------------------------------------------------------------------------------
 
@@ -365,6 +376,7 @@ class ModelClient:
         will: Will | None = None,
         clean_session: bool = True,
         latency: float = 0.0,
+        link: LinkProfile | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
         on_connect: Callable[[], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
@@ -385,6 +397,10 @@ class ModelClient:
         self.reconnect_enabled = reconnect
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
         self.rng = rng if rng is not None else random.Random(client_id)
+        # The device's link (latency, jitter, loss as retransmission delay, bandwidth), as the live
+        # LinkProxy applies it; `latency` alone is the same as LinkProfile(latency_s=latency).
+        self.link = link if link is not None else LinkProfile(latency_s=latency)
+        self.link_rng = random.Random(self.rng.random()) if link is not None else None
         self.callback_errors = 0
         self.connects = 0  # CONNACKs received
         self._state = "idle"  # idle | connecting | connected
@@ -468,17 +484,31 @@ class ModelClient:
         if self._auto:
             self._schedule_reconnect()
 
+    def vanish(self) -> None:
+        """The device is gone without a packet (power loss, brownout): nothing reaches the broker, which
+        drops the session at keep-alive expiry and then fires the will. No reconnect: the device is off."""
+        if self._state != "idle" and not self.silenced:
+            self._expire_later()
+        self._auto = False
+        self._close_locally()
+
     def silence(self) -> None:
         if self.silenced:
             return
         self.silenced = True
         self._silence_gen += 1
-        if self._state == "idle" or self.keepalive <= 0:
+        if self._state == "idle":
+            return
+        self._expire_later()
+
+    def _expire_later(self) -> None:
+        """Ask the broker to check this link when its keep-alive would run out with nothing heard."""
+        if self.keepalive <= 0:
             return
         ka = float(self.keepalive)
         since = self.env.now - self._last_out
         last_ping = self._last_out + (since // ka) * ka  # paho pings `keepalive` after its last packet
-        deadline = last_ping + self.latency + 1.5 * ka
+        deadline = last_ping + self.link.latency_s + 1.5 * ka
         check = self.broker._check_expiry
         self.broker.at(deadline - self.env.now, check, self, self._epoch, self._silence_gen)
 
@@ -486,7 +516,7 @@ class ModelClient:
         if not self.silenced:
             return
         self.silenced = False
-        self._resumed_at = self.env.now + self.latency
+        self._resumed_at = self.env.now + self.link.latency_s
         held_up, self._held_up = self._held_up, []
         for fn, args in held_up:
             self._up(fn, *args)
@@ -498,19 +528,31 @@ class ModelClient:
 
     # --- links ------------------------------------------------------------------------------------
 
+    def _delay(self) -> float:
+        """One packet's one-way delay on this link (a lost segment costs a retransmission)."""
+        p = self.link
+        delay = p.latency_s
+        rng = self.link_rng
+        if rng is not None:
+            if p.jitter_s:
+                delay = max(0.0, delay + rng.uniform(-p.jitter_s, p.jitter_s))
+            if p.loss and rng.random() < p.loss:
+                delay += p.retransmit_s
+        return delay
+
     def _up(self, fn: Callable[..., None], *args: Any) -> None:
         if self.silenced:
             self._held_up.append((fn, args))
             return
         now = self.env.now
         self._last_out = now
-        t = max(now + self.latency, self._up_last)
+        t = max(now + self._delay(), self._up_last)  # FIFO: a late packet holds the ones behind it
         self._up_last = t
         self.broker.at(t - now, fn, *args)
 
     def _down(self, fn: Callable[..., None], *args: Any) -> None:
         now = self.env.now
-        t = max(now + self.latency, self._down_last)
+        t = max(now + self._delay(), self._down_last)
         self._down_last = t
         self.broker.at(t - now, self._arrive, fn, args)
 

@@ -50,9 +50,10 @@ from twin.scenario import RunnerUnavailable
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace, TraceEvent
 from twin.services import Broker, Manager, ManagerOptions
+from twin.virtual import VirtualRunner
 from twin.workload import Submission, Submitter, list_tasks, schedule
 
-MODES = ("live",)
+MODES = ("live", "virtual")
 SETTLE_S = 2.0  # after the run: let in-flight submissions finish before judging
 BOARD_JOIN_S = 20.0  # provisioned board to mqtt_connected: boot, Wi-Fi, MQTT (a real board ~5 s)
 CHANNEL = "default"  # the twin's manager and devices all use the default channel
@@ -76,9 +77,14 @@ def board_port(port: str, hw_names: Collection[str] | None) -> str:
     return "virtual"
 
 
-def create_runner(mode: str = "live", **options: Any) -> LiveRunner:
+def create_runner(mode: str = "live", **options: Any) -> LiveRunner | VirtualRunner:
+    """``live``: real broker and manager processes, wall-clock time. ``virtual``: the same cores on
+    simpy's virtual clock over the broker model (``twin.virtual``); it takes no options but ``log_dir``
+    and ``hil_map``, which it ignores (nothing is logged to files; real boards are refused)."""
     if mode not in MODES:
         raise RunnerUnavailable(f"twin.runner has no {mode!r} mode (modes: {', '.join(MODES)}, or replay)")
+    if mode == "virtual":
+        return VirtualRunner(**options)
     return LiveRunner(**options)
 
 
@@ -90,11 +96,6 @@ class LiveRunner:
         self.last: dict[str, Any] = {}  # figures of the last run (also in trace.meta["live"])
 
     async def run(self, scenario: Scenario, trace: Trace, progress: Callable[[float], None]) -> None:
-        if scenario.speed != 1.0:
-            raise ValueError(
-                f"live mode runs at speed 1.0 against the real manager (got speed {scenario.speed:g}); "
-                "compress the protocol timers instead"
-            )
         work = self.log_dir / scenario.name if self.log_dir is not None else \
             Path(tempfile.mkdtemp(prefix=f"twin-{scenario.name}-"))  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def new_trace(scenario: Scenario) -> Trace:
-    meta = {"duration_s": scenario.duration_s, "source": scenario.source, "speed": scenario.speed,
-            "broker": scenario.broker}  # fmt: skip
+    meta = {"duration_s": scenario.duration_s, "source": scenario.source, "broker": scenario.broker}
     return Trace(scenario.name, scenario.seed, meta)
 
 
