@@ -40,6 +40,7 @@ async def run_scenario(
         await runner.run(scenario, trace, progress or (lambda _f: None))
     except Exception as exc:  # the verdict must say the run broke, and the other scenarios still run
         error = f"{type(exc).__name__}: {exc}"
+    trace.meta["trace_hash"] = trace.digest()
     result = ScenarioResult(scenario, trace, [], time.monotonic() - started, error)
     if error is None:
         result.verdicts = evaluate_all(trace, scenario)
