@@ -4,7 +4,9 @@
 `orchestrator.adapters.mqtt.MqttClient` (publish, subscribe, callbacks, abort, silence, disconnect), so
 device code runs unchanged on both. What is modelled, and how:
 
-- Each client has a one-way link `latency`; both directions are FIFO (a later packet never overtakes).
+- Each client has a link (`link`, a `LinkProfile`: latency, jitter, loss as a retransmission delay of
+  `retransmit_s`, as the live `LinkProxy` applies them; bandwidth is not modelled); both directions are
+  FIFO (a later packet never overtakes). `latency=` alone is a clean link with that latency.
 - connect: CONNECT reaches the broker after `latency`, CONNACK leaves `connect_delay` later. `connect()`
   returns a simpy event whose value is True on CONNACK, False when the broker is down (refused).
 - publish QoS 0/1 (QoS 2 is refused with ValueError), delivered QoS = min(publish, subscription);
@@ -14,8 +16,12 @@ device code runs unchanged on both. What is modelled, and how:
 - persistent sessions (clean_session=False): subscriptions survive, QoS 1 messages queue while offline
   (up to `max_queued`, then dropped and counted, as Mosquitto's max_queued_messages) and are sent after
   the next CONNACK; a QoS 1 delivery cut by a lost connection is queued again.
-- Last Will: fired on an abrupt close (`abort()`), on keep-alive expiry and on session takeover; never
-  after `disconnect()`. A broker stop closes every link without wills.
+- Last Will: fired on an abrupt close (`abort()`: the device's OS closes the socket), on keep-alive
+  expiry and on session takeover; never after `disconnect()`. A broker stop closes every link without
+  wills. `vanish()` is a device that loses power: no packet at all, so the broker holds the session
+  until keep-alive expiry (or until a reconnect with the same client id takes it over) and then fires
+  the will. A rebooted device is a new `ModelClient` with the same client id: the broker tells the
+  lives apart (a packet of the old life never acts on the new connection).
 - keep-alive: a client that is not silenced is assumed to ping on time (no ping traffic is simulated).
   `silence()` stops everything; the broker then drops the client 1.5 × keepalive after the last packet
   it heard, where the last packet is the latest of the client's real packets and of the pings paho
@@ -30,6 +36,7 @@ changed is handed back to the broker's session queue directly instead of by an u
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import random
@@ -392,7 +399,7 @@ class ModelClient:
         if not 0 < backoff_min <= backoff_max:
             raise ValueError(f"backoff needs 0 < backoff_min <= backoff_max, got {backoff_min}/{backoff_max}")
         self.broker, self.env, self.client_id = broker, broker.env, client_id
-        self.keepalive, self.will, self.clean_session, self.latency = keepalive, will, clean_session, latency
+        self.keepalive, self.will, self.clean_session = keepalive, will, clean_session
         self.on_message, self.on_connect, self.on_disconnect = on_message, on_connect, on_disconnect
         self.reconnect_enabled = reconnect
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
@@ -423,6 +430,15 @@ class ModelClient:
     @property
     def connected(self) -> bool:
         return self._state == "connected"
+
+    @property
+    def latency(self) -> float:
+        """The link's one-way latency (changing it keeps the rest of the link's profile)."""
+        return self.link.latency_s
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.link = dataclasses.replace(self.link, latency_s=seconds)
 
     @property
     def subscriptions(self) -> dict[str, int]:

@@ -558,7 +558,9 @@ class SimDevice:
         if self.flags.blocking_execution:
             self._block()
         gen = self.gen
-        self.shared.net.run_wasm(request, job.token, lambda outcome: self._if_gen(gen, self._ran, start.id, outcome))
+        self.shared.net.run_wasm(
+            request, job.token, lambda outcome: self._if_gen(gen, self._ran, start.id, outcome)
+        )
         self._update()
 
     def _request(self, start: wire.StartTask, wasm: bytes, instance: Instance | None) -> RunRequest:

@@ -231,7 +231,8 @@ class Fleet:
             self.on_fleet_fault(spec)
         elif spec.kind == "random":
             # Random picks stay among simulated devices: a board takes only its own faults.
-            population = [n for n in self._targets(spec) if n not in self.boards and n not in self.modelled_boards]
+            boards = set(self.boards) | self.modelled_boards
+            population = [n for n in self._targets(spec) if n not in boards]
             picks = random_faults(spec, population, self.scenario.rng(f"random:{spec.line}"))
             self.trace.emit(self.env.now, "note", "fleet", text=f"random faults: {len(picks)} picks")
             for pick in picks:
@@ -322,7 +323,9 @@ class Fleet:
         else:
             self._mark(name, kind, "end", shown)
 
-    def _modelled_board_fault(self, name: str, kind: str, duration: float | None, params: dict[str, Any]) -> None:
+    def _modelled_board_fault(
+        self, name: str, kind: str, duration: float | None, params: dict[str, Any]
+    ) -> None:
         action = BOARD_FAULTS[kind]
         self.faults_injected += 1
         shown = {**params, "board": action}

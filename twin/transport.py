@@ -12,7 +12,8 @@ to the Wasm runtime only through a ``Transport``, chosen by the runner:
   the simpy clock, so the run is deterministic for a seed and independent of host load.
 
 ``MqttLink`` is what both clients offer the device: publish, subscribe, abort (the OS closes the socket:
-the broker fires the will at once), silence/unsilence (half-open link: Wi-Fi drop, or a module blocking the callback).
+the broker fires the will at once), silence/unsilence (half-open link: Wi-Fi drop, or a module blocking
+the callback).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from twin.clock import AsyncSimClock
 from twin.link_profile import CLEAN, LinkProfile
 from twin.links import LinkProxy
 
-__all__ = ["LiveTransport", "LinkControl", "ModelLink", "MqttLink", "Transport", "VirtualTransport"]
+__all__ = ["LinkControl", "LiveTransport", "ModelLink", "MqttLink", "Transport", "VirtualTransport"]
 
 OnDone = Callable[[bool], None]
 

@@ -6,14 +6,16 @@ scenario file with the same cores as the live runner: the orchestrator ``Engine`
 ``Fleet`` and fault script, the same workload rules and the same ``ManagerObserver``. What changes is
 only what carries bytes and time:
 
-| live | virtual |
-|---|---|
-| broker process (amqtt or Mosquitto) | ``BrokerModel`` (QoS 0/1, retained, sessions, keep-alive, wills, takeover) |
-| ``propeller manager`` process, SQLite store | ``VirtualManager``: the engine, a ``ModelClient``, an in-memory store of what it persisted |
-| REST API calls (``Submitter``) | ``VirtualSubmitter``: the same calls on the engine, the same retries on the same errors |
-| ``MqttClient`` + ``LinkProxy`` per device | ``ModelClient`` + ``ModelLink`` (``twin.transport``) |
-| wasmtime in a thread; host tasks last their wall time | wasmtime synchronously (true result); every duration from the device model |
-| the scaled wall clock | ``simpy.Environment.run``: as fast as the host goes, independent of its load |
+- broker process (amqtt or Mosquitto) -> ``BrokerModel`` (QoS 0/1, retained, sessions, keep-alive,
+  wills, client-id takeover);
+- ``propeller manager`` process and its SQLite store -> ``VirtualManager``: the engine, a
+  ``ModelClient``, an in-memory store of what it persisted, the same timer loop;
+- REST API calls (``Submitter``) -> ``VirtualSubmitter``: the same calls on the engine, the same
+  retries on the same errors;
+- ``MqttClient`` + ``LinkProxy`` per device -> ``ModelClient`` + ``ModelLink`` (``twin.transport``);
+- wasmtime in a thread, host tasks lasting their wall time -> wasmtime called synchronously (the true
+  result), every duration from the device model (ESP32-S3 CPU model, host model);
+- the scaled wall clock -> ``simpy.Environment.run``: as fast as the host goes, whatever its load.
 
 Process faults become their model: ``broker_restart`` = the broker model drops every connection
 without wills and forgets its sessions (Mosquitto with ``persistence false``, as the live runner
@@ -105,8 +107,9 @@ class MemoryStore:
         return True
 
     def load(self) -> tuple[list[Task], list[Proplet], list[Job]]:
-        return ([copy.deepcopy(t) for t in self.tasks.values()], [copy.deepcopy(p) for p in self.proplets.values()],
-                [copy.deepcopy(j) for j in self.jobs.values()])  # fmt: skip
+        tasks = [copy.deepcopy(t) for t in self.tasks.values()]
+        proplets = [copy.deepcopy(p) for p in self.proplets.values()]
+        return tasks, proplets, [copy.deepcopy(j) for j in self.jobs.values()]
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,10 @@ class ManagerConfig:
 class VirtualManager:
     """``propeller manager`` in virtual time: the engine, its broker client, its store, its timer loop."""
 
-    def __init__(self, env: simpy.Environment, broker: BrokerModel, config: ManagerConfig,
-                 on_event: Callable[[Mapping[str, Any], float], None], rng: random.Random) -> None:  # fmt: skip
+    def __init__(
+        self, env: simpy.Environment, broker: BrokerModel, config: ManagerConfig,
+        on_event: Callable[[Mapping[str, Any], float], None], rng: random.Random,
+    ) -> None:  # fmt: skip
         if config.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {config.placement!r}")
         self.env, self.broker, self.config, self.on_event = env, broker, config, on_event
@@ -286,7 +291,8 @@ class VirtualManager:
 
     def views(self) -> list[dict[str, Any]]:
         """``GET /tasks`` of the store: what the reconcile reads (the store is authoritative)."""
-        return [task_view(t) for t in sorted(self.store.tasks.values(), key=lambda t: (t.created_at or 0, t.id))]
+        tasks = sorted(self.store.tasks.values(), key=lambda t: (t.created_at or 0, t.id))
+        return [task_view(t) for t in tasks]
 
 
 @dataclass
@@ -318,13 +324,15 @@ class VirtualSubmitter:
         spec = task_spec(item, wasm, max_attempts=self.max_attempts,
                          proplet_id=self.proplet_ids[device] if device else None)  # fmt: skip
         created: list[Task] = []
-        yield from self._call(sub.name, "POST /tasks", lambda e: created.append(e.create_task(spec, self.manager.wall)))
+        wall = self.manager.wall
+        yield from self._call(sub.name, "POST /tasks", lambda e: created.append(e.create_task(spec, wall)))
         if not created:
             return
         task_id = created[0].id
         self.observer.register(task_id, TaskRef(sub.name, item.name, item.memory_bytes), float(self.env.now))
         yield from self._call(sub.name, f"POST /tasks/{task_id}/start",
-                              lambda e: e.start_task(task_id, self.manager.now, self.manager.wall), start=True)
+                              lambda e: e.start_task(task_id, self.manager.now, self.manager.wall),
+                              start=True)  # fmt: skip
 
     def _call(self, name: str, what: str, call: Callable[[Engine], Any],
               start: bool = False) -> Generator[simpy.Event, Any, None]:  # fmt: skip
@@ -404,20 +412,27 @@ class _VirtualRun:
         submitter = VirtualSubmitter(env, self.manager, self.observer, s.devices(), fleet.proplet_ids,
                                      s.rng("workload"), s.manager.max_attempts)  # fmt: skip
         for sub in schedule(s.workload):
-            env.timeout(sub.at).callbacks.append(lambda _ev, sub=sub: env.process(submitter.submit(sub)))
+            env.timeout(sub.at).callbacks.append(self._submit_at(submitter, sub))
         t = 0.0
         while t < s.duration_s:
             t = min(s.duration_s, t + PROGRESS_STEP_S)
             env.run(until=t)
             progress(t / s.duration_s)
             await asyncio.sleep(0)  # Ctrl-C and the progress bar stay alive
-        changed = self.observer.reconcile(self.manager.views() if self.manager.running or self.manager.store.tasks
-                                          else [], float(env.now))  # fmt: skip
-        trace.meta["reconciled_tasks"] = changed
+        if self.manager.running:  # as the live runner: the manager's store is authoritative
+            trace.meta["reconciled_tasks"] = self.observer.reconcile(self.manager.views(), float(env.now))
+        else:
+            trace.emit(float(env.now), "note", "manager", text="manager not running at the end: no reconcile")
         self.observer.closed = True
         for e in submitter.errors:
             trace.emit(float(env.now), "note", "workload", text=e)
         self._figures(time.monotonic() - started, time.process_time() - cpu0, submitter.errors)
+
+    def _submit_at(self, submitter: VirtualSubmitter, sub: Submission) -> Callable[[Any], None]:
+        return lambda _ev: self._start(submitter.submit(sub))
+
+    def _start(self, process: Generator[simpy.Event, Any, None]) -> None:
+        self.env.process(process)
 
     def _figures(self, wall: float, cpu: float, errors: list[str]) -> None:
         assert self.fleet is not None
@@ -433,7 +448,8 @@ class _VirtualRun:
             "sim_per_wall": round(self.scenario.duration_s / wall, 1) if wall > 0 else None,
             "rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
             "broker": {"publishes": b.publishes, "deliveries": b.deliveries, "wills": b.wills,
-                       "expiries": b.expiries, "queued": b.queued, "dropped": b.dropped, "refused": b.refused},
+                       "expiries": b.expiries, "queued": b.queued, "dropped": b.dropped,
+                       "refused": b.refused},
             "manager_starts": self.manager.starts,
             "manager_messages": self.manager.messages,
             "faults_injected": self.fleet.faults_injected,
