@@ -50,19 +50,13 @@ from twin.scenario import RunnerUnavailable
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace, TraceEvent
 from twin.services import Broker, Manager, ManagerOptions
-from twin.virtual import VirtualRunner
+from twin.virtual import HIL_MAP_ENV, VirtualRunner, is_real_port
 from twin.workload import Submission, Submitter, list_tasks, schedule
 
 MODES = ("live", "virtual")
 SETTLE_S = 2.0  # after the run: let in-flight submissions finish before judging
 BOARD_JOIN_S = 20.0  # provisioned board to mqtt_connected: boot, Wi-Fi, MQTT (a real board ~5 s)
 CHANNEL = "default"  # the twin's manager and devices all use the default channel
-HIL_MAP_ENV = "PROPELLER_HIL_MAP"
-
-
-def is_real_port(port: str, hw_names: Collection[str]) -> bool:
-    """A board port that names real hardware: a hardware-map entry or a device path."""
-    return port in hw_names or port.startswith("/") or port.upper().startswith("COM")
 
 
 def board_port(port: str, hw_names: Collection[str] | None) -> str:

@@ -35,11 +35,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -72,10 +74,16 @@ from twin.services import PLACEMENTS
 from twin.transport import VirtualTransport
 from twin.workload import Submission, load_module, pick_device, schedule, task_spec
 
+HIL_MAP_ENV = "PROPELLER_HIL_MAP"
 WALL_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the manager's wall clock is this + simulated time
 MANAGER_KEEPALIVE_S = 30.0  # ManagerSettings.mqtt_keepalive
 MANAGER_RETRY_S = 0.5  # a restarted manager that finds the broker down tries again (the process would)
 PROGRESS_STEP_S = 1.0
+
+
+def is_real_port(port: str, hw_names: Collection[str]) -> bool:
+    """A board port that names real hardware: a hardware-map entry or a device path."""
+    return port in hw_names or port.startswith("/") or port.upper().startswith("COM")
 
 
 def seeded_ids(rng: random.Random) -> Callable[[], str]:
@@ -364,11 +372,17 @@ class VirtualSubmitter:
 class VirtualRunner:
     """Runs a scenario in virtual time (see the module docstring)."""
 
-    def __init__(self, **_options: Any) -> None:
+    def __init__(self, hil_map: str | Path | None = None, **_options: Any) -> None:
+        """``hil_map`` (default ``$PROPELLER_HIL_MAP``) says which board ports are real hardware, which
+        virtual time refuses; other options of the live runner (``log_dir``) are ignored."""
+        from hil.rig import load_map
+
+        given = hil_map if hil_map is not None else os.environ.get(HIL_MAP_ENV) or None
+        self.hw_names = {b.name for b in load_map(Path(given))} if given else set()
         self.last: dict[str, Any] = {}
 
     async def run(self, scenario: Scenario, trace: Trace, progress: Callable[[float], None]) -> None:
-        run = _VirtualRun(scenario, trace)
+        run = _VirtualRun(scenario, trace, self.hw_names)
         try:
             await run.execute(progress)
         finally:
@@ -377,10 +391,10 @@ class VirtualRunner:
 
 
 class _VirtualRun:
-    def __init__(self, scenario: Scenario, trace: Trace) -> None:
+    def __init__(self, scenario: Scenario, trace: Trace, hw_names: set[str]) -> None:
         from proplets.runtime import WasmtimeRuntime  # lazy: wasmtime is heavy to import
 
-        self.scenario, self.trace = scenario, trace
+        self.scenario, self.trace, self.hw_names = scenario, trace, hw_names
         self.env = simpy.Environment()
         # Sessions and retained messages do not survive a restart: the live runner's brokers keep none.
         self.broker = BrokerModel(self.env, persistence=False)
@@ -406,6 +420,7 @@ class _VirtualRun:
         started, cpu0 = time.monotonic(), time.process_time()
         self.manager.start()
         fleet = self.fleet = Fleet(s, self.shared, "model", 0, self.domain, self._fleet_fault,
+                                   real_port=lambda port: is_real_port(port, self.hw_names),
                                    boards_as_devices=True)  # fmt: skip
         await fleet.start()
         self.observer.proplet_names = fleet.proplet_names

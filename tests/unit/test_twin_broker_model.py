@@ -402,7 +402,9 @@ def test_thousands_of_clients_in_virtual_time(env: simpy.Environment) -> None:
     assert got[0] == 2_000
 
 
-def test_vanish_is_noticed_at_keepalive_expiry_not_at_once(env: simpy.Environment, broker: BrokerModel) -> None:
+def test_vanish_is_noticed_at_keepalive_expiry_not_at_once(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
     obs = Dev(broker, "obs")
     obs.c.connect()
     obs.c.subscribe("wills/+", 1)
@@ -461,7 +463,9 @@ def test_a_packet_of_an_old_life_never_acts_on_the_new_connection(
     assert new.messages == []  # the old life's SUBSCRIBE did not land on the new session
 
 
-def test_link_profile_jitter_and_loss_delay_but_never_reorder(env: simpy.Environment, broker: BrokerModel) -> None:
+def test_link_profile_jitter_and_loss_delay_but_never_reorder(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
     from twin.link_profile import LinkProfile
 
     profile = LinkProfile(latency_s=0.05, jitter_s=0.04, loss=0.3, retransmit_s=0.2)
