@@ -180,6 +180,9 @@ class BrokerModel:
         self._sessions: dict[str, _Session] = {}
         self._conns: dict[str, _Conn] = {}
         self._tree = SubscriptionTree()
+        # topic -> its subscribers, valid until the next (un)subscribe: a fleet publishes heartbeats on a
+        # handful of topics millions of times while subscriptions change only when devices (re)connect.
+        self._routes: dict[str, dict[str, int]] = {}
 
     def client(self, client_id: str, **kwargs: Any) -> ModelClient:
         return ModelClient(self, client_id, **kwargs)
@@ -209,6 +212,7 @@ class BrokerModel:
         if not self.persistence:
             self._sessions.clear()
             self._tree = SubscriptionTree()
+            self._routes.clear()
             self.retained.clear()
 
     def start(self) -> None:
@@ -275,7 +279,10 @@ class BrokerModel:
                 self.retained[topic] = (payload, qos)
             else:
                 self.retained.pop(topic, None)
-        for cid, sub_qos in self._tree.match(topic).items():
+        routes = self._routes.get(topic)
+        if routes is None:
+            routes = self._routes[topic] = self._tree.match(topic)
+        for cid, sub_qos in routes.items():
             out_qos = min(qos, sub_qos)
             conn = self._conns.get(cid)
             if conn is not None and conn.alive:
@@ -289,6 +296,7 @@ class BrokerModel:
             return
         conn.session.subs[topic_filter] = qos
         self._tree.add(topic_filter, client.client_id, qos)
+        self._routes.clear()
         for topic, (payload, r_qos) in self.retained.items():
             if topic_matches(topic_filter, topic):
                 self._deliver(conn, topic, payload, min(qos, r_qos))
@@ -299,6 +307,7 @@ class BrokerModel:
             return
         conn.session.subs.pop(topic_filter, None)
         self._tree.remove(topic_filter, client.client_id)
+        self._routes.clear()
 
     def _on_ping(self, client: ModelClient, epoch: int) -> None:
         pass  # a live connection heard from; expiry checks ask the client when it resumed
@@ -344,6 +353,8 @@ class BrokerModel:
     def _forget_subs(self, session: _Session) -> None:
         for topic_filter in session.subs:
             self._tree.remove(topic_filter, session.client_id)
+        if session.subs:
+            self._routes.clear()
         session.subs.clear()
 
     def _deliver(self, conn: _Conn, topic: str, payload: bytes, qos: int) -> None:

@@ -468,10 +468,39 @@ def add_twin_subcommands(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                     help="run each point in a fresh child process (default: on)")
     sc.add_argument("--json", metavar="PATH", default=None, help="write every point's figures here")
+    sc.add_argument("--mode", default="live", choices=("live", "virtual"),
+                    help="live: real broker and MQTT clients in wall-clock time, --duration is the steady "
+                         "window; virtual: broker model, manager engine and devices on simpy's clock, "
+                         "--duration is simulated time" + d)
+    sc.add_argument("--profile", action="store_true", help="virtual mode: print the 25 hottest functions")
     sc.set_defaults(func=cmd_scale)  # fmt: skip
 
 
+def cmd_virtual_scale(args: Any) -> int:
+    from twin.virtual_scale import VirtualScaleConfig, as_dict, run_virtual_point, summary
+
+    try:
+        configs = [VirtualScaleConfig(n, args.duration, args.heartbeat, args.keepalive, profile=args.profile)
+                   for n in parse_devices(args.devices)]  # fmt: skip
+    except ValueError as exc:
+        print(f"propeller twin scale: {exc}", file=sys.stderr)
+        return 2
+    results = []
+    for cfg in configs:
+        print(f"running virtual N={cfg.devices} for {cfg.duration:g} simulated s ...", file=sys.stderr, flush=True)
+        r = run_virtual_point(cfg)
+        results.append(r)
+        print(summary(r), flush=True)
+        if r.profile:
+            print(r.profile)
+    if args.json:
+        Path(args.json).write_text(json.dumps([as_dict(r) for r in results], indent=2), encoding="utf-8")
+    return 0 if all(r.alive_at_end == r.devices for r in results) else 1
+
+
 def cmd_scale(args: Any) -> int:
+    if args.mode == "virtual":
+        return cmd_virtual_scale(args)
     try:
         sizes = parse_devices(args.devices)
         brokers = list(BROKERS) if args.broker == "both" else [args.broker]

@@ -132,6 +132,9 @@ class ManagerConfig:
     # Run the engine's timers after every message, as the live manager's timer loop does (it is woken
     # by each message). A fleet-scale run turns this off: on_timer walks every proplet.
     timer_on_message: bool = True
+    # Also wake at least this often, as the live timer loop does (None: the live rule, min(1 s,
+    # liveness / 10)); 0: wake only at the engine's deadlines (the fleet-scale benchmark).
+    timer_cap: float | None = None
 
 
 class VirtualManager:
@@ -154,6 +157,7 @@ class VirtualManager:
         self.starts = 0
         self._wake: simpy.Event | None = None
         self.messages = 0
+        self.heartbeats = 0
 
     @property
     def running(self) -> bool:
@@ -248,6 +252,8 @@ class VirtualManager:
         self.messages += 1
         if topic == engine.topics.registry_request:
             return  # the twin's devices take inline modules only
+        if topic == engine.topics.alive:
+            self.heartbeats += 1
         engine.handle(MessageReceived(topic, payload), self.now, self.wall)
         if self.config.timer_on_message:
             self._poke()
@@ -261,7 +267,11 @@ class VirtualManager:
         engine = self.engine
         assert engine is not None
         # As ManagerService._timer_loop: wake at the next deadline, at most `cap` later, or on a message.
-        cap = max(0.02, min(1.0, engine.config.timeout / 10))
+        cap = self.config.timer_cap
+        if cap is None:
+            cap = max(0.02, min(1.0, engine.config.timeout / 10))
+        elif cap <= 0:
+            cap = engine.config.timeout  # a proplet that appears meanwhile has a deadline no earlier
         while life == self.life:
             deadline = engine.next_deadline()
             delay = cap if deadline is None else min(cap, max(0.0, deadline - self.now))
