@@ -487,8 +487,9 @@ def cmd_virtual_scale(args: Any) -> int:
         return 2
     results = []
     for cfg in configs:
-        print(f"running virtual N={cfg.devices} for {cfg.duration:g} simulated s ...", file=sys.stderr, flush=True)
-        r = run_virtual_point(cfg)
+        print(f"running virtual N={cfg.devices} for {cfg.duration:g} simulated s ...", file=sys.stderr,
+              flush=True)  # fmt: skip
+        r = asyncio.run(run_virtual_point(cfg))
         results.append(r)
         print(summary(r), flush=True)
         if r.profile:

@@ -25,20 +25,18 @@ import pstats
 import random
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import simpy
 
-from twin.broker_model import BrokerModel
-from twin.clock import AsyncSimClock
-from twin.device import DeviceConfig, Shared, SimDevice
+from twin.device import DeviceConfig, SimDevice
 from twin.devices.esp32s3 import ESP32S3
 from twin.fleet import proplet_id
 from twin.scenario.spec import Timers
 from twin.scenario.trace import Trace
-from twin.transport import VirtualTransport
-from twin.virtual import ManagerConfig, VirtualManager
+from twin.session import SessionConfig, TwinSession
 
 
 @dataclass(frozen=True)
@@ -93,63 +91,57 @@ class _CountingEnv(simpy.Environment):
         super().step()
 
 
-def run_virtual_point(cfg: VirtualScaleConfig) -> VirtualScaleResult:
-    from proplets.runtime import WasmtimeRuntime
-
+async def run_virtual_point(cfg: VirtualScaleConfig) -> VirtualScaleResult:
     t0 = time.monotonic()
     result = VirtualScaleResult(cfg.devices, cfg.duration, cfg.heartbeat)
     env = _CountingEnv()
-    broker = BrokerModel(env, max_queued=100)
-    runtime = WasmtimeRuntime()
-    trace = Trace(f"virtual-scale-{cfg.devices}")
-    shared = Shared(env, AsyncSimClock(env), trace, runtime, None, VirtualTransport(env, broker, runtime))
-    timers = Timers(heartbeat_interval=cfg.heartbeat, liveness_timeout=3 * cfg.heartbeat, keepalive=cfg.keepalive)
     domain = f"scale-{cfg.seed}"
     deaths: list[str] = []
 
-    def on_event(event: Any, _t: float) -> None:
+    def on_event(event: Mapping[str, Any], _t: float) -> None:  # the manager's view: only its deaths
         if event.get("event") == "proplet_dead":
             deaths.append(str(event.get("proplet_id")))
 
-    manager = VirtualManager(
-        env, broker, ManagerConfig(domain, cfg.heartbeat, 3 * cfg.heartbeat, timer_on_message=False,
-                                   timer_cap=0),
-        on_event, random.Random(cfg.seed),
-    )  # fmt: skip
-    manager.start()
-    rng = random.Random(cfg.seed)
-    ids = random.Random(rng.random())
-    devices = []
-    for i in range(cfg.devices):
-        name = f"esp-{i + 1}"
-        config = DeviceConfig(name, "esp32s3", proplet_id(ids), domain, "model", 0, timers, ESP32S3)
-        device = SimDevice(config, shared, random.Random(rng.random()))
-        device.power_on(rng.uniform(0.0, cfg.heartbeat))
-        devices.append(device)
-    result.setup_s = round(time.monotonic() - t0, 3)
-    # CPU time, not wall: on a shared host a wall-clock profile charges whoever was descheduled.
-    profiler = cProfile.Profile(time.process_time) if cfg.profile else None
-    cpu0, w0 = time.process_time(), time.monotonic()
-    if profiler is not None:
-        profiler.enable()
-    env.run(until=cfg.duration)
-    if profiler is not None:
-        profiler.disable()
-    result.wall_s = round(time.monotonic() - w0, 3)
-    result.cpu_s = round(time.process_time() - cpu0, 3)
-    result.peak_rss_mib = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    result.heartbeats_sent = sum(d._heartbeats for d in devices)
-    result.heartbeats_received = manager.heartbeats
-    engine = manager.engine
-    assert engine is not None
-    result.alive_at_end = sum(1 for p in engine.proplets.values() if engine.is_alive(p, float(env.now)))
-    result.deaths = len(deaths)
-    result.sim_events = env.steps
-    if profiler is not None:
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
-        result.profile = out.getvalue()
-    runtime.close()
+    config = SessionConfig(domain, cfg.heartbeat, 3 * cfg.heartbeat, mode="virtual", seed=cfg.seed,
+                           manager_live_timers=False)  # fmt: skip
+    trace = Trace(f"virtual-scale-{cfg.devices}")
+    async with TwinSession(config, trace, env=env, on_manager_event=on_event) as session:
+        shared, manager = session.shared, session.virtual_manager
+        assert shared is not None and manager is not None
+        timers = Timers(heartbeat_interval=cfg.heartbeat, liveness_timeout=3 * cfg.heartbeat,
+                        keepalive=cfg.keepalive)  # fmt: skip
+        rng = random.Random(cfg.seed)
+        ids = random.Random(rng.random())
+        devices = []
+        for i in range(cfg.devices):
+            name = f"esp-{i + 1}"
+            dc = DeviceConfig(name, "esp32s3", proplet_id(ids), domain, "model", 0, timers, ESP32S3)
+            device = SimDevice(dc, shared, random.Random(rng.random()))
+            device.power_on(rng.uniform(0.0, cfg.heartbeat))
+            devices.append(device)
+        result.setup_s = round(time.monotonic() - t0, 3)
+        # CPU time, not wall: on a shared host a wall-clock profile charges whoever was descheduled.
+        profiler = cProfile.Profile(time.process_time) if cfg.profile else None
+        cpu0, w0 = time.process_time(), time.monotonic()
+        if profiler is not None:
+            profiler.enable()
+        env.run(until=cfg.duration)
+        if profiler is not None:
+            profiler.disable()
+        result.wall_s = round(time.monotonic() - w0, 3)
+        result.cpu_s = round(time.process_time() - cpu0, 3)
+        result.peak_rss_mib = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result.heartbeats_sent = sum(d._heartbeats for d in devices)
+        result.heartbeats_received = manager.heartbeats
+        engine = manager.engine
+        assert engine is not None
+        result.alive_at_end = sum(1 for p in engine.proplets.values() if engine.is_alive(p, float(env.now)))
+        result.deaths = len(deaths)
+        result.sim_events = env.steps
+        if profiler is not None:
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            result.profile = out.getvalue()
     return result
 
 
