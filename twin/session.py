@@ -159,16 +159,18 @@ class TwinSession:
             vm.start()
             self.stack.callback(vm.kill, 15)
 
-    async def fleet(self, scenario: Scenario, on_fleet_fault: Callable[[FaultSpec], None],
-                    **options: Any) -> Fleet:  # fmt: skip
-        """The scenario's fleet on this session's broker, started; closed with the session."""
+    async def fleet(self, scenario: Scenario, on_fleet_fault: Callable[[FaultSpec], None], *,
+                    start: bool = True, **options: Any) -> Fleet:  # fmt: skip
+        """The scenario's fleet on this session's broker, started (``start``: else the caller adds
+        devices itself); closed with the session, before the manager and the broker stop."""
         assert self.shared is not None, "start the session first (async with)"
         host, port = self.broker_address
         if self.virtual:
             options.setdefault("boards_as_devices", True)
         fleet = Fleet(scenario, self.shared, host, port, self.config.domain, on_fleet_fault, **options)
         self.stack.push_async_callback(_close_fleet, fleet)
-        await fleet.start()
+        if start:
+            await fleet.start()
         return fleet
 
 
