@@ -32,7 +32,6 @@ import signal
 import sys
 import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,8 @@ from twin.device import DeviceConfig, Shared, SimDevice, shutdown_all
 from twin.devices.esp32s3 import ESP32S3
 from twin.scenario.spec import Timers
 from twin.scenario.trace import Trace
-from twin.services import Broker, Manager, ManagerOptions
+from twin.services import Broker, Manager
+from twin.session import SessionConfig, TwinSession
 
 BROKERS = ("embedded", "mosquitto")
 FDS_PER_DEVICE = 2  # measured: 1 (5010 fds at 5000 devices); margin for a paho with a socketpair
@@ -290,12 +290,14 @@ class _Point:
         self.clock = AsyncSimClock(self.env, 1.0)
         self.domain = f"scale-{uuid.uuid4().hex[:10]}"
         self.topics = wire.Topics(self.domain, "default")
+        config = SessionConfig(self.domain, cfg.heartbeat, 3 * cfg.heartbeat, broker=cfg.broker,
+                               manager=cfg.manager, wasm_workers=1)  # fmt: skip
+        self.session = TwinSession(config, Trace(f"scale-{cfg.devices}"), work_dir=work, env=self.env,
+                                   clock=self.clock)  # fmt: skip
         self.broker: Broker | None = None
         self.manager: Manager | None = None
         self.monitor: MqttClient | None = None
         self.devices: list[ScaleDevice] = []
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-scale")
-        self.runtime: Any = None
         self.shared: Shared | None = None
         self.clock_task: asyncio.Task[None] | None = None
         self.probe = LoopLagProbe()
@@ -307,20 +309,14 @@ class _Point:
 
     async def execute(self) -> None:
         cfg, r = self.cfg, self.r
-        self.broker = Broker(cfg.broker, self.work)
-        await self.broker.start()
-        if cfg.manager:
-            opts = ManagerOptions(self.domain, cfg.heartbeat, 3 * cfg.heartbeat)
-            self.manager = Manager(self.broker.url, opts, self.work)
-            await self.manager.start()
+        await self.session.__aenter__()
+        session = self.session
+        self.broker, self.manager, self.shared = session.broker, session.manager, session.shared
+        assert self.broker is not None and self.shared is not None
         self.monitor = MqttClient(self.broker.url, f"scale-monitor-{self.domain}", keepalive=60,
                                   on_message=self._on_monitor)  # fmt: skip
         await self.monitor.connect()
         await self.monitor.subscribe_and_wait(self.topics.alive, 1)
-        from proplets.runtime import WasmtimeRuntime  # lazy: heavy; the devices run no task here
-
-        self.runtime = WasmtimeRuntime()
-        self.shared = Shared(self.env, self.clock, Trace(f"scale-{cfg.devices}"), self.runtime, self.executor)
         timers = Timers(heartbeat_interval=cfg.heartbeat, liveness_timeout=3 * cfg.heartbeat,
                         keepalive=cfg.keepalive, reconnect_min=1.0, reconnect_max=30.0)  # fmt: skip
         rng = random.Random(cfg.seed)
@@ -397,19 +393,9 @@ class _Point:
             self.clock_task.cancel()
             await asyncio.gather(self.clock_task, return_exceptions=True)
         shutdown_all(list(self.devices))
-        if self.shared is not None:
-            for job in list(self.shared.jobs):
-                job.cancel()
-            await asyncio.gather(*self.shared.jobs, return_exceptions=True)
         if self.monitor is not None:
             self.monitor.abort()
-        for service in (self.manager, self.broker):
-            if service is not None:
-                with contextlib.suppress(Exception):
-                    await service.process.kill(signal.SIGTERM)
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        if self.runtime is not None:
-            self.runtime.close()
+        await self.session.__aexit__(None, None, None)  # the Wasm jobs, the manager, the broker
         await asyncio.sleep(0)  # let the aborted sockets' close callbacks run
 
 
