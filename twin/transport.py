@@ -81,6 +81,10 @@ class Transport(Protocol):
         """Start connecting ``link``; ``done(ok)`` runs in the simulation when it is known."""
         ...
 
+    def disconnect(self, link: MqttLink) -> None:
+        """A clean DISCONNECT (the broker drops the will), in the background."""
+        ...
+
     def run_wasm(self, request: RunRequest, token: CancelToken, done: Callable[[RunOutcome], None]) -> None:
         """Run a module; ``done(outcome)`` runs in the simulation afterwards."""
         ...
@@ -122,6 +126,10 @@ class LiveTransport:
     def connect(self, link: MqttLink, done: OnDone) -> None:
         assert isinstance(link, MqttClient)
         self.spawn(self._connect(link, done))
+
+    def disconnect(self, link: MqttLink) -> None:
+        assert isinstance(link, MqttClient)
+        self.spawn(link.disconnect())
 
     async def _connect(self, client: MqttClient, done: OnDone) -> None:
         try:
@@ -178,6 +186,15 @@ class ModelLink:
         else:
             self.client.unsilence()
 
+    def sever(self) -> int:
+        """The device vanished (power loss): its connection goes mute towards the broker, which notices
+        at keep-alive expiry and then fires the will (``LinkProxy.sever``); returns how many were cut."""
+        client = self.client
+        if client is None or not client.connected:
+            return 0
+        client.vanish()
+        return 1
+
     def reset(self) -> int:
         """RST to both sides: the broker sees the close (will at once), the client reconnects."""
         client = self.client
@@ -227,6 +244,10 @@ class VirtualTransport:
         assert isinstance(link, ModelClient)
         event = link.connect()
         event.callbacks.append(lambda ev: done(bool(ev.value)))
+
+    def disconnect(self, link: MqttLink) -> None:
+        assert isinstance(link, ModelClient)
+        link.disconnect()
 
     def run_wasm(self, request: RunRequest, token: CancelToken, done: Callable[[RunOutcome], None]) -> None:
         # The true result, computed now; it reaches the device as a later event of the same instant,

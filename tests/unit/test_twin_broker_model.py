@@ -512,3 +512,25 @@ def test_model_link_blackhole_expires_the_session_and_reset_fires_the_will_at_on
     la.blackhole(False)
     env.run(until=6)
     assert a.c.connected  # it learned of the close once the link was back, and reconnected
+
+
+def test_model_link_sever_is_silence_until_keepalive_expiry(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
+    from twin.link_profile import LinkProfile
+    from twin.transport import ModelLink
+
+    obs = Dev(broker, "obs")
+    obs.c.connect()
+    obs.c.subscribe("wills/+", 1)
+    dev = Dev(broker, "dev", keepalive=2, will=Will("wills/dev", b"gone"))
+    link = ModelLink(LinkProfile())
+    link.attach(dev.c)
+    dev.c.connect()
+    env.run(until=1)
+    assert link.sever() == 1  # power loss through the link: no FIN, no RST
+    dev.c.abort()  # the board's own end is gone with it: still nothing reaches the broker
+    env.run(until=2.9)
+    assert obs.messages == []
+    env.run(until=5)
+    assert obs.messages == [(3.0, "wills/dev", b"gone")]  # last ping at 0, expiry at 1.5 x 2
