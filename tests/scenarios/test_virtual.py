@@ -71,3 +71,28 @@ def test_real_boards_cannot_run_in_virtual_time(scenario_runner) -> None:
     result = scenario_runner.run(text, runner=get_runner("virtual"))
     assert not result.passed
     assert result.error is not None and "real hardware" in result.error and "board-a1" in result.error
+
+
+LINK_FAULTS = """\
+name: link_faults_virtual
+description: a blackholed link is silence (keep-alive or liveness finds it), a lossy one only slows.
+seed: 3
+duration: 20s
+timers: {heartbeat_interval: 0.5, liveness_timeout: 1.5, keepalive: 2}
+fleet:
+  - {kind: esp32s3, count: 3, prefix: esp-, link: {profile: wifi, loss: 0.2}}
+workload:
+  - {name: add, module: add, inputs: [2, 3], count: 30, rate: 3, at: 3}
+faults:
+  - {at: 6, kind: link, target: esp-1, duration: 4, params: {blackhole: true}}
+expect:
+  - dead_within: {device: esp-1, seconds: 3.5, faults: [link]}
+  - alive_within: {device: esp-1, seconds: 4}
+  - tasks_lost: {max: 0}
+  - completed_ratio: {min: 1.0}
+"""
+
+
+def test_link_faults_act_on_the_modelled_link(scenario_runner) -> None:
+    result = scenario_runner.run(LINK_FAULTS, runner=get_runner("virtual"))
+    scenario_runner.assert_passed(result)
