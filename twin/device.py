@@ -1,9 +1,10 @@
-"""A simulated device of the live twin: the real proplet engine, a real MQTT client, a device model.
+"""A simulated device of the twin: the real proplet engine, an MQTT link, a device model.
 
-One ``SimDevice`` per device, all on one asyncio loop and one simpy ``Environment`` (no thread per
-device). It is the simpy counterpart of ``proplets.agent``: it executes the ``PropletEngine``'s
-commands, feeds it MQTT messages (injected into the simulation at the scaled wall time) and services
-its timers as simpy timeouts.
+One ``SimDevice`` per device, all on one simpy ``Environment`` (no thread per device). It is the simpy
+counterpart of ``proplets.agent``: it executes the ``PropletEngine``'s commands, feeds it MQTT messages
+and services its timers as simpy timeouts. MQTT, the device's link and Wasm execution go through the
+run's ``twin.transport.Transport``: live (a paho client on the asyncio loop, messages injected into the
+simulation at the scaled wall time) or virtual (a client of the broker model, all in simulated time).
 
 Kinds: ``esp32s3`` (embedded wire profile; boot, Wi-Fi and MQTT-connect delays from ``TimingModel``;
 each instance admitted by ``MemoryModel`` — refused ones fail at once with "out of memory: need N
