@@ -37,7 +37,7 @@ from twin.fleet import Fleet
 from twin.observer import ManagerObserver
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace
-from twin.services import Broker, Manager, ManagerOptions
+from twin.services import MAX_QUEUED_MESSAGES, Broker, Manager, ManagerOptions
 from twin.transport import VirtualTransport
 from twin.vmanager import ManagerConfig, VirtualManager
 
@@ -146,7 +146,7 @@ class TwinSession:
     def _start_virtual(self) -> None:
         c = self.config
         # Sessions and retained messages do not survive a restart: the live runner's brokers keep none.
-        broker = self.broker_model = BrokerModel(self.env, persistence=False)
+        broker = self.broker_model = BrokerModel(self.env, persistence=False, max_queued=MAX_QUEUED_MESSAGES)
         transport = VirtualTransport(self.env, broker, self.runtime)
         self.shared = Shared(self.env, self.clock, self.trace, self.runtime, None, transport)
         if c.manager:
