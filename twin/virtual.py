@@ -45,14 +45,14 @@ import psutil
 import simpy
 
 from orchestrator.core.engine import Engine
-from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
+from orchestrator.core.errors import EngineError
 from orchestrator.core.model import Task
 from twin.fleet import Fleet
 from twin.observer import ManagerObserver, TaskRef
 from twin.scenario.spec import DeviceRef, FaultSpec, Scenario
 from twin.scenario.trace import Trace
 from twin.vmanager import VirtualManager
-from twin.workload import Submission, load_module, pick_device, schedule, task_spec
+from twin.workload import Submission, load_module, pick_device, retryable, schedule, task_spec
 
 if TYPE_CHECKING:
     from twin.session import TwinSession
@@ -118,15 +118,10 @@ class VirtualSubmitter:
                     call(engine)
                     self.manager.flush()
                     return
-                except EngineError as err:
+                except EngineError as err:  # the status the REST API would answer with
                     self.manager.flush()
                     last = f"HTTP {err.status}: {err.message}"
-                    # As Submitter: 409 (pinned device not alive yet), 5xx, and a start whose proplet the
-                    # manager has not heard of yet are retried; a 400 will not change by waiting.
-                    retry = isinstance(err, Conflict) or err.status >= 500 or (
-                        start and isinstance(err, NotFound) and "proplet" in err.message
-                    )
-                    if isinstance(err, ValidationError) or not retry:
+                    if not retryable(err.status, err.message, start):
                         break
             yield self.env.timeout(self.retry_s)
         self.errors.append(f"{name}: {what} failed: {last}")

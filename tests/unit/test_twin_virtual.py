@@ -123,3 +123,14 @@ def test_the_virtual_transport_returns_the_true_result_later_in_the_same_instant
         assert got[0][1].error is None and got[0][1].results == "42"
     finally:
         runtime.close()
+
+
+def test_both_submitters_retry_the_same_answers() -> None:
+    from twin.workload import retryable
+
+    assert retryable(409, "proplet p-1 is not alive", start=True)  # pinned device not up yet
+    assert retryable(503, "service is shutting down", start=False)  # the manager is restarting
+    assert retryable(404, "proplet p-1 not found", start=True)
+    assert not retryable(404, "task t-1 not found", start=True)
+    assert not retryable(404, "proplet p-1 not found", start=False)
+    assert not retryable(400, "inputs: must be a list", start=False)  # a bad spec stays bad
