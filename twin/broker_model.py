@@ -658,7 +658,9 @@ class ModelClient:
             self._fire(self.on_disconnect)
 
     def _schedule_reconnect(self) -> None:
-        delay = min(self.backoff_max, self.backoff_min * 2**self._attempt) * self.rng.uniform(0.5, 1.0)
+        # As MqttClient._backoff: capped exponential, jittered over its upper half, never below the floor.
+        ceiling = min(self.backoff_max, self.backoff_min * 2.0 ** min(self._attempt, 30))
+        delay = self.rng.uniform(max(self.backoff_min, ceiling / 2), ceiling)
         self._attempt += 1
         epoch = self._epoch
         self.broker.at(delay, self._retry, epoch)

@@ -534,3 +534,29 @@ def test_model_link_sever_is_silence_until_keepalive_expiry(
     assert obs.messages == []
     env.run(until=5)
     assert obs.messages == [(3.0, "wills/dev", b"gone")]  # last ping at 0, expiry at 1.5 x 2
+
+
+def test_reconnect_backoff_is_the_live_clients(env: simpy.Environment) -> None:
+    """As MqttClient._backoff: attempt n waits uniform(max(min, c/2), c), c = min(max, min * 2**n)."""
+    broker = BrokerModel(env)
+    dev = Dev(broker, "dev", backoff_min=1.0, backoff_max=4.0, rng=random.Random(7))
+    attempts: list[float] = []
+    on_connect = broker._on_connect
+
+    def spy(client: ModelClient, *args: Any) -> None:
+        if client is dev.c:
+            attempts.append(float(env.now))
+        on_connect(client, *args)
+
+    broker._on_connect = spy  # type: ignore[method-assign]
+    dev.c.connect()
+    env.run(until=1)
+    broker.stop()  # down for good: every retry is refused
+    env.run(until=40)
+    gaps = [b - a for a, b in zip(attempts[1:], attempts[2:], strict=False)]
+    first = attempts[1] - 1.0
+    assert first == pytest.approx(1.0)  # attempt 0: uniform(1, 1)
+    ceilings = [2.0, 4.0, 4.0, 4.0]
+    for gap, ceiling in zip(gaps, ceilings, strict=False):
+        assert max(1.0, ceiling / 2) <= gap <= ceiling
+    assert len(gaps) >= 4
