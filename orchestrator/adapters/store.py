@@ -144,6 +144,10 @@ TASKS = sa.Table(
     sa.Column("created_at", sa.Double(), nullable=True),
     sa.Column("updated_at", sa.Double(), nullable=True),
     sa.Column("extras", sa.JSON(), nullable=False),
+    # 0002_trust_receipts
+    sa.Column("receipt", sa.JSON(), nullable=True),
+    sa.Column("verified", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # 0002_mgr_throughput
     sa.Index("ix_tasks_seq", "seq"),
     sa.Index("ix_tasks_state_seq", "state", "seq"),
     sa.Index("ix_tasks_proplet_id_seq", "proplet_id", "seq"),

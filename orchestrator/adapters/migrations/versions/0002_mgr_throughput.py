@@ -2,7 +2,7 @@
 proplet or name, without sorting the whole table.
 
 Revision ID: mgr_throughput
-Revises: 0001
+Revises: trust_receipts
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "mgr_throughput"
-down_revision: str | None = "0001"
+down_revision: str | None = "trust_receipts"
 branch_labels: str | None = None
 depends_on: str | None = None
 
