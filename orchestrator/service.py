@@ -436,6 +436,8 @@ class ManagerService:
                 level = logging.WARNING if command.level == "warning" else logging.INFO
                 if log.isEnabledFor(level):  # encoding JSON for a dropped record cost ~5 % per task
                     log.log(level, json.dumps({"event": command.name, **command.fields}, default=str))
+            else:  # a command type added to the engine but not here must not vanish silently
+                log.error(json.dumps({"event": "unknown_command", "command": repr(command)[:200]}))
         return refused
 
     async def _revert(self, refused: Refusals) -> set[str]:
