@@ -102,7 +102,7 @@ def test_bench_write_window_of_16_state_changes(
 
     async def window(i: int) -> None:
         for task in tasks:
-            task.attempt, task.updated_at = i, 1.0e9 + i
+            task.attempt, task.updated_at = i + 1, 1.0e9 + i
         assert not await store.write(WriteBatch(tasks={t.id: t for t in tasks}))
 
     _run(benchmark, loop, window)
