@@ -456,7 +456,7 @@ class Store:
         if name is not None:
             where.append(TASKS.c.name == name)
         for key, value in (metadata or {}).items():
-            where.append(_json_equals(TASKS.c.metadata[key], value))
+            where.append(_json_equals(TASKS.c.metadata[key], value, pg=self._engine.dialect.name != "sqlite"))
         async with self._read("list tasks") as conn:
             total = await conn.scalar(sa.select(sa.func.count()).select_from(TASKS).where(*where))
             query = (
@@ -934,17 +934,23 @@ def _json_depth(value: Any) -> int:
     return deepest
 
 
-def _json_equals(element: Any, value: Any) -> Any:
-    """SQL: this JSON element equals the scalar ``value`` (as a string, number or boolean)."""
+def _json_equals(element: Any, value: Any, *, pg: bool) -> Any:
+    """SQL: this JSON element equals the scalar ``value`` (a string, number or boolean).
+
+    PostgreSQL compares the element's JSON text (``->``: the ``json`` type keeps the text our encoder
+    wrote), never a cast to the value's type, so a task whose value has another type simply does not
+    match (a cast would fail the whole query). SQLite's ``json_extract`` returns typed values."""
+    if not isinstance(value, str | int | float):  # bool is an int
+        raise ValueError(f"metadata filter values must be strings, numbers or booleans, got {value!r}")
+    if pg:
+        return sa.cast(element, sa.Text) == _json_encode(value)
+    if isinstance(value, str):
+        return element.as_string() == value
     if isinstance(value, bool):
         return element.as_boolean() == value
     if isinstance(value, int):
-        return element.as_string() == str(value)
-    if isinstance(value, float):
-        return element.as_float() == value
-    if isinstance(value, str):
-        return element.as_string() == value
-    raise ValueError(f"metadata filter values must be strings, numbers or booleans, got {value!r}")
+        return element.as_integer() == value
+    return element.as_float() == value
 
 
 def _is_data_error(exc: BaseException | None) -> bool:

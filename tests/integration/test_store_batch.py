@@ -148,6 +148,15 @@ async def test_list_tasks_pages_and_filters_in_the_store(store: Store) -> None:
     assert (await store.list_tasks(0, 10, state=int(TaskState.SKIPPED))).total == 0
 
 
+async def test_metadata_filters_never_fail_on_values_of_another_type(store: Store) -> None:
+    values = [True, "abc", 1.5, 7, "true", None, {"x": 1}]
+    tasks = {f"t{i}": Task(id=f"t{i}", name="n", metadata={"v": v}) for i, v in enumerate(values)}
+    await store.write(WriteBatch(tasks=tasks))
+    for wanted, ids in ((True, ["t0"]), (1.5, ["t2"]), (7, ["t3"]), ("abc", ["t1"]), ("true", ["t4"])):
+        page = await store.list_tasks(0, 10, metadata={"v": wanted})
+        assert [t.id for t in page.tasks] == ids, wanted
+
+
 async def test_deleting_an_id_the_store_cannot_hold_is_a_no_op(store: Store) -> None:
     batch = WriteBatch(tasks={"t": Task(id="t", name="kept")})
     batch.delete_task("bad\x00id")
