@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from orchestrator.adapters.store import StoreError
 from orchestrator.core.errors import EngineError, NotFound, ValidationError
 from orchestrator.core.model import TaskState
-from orchestrator.views import proplet_view, receipt_view, task_view
+from orchestrator.views import proplet_view, receipt_view, redacted_module, task_view
 
 if TYPE_CHECKING:
     from orchestrator.service import ManagerService
@@ -261,12 +261,14 @@ def create_app(manager: ManagerService) -> FastAPI:
             filters["metadata"] = wanted
         assert manager.store is not None
         page = await manager.store.list_tasks(offset, limit, **filters)
-        return {
-            "offset": offset,
-            "limit": limit,
-            "total": page.total,
-            "tasks": [task_view(t) for t in page.tasks],
-        }
+        views = []
+        for task in page.tasks:
+            view = task_view(task)
+            ends = page.modules.get(task.id)
+            if ends is not None:  # the page holds the module's ends, not the module
+                view["file"] = redacted_module(ends.size, ends.head, ends.tail)
+            views.append(view)
+        return {"offset": offset, "limit": limit, "total": page.total, "tasks": views}
 
     @app.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:

@@ -272,9 +272,26 @@ class Refusals:
 
 
 @dataclass(frozen=True)
+class ModuleEnds:
+    """A stored module without its body: its size, its first 9 bytes, and its bytes from the last
+    3-byte boundary that leaves at least 9 (the whole module when it is at most 15 bytes): what the
+    redacted base64 view needs (``orchestrator.views.redacted_module``)."""
+
+    size: int
+    head: bytes
+    tail: bytes
+
+
+_MODULE_WHOLE = 15  # up to here the tail is the whole module (its base64 is shown unredacted)
+
+
+@dataclass(frozen=True)
 class TaskPage:
+    """A page of tasks. Their ``file`` is left empty (b""); ``modules`` has the ends of each one."""
+
     total: int
     tasks: list[Task]
+    modules: dict[str, ModuleEnds] = dataclasses.field(default_factory=dict)
 
 
 class Store:
@@ -457,13 +474,29 @@ class Store:
             where.append(TASKS.c.name == name)
         for key, value in (metadata or {}).items():
             where.append(_json_equals(TASKS.c.metadata[key], value, pg=self._engine.dialect.name != "sqlite"))
+        # Not the modules themselves (a page of 100 tasks could be hundreds of MB): their length and
+        # enough bytes at each end for the API's redacted view.
+        size = sa.func.length(TASKS.c.file)
+        tail_at = sa.case((size > _MODULE_WHOLE, ((size + 2) // 3 - 3) * 3), else_=0)
+        columns = [c for c in TASKS.c if c.name != "file"]
+        ends = (
+            size.label("file_size"),
+            sa.func.substr(TASKS.c.file, 1, 9).label("file_head"),
+            sa.func.substr(TASKS.c.file, tail_at + 1).label("file_tail"),
+        )
         async with self._read("list tasks") as conn:
             total = await conn.scalar(sa.select(sa.func.count()).select_from(TASKS).where(*where))
-            query = (
-                sa.select(TASKS).where(*where).order_by(TASKS.c.seq, TASKS.c.id).offset(offset).limit(limit)
-            )
-            rows = (await conn.execute(query)).all()
-        return TaskPage(int(total or 0), [self._task_from_row(r._mapping) for r in rows])
+            query = sa.select(*columns, *ends).where(*where).order_by(TASKS.c.seq, TASKS.c.id)
+            rows = (await conn.execute(query.offset(offset).limit(limit))).all()
+        tasks, modules = [], {}
+        for row in rows:
+            values = dict(row._mapping)
+            size_, head, tail = values.pop("file_size"), values.pop("file_head"), values.pop("file_tail")
+            values["file"] = b""
+            tasks.append(self._task_from_row(values))
+            if size_:
+                modules[values["id"]] = ModuleEnds(int(size_), bytes(head), bytes(tail))
+        return TaskPage(int(total or 0), tasks, modules)
 
     # -- proplets ------------------------------------------------------------------------------------
 

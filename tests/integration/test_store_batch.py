@@ -181,3 +181,21 @@ async def test_a_row_the_database_refuses_past_the_checks_is_isolated(pg_store: 
     refused = await pg_store.write(batch)
     assert set(refused.tasks) == {"bad"} and "NUL" in refused.tasks["bad"]
     assert {t.id: t.attempt for t in await pg_store.load_tasks()} == {"old": 2, "a": 0}
+
+
+async def test_a_page_carries_module_ends_that_give_the_same_redacted_view(store: Store) -> None:
+    """Listing does not read whole modules; the view built from their ends is the one the whole
+    module gives, for every length around the redaction threshold and the 3-byte alignment."""
+    from orchestrator.views import redacted_module, task_view
+
+    rng = random.Random(3)
+    sizes = [0, 1, 8, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 100, 101, 102, 100_003]
+    tasks = {f"t{n}": Task(id=f"t{n}", name="m", file=rng.randbytes(n)) for n in sizes}
+    await store.write(WriteBatch(tasks=tasks))
+    page = await store.list_tasks(0, 100)
+    assert all(t.file == b"" for t in page.tasks)
+    for n in sizes:
+        whole = task_view(tasks[f"t{n}"]).get("file", "")
+        ends = page.modules.get(f"t{n}")
+        assert (redacted_module(ends.size, ends.head, ends.tail) if ends else "") == whole, n
+        assert ends is None or len(ends.head) + len(ends.tail) <= 9 + 15
