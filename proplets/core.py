@@ -142,6 +142,7 @@ class _Running:
     cancelled: bool = False
     deployed: bool = False
     admission: Admission | None = None
+    refused: str | None = None  # a wire.refusals kind: admission refused it, nothing ran
     stats: _Aggregate = field(default_factory=_Aggregate)
 
 
@@ -220,6 +221,8 @@ class PropletEngine:
             self._boot = now
         for topic in self.topics.proplet_subscriptions:
             self._commands.append(Subscribe(topic, self.config.qos))
+        if not self.embedded:  # our extension; the firmware's buffers and subscriptions stay upstream's
+            self._commands.append(Subscribe(self.topics.discover, self.config.qos))
         self._publish(self.topics.create, self.discovery())
         # Results held while offline go before the heartbeat that no longer lists their tasks.
         held, self._outbox = self._outbox, []
@@ -342,7 +345,7 @@ class PropletEngine:
 
     def handle(self, topic: str, payload: bytes, now: float) -> None:
         suffix = self.topics.suffix(topic)
-        if suffix not in ("control/manager/start", "control/manager/stop", "control/manager/invoke"):
+        if suffix not in _HANDLED:
             return
         if self.embedded and len(payload) > wire.EMBEDDED_MAX_PAYLOAD_BYTES:
             # The firmware's buffer holds 1023 bytes: it would truncate and fail to parse. We say why.
@@ -371,6 +374,15 @@ class PropletEngine:
             self._on_stop(message, now)
         elif isinstance(message, wire.InvokeTask):
             self._on_invoke(message)
+        elif isinstance(message, wire.DiscoveryRequest):
+            self._on_discovery_request(message)
+
+    def _on_discovery_request(self, request: wire.DiscoveryRequest) -> None:
+        """A manager that started after us (or lost our record) asks who we are: announce again."""
+        if request.proplet_id not in ("", self.config.proplet_id) or not self.connected:
+            return
+        self._count("discovery_requests")
+        self._publish(self.topics.create, self.discovery())
 
     def _on_invoke(self, invoke: wire.InvokeTask) -> None:
         if not invoke.broadcast and invoke.proplet_id and invoke.proplet_id != self.config.proplet_id:
@@ -410,12 +422,10 @@ class PropletEngine:
             return
         limit = self._instance_limit()
         if limit and len(self.running) >= limit:
-            self._result(
-                start.id,
-                "",
-                f"proplet busy: {len(self.running)}/{limit} instances running",
-                start.attempt or None,
-            )
+            # A refusal, not a failure: the manager re-queues the task without spending an attempt.
+            self._count("starts_refused_busy")
+            reason = wire.refusals.busy_error(len(self.running), limit)
+            self._refuse(wire.refusals.BUSY, start.id, reason, start.attempt or None)
             return
         self.running[start.id] = _Running(start, now)
         self._count("tasks_started")
@@ -428,8 +438,16 @@ class PropletEngine:
         entry = self.running.get(stop.id)
         if entry is None or entry.cancelled:
             return
+        if stop.attempt and entry.start.attempt and stop.attempt != entry.start.attempt:
+            # Aimed at another attempt of this task (one we no longer run): not ours to stop.
+            self._count("stops_for_other_attempts")
+            return
         entry.cancelled = True
+        self._count("tasks_stopped")
         self._commands.append(CancelTask(stop.id))
+        self._commands.append(
+            LogEvent("task_stop_requested", {"task_id": stop.id, "attempt": entry.start.attempt})
+        )
         if entry.deployed:
             # A deployed latent task has no run to wait for: stopping it ends it now.
             self.task_finished(stop.id, "", "stopped", now)
@@ -457,9 +475,11 @@ class PropletEngine:
         if not isinstance(outcome, Admission):
             self._count("admissions_refused")
             if outcome.reason.startswith("instance limit"):
-                return outcome.reason
-            # The manager re-places a task whose error starts with "out of memory" (engine._on_result).
-            return f"out of memory: need {outcome.cost_bytes} bytes, free {max(0, outcome.free_bytes)} bytes"
+                entry.refused = wire.refusals.BUSY
+                return wire.refusals.busy_error(len(self.running), self._instance_limit())
+            # Sent as a refusal: the manager re-places the task where it fits, spending no attempt.
+            entry.refused = wire.refusals.OUT_OF_MEMORY
+            return wire.refusals.out_of_memory_error(outcome.cost_bytes, outcome.free_bytes)
         entry.admission = outcome
         self._heap_peak = max(self._heap_peak, self.budget.used_bytes)
         return None
@@ -474,6 +494,9 @@ class PropletEngine:
             self.budget.release(entry.admission)
         if error and entry.cancelled:
             error = f"task {task_id} was stopped before completion"
+        if entry.refused is not None and error:
+            self._refuse(entry.refused, task_id, error, entry.start.attempt or None)
+            return
         self._count("tasks_failed" if error else "tasks_completed")
         self._result(task_id, results, error, entry.start.attempt or None)
         self._commands.append(
@@ -482,8 +505,22 @@ class PropletEngine:
             )
         )
 
-    def _result(self, task_id: str, results: str, error: str | None, attempt: int | None) -> None:
-        payload = self._encode_result(task_id, results, error, attempt)
+    def _refuse(self, kind: str, task_id: str, reason: str, attempt: int | None) -> None:
+        message = wire.refusals.refusal(kind, task_id, reason, self.config.proplet_id, attempt)
+        self._commands.append(
+            LogEvent("start_refused", {"task_id": task_id, "refused": kind, "reason": reason})
+        )
+        self._result(task_id, "", reason, attempt, message)
+
+    def _result(
+        self,
+        task_id: str,
+        results: str,
+        error: str | None,
+        attempt: int | None,
+        message: wire.TaskResult | None = None,
+    ) -> None:
+        payload = self._encode_result(task_id, results, error, attempt, message)
         if payload is None:
             self._count("results_dropped")
             return
@@ -495,11 +532,17 @@ class PropletEngine:
             self._count("results_dropped")
 
     def _encode_result(
-        self, task_id: str, results: str, error: str | None, attempt: int | None
+        self,
+        task_id: str,
+        results: str,
+        error: str | None,
+        attempt: int | None,
+        message: wire.TaskResult | None = None,
     ) -> bytes | None:
         """The result payload; one that does not fit (embedded 1023 bytes) becomes an error that does."""
         pid = self.config.proplet_id
-        message = wire.TaskResult(task_id, results, error or None, pid, attempt)
+        if message is None:
+            message = wire.TaskResult(task_id, results, error or None, pid, attempt)
         try:
             return wire.encode(message, self.config.profile)
         except wire.CodecError as err:
@@ -512,6 +555,11 @@ class PropletEngine:
                 continue
         self._commands.append(LogEvent("result_unsendable", {"task_id": task_id}))
         return None
+
+
+_HANDLED = frozenset(
+    {"control/manager/start", "control/manager/stop", "control/manager/invoke", "control/manager/discover"}
+)
 
 
 def _task_id_of(payload: bytes) -> str:

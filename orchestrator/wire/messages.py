@@ -144,6 +144,21 @@ class StopTask:
     state: str = ""
     proplet_id: str = ""
     broadcast: bool = False
+    # Our extension: stop only this attempt (0 = any). A superseded attempt on a returning proplet is
+    # stopped without touching the new attempt of the same task elsewhere. Upstream ignores the key.
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class DiscoveryRequest:
+    """``control/manager/discover`` (our extension): the manager asks a proplet to announce itself again.
+
+    Sent when heartbeats arrive from a proplet whose metadata the manager never saw (it started before
+    the manager). ``proplet_id`` empty = every proplet. Upstream proplets do not subscribe; they simply
+    never answer, and placement goes on without their numbers.
+    """
+
+    proplet_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,10 +170,13 @@ class TaskResult:
     error: str | None = None
     proplet_id: str | None = None
     attempt: int | None = None  # our extension: echoes StartTask.attempt so stale results are spotted
+    # Our extension: the start was refused and nothing ran ("busy", "out_of_memory"; see
+    # ``wire.refusals``); ``error`` says why. The attempt is not consumed. Upstream never sends it.
+    refused: str | None = None
 
     @property
     def is_success(self) -> bool:
-        return not self.error
+        return not self.error and not self.refused
 
 
 @dataclass(frozen=True)
@@ -248,6 +266,6 @@ class RegistryChunk:
 
 
 Message = (
-    Discovery | Heartbeat | StartTask | StopTask | TaskResult | InvokeTask | InvokeResult
+    Discovery | Heartbeat | StartTask | StopTask | DiscoveryRequest | TaskResult | InvokeTask | InvokeResult
     | PropletMetrics | TaskMetrics | RegistryRequest | RegistryChunk
 )  # fmt: skip

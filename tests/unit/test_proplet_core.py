@@ -39,7 +39,7 @@ def test_connect_subscribes_announces_and_heartbeats_at_once() -> None:
     e = engine()
     e.on_connected(0.0)
     commands = e.take_commands()
-    assert {c.topic for c in commands if isinstance(c, Subscribe)} == set(T.proplet_subscriptions)
+    assert {c.topic for c in commands if isinstance(c, Subscribe)} == {*T.proplet_subscriptions, T.discover}
     (discovery,) = published(commands, T.create)
     assert discovery["proplet_id"] == "me"
     assert published(commands, T.alive) == [
