@@ -174,3 +174,35 @@ def test_stopping_a_deployed_latent_task_ends_it_at_once() -> None:
     (result,) = published(commands, T.results)
     assert result["task_id"] == "lt" and "stopped" in result["error"]
     assert "lt" not in e.running
+
+
+def test_busy_refusal_is_marked_on_the_wire_so_no_attempt_is_spent() -> None:
+    e = engine(max_instances=1)
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.handle(T.start, start("t2"), 1.0)
+    (result,) = published(e.take_commands(), T.results)
+    assert result["refused"] == "busy" and result["attempt"] == 3
+
+
+def test_a_stop_for_another_attempt_leaves_the_running_one_alone() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)  # attempt 3
+    e.take_commands()
+    stop = {"id": "t1", "name": "add", "state": "Interrupted", "proplet_id": "me", "broadcast": False}
+    e.handle(T.stop, json.dumps({**stop, "attempt": 2}).encode(), 2.0)
+    assert not [c for c in e.take_commands() if isinstance(c, CancelTask)]
+    e.handle(T.stop, json.dumps({**stop, "attempt": 3}).encode(), 3.0)
+    assert [c.task_id for c in e.take_commands() if isinstance(c, CancelTask)] == ["t1"]
+
+
+def test_a_discovery_request_makes_the_proplet_announce_itself_again() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.take_commands()
+    e.handle(T.discover, json.dumps({"proplet_id": "other"}).encode(), 1.0)
+    assert not published(e.take_commands(), T.create)
+    e.handle(T.discover, json.dumps({"proplet_id": "me"}).encode(), 2.0)
+    (announcement,) = published(e.take_commands(), T.create)
+    assert announcement["proplet_id"] == "me"
