@@ -19,6 +19,7 @@ it runs (``admit``) and released when its task ends.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,10 @@ class PropletConfig:
     profile: wire.Profile = wire.Profile.RUST
     qos: int = 1
     outbox_limit: int = 1000
+    # Results published this many seconds before a disconnect are sent again on reconnect: the broker
+    # may have died with them (a QoS 1 publish is not kept by a broker that restarts). The manager
+    # ignores duplicates; without this, the task would be run again.
+    result_resend_window: float = 30.0
     # Send our heartbeat extension listing running tasks (upstream proplets do not).
     report_running: bool = True
     # Seconds between control/proplet/metrics (and task_metrics) samples; 0 disables both.
@@ -156,6 +161,8 @@ class PropletEngine:
         self._next_metrics: float | None = None
         self._boot: float | None = None  # first connect: the embedded profile's uptime starts here
         self._outbox: list[bytes] = []
+        self._sent: deque[tuple[float, bytes]] = deque()  # (when, payload) of results published lately
+        self._clock = 0.0  # the latest ``now`` seen (stamps published results)
         self._commands: list[PropletCommand] = []
         self.malformed = 0
         self.counters: dict[str, int] = {}
@@ -216,6 +223,7 @@ class PropletEngine:
 
     def on_connected(self, now: float) -> None:
         """(Re)connected: subscribe, announce, heartbeat at once, resend results held back."""
+        self._clock = now
         self.connected = True
         if self._boot is None:
             self._boot = now
@@ -234,6 +242,12 @@ class PropletEngine:
         self._commands.append(LogEvent("connected", {"resent_results": len(held)}))
 
     def on_disconnected(self, now: float) -> None:
+        self._clock = now
+        # Results the broker may have lost with the link go out again first thing on reconnect.
+        recent = [p for t, p in self._sent if now - t <= self.config.result_resend_window]
+        self._sent.clear()
+        held = [p for p in recent if p not in self._outbox]
+        self._outbox[:0] = held[: max(0, self.config.outbox_limit - len(self._outbox))]
         self.connected = False
         self._next_heartbeat = None
         self._next_metrics = None
@@ -344,6 +358,7 @@ class PropletEngine:
     # ------------------------------------------------------------------ messages
 
     def handle(self, topic: str, payload: bytes, now: float) -> None:
+        self._clock = now
         suffix = self.topics.suffix(topic)
         if suffix not in _HANDLED:
             return
@@ -487,6 +502,7 @@ class PropletEngine:
     # ------------------------------------------------------------------ results
 
     def task_finished(self, task_id: str, results: str, error: str | None, now: float) -> None:
+        self._clock = now
         entry = self.running.pop(task_id, None)
         if entry is None:
             return
@@ -526,6 +542,10 @@ class PropletEngine:
             return
         if self.connected:
             self._commands.append(Publish(self.topics.results, payload, self.config.qos))
+            if message is None or not message.refused:  # a refusal resent later could hit a new start
+                self._sent.append((self._clock, payload))
+                while self._sent and self._clock - self._sent[0][0] > self.config.result_resend_window:
+                    self._sent.popleft()
         elif len(self._outbox) < self.config.outbox_limit:
             self._outbox.append(payload)
         else:

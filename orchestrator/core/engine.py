@@ -124,6 +124,7 @@ class Engine:
         # Our own link to the broker: while it is down nobody's heartbeats can reach us, so liveness
         # verdicts and dispatch wait (otherwise a broker restart kills every proplet and burns attempts).
         self.link_up = True
+        self._link_lost_at: float | None = None
         self.groups = Groups(self)
         self.latent = Latent(self)
 
@@ -468,17 +469,17 @@ class Engine:
             for t in self._running_on.get(proplet.id, {}).values()
             if t.id not in running and now - self._dispatched_at.get(t.id, now) >= settle
         ]
-        for task in lost:
-            # Most likely its start was lost (results are sent before the heartbeat that drops a
-            # task): nothing ran, so no attempt is spent; bounded like refusals.
-            self.counters["tasks_lost_on_proplet"] += 1
-            self._on_refusal(task, "lost", "it no longer reports the task running", now, wall, drain=False)
         stale = self._stale.get(proplet.id)
         if stale:
             for task_id in [t for t in stale if t not in running]:
                 del stale[task_id]  # that attempt is over
             if not stale:
                 del self._stale[proplet.id]
+        for task in lost:
+            # Most likely its start was lost (results are sent before the heartbeat that drops a
+            # task): nothing ran, so no attempt is spent; bounded like refusals.
+            self.counters["tasks_lost_on_proplet"] += 1
+            self._on_refusal(task, "lost", "it no longer reports the task running", now, wall, drain=False)
         self._publish_stale_stops(proplet.id, running)
         if lost:
             self._drain_queue(now, wall)
@@ -496,10 +497,12 @@ class Engine:
     def _on_result(self, msg: wire.TaskResult, now: float, wall: float) -> None:
         task = self.tasks.find(msg.task_id)
         sender = msg.proplet_id or ""
+        late = False  # the result of an attempt we had given up on (its proplet was away)
         if sender in self._stale and msg.attempt is not None:
             stale = self._stale[sender]
             if stale.get(msg.task_id) == msg.attempt:
                 del stale[msg.task_id]  # the superseded attempt has ended (stopped or finished)
+                late = True
                 self.counters["superseded_attempts_ended"] += 1
                 self._log(
                     "superseded_attempt_ended", task_id=msg.task_id, proplet_id=sender, attempt=msg.attempt
@@ -510,6 +513,16 @@ class Engine:
             return
         if task.broadcast:
             self._on_broadcast_result(task, sender, msg, now, wall)
+            return
+        if (
+            late
+            and msg.is_success
+            and task.state is TaskState.SCHEDULED
+            and wire.refusals.refusal_of(msg) is None
+        ):
+            # Given up on while its proplet was away, not yet placed again: it ran, so it counts
+            # (running it again would run it twice). Once a newer attempt runs, that one decides.
+            self._accept_late_result(task, sender, msg, now, wall)
             return
         superseded = (msg.attempt is not None and msg.attempt != task.attempt) or (
             sender and task.proplet_id and sender != task.proplet_id and not task.broadcast
@@ -551,6 +564,21 @@ class Engine:
             self._busy.discard(proplet.id)  # it just finished one: it has room
         self._drain_queue(now, wall)
 
+    def _accept_late_result(
+        self, task: Task, sender: str, msg: wire.TaskResult, now: float, wall: float
+    ) -> None:
+        self._dequeue(task.id)
+        assert msg.attempt is not None
+        task.attempt, task.proplet_id = msg.attempt, sender
+        task.results, task.error, task.finish_time = msg.results, "", wall
+        states.apply(task, Trigger.COMPLETE)
+        self.counters["late_results_accepted"] += 1
+        self.counters["tasks_completed"] += 1
+        self._log("task_finished", task_id=task.id, state=task.state.label, proplet_id=sender, late=True)
+        self._persist_task(task, wall)
+        self._after_terminal(task, now, wall)
+        self._drain_queue(now, wall)
+
     def _on_refusal(
         self, task: Task, kind: str, reason: str, now: float, wall: float, *, drain: bool = True
     ) -> None:
@@ -564,6 +592,8 @@ class Engine:
             self._busy.add(proplet.id)  # not chosen again until it reports room
         self._refusals[task.id] += 1
         self.counters[f"starts_refused_{kind}"] += 1
+        if kind == "lost":
+            self._supersede(task, proplet.id)  # if it ran after all, its late result still counts
         self._vacate(task)
         self._dispatched_at.pop(task.id, None)
         if self._refusals[task.id] > self.config.max_refusals:
@@ -622,6 +652,7 @@ class Engine:
     def link_lost(self, now: float) -> None:
         if self.link_up:
             self.link_up = False
+            self._link_lost_at = now
             self._log("manager_link_lost", "warning")
 
     def link_restored(self, now: float, wall: float) -> None:
@@ -629,9 +660,13 @@ class Engine:
         was_down = not self.link_up
         self.link_up = True
         if was_down:
+            # Proplets lost the broker too, and their reconnect backoff grew with the outage: allow
+            # them about the outage again (capped) on top of the liveness timeout to come back.
+            outage = now - self._link_lost_at if self._link_lost_at is not None else 0.0
+            back_by = now + min(max(outage, 0.0), _RECONNECT_ALLOWANCE_CAP)
             for proplet in self.proplets.values():
                 if proplet.alive and proplet.last_seen is not None:
-                    proplet.last_seen = max(proplet.last_seen, now)
+                    proplet.last_seen = max(proplet.last_seen, back_by)
             # Attempts that were running through the outage get their full deadline again.
             for running in self._running_on.values():
                 for task in running.values():
@@ -1003,6 +1038,9 @@ class Engine:
             self._after_terminal(task, now, wall)
             return
         states.apply(task, Trigger.DISPATCH)
+        stale = self._stale.get(proplet.id)
+        if stale is not None:
+            stale.pop(task.id, None)  # a new attempt there: an old record must not stop it
         task.proplet_id = proplet.id
         task.error = ""
         task.start_time = wall
@@ -1121,6 +1159,9 @@ def _group_keys(task: Task) -> list[tuple[str, str]]:
         keys.append(("j", task.job_id))
     return keys
 
+
+# Longest extra time after our broker outage that proplets get to reconnect (their backoff cap).
+_RECONNECT_ALLOWANCE_CAP = 30.0
 
 # Superseded attempts remembered per proplet (a proplet that never returns must not grow them forever).
 _STALE_LIMIT = 10_000

@@ -81,7 +81,7 @@ def test_broker_killed_and_restarted_mid_load_every_task_completes_once(
         )
         ids = []
         for i in range(200):
-            r = api.post("/tasks", json={"name": "work", "file": WORK, "inputs": [3_000_000 + i]})
+            r = api.post("/tasks", json={"name": "work", "file": WORK, "inputs": [60_000_000 + i]})
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
             assert api.post(f"/tasks/{ids[-1]}/start").status_code == 200

@@ -298,3 +298,17 @@ def test_stop_message_carries_the_attempt_only_when_set() -> None:
     assert "attempt" not in plain and targeted["attempt"] == 3
     decoded = wire.decode(T, T.stop, json.dumps(targeted).encode())
     assert isinstance(decoded, wire.StopTask) and decoded.attempt == 3
+
+
+def test_the_late_result_of_an_attempt_given_up_on_counts_when_nothing_else_ran_it() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    engine.on_timer(31.0, 31.0)  # p1 silent: declared dead, nobody else to run the task
+    assert engine.tasks[task_id].state is TaskState.SCHEDULED
+    engine.take_commands()
+    result(engine, task_id, "p1", 1, 35.0)  # it was only cut off: its held result arrives
+    task = engine.tasks[task_id]
+    assert task.state is TaskState.COMPLETED and task.attempt == 1 and task.results == "42"
+    heartbeat(engine, "p1", 36.0)
+    assert not publishes(engine.take_commands(), T.start)  # not run a second time

@@ -206,3 +206,17 @@ def test_a_discovery_request_makes_the_proplet_announce_itself_again() -> None:
     e.handle(T.discover, json.dumps({"proplet_id": "me"}).encode(), 2.0)
     (announcement,) = published(e.take_commands(), T.create)
     assert announcement["proplet_id"] == "me"
+
+
+def test_results_published_just_before_a_disconnect_are_sent_again_but_refusals_are_not() -> None:
+    e = engine(max_instances=1, result_resend_window=30.0)
+    e.on_connected(0.0)
+    e.handle(T.start, start("old"), 1.0)
+    e.task_finished("old", "1", None, 2.0)
+    e.handle(T.start, start("t1"), 50.0)
+    e.handle(T.start, start("busy"), 50.0)  # refused: max_instances=1
+    e.task_finished("t1", "3", None, 60.0)
+    e.take_commands()
+    e.on_disconnected(61.0)  # the broker died: "t1" may be lost with it; "old" is long delivered
+    e.on_connected(70.0)
+    assert [r["task_id"] for r in published(e.take_commands(), T.results)] == ["t1"]
