@@ -10,6 +10,7 @@ UNIX seconds (only for what users see).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
 import uuid
 from collections import Counter, deque
@@ -143,7 +144,7 @@ class Engine:
 
     def _persist_task(self, task: Task, wall: float) -> None:
         task.updated_at = wall
-        self._emit(PersistTask(copy.deepcopy(task)))
+        self._emit(PersistTask(snapshot(task)))
         if task.state.is_terminal:
             self._settling.append(task)
 
@@ -1144,6 +1145,28 @@ class Engine:
 
     def queued(self) -> list[str]:
         return list(self._queue)
+
+
+def snapshot(task: Task) -> Task:
+    """A copy the engine will not change under the store's feet, at a fraction of a deep copy's cost.
+
+    The engine replaces field values and mutates only the top level of its containers (a broadcast's
+    per-proplet ``results``, list fields); what sits below (user metadata, result values) is never
+    mutated in place, so copying one level is enough.
+    """
+    out = copy.copy(task)
+    for name in _CONTAINER_FIELDS:
+        value = getattr(task, name)
+        if isinstance(value, list | dict):
+            setattr(out, name, value.copy())
+    return out
+
+
+_CONTAINER_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(Task)
+    if f.name in {"cli_args", "inputs", "env", "depends_on", "results", "metadata", "limits", "targets"}
+)
 
 
 def _has_slot(proplet: Proplet) -> bool:
