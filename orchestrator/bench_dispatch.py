@@ -177,7 +177,10 @@ def run(sizes: list[int], ops: int, queued: int) -> dict[str, Any]:
 
 def _child(args: list[str]) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.bench_dispatch", *args], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "orchestrator.bench_dispatch", *args],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 

@@ -96,6 +96,7 @@ class Engine:
         self._queue: dict[str, float] = {}
         self._queue_heap: list[tuple[int, float, str]] = []
         self._queue_fifo: deque[tuple[float, str]] = deque()
+        self._parked: list[tuple[int, float, str]] = []  # heap entries set aside (see _drain_queue)
         # Indexes, so no event scans every task: running tasks by proplet, memory they reserve,
         # running broadcasts, workflow and job members, cron times, attempt deadlines.
         self._running_on: dict[str, dict[str, Task]] = {}
@@ -419,6 +420,7 @@ class Engine:
         if not was_alive:
             self._log("proplet_alive", proplet_id=proplet_id, new=created)
             self._persist_proplet(proplet)
+            self._unpark()
             self._drain_queue(now, wall)
         return proplet, created
 
@@ -455,6 +457,7 @@ class Engine:
         """``proplet`` reports room again after refusing a start as busy."""
         if proplet.id in self._busy:
             self._busy.discard(proplet.id)
+            self._unpark()
             self._drain_queue(now, wall)
 
     def _reconcile(self, proplet: Proplet, reported: tuple[str, ...], now: float, wall: float) -> None:
@@ -493,6 +496,7 @@ class Engine:
         self._log("proplet_discovered", proplet_id=proplet.id, embedded=proplet.is_embedded)
         self._persist_proplet(proplet)
         self._busy.discard(proplet.id)  # a fresh announcement is a fresh start
+        self._unpark()
         self._drain_queue(now, wall)
 
     def _on_result(self, msg: wire.TaskResult, now: float, wall: float) -> None:
@@ -981,13 +985,16 @@ class Engine:
         """Dispatch queued tasks in (priority, waiting since) order while proplets have room.
 
         Costs O(k log n) for k tasks examined: it stops as soon as no candidate has a free slot, and
-        after ``drain_scan_limit`` tasks that could not be placed (they wait for the next drain).
+        after ``drain_scan_limit`` tasks that could not be placed (they wait for the next drain). A
+        task needing more memory than any alive proplet announces is parked aside until a proplet
+        (re)announces itself, so it is not examined on every event.
         """
         if not self._queue or not self.link_up:
             return
         deferred: list[tuple[int, float, str]] = []
         alive = [p for p in self.proplets.values() if p.alive and p.id not in self._busy]
         open_ = [p for p in alive if _has_slot(p)]
+        largest = _largest_memory(alive)
         while self._queue_heap and open_ and len(deferred) < self.config.drain_scan_limit:
             entry = heapq.heappop(self._queue_heap)
             _, since, task_id = entry
@@ -1001,7 +1008,10 @@ class Engine:
                 if not pool and task.proplet_id in self._busy:
                     reason = f"proplet {task.proplet_id} is busy; waiting for it to report room"
                 task.error = reason
-                deferred.append(entry)
+                if largest is not None and task.memory_bytes > largest and not task.proplet_id:
+                    self._parked.append(entry)  # no alive proplet could ever hold it as announced
+                else:
+                    deferred.append(entry)
                 continue
             del self._queue[task_id]
             self._dispatch(task, choice.proplet, now, wall)
@@ -1018,6 +1028,13 @@ class Engine:
                 if not alive and self._busy:
                     reason = "every alive proplet is busy; waiting for one to report room"
                 head.error = reason or head.error
+
+    def _unpark(self) -> None:
+        """A proplet (re)announced itself: parked tasks may fit now."""
+        for entry in self._parked:
+            if self._queue.get(entry[2]) == entry[1]:
+                heapq.heappush(self._queue_heap, entry)
+        self._parked.clear()
 
     def _prune_heap(self) -> None:
         while self._queue_heap and self._queue.get(self._queue_heap[0][2]) != self._queue_heap[0][1]:
@@ -1167,6 +1184,17 @@ _CONTAINER_FIELDS = tuple(
     for f in dataclasses.fields(Task)
     if f.name in {"cli_args", "inputs", "env", "depends_on", "results", "metadata", "limits", "targets"}
 )
+
+
+def _largest_memory(proplets: list[Proplet]) -> int | None:
+    """The most memory any of ``proplets`` announces; None if one announces none (anything may fit)."""
+    largest = 0
+    for p in proplets:
+        announced = p.metadata.free_memory_bytes or p.metadata.total_memory_bytes
+        if not announced:
+            return None
+        largest = max(largest, announced)
+    return largest if proplets else None
 
 
 def _has_slot(proplet: Proplet) -> bool:

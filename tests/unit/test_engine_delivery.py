@@ -312,3 +312,19 @@ def test_the_late_result_of_an_attempt_given_up_on_counts_when_nothing_else_ran_
     assert task.state is TaskState.COMPLETED and task.attempt == 1 and task.results == "42"
     heartbeat(engine, "p1", 36.0)
     assert not publishes(engine.take_commands(), T.start)  # not run a second time
+
+
+def test_a_task_no_proplet_can_hold_waits_aside_until_a_bigger_one_announces() -> None:
+    from orchestrator.core.placement import MostFreeMemory
+    from tests.unit.test_engine import _module_with_pages
+
+    engine = make_engine()
+    engine.policy = MostFreeMemory()
+    announce(engine, "small", 0.0, free_memory_bytes=100_000, max_instances=4)
+    big = engine.create_task({"name": "main", "file": _module_with_pages(2), "priority": 90}, 0.0)
+    engine.start_task(big.id, 1.0, 1.0)
+    small = submit(engine, 2.0)  # lower priority, but it fits: it runs
+    assert engine.tasks[small].state is TaskState.RUNNING and big.state is TaskState.SCHEDULED
+    assert "no proplet can fit" in big.error and engine._parked
+    announce(engine, "large", 3.0, free_memory_bytes=1_000_000)
+    assert big.state is TaskState.RUNNING and big.proplet_id == "large"
