@@ -111,6 +111,7 @@ class Engine:
         # Proplets that refused a start as busy: not chosen again until they report room.
         self._busy: set[str] = set()
         self._refusals: Counter[str] = Counter()
+        self._no_fit: dict[str, set[str]] = {}  # task -> proplets that refused it out of memory while empty
         # When we last asked a proplet without metadata to announce itself.
         self._asked_discovery: dict[str, float] = {}
         # Tasks that turned terminal since the last take_commands: settled (maybe evicted) there.
@@ -228,6 +229,7 @@ class Engine:
         settling, self._settling = self._settling, []
         for task in settling:
             self._refusals.pop(task.id, None)
+            self._no_fit.pop(task.id, None)
             if not task.state.is_terminal or self._pinned(task) or task.id not in self.tasks.live:
                 continue
             if task.workflow_id:
@@ -601,11 +603,20 @@ class Engine:
             self._supersede(task, proplet.id)  # if it ran after all, its late result still counts
         self._vacate(task)
         self._dispatched_at.pop(task.id, None)
-        if self._refusals[task.id] > self.config.max_refusals:
+        verdict = ""
+        if kind == wire.refusals.OUT_OF_MEMORY and not self._running_on.get(proplet.id):
+            # Refused with nothing else running there: it will never fit on that proplet. When no
+            # other alive proplet is left to try (or it is pinned), that is the task's answer.
+            no_fit = self._no_fit.setdefault(task.id, set())
+            no_fit.add(proplet.id)
+            alive = {p.id for p in self.proplets.values() if p.alive}
+            if task.metadata.get("pinned") or alive <= no_fit:
+                verdict = f"{reason} (on {proplet.id}, with nothing else running there)"
+        if not verdict and self._refusals[task.id] > self.config.max_refusals:
             times = self._refusals[task.id]
-            self._fail(
-                task, f"not run after {times} refusals or lost starts, last on {proplet.id}: {reason}", wall
-            )
+            verdict = f"not run after {times} refusals or lost starts, last on {proplet.id}: {reason}"
+        if verdict:
+            self._fail(task, verdict, wall)
             self._after_terminal(task, now, wall)
             if drain:
                 self._drain_queue(now, wall)
@@ -1002,6 +1013,9 @@ class Engine:
                 continue  # stale entry: the task left the queue or re-entered it later
             task = self.tasks.live[task_id]
             pool = [p for p in alive if p.id == task.proplet_id] if task.proplet_id else open_
+            no_fit = self._no_fit.get(task_id)
+            if no_fit:
+                pool = [p for p in pool if p.id not in no_fit]
             choice = self.policy.choose(task, pool, self._reserved_bytes)
             if choice.proplet is None:
                 reason = choice.reason

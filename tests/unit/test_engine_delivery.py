@@ -85,10 +85,11 @@ def test_the_firmware_error_texts_are_recognised_as_refusals() -> None:
 
 def test_refusals_are_bounded_then_the_task_fails_with_the_reason() -> None:
     engine = make_engine(max_refusals=2)
-    announce(engine, "p1", 0.0, free_memory_bytes=10_000_000)
+    announce(engine, "p1", 0.0, max_instances=4)
     task_id = submit(engine, 1.0)
-    for i in range(3):
-        refusal(engine, task_id, "p1", 1, wire.refusals.OUT_OF_MEMORY, 2.0 + i)
+    for i in range(3):  # refused as busy, then the proplet reports room and gets it again
+        refusal(engine, task_id, "p1", 1, wire.refusals.BUSY, 2.0 + i)
+        running(engine, "p1", [], 2.5 + i)
     task = engine.tasks[task_id]
     assert (
         task.state is TaskState.FAILED
@@ -328,3 +329,18 @@ def test_a_task_no_proplet_can_hold_waits_aside_until_a_bigger_one_announces() -
     assert "no proplet can fit" in big.error and engine._parked
     announce(engine, "large", 3.0, free_memory_bytes=1_000_000)
     assert big.state is TaskState.RUNNING and big.proplet_id == "large"
+
+
+def test_out_of_memory_on_an_empty_proplet_fails_the_task_when_nowhere_else_is_left() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    heartbeat(engine, "p2", 0.0)
+    task_id = submit(engine, 1.0)
+    first = engine.tasks[task_id].proplet_id
+    oom = wire.refusals.out_of_memory_error(9_000_000, 65536)
+    send(engine, T.results, {"task_id": task_id, "proplet_id": first, "results": "", "error": oom}, 2.0)
+    task = engine.tasks[task_id]
+    second = task.proplet_id
+    assert task.state is TaskState.RUNNING and second != first and task.attempt == 1
+    send(engine, T.results, {"task_id": task_id, "proplet_id": second, "results": "", "error": oom}, 3.0)
+    assert task.state is TaskState.FAILED and task.error.startswith(oom) and second in task.error
