@@ -249,3 +249,76 @@ def test_a_silent_proplets_task_is_redispatched_after_its_deadline(tmp_path: Pat
             assert manager.events("task_requeued")[0]["reason"] == "no result within 9 s"
     finally:
         silent.close()
+
+
+class BusyProplet(SilentProplet):
+    """A raw wire client that announces 4 instances, reports them all taken, and refuses every start."""
+
+    def __init__(self, port: int, domain: str, proplet_id: str) -> None:
+        super().__init__(port, domain, proplet_id)
+        announce = wire.Discovery(proplet_id, "default", {"max_instances": 4})
+        self.client.publish(self.topics.create, wire.encode(announce), 1)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        super()._on_message(client, userdata, msg)
+        decoded = wire.decode(self.topics, msg.topic, msg.payload)
+        if isinstance(decoded, wire.StartTask) and decoded.proplet_id == self.proplet_id:
+            reason = wire.refusals.busy_error(4, 4)
+            refusal = wire.refusals.refusal(
+                wire.refusals.BUSY, decoded.id, reason, self.proplet_id, decoded.attempt
+            )
+            self.client.publish(self.topics.results, wire.encode(refusal), 1)
+
+    def heartbeat(self) -> None:
+        full = ("other-1", "other-2", "other-3", "other-4")
+        self.client.publish(
+            self.topics.alive, wire.encode(wire.Heartbeat(self.proplet_id, "alive", "default", full)), 1
+        )
+
+
+def test_a_busy_refusal_spends_no_attempt_and_the_busy_proplet_is_not_chosen_again(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    domain = f"busy-{uuid.uuid4().hex[:8]}"
+    broker = PrivateMosquitto(tmp_path)
+    procs.append(broker)
+    broker.start()
+    manager = Manager(tmp_path, broker.url, domain, "--heartbeat-interval", HB)
+    procs.append(manager)
+    manager.start()
+    busy = BusyProplet(broker.port, domain, "a-busy")
+    real = Proplet(tmp_path, broker.url, domain, "b-real", "--heartbeat-interval", HB)
+    procs.append(real)
+    try:
+        with httpx.Client(base_url=manager.url, timeout=30) as api:
+
+            def alive(proplet_id: str) -> bool:
+                busy.heartbeat()
+                r = api.get(f"/proplets/{proplet_id}")
+                return r.status_code == 200 and r.json()["alive"] is True
+
+            wait_for(lambda: alive("a-busy"), 30, "the busy proplet alive")
+            r = api.post("/tasks", json={"name": "work", "file": WORK, "inputs": [1000], "max_attempts": 1})
+            task_id = r.json()["id"]
+            assert api.post(f"/tasks/{task_id}/start").status_code == 200
+            wait_for(lambda: bool(busy.starts), 30, "the start to reach the busy proplet")
+
+            def refused() -> bool:
+                busy.heartbeat()
+                task = api.get(f"/tasks/{task_id}").json()
+                return task["state"] == 1 and "busy" in task["error"]
+
+            wait_for(refused, 30, "the refusal to put the task back in the queue")
+            real.start()
+
+            def done() -> bool:
+                busy.heartbeat()  # full all along: it must not be chosen again
+                return int(api.get(f"/tasks/{task_id}").json()["state"]) >= 3
+
+            wait_for(done, 60, "the task to run on the real proplet", interval=0.25)
+            task = api.get(f"/tasks/{task_id}").json()
+            # max_attempts 1 and still completed: the refused start did not spend the only attempt.
+            assert task["state"] == 3 and task["proplet_id"] == "b-real" and task["attempt"] == 1
+            assert [s.id for s in busy.starts] == [task_id]
+    finally:
+        busy.close()
