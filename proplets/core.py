@@ -236,6 +236,8 @@ class PropletEngine:
         held, self._outbox = self._outbox, []
         for payload in held:
             self._commands.append(Publish(self.topics.results, payload, self.config.qos))
+            if not _is_refusal(payload):  # may be asked for again (see _on_discovery_request)
+                self._sent.append((now, payload))
         self._heartbeat(now)
         if self.config.metrics_interval > 0:
             self._next_metrics = now + self.config.metrics_interval
@@ -393,11 +395,16 @@ class PropletEngine:
             self._on_discovery_request(message)
 
     def _on_discovery_request(self, request: wire.DiscoveryRequest) -> None:
-        """A manager that started after us (or lost our record) asks who we are: announce again."""
+        """A manager that started after us, or came back to a restarted broker, asks who we are:
+        announce again and re-send the results of the last ``result_resend_window`` seconds (it may
+        have missed them; it ignores duplicates)."""
         if request.proplet_id not in ("", self.config.proplet_id) or not self.connected:
             return
         self._count("discovery_requests")
         self._publish(self.topics.create, self.discovery())
+        for sent_at, payload in self._sent:
+            if self._clock - sent_at <= self.config.result_resend_window:
+                self._commands.append(Publish(self.topics.results, payload, self.config.qos))
 
     def _on_invoke(self, invoke: wire.InvokeTask) -> None:
         if not invoke.broadcast and invoke.proplet_id and invoke.proplet_id != self.config.proplet_id:
@@ -575,6 +582,14 @@ class PropletEngine:
                 continue
         self._commands.append(LogEvent("result_unsendable", {"task_id": task_id}))
         return None
+
+
+def _is_refusal(payload: bytes) -> bool:
+    try:
+        message = wire.decode_payload("control/proplet/results", payload)
+    except wire.CodecError:
+        return False
+    return isinstance(message, wire.TaskResult) and bool(message.refused)
 
 
 _HANDLED = frozenset(

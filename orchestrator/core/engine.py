@@ -128,6 +128,7 @@ class Engine:
         # verdicts and dispatch wait (otherwise a broker restart kills every proplet and burns attempts).
         self.link_up = True
         self._link_lost_at: float | None = None
+        self._quiet_until = 0.0  # no "lost start" verdicts before this (just back on the broker)
         self.groups = Groups(self)
         self.latent = Latent(self)
 
@@ -475,6 +476,8 @@ class Engine:
             for t in self._running_on.get(proplet.id, {}).values()
             if t.id not in running and now - self._dispatched_at.get(t.id, now) >= settle
         ]
+        if now < self._quiet_until:
+            lost = []  # just back on the broker: re-sent results may still be on their way
         stale = self._stale.get(proplet.id)
         if stale:
             for task_id in [t for t in stale if t not in running]:
@@ -683,6 +686,12 @@ class Engine:
             for proplet in self.proplets.values():
                 if proplet.alive and proplet.last_seen is not None:
                     proplet.last_seen = max(proplet.last_seen, back_by)
+            # What proplets published while we were away is gone with the broker's sessions: ask
+            # everyone to announce again and re-send recent results, and give them time before a
+            # task a heartbeat does not list is taken for lost.
+            self._quiet_until = now + 2 * self.config.heartbeat_interval
+            request = wire.DiscoveryRequest("")
+            self._emit(Publish(self.topics.discover, wire.encode(request), self.config.qos))
             # Attempts that were running through the outage get their full deadline again.
             for running in self._running_on.values():
                 for task in running.values():

@@ -344,3 +344,20 @@ def test_out_of_memory_on_an_empty_proplet_fails_the_task_when_nowhere_else_is_l
     assert task.state is TaskState.RUNNING and second != first and task.attempt == 1
     send(engine, T.results, {"task_id": task_id, "proplet_id": second, "results": "", "error": oom}, 3.0)
     assert task.state is TaskState.FAILED and task.error.startswith(oom) and second in task.error
+
+
+def test_back_on_the_broker_the_manager_asks_for_announcements_and_waits_before_calling_a_start_lost() -> (
+    None
+):
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    engine.take_commands()
+    engine.link_lost(30.0)
+    engine.link_restored(35.0, 35.0)
+    (request,) = publishes(engine.take_commands(), T.discover)
+    assert request == {"proplet_id": ""}
+    running(engine, "p1", [], 36.0)  # sent before its re-sent result: not taken for a lost start
+    assert engine.tasks[task_id].state is TaskState.RUNNING
+    result(engine, task_id, "p1", 1, 36.5)
+    assert engine.tasks[task_id].state is TaskState.COMPLETED

@@ -220,3 +220,17 @@ def test_results_published_just_before_a_disconnect_are_sent_again_but_refusals_
     e.on_disconnected(61.0)  # the broker died: "t1" may be lost with it; "old" is long delivered
     e.on_connected(70.0)
     assert [r["task_id"] for r in published(e.take_commands(), T.results)] == ["t1"]
+
+
+def test_a_broadcast_discovery_request_re_sends_recent_results_too() -> None:
+    e = engine(result_resend_window=30.0)
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.on_disconnected(2.0)
+    e.task_finished("t1", "3", None, 3.0)  # held: the link is down
+    e.on_connected(4.0)  # sent now, but the manager may not be subscribed yet
+    assert [r["task_id"] for r in published(e.take_commands(), T.results)] == ["t1"]
+    e.handle(T.discover, json.dumps({"proplet_id": ""}).encode(), 5.0)  # the manager is back
+    commands = e.take_commands()
+    assert [r["task_id"] for r in published(commands, T.results)] == ["t1"]
+    assert published(commands, T.create)
