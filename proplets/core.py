@@ -8,6 +8,11 @@ Upstream failures this engine does not repeat: heartbeats keep flowing while mod
 outside the message callback), a start aimed at another proplet is ignored, the manager's stop payload
 is accepted with only ``id``, and every result carries ``proplet_id`` and the attempt number.
 
+Delivery (our extensions): a start that cannot run here is answered with a refusal
+(``wire.refusals``: busy, out of memory) so the manager spends no attempt; a stop naming another
+attempt of a task is ignored; a ``DiscoveryRequest`` is answered by announcing again and re-sending
+the results of the last ``result_resend_window`` seconds (a restarted broker may have dropped them).
+
 Metrics: the engine decides *when* (a deadline like heartbeats) and emits ``CollectMetrics``; the driver
 samples its process and hands the sample back with ``metrics_sampled``, and the engine formats
 ``control/proplet/metrics`` and one ``control/proplet/task_metrics`` per running task (§2.7/§2.8), in
