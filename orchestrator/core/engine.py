@@ -1063,10 +1063,6 @@ class Engine:
         while self._queue_heap and self._queue.get(self._queue_heap[0][2]) != self._queue_heap[0][1]:
             heapq.heappop(self._queue_heap)
 
-    def _reserved(self) -> dict[str, int]:
-        """Memory reserved on each proplet by the tasks running there (an index, not a scan)."""
-        return dict(self._reserved_bytes)
-
     def _dispatch(self, task: Task, proplet: Proplet, now: float, wall: float) -> None:
         profile = wire.Profile.EMBEDDED if proplet.is_embedded else wire.Profile.RUST
         task.attempt += 1
@@ -1137,9 +1133,6 @@ class Engine:
             attempt=attempt,
         )
         self._emit(Publish(self.topics.stop, wire.encode(stop), self.config.qos))
-
-    def _release_slot(self, task: Task) -> None:
-        self._vacate(task)
 
     def _fail(self, task: Task, reason: str, wall: float, *, already_released: bool = False) -> None:
         if task.state is TaskState.RUNNING and not already_released:
