@@ -495,12 +495,21 @@ class Engine:
 
     def _on_discovery(self, msg: wire.Discovery, now: float, wall: float) -> None:
         metadata = PropletMetadata.from_json(dict(msg.metadata))
+        known = self.proplets.get(msg.proplet_id)
+        unchanged = (
+            known is not None
+            and known.alive
+            and known.metadata == metadata
+            and known.namespace == msg.namespace
+        )
         proplet, _ = self._sighting(msg.proplet_id, now, wall, metadata)
-        proplet.namespace = msg.namespace
         self._asked_discovery.pop(proplet.id, None)
+        self._busy.discard(proplet.id)  # a fresh announcement is a fresh start
+        if unchanged:
+            return  # an alive proplet announcing the same again (asked after a broker outage)
+        proplet.namespace = msg.namespace
         self._log("proplet_discovered", proplet_id=proplet.id, embedded=proplet.is_embedded)
         self._persist_proplet(proplet)
-        self._busy.discard(proplet.id)  # a fresh announcement is a fresh start
         self._unpark()
         self._drain_queue(now, wall)
 
