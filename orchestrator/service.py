@@ -39,7 +39,7 @@ from orchestrator.core.commands import (
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
-from orchestrator.core.errors import EngineError, NotFound, ValidationError
+from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
 from orchestrator.core.receipts import KeyLookup
@@ -71,6 +71,11 @@ class ManagerSettings:
     liveness_timeout: float | None = None
     max_attempts: int = 3
     queue_timeout: float | None = None
+    # Attempt deadline: limits.timeout_s + attempt_grace, or attempt_timeout for tasks without one.
+    attempt_grace: float = 30.0
+    attempt_timeout: float | None = 3600.0
+    # Terminal tasks kept in the engine's memory; older ones are read from the store.
+    terminal_cache: int = 10_000
     placement: str = "round-robin"
     client_id: str = ""
     mqtt_keepalive: float = 30.0
@@ -98,6 +103,9 @@ class ManagerService:
                 liveness_timeout=settings.liveness_timeout,
                 max_attempts=settings.max_attempts,
                 queue_timeout=settings.queue_timeout,
+                attempt_grace=settings.attempt_grace,
+                attempt_timeout=settings.attempt_timeout,
+                terminal_cache=settings.terminal_cache,
             ),
             policy=make_policy(settings.placement),
             keys=keys,
@@ -485,9 +493,18 @@ class ManagerService:
 
     async def create_task(self, spec: dict[str, Any], *, start: bool = False) -> Task:
         """Create a task (and with ``start``, queue it at once); returns once it is durable."""
+        await self._refuse_stored_id(spec)
         task = self._create(spec, start)
         await self._durable(task.id)
         return task
+
+    async def _refuse_stored_id(self, spec: Any) -> None:
+        """An explicit id of a task that settled out of memory but is still stored is taken."""
+        wanted = spec.get("id") if isinstance(spec, dict) else None
+        if isinstance(wanted, str) and wanted and self.engine.find_task(wanted) is None:
+            assert self.store is not None
+            if await self.store.get_task(wanted) is not None:
+                raise Conflict(f"task {wanted} already exists", "id")
 
     def _create(self, spec: dict[str, Any], start: bool) -> Task:
         task = self.engine.create_task(spec, time.time())
@@ -512,6 +529,7 @@ class ManagerService:
                 item_start = spec.pop("start", start)  # an item may say otherwise than the batch
                 if not isinstance(item_start, bool):
                     raise ValidationError(f"tasks[{i}].start must be true or false", "start")
+                await self._refuse_stored_id(spec)
                 out.append(self._create(spec, item_start))
             except EngineError as err:
                 out.append(err)
@@ -523,49 +541,49 @@ class ManagerService:
             for r in out
         ]
 
-    async def get_task(self, task_id: str) -> Task:
-        """From the engine while it holds the task, else from the store (terminal tasks leave memory)."""
-        try:
-            return self.engine.get_task(task_id)
-        except NotFound:
-            assert self.store is not None
-            stored = await self.store.get_task(task_id)
-            if stored is None:
-                raise
-            return stored
-
-    async def _load(self, task_id: str) -> None:
-        """Bring a task the engine no longer holds (terminal tasks may leave memory) back from the
-        store, so that operations on it (start again, update, delete) behave as before."""
-        if task_id in self.engine.tasks:
-            return
-        assert self.store is not None
-        stored = await self.store.get_task(task_id)
-        if stored is not None and task_id not in self.engine.tasks:
-            self.engine.revert_task(task_id, stored, self.now(), refused=False)
-
     async def update_task(self, task_id: str, spec: Any) -> Task:
-        await self._load(task_id)
+        await self._resident(task_id)
         task = self.engine.update_task(task_id, spec, time.time())
         await self._durable(task_id)
         return task
 
     async def start_task(self, task_id: str) -> Task:
-        await self._load(task_id)
+        await self._resident(task_id)
         task = self.engine.start_task(task_id, self.now(), time.time())
         await self._durable(task_id)
         return task
 
     async def stop_task(self, task_id: str) -> Task:
-        await self._load(task_id)
+        await self._resident(task_id)
         task = self.engine.stop_task(task_id, time.time())
         await self._durable(task_id)
         return task
 
     async def delete_task(self, task_id: str) -> None:
-        await self._load(task_id)
+        await self._resident(task_id)
         self.engine.delete_task(task_id)
         await self._durable()
+
+    # -- tasks that settled out of the engine's memory live in the store (GET /tasks pages there)
+
+    async def find_task(self, task_id: str) -> Task:
+        """The task from memory, or from the store once it settled out of memory; NotFound if neither."""
+        task = self.engine.find_task(task_id)
+        if task is None:
+            assert self.store is not None
+            task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        return task
+
+    async def _resident(self, task_id: str) -> None:
+        """Bring a settled task back into the engine before an operation that changes it."""
+        if self.engine.find_task(task_id) is not None:
+            return
+        assert self.store is not None
+        task = await self.store.get_task(task_id)
+        if task is not None and self.engine.find_task(task_id) is None:
+            self.engine.readmit(task)
 
     async def delete_proplet(self, proplet_id: str) -> None:
         self.engine.delete_proplet(proplet_id)

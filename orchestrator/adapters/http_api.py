@@ -272,7 +272,7 @@ def create_app(manager: ManagerService) -> FastAPI:
 
     @app.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:
-        return task_view(await manager.get_task(_uuid(task_id, "task_id")))
+        return task_view(await manager.find_task(_uuid(task_id, "task_id")))
 
     @app.put("/tasks/{task_id}")
     async def update_task(task_id: str, request: Request) -> dict[str, Any]:
@@ -326,14 +326,14 @@ def create_app(manager: ManagerService) -> FastAPI:
 
     @app.get("/tasks/{task_id}/results")
     async def task_results(task_id: str) -> Response:
-        task = await manager.get_task(_uuid(task_id, "task_id"))
+        task = await manager.find_task(_uuid(task_id, "task_id"))
         if task.results is None:
             return Response(status_code=200)
         return JSONResponse({"results": task.results})
 
     @app.get("/tasks/{task_id}/receipt")
     async def task_receipt(task_id: str) -> dict[str, Any]:
-        task = await manager.get_task(_uuid(task_id, "task_id"))
+        task = await manager.find_task(_uuid(task_id, "task_id"))
         return receipt_view(task, manager.engine.keys)
 
     @app.get("/proplets")
@@ -449,7 +449,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         from orchestrator.views import rfc3339
 
         offset, limit = _page(request)
-        await manager.get_task(_uuid(task_id, "task_id"))
+        await manager.find_task(_uuid(task_id, "task_id"))
         assert manager.store is not None
         total, rows = await manager.store.list_task_metrics(task_id, offset, limit)
         return {

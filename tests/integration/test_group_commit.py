@@ -180,18 +180,18 @@ async def test_listing_filters_and_reading_a_task_the_engine_no_longer_holds(man
     bad = await c.api.get("/tasks", params={"state": "sleepy"})
     assert bad.status_code == 400 and "state" in bad.json()["error"]
     # A terminal task evicted from the engine's memory (as the engine may do) is read from the store.
-    del c.manager.engine.tasks[ids[0]]
+    c.manager.engine.tasks.discard(ids[0])
     again = await c.api.get(f"/tasks/{ids[0]}")
     assert again.status_code == 200 and again.json()["results"] == "1"
     assert (await c.api.get(f"/tasks/{ids[0]}/results")).json() == {"results": "1"}
     assert (await c.api.get(f"/tasks/{uuid.uuid4()}")).status_code == 404
     # ...and it can be started again, updated and deleted as if it had stayed.
-    del c.manager.engine.tasks[ids[1]]
+    c.manager.engine.tasks.discard(ids[1])
     assert (await c.api.post(f"/tasks/{ids[1]}/start")).status_code == 200
     assert (await c.wait_terminal(ids[1]))["state"] == int(TaskState.COMPLETED)
-    del c.manager.engine.tasks[ids[2]]
+    c.manager.engine.tasks.discard(ids[2])
     assert (await c.api.put(f"/tasks/{ids[2]}", json={"priority": 7})).json()["priority"] == 7
-    del c.manager.engine.tasks[ids[2]]
+    c.manager.engine.tasks.discard(ids[2])
     assert (await c.api.delete(f"/tasks/{ids[2]}")).status_code == 204
     assert (await c.api.get(f"/tasks/{ids[2]}")).status_code == 404
 
