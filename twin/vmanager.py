@@ -59,12 +59,10 @@ class MemoryStore:
     jobs: dict[str, Job] = field(default_factory=dict)
 
     def apply(self, command: Any) -> bool:
-        # The engine's snapshots are shallow (their lists and dicts are the live ones): copy them now,
-        # as the real store encodes them in the same loop turn.
         if isinstance(command, PersistTask):
-            self.tasks[command.task.id] = copy.deepcopy(command.task)
+            self.tasks[command.task.id] = command.task  # the engine persists deep copies already
         elif isinstance(command, PersistProplet):
-            self.proplets[command.proplet.id] = copy.deepcopy(command.proplet)
+            self.proplets[command.proplet.id] = command.proplet
         elif isinstance(command, PersistJob):
             self.jobs[command.job.id] = command.job
         elif isinstance(command, DeleteTask):

@@ -25,16 +25,12 @@ class Publish:
 
 @dataclass(frozen=True)
 class PersistTask:
-    """Save this task. ``task`` is a shallow snapshot: its scalar fields are frozen, but lists and dicts
-    (metadata, results, ...) may be shared with the engine, so the consumer encodes them before it
-    hands control back to the engine (the service does so in the loop turn that takes the commands)."""
-
-    task: Task
+    task: Task  # a snapshot: the engine never mutates an object it has handed out
 
 
 @dataclass(frozen=True)
 class PersistProplet:
-    proplet: Proplet  # a shallow snapshot, like PersistTask
+    proplet: Proplet
 
 
 @dataclass(frozen=True)
