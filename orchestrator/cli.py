@@ -97,27 +97,11 @@ def run_loop(main: Any, loop: str = "auto") -> Any:
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from orchestrator.service import ManagerService, ManagerSettings
+    from orchestrator.service import ManagerService
+    from orchestrator.settings import ManagerSettings, from_args
 
-    host, port = args.api
-    settings = ManagerSettings(
-        broker=args.broker,
-        db=args.db,
-        api_host=host,
-        api_port=port,
-        domain=args.domain,
-        channel=args.channel,
-        heartbeat_interval=args.heartbeat_interval,
-        liveness_timeout=args.liveness_timeout,
-        max_attempts=args.max_attempts,
-        attempt_grace=args.attempt_grace,
-        attempt_timeout=args.attempt_timeout or None,
-        placement=args.placement,
-        api_token=args.api_token or "",
-        api_token_read=args.api_token_read or "",
-        api_token_admin=args.api_token_admin or "",
-        metrics_public=args.metrics_public,
-    )
+    api = {"api_host": args.api[0], "api_port": args.api[1]} if args.api else {}
+    settings = from_args(ManagerSettings, args, **api)
     service = ManagerService(settings)
     try:
         run_loop(_serve_until_signal(service.start, service.stop), args.loop)
@@ -287,65 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--domain", default="default", help="tenant/domain id in m/{domain}/c/{channel}")
         p.add_argument("--channel", default="default", help="channel id in m/{domain}/c/{channel}")
 
-    m = sub.add_parser("manager", help="run the orchestrator (REST API, scheduler, MQTT)")
-    m.add_argument(
-        "--broker",
-        default="embedded://127.0.0.1:1883",
-        help="embedded://HOST:PORT (start a broker) or mqtt://[user:pass@]HOST:PORT",
+    from orchestrator.settings import ManagerSettings, add_arguments
+
+    m = sub.add_parser(
+        "manager",
+        help="run the orchestrator (REST API, scheduler, MQTT)",
     )
-    m.add_argument("--db", default=".propeller/manager.db", help="SQLite file path or postgresql:// URL")
-    m.add_argument("--api", type=_host_port, default=("127.0.0.1", 7070), help="HOST:PORT of the REST API")
-    m.add_argument("--heartbeat-interval", type=float, default=10.0)
-    m.add_argument("--liveness-timeout", type=float, default=None, help="default: 3x the heartbeat interval")
-    m.add_argument("--max-attempts", type=int, default=3)
-    m.add_argument(
-        "--placement", default="round-robin", choices=["round-robin", "least-loaded", "memory-aware"]
-    )
-    m.add_argument("--queue-timeout", type=float, default=None, help="fail tasks waiting longer (seconds)")
-    m.add_argument(
-        "--attempt-grace",
-        type=float,
-        default=30.0,
-        help="seconds added to a task's limits.timeout_s before the manager gives up on an attempt",
-    )
-    m.add_argument(
-        "--attempt-timeout",
-        type=float,
-        default=3600.0,
-        help="deadline of an attempt whose task sets no limits.timeout_s (seconds; 0 = none)",
-    )
-    m.add_argument("--mqtt-ca", default=None, help="CA bundle for mqtts://")
-    m.add_argument("--mqtt-cert", default=None, help="client certificate for mutual TLS")
-    m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")
-    m.add_argument("--mqtt-insecure", action="store_true", help="do not verify the broker's certificate")
-    m.add_argument(
-        "--api-token",
-        default=os.environ.get("PROPELLER_API_TOKEN"),
-        help="admin bearer token (as --api-token-admin; env PROPELLER_API_TOKEN)",
-    )
-    m.add_argument(
-        "--api-token-admin",
-        default=os.environ.get("PROPELLER_API_TOKEN_ADMIN"),
-        help="comma-separated tokens that may do everything (env PROPELLER_API_TOKEN_ADMIN)",
-    )
-    m.add_argument(
-        "--api-token-read",
-        default=os.environ.get("PROPELLER_API_TOKEN_READ"),
-        help="comma-separated tokens that may only read (GET) (env PROPELLER_API_TOKEN_READ)",
-    )
-    m.add_argument(
-        "--metrics-public",
-        action="store_true",
-        default=os.environ.get("PROPELLER_METRICS_PUBLIC", "") in ("1", "true", "yes"),
-        help="serve /metrics without a token even when tokens are set (env PROPELLER_METRICS_PUBLIC=1)",
-    )
+    add_arguments(m, ManagerSettings)
+    m.add_argument("--api", type=_host_port, default=None, help="HOST:PORT of the REST API (sets both)")
     m.add_argument(
         "--loop",
         choices=["auto", "asyncio", "uvloop"],
         default="auto",
         help="event loop (auto: uvloop if installed)",
     )
-    channel_args(m)
     m.set_defaults(func=cmd_manager)
 
     p = sub.add_parser("proplet", help="run a Wasm worker")

@@ -956,7 +956,7 @@ class Engine:
     def create_task(self, spec: dict[str, Any], wall: float) -> Task:
         if self.shutting_down:
             raise ShuttingDown("service is shutting down")
-        task = task_from_spec(spec, self._new_id)
+        task = build_task(spec, self._new_id, default_max_attempts=self.config.max_attempts)
         task.created_at = task.updated_at = wall
         if task.id in self.tasks:
             raise Conflict(f"task {task.id} already exists", "id")
