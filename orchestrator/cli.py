@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("id")
     api_args(ps)
     pr.set_defaults(func=cmd_proplets)
+    from orchestrator.trace import add_trace_parsers
+
+    add_trace_parsers(tsub, psub, api_args)  # `task trace`, `proplets trace`: orchestrator/trace.py
 
     _add_optional_subcommands(sub)
     return parser

@@ -70,6 +70,10 @@ class ApiClient:
     def get_proplet(self, proplet_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/proplets/{proplet_id}"))
 
+    def events(self, subject: str, subject_id: str) -> dict[str, Any]:
+        """The timeline of a task or a proplet (``subject``: "tasks" or "proplets")."""
+        return dict(self._call("GET", f"/{subject}/{subject_id}/events"))
+
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]

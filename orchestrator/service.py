@@ -34,7 +34,9 @@ from orchestrator.core.commands import (
     PersistProplet,
     PersistTask,
     Publish,
+    RecordPropletEvent,
     RecordPropletMetrics,
+    RecordTaskEvent,
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
@@ -385,6 +387,18 @@ class ManagerService:
                         "cpu_metrics": command.cpu_metrics,
                         "memory_metrics": command.memory_metrics,
                         "timestamp": float(command.timestamp),
+                    }
+                )
+            elif isinstance(command, RecordTaskEvent | RecordPropletEvent):
+                is_task = isinstance(command, RecordTaskEvent)
+                batch.events.append(
+                    {
+                        "subject": "task" if is_task else "proplet",
+                        "subject_id": command.task_id if is_task else command.proplet_id,  # type: ignore[union-attr]
+                        "at": float(command.at_wall),
+                        "kind": command.kind,
+                        "cause": command.cause,
+                        "fields": command.fields,
                     }
                 )
             else:

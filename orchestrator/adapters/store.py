@@ -186,6 +186,20 @@ TASK_METRICS = sa.Table(
     sa.Column("timestamp", sa.Double(), nullable=False, index=True),
     sa.Index("ix_task_metrics_task_id_timestamp", "task_id", "timestamp"),
 )
+TIMELINE = sa.Table(
+    "timeline_events",
+    METADATA,
+    sa.Column("id", _METRICS_ID, primary_key=True, autoincrement=True),
+    sa.Column("subject", sa.String(16), nullable=False),  # "task" or "proplet"
+    sa.Column("subject_id", sa.String(255), nullable=False),
+    sa.Column("at", sa.Double(), nullable=False),  # UNIX seconds
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("cause", sa.Text(), nullable=False),
+    sa.Column("fields", sa.JSON(), nullable=False),
+    sa.Index("ix_timeline_events_subject_id", "subject", "subject_id", "id"),
+)
+# Events kept per task or proplet: older ones are pruned once a subject has TIMELINE_LIMIT more.
+TIMELINE_LIMIT = 500
 PROPLET_METRICS = sa.Table(
     "proplet_metrics",
     METADATA,
@@ -242,11 +256,13 @@ class WriteBatch:
     deleted_proplets: list[str] = dataclasses.field(default_factory=list)
     task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Timeline rows: subject ("task"/"proplet"), subject_id, at, kind, cause, fields.
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.tasks or self.proplets or self.jobs or self.deleted_tasks or self.deleted_proplets
-            or self.task_metrics or self.proplet_metrics
+            or self.task_metrics or self.proplet_metrics or self.events
         )  # fmt: skip
 
     def delete_task(self, task_id: str) -> None:
@@ -283,6 +299,16 @@ class ModuleEnds:
 
 
 _MODULE_WHOLE = 15  # up to here the tail is the whole module (its base64 is shown unredacted)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One stored timeline entry."""
+
+    at: float
+    kind: str
+    cause: str
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -331,8 +357,10 @@ class Store:
         self._checks = {t.name: _column_checks(t) for t in (TASKS, PROPLETS, JOBS)}
         self._task_checks = [self._checks["tasks"][name] for name in (*_TASK_PLAIN, "state", "extras")]
         self._metric_checks = {
-            t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS)
+            t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS, TIMELINE)
         }
+        # Events written per subject since this store opened (or last pruned): decides when to prune.
+        self._event_counts: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
 
     @classmethod
     async def open(cls, url: str, *, schema: str | None = None) -> Store:
@@ -564,6 +592,20 @@ class Store:
         total, rows = await self._page(TASK_METRICS, TASK_METRICS.c.task_id, task_id, offset, limit)
         return total, [TaskMetricsRecord(**r) for r in rows]
 
+    async def list_events(
+        self, subject: str, subject_id: str, limit: int = TIMELINE_LIMIT
+    ) -> list[EventRecord]:
+        """The timeline of a task or proplet, oldest first (at most ``limit``, the newest ones)."""
+        query = (
+            sa.select(TIMELINE.c.at, TIMELINE.c.kind, TIMELINE.c.cause, TIMELINE.c.fields)
+            .where(TIMELINE.c.subject == subject, TIMELINE.c.subject_id == subject_id)
+            .order_by(TIMELINE.c.id.desc())
+            .limit(limit)
+        )
+        async with self._read(f"list events of {subject} {subject_id!r}") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [EventRecord(r["at"], r["kind"], r["cause"], r["fields"] or {}) for r in reversed(rows)]
+
     async def add_proplet_metrics(
         self,
         proplet_id: str,
@@ -649,15 +691,25 @@ class Store:
         for table, rows, out in (
             ("task_metrics", batch.task_metrics, plan.task_metrics),
             ("proplet_metrics", batch.proplet_metrics, plan.proplet_metrics),
+            ("timeline_events", batch.events, plan.events),
         ):
             for row in rows:
-                owner = str(row.get("task_id") or row.get("proplet_id"))
+                owner = str(row.get("task_id") or row.get("proplet_id") or row.get("subject_id"))
                 try:
                     out.append(self._checked(table, row, owner))
                 except Unstorable as exc:
                     if strict:
                         raise
                     refused.metrics.append(str(exc))
+        for row in plan.events:
+            key = (row["subject"], row["subject_id"])
+            count = self._event_counts.pop(key, 0) + 1
+            if count > 2 * TIMELINE_LIMIT:
+                plan.prune.append({"_subject": key[0], "_id": key[1]})
+                count = TIMELINE_LIMIT
+            self._event_counts[key] = count
+        while len(self._event_counts) > WRITTEN_ROWS_CACHE:
+            self._event_counts.popitem(last=False)
         return plan
 
     def _plan(self, plan: _Plan) -> None:
@@ -744,6 +796,8 @@ class Store:
         run(self._upserts["jobs"], plan.jobs, lambda r, why: refusals.jobs.__setitem__(r["id"], why))
         run(sa.insert(TASK_METRICS), plan.task_metrics, lambda r, why: refusals.metrics.append(why))
         run(sa.insert(PROPLET_METRICS), plan.proplet_metrics, lambda r, why: refusals.metrics.append(why))
+        run(sa.insert(TIMELINE), plan.events, lambda r, why: refusals.metrics.append(why))
+        run(_PRUNE_TIMELINE, plan.prune, ignore)
 
     def _task_from_row(self, values: Any) -> Task:
         data = _from_row(values, _TASK_FIELDS)
@@ -822,6 +876,19 @@ _TASK_EXTRAS = tuple(f for f in _TASK_FIELDS if f not in TASKS.c)
 _UPDATE_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
 _DELETE_TASK = sa.delete(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
 _DELETE_TASK_METRICS = sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == sa.bindparam("_id"))
+_NEWEST_KEPT = (
+    sa.select(TIMELINE.c.id)
+    .where(TIMELINE.c.subject == sa.bindparam("_subject"), TIMELINE.c.subject_id == sa.bindparam("_id"))
+    .order_by(TIMELINE.c.id.desc())
+    .offset(TIMELINE_LIMIT)
+    .limit(1)
+    .scalar_subquery()
+)
+_PRUNE_TIMELINE = sa.delete(TIMELINE).where(
+    TIMELINE.c.subject == sa.bindparam("_subject"),
+    TIMELINE.c.subject_id == sa.bindparam("_id"),
+    TIMELINE.c.id <= _NEWEST_KEPT,
+)
 _DELETE_PROPLET = sa.delete(PROPLETS).where(PROPLETS.c.id == sa.bindparam("_id"))
 _DELETE_PROPLET_METRICS = sa.delete(PROPLET_METRICS).where(
     PROPLET_METRICS.c.proplet_id == sa.bindparam("_id")
@@ -838,6 +905,8 @@ class _Plan:
     jobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    prune: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     written: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
 
 

@@ -76,6 +76,7 @@ class Groups:
         for t in tasks:
             self.e._admit(t)
             self.e._persist_task(t, wall)
+            self.e._task_event(t.id, wall, "created", "", name=t.name)
 
     def job_tasks(self, job_id: str) -> list[Task]:
         if job_id not in self.e.jobs:
