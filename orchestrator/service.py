@@ -76,6 +76,7 @@ class ManagerService:
                 attempt_grace=settings.attempt_grace,
                 attempt_timeout=settings.attempt_timeout,
                 terminal_cache=settings.terminal_cache,
+                timeline=settings.timeline,
             ),
             policy=make_policy(settings.placement),
             keys=keys,

@@ -178,3 +178,4 @@ class ManagerSettings:
     mqtt_cert: str | None = _opt(None, "client certificate for mutual TLS")
     mqtt_key: str | None = _opt(None, "client key for mutual TLS")
     mqtt_insecure: bool = _opt(False, "do not verify the broker's certificate")
+    timeline: bool = _opt(True, "record each task's and proplet's timeline (GET /tasks/{id}/events)")

@@ -42,6 +42,7 @@ CHANGED: dict[str, Any] = {
     "mqtt_cert": "/c.pem",
     "mqtt_key": "/k.pem",
     "mqtt_insecure": True,
+    "timeline": False,
 }
 
 
