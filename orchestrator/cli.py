@@ -179,8 +179,43 @@ def _client(args: argparse.Namespace) -> Any:
     return ApiClient(args.api_url, token=args.api_token)
 
 
+def _unset_times(data: Any) -> Any:
+    """Upstream's zero time (``0001-01-01T00:00:00Z``, the API's "not set") shown as null."""
+    from orchestrator.views import ZERO_TIME
+
+    if isinstance(data, dict):
+        return {k: None if v == ZERO_TIME else _unset_times(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_unset_times(v) for v in data]
+    return data
+
+
 def _print(data: Any, as_json: bool, table: Callable[[Any], str]) -> None:
-    print(json.dumps(data, indent=2) if as_json else table(data))
+    print(json.dumps(_unset_times(data), indent=2) if as_json else table(data))
+
+
+# Exit codes of `task results` / `task create --wait`: the task's own outcome, not the HTTP call's.
+EXIT_TASK_FAILED = 3
+EXIT_TASK_NOT_DONE = 4
+
+
+def _wait_for_task(client: Any, task_id: str, timeout: float) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        task: dict[str, Any] = client.get_task(task_id)
+        if task.get("state") in (3, 4, 5, 6):  # Completed, Failed, Skipped, Interrupted
+            return task
+        if time.monotonic() >= deadline:
+            print(f"task {task_id} did not finish within {timeout:g} s", file=sys.stderr)
+            return task
+        time.sleep(0.2)
+
+
+def _outcome_code(task: dict[str, Any]) -> int:
+    state = task.get("state")
+    return 0 if state == 3 else EXIT_TASK_FAILED if state in (4, 5, 6) else EXIT_TASK_NOT_DONE
 
 
 def cmd_task(args: argparse.Namespace) -> int:
@@ -190,7 +225,15 @@ def cmd_task(args: argparse.Namespace) -> int:
     try:
         if args.task_cmd == "create":
             spec = _task_spec(args)
-            _print(client.create_task(spec), args.json, task_table)
+            created = client.create_task(spec)
+            if args.start or args.wait is not None:
+                client.start_task(created["id"])
+            if args.wait is None:
+                _print(created, args.json, task_table)
+            else:
+                done = _wait_for_task(client, created["id"], args.wait)
+                _print(done, args.json, task_table)
+                return _outcome_code(done)
         elif args.task_cmd == "start":
             client.start_task(args.id)
             print(f"started {args.id}")
@@ -203,6 +246,13 @@ def cmd_task(args: argparse.Namespace) -> int:
             _print(client.list_tasks(args.offset, args.limit), args.json, tasks_table)
         elif args.task_cmd == "results":
             print(json.dumps(client.task_results(args.id)))
+            task = client.get_task(args.id)
+            if task.get("state") != 3:
+                print(
+                    f"task {args.id} is {_state_name(task)}: {task.get('error') or ''}".rstrip(": "),
+                    file=sys.stderr,
+                )
+            return _outcome_code(task)
         elif args.task_cmd == "delete":
             client.delete_task(args.id)
             print(f"deleted {args.id}")
@@ -215,9 +265,31 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_name(task: dict[str, Any]) -> str:
+    from orchestrator.client import STATE_NAMES
+
+    state = task.get("state")
+    return STATE_NAMES[state] if isinstance(state, int) and 0 <= state < len(STATE_NAMES) else str(state)
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     import base64
 
+    if args.stray:
+        raise ValueError(
+            f"unexpected {' '.join(args.stray)!r}: give the task name once, and inputs as "
+            "--inputs 2,40 or --inputs 2 --inputs 40 (--inputs takes one value now)"
+        )
     spec: dict[str, Any] = {"name": args.name}
     if args.file:
         path = Path(args.file)
@@ -232,7 +304,21 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.image_url:
         spec["image_url"] = args.image_url
     if args.inputs:
-        spec["inputs"] = args.inputs
+        spec["inputs"] = [v for item in args.inputs for v in item.split(",") if v != ""]
+    if args.env:
+        spec["env"] = _key_values(args.env, "--env")
+    if args.args:
+        spec["cli_args"] = list(args.args)
+    if args.daemon:
+        spec["daemon"] = True
+    if args.limits:
+        limits: dict[str, Any] = {}
+        for key, value in _key_values(args.limits, "--limits").items():
+            try:
+                limits[key] = json.loads(value)
+            except ValueError:
+                limits[key] = value
+        spec["limits"] = limits
     if args.proplet:
         spec["proplet_id"] = args.proplet
     if args.priority is not None:
@@ -327,17 +413,40 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     def api_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--api-url", default="http://127.0.0.1:7070")
-        p.add_argument("--api-token", default=None)
+        p.add_argument(
+            "--api-url",
+            default=os.environ.get("PROPELLER_API_URL", "http://127.0.0.1:7070"),
+            help="the manager's REST API (env PROPELLER_API_URL; default: %(default)s)",
+        )
+        p.add_argument(
+            "--api-token",
+            default=os.environ.get("PROPELLER_API_TOKEN"),
+            help="bearer token (env PROPELLER_API_TOKEN)",
+        )
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     t = sub.add_parser("task", help="create, start, stop and inspect tasks")
     tsub = t.add_subparsers(dest="task_cmd", required=True)
     tc = tsub.add_parser("create")
     tc.add_argument("name", help="task name = the export to call")
+    tc.add_argument("stray", nargs="*", help=argparse.SUPPRESS)  # old `--inputs 2 40`: a clear error
     tc.add_argument("--file", help=".wasm or .wat file sent inline")
     tc.add_argument("--image-url", help="http(s) URL or OCI reference of the module")
-    tc.add_argument("--inputs", nargs="*", default=[])
+    tc.add_argument(
+        "--inputs", action="append", default=[], metavar="A,B", help="inputs, comma-separated or repeated"
+    )
+    tc.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment (repeat)")
+    tc.add_argument(
+        "--args", action="append", default=[], metavar="ARG", help="command-line argument (repeat)"
+    )
+    tc.add_argument("--limits", action="append", default=[], metavar="KEY=VALUE",
+                    help="resource limit, e.g. timeout_s=30 (repeat)")  # fmt: skip
+    tc.add_argument("--daemon", action="store_true", help="a long-running task (no result expected)")
+    tc.add_argument("--start", action="store_true", help="start the task once created")
+    tc.add_argument("--wait", type=float, nargs="?", const=300.0, default=None, metavar="SECONDS",
+                    help="start it and wait for its end (default 300 s); exit code: 0 Completed, "
+                    f"{EXIT_TASK_FAILED} Failed/Interrupted/Skipped, "
+                    f"{EXIT_TASK_NOT_DONE} not finished")  # fmt: skip
     tc.add_argument("--proplet", help="pin to this proplet id")
     tc.add_argument("--priority", type=int)
     api_args(tc)
@@ -385,7 +494,12 @@ def _add_optional_subcommands(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "task_cmd", None) == "create":
+            args.stray = [*args.stray, *extra]  # `create add --inputs 2 40`: _task_spec explains
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging(args.log_level or ("warning" if args.command == "demo" else "info"))
     result: int = args.func(args)
     return result
