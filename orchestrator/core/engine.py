@@ -99,6 +99,8 @@ class Engine:
         # wall - now, refreshed on every call that passes both: converts cron times to deadlines.
         self._wall_offset: float | None = None
         self._event_wall = 0.0  # wall time of the message being handled (timeline entries)
+        # Tasks whose current attempt a heartbeat has reported running (a "running" timeline entry).
+        self._seen_running: set[str] = set()
         # Tasks waiting for capacity, with the monotonic time they started waiting; the heap orders
         # them by (priority, since) and the FIFO by since (queue timeouts). Both are lazy: an entry
         # whose task left the queue (or re-entered it later) is skipped when it surfaces.
@@ -285,6 +287,7 @@ class Engine:
     def _vacate(self, task: Task) -> None:
         """``task`` no longer holds a slot on its proplet (idempotent)."""
         self._deadline_of.pop(task.id, None)
+        self._seen_running.discard(task.id)
         running = self._running_on.get(task.proplet_id)
         if running is None or running.pop(task.id, None) is None:
             return
@@ -534,6 +537,15 @@ class Engine:
         ]
         if now < self._quiet_until:
             lost = []  # just back on the broker: re-sent results may still be on their way
+        if self.config.timeline and running:
+            for task_id in running:
+                task = self._running_on.get(proplet.id, {}).get(task_id)
+                if task is not None and task_id not in self._seen_running:
+                    self._seen_running.add(task_id)
+                    self._task_event(
+                        task_id, wall, "running", "reported by its heartbeat", proplet_id=proplet.id,
+                        attempt=task.attempt,
+                    )  # fmt: skip
         stale = self._stale.get(proplet.id)
         if stale:
             for task_id in [t for t in stale if t not in running]:

@@ -96,3 +96,16 @@ def test_the_terminal_trace_reads_in_order_with_relative_times() -> None:
     assert "+0.000s" in text[1] and "on p1 (round-robin, 2 candidates)" in text[1]
     assert "+3.500s" in text[2] and "proplet died" in text[2] and "p1: no heartbeat for 1.5 s" in text[2]
     assert "+4.000s" in text[3] and "Completed on p2 (attempt 2)" in text[3]
+
+
+def test_the_first_heartbeat_listing_the_attempt_records_it_running_once() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    for now in (2.0, 3.0):
+        send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": [task_id]}, now)
+    send(engine, T.results, {"task_id": task_id, "proplet_id": "p1", "results": "42", "attempt": 1}, 4.0)
+    events = task_events(engine.take_commands(), task_id)
+    assert kinds(events)[-2:] == ["running", "result"]
+    running = events[-2]
+    assert (running.at_wall, running.fields) == (WALL + 2.0, {"proplet_id": "p1", "attempt": 1})
