@@ -701,6 +701,9 @@ class Store:
                     if strict:
                         raise
                     refused.metrics.append(str(exc))
+        if plan.events and (plan.deleted_tasks or plan.deleted_proplets):
+            gone = {("task", i) for i in plan.deleted_tasks} | {("proplet", i) for i in plan.deleted_proplets}
+            plan.events = [r for r in plan.events if (r["subject"], r["subject_id"]) not in gone]
         for row in plan.events:
             key = (row["subject"], row["subject_id"])
             count = self._event_counts.pop(key, 0) + 1
@@ -782,6 +785,8 @@ class Store:
             pass  # deleting a row that cannot be there
 
         run(_DELETE_TASK_METRICS, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_EVENTS, [{"_subject": "task", "_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_EVENTS, [{"_subject": "proplet", "_id": i} for i in plan.deleted_proplets], ignore)
         run(_DELETE_TASK, [{"_id": i} for i in plan.deleted_tasks], ignore)
         run(_DELETE_PROPLET_METRICS, [{"_id": i} for i in plan.deleted_proplets], ignore)
         run(_DELETE_PROPLET, [{"_id": i} for i in plan.deleted_proplets], ignore)
@@ -876,18 +881,28 @@ _TASK_EXTRAS = tuple(f for f in _TASK_FIELDS if f not in TASKS.c)
 _UPDATE_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
 _DELETE_TASK = sa.delete(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
 _DELETE_TASK_METRICS = sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == sa.bindparam("_id"))
-_NEWEST_KEPT = (
-    sa.select(TIMELINE.c.id)
-    .where(TIMELINE.c.subject == sa.bindparam("_subject"), TIMELINE.c.subject_id == sa.bindparam("_id"))
-    .order_by(TIMELINE.c.id.desc())
-    .offset(TIMELINE_LIMIT)
-    .limit(1)
-    .scalar_subquery()
-)
-_PRUNE_TIMELINE = sa.delete(TIMELINE).where(
-    TIMELINE.c.subject == sa.bindparam("_subject"),
-    TIMELINE.c.subject_id == sa.bindparam("_id"),
-    TIMELINE.c.id <= _NEWEST_KEPT,
+
+
+def _prune_statement(limit: int) -> Any:
+    """Delete a subject's events older than its newest ``limit``."""
+    newest_kept = (
+        sa.select(TIMELINE.c.id)
+        .where(TIMELINE.c.subject == sa.bindparam("_subject"), TIMELINE.c.subject_id == sa.bindparam("_id"))
+        .order_by(TIMELINE.c.id.desc())
+        .offset(limit)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.delete(TIMELINE).where(
+        TIMELINE.c.subject == sa.bindparam("_subject"),
+        TIMELINE.c.subject_id == sa.bindparam("_id"),
+        TIMELINE.c.id <= newest_kept,
+    )
+
+
+_PRUNE_TIMELINE = _prune_statement(TIMELINE_LIMIT)
+_DELETE_EVENTS = sa.delete(TIMELINE).where(
+    TIMELINE.c.subject == sa.bindparam("_subject"), TIMELINE.c.subject_id == sa.bindparam("_id")
 )
 _DELETE_PROPLET = sa.delete(PROPLETS).where(PROPLETS.c.id == sa.bindparam("_id"))
 _DELETE_PROPLET_METRICS = sa.delete(PROPLET_METRICS).where(
