@@ -35,5 +35,10 @@ def test_queue_timeout_flag_fails_an_unplaceable_task(tmp_path: Path) -> None:
 
         wait_for(failed, 60, "the task to fail by its queue timeout", interval=0.5)
         assert "not dispatched within 5 s" in str(states[-1]["error"]), states[-1]
+        # Its timeline says why it waited and why it failed.
+        events = httpx.get(f"{manager.url}/tasks/{task['id']}/events", timeout=5).json()["events"]
+        assert [e["kind"] for e in events] == ["created", "queued", "waiting", "failed"], events
+        assert events[2]["cause"] == "no alive proplet"
+        assert events[3]["cause"] == "not dispatched within 5 s: no alive proplet"
     finally:
         manager.stop()
