@@ -112,3 +112,15 @@ def test_the_managers_max_attempts_applies_to_tasks_that_set_none() -> None:
     assert engine.create_task({"name": "t", "file": WASM, "max_attempts": 2}, 0.0).max_attempts == 2
     _, tasks = engine.create_job("j", [{"name": "a", "file": WASM}], "parallel", 0.0)
     assert tasks[0].max_attempts == 6
+
+
+def test_compatible_forms_keep_working() -> None:
+    got = parse_manager(["--api", "0.0.0.0:9000", "--attempt-timeout", "0", "--mqtt-insecure"])
+    assert (got.api_host, got.api_port, got.attempt_timeout, got.mqtt_insecure) == (
+        "0.0.0.0",
+        9000,
+        None,
+        True,
+    )
+    with pytest.raises(SystemExit):
+        parse_manager(["--placement", "random"])  # choices still enforced
