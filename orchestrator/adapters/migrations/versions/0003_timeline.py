@@ -1,8 +1,9 @@
 """Timelines: what happened to a task or a proplet, when and why (``GET /tasks/{id}/events``).
 
-One row per event: ``subject`` is ``task`` or ``proplet``, ``kind`` what happened (placed, died...),
-``cause`` why, ``fields`` the facts (proplet id, attempt, candidates...). The store keeps the newest
-events of each subject (orchestrator/adapters/store.py TIMELINE_LIMIT).
+One row per subject and flush window: ``subject`` is ``task`` or ``proplet``, ``events`` the list of
+what happened in that window, in order, each ``{"at", "kind", "cause", "fields"}`` (kind: placed,
+died...; cause: why; fields: proplet id, attempt, candidates...). The store keeps the newest rows of
+each subject (orchestrator/adapters/store.py TIMELINE_LIMIT).
 
 Revision ID: timeline
 Revises: mgr_throughput
@@ -28,9 +29,7 @@ def upgrade() -> None:
         sa.Column("subject", sa.String(16), nullable=False),
         sa.Column("subject_id", sa.String(255), nullable=False),
         sa.Column("at", sa.Double(), nullable=False),
-        sa.Column("kind", sa.String(64), nullable=False),
-        sa.Column("cause", sa.Text(), nullable=False),
-        sa.Column("fields", sa.JSON(), nullable=False),
+        sa.Column("events", sa.JSON(), nullable=False),
     )
     op.create_index("ix_timeline_events_subject_id", "timeline_events", ["subject", "subject_id", "id"])
 
