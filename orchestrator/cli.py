@@ -493,7 +493,11 @@ def _add_optional_subcommands(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ValueError as err:  # a malformed PROPELLER_* variable: name it, no traceback
+        print(f"propeller: {err}", file=sys.stderr)
+        return EXIT_USAGE
     args, extra = parser.parse_known_args(argv)
     if extra:
         if getattr(args, "task_cmd", None) == "create":
