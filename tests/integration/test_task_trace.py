@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 import uuid
@@ -89,3 +90,8 @@ def test_trace_explains_a_task_moved_by_a_proplet_death(tmp_path: Path, procs: l
     events = api.get(f"/proplets/{first}/events").json()["events"]
     assert [e["kind"] for e in events] == ["joined", "died"], events
     assert events[-1]["cause"] in lines[died]
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "proplets", "trace", first],
+        capture_output=True, text=True, timeout=60, check=True, env={**os.environ, "PROPELLER_API_URL": manager.url},
+    ).stdout  # fmt: skip
+    assert "joined" in out and f"died              {events[-1]['cause']}" in out, out
