@@ -92,6 +92,7 @@ def test_trace_explains_a_task_moved_by_a_proplet_death(tmp_path: Path, procs: l
     assert events[-1]["cause"] in lines[died]
     out = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "proplets", "trace", first],
-        capture_output=True, text=True, timeout=60, check=True, env={**os.environ, "PROPELLER_API_URL": manager.url},
+        capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "PROPELLER_API_URL": manager.url},
     ).stdout  # fmt: skip
     assert "joined" in out and f"died              {events[-1]['cause']}" in out, out
