@@ -25,6 +25,7 @@ from typing import Any
 
 from orchestrator import wire
 from orchestrator.wire.messages import TimestampKind
+from proplets.output import TaskOutput
 from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget
 from proplets.runtime.wasmbin import WasmFormatError, is_component, memory_requirements
 
@@ -49,6 +50,9 @@ class PropletConfig:
     metrics_interval: float = 10.0
     # A WAMR-like memory budget every instance is admitted against (the embedded profile); None = none.
     budget: BudgetConfig | None = None
+    # Bytes of one task's live output published on control/proplet/logs (the result's logs are
+    # bounded by the run's log_bytes limit separately); 0 disables live output.
+    live_log_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.proplet_id:
@@ -143,6 +147,9 @@ class _Running:
     deployed: bool = False
     admission: Admission | None = None
     stats: _Aggregate = field(default_factory=_Aggregate)
+    log_seq: int = 0  # live output pieces published (control/proplet/logs)
+    log_bytes: int = 0
+    log_tail: bytes = b""  # an incomplete UTF-8 character held for the next piece
 
 
 class PropletEngine:
@@ -466,7 +473,32 @@ class PropletEngine:
 
     # ------------------------------------------------------------------ results
 
-    def task_finished(self, task_id: str, results: str, error: str | None, now: float) -> None:
+    def task_output(self, task_id: str, data: bytes, stream: str = "stderr") -> None:
+        """A running task wrote ``data``: publish it live (not in the embedded profile)."""
+        entry = self.running.get(task_id)
+        if entry is None or self.embedded or not self.connected or not data:
+            return
+        room = self.config.live_log_bytes - entry.log_bytes
+        if room <= 0:
+            return
+        fresh = data[:room]
+        entry.log_bytes += len(fresh)
+        data = entry.log_tail + fresh
+        cut = _utf8_boundary(data)
+        text, entry.log_tail = data[:cut].decode("utf-8", "replace"), data[cut:]
+        if entry.log_bytes >= self.config.live_log_bytes:
+            text += f"\n[propeller: live output stops after {self.config.live_log_bytes} bytes]\n"
+        if not text:
+            return
+        attempt = entry.start.attempt or None
+        piece = wire.TaskLogs(task_id, self.config.proplet_id, attempt, entry.log_seq, stream, text)
+        if self._publish(self.topics.logs, piece):
+            entry.log_seq += 1
+
+    def task_finished(
+        self, task_id: str, results: str, error: str | None, now: float, output: TaskOutput | None = None
+    ) -> None:
+        """The run ended. ``output`` (typed result and logs) replaces ``results`` when given."""
         entry = self.running.pop(task_id, None)
         if entry is None:
             return
@@ -475,15 +507,22 @@ class PropletEngine:
         if error and entry.cancelled:
             error = f"task {task_id} was stopped before completion"
         self._count("tasks_failed" if error else "tasks_completed")
-        self._result(task_id, results, error, entry.start.attempt or None)
+        self._result(task_id, results, error, entry.start.attempt or None, output)
         self._commands.append(
             LogEvent(
                 "task_finished", {"task_id": task_id, "ok": not error, "seconds": round(now - entry.since, 6)}
             )
         )
 
-    def _result(self, task_id: str, results: str, error: str | None, attempt: int | None) -> None:
-        payload = self._encode_result(task_id, results, error, attempt)
+    def _result(
+        self,
+        task_id: str,
+        results: str,
+        error: str | None,
+        attempt: int | None,
+        output: TaskOutput | None = None,
+    ) -> None:
+        payload = self._encode_result(task_id, results, error, attempt, output)
         if payload is None:
             self._count("results_dropped")
             return
@@ -495,11 +534,15 @@ class PropletEngine:
             self._count("results_dropped")
 
     def _encode_result(
-        self, task_id: str, results: str, error: str | None, attempt: int | None
+        self, task_id: str, results: str, error: str | None, attempt: int | None, output: TaskOutput | None
     ) -> bytes | None:
         """The result payload; one that does not fit (embedded 1023 bytes) becomes an error that does."""
         pid = self.config.proplet_id
         message = wire.TaskResult(task_id, results, error or None, pid, attempt)
+        if output is not None and not self.embedded:
+            logs = tuple((line.stream, line.data) for line in output.logs)
+            kind = output.result_type
+            message = wire.TaskResult(task_id, output.results, error or None, pid, attempt, kind, logs)
         try:
             return wire.encode(message, self.config.profile)
         except wire.CodecError as err:
@@ -512,6 +555,17 @@ class PropletEngine:
                 continue
         self._commands.append(LogEvent("result_unsendable", {"task_id": task_id}))
         return None
+
+
+def _utf8_boundary(data: bytes) -> int:
+    """Length of ``data`` without a trailing incomplete UTF-8 character (so pieces decode whole)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead
+            continue
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        return len(data) - back if need > back else len(data)
+    return len(data)
 
 
 def _task_id_of(payload: bytes) -> str:

@@ -61,6 +61,9 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
 12. Registry chunks: ``0 <= chunk_idx < total_chunks`` and ``total_chunks >= 1`` on both sides; the
     embedded profile also requires ``total_chunks == 1`` (the firmware assembles one chunk only).
 13. Invoke in the embedded profile is a CodecError: the firmware does not subscribe to invoke.
+    So is ``TaskLogs`` (our live-output topic ``control/proplet/logs``), and the result extensions
+    ``result_type`` (``text``/``json``/``binary``) and ``logs`` (``[{"stream","data"}]``) are never
+    sent in the embedded profile; upstream managers ignore both the topic and the keys.
 14. Topic IDs may contain ``/`` (upstream substitutes them verbatim) but not ``+``, ``#`` or NUL.
 
 Decoding never raises anything but ``CodecError``: bytes that are not UTF-8, invalid JSON, NaN or
@@ -91,6 +94,7 @@ from orchestrator.wire.messages import (
     RegistryRequest,
     StartTask,
     StopTask,
+    TaskLogs,
     TaskMetrics,
     TaskResult,
 )
@@ -114,6 +118,7 @@ __all__ = [
     "RegistryRequest",
     "StartTask",
     "StopTask",
+    "TaskLogs",
     "TaskMetrics",
     "TaskResult",
     "Topics",
