@@ -33,6 +33,7 @@ from orchestrator.core.commands import (
     PersistTask,
     Publish,
     RecordPropletMetrics,
+    RecordTaskLogs,
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
@@ -309,6 +310,16 @@ class ManagerService:
                     command.metrics,
                     command.aggregated,
                     command.timestamp,
+                )
+            elif isinstance(command, RecordTaskLogs):
+                await self.store.add_task_logs(
+                    command.task_id,
+                    command.attempt,
+                    command.proplet_id,
+                    command.lines,
+                    final=command.final,
+                    timestamp=command.timestamp,
+                    seq=command.seq,
                 )
             elif isinstance(command, PersistJob):
                 await self.store.save_job(command.job)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from orchestrator.core.errors import EngineError, NotFound, ValidationError
+from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
+from orchestrator.core.model import Task
 from orchestrator.views import proplet_view, task_view
 
 if TYPE_CHECKING:
@@ -73,6 +74,72 @@ async def _json_body(request: Request, *, optional: bool = False) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValidationError(f"request body is not valid JSON: {err}") from None
+
+
+RESULT_FORMATS = frozenset({"", "json", "raw"})
+
+
+def _int_param(request: Request, key: str, default: int, *, lo: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{key} must be an integer, got {raw!r}", key) from None
+    if value < lo:
+        raise ValidationError(f"{key} must be >= {lo}, got {value}", key)
+    return value
+
+
+def result_response(task: Task, fmt: str) -> Response:
+    """``GET /tasks/{id}/results``: upstream's ``{"results"}`` (plus its type), parsed JSON, or raw bytes."""
+    kind = task.result_type
+    if fmt == "json":
+        if not isinstance(task.results, str):  # FL envelopes, broadcast maps: JSON values already
+            return JSONResponse({"results": task.results, "result_type": "json"})
+        if kind == "binary":
+            raise Conflict(f"the result of task {task.id} is binary, not JSON (use format=raw)", "format")
+        try:
+            value = json.loads(task.results)
+        except ValueError:
+            raise Conflict(
+                f"the result of task {task.id} is {kind or 'text'}, not JSON (use format=raw)", "format"
+            ) from None
+        return JSONResponse({"results": value, "result_type": "json"})
+    if fmt == "raw":
+        if kind == "binary" and isinstance(task.results, str):
+            return Response(base64.b64decode(task.results), media_type="application/octet-stream")
+        if isinstance(task.results, str):
+            media = "application/json" if kind == "json" else "text/plain; charset=utf-8"
+            return Response(task.results.encode("utf-8"), media_type=media)
+        return JSONResponse(task.results)
+    body: dict[str, Any] = {"results": task.results}
+    if kind:
+        body["result_type"] = kind
+    if kind == "binary":
+        body["encoding"] = "base64"
+    return JSONResponse(body)
+
+
+def logs_body(task: Task, attempt: int, after: int, live: bool, rows: list[Any]) -> dict[str, Any]:
+    """``GET /tasks/{id}/logs``: the attempt's final record if it has one (else its live pieces so far);
+    ``live=1`` gives the live pieces only, for followers paging with ``after``."""
+    final = [r for r in rows if r.final]
+    chosen = [r for r in rows if not r.final] if live or not final else final
+    done = task.state.is_terminal or attempt < task.attempt
+    return {
+        "task_id": task.id,
+        "attempt": attempt,
+        "state": int(task.state),
+        "done": done,
+        "next": max((r.id for r in rows), default=after),
+        "logs": [
+            {"id": r.id, "stream": r.stream, "data": r.data, "proplet_id": r.proplet_id, "seq": r.seq,
+             "final": r.final, "timestamp": r.timestamp}
+            for r in chosen
+        ],
+    }  # fmt: skip
 
 
 def job_summary(manager: ManagerService, job_id: str) -> dict[str, Any]:
@@ -214,11 +281,24 @@ def create_app(manager: ManagerService) -> FastAPI:
         return JSONResponse({"invoked": True, "results": outcome.results})
 
     @app.get("/tasks/{task_id}/results")
-    async def task_results(task_id: str) -> Response:
+    async def task_results(task_id: str, request: Request) -> Response:
         task = manager.engine.get_task(_uuid(task_id, "task_id"))
+        fmt = request.query_params.get("format", "")
+        if fmt not in RESULT_FORMATS:
+            raise ValidationError(f"format must be 'json' or 'raw', got {fmt!r}", "format")
         if task.results is None:
             return Response(status_code=200)
-        return JSONResponse({"results": task.results})
+        return result_response(task, fmt)
+
+    @app.get("/tasks/{task_id}/logs")
+    async def task_logs(task_id: str, request: Request) -> dict[str, Any]:
+        task = manager.engine.get_task(_uuid(task_id, "task_id"))
+        attempt = _int_param(request, "attempt", task.attempt, lo=0)
+        after = _int_param(request, "after", 0, lo=0)
+        live = request.query_params.get("live", "") in ("1", "true")
+        assert manager.store is not None
+        rows = await manager.store.list_task_logs(task.id, attempt, after=after)
+        return logs_body(task, attempt, after, live, rows)
 
     @app.get("/proplets")
     async def list_proplets(request: Request) -> dict[str, Any]:

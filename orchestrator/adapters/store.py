@@ -80,6 +80,19 @@ class TaskMetricsRecord:
 
 
 @dataclass(frozen=True)
+class TaskLogRecord:
+    id: int
+    task_id: str
+    attempt: int
+    proplet_id: str
+    seq: int | None
+    final: bool
+    stream: str
+    data: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
 class PropletMetricsRecord:
     proplet_id: str
     namespace: str
@@ -114,6 +127,7 @@ TASKS = sa.Table(
     sa.Column("workflow_id", sa.String(255), nullable=False, index=True),
     sa.Column("job_id", sa.String(255), nullable=False, index=True),
     sa.Column("results", sa.JSON(), nullable=True),
+    sa.Column("result_type", sa.String(16), nullable=False, server_default=""),
     sa.Column("error", sa.Text(), nullable=False),
     sa.Column("priority", sa.Integer(), nullable=False),
     sa.Column("broadcast", sa.Boolean(), nullable=False),
@@ -177,6 +191,21 @@ PROPLET_METRICS = sa.Table(
     sa.Column("memory_metrics", sa.JSON(), nullable=False),
     sa.Column("timestamp", sa.Double(), nullable=False, index=True),
     sa.Index("ix_proplet_metrics_proplet_id_timestamp", "proplet_id", "timestamp"),
+)
+
+TASK_LOGS = sa.Table(
+    "task_logs",
+    METADATA,
+    sa.Column("id", _METRICS_ID, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(255), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("proplet_id", sa.String(255), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=True),
+    sa.Column("final", sa.Boolean(), nullable=False),
+    sa.Column("stream", sa.String(32), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("timestamp", sa.Double(), nullable=False),
+    sa.Index("ix_task_logs_task_id_attempt", "task_id", "attempt", "id"),
 )
 
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
@@ -266,6 +295,7 @@ class Store:
         """Delete the task and its metrics; deleting an unknown id is not an error."""
         async with self._write(f"delete task {task_id!r}") as conn:
             await conn.execute(sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == task_id))
+            await conn.execute(sa.delete(TASK_LOGS).where(TASK_LOGS.c.task_id == task_id))
             await conn.execute(sa.delete(TASKS).where(TASKS.c.id == task_id))
 
     async def get_task(self, task_id: str) -> Task | None:
@@ -317,6 +347,52 @@ class Store:
         async with self._read("load jobs") as conn:
             rows = (await conn.execute(sa.select(JOBS).order_by(JOBS.c.created_at, JOBS.c.id))).all()
         return [JobRecord(**dict(r._mapping)) for r in rows]
+
+    # -- logs ----------------------------------------------------------------------------------------
+
+    async def add_task_logs(
+        self,
+        task_id: str,
+        attempt: int,
+        proplet_id: str,
+        lines: Sequence[tuple[str, str]],
+        *,
+        final: bool,
+        timestamp: float,
+        seq: int | None = None,
+    ) -> None:
+        """Append an attempt's output: a live piece, or (``final``) the record sent with its result.
+
+        A final record replaces an earlier final record of the same attempt and proplet (a duplicate
+        result); live pieces are kept, so a reader following them never sees them vanish.
+        """
+        rows = [
+            {"task_id": task_id, "attempt": int(attempt), "proplet_id": proplet_id, "seq": seq,
+             "final": final, "stream": stream, "data": data, "timestamp": float(timestamp)}
+            for stream, data in lines
+        ]  # fmt: skip
+        async with self._write(f"add logs of task {task_id!r}", rows) as conn:
+            if final:
+                t = TASK_LOGS.c
+                same = (t.task_id == task_id) & (t.attempt == attempt) & (t.proplet_id == proplet_id)
+                await conn.execute(sa.delete(TASK_LOGS).where(same & t.final))
+            if rows:
+                await conn.execute(sa.insert(TASK_LOGS), rows)
+
+    async def list_task_logs(
+        self, task_id: str, attempt: int, *, after: int = 0, limit: int = 1000
+    ) -> list[TaskLogRecord]:
+        """The attempt's log rows with ``id > after``, oldest first (live pieces and final records)."""
+        t = TASK_LOGS.c
+        query = (
+            sa.select(TASK_LOGS)
+            .where((t.task_id == task_id) & (t.attempt == attempt) & (t.id > after))
+            .order_by(t.id)
+            .limit(limit)
+        )
+        async with self._read(f"list logs of task {task_id!r}") as conn:
+            rows = (await conn.execute(query)).all()
+        return [TaskLogRecord(**dict(r._mapping)) for r in rows]
 
     # -- metrics -------------------------------------------------------------------------------------
 

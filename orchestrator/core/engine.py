@@ -28,6 +28,7 @@ from orchestrator.core.commands import (
     PersistTask,
     Publish,
     RecordPropletMetrics,
+    RecordTaskLogs,
     RecordTaskMetrics,
 )
 from orchestrator.core.errors import Conflict, NotFound, ShuttingDown, ValidationError
@@ -35,6 +36,7 @@ from orchestrator.core.groups import Groups
 from orchestrator.core.latent import Latent
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 from orchestrator.core.placement import PlacementPolicy, RoundRobin
+from orchestrator.core.results import parsed
 from orchestrator.core.states import Trigger
 from orchestrator.core.validation import build_task, printable
 
@@ -177,6 +179,8 @@ class Engine:
             self._on_discovery(message, now, wall)
         elif isinstance(message, wire.TaskResult):
             self._on_result(message, now, wall)
+        elif isinstance(message, wire.TaskLogs):
+            self._on_logs(message, wall)
         elif isinstance(message, wire.InvokeResult):
             self.latent.on_result(message, now, wall)
         elif isinstance(message, wire.PropletMetrics):
@@ -265,6 +269,21 @@ class Engine:
         self._persist_proplet(proplet)
         self._drain_queue(now, wall)
 
+    def _on_logs(self, msg: wire.TaskLogs, wall: float) -> None:
+        """A live piece of a running attempt's output; pieces of other attempts are stale."""
+        task = self.tasks.get(msg.task_id)
+        attempt = msg.attempt if msg.attempt is not None else task.attempt if task else 0
+        if task is None or task.state is not TaskState.RUNNING or attempt != task.attempt:
+            self.counters["logs_ignored"] += 1
+            return
+        line = ((msg.stream, msg.data),)
+        self._emit(RecordTaskLogs(task.id, attempt, msg.proplet_id, line, False, wall, msg.seq))
+
+    def _record_final_logs(self, task: Task, msg: wire.TaskResult, wall: float) -> None:
+        if msg.logs is not None:
+            pid = msg.proplet_id or ""
+            self._emit(RecordTaskLogs(task.id, task.attempt, pid, tuple(msg.logs), True, wall))
+
     def _on_result(self, msg: wire.TaskResult, now: float, wall: float) -> None:
         task = self.tasks.get(msg.task_id)
         if task is None:
@@ -304,6 +323,8 @@ class Engine:
             self._drain_queue(now, wall)
             return
         task.results = msg.results
+        task.result_type = msg.result_type or ""
+        self._record_final_logs(task, msg, wall)
         task.finish_time = wall
         if msg.is_success:
             states.apply(task, Trigger.COMPLETE)
@@ -330,7 +351,10 @@ class Engine:
             self.counters["results_ignored"] += 1
             return
         results[key] = {"results": msg.results, "error": msg.error or ""}
+        if msg.result_type:
+            results[key]["result_type"] = msg.result_type
         task.results = results
+        self._record_final_logs(task, msg, wall)
         self._maybe_finish_broadcast(task, now, wall)
 
     def _maybe_finish_broadcast(self, task: Task, now: float, wall: float) -> None:
@@ -502,6 +526,7 @@ class Engine:
             states.apply(task, Trigger.RESET)
             task.attempt = 0
             task.results = None
+            task.result_type = ""
         task.error = ""
         task.finish_time = None
         if task.broadcast:
@@ -664,8 +689,9 @@ class Engine:
         )
 
     def _parent_results(self, task: Task) -> dict[str, Any] | None:
+        # A JSON result goes to the children as JSON, not as text they would have to parse again.
         parents = {
-            d: self.tasks[d].results
+            d: parsed(self.tasks[d])
             for d in task.depends_on
             if d in self.tasks
             and self.tasks[d].state is TaskState.COMPLETED
@@ -738,6 +764,7 @@ _HANDLED_SUFFIXES = frozenset(
         "control/proplet/create",
         "control/proplet/alive",
         "control/proplet/results",
+        "control/proplet/logs",
         "control/proplet/invoke_results",
         "control/proplet/metrics",
         "control/proplet/task_metrics",
