@@ -15,14 +15,31 @@ import codecs
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
-
-from proplets.runtime.api import RunOutcome
+from typing import Literal, Protocol
 
 ResultType = Literal["text", "json", "binary"]
 RESULT_TYPES: frozenset[str] = frozenset({"text", "json", "binary"})
 OUTPUT_CUT = "\n[propeller: output cut at {shown} of {total} bytes]"
 LOGS_CUT = "[propeller: {cut} earlier bytes of {stream} cut]\n"
+
+
+class Outcome(Protocol):
+    """What this module reads of ``proplets.runtime.RunOutcome`` (named here so no runtime is imported)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def results(self) -> str: ...
+    @property
+    def stdout(self) -> bytes: ...
+    @property
+    def stderr(self) -> bytes: ...
+    @property
+    def stdout_total(self) -> int: ...
+    @property
+    def values(self) -> tuple[int | float, ...]: ...
+    @property
+    def notes(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -79,7 +96,7 @@ def bounded(text: str, limit: int, stream: str) -> str:
     return LOGS_CUT.format(cut=len(raw) - len(tail.encode()), stream=stream) + tail
 
 
-def task_output(outcome: RunOutcome, log_bytes: int, notes: Iterable[str] = ()) -> TaskOutput:
+def task_output(outcome: Outcome, log_bytes: int, notes: Iterable[str] = ()) -> TaskOutput:
     """The result and logs of one run. ``notes`` are the driver's own (where the module came from)."""
     from_stdout = outcome.kind == "wasi" or (outcome.kind == "core" and not outcome.values and outcome.stdout)
     if from_stdout:
