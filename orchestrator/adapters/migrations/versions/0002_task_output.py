@@ -4,7 +4,7 @@
 ``task_logs`` keeps each attempt's output apart from its result: live pieces (``final`` false, in
 arrival order) and the bounded record that came with the result (``final`` true).
 
-Revision ID: task-output
+Revision ID: task_output
 Revises: 0001
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "task-output"
+revision = "task_output"  # branch task-output; alembic refuses "-" in ids
 down_revision: str | None = "0001"
 branch_labels: str | None = None
 depends_on: str | None = None
