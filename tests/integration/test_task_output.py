@@ -17,6 +17,9 @@ from typing import Any
 
 import wasmtime
 
+from proplets.output import OUTPUT_CUT, task_output
+from proplets.runtime import CancelToken, Limits, RunRequest
+from proplets.runtime.wasmtime_runtime import WasmtimeRuntime
 from tests.integration.conftest import Cluster, eventually
 from tests.integration.test_cli import propeller
 
@@ -145,3 +148,25 @@ async def test_binary_stdout_is_base64_with_a_flag_and_raw_bytes_on_request(
         return (await logs(c, task["id"], attempt=7))["logs"] == []
 
     await eventually(no_logs_for_unknown_attempt, 5, "an empty page for an attempt that never ran")
+
+
+def test_runtime_streams_stderr_while_the_module_runs_and_cuts_a_flood_with_a_marker() -> None:
+    wasm = base64.b64decode(module("ticker.wat"))
+    cancel = CancelToken()
+    pieces: list[bytes] = []
+
+    def seen(chunk: bytes) -> None:
+        pieces.append(chunk)
+        if b"".join(pieces).count(b"tick") >= 3:
+            cancel.cancel()  # stopping from the callback proves the pieces came during the run
+
+    with WasmtimeRuntime() as rt:
+        ticked = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=60), on_stderr=seen), cancel)
+        assert ticked.error == "stopped" and b"".join(pieces) == ticked.stderr
+        flood = base64.b64decode(module("wasi_flood.wat"))
+        out = rt.run(RunRequest("t", flood, limits=Limits(output_bytes=1000, timeout_s=30)))
+    assert out.error == "output exceeded 1000 bytes"
+    result = task_output(out, 1024)
+    assert result.result_type == "text" and result.results.startswith("x" * 1000)
+    assert result.results[1000:] == OUTPUT_CUT.format(shown=1000, total=out.stdout_total)
+    assert "limit hit: output exceeded 1000 bytes" in result.logs[0].data

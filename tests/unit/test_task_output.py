@@ -214,3 +214,13 @@ def test_binary_results_stay_base64_text() -> None:
     send(engine, T.results, result, 2.0)
     task = engine.tasks[task_id]
     assert (task.results, task.result_type) == (blob, "binary")
+
+
+def test_an_upstream_result_types_nothing_and_leaves_the_logs_empty() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    engine.take_commands()
+    send(engine, T.results, {"task_id": task_id, "proplet_id": "p1", "results": "42", "error": None}, 2.0)
+    assert not [c for c in engine.take_commands() if isinstance(c, RecordTaskLogs)]
+    assert (engine.tasks[task_id].results, engine.tasks[task_id].result_type) == ("42", "")
