@@ -390,9 +390,13 @@ class PropletAgent:
             loop.call_soon_threadsafe(self._output_seen, task_id, chunk)
 
         request = replace(request, on_stderr=on_stderr)
-        outcome = await loop.run_in_executor(self._pool, self.runtime.run, request, token)
-        output = task_output(outcome, request.limits.log_bytes, notes)
-        return output.results, outcome.error, output
+
+        def run() -> tuple[str | None, TaskOutput]:  # typing a 1 MiB result is work: off the loop too
+            outcome = self.runtime.run(request, token)
+            return outcome.error, task_output(outcome, request.limits.log_bytes, notes)
+
+        error, output = await loop.run_in_executor(self._pool, run)
+        return output.results, error, output
 
     async def _run(self, start: wire.StartTask) -> None:
         token = CancelToken()
