@@ -298,6 +298,8 @@ class Engine:
             sender and task.proplet_id and sender != task.proplet_id and not task.broadcast
         )
         if task.state is not TaskState.RUNNING or superseded:
+            if not superseded and task.state is TaskState.INTERRUPTED:
+                self._record_final_logs(task, msg, wall)  # a stopped attempt's logs are still its logs
             self.counters["results_ignored"] += 1
             self._log(
                 "result_ignored",

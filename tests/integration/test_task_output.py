@@ -99,6 +99,13 @@ async def test_follow_streams_a_running_tasks_stderr_until_it_ends(embedded_clus
     assert live["done"] and len(live["logs"]) >= 3 and stream(live, "stderr").startswith("tick\ntick\ntick\n")
     assert [row["seq"] for row in live["logs"]] == list(range(len(live["logs"])))
 
+    async def stopped_attempt_has_its_final_record() -> bool:
+        return any(row["final"] for row in (await logs(c, task_id))["logs"])
+
+    await eventually(stopped_attempt_has_its_final_record, 15, "the stopped attempt's final logs")
+    final = await logs(c, task_id)
+    assert stream(final, "stderr").startswith("tick\n") and "entry: _start" in stream(final, "runtime")
+
 
 async def test_reactor_and_command_shapes_run_the_way_their_toolchains_expect(
     embedded_cluster: Cluster,
