@@ -77,6 +77,7 @@ async def _json_body(request: Request, *, optional: bool = False) -> Any:
 
 
 RESULT_FORMATS = frozenset({"", "json", "raw"})
+LOG_PAGE = 1000  # log rows per answer; ``next`` pages on
 
 
 def _int_param(request: Request, key: str, default: int, *, lo: int) -> int:
@@ -122,12 +123,11 @@ def result_response(task: Task, fmt: str) -> Response:
     return JSONResponse(body)
 
 
-def logs_body(task: Task, attempt: int, after: int, live: bool, rows: list[Any]) -> dict[str, Any]:
-    """``GET /tasks/{id}/logs``: the attempt's final record if it has one (else its live pieces so far);
-    ``live=1`` gives the live pieces only, for followers paging with ``after``."""
-    final = [r for r in rows if r.final]
-    chosen = [r for r in rows if not r.final] if live or not final else final
-    done = task.state.is_terminal or attempt < task.attempt
+def logs_body(task: Task, attempt: int, after: int, rows: list[Any], *, more: bool = False) -> dict[str, Any]:
+    """``GET /tasks/{id}/logs``: the attempt's final record if it has one, else its live pieces so far
+    (``live=1``: the live pieces only, for followers paging with ``after``). ``done``: the attempt is
+    over and nothing is left past this page."""
+    done = (task.state.is_terminal or attempt < task.attempt) and not more
     return {
         "task_id": task.id,
         "attempt": attempt,
@@ -137,7 +137,7 @@ def logs_body(task: Task, attempt: int, after: int, live: bool, rows: list[Any])
         "logs": [
             {"id": r.id, "stream": r.stream, "data": r.data, "proplet_id": r.proplet_id, "seq": r.seq,
              "final": r.final, "timestamp": r.timestamp}
-            for r in chosen
+            for r in rows
         ],
     }  # fmt: skip
 
@@ -297,8 +297,13 @@ def create_app(manager: ManagerService) -> FastAPI:
         after = _int_param(request, "after", 0, lo=0)
         live = request.query_params.get("live", "") in ("1", "true")
         assert manager.store is not None
-        rows = await manager.store.list_task_logs(task.id, attempt, after=after)
-        return logs_body(task, attempt, after, live, rows)
+        store, page = manager.store, LOG_PAGE + 1
+        rows = []
+        if not live:
+            rows = await store.list_task_logs(task.id, attempt, after=after, limit=page, final=True)
+        if not rows:  # no final record (yet): the live pieces
+            rows = await store.list_task_logs(task.id, attempt, after=after, limit=page, final=False)
+        return logs_body(task, attempt, after, rows[:LOG_PAGE], more=len(rows) > LOG_PAGE)
 
     @app.get("/proplets")
     async def list_proplets(request: Request) -> dict[str, Any]:

@@ -380,16 +380,15 @@ class Store:
                 await conn.execute(sa.insert(TASK_LOGS), rows)
 
     async def list_task_logs(
-        self, task_id: str, attempt: int, *, after: int = 0, limit: int = 1000
+        self, task_id: str, attempt: int, *, after: int = 0, limit: int = 1000, final: bool | None = None
     ) -> list[TaskLogRecord]:
-        """The attempt's log rows with ``id > after``, oldest first (live pieces and final records)."""
+        """The attempt's log rows with ``id > after``, oldest first; ``final`` picks the final record
+        (True) or the live pieces (False), None both."""
         t = TASK_LOGS.c
-        query = (
-            sa.select(TASK_LOGS)
-            .where((t.task_id == task_id) & (t.attempt == attempt) & (t.id > after))
-            .order_by(t.id)
-            .limit(limit)
-        )
+        where = (t.task_id == task_id) & (t.attempt == attempt) & (t.id > after)
+        if final is not None:
+            where = where & (t.final == final)
+        query = sa.select(TASK_LOGS).where(where).order_by(t.id).limit(limit)
         async with self._read(f"list logs of task {task_id!r}") as conn:
             rows = (await conn.execute(query)).all()
         return [TaskLogRecord(**dict(r._mapping)) for r in rows]
