@@ -565,9 +565,20 @@ class SimDevice:
 
     async def _execute_wasm(self, gen: int, task_id: str, request: RunRequest, token: CancelToken) -> None:
         loop = asyncio.get_running_loop()
+        if not self.config.embedded:  # a host streams stderr live, like the Python proplet
+
+            def on_stderr(chunk: bytes) -> None:  # on the wasm thread: into the simulation via the loop
+                loop.call_soon_threadsafe(self._inject, gen, self._output_seen, task_id, chunk)
+
+            request = replace(request, on_stderr=on_stderr)
         outcome = await loop.run_in_executor(self.shared.executor, self.shared.runtime.run, request, token)
         if gen == self.gen:
             self.shared.clock.inject(self._ran, task_id, outcome)
+
+    def _output_seen(self, task_id: str, chunk: bytes) -> None:
+        if self.engine is not None and task_id in self.jobs:
+            self.engine.task_output(task_id, chunk)
+            self._pump()
 
     def _ran(self, task_id: str, outcome: RunOutcome) -> None:
         job = self.jobs.get(task_id)
