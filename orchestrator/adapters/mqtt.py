@@ -96,6 +96,8 @@ class TlsOptions:
                 raise ValueError(f"TLS options: {name} {path!r} does not exist")
 
 
+
+
 def _check_qos(qos: int) -> None:
     if qos not in (0, 1, 2):
         raise ValueError(f"QoS must be 0, 1 or 2, got {qos!r}")
