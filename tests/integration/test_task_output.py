@@ -17,6 +17,8 @@ from typing import Any
 
 import wasmtime
 
+from orchestrator import wire
+from orchestrator.adapters.mqtt import MqttClient
 from proplets.output import OUTPUT_CUT, task_output
 from proplets.runtime import CancelToken, Limits, RunRequest
 from proplets.runtime.wasmtime_runtime import WasmtimeRuntime
@@ -177,3 +179,35 @@ def test_runtime_streams_stderr_while_the_module_runs_and_cuts_a_flood_with_a_ma
     assert result.result_type == "text" and result.results.startswith("x" * 1000)
     assert result.results[1000:] == OUTPUT_CUT.format(shown=1000, total=out.stdout_total)
     assert "limit hit: output exceeded 1000 bytes" in result.logs[0].data
+
+
+async def test_an_upstream_proplet_sending_only_a_result_keeps_working(embedded_cluster: Cluster) -> None:
+    c = embedded_cluster
+    topics = c.manager.engine.topics
+    starts: asyncio.Queue[bytes] = asyncio.Queue()
+    rust = MqttClient(c.broker_url, "rust-proplet", on_message=lambda _t, payload: starts.put_nowait(payload))
+    rust.subscribe(topics.start, 1)
+    await rust.connect()
+    try:
+        alive = wire.Heartbeat("rust-proplet", "alive", "default")  # upstream's heartbeat: no task list
+        rust.publish(topics.alive, wire.encode(alive), 1)
+        await eventually(lambda: c.alive("rust-proplet"), 10, "the upstream proplet alive")
+        created = await c.api.post("/tasks", json={"name": "run", "file": module("json_progress.wat"),
+                                                   "proplet_id": "rust-proplet"})  # fmt: skip
+        task_id = created.json()["id"]
+        assert (await c.api.post(f"/tasks/{task_id}/start")).status_code == 200
+        start = json.loads(await asyncio.wait_for(starts.get(), 10))
+        assert start["id"] == task_id
+        # what upstream's Rust proplet publishes: results text and error, nothing else of ours
+        result = {"task_id": task_id, "proplet_id": "rust-proplet", "results": '{"a": 1}', "error": None}
+        rust.publish(topics.results, json.dumps(result).encode(), 1)
+        done = await c.wait_terminal(task_id)
+    finally:
+        await rust.disconnect()
+    assert done["state"] == 3 and "result_type" not in done
+    plain = (await c.api.get(f"/tasks/{task_id}/results")).json()
+    assert plain == {"results": '{"a": 1}'}  # upstream's shape, exactly
+    parsed = (await c.api.get(f"/tasks/{task_id}/results", params={"format": "json"})).json()
+    assert parsed["results"] == {"a": 1}
+    body = await logs(c, task_id)
+    assert body["logs"] == [] and body["done"]
