@@ -29,6 +29,8 @@ from proplets.output import TaskOutput
 from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget
 from proplets.runtime.wasmbin import WasmFormatError, is_component, memory_requirements
 
+LOG_PIECE_CHARS = 64 * 1024  # characters of live output per control/proplet/logs message
+
 
 @dataclass(frozen=True)
 class PropletConfig:
@@ -491,9 +493,11 @@ class PropletEngine:
         if not text:
             return
         attempt = entry.start.attempt or None
-        piece = wire.TaskLogs(task_id, self.config.proplet_id, attempt, entry.log_seq, stream, text)
-        if self._publish(self.topics.logs, piece):
-            entry.log_seq += 1
+        for at in range(0, len(text), LOG_PIECE_CHARS):  # a fast writer's burst goes in several pieces
+            part = text[at : at + LOG_PIECE_CHARS]
+            piece = wire.TaskLogs(task_id, self.config.proplet_id, attempt, entry.log_seq, stream, part)
+            if self._publish(self.topics.logs, piece):
+                entry.log_seq += 1
 
     def task_finished(
         self, task_id: str, results: str, error: str | None, now: float, output: TaskOutput | None = None

@@ -276,6 +276,13 @@ class Engine:
         if task is None or task.state is not TaskState.RUNNING or attempt != task.attempt:
             self.counters["logs_ignored"] += 1
             return
+        if not task.broadcast and msg.proplet_id and msg.proplet_id != task.proplet_id:
+            self.counters["logs_ignored"] += 1  # not from the proplet running this attempt
+            return
+        if len(msg.data) > MAX_LOG_PIECE_CHARS:
+            self.counters["logs_oversized"] += 1
+            self._log("log_piece_oversized", "warning", task_id=task.id, chars=len(msg.data))
+            return
         line = ((msg.stream, msg.data),)
         self._emit(RecordTaskLogs(task.id, attempt, msg.proplet_id, line, False, wall, msg.seq))
 
@@ -760,6 +767,9 @@ class Engine:
     def queued(self) -> list[str]:
         return list(self._queue)
 
+
+# Our proplets send pieces of at most 64 KiB; anything far larger is not a live log piece.
+MAX_LOG_PIECE_CHARS = 256 * 1024
 
 _HANDLED_SUFFIXES = frozenset(
     {

@@ -11,7 +11,8 @@ import pytest
 
 from orchestrator import wire
 from orchestrator.core.commands import RecordTaskLogs
-from proplets.core import PropletConfig, PropletEngine, Publish
+from orchestrator.core.engine import MAX_LOG_PIECE_CHARS
+from proplets.core import LOG_PIECE_CHARS, PropletConfig, PropletEngine, Publish
 from proplets.output import LOGS_CUT, OUTPUT_CUT, LogEntry, TaskOutput, bounded, task_output, typed_result
 from tests.unit.test_engine import T, heartbeat, make_engine, publishes, send, submit
 from tests.unit.test_engine_groups import spec
@@ -143,6 +144,14 @@ def test_proplet_streams_output_in_numbered_pieces_whole_characters_only() -> No
     assert _sent(engine, T.logs) == []
 
 
+def test_proplet_splits_a_burst_into_pieces() -> None:
+    engine = _proplet()
+    engine.task_output("t1", b"x" * (LOG_PIECE_CHARS * 2 + 5))
+    pieces = _sent(engine, T.logs)
+    assert [len(p["data"]) for p in pieces] == [LOG_PIECE_CHARS, LOG_PIECE_CHARS, 5]
+    assert [p["seq"] for p in pieces] == [0, 1, 2]
+
+
 def test_proplet_live_output_is_bounded_with_a_marker() -> None:
     engine = _proplet(live_log_bytes=8)
     engine.task_output("t1", b"0123456789")
@@ -173,11 +182,13 @@ def test_manager_records_live_pieces_of_the_current_attempt_only() -> None:
     send(engine, T.logs, piece, 2.0)
     send(engine, T.logs, {**piece, "attempt": 9}, 2.0)  # a stale attempt
     send(engine, T.logs, {**piece, "task_id": "nope"}, 2.0)
+    send(engine, T.logs, {**piece, "proplet_id": "intruder"}, 2.0)  # not the proplet running it
+    send(engine, T.logs, {**piece, "data": "x" * (MAX_LOG_PIECE_CHARS + 1)}, 2.0)
     logs = [c for c in engine.take_commands() if isinstance(c, RecordTaskLogs)]
     assert [(c.task_id, c.attempt, c.final, c.seq, c.lines) for c in logs] == [
         (task_id, 1, False, 0, (("stderr", "a\n"),))
     ]
-    assert engine.counters["logs_ignored"] == 2
+    assert (engine.counters["logs_ignored"], engine.counters["logs_oversized"]) == (3, 1)
 
 
 def test_manager_keeps_the_result_type_and_the_final_logs_with_the_attempt() -> None:
