@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
-from orchestrator.adapters.store import Store
+from orchestrator.adapters.store import Store, TaskLogBatch
 from orchestrator.chunk_server import ChunkServer
 from orchestrator.core.commands import (
     Command,
@@ -276,13 +276,17 @@ class ManagerService:
     async def _execute(self, commands: Sequence[Command]) -> None:
         assert self.store is not None
         pending: list[Task] = []
+        logs: list[RecordTaskLogs] = []  # written in the same transaction as the tasks around them
         for command in commands:
             if isinstance(command, PersistTask):
                 pending.append(command.task)
                 continue
-            if pending:
-                await self.store.save_tasks(pending)
-                pending = []
+            if isinstance(command, RecordTaskLogs):
+                logs.append(command)
+                continue
+            if pending or logs:
+                await self.store.save_tasks(pending, logs=_log_rows(logs))
+                pending, logs = [], []
             if isinstance(command, Publish):
                 if self.mqtt is not None:
                     try:
@@ -311,16 +315,6 @@ class ManagerService:
                     command.aggregated,
                     command.timestamp,
                 )
-            elif isinstance(command, RecordTaskLogs):
-                await self.store.add_task_logs(
-                    command.task_id,
-                    command.attempt,
-                    command.proplet_id,
-                    command.lines,
-                    final=command.final,
-                    timestamp=command.timestamp,
-                    seq=command.seq,
-                )
             elif isinstance(command, PersistJob):
                 await self.store.save_job(command.job)
             elif isinstance(command, PersistProplet):
@@ -332,8 +326,8 @@ class ManagerService:
             elif isinstance(command, LogEvent):
                 level = logging.WARNING if command.level == "warning" else logging.INFO
                 log.log(level, json.dumps({"event": command.name, **command.fields}, default=str))
-        if pending:
-            await self.store.save_tasks(pending)
+        if pending or logs:
+            await self.store.save_tasks(pending, logs=_log_rows(logs))
 
     # ------------------------------------------------------------------ operations (API, CLI)
 
@@ -393,6 +387,13 @@ class ManagerService:
 
     def proplet_alive(self, proplet: Proplet) -> bool:
         return self.engine.is_alive(proplet, self.now())
+
+
+def _log_rows(commands: Sequence[RecordTaskLogs]) -> list[TaskLogBatch]:
+    return [
+        TaskLogBatch(c.task_id, c.attempt, c.proplet_id, c.lines, c.final, c.timestamp, c.seq, c.replace)
+        for c in commands
+    ]
 
 
 def _bind_api(host: str, port: int) -> Any:

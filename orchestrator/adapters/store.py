@@ -80,6 +80,20 @@ class TaskMetricsRecord:
 
 
 @dataclass(frozen=True)
+class TaskLogBatch:
+    """Lines of one attempt's output to store: a live piece, or the final record (replaces one)."""
+
+    task_id: str
+    attempt: int
+    proplet_id: str
+    lines: Sequence[tuple[str, str]]
+    final: bool
+    timestamp: float
+    seq: int | None = None
+    replace: bool = False  # a final record that replaces one stored before (same attempt, proplet)
+
+
+@dataclass(frozen=True)
 class TaskLogRecord:
     id: int
     task_id: str
@@ -282,14 +296,22 @@ class Store:
     async def save_task(self, task: Task) -> None:
         await self.save_tasks([task])
 
-    async def save_tasks(self, tasks: Sequence[Task]) -> None:
-        """Upsert whole rows, all in one transaction: either every task is saved or none is."""
-        if not tasks:
+    async def save_tasks(self, tasks: Sequence[Task], *, logs: Sequence[TaskLogBatch] = ()) -> None:
+        """Upsert whole rows, all in one transaction: either every task is saved or none is.
+
+        ``logs`` (task output, see ``add_task_logs``) go in the same transaction: a finished task and
+        the logs of its attempt are stored together, for the price of one commit."""
+        if not tasks and not logs:
             return
         rows = [self._task_row(t) for t in tasks]
         what = f"save task {tasks[0].id!r}" if len(tasks) == 1 else f"save {len(tasks)} tasks"
+        if not tasks:
+            what = f"add logs of task {logs[0].task_id!r}"
         async with self._write(what, rows) as conn:
-            await conn.execute(self._upserts["tasks"], rows[0] if len(rows) == 1 else rows)
+            if rows:
+                await conn.execute(self._upserts["tasks"], rows[0] if len(rows) == 1 else rows)
+            for batch in logs:
+                await _insert_logs(conn, batch)
 
     async def delete_task(self, task_id: str) -> None:
         """Delete the task and its metrics; deleting an unknown id is not an error."""
@@ -360,24 +382,15 @@ class Store:
         final: bool,
         timestamp: float,
         seq: int | None = None,
+        replace: bool = False,
     ) -> None:
         """Append an attempt's output: a live piece, or (``final``) the record sent with its result.
 
-        A final record replaces an earlier final record of the same attempt and proplet (a duplicate
-        result); live pieces are kept, so a reader following them never sees them vanish.
+        With ``replace``, a final record replaces an earlier final record of the same attempt and
+        proplet (a duplicate result); live pieces are kept, so a follower never sees them vanish.
         """
-        rows = [
-            {"task_id": task_id, "attempt": int(attempt), "proplet_id": proplet_id, "seq": seq,
-             "final": final, "stream": stream, "data": data, "timestamp": float(timestamp)}
-            for stream, data in lines
-        ]  # fmt: skip
-        async with self._write(f"add logs of task {task_id!r}", rows) as conn:
-            if final:
-                t = TASK_LOGS.c
-                same = (t.task_id == task_id) & (t.attempt == attempt) & (t.proplet_id == proplet_id)
-                await conn.execute(sa.delete(TASK_LOGS).where(same & t.final))
-            if rows:
-                await conn.execute(sa.insert(TASK_LOGS), rows)
+        batch = TaskLogBatch(task_id, attempt, proplet_id, lines, final, timestamp, seq, replace)
+        await self.save_tasks([], logs=[batch])
 
     async def list_task_logs(
         self, task_id: str, attempt: int, *, after: int = 0, limit: int = 1000, final: bool | None = None
@@ -534,6 +547,21 @@ class Store:
     def _check_open(self, what: str) -> None:
         if self._closed:
             raise StoreError(self.url, f"{what}: the store is closed")
+
+
+async def _insert_logs(conn: AsyncConnection, batch: TaskLogBatch) -> None:
+    t = TASK_LOGS.c
+    if batch.final and batch.replace:
+        same = (t.task_id == batch.task_id) & (t.attempt == batch.attempt)
+        await conn.execute(sa.delete(TASK_LOGS).where(same & (t.proplet_id == batch.proplet_id) & t.final))
+    rows = [
+        {"task_id": batch.task_id, "attempt": int(batch.attempt), "proplet_id": batch.proplet_id,
+         "seq": batch.seq, "final": batch.final, "stream": stream, "data": data,
+         "timestamp": float(batch.timestamp)}
+        for stream, data in batch.lines
+    ]  # fmt: skip
+    if rows:
+        await conn.execute(sa.insert(TASK_LOGS), rows)
 
 
 def _resolve_url(raw: str) -> URL:

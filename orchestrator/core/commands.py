@@ -71,7 +71,8 @@ class RecordTaskLogs:
     """Output of one attempt of a task, kept apart from its result.
 
     ``final=False``: a live piece (``seq`` numbers them per attempt) sent while the task runs.
-    ``final=True``: the whole bounded record that came with the result (runtime notes, stderr, ...).
+    ``final=True``: the whole bounded record that came with the result (runtime notes, stderr, ...);
+    ``replace``: it replaces a final record stored before for the same attempt and proplet.
     ``lines`` are (stream, text) pairs; stream is ``stderr``, ``stdout`` or ``runtime``.
     """
 
@@ -82,6 +83,7 @@ class RecordTaskLogs:
     final: bool
     timestamp: float
     seq: int | None = None
+    replace: bool = False
 
 
 @dataclass(frozen=True)

@@ -286,10 +286,14 @@ class Engine:
         line = ((msg.stream, msg.data),)
         self._emit(RecordTaskLogs(task.id, attempt, msg.proplet_id, line, False, wall, msg.seq))
 
-    def _record_final_logs(self, task: Task, msg: wire.TaskResult, wall: float) -> None:
+    def _record_final_logs(
+        self, task: Task, msg: wire.TaskResult, wall: float, *, again: bool = False
+    ) -> None:
+        """The record that came with an accepted result (one per attempt and proplet); ``again``: a
+        result after a stop may come twice, so it replaces any earlier record."""
         if msg.logs is not None:
             pid = msg.proplet_id or ""
-            self._emit(RecordTaskLogs(task.id, task.attempt, pid, tuple(msg.logs), True, wall))
+            self._emit(RecordTaskLogs(task.id, task.attempt, pid, tuple(msg.logs), True, wall, replace=again))
 
     def _on_result(self, msg: wire.TaskResult, now: float, wall: float) -> None:
         task = self.tasks.get(msg.task_id)
@@ -306,7 +310,7 @@ class Engine:
         )
         if task.state is not TaskState.RUNNING or superseded:
             if not superseded and task.state is TaskState.INTERRUPTED:
-                self._record_final_logs(task, msg, wall)  # a stopped attempt's logs are still its logs
+                self._record_final_logs(task, msg, wall, again=True)  # a stopped attempt's logs still count
             self.counters["results_ignored"] += 1
             self._log(
                 "result_ignored",

@@ -211,12 +211,12 @@ async def test_task_metrics_paging_newest_first(store: Store) -> None:
         await store.list_task_metrics("t", offset=-1)
 
 
-async def test_task_logs_by_attempt_live_pieces_kept_final_record_replaced(store: Store) -> None:
+async def test_task_logs_by_attempt_live_pieces_kept_final_record_replaced_on_request(store: Store) -> None:
     await store.add_task_logs("t", 1, "p", [("stderr", "a\n")], final=False, timestamp=1.0, seq=0)
     await store.add_task_logs("t", 1, "p", [("stderr", "b ☃\n")], final=False, timestamp=2.0, seq=1)
     await store.add_task_logs("t", 1, "p", [("runtime", "old")], final=True, timestamp=3.0)
     final = [("runtime", "x"), ("stderr", "a\nb ☃\n")]
-    await store.add_task_logs("t", 1, "p", final, final=True, timestamp=4.0)
+    await store.add_task_logs("t", 1, "p", final, final=True, timestamp=4.0, replace=True)
     await store.add_task_logs("t", 2, "p", [("stderr", "second attempt")], final=False, timestamp=5.0, seq=0)
     rows = await store.list_task_logs("t", 1)
     assert [(r.final, r.seq, r.stream, r.data) for r in rows] == [
