@@ -110,7 +110,11 @@ def result_response(task: Task, fmt: str) -> Response:
         return JSONResponse({"results": value, "result_type": "json"})
     if fmt == "raw":
         if kind == "binary" and isinstance(task.results, str):
-            return Response(base64.b64decode(task.results), media_type="application/octet-stream")
+            try:
+                data = base64.b64decode(task.results, validate=True)
+            except ValueError:  # binascii.Error: the proplet called it base64 and it was not
+                raise Conflict(f"the binary result of task {task.id} is not valid base64", "format") from None
+            return Response(data, media_type="application/octet-stream")
         if isinstance(task.results, str):
             media = "application/json" if kind == "json" else "text/plain; charset=utf-8"
             return Response(task.results.encode("utf-8"), media_type=media)
