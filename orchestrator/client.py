@@ -116,7 +116,7 @@ def _task_row(t: dict[str, Any]) -> list[str]:
         t["name"],
         _state(t),
         t.get("proplet_id", ""),
-        str(t.get("results", "")),
+        str(t.get("results", "")).strip().replace("\n", "\\n"),  # one line per task, even for stdout
         t.get("error", ""),
     ]
 
