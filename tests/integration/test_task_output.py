@@ -211,3 +211,31 @@ async def test_an_upstream_proplet_sending_only_a_result_keeps_working(embedded_
     assert parsed["results"] == {"a": 1}
     body = await logs(c, task_id)
     assert body["logs"] == [] and body["done"]
+
+
+async def test_a_signed_command_result_verifies_and_keeps_its_type_and_logs(tmp_path: Path) -> None:
+    from orchestrator.adapters.broker import EmbeddedBroker
+    from tests.integration.test_attacks_results import TrustedCluster
+
+    broker = EmbeddedBroker("127.0.0.1", 0)
+    await broker.start()
+    trusted = TrustedCluster(broker.url, tmp_path)
+    await trusted.start()
+    try:
+        await trusted.add_proplet("signer")
+        created = await trusted.api.post("/tasks", json={"name": "run", "file": module("json_progress.wat")})
+        task_id = created.json()["id"]
+        assert (await trusted.api.post(f"/tasks/{task_id}/start")).status_code == 200
+
+        async def finished() -> bool:
+            return int((await trusted.task(task_id))["state"]) >= 3
+
+        await eventually(finished, 15, "the signed task to finish")
+        task = await trusted.task(task_id)
+        # the receipt signs the result that was sent: stdout alone, typed JSON
+        assert task["state"] == 3 and task["verified"] is True and task["result_type"] == "json"
+        body = (await trusted.api.get(f"/tasks/{task_id}/logs")).json()
+        assert "progress: epoch 2/2" in "".join(r["data"] for r in body["logs"] if r["stream"] == "stderr")
+    finally:
+        await trusted.close()
+        await broker.stop()

@@ -83,7 +83,8 @@ def test_a_return_value_is_the_result_and_what_the_export_printed_is_a_log() -> 
 
 
 def test_result_extensions_round_trip_and_stay_out_of_the_embedded_shape() -> None:
-    result = wire.TaskResult("t1", '{"a":1}', None, "p1", 2, "json", (("stderr", "hi\n"), ("runtime", "x")))
+    lines = (("stderr", "hi\n"), ("runtime", "x"))
+    result = wire.TaskResult("t1", '{"a":1}', None, "p1", 2, result_type="json", logs=lines)
     decoded = wire.decode(T, T.results, wire.encode(result))
     assert decoded == result
     embedded = json.loads(wire.encode(result, wire.Profile.EMBEDDED))
@@ -163,7 +164,7 @@ def test_proplet_live_output_is_bounded_with_a_marker() -> None:
 def test_proplet_result_carries_the_typed_result_and_logs() -> None:
     engine = _proplet()
     output = TaskOutput('{"a":1}', "json", (LogEntry("stderr", "warn\n"),))
-    engine.task_finished("t1", "ignored", None, 1.0, output)
+    engine.task_finished("t1", "ignored", None, 1.0, output=output)
     (result,) = _sent(engine, T.results)
     assert result["results"] == '{"a":1}' and result["result_type"] == "json"
     assert result["logs"] == [{"stream": "stderr", "data": "warn\n"}] and result["attempt"] == 2
@@ -210,7 +211,8 @@ def test_a_json_result_reaches_the_workflow_child_as_json() -> None:
     engine.create_workflow([spec("a"), spec("b", "a")], 0)
     engine.start_task("a", 1.0, 1.0)
     engine.take_commands()
-    result = {"task_id": "a", "results": '{"loss": 0.25}\n', "error": None, "result_type": "json"}
+    result = {"task_id": "a", "proplet_id": "p1", "results": '{"loss": 0.25}\n', "error": None}
+    result["result_type"] = "json"
     send(engine, T.results, result, 2.0)
     (start,) = publishes(engine.take_commands(), T.start)
     assert start["parent_results"] == {"a": {"loss": 0.25}}
@@ -221,7 +223,7 @@ def test_binary_results_stay_base64_text() -> None:
     heartbeat(engine, "p1", 0.0)
     task_id = submit(engine, 1.0)
     blob = base64.b64encode(b"\xff\x00").decode()
-    result = {"task_id": task_id, "results": blob, "error": None, "result_type": "binary"}
+    result = {"task_id": task_id, "proplet_id": "p1", "results": blob, "error": None, "result_type": "binary"}
     send(engine, T.results, result, 2.0)
     task = engine.tasks[task_id]
     assert (task.results, task.result_type) == (blob, "binary")
