@@ -16,8 +16,8 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-HEAD = "task_output"
-REVISIONS = ("0001", "trust_receipts", HEAD)  # every revision, oldest first
+REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "task_output")  # every revision, oldest first
+HEAD = REVISIONS[-1]
 
 
 def _sqlite_schema(path: Path) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@
 arrival order) and the bounded record that came with the result (``final`` true).
 
 Revision ID: task_output
-Revises: trust_receipts
+Revises: mgr_throughput
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "task_output"  # branch task-output; alembic refuses "-" in ids
-down_revision: str | None = "trust_receipts"
+down_revision: str | None = "mgr_throughput"
 branch_labels: str | None = None
 depends_on: str | None = None
 
