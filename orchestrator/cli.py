@@ -245,7 +245,12 @@ def cmd_task(args: argparse.Namespace) -> int:
         elif args.task_cmd == "list":
             _print(client.list_tasks(args.offset, args.limit), args.json, tasks_table)
         elif args.task_cmd == "results":
-            print(json.dumps(client.task_results(args.id)))
+            if args.format == "raw":
+                sys.stdout.buffer.write(client.task_results_raw(args.id))
+                sys.stdout.flush()
+            else:
+                indent = 2 if args.format == "json" else None
+                print(json.dumps(client.task_results(args.id, args.format or ""), indent=indent))
             task = client.get_task(args.id)
             if task.get("state") != 3:
                 print(
@@ -253,6 +258,8 @@ def cmd_task(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             return _outcome_code(task)
+        elif args.task_cmd == "logs":
+            return _task_logs(client, args)
         elif args.task_cmd == "delete":
             client.delete_task(args.id)
             print(f"deleted {args.id}")
@@ -282,6 +289,39 @@ def _key_values(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _task_logs(client: Any, args: argparse.Namespace) -> int:
+    """``propeller task logs ID``: the attempt's logs; ``--follow`` streams them until the task ends."""
+    import time
+
+    from orchestrator.client import log_text
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        sys.stdout.write(log_text(rows))
+        sys.stdout.flush()
+
+    if not args.follow:
+        body = client.task_logs(args.id, attempt=args.attempt)
+        _print(body, args.json, lambda b: log_text(b["logs"]).rstrip("\n"))
+        return 0
+    after, streamed = 0, set[int]()  # attempts whose stderr was shown live
+    while True:
+        body = client.task_logs(args.id, attempt=args.attempt, after=after, live=True)
+        if body["logs"]:
+            if streamed and body["attempt"] not in streamed:  # the task was placed again
+                sys.stdout.write(f"[propeller: attempt {body['attempt']}]\n")
+            show(body["logs"])
+            streamed.add(body["attempt"])
+        after = body["next"]
+        if body["done"]:
+            break
+        time.sleep(args.interval)
+    # The record sent with the result: what was not streamed (runtime notes), or all of it.
+    final = client.task_logs(args.id, attempt=body["attempt"])["logs"]
+    live = body["attempt"] in streamed
+    show([r for r in final if r["final"] and not (live and r["stream"] == "stderr")])
+    return 0
+
+
 def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     import base64
 
@@ -307,8 +347,8 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
         spec["inputs"] = [v for item in args.inputs for v in item.split(",") if v != ""]
     if args.env:
         spec["env"] = _key_values(args.env, "--env")
-    if args.args:
-        spec["cli_args"] = list(args.args)
+    if args.arg:
+        spec["cli_args"] = list(args.arg)
     if args.daemon:
         spec["daemon"] = True
     if args.limits:
@@ -435,10 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument(
         "--inputs", action="append", default=[], metavar="A,B", help="inputs, comma-separated or repeated"
     )
-    tc.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment (repeat)")
     tc.add_argument(
-        "--args", action="append", default=[], metavar="ARG", help="command-line argument (repeat)"
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="KEY=VALUE for the module (repeatable)",
     )
+    tc.add_argument("--arg", "--args", dest="arg", action="append", default=[], metavar="ARG",
+                    help="an argv entry after the name (repeatable)")  # fmt: skip
     tc.add_argument("--limits", action="append", default=[], metavar="KEY=VALUE",
                     help="resource limit, e.g. timeout_s=30 (repeat)")  # fmt: skip
     tc.add_argument("--daemon", action="store_true", help="a long-running task (no result expected)")
@@ -450,10 +495,23 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--proplet", help="pin to this proplet id")
     tc.add_argument("--priority", type=int)
     api_args(tc)
-    for name in ("start", "stop", "get", "results", "delete"):
+    for name in ("start", "stop", "get", "delete"):
         tp = tsub.add_parser(name)
         tp.add_argument("id")
         api_args(tp)
+    tr = tsub.add_parser("results", help="the task's result (JSON-encoded; --format json parses it)")
+    tr.add_argument("id")
+    tr.add_argument(
+        "--format", choices=["json", "raw"], default=None,
+        help="json: the result parsed as JSON; raw: the bytes the module wrote (stdout) or returned",
+    )  # fmt: skip
+    api_args(tr)
+    tlog = tsub.add_parser("logs", help="the task's stderr and runtime notes, kept apart from its result")
+    tlog.add_argument("id")
+    tlog.add_argument("--follow", "-f", action="store_true", help="stream the logs of a running task")
+    tlog.add_argument("--attempt", type=int, default=None, help="which attempt (default: the latest)")
+    tlog.add_argument("--interval", type=float, default=0.5, help="--follow: seconds between polls")
+    api_args(tlog)
     tl = tsub.add_parser("list")
     tl.add_argument("--offset", type=int, default=0)
     tl.add_argument("--limit", type=int, default=100)

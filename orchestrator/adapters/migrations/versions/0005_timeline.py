@@ -6,7 +6,7 @@ died...; cause: why; fields: proplet id, attempt, candidates...). The store keep
 each subject (orchestrator/adapters/store.py TIMELINE_LIMIT).
 
 Revision ID: timeline
-Revises: mgr_throughput
+Revises: task_output
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "timeline"
-down_revision: str | None = "mgr_throughput"
+down_revision: str | None = "task_output"
 branch_labels: str | None = None
 depends_on: str | None = None
 
