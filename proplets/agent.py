@@ -6,7 +6,8 @@ MQTT through the project's asyncio client (no thread per client), Wasm on worker
 Link loss: the MQTT client reconnects with capped, jittered exponential backoff (``reconnect_min`` ..
 ``reconnect_max``, 1 s .. 60 s like upstream's Rust proplet); on every (re)connect the engine re-subscribes,
 re-announces itself and sends results that finished while the link was down. The Last Will is an
-``offline`` heartbeat, so a proplet that loses power is seen dead at once.
+``offline`` heartbeat: a proplet whose process dies is seen dead at once (its OS closes the socket);
+a clean stop announces ``offline`` itself before its DISCONNECT.
 
 ``profile="esp32s3"`` runs the embedded profile (`proplets.profile`): firmware wire format and
 metadata, ``main`` entry point, i32 inputs and results, and WAMR-like memory admission by the engine.
@@ -233,8 +234,9 @@ class PropletAgent:
         self._timer = asyncio.create_task(self._timer_loop(), name=f"proplet-{self.settings.proplet_id}")
 
     async def stop(self, *, clean: bool = True) -> None:
-        """Interrupt running modules, close the link (clean: DISCONNECT; else as a power loss, the will
-        fires) and leave no task or thread behind (the wasm workers and the epoch ticker are joined)."""
+        """Interrupt running modules, close the link (clean: ``offline``, then DISCONNECT; else as a
+        crashed process whose OS closes the socket: the will fires at once) and leave no task or thread
+        behind (the wasm workers and the epoch ticker are joined)."""
         for token in self._cancels.values():
             token.cancel()
         if self._timer is not None:
@@ -247,7 +249,9 @@ class PropletAgent:
                 job.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if clean:
+            self.engine.shutting_down(self._clock())
             with contextlib.suppress(Exception):
+                self._execute()
                 await self.mqtt.disconnect()
         else:
             self.mqtt.abort()

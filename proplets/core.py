@@ -230,6 +230,15 @@ class PropletEngine:
             self._next_metrics = now + self.config.metrics_interval
         self._commands.append(LogEvent("connected", {"resent_results": len(held)}))
 
+    def shutting_down(self, now: float) -> None:
+        """An orderly shutdown, before the driver's DISCONNECT (which makes the broker discard the
+        will): announce ``offline`` as the will would have, so the manager knows at once rather than
+        at its liveness timeout (design §7, clean shutdown)."""
+        if self.connected:
+            topic, payload = self.last_will()
+            self._commands.append(Publish(topic, payload, self.config.qos))
+        self.on_disconnected(now)
+
     def on_disconnected(self, now: float) -> None:
         self.connected = False
         self._next_heartbeat = None

@@ -12,9 +12,18 @@ bytes, free M bytes"; modules run for real on wasmtime for their true result, wh
 (the same with upstream's failures: no reconnect, execution blocks the MQTT client and the timers, one
 task at a time, no target filtering, stops ignored) and ``host`` (Rust wire profile, real duration).
 
-Lifecycle: dead (off) → booting → online ⇄ running; offline while the link is down. Power loss aborts
-the TCP link (the broker fires the Last Will) and the device boots again later with a fresh engine:
-its running tasks are lost and the manager must re-dispatch them.
+Lifecycle: dead (off) → booting → online ⇄ running; offline while the link is down. Faults, as the
+broker sees them (design §7; the table in scenarios/README.md):
+
+- ``power_loss`` (and brownout): silence. The device's connection vanishes without a packet: through its
+  link proxy (``cut``, ``LinkProxy.sever``) the broker's socket stays open and hears nothing, so the
+  broker notices at keep-alive expiry (1.5 × keepalive) and only then fires the Last Will. Without a
+  proxy the client is silenced and left open (a ghost) for the same effect. Running tasks are lost;
+  the device boots again later with a fresh engine.
+- ``reset`` (watchdog): the same silence, then at once a reboot whose reconnect with the same client id
+  takes the old session over: the broker fires the old will then (or at keep-alive expiry if sooner).
+- ``clean_shutdown``: the engine announces ``offline`` and the client sends DISCONNECT (no will).
+- ``wifi_drop``: the link is silent but the device runs on: its tasks keep executing, results wait.
 """
 
 from __future__ import annotations
@@ -183,6 +192,10 @@ class SimDevice:
         self.cpu: CpuModel | None = None
         self.engine: PropletEngine | None = None
         self.mqtt: MqttClient | None = None
+        # How to make this device's connection vanish without a packet (its link proxy's sever);
+        # None: the client itself is silenced and left open (see _kill_link).
+        self.cut: Callable[[], object] | None = None
+        self._ghosts: list[MqttClient] = []  # silenced clients of earlier lives, closed at shutdown
         self.gen = 0  # power cycles: callbacks of an older life are ignored
         self.powered = False
         self.booted = False
@@ -243,9 +256,28 @@ class SimDevice:
         self.env.process(self._boot(self.gen, delay))
 
     def power_loss(self, off_for: float | None, state: str = "dead") -> None:
-        """Cut power: no DISCONNECT (the broker fires the will), tasks lost; back after ``off_for``."""
+        """Cut power: the connection goes silent (the broker fires the will at keep-alive expiry, or
+        at a takeover by the next boot), tasks are lost; power is back after ``off_for``."""
         self.gen += 1
-        self._kill_link()
+        self._kill_link(silent=True)
+        self._power_off(off_for, state)
+
+    def clean_shutdown(self, off_for: float | None) -> None:
+        """An orderly power-off: ``offline`` is announced, then DISCONNECT (the broker drops the will)."""
+        engine, client = self.engine, self.mqtt
+        self.gen += 1
+        self.mqtt = None
+        if engine is not None and client is not None and engine.connected:
+            engine.shutting_down(self.now)
+            for command in engine.take_commands():
+                if isinstance(command, Publish):
+                    with contextlib.suppress(MqttError):
+                        client.publish(command.topic, command.payload, command.qos)
+        if client is not None:
+            self.shared.spawn(client.disconnect())
+        self._power_off(off_for, "dead")
+
+    def _power_off(self, off_for: float | None, state: str) -> None:
         for job in self.jobs.values():
             job.token.cancel()
         self.jobs.clear()
@@ -268,13 +300,26 @@ class SimDevice:
         """End of the run: drop the link and ignore everything still in flight."""
         self.gen += 1
         self._kill_link()
+        for ghost in self._ghosts:
+            ghost.abort()
+        self._ghosts.clear()
         for job in self.jobs.values():
             job.token.cancel()
 
-    def _kill_link(self) -> None:
+    def _kill_link(self, silent: bool = False) -> None:
+        """Drop the connection. ``silent``: without a packet towards the broker (a dead board's
+        socket); otherwise as the OS closes a socket (FIN: the broker fires the will at once)."""
         client, self.mqtt = self.mqtt, None
-        if client is not None:
+        if client is None:
+            return
+        if not silent:
             client.abort()
+        elif self.cut is not None:
+            self.cut()  # the link proxy keeps the broker's side open and mute
+            client.abort()  # our end of it is gone with the board
+        else:
+            client.silence()  # no read, write or ping; the socket stays open until shutdown
+            self._ghosts.append(client)
 
     def _boot(self, gen: int, delay: float) -> Any:
         if delay > 0:

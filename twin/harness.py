@@ -248,7 +248,9 @@ class TwinCluster:
             spec = esp_spec(group) if kind != "host" else host_spec
             config = DeviceConfig(name, kind, pid, self.domain, "127.0.0.1", proxy.port, self.timers, spec,
                                   tuple(tags))  # fmt: skip
-            fleet.devices[name] = SimDevice(config, shared, random.Random(f"{self.seed}:device:{name}"))
+            device = SimDevice(config, shared, random.Random(f"{self.seed}:device:{name}"))
+            device.cut = proxy.sever  # a power loss or reset vanishes through the proxy, without a packet
+            fleet.devices[name] = device
             self._ids[name] = pid
             self._refs.append(DeviceRef(name, kind, len(self._groups) - 1, tuple(tags)))
         self.observer.proplet_names = {pid: name for name, pid in self._ids.items()}
@@ -373,12 +375,17 @@ class TwinCluster:
         # A reboot lasts no time of its own (its window ends at once); the fleet takes no duration for it.
         self.clock.inject(fleet.inject, device, kind, None if kind == "reboot" else duration, params)
         end = start + duration if duration is not None else None
-        self._windows[device] = _Window(start, end, kind in ("power_loss", "reboot"))
+        self._windows[device] = _Window(start, end, kind in ("power_loss", "reboot", "clean_shutdown"))
 
     async def power_loss(self, device: str, off_for: float | None = None) -> None:
-        """Cut the device's power (no DISCONNECT: the broker fires its will); back after ``off_for``
-        seconds, or off until ``power_on``."""
+        """Cut the device's power: it sends nothing more (the broker fires its will when the keep-alive
+        expires); back after ``off_for`` seconds, or off until ``power_on``."""
         self._inject(device, "power_loss", off_for, {})
+
+    async def clean_shutdown(self, device: str, off_for: float | None = None) -> None:
+        """Orderly power-off: ``offline``, then DISCONNECT (no will); back after ``off_for`` seconds, or
+        off until ``power_on``."""
+        self._inject(device, "clean_shutdown", off_for, {})
 
     async def power_on(self, device: str) -> None:
         fleet, _shared = self._started_fleet()
@@ -392,6 +399,8 @@ class TwinCluster:
         self._inject(device, "wifi_drop", _positive(duration, "wifi_drop duration"), {})
 
     async def reboot(self, device: str) -> None:
+        """Watchdog reset: silence, then a reboot whose reconnect takes the old session over (the
+        broker fires the old will then)."""
         self._inject(device, "reboot", 0.0, {})
 
     async def out_of_memory(

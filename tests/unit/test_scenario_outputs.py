@@ -82,7 +82,7 @@ def test_html_report_has_verdict_table_and_plot() -> None:
     page = render_html(bad)
     assert "<title>lwt_reschedule: FAIL</title>" in page
     assert '<table id="expectations">' in page
-    assert "esp-1 was marked dead 5.00 s after power_loss at t=3.00 s; bound 4 s" in page
+    assert "esp-1 was marked dead 5.00 s after power_loss at t=3.00 s; bound 4.5 s" in page
     assert page.count('<tr class="ok">') == 4 and page.count('<tr class="bad">') == 1
     png = png_of(page)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -114,7 +114,7 @@ def test_junit_xml_has_one_case_per_expectation() -> None:
     (failure,) = suites[1].iter("failure")
     assert failure.get("message", "").startswith("esp-1 was marked dead 5.00 s after power_loss")
     names = [c.get("name") for c in suites[0].findall("testcase")]
-    assert names[0] == "dead_within(seconds=4, devices=esp-1)"
+    assert names[0] == "dead_within(seconds=4.5, devices=esp-1, not_before=2)"
     assert suites[0].find("properties/property[@name='seed']").get("value") == "42"  # type: ignore[union-attr]
     assert suites[2].find("testcase/error").get("message") == "OSError: broker port in use"  # type: ignore[union-attr]
 
