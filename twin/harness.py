@@ -41,7 +41,7 @@ import httpx
 import simpy
 
 from orchestrator.core.model import TaskState
-from twin.clock import AsyncSimClock
+from twin.clock import AsyncSimClock, LoopLagProbe
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec
 from twin.devices.host import HOST
 from twin.fleet import Fleet
@@ -49,6 +49,7 @@ from twin.link_profile import CLEAN, LinkProfile
 from twin.links import LinkProxy
 from twin.observer import ManagerObserver
 from twin.scenario.expectations import Expectation, Verdict
+from twin.scenario.fidelity import Fidelity, lag_budget
 from twin.scenario.result import ScenarioResult
 from twin.scenario.spec import DeviceRef, FleetGroup, ManagerSpec, Scenario, Target, Timers, WorkloadItem
 from twin.scenario.trace import TERMINAL, Trace, TraceEvent
@@ -94,6 +95,7 @@ class TwinCluster:
         self.trace = Trace(name, seed, meta)
         self.env = simpy.Environment()
         self.clock = AsyncSimClock(self.env, 1.0)
+        self.probe = LoopLagProbe()  # is this host keeping up with the timers? (fidelity())
         self.observer = ManagerObserver(self.trace, now=self.clock.target)
         self.broker: Broker | None = None
         self.manager: Manager | None = None
@@ -150,11 +152,20 @@ class TwinCluster:
                                     random.Random(f"{self.seed}:workload"), self.max_attempts,
                                     self.clock.target)  # fmt: skip
         await self._submitter.__aenter__()
+        self.probe.start()  # after the start-up's one-off costs (e.g. the HTTP client's TLS context)
+
+    def fidelity(self) -> Fidelity:
+        """This cluster's scheduling lag so far against the budget its timers allow: when it is not
+        ``faithful``, a missed bound may be the host's, not the system's (the pytest plugin then
+        reports a failed test as skipped, with ``reason``)."""
+        loop, sim = self.probe.stats(), self.clock.lag_stats()
+        return Fidelity(lag_budget(self.timers), loop.p99_s, sim.p99_s, loop.max_s, loop.events)
 
     async def close(self, keep_dir: bool = False) -> None:
         """Stop everything started, whatever state it is in; never raises. The work directory (logs)
         is removed when the cluster made it and ``keep_dir`` is false."""
         self.observer.closed = True  # the teardown's deaths are not facts of the test
+        self.probe.stop()
         if self._submitter is not None:
             with contextlib.suppress(Exception):
                 await self._submitter.__aexit__(None, None, None)

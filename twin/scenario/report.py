@@ -34,7 +34,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{margin-bottom:.2em} .meta{color:#555;margin-bottom:1em}
 .verdict{display:inline-block;padding:.2em .8em;border-radius:4px;color:#fff;font-weight:bold}
-.pass{background:#2e7d32} .fail{background:#c62828}
+.pass{background:#2e7d32} .fail{background:#c62828} .inconclusive{background:#ef6c00}
 table{border-collapse:collapse;margin:1em 0;width:100%} th,td{border:1px solid #ccc;padding:4px 8px;
 text-align:left;vertical-align:top;font-size:14px} th{background:#f0f0f0}
 tr.ok td.v{color:#2e7d32;font-weight:bold} tr.bad td.v{color:#c62828;font-weight:bold}
@@ -219,13 +219,20 @@ def _console_section(trace: Trace) -> str:
 def render_html(result: ScenarioResult) -> str:
     s = result.scenario
     esc = html.escape
-    verdict = "PASS" if result.passed else "FAIL"
+    verdict = result.status
     rows = "".join(
         f'<tr class="{"ok" if v.passed else "bad"}"><td>{esc(v.name)}</td>'
         f'<td class="v">{"pass" if v.passed else "FAIL"}</td><td>{esc(v.detail)}</td></tr>'
         for v in result.verdicts
     )
     error = f'<p class="fail verdict">run failed: {esc(result.error)}</p>' if result.error else ""
+    fidelity = result.fidelity
+    if fidelity is not None:
+        lag = (f"host lag p99: loop {fidelity.loop_p99_s * 1e3:.1f} ms, "
+               f"simulation {fidelity.sim_p99_s * 1e3:.1f} ms (budget {fidelity.budget_s * 1e3:.0f} ms)")
+        error += (f'<p class="fidelity">{esc(lag)}'
+                  + (f" — <b>inconclusive</b>: {esc(result.inconclusive)}" if result.inconclusive else "")
+                  + "</p>")  # fmt: skip
     png = base64.b64encode(timeline_png(result)).decode("ascii")
     devices = device_order(result)
     if len(devices) <= LANE_LIMIT:
