@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -104,7 +105,9 @@ def strip_target(payload: bytes) -> bytes:
 
 
 def esp_spec(group: FleetGroup) -> Esp32S3Spec:
-    """The ESP32-S3 model for a fleet group: SRAM (``memory``), PSRAM as the WAMR heap, CPU, slots."""
+    """The ESP32-S3 model for a fleet group: its ``profile`` (default: the Zephyr benchmark's), then
+    SRAM (``memory``), PSRAM as the WAMR heap, CPU, slots."""
+    base = group.profile or ESP32S3
     changes: dict[str, Any] = {}
     if group.memory_bytes:
         changes["free_dram_bytes"] = group.memory_bytes
@@ -114,7 +117,7 @@ def esp_spec(group: FleetGroup) -> Esp32S3Spec:
         changes["cpu_hz"] = int(group.cpu_mhz * 1e6)
     if group.max_instances:
         changes["max_instances"] = group.max_instances
-    return replace(ESP32S3, **changes) if changes else ESP32S3
+    return replace(base, **changes) if changes else base
 
 
 def firmware_flags(kind: str) -> FirmwareFlags:
@@ -570,7 +573,7 @@ class SimDevice:
             except WasmFormatError as err:
                 self._finish(start.id, "", f"invalid wasm module: {err}")
                 return
-            admitted = self.memory.admit(len(wasm), pages)
+            admitted = self.memory.admit(len(wasm), pages, module_key=hashlib.sha256(wasm).hexdigest())
             if isinstance(admitted, str):
                 self.stats.refused += 1
                 self._tell("oom", id=start.id, need=len(wasm) + pages * PAGE_BYTES,
