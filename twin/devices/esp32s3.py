@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +53,13 @@ WORKLOAD_OPS: Mapping[str, int] = MappingProxyType({
     "checksum": 100 * 4096 * 2 * 6,  # 100 rounds of writing and XOR-reading 4096 bytes
     "popcount": 50_000 * 12,  # Kernighan popcount for 0..49 999 (≈ 1.5 inner steps each)
 })  # fmt: skip
+# Linear memory pages of each workload (§10: `(memory 1 1)` in mem_stress, msg_stress, checksum).
+WORKLOAD_PAGES: Mapping[str, int] = MappingProxyType({
+    "cpu_stress": 0, "mem_stress": 1, "msg_stress": 1, "add": 0, "mul": 0, "fib": 0, "checksum": 1,
+    "popcount": 0,
+})  # fmt: skip
+WORKLOAD_MODULE_BYTES = 200  # a workload's module as wat2wasm makes it: ~100-300 bytes (inference)
+DIVERSE = ("add", "mul", "fib", "checksum", "popcount")  # §10 experiment 6, in sets of five
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,9 @@ class Esp32S3Spec:
     shared_module: bool = True  # §10: MODE_SHARED_MODULE, the module loaded once for every instance
     module_load_factor: float = 2.0  # a loaded module costs its bytes × this: the malloc'd copy plus
     # WAMR's loaded form (inference)
+    spawn_transient_bytes: int = 4 * KiB + 512  # needed during instantiation only and freed at once:
+    # the temporary exec env that wasm_runtime_instantiate creates with its 4 KiB stack (inference;
+    # the benchmark log's heap − min shows it)
     max_instances: int = 24  # §10: MAX_INSTANCES 24 in bench.c
     cpu_hz: int = 240_000_000  # datasheet: Xtensa LX7 up to 240 MHz
     cores: int = 2  # datasheet: dual-core
@@ -134,7 +144,7 @@ ESP32S3 = Esp32S3Spec()
 ESP32S3_ESP_IDF = Esp32S3Spec(
     free_dram_bytes=412 * KiB, wamr_baseline_bytes=8 * KiB, wasm_stack_bytes=4 * KiB, app_heap_bytes=8 * KiB,
     thread_stack_bytes=6 * KiB, exec_env_bytes=4 * KiB, instance_overhead_bytes=4 * KiB,
-    shared_module=False, max_instances=100,
+    shared_module=False, spawn_transient_bytes=0, max_instances=100,
 )  # fmt: skip
 # An N8R8 board with WAMR's heap on the 8 MB PSRAM (§10: "with 8 MB PSRAM, expect 100+ instances").
 ESP32S3_PSRAM = replace(ESP32S3_ESP_IDF, psram_bytes=8 * MiB, wamr_heap_in_psram=True, max_instances=512)
@@ -173,13 +183,17 @@ class Ramp:
     free_by_instances: tuple[int, ...]  # free bytes after 1, 2, ... instances
 
 
-def simulate_ramp(spec: Esp32S3Spec, module_bytes: int, memory_pages: int) -> Ramp:
+def simulate_ramp(spec: Esp32S3Spec, module_bytes: int, memory_pages: int,
+                  cycle: Sequence[tuple[str, int, int]] = ()) -> Ramp:  # fmt: skip
     """The Zephyr benchmark's ramp on this model: add instances of one module until one is refused
-    (SPAWN_FAIL) or MAX_INSTANCES run."""
+    (SPAWN_FAIL) or MAX_INSTANCES run. ``cycle`` (key, module bytes, pages) instead adds its modules in
+    turn, as the diverse experiment's sets of five do."""
     model = MemoryModel(spec)
     frees: list[int] = []
+    modules = list(cycle) or [("bench", module_bytes, memory_pages)]
     while True:
-        got = model.admit(module_bytes, memory_pages, module_key="bench")
+        key, size, pages = modules[len(frees) % len(modules)]
+        got = model.admit(size, pages, module_key=key)
         if isinstance(got, str):
             stop = "max_instances" if got.startswith("too many instances") else "SPAWN_FAIL"
             return Ramp(len(frees), model.free_bytes, stop, tuple(frees))
@@ -245,7 +259,7 @@ class MemoryModel:
         cost = self.spec.instance_cost(module_bytes, memory_pages) + load
         if self.instances >= self.spec.max_instances:
             return f"too many instances: {self.spec.max_instances} already running"
-        if cost > self.free_bytes:
+        if cost + self.spec.spawn_transient_bytes > self.free_bytes:
             return f"out of memory: need {cost} bytes, free {max(0, self.free_bytes)} bytes"
         result = self._budget.admit(0 if self.spec.shared_module else module_bytes, memory_pages)
         if isinstance(result, Refusal):
