@@ -49,6 +49,16 @@ class PropletConfig:
     metrics_interval: float = 10.0
     # A WAMR-like memory budget every instance is admitted against (the embedded profile); None = none.
     budget: BudgetConfig | None = None
+    # Upstream firmware's behaviour (reference §9, design §6), so the twin's `upstream-firmware` devices
+    # run this engine rather than rewriting its input: it starts every task on its channel whatever
+    # proplet the start names (filter_target False), and cannot stop a running module (honour_stop
+    # False). The two below are obligations of the driver, which reads them here: the module runs
+    # inside the MQTT callback, so nothing is read or sent until it returns (blocking_execution), and
+    # a lost connection is never re-established (reconnect False).
+    filter_target: bool = True
+    honour_stop: bool = True
+    blocking_execution: bool = False
+    reconnect: bool = True
 
     def __post_init__(self) -> None:
         if not self.proplet_id:
@@ -403,6 +413,8 @@ class PropletEngine:
         self._publish(self.topics.invoke_results, message)
 
     def _targets_me(self, payload: bytes) -> bool:
+        if not self.config.filter_target:
+            return True
         try:
             target = json.loads(payload).get("proplet_id") or ""
         except (ValueError, AttributeError):
@@ -410,7 +422,8 @@ class PropletEngine:
         return target in ("", self.config.proplet_id)
 
     def _on_start(self, start: wire.StartTask, now: float) -> None:
-        if not start.broadcast and start.proplet_id and start.proplet_id != self.config.proplet_id:
+        mine = start.broadcast or not start.proplet_id or start.proplet_id == self.config.proplet_id
+        if not mine and self.config.filter_target:
             self._count("starts_for_others")
             return
         if start.id in self.running:
@@ -436,6 +449,10 @@ class PropletEngine:
             return
         entry = self.running.get(stop.id)
         if entry is None or entry.cancelled:
+            return
+        if not self.config.honour_stop:
+            self._count("stops_ignored")
+            self._commands.append(LogEvent("stop_ignored", {"task_id": stop.id}))
             return
         entry.cancelled = True
         self._commands.append(CancelTask(stop.id))

@@ -6,11 +6,12 @@ commands, feeds it MQTT messages (injected into the simulation at the scaled wal
 its timers as simpy timeouts.
 
 Kinds: ``esp32s3`` (embedded wire profile; boot, Wi-Fi and MQTT-connect delays from ``TimingModel``;
-each instance admitted by ``MemoryModel`` — refused ones fail at once with "out of memory: need N
-bytes, free M bytes"; modules run for real on wasmtime for their true result, while the task lasts the
+each instance admitted by ``MemoryModel`` — refused ones fail at once with "out of memory: need N bytes,
+free M bytes"; modules run for real on wasmtime for their true result, while the task lasts the
 ``CpuModel``'s simulated time for the fuel they consumed, shared over the cores), ``upstream-firmware``
-(the same with upstream's failures: no reconnect, execution blocks the MQTT client and the timers, one
-task at a time, no target filtering, stops ignored) and ``host`` (Rust wire profile, real duration).
+(the same with upstream's failures, as the proplet engine's configuration: no reconnect, execution
+blocks the MQTT client and the timers, one task at a time, no target filtering, stops ignored) and
+``host`` (Rust wire profile, real duration).
 
 Lifecycle: dead (off) → booting → online ⇄ running; offline while the link is down. Faults, as the
 broker sees them (design §7; the table in scenarios/README.md):
@@ -32,7 +33,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import json
 import random
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -90,18 +90,6 @@ def device_state(powered: bool, booted: bool, connected: bool, link_up: bool, ru
     if not connected or not link_up:
         return "offline"
     return "running" if running else "online"
-
-
-def strip_target(payload: bytes) -> bytes:
-    """A start message as upstream firmware reads it: the ``proplet_id`` it ignores is blanked."""
-    try:
-        obj = json.loads(payload)
-    except ValueError:
-        return payload
-    if isinstance(obj, dict) and obj.get("proplet_id"):
-        obj["proplet_id"] = ""
-        return json.dumps(obj).encode()
-    return payload
 
 
 def esp_spec(group: FleetGroup) -> Esp32S3Spec:
@@ -369,7 +357,7 @@ class SimDevice:
         t = cfg.timers
         self.mqtt = MqttClient(
             f"mqtt://{cfg.host}:{cfg.port}", cfg.proplet_id, keepalive=max(1, round(t.keepalive)),
-            will=Will(topic, payload, 1), reconnect=not self.flags.no_reconnect,
+            will=Will(topic, payload, 1), reconnect=self.engine.config.reconnect,
             backoff_min=t.reconnect_min, backoff_max=t.reconnect_max, rng=random.Random(self.rng.random()),
             on_message=lambda tp, pl: self._inject(gen, self._on_message, tp, pl),
             on_connect=lambda: self._inject(gen, self._on_connected),
@@ -390,10 +378,13 @@ class SimDevice:
                 embedded.ESP32S3, total_bytes=memory.total_bytes, free_bytes=memory.free_bytes,
                 max_instances=1 if self.flags.blocking_execution else cfg.spec.max_instances, tags=cfg.tags,
             )  # fmt: skip
+            flags = self.flags
             return replace(
                 base, namespace=embedded.NAMESPACE, metadata=metadata, profile=wire.Profile.EMBEDDED,
                 # our firmware lists running tasks in its heartbeats; upstream's does not
-                report_running=not any(dataclasses.astuple(self.flags)), max_instances=limit,
+                report_running=not any(dataclasses.astuple(flags)), max_instances=limit,
+                filter_target=not flags.no_target_filter, honour_stop=not flags.rejects_stop,
+                blocking_execution=flags.blocking_execution, reconnect=not flags.no_reconnect,
             )  # fmt: skip
         spec = cfg.spec
         metadata = {
@@ -469,10 +460,6 @@ class SimDevice:
             return
         if self._blocked:  # upstream: the callback is busy running a module; this waits in the socket
             self._inbox.append((topic, payload))
-            return
-        if self.flags.no_target_filter and topic == self.engine.topics.start:
-            payload = strip_target(payload)
-        if self.flags.rejects_stop and topic == self.engine.topics.stop:
             return
         self.engine.handle(topic, payload, self.now)
         self._pump()
@@ -590,7 +577,7 @@ class SimDevice:
         job = self.jobs[start.id] = _Job(start, instance, CancelToken(), started=self.now)
         self.stats.tasks_run += 1
         self._tell("task_start", id=start.id, name=start.name, inputs=len(start.inputs))
-        if self.flags.blocking_execution:
+        if self.engine is not None and self.engine.config.blocking_execution:
             self._block()
         self.shared.spawn(self._execute_wasm(self.gen, start.id, request, job.token))
         self._update()
@@ -659,8 +646,6 @@ class SimDevice:
             self._finish(task_id, *job.result)
 
     def _cancel(self, task_id: str) -> None:
-        if self.flags.rejects_stop:
-            return
         job = self.jobs.get(task_id)
         if job is None:
             return
@@ -725,5 +710,4 @@ __all__ = [
     "esp_spec",
     "firmware_flags",
     "shutdown_all",
-    "strip_target",
 ]  # fmt: skip
