@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import platform
-import random
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
 from proplets import profile as embedded
+from proplets.backoff import Backoff
 from proplets.core import (
     CancelTask,
     CollectMetrics,
@@ -200,7 +200,7 @@ class PropletAgent:
 
     async def _first_connect(self) -> None:
         """Connect; with ``wait_for_broker``, retry with capped, jittered backoff until the broker is up."""
-        delay = self.settings.reconnect_min
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
         while True:
             try:
                 await self.mqtt.connect()
@@ -208,14 +208,13 @@ class PropletAgent:
             except MqttError as err:
                 if not self.settings.wait_for_broker:
                     raise
-                pause = delay * (0.5 + random.random() / 2)  # jitter only: no decision rides on it
+                pause = backoff.next()
                 log.warning(
                     json.dumps(
                         {"event": "broker_unreachable", "error": str(err), "retry_in_s": round(pause, 2)}
                     )
                 )
                 await asyncio.sleep(pause)
-                delay = min(delay * 2, self.settings.reconnect_max)
 
     async def start(self) -> None:
         if self.settings.metrics_port is not None:

@@ -44,6 +44,7 @@ import simpy
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
 from proplets import profile as embedded
+from proplets.backoff import Backoff
 from proplets.core import (
     CancelTask,
     CollectMetrics,
@@ -328,7 +329,7 @@ class SimDevice:
                 self._tell("wifi_up", ip=TWIN_IP, rssi=TWIN_RSSI)
         else:
             yield self.env.timeout(HOST_RESTART_S * self.rng.uniform(0.5, 1.5))
-        retry = self.config.timers.reconnect_min
+        backoff = Backoff(self.config.timers.reconnect_min, self.config.timers.reconnect_max, self.rng)
         while gen == self.gen:
             while self.wifi_down and gen == self.gen:
                 yield self.env.timeout(0.1)
@@ -343,8 +344,7 @@ class SimDevice:
             if self.flags.no_reconnect and isinstance(self.config.spec, Esp32S3Spec):
                 yield self.env.timeout(self.config.spec.mqtt_retry_s)
             else:
-                yield self.env.timeout(retry * self.rng.uniform(0.5, 1.0))
-                retry = min(retry * 2, self.config.timers.reconnect_max)
+                yield self.env.timeout(backoff.next())
 
     def _new_life(self) -> None:
         """A fresh engine, device model and MQTT client, as after a reset."""
