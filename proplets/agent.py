@@ -53,9 +53,7 @@ from proplets.runtime import (
     RunRequest,
     WasmRuntime,
     WasmtimeRuntime,
-    memory_requirements,
 )
-from proplets.runtime.wasmbin import PAGE_BYTES
 
 log = logging.getLogger("propeller.proplet")
 
@@ -415,21 +413,17 @@ class PropletAgent:
         self, start: wire.StartTask, wasm: bytes, token: CancelToken
     ) -> tuple[str, str | None]:
         """As the firmware: call the task's export or ``main`` with i32s, join the i32 results."""
-        try:
-            function = embedded.select_export(start.name, embedded.function_exports(wasm))
-            inputs = embedded.i32_inputs(start.inputs)
-        except ValueError as err:
-            return "", str(err)
         entry = self.engine.running.get(start.id)
         admission = entry.admission if entry is not None else None
-        request = self._request(start, wasm, inputs, dict(start.env))
-        if admission is not None:
+        free_after = admission.free_bytes_after if admission is not None else None
+        try:
+            plan = embedded.call_plan(start.name, start.inputs, wasm, free_after)
+        except ValueError as err:
+            return "", str(err)
+        request = replace(self._request(start, wasm, plan.inputs, dict(start.env)), function=plan.function)
+        if plan.memory_cap_bytes is not None:
             # Linear memory may grow into what the device heap has left after this instance.
-            pages, _ = memory_requirements(wasm)
-            cap = pages * PAGE_BYTES + max(0, admission.free_bytes_after)
-            request = replace(request, function=function, limits=replace(request.limits, memory_bytes=cap))
-        else:
-            request = replace(request, function=function)
+            request = replace(request, limits=replace(request.limits, memory_bytes=plan.memory_cap_bytes))
         outcome = await asyncio.get_running_loop().run_in_executor(
             self._pool, self.runtime.run, request, token
         )

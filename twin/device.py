@@ -587,12 +587,11 @@ class SimDevice:
         limits = Limits(**given)
         if not self.config.embedded:
             return RunRequest(start.id, wasm, start.name, tuple(start.inputs), limits=limits)
-        function = embedded.select_export(start.name, embedded.function_exports(wasm))
-        inputs = embedded.i32_inputs(start.inputs)
-        if instance is not None and self.memory is not None:
-            pages, _ = memory_requirements(wasm)
-            limits = replace(limits, memory_bytes=pages * PAGE_BYTES + max(0, self.memory.free_bytes))
-        return RunRequest(start.id, wasm, function, inputs, limits=limits)
+        free_after = self.memory.free_bytes if instance is not None and self.memory is not None else None
+        plan = embedded.call_plan(start.name, start.inputs, wasm, free_after)
+        if plan.memory_cap_bytes is not None:
+            limits = replace(limits, memory_bytes=plan.memory_cap_bytes)
+        return RunRequest(start.id, wasm, plan.function, plan.inputs, limits=limits)
 
     async def _execute_wasm(self, gen: int, task_id: str, request: RunRequest, token: CancelToken) -> None:
         loop = asyncio.get_running_loop()
