@@ -282,7 +282,7 @@ async def test_sever_drops_the_device_end_and_leaves_the_broker_end_open_and_mut
             assert await asyncio.wait_for(reader.read(), 5) == b""
         # ... but the broker heard nothing: no FIN, no RST. Sentinel: a second device connection
         # through the same link works and its bytes arrive, after which the first is still open.
-        r2, w2 = await _open(proxy)
+        _, w2 = await _open(proxy)
         w2.write(b"again")
         await eventually(lambda: b"again" in b"".join(got), 5)
         assert not closed.is_set() and b"".join(got) == b"helloagain"
