@@ -5,11 +5,19 @@ A board that loses power sends nothing: the broker learns of it only when the ke
 (1.5 × keepalive after the last packet) and then fires the Last Will. The liveness timeout is set far
 above that here, so the will, not the manager's own timer, is what marks the device dead."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from orchestrator.core.model import TaskState
 from twin.harness import Timers, TwinCluster
+from twin.pytest_plugin import ClusterFactory
 from twin.scenario.expectations import DeadWithin, TasksLost
+
+HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
+NEEDS_MOSQUITTO = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto is not installed")
+BROKERS = ["embedded", pytest.param("mosquitto", marks=NEEDS_MOSQUITTO)]
 
 KEEPALIVE = 2.0
 HEARTBEAT = 0.5
@@ -21,9 +29,11 @@ def dead_reason(c: TwinCluster, device: str) -> str:
                 if c.trace.device_of(e.subject) == device and not e.data["alive"])  # fmt: skip
 
 
-@pytest.mark.twin(timers=WILL_ONLY)
-async def test_power_loss_is_seen_at_keepalive_expiry_and_the_task_moves(twin_cluster: TwinCluster) -> None:
-    c = twin_cluster
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_power_loss_is_seen_at_keepalive_expiry_and_the_task_moves(
+    twin_cluster_factory: ClusterFactory, broker: str
+) -> None:
+    c = await twin_cluster_factory(broker=broker, timers=WILL_ONLY)  # a private Mosquitto, or embedded
     await c.add_devices(kind="esp32s3", count=2, prefix="esp-")
     task = await c.submit("fib", inputs=[27])  # runs ~1 s of simulated ESP32-S3 time
     victim = await c.wait_running(task)
@@ -44,9 +54,12 @@ async def test_power_loss_is_seen_at_keepalive_expiry_and_the_task_moves(twin_cl
     c.check(DeadWithin(seconds=10.0, not_before=1.0), TasksLost(max=0))
 
 
-@pytest.mark.twin(timers=Timers(heartbeat_interval=HEARTBEAT, liveness_timeout=30, keepalive=10))
-async def test_watchdog_reset_fires_the_old_will_at_the_takeover(twin_cluster: TwinCluster) -> None:
-    c = twin_cluster
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_watchdog_reset_fires_the_old_will_at_the_takeover(
+    twin_cluster_factory: ClusterFactory, broker: str
+) -> None:
+    timers = Timers(heartbeat_interval=HEARTBEAT, liveness_timeout=30, keepalive=10)
+    c = await twin_cluster_factory(broker=broker, timers=timers)
     [esp] = await c.add_devices(kind="esp32s3", count=1, prefix="esp-")
 
     await c.reboot(esp)
