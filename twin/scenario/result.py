@@ -58,4 +58,11 @@ class ScenarioResult:
                     f"its, not the system's; {held}")  # fmt: skip
         lines = [head + held]
         lines += [f"  x {v.name}: {v.detail}" for v in self.failures]
+        if self.trace_hash:
+            lines.append(f"  trace_hash: {self.trace_hash}")
         return "\n".join(lines)
+
+    @property
+    def trace_hash(self) -> str:
+        """The trace's digest (``Trace.digest``): equal for equal runs (virtual mode, same seed)."""
+        return str(self.trace.meta.get("trace_hash", ""))
