@@ -46,7 +46,7 @@ def test_24_cpu_bound_instances_fit_with_memory_still_free() -> None:
         assert isinstance(model.admit(CPU_MODULE, 0, module_key="cpu_stress"), Instance)
     assert model.free_bytes > 32 * 1024  # documented: ≈37 KiB of the arena left
     refusal = model.admit(CPU_MODULE, 0, module_key="cpu_stress")
-    assert refusal == "too many instances: 24 already running"  # the benchmark's MAX_INSTANCES
+    assert refusal == "proplet busy: 24/24 instances running"  # the benchmark's MAX_INSTANCES
     ramp = simulate_ramp(ESP32S3, CPU_MODULE, 0)
     assert (ramp.peak, ramp.stop) == (24, "max_instances") and ramp.free_bytes == model.free_bytes
 

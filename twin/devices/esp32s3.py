@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from orchestrator.wire import refusals
 from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget, Refusal
 
 KiB = 1024
@@ -195,7 +196,7 @@ def simulate_ramp(spec: Esp32S3Spec, module_bytes: int, memory_pages: int,
         key, size, pages = modules[len(frees) % len(modules)]
         got = model.admit(size, pages, module_key=key)
         if isinstance(got, str):
-            stop = "max_instances" if got.startswith("too many instances") else "SPAWN_FAIL"
+            stop = "max_instances" if model.instances >= spec.max_instances else "SPAWN_FAIL"
             return Ramp(len(frees), model.free_bytes, stop, tuple(frees))
         frees.append(model.free_bytes)
 
@@ -251,21 +252,23 @@ class MemoryModel:
         return self._budget.instances
 
     def admit(self, module_bytes: int, memory_pages: int, module_key: str | None = None) -> Instance | str:
-        """An `Instance`, or the refusal reason ("out of memory: need N bytes, free M bytes"). With a
+        """An `Instance`, or the refusal reason, in the words of `orchestrator.wire.refusals` (the
+        manager re-places a refused task without spending an attempt): "out of memory: need N bytes,
+        free M bytes", or "proplet busy: N/M instances running". With a
         shared module (the profile's `shared_module`), `module_key` names the module: its bytes are
         charged when its first instance is admitted and given back with its last."""
         key = module_key if module_key is not None else f"<{module_bytes} bytes>"
         load = self.spec.module_cost(module_bytes) if key not in self._modules else 0
         cost = self.spec.instance_cost(module_bytes, memory_pages) + load
         if self.instances >= self.spec.max_instances:
-            return f"too many instances: {self.spec.max_instances} already running"
+            return refusals.busy_error(self.instances, self.spec.max_instances)
         if cost + self.spec.spawn_transient_bytes > self.free_bytes:
-            return f"out of memory: need {cost} bytes, free {max(0, self.free_bytes)} bytes"
+            return refusals.out_of_memory_error(cost, self.free_bytes)
         result = self._budget.admit(0 if self.spec.shared_module else module_bytes, memory_pages)
         if isinstance(result, Refusal):
             if "instance limit" in result.reason:
-                return f"too many instances: {self.spec.max_instances} already running"
-            return f"out of memory: need {result.cost_bytes} bytes, free {result.free_bytes} bytes"
+                return refusals.busy_error(self.instances, self.spec.max_instances)
+            return refusals.out_of_memory_error(result.cost_bytes, result.free_bytes)
         assert isinstance(result, Admission)
         if self.spec.shared_module:
             entry = self._modules.setdefault(key, [0, load])
