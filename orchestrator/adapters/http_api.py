@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from orchestrator.core.errors import EngineError, NotFound, ValidationError
-from orchestrator.views import proplet_view, receipt_view, task_view
+from orchestrator.adapters.store import StoreError
+from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
+from orchestrator.core.model import Task, TaskState
+from orchestrator.views import proplet_view, receipt_view, redacted_module, task_view
 
 if TYPE_CHECKING:
     from orchestrator.service import ManagerService
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 VERSION = "0.1.0"
 MAX_BODY = 100 * 1024 * 1024
 MAX_TASK_PAGE = 100
+MAX_BATCH = 1000  # tasks per POST /tasks/batch
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -57,6 +60,27 @@ def _page(request: Request, *, max_limit: int | None = None) -> tuple[int, int]:
     return offset, limit
 
 
+def _start_flag(body: Any) -> bool:
+    """Pop the optional ``"start"`` flag of a create request (create and start in one call)."""
+    start = body.pop("start", False) if isinstance(body, dict) else False
+    if not isinstance(start, bool):
+        raise ValidationError(f"start must be true or false, got {start!r}", "start")
+    return start
+
+
+def _state_filter(raw: str) -> int:
+    """A task state given by number (upstream) or by name, case-insensitive."""
+    if raw.isdigit() and int(raw) in TaskState._value2member_map_:
+        return int(raw)
+    try:
+        return int(TaskState[raw.upper()])
+    except KeyError:
+        names = ", ".join(s.name.lower() for s in TaskState)
+        raise ValidationError(
+            f"state must be a state number or one of {names}, got {raw!r}", "state"
+        ) from None
+
+
 def _page_body(offset: int, limit: int, key: str, items: list[Any]) -> dict[str, Any]:
     """Upstream's page shape: ``{offset, limit, total, <key>: items[offset:offset+limit]}``."""
     return {"offset": offset, "limit": limit, "total": len(items), key: items[offset : offset + limit]}
@@ -74,6 +98,76 @@ async def _json_body(request: Request, *, optional: bool = False) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValidationError(f"request body is not valid JSON: {err}") from None
+
+
+RESULT_FORMATS = frozenset({"", "json", "raw"})
+LOG_PAGE = 1000  # log rows per answer; ``next`` pages on
+
+
+def _int_param(request: Request, key: str, default: int, *, lo: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{key} must be an integer, got {raw!r}", key) from None
+    if value < lo:
+        raise ValidationError(f"{key} must be >= {lo}, got {value}", key)
+    return value
+
+
+def result_response(task: Task, fmt: str) -> Response:
+    """``GET /tasks/{id}/results``: upstream's ``{"results"}`` (plus its type), parsed JSON, or raw bytes."""
+    kind = task.result_type
+    if fmt == "json":
+        if not isinstance(task.results, str):  # FL envelopes, broadcast maps: JSON values already
+            return JSONResponse({"results": task.results, "result_type": "json"})
+        if kind == "binary":
+            raise Conflict(f"the result of task {task.id} is binary, not JSON (use format=raw)", "format")
+        try:
+            value = json.loads(task.results)
+        except ValueError:
+            raise Conflict(
+                f"the result of task {task.id} is {kind or 'text'}, not JSON (use format=raw)", "format"
+            ) from None
+        return JSONResponse({"results": value, "result_type": "json"})
+    if fmt == "raw":
+        if kind == "binary" and isinstance(task.results, str):
+            try:
+                data = base64.b64decode(task.results, validate=True)
+            except ValueError:  # binascii.Error: the proplet called it base64 and it was not
+                raise Conflict(f"the binary result of task {task.id} is not valid base64", "format") from None
+            return Response(data, media_type="application/octet-stream")
+        if isinstance(task.results, str):
+            media = "application/json" if kind == "json" else "text/plain; charset=utf-8"
+            return Response(task.results.encode("utf-8"), media_type=media)
+        return JSONResponse(task.results)
+    body: dict[str, Any] = {"results": task.results}
+    if kind:
+        body["result_type"] = kind
+    if kind == "binary":
+        body["encoding"] = "base64"
+    return JSONResponse(body)
+
+
+def logs_body(task: Task, attempt: int, after: int, rows: list[Any], *, more: bool = False) -> dict[str, Any]:
+    """``GET /tasks/{id}/logs``: the attempt's final record if it has one, else its live pieces so far
+    (``live=1``: the live pieces only, for followers paging with ``after``). ``done``: the attempt is
+    over and nothing is left past this page."""
+    done = (task.state.is_terminal or attempt < task.attempt) and not more
+    return {
+        "task_id": task.id,
+        "attempt": attempt,
+        "state": int(task.state),
+        "done": done,
+        "next": max((r.id for r in rows), default=after),
+        "logs": [
+            {"id": r.id, "stream": r.stream, "data": r.data, "proplet_id": r.proplet_id, "seq": r.seq,
+             "final": r.final, "timestamp": r.timestamp}
+            for r in rows
+        ],
+    }  # fmt: skip
 
 
 def job_summary(manager: ManagerService, job_id: str) -> dict[str, Any]:
@@ -159,6 +253,10 @@ def create_app(manager: ManagerService) -> FastAPI:
     async def _engine_error(_: Request, err: EngineError) -> JSONResponse:
         return error(err.status, err.message)
 
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, err: StoreError) -> JSONResponse:
+        return error(503, str(err))  # a read the database could not answer (it names the cause)
+
     tokens = api_tokens(manager.settings)
     if tokens:
         app.add_middleware(_BearerAuth, tokens=tokens, metrics_public=manager.settings.metrics_public)
@@ -178,24 +276,69 @@ def create_app(manager: ManagerService) -> FastAPI:
     @app.post("/tasks", status_code=201)
     async def create_task(request: Request) -> JSONResponse:
         spec = await _json_body(request)
-        task = await manager.create_task(spec)
+        start = _start_flag(spec)
+        task = await manager.create_task(spec, start=start)
         return JSONResponse(task_view(task), status_code=201, headers={"Location": f"/tasks/{task.id}"})
+
+    @app.post("/tasks/batch")
+    async def create_tasks(request: Request) -> JSONResponse:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
+            raise ValidationError("body must be a JSON object with a 'tasks' list", "tasks")
+        specs = body["tasks"]
+        if not 1 <= len(specs) <= MAX_BATCH:
+            raise ValidationError(f"tasks must hold 1 to {MAX_BATCH} tasks, got {len(specs)}", "tasks")
+        start = _start_flag(body)
+        results = await manager.create_tasks(specs, start=start)
+        items: list[dict[str, Any]] = []
+        for i, r in enumerate(results):
+            if isinstance(r, EngineError):
+                item: dict[str, Any] = {"index": i, "status": r.status, "error": r.message}
+                if r.field:
+                    item["field"] = r.field
+                items.append(item)
+            else:
+                items.append({"index": i, "status": 201, "task": task_view(r)})
+        failed = sum(1 for r in results if isinstance(r, EngineError))
+        status = 201 if not failed else 207 if failed < len(results) else 400
+        return JSONResponse(
+            {"created": len(results) - failed, "failed": failed, "started": start, "results": items},
+            status_code=status,
+        )
 
     @app.get("/tasks")
     async def list_tasks(request: Request) -> dict[str, Any]:
         offset, limit = _page(request, max_limit=MAX_TASK_PAGE)
-        tasks = await manager.list_tasks()
-        raw_filter = request.query_params.get("metadata")
+        query = request.query_params
+        filters: dict[str, Any] = {}
+        if query.get("state"):
+            filters["state"] = _state_filter(query["state"])
+        for key in ("proplet_id", "name"):
+            if query.get(key):
+                filters[key] = query[key]
+        raw_filter = query.get("metadata")
         if raw_filter:
             try:
                 wanted = json.loads(raw_filter)
             except json.JSONDecodeError:
                 raise ValidationError("metadata must be a JSON object", "metadata") from None
-            if not isinstance(wanted, dict):
-                raise ValidationError("metadata must be a JSON object", "metadata")
-            tasks = [t for t in tasks if all(t.metadata.get(k) == v for k, v in wanted.items())]
-        page = tasks[offset : offset + limit]
-        return {"offset": offset, "limit": limit, "total": len(tasks), "tasks": [task_view(t) for t in page]}
+            if not isinstance(wanted, dict) or not all(
+                isinstance(v, str | int | float | bool) for v in wanted.values()
+            ):
+                raise ValidationError(
+                    "metadata must be a JSON object of strings, numbers or booleans", "metadata"
+                )
+            filters["metadata"] = wanted
+        assert manager.store is not None
+        page = await manager.store.list_tasks(offset, limit, **filters)
+        views = []
+        for task in page.tasks:
+            view = task_view(task)
+            ends = page.modules.get(task.id)
+            if ends is not None:  # the page holds the module's ends, not the module
+                view["file"] = redacted_module(ends.size, ends.head, ends.tail)
+            views.append(view)
+        return {"offset": offset, "limit": limit, "total": page.total, "tasks": views}
 
     @app.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:
@@ -252,15 +395,33 @@ def create_app(manager: ManagerService) -> FastAPI:
         return JSONResponse({"invoked": True, "results": outcome.results, "verified": outcome.verified})
 
     @app.get("/tasks/{task_id}/results")
-    async def task_results(task_id: str) -> Response:
+    async def task_results(task_id: str, request: Request) -> Response:
         task = await manager.find_task(_uuid(task_id, "task_id"))
+        fmt = request.query_params.get("format", "")
+        if fmt not in RESULT_FORMATS:
+            raise ValidationError(f"format must be 'json' or 'raw', got {fmt!r}", "format")
         if task.results is None:
             return Response(status_code=200)
-        return JSONResponse({"results": task.results})
+        return result_response(task, fmt)
+
+    @app.get("/tasks/{task_id}/logs")
+    async def task_logs(task_id: str, request: Request) -> dict[str, Any]:
+        task = await manager.find_task(_uuid(task_id, "task_id"))
+        attempt = _int_param(request, "attempt", task.attempt, lo=0)
+        after = _int_param(request, "after", 0, lo=0)
+        live = request.query_params.get("live", "") in ("1", "true")
+        assert manager.store is not None
+        store, page = manager.store, LOG_PAGE + 1
+        rows = []
+        if not live:
+            rows = await store.list_task_logs(task.id, attempt, after=after, limit=page, final=True)
+        if not rows:  # no final record (yet): the live pieces
+            rows = await store.list_task_logs(task.id, attempt, after=after, limit=page, final=False)
+        return logs_body(task, attempt, after, rows[:LOG_PAGE], more=len(rows) > LOG_PAGE)
 
     @app.get("/tasks/{task_id}/receipt")
     async def task_receipt(task_id: str) -> dict[str, Any]:
-        task = manager.engine.get_task(_uuid(task_id, "task_id"))
+        task = await manager.find_task(_uuid(task_id, "task_id"))
         return receipt_view(task, manager.engine.keys)
 
     @app.get("/proplets")

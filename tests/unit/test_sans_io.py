@@ -17,6 +17,7 @@ SANS_IO = [
     "orchestrator/core",
     "proplets/core.py",
     "proplets/backoff.py",
+    "proplets/output.py",
     "proplets/runtime/budget.py",
     "orchestrator/chunk_server.py",
     "twin/devices/esp32s3.py",
