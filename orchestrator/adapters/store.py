@@ -47,6 +47,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from orchestrator.core.identity import Identity
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -177,6 +178,19 @@ PROPLET_METRICS = sa.Table(
     sa.Column("memory_metrics", sa.JSON(), nullable=False),
     sa.Column("timestamp", sa.Double(), nullable=False, index=True),
     sa.Index("ix_proplet_metrics_proplet_id_timestamp", "proplet_id", "timestamp"),
+)
+
+IDENTITIES = sa.Table(
+    "identities",
+    METADATA,
+    sa.Column("proplet_id", sa.String(128), primary_key=True),
+    sa.Column("client_id", sa.String(128), nullable=False),
+    sa.Column("username", sa.String(128), nullable=False),
+    sa.Column("password_hash", sa.Text(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("public_key", sa.LargeBinary(), nullable=True),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Column("revoked_at", sa.Double(), nullable=True),
 )
 
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
@@ -317,6 +331,30 @@ class Store:
         async with self._read("load jobs") as conn:
             rows = (await conn.execute(sa.select(JOBS).order_by(JOBS.c.created_at, JOBS.c.id))).all()
         return [JobRecord(**dict(r._mapping)) for r in rows]
+
+    # -- identities ----------------------------------------------------------------------------------
+
+    async def save_identity(self, identity: Identity) -> None:
+        """Upsert one identity (enrolment, revocation); only the password's hash is ever stored."""
+        row = dataclasses.asdict(identity)
+        stmt = self._insert(IDENTITIES)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["proplet_id"],
+            set_={c.name: stmt.excluded[c.name] for c in IDENTITIES.c if c.name != "proplet_id"},
+        )
+        async with self._write(f"save identity {identity.proplet_id!r}", [row]) as conn:
+            await conn.execute(stmt, row)
+
+    async def load_identities(self) -> list[Identity]:
+        async with self._read("load identities") as conn:
+            rows = (await conn.execute(sa.select(IDENTITIES).order_by(IDENTITIES.c.proplet_id))).all()
+        out = []
+        for r in rows:
+            values = dict(r._mapping)
+            if values["public_key"] is not None:
+                values["public_key"] = bytes(values["public_key"])
+            out.append(Identity(**values))
+        return out
 
     # -- metrics -------------------------------------------------------------------------------------
 

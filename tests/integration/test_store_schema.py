@@ -16,7 +16,8 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-HEAD = "0001"
+HEAD = "trust_identity"
+ALL = ("0001", HEAD)  # every revision, oldest first
 
 
 def _sqlite_schema(path: Path) -> list[tuple[str, str]]:
@@ -34,11 +35,11 @@ async def test_sqlite_upgrades_an_empty_file_then_reopen_is_a_noop(sqlite_path: 
     sqlite_path.parent.mkdir(parents=True)
     sqlite_path.touch()  # an existing, empty database file
     async with await Store.open(str(sqlite_path)) as store:
-        assert store.applied_revisions == (HEAD,)
+        assert store.applied_revisions == ALL
         assert await store.schema_version() == HEAD
         await store.save_task(Task(id="t", name="kept"))
     schema = _sqlite_schema(sqlite_path)
-    assert {"tasks", "proplets", "jobs", "task_metrics", "proplet_metrics", "alembic_version"} <= {
+    assert {"tasks", "proplets", "jobs", "task_metrics", "proplet_metrics", "identities", "alembic_version"} <= {
         name for name, _ in schema
     }
     assert {"ix_tasks_state", "ix_tasks_job_id", "ix_tasks_workflow_id"} <= {name for name, _ in schema}
@@ -56,7 +57,7 @@ async def test_sqlite_upgrades_an_empty_file_then_reopen_is_a_noop(sqlite_path: 
 async def test_postgres_upgrades_an_empty_schema_then_reopen_is_a_noop(pg_schema: PgSchema) -> None:
     pg_schema.execute(f'CREATE SCHEMA "{pg_schema.name}"')
     async with await Store.open(pg_schema.url, schema=pg_schema.name) as store:
-        assert store.applied_revisions == (HEAD,)
+        assert store.applied_revisions == ALL
         await store.save_task(Task(id="t", name="kept"))
     async with await Store.open(pg_schema.url, schema=pg_schema.name) as again:
         assert again.applied_revisions == ()
