@@ -64,7 +64,15 @@ _PROPLET_PUBLISH: dict[str, str] = {
     t.REGISTRY_REQUEST: "none",
 }
 _PROPLET_SUBSCRIBE = frozenset({t.START, t.STOP, t.INVOKE, t.REGISTRY_SERVER})
-_CHANNEL_RE = re.compile(r"m/.+/c/[^/]+/(?P<suffix>.+)")
+_BASE_RE = re.compile(r"m/.+/c/.+")
+
+
+def _suffix(topic: str, known: Iterable[str]) -> str | None:
+    """The known channel suffix ``topic`` ends with (after a well-formed ``m/{d}/c/{c}`` base)."""
+    for suffix in known:
+        if topic.endswith("/" + suffix) and _BASE_RE.fullmatch(topic[: -len(suffix) - 1]):
+            return suffix
+    return None
 
 
 def check_id(value: object, field: str) -> str:
@@ -193,7 +201,7 @@ def new_enrollment(
         client_id=client,
         username=client,
         password_hash=hash_password(password, salt),
-        kind=kind,  # type: ignore[arg-type]  # checked against KINDS above
+        kind=kind,  # checked against KINDS above
         public_key=public,
         created_at=wall,
     )
@@ -323,8 +331,7 @@ class IdentityRegistry:
         """None if ``identity`` may publish ``payload`` on ``topic``, else the reason it may not."""
         if identity.kind == "manager":
             return None
-        match = _CHANNEL_RE.fullmatch(topic)
-        suffix = match.group("suffix") if match else None
+        suffix = _suffix(topic, _PROPLET_PUBLISH)
         rule = _PROPLET_PUBLISH.get(suffix) if suffix else None
         if rule is None:
             return f"a {identity.kind} may not publish on {topic[:120]!r}"
@@ -349,9 +356,7 @@ class IdentityRegistry:
         """None if ``identity`` may subscribe to ``topic_filter``, else the reason it may not."""
         if identity.kind == "manager":
             return None
-        match = _CHANNEL_RE.fullmatch(topic_filter)
-        suffix = match.group("suffix") if match else None
-        if suffix in _PROPLET_SUBSCRIBE and "+" not in topic_filter and "#" not in topic_filter:
+        if _suffix(topic_filter, _PROPLET_SUBSCRIBE) and "+" not in topic_filter and "#" not in topic_filter:
             return None
         return f"a {identity.kind} may not subscribe to {topic_filter[:120]!r}"
 

@@ -81,7 +81,7 @@ async def test_unknown_newer_revision_is_refused(sqlite_path: Path) -> None:
         pass
     with sqlite3.connect(sqlite_path) as db:
         db.execute("UPDATE alembic_version SET version_num = '9999'")
-    with pytest.raises(StoreError, match=r"revision '9999', unknown to this version \(head '0001'\)"):
+    with pytest.raises(StoreError, match=r"revision '9999', unknown to this version \(head 'trust_identity'\)"):
         await Store.open(str(sqlite_path))
 
 
