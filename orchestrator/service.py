@@ -36,8 +36,10 @@ from orchestrator.core.commands import (
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
+from orchestrator.core.identity import Enrollment, Identity, IdentityRegistry
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
+from orchestrator.enrollment import enroll as enroll_identity
 
 log = logging.getLogger("propeller.manager")
 
@@ -64,6 +66,8 @@ class ManagerSettings:
     mqtt_cert: str | None = None
     mqtt_key: str | None = None
     mqtt_insecure: bool = False
+    # Embedded broker: admit anonymous and unknown clients, no per-identity rules (debugging only).
+    broker_open: bool = False
 
 
 class ManagerService:
@@ -91,6 +95,8 @@ class ManagerService:
         self._api_server: Any = None
         self._invocations: dict[str, asyncio.Future[InvocationFinished]] = {}
         self.chunks = ChunkServer()
+        # Enrolled identities (from the store); the embedded broker decides with them, live.
+        self.identities = IdentityRegistry()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,18 +118,37 @@ class ManagerService:
         proplets = await self.store.load_proplets()
         jobs = await self.store.load_jobs()
         self.engine.restore(tasks, proplets, self.now(), time.time(), jobs)
+        client_id = (
+            self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
+        )
+        own_password: str | None = None
+        stored = [i for i in await self.store.load_identities() if i.proplet_id != client_id]
+        self.identities = IdentityRegistry(stored)
         if url.scheme == "embedded":
-            self.broker = EmbeddedBroker(url.host, url.port)
+            if self.settings.broker_open:
+                log.warning(
+                    json.dumps(
+                        {"event": "broker_open", "warning": "the embedded broker admits ANY client, "
+                         "anonymous included, with no topic rules (--broker-open): debugging only"}
+                    )
+                )  # fmt: skip
+            else:
+                # The manager's own identity for its own broker: fresh secrets each start, never stored.
+                own = enroll_identity("manager", client_id, wall=time.time())
+                self.identities.enroll(own.identity)
+                own_password = own.password
+            self.broker = EmbeddedBroker(
+                url.host, url.port, allow_anonymous=self.settings.broker_open, identities=self.identities
+            )
             await self.broker.start()
             self.broker_url = self.broker.url
         else:
             self.broker_url = self.settings.broker
         topics = self.engine.topics
-        client_id = (
-            self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
-        )
         broker = parse_broker_url(self.broker_url)
-        if not broker.username:
+        if own_password is not None:
+            broker = dataclasses.replace(broker, username=client_id, password=own_password)
+        elif not broker.username:
             # A named session: brokers (amqtt too) keep a named client's QoS 1 messages while it is
             # away, so results published during a manager restart are delivered when it is back.
             broker = dataclasses.replace(broker, username=client_id)
@@ -379,6 +404,50 @@ class ManagerService:
         self._wake.set()
         await self.flush()
         return await waiter
+
+    # ------------------------------------------------------------------ identities
+
+    @property
+    def broker_link_up(self) -> bool:
+        """Whether the manager's own MQTT session is up (``/health`` fails while it is not)."""
+        return self.mqtt is not None and self.mqtt.connected
+
+    async def enroll(
+        self, kind: str = "proplet", proplet_id: str | None = None, client_id: str | None = None,
+        key: str | None = None,
+    ) -> Enrollment:  # fmt: skip
+        """Enroll an identity; it is durable before this returns. Conflict if the id is in use."""
+        assert self.store is not None
+        if kind == "manager":
+            from orchestrator.core.errors import ValidationError
+
+            raise ValidationError("the manager's identity is not enrolled through the API", "kind")
+        enrollment = enroll_identity(kind, proplet_id, wall=time.time(), client_id=client_id, key=key)
+        previous = self.identities.get(enrollment.identity.proplet_id)
+        self.identities.enroll(enrollment.identity)  # raises Conflict, registry unchanged
+        try:
+            await self.store.save_identity(enrollment.identity)
+        except BaseException:
+            self.identities.replace_all(
+                [i for i in self.identities.all() if i.proplet_id != enrollment.identity.proplet_id]
+                + ([previous] if previous is not None else [])
+            )
+            raise
+        log.info(json.dumps({"event": "identity_enrolled", **enrollment.identity.view()}))
+        return enrollment
+
+    async def revoke(self, proplet_id: str) -> Identity:
+        """Revoke: refused from now on, and its live session (embedded broker) is dropped at once."""
+        assert self.store is not None
+        identity = self.identities.revoke(proplet_id, time.time())
+        await self.store.save_identity(identity)
+        dropped = False
+        if self.broker is not None:
+            dropped = await self.broker.drop_client(identity.client_id)
+        log.warning(
+            json.dumps({"event": "identity_revoked", "proplet_id": proplet_id, "disconnected": dropped})
+        )
+        return identity
 
     def proplet_alive(self, proplet: Proplet) -> bool:
         return self.engine.is_alive(proplet, self.now())

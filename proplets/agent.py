@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from orchestrator.adapters.mqtt import MqttClient, MqttError, Will, parse_broker_url
 from proplets import profile as embedded
 from proplets.core import (
     CancelTask,
@@ -91,6 +91,11 @@ class AgentSettings:
     wait_for_broker: bool = False
     # Embedded profile: override the device's WAMR heap (bytes); None = the profile's own.
     heap_bytes: int | None = None
+    # Enrolled identity (`propeller proplet --identity FILE`): broker credentials, client id, signing key.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    signing_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -99,6 +104,23 @@ class AgentSettings:
             raise ValueError(f"heap_bytes must be > 0, got {self.heap_bytes}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+
+
+def with_identity(settings: AgentSettings, path: str) -> AgentSettings:
+    """``settings`` for the enrolled identity in the file at ``path`` (ValueError naming what is wrong)."""
+    from orchestrator.enrollment import load_identity
+
+    ident = load_identity(path)
+    if ident.kind == "manager":
+        raise ValueError(f"identity file {path}: a manager identity cannot run a proplet")
+    return replace(
+        settings,
+        proplet_id=ident.proplet_id,
+        client_id=ident.client_id,
+        username=ident.username,
+        password=ident.password,
+        signing_key=ident.signing_key,
+    )
 
 
 def host_metadata(settings: AgentSettings) -> dict[str, Any]:
@@ -133,6 +155,7 @@ def engine_config(settings: AgentSettings) -> PropletConfig:
         heartbeat_interval=settings.heartbeat_interval,
         metrics_interval=settings.metrics_interval,
         max_instances=settings.max_instances,
+        signing_key=settings.signing_key,
     )
     if settings.profile == "host":
         return replace(base, metadata=host_metadata(settings))
@@ -185,9 +208,12 @@ class PropletAgent:
         )
         self.metrics_server: MetricsServer | None = None
         will_topic, will_payload = self.engine.last_will()
+        broker = parse_broker_url(settings.broker)
+        if settings.username is not None:
+            broker = replace(broker, username=settings.username, password=settings.password)
         self.mqtt = MqttClient(
-            settings.broker,
-            settings.proplet_id,
+            broker,
+            settings.client_id or settings.proplet_id,
             keepalive=settings.keepalive,
             will=Will(will_topic, will_payload, 1),
             on_message=self._on_message,

@@ -49,6 +49,8 @@ class PropletConfig:
     metrics_interval: float = 10.0
     # A WAMR-like memory budget every instance is admitted against (the embedded profile); None = none.
     budget: BudgetConfig | None = None
+    # Raw 32-byte Ed25519 private key from the proplet's enrolled identity (signs execution receipts).
+    signing_key: bytes | None = None
 
     def __post_init__(self) -> None:
         if not self.proplet_id:

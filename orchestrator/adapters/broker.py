@@ -174,7 +174,9 @@ class _Broker(Broker):
         # amqtt's own version, with the identity decided before an existing session is deleted or
         # taken over (amqtt 0.12.1 does both before it checks credentials).
         try:
-            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            handler, session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
         except (AMQTTError, MQTTError, NoDataError) as exc:
             with contextlib.suppress(Exception):
                 await writer.close()
@@ -196,7 +198,15 @@ class _Broker(Broker):
             session.parent = 0
         elif session.client_id in self._sessions:
             existing, _ = self._sessions[session.client_id]
-            for name in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive", "username", "password"):
+            for name in (
+                "will_flag",
+                "will_message",
+                "will_topic",
+                "will_qos",
+                "keep_alive",
+                "username",
+                "password",
+            ):
                 setattr(existing, name, getattr(session, name))
             session = existing
             session.parent = 1

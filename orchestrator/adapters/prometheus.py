@@ -45,6 +45,16 @@ class _EngineCollector(Collector):
         for name, count in sorted(engine.counters.items()):
             events.add_metric([name], count)
         yield events
+        guard = self.manager.broker.guard if self.manager.broker is not None else None
+        if guard is not None:
+            refused = CounterMetricFamily(
+                "propeller_broker_refused",
+                "Embedded broker: refused CONNECTs and SUBSCRIBEs, dropped PUBLISHes and wills, by kind",
+                labels=["what"],
+            )
+            for what, count in sorted(guard.counters.items()):
+                refused.add_metric([what], count)
+            yield refused
         samples = engine.dispatch_latencies
         buckets = [(str(b), float(sum(1 for s in samples if s <= b))) for b in LATENCY_BUCKETS]
         buckets.append(("+Inf", float(len(samples))))

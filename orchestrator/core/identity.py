@@ -64,6 +64,8 @@ _PROPLET_PUBLISH: dict[str, str] = {
     t.REGISTRY_REQUEST: "none",
 }
 _PROPLET_SUBSCRIBE = frozenset({t.START, t.STOP, t.INVOKE, t.REGISTRY_SERVER})
+PROPLET_WRITE: tuple[str, ...] = tuple(_PROPLET_PUBLISH)  # channel suffixes a proplet may publish on
+PROPLET_READ: tuple[str, ...] = tuple(sorted(_PROPLET_SUBSCRIBE))  # ... and may subscribe to
 _BASE_RE = re.compile(r"m/.+/c/.+")
 
 
@@ -102,7 +104,9 @@ def verify_password(password: str, stored: str) -> bool:
         if not 1 <= iterations <= 1_000_000:
             return False
         expected = base64.b64decode(digest, validate=True)
-        given = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt, validate=True), iterations)
+        given = hashlib.pbkdf2_hmac(
+            "sha512", password.encode(), base64.b64decode(salt, validate=True), iterations
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(expected, given)
@@ -112,8 +116,10 @@ def public_key_of(signing_key: bytes) -> bytes:
     """The raw 32-byte Ed25519 public key of a raw 32-byte private key."""
     if len(signing_key) != 32:
         raise ValidationError(f"an Ed25519 signing key is 32 bytes, got {len(signing_key)}", "signing_key")
-    return Ed25519PrivateKey.from_private_bytes(signing_key).public_key().public_bytes(
-        Encoding.Raw, PublicFormat.Raw
+    return (
+        Ed25519PrivateKey.from_private_bytes(signing_key)
+        .public_key()
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
     )
 
 
@@ -324,7 +330,9 @@ class IdentityRegistry:
             owner = self._by_client.get(client_id)
             if owner is not None:
                 return AuthVerdict(None, f"client id {client_id!r} belongs to another identity")
-            return AuthVerdict(None, f"identity {pid!r} must connect with its client id {identity.client_id!r}")
+            return AuthVerdict(
+                None, f"identity {pid!r} must connect with its client id {identity.client_id!r}"
+            )
         return AuthVerdict(identity)
 
     def publish_verdict(self, identity: Identity, topic: str, payload: bytes) -> str | None:

@@ -39,9 +39,8 @@ async def test_sqlite_upgrades_an_empty_file_then_reopen_is_a_noop(sqlite_path: 
         assert await store.schema_version() == HEAD
         await store.save_task(Task(id="t", name="kept"))
     schema = _sqlite_schema(sqlite_path)
-    assert {"tasks", "proplets", "jobs", "task_metrics", "proplet_metrics", "identities", "alembic_version"} <= {
-        name for name, _ in schema
-    }
+    tables = {"tasks", "proplets", "jobs", "task_metrics", "proplet_metrics", "identities", "alembic_version"}
+    assert tables <= {name for name, _ in schema}
     assert {"ix_tasks_state", "ix_tasks_job_id", "ix_tasks_workflow_id"} <= {name for name, _ in schema}
 
     async with await Store.open(str(sqlite_path)) as again:
@@ -81,7 +80,8 @@ async def test_unknown_newer_revision_is_refused(sqlite_path: Path) -> None:
         pass
     with sqlite3.connect(sqlite_path) as db:
         db.execute("UPDATE alembic_version SET version_num = '9999'")
-    with pytest.raises(StoreError, match=r"revision '9999', unknown to this version \(head 'trust_identity'\)"):
+    unknown = r"revision '9999', unknown to this version \(head 'trust_identity'\)"
+    with pytest.raises(StoreError, match=unknown):
         await Store.open(str(sqlite_path))
 
 
