@@ -14,7 +14,7 @@ import httpx
 import wasmtime
 
 from orchestrator.service import ManagerService, ManagerSettings
-from proplets.agent import AgentSettings, PropletAgent
+from proplets.agent import AgentSettings, PropletAgent, with_identity
 
 STATE_NAMES = ["Pending", "Scheduled", "Running", "Completed", "Failed", "Skipped", "Interrupted"]
 
@@ -49,14 +49,19 @@ async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
         try:
             print(f"manager: broker {manager.broker_url}, API http://127.0.0.1:{manager.api_port}, db {db}")
             for i in range(proplets):
-                agent = PropletAgent(
-                    AgentSettings(
-                        broker=manager.broker_url,
-                        proplet_id=f"demo-proplet-{i + 1}",
-                        heartbeat_interval=1.0,
-                        cache_dir=str(Path(tmp) / "cache"),
-                    )
+                # The embedded broker is closed: each demo proplet is enrolled (a kept database may
+                # hold last run's identity, which is revoked and replaced).
+                pid = f"demo-proplet-{i + 1}"
+                if manager.identities.get(pid) is not None:
+                    await manager.revoke(pid)
+                enrollment = await manager.enroll("proplet", pid)
+                proplet_settings = AgentSettings(
+                    broker=manager.broker_url,
+                    proplet_id=pid,
+                    heartbeat_interval=1.0,
+                    cache_dir=str(Path(tmp) / "cache"),
                 )
+                agent = PropletAgent(with_identity(proplet_settings, enrollment.identity_file()))
                 await agent.start()
                 agents.append(agent)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{manager.api_port}", timeout=10) as api:

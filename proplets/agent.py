@@ -106,13 +106,14 @@ class AgentSettings:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
 
 
-def with_identity(settings: AgentSettings, path: str) -> AgentSettings:
-    """``settings`` for the enrolled identity in the file at ``path`` (ValueError naming what is wrong)."""
-    from orchestrator.enrollment import load_identity
+def with_identity(settings: AgentSettings, identity: str | Path | dict[str, Any]) -> AgentSettings:
+    """``settings`` for an enrolled identity: a file path, or the identity-file document itself
+    (as returned by enrolment). ValueError naming what is wrong."""
+    from orchestrator.enrollment import load_identity, parse_identity
 
-    ident = load_identity(path)
+    ident = parse_identity(identity) if isinstance(identity, dict) else load_identity(identity)
     if ident.kind == "manager":
-        raise ValueError(f"identity file {path}: a manager identity cannot run a proplet")
+        raise ValueError(f"identity {ident.proplet_id}: a manager identity cannot run a proplet")
     return replace(
         settings,
         proplet_id=ident.proplet_id,

@@ -32,7 +32,7 @@ from typing import Any
 import simpy
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from orchestrator.adapters.mqtt import BrokerUrl, MqttClient, MqttError, Will
 from proplets import profile as embedded
 from proplets.core import (
     CancelTask,
@@ -125,6 +125,11 @@ class DeviceConfig:
     spec: Esp32S3Spec | HostSpec = ESP32S3
     tags: tuple[str, ...] = ()
     channel: str = "default"
+    # The device's enrolled identity on a closed broker: user name (= its client id), password and, for
+    # our proplets, the Ed25519 key that signs receipts. None: connect anonymously (an open broker).
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    signing_key: bytes | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -319,8 +324,9 @@ class SimDevice:
         self.engine = PropletEngine(self._engine_config())
         topic, payload = self.engine.last_will()
         t = cfg.timers
+        url = BrokerUrl("mqtt", cfg.host, cfg.port, cfg.username, cfg.password if cfg.username else None)
         self.mqtt = MqttClient(
-            f"mqtt://{cfg.host}:{cfg.port}", cfg.proplet_id, keepalive=max(1, round(t.keepalive)),
+            url, cfg.proplet_id, keepalive=max(1, round(t.keepalive)),
             will=Will(topic, payload, 1), reconnect=not self.flags.no_reconnect,
             backoff_min=t.reconnect_min, backoff_max=t.reconnect_max, rng=random.Random(self.rng.random()),
             on_message=lambda tp, pl: self._inject(gen, self._on_message, tp, pl),
@@ -333,6 +339,7 @@ class SimDevice:
         base = PropletConfig(
             proplet_id=cfg.proplet_id, domain=cfg.domain, channel=cfg.channel,
             heartbeat_interval=cfg.timers.heartbeat_interval, metrics_interval=0.0,
+            signing_key=cfg.signing_key,
         )  # fmt: skip
         if isinstance(cfg.spec, Esp32S3Spec):
             memory = self.memory

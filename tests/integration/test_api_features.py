@@ -10,7 +10,6 @@ from pathlib import Path
 import wasmtime
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient
 from tests.integration.conftest import Cluster, close_cluster, eventually, make_cluster
 
 MODULE = base64.b64encode(
@@ -119,7 +118,7 @@ async def test_alive_history_and_proplet_metrics_are_served(embedded_cluster: Cl
     c = embedded_cluster
     await c.add_proplet("p1")
     await eventually(lambda: _history_at_least(c, "p1", 3), 10, "three heartbeats in the alive history")
-    sender = MqttClient(c.broker_url, "metrics-sender")
+    sender = c.peer("metrics-sender")
     await sender.connect()
     metrics = wire.PropletMetrics(
         "p1",
