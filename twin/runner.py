@@ -45,6 +45,7 @@ from hil.scenario_boards import ScenarioBoards
 from twin.clock import AsyncSimClock
 from twin.device import Shared
 from twin.fleet import Fleet
+from twin.identities import TwinIdentities
 from twin.observer import ManagerObserver
 from twin.scenario import RunnerUnavailable
 from twin.scenario.spec import FaultSpec, Scenario
@@ -146,7 +147,10 @@ class _Run:
         trace.meta.update(
             {"runner": "live", "seed": s.seed, "work_dir": str(self.work), "domain": self.domain}
         )
-        self.broker = Broker(s.broker, self.work)
+        # A closed broker, like a real fleet: the manager and every device are enrolled for this run.
+        self.identities = TwinIdentities(self.work)
+        manager_identity = await self.identities.bootstrap(self.domain)
+        self.broker = Broker(s.broker, self.work, identities=self.identities.db)
         await self.broker.start()
         m = s.manager
         liveness = s.timers.liveness_timeout
@@ -154,15 +158,20 @@ class _Run:
                               m.queue_timeout)  # fmt: skip
         if m.store != "sqlite":
             raise ValueError(f"manager.store {m.store!r}: the live runner runs the manager on SQLite only")
-        self.manager = Manager(self.broker.url, opts, self.work, self.observer.on_line)
+        self.manager = Manager(self.broker.url, opts, self.work, self.observer.on_line, identity=manager_identity)
         trace.meta["manager_log"] = str(self.manager.process.log_path)
         await self.manager.start()
         from proplets.runtime import WasmtimeRuntime  # lazy: wasmtime is heavy to import
 
         self.runtime = WasmtimeRuntime()
         self.shared = Shared(self.env, self.clock, trace, self.runtime, self.executor)
+        broker = self.broker
         self.fleet = Fleet(s, self.shared, self.broker.host, self.broker.port, self.domain, self._fleet_fault,
-                           on_board_fault=self._board_fault, real_port=self._real_port)  # fmt: skip
+                           on_board_fault=self._board_fault, real_port=self._real_port,
+                           credentials=self.identities.device,
+                           before_power_on=lambda: self.identities.commit(
+                               broker.host, broker.port, broker.process.pid if broker.kind == "mosquitto" else None
+                           ))  # fmt: skip
         await self.fleet.start()
         self.observer.proplet_names = self.fleet.proplet_names
         if self.fleet.boards:
@@ -309,7 +318,7 @@ class _Run:
                     esp32sim.create_board(port.removeprefix("esp32sim://"), member.device)
                     self.sims.append(port.removeprefix("esp32sim://"))
                 boards.open(name, port)
-            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key="twin",
+            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key=self.identities.board_key,
                                  proplet_ids={n: b.proplet_id for n, b in members.items()})  # fmt: skip
             for board in boards.boards.values():
                 board.expect_event("mqtt_connected", timeout=BOARD_JOIN_S)

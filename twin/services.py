@@ -153,7 +153,12 @@ class ManagedProcess:
 class Broker:
     """The scenario's broker process on a fixed ephemeral port; ``restart`` keeps the port."""
 
-    def __init__(self, kind: str, work_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, kind: str, work_dir: Path, host: str = "127.0.0.1", port: int | None = None,
+        identities: Path | None = None,
+    ) -> None:  # fmt: skip
+        """``identities``: the run's manager database, whose enrolled identities the (closed) broker
+        admits (twin/identities.py); None runs an OPEN broker."""
         if kind not in ("embedded", "mosquitto"):
             raise ValueError(f"broker must be 'embedded' or 'mosquitto', got {kind!r}")
         self.kind, self.host = kind, host
@@ -165,8 +170,15 @@ class Broker:
             if exe is None:
                 raise ServiceError("broker: mosquitto is not installed (apt-get install mosquitto)")
             conf = work_dir / "mosquitto.conf"
+            access = "allow_anonymous true\n"
+            if identities is not None:  # files written by TwinIdentities (SIGHUP reloads them)
+                access = (
+                    f"allow_anonymous false\nuse_username_as_clientid true\n"
+                    f"password_file {(work_dir / 'mosquitto.passwd').resolve()}\n"
+                    f"acl_file {(work_dir / 'mosquitto.acl').resolve()}\n"
+                )
             conf.write_text(
-                f"listener {self.port} {host}\nallow_anonymous true\nmax_queued_messages 100000\n"
+                f"listener {self.port} {host}\n{access}max_queued_messages 100000\n"
                 "max_inflight_messages 100\npersistence false\nmax_keepalive 65535\n"
                 "log_dest stdout\nlog_type error\nlog_type warning\n",
                 encoding="utf-8",
@@ -175,6 +187,7 @@ class Broker:
         else:
             argv = [sys.executable, "-m", "orchestrator.cli", "--log-level", "warning", "broker",
                     "--listen", f"{host}:{port or self.port}"]  # fmt: skip
+            argv += ["--db", str(identities), "--refresh", "0.5"] if identities is not None else ["--open"]
         self.process = ManagedProcess(f"broker ({kind})", argv, work_dir / "broker.log")
 
     @property
@@ -211,7 +224,7 @@ class Manager:
     """``propeller manager`` as a child process, its REST API on an ephemeral port."""
 
     def __init__(self, broker_url: str, opts: ManagerOptions, work_dir: Path,
-                 on_line: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 on_line: Callable[[str], None] | None = None, identity: Path | None = None) -> None:  # fmt: skip
         if opts.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {opts.placement!r}")
         self.api_port = free_port()
@@ -226,6 +239,8 @@ class Manager:
         ]  # fmt: skip
         if opts.queue_timeout is not None:
             argv += ["--queue-timeout", f"{opts.queue_timeout:g}"]
+        if identity is not None:  # its enrolled identity on the run's closed broker
+            argv += ["--identity", str(identity)]
         self.process = ManagedProcess("manager", argv, work_dir / "manager.log", on_line)
 
     async def start(self, timeout: float = 30.0) -> None:

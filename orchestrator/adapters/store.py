@@ -336,14 +336,21 @@ class Store:
 
     async def save_identity(self, identity: Identity) -> None:
         """Upsert one identity (enrolment, revocation); only the password's hash is ever stored."""
-        row = dataclasses.asdict(identity)
+        await self.save_identities([identity])
+
+    async def save_identities(self, identities: Sequence[Identity]) -> None:
+        """Upsert identities in one transaction (a fleet enrolled at once)."""
+        if not identities:
+            return
+        rows = [dataclasses.asdict(i) for i in identities]
         stmt = self._insert(IDENTITIES)
         stmt = stmt.on_conflict_do_update(
             index_elements=["proplet_id"],
             set_={c.name: stmt.excluded[c.name] for c in IDENTITIES.c if c.name != "proplet_id"},
         )
-        async with self._write(f"save identity {identity.proplet_id!r}", [row]) as conn:
-            await conn.execute(stmt, row)
+        what = f"save identity {identities[0].proplet_id!r}" if len(rows) == 1 else f"save {len(rows)} identities"
+        async with self._write(what, rows) as conn:
+            await conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
 
     async def load_identities(self) -> list[Identity]:
         async with self._read("load identities") as conn:
