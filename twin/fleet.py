@@ -136,7 +136,8 @@ class Fleet:
         if self.credentials is None:
             return config
         creds = self.credentials(config.kind, config.proplet_id)
-        return replace(config, username=creds.username, password=creds.password, signing_key=creds.signing_key)
+        return replace(config, username=creds.username, password=creds.password,
+                       signing_key=creds.signing_key)  # fmt: skip
 
     def _add_board(self, index: int, group: FleetGroup, name: str, pid: str) -> None:
         port = group.port

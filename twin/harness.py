@@ -45,6 +45,7 @@ from twin.clock import AsyncSimClock
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec
 from twin.devices.host import HOST
 from twin.fleet import Fleet
+from twin.identities import TwinIdentities
 from twin.link_profile import CLEAN, LinkProfile
 from twin.links import LinkProxy
 from twin.observer import ManagerObserver
@@ -130,11 +131,15 @@ class TwinCluster:
         """Start the broker, the manager and the simulation clock (``async with`` does this)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._started = time.monotonic()
-        self.broker = Broker(self.broker_kind, self.work_dir)
+        # A closed broker: the manager and each device added are enrolled (twin/identities.py).
+        self.identities = TwinIdentities(self.work_dir)
+        manager_identity = await self.identities.bootstrap(self.domain)
+        self.broker = Broker(self.broker_kind, self.work_dir, identities=self.identities.db)
         await self.broker.start()
         opts = ManagerOptions(self.domain, self.timers.heartbeat_interval, self.timers.liveness_timeout,
                               self.placement, self.max_attempts, self.queue_timeout)  # fmt: skip
-        self.manager = Manager(self.broker.url, opts, self.work_dir, self.observer.on_line)
+        self.manager = Manager(self.broker.url, opts, self.work_dir, self.observer.on_line,
+                               identity=manager_identity)  # fmt: skip
         self.trace.meta["manager_log"] = str(self.manager.process.log_path)
         await self.manager.start()
         from proplets.runtime import WasmtimeRuntime  # lazy: wasmtime is heavy to import
@@ -246,12 +251,15 @@ class TwinCluster:
             fleet.links[name], fleet.link_profiles[name] = proxy, profile
             pid = str(uuid.UUID(int=ids.getrandbits(128), version=4))
             spec = esp_spec(group) if kind != "host" else host_spec
+            creds = self.identities.device(kind, pid)
             config = DeviceConfig(name, kind, pid, self.domain, "127.0.0.1", proxy.port, self.timers, spec,
-                                  tuple(tags))  # fmt: skip
+                                  tuple(tags), username=creds.username, password=creds.password,
+                                  signing_key=creds.signing_key)  # fmt: skip
             fleet.devices[name] = SimDevice(config, shared, random.Random(f"{self.seed}:device:{name}"))
             self._ids[name] = pid
             self._refs.append(DeviceRef(name, kind, len(self._groups) - 1, tuple(tags)))
         self.observer.proplet_names = {pid: name for name, pid in self._ids.items()}
+        await self.identities.commit(self.broker.host, self.broker.port, self._mosquitto_pid())
         for name in names:
             self.clock.inject(fleet.devices[name].power_on, 0.0)
         loop = asyncio.get_running_loop()
@@ -412,6 +420,11 @@ class TwinCluster:
     # ------------------------------------------------------------------ fleet-wide faults
     def _fleet_fault(self, spec: Any) -> None:
         raise ValueError(f"{spec.kind}: use TwinCluster.restart_broker / kill_manager")
+
+    def _mosquitto_pid(self) -> int | None:
+        """The private Mosquitto's pid (it reloads its password and ACL files on SIGHUP)."""
+        broker = self.broker
+        return broker.process.pid if broker is not None and broker.kind == "mosquitto" else None
 
     def _mark(self, subject: str, fault: str, phase: str, params: dict[str, Any]) -> None:
         self.trace.emit(self.now, "fault", subject, fault=fault, phase=phase, params=params)

@@ -101,6 +101,8 @@ class TwinIdentities:
             # Readable by the `mosquitto` user it drops to when started as root. Hashes of random
             # 256-bit passwords in a run's own directory: nothing to guess from them.
             path.chmod(0o644)
+        # ... and it must be able to reach them: a private temporary directory is 0700.
+        self.work_dir.chmod(self.work_dir.stat().st_mode | 0o011)
         return paths
 
     async def _wait_admitted(self, host: str, port: int) -> None:
@@ -110,9 +112,8 @@ class TwinIdentities:
         deadline = loop.time() + PROBE_TIMEOUT_S
         ident = probe.identity
         while True:
-            client = MqttClient(
-                BrokerUrl("mqtt", host, port, ident.username, probe.password), ident.client_id, reconnect=False
-            )
+            url = BrokerUrl("mqtt", host, port, ident.username, probe.password)
+            client = MqttClient(url, ident.client_id, reconnect=False)
             try:
                 await client.connect(timeout=5.0)
                 await client.disconnect()

@@ -158,7 +158,8 @@ class _Run:
                               m.queue_timeout)  # fmt: skip
         if m.store != "sqlite":
             raise ValueError(f"manager.store {m.store!r}: the live runner runs the manager on SQLite only")
-        self.manager = Manager(self.broker.url, opts, self.work, self.observer.on_line, identity=manager_identity)
+        self.manager = Manager(self.broker.url, opts, self.work, self.observer.on_line,
+                               identity=manager_identity)  # fmt: skip
         trace.meta["manager_log"] = str(self.manager.process.log_path)
         await self.manager.start()
         from proplets.runtime import WasmtimeRuntime  # lazy: wasmtime is heavy to import
@@ -166,12 +167,14 @@ class _Run:
         self.runtime = WasmtimeRuntime()
         self.shared = Shared(self.env, self.clock, trace, self.runtime, self.executor)
         broker = self.broker
+
+        async def enrolled() -> None:  # the fleet's identities, admitted by the broker before power-on
+            pid = broker.process.pid if broker.kind == "mosquitto" else None
+            await self.identities.commit(broker.host, broker.port, pid)
+
         self.fleet = Fleet(s, self.shared, self.broker.host, self.broker.port, self.domain, self._fleet_fault,
                            on_board_fault=self._board_fault, real_port=self._real_port,
-                           credentials=self.identities.device,
-                           before_power_on=lambda: self.identities.commit(
-                               broker.host, broker.port, broker.process.pid if broker.kind == "mosquitto" else None
-                           ))  # fmt: skip
+                           credentials=self.identities.device, before_power_on=enrolled)  # fmt: skip
         await self.fleet.start()
         self.observer.proplet_names = self.fleet.proplet_names
         if self.fleet.boards:
@@ -318,7 +321,8 @@ class _Run:
                     esp32sim.create_board(port.removeprefix("esp32sim://"), member.device)
                     self.sims.append(port.removeprefix("esp32sim://"))
                 boards.open(name, port)
-            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key=self.identities.board_key,
+            key = self.identities.board_key
+            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key=key,
                                  proplet_ids={n: b.proplet_id for n, b in members.items()})  # fmt: skip
             for board in boards.boards.values():
                 board.expect_event("mqtt_connected", timeout=BOARD_JOIN_S)

@@ -42,11 +42,12 @@ import psutil
 import simpy
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient
+from orchestrator.adapters.mqtt import BrokerUrl, MqttClient
 from proplets.core import Publish
 from twin.clock import AsyncSimClock
 from twin.device import DeviceConfig, Shared, SimDevice, shutdown_all
 from twin.devices.esp32s3 import ESP32S3
+from twin.identities import TwinIdentities
 from twin.scenario.spec import Timers
 from twin.scenario.trace import Trace
 from twin.services import Broker, Manager, ManagerOptions
@@ -307,14 +308,22 @@ class _Point:
 
     async def execute(self) -> None:
         cfg, r = self.cfg, self.r
-        self.broker = Broker(cfg.broker, self.work)
+        # A closed broker, as in production: the manager, the monitor and every device are enrolled.
+        identities = TwinIdentities(self.work)
+        manager_identity = await identities.bootstrap(self.domain)
+        self.broker = Broker(cfg.broker, self.work, identities=identities.db)
         await self.broker.start()
+        mosquitto_pid = self.broker.process.pid if self.broker.kind == "mosquitto" else None
         if cfg.manager:
             opts = ManagerOptions(self.domain, cfg.heartbeat, 3 * cfg.heartbeat)
-            self.manager = Manager(self.broker.url, opts, self.work)
+            self.manager = Manager(self.broker.url, opts, self.work, identity=manager_identity)
             await self.manager.start()
-        self.monitor = MqttClient(self.broker.url, f"scale-monitor-{self.domain}", keepalive=60,
-                                  on_message=self._on_monitor)  # fmt: skip
+        monitor_id = f"scale-monitor-{self.domain}"
+        watcher = identities.observer(monitor_id)
+        await identities.commit(self.broker.host, self.broker.port, mosquitto_pid)
+        host, port = self.broker.host, self.broker.port
+        monitor_url = BrokerUrl("mqtt", host, port, watcher.username, watcher.password)
+        self.monitor = MqttClient(monitor_url, monitor_id, keepalive=60, on_message=self._on_monitor)
         await self.monitor.connect()
         await self.monitor.subscribe_and_wait(self.topics.alive, 1)
         from proplets.runtime import WasmtimeRuntime  # lazy: heavy; the devices run no task here
@@ -327,8 +336,12 @@ class _Point:
         host, port = self.broker.host, self.broker.port
         for i in range(cfg.devices):
             pid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-            config = DeviceConfig(f"esp-{i:05d}", "esp32s3", pid, self.domain, host, port, timers, ESP32S3)
+            creds = identities.device("esp32s3", pid)
+            config = DeviceConfig(f"esp-{i:05d}", "esp32s3", pid, self.domain, host, port, timers, ESP32S3,
+                                  username=creds.username, password=creds.password,
+                                  signing_key=creds.signing_key)  # fmt: skip
             self.devices.append(ScaleDevice(config, self.shared, random.Random(rng.random())))
+        await identities.commit(self.broker.host, self.broker.port, mosquitto_pid)
         me = _Usage(psutil.Process().pid)
         loop = asyncio.get_running_loop()
         t0 = loop.time()

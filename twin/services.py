@@ -224,7 +224,8 @@ class Manager:
     """``propeller manager`` as a child process, its REST API on an ephemeral port."""
 
     def __init__(self, broker_url: str, opts: ManagerOptions, work_dir: Path,
-                 on_line: Callable[[str], None] | None = None, identity: Path | None = None) -> None:  # fmt: skip
+                 on_line: Callable[[str], None] | None = None,
+                 identity: Path | None = None) -> None:  # fmt: skip
         if opts.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {opts.placement!r}")
         self.api_port = free_port()

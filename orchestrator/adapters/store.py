@@ -348,7 +348,8 @@ class Store:
             index_elements=["proplet_id"],
             set_={c.name: stmt.excluded[c.name] for c in IDENTITIES.c if c.name != "proplet_id"},
         )
-        what = f"save identity {identities[0].proplet_id!r}" if len(rows) == 1 else f"save {len(rows)} identities"
+        first = identities[0].proplet_id
+        what = f"save identity {first!r}" if len(rows) == 1 else f"save {len(rows)} identities"
         async with self._write(what, rows) as conn:
             await conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
 
