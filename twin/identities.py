@@ -98,11 +98,7 @@ class TwinIdentities:
         paths = (self.work_dir / "mosquitto.passwd", self.work_dir / "mosquitto.acl")
         for path, text in zip(paths, (passwd, acl), strict=True):
             path.write_text(text, encoding="utf-8")
-            # Readable by the `mosquitto` user it drops to when started as root. Hashes of random
-            # 256-bit passwords in a run's own directory: nothing to guess from them.
-            path.chmod(0o644)
-        # ... and it must be able to reach them: a private temporary directory is 0700.
-        self.work_dir.chmod(self.work_dir.stat().st_mode | 0o011)
+            path.chmod(0o600)
         return paths
 
     async def _wait_admitted(self, host: str, port: int) -> None:

@@ -172,7 +172,10 @@ class Broker:
             conf = work_dir / "mosquitto.conf"
             access = "allow_anonymous true\n"
             if identities is not None:  # files written by TwinIdentities (SIGHUP reloads them)
-                access = (
+                # Started as root, Mosquitto drops to the `mosquitto` user before it reads the password
+                # file, which a 0700 test directory hides from it: this private broker stays root.
+                stay = "user root\n" if os.geteuid() == 0 else ""
+                access = stay + (
                     f"allow_anonymous false\nuse_username_as_clientid true\n"
                     f"password_file {(work_dir / 'mosquitto.passwd').resolve()}\n"
                     f"acl_file {(work_dir / 'mosquitto.acl').resolve()}\n"
