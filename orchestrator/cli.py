@@ -108,7 +108,7 @@ def _manager_identity(settings: Any, path: str) -> Any:
         raise ValueError("--identity is for an external broker; the embedded broker makes its own")
     url = dataclasses.replace(url, username=ident.username, password=ident.password)
     broker = f"{url.scheme}://{_quote(ident.username)}:{_quote(ident.password)}@{url.hostport}"
-    return dataclasses.replace(settings, broker=broker, client_id=ident.client_id)
+    return dataclasses.replace(settings, broker=broker, client_id=ident.client_id, enrolled_only=True)
 
 
 def _quote(text: str) -> str:

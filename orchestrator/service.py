@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,9 @@ class ManagerSettings:
     mqtt_insecure: bool = False
     # Embedded broker: admit anonymous and unknown clients, no per-identity rules (debugging only).
     broker_open: bool = False
+    # Drop proplet messages that claim an id that is not an enrolled, active proplet. On by itself with
+    # the closed embedded broker; `propeller manager --identity` (an external broker) turns it on too.
+    enrolled_only: bool = False
 
 
 class ManagerService:
@@ -97,6 +101,7 @@ class ManagerService:
         self.chunks = ChunkServer()
         # Enrolled identities (from the store); the embedded broker decides with them, live.
         self.identities = IdentityRegistry()
+        self.unenrolled: Counter[str] = Counter()  # messages dropped by enrolled_only, by topic suffix
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,6 +138,7 @@ class ManagerService:
                     )
                 )  # fmt: skip
             else:
+                self.settings.enrolled_only = True
                 # The manager's own identity for its own broker: fresh secrets each start, never stored.
                 own = enroll_identity("manager", client_id, wall=time.time())
                 self.identities.enroll(own.identity)
@@ -247,6 +253,13 @@ class ManagerService:
         if topic == self.engine.topics.registry_request:
             asyncio.get_running_loop().create_task(self._serve_registry(payload))
             return
+        if self.settings.enrolled_only:
+            reason = self.identities.sender_verdict(topic, payload)
+            if reason is not None:
+                suffix = self.engine.topics.suffix(topic) or topic
+                self.unenrolled[suffix] += 1
+                log.warning(json.dumps({"event": "message_unenrolled", "topic": suffix, "reason": reason}))
+                return
         self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
         self._wake.set()
         asyncio.get_running_loop().create_task(self.flush())

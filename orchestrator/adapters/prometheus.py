@@ -45,6 +45,14 @@ class _EngineCollector(Collector):
         for name, count in sorted(engine.counters.items()):
             events.add_metric([name], count)
         yield events
+        unenrolled = CounterMetricFamily(
+            "propeller_messages_unenrolled",
+            "Proplet messages dropped because the id they claim is not an enrolled, active proplet",
+            labels=["topic"],
+        )
+        for suffix, count in sorted(self.manager.unenrolled.items()):
+            unenrolled.add_metric([suffix], count)
+        yield unenrolled
         guard = self.manager.broker.guard if self.manager.broker is not None else None
         if guard is not None:
             refused = CounterMetricFamily(

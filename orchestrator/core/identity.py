@@ -360,6 +360,35 @@ class IdentityRegistry:
             return f"{suffix} names proplet {str(claimed)[:80]!r}, not the sender {identity.proplet_id!r}"
         return None
 
+    def sender_verdict(self, topic: str, payload: bytes) -> str | None:
+        """The manager's own check, for any broker: None if the proplet a proplet-to-manager message
+        claims to come from is an enrolled, active proplet identity, else why the message is dropped.
+
+        On a broker that binds payloads to identities (ours) this only repeats what the broker did; on
+        one that cannot (Mosquitto) it keeps unknown and revoked ids (``ghost-1``, ``\\u0000``, a
+        5 MB id) out of the registry and the scheduler. Messages that carry no id where the wire allows
+        that (firmware results) pass: receipts and the task's assignment decide about those.
+        """
+        suffix = _suffix(topic, _PROPLET_PUBLISH)
+        rule = _PROPLET_PUBLISH.get(suffix) if suffix else None
+        if rule is None or rule == "none":
+            return None
+        if rule == "required" and len(payload) > MAX_ANNOUNCE_BYTES:
+            return f"{suffix} payload of {len(payload)} bytes exceeds {MAX_ANNOUNCE_BYTES}"
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return None  # malformed: the engine counts and drops it with the field named
+        claimed = body.get("proplet_id") if isinstance(body, dict) else None
+        if not isinstance(claimed, str):
+            return None  # missing or not a string: the engine counts it as malformed, naming the field
+        identity = self._all.get(claimed)
+        if identity is None or identity.kind == "manager":
+            return f"{suffix} from {str(claimed)[:80]!r}, which is not an enrolled proplet"
+        if not identity.active:
+            return f"{suffix} from {claimed!r}, whose identity is revoked"
+        return None
+
     def subscribe_verdict(self, identity: Identity, topic_filter: str) -> str | None:
         """None if ``identity`` may subscribe to ``topic_filter``, else the reason it may not."""
         if identity.kind == "manager":
