@@ -246,6 +246,12 @@ async def _until(check: Any, timeout: float, what: str, child: Child | None = No
 
 
 @dataclass
+# The benchmarks drive the broker with raw clients (observers, round trips, raw discovery of thousands
+# of proplets), which a closed broker refuses by design: they run the embedded broker open
+# (`--broker-open`). What closing it costs is measured on its own (tests/bench/test_bench_identity.py).
+OPEN_BROKER = ("--broker-open",)
+
+
 class Cluster:
     api: httpx.AsyncClient
     broker_url: str  # as clients (proplets, observers) reach it
@@ -278,7 +284,7 @@ async def cluster(
                 _cli(
                     "manager", "--broker", manager_broker, "--db", str(tmp / "manager.db"),
                     "--api", f"127.0.0.1:{api_port}", "--domain", domain, "--channel", channel,
-                    "--heartbeat-interval", str(heartbeat),
+                    "--heartbeat-interval", str(heartbeat), *OPEN_BROKER,
                 ),
                 tmp / "manager.log",
             )  # fmt: skip
@@ -305,7 +311,7 @@ async def cluster(
             service = ManagerService(
                 ManagerSettings(
                     broker=manager_broker, db=str(tmp / "manager.db"), api_port=0, domain=domain,
-                    channel=channel, heartbeat_interval=heartbeat,
+                    channel=channel, heartbeat_interval=heartbeat, broker_open=bool(OPEN_BROKER),
                 )
             )  # fmt: skip
             await service.start()
