@@ -245,13 +245,13 @@ async def _until(check: Any, timeout: float, what: str, child: Child | None = No
     raise TimeoutError(f"bench: timed out after {timeout:g} s waiting for {what}")
 
 
-@dataclass
 # The benchmarks drive the broker with raw clients (observers, round trips, raw discovery of thousands
 # of proplets), which a closed broker refuses by design: they run the embedded broker open
 # (`--broker-open`). What closing it costs is measured on its own (tests/bench/test_bench_identity.py).
 OPEN_BROKER = ("--broker-open",)
 
 
+@dataclass
 class Cluster:
     api: httpx.AsyncClient
     broker_url: str  # as clients (proplets, observers) reach it

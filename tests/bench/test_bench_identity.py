@@ -39,7 +39,8 @@ class Flood:
         assert self.thread.broker is not None
         self.port = self.thread.broker.port
         self.loop = asyncio.new_event_loop()
-        self.payload = json.dumps({"proplet_id": "bench-p1", "status": "alive", "namespace": "default"}).encode()
+        heartbeat = {"proplet_id": "bench-p1", "status": "alive", "namespace": "default"}
+        self.payload = json.dumps(heartbeat).encode()
 
     def url(self, who: Any) -> BrokerUrl:
         if not self.closed:
@@ -99,5 +100,6 @@ def test_publish_binding_check(benchmark: Any) -> None:
     registry = IdentityRegistry()
     e = enroll("proplet", "p1", wall=0.0)
     registry.enroll(e.identity)
-    payload = json.dumps({"proplet_id": "p1", "status": "alive", "namespace": "default", "running": ["t"] * 8})
+    heartbeat = {"proplet_id": "p1", "status": "alive", "namespace": "default", "running": ["t"] * 8}
+    payload = json.dumps(heartbeat)
     assert benchmark(registry.publish_verdict, e.identity, TOPIC, payload.encode()) is None
