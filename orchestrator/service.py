@@ -44,6 +44,9 @@ from orchestrator.enrollment import enroll as enroll_identity
 
 log = logging.getLogger("propeller.manager")
 
+IDENTITY_REFRESH_S = 2.0
+MAX_HELD = 10_000  # messages from not-yet-known ids held for one re-read; beyond: dropped and counted
+
 
 @dataclass
 class ManagerSettings:
@@ -102,6 +105,11 @@ class ManagerService:
         # Enrolled identities (from the store); the embedded broker decides with them, live.
         self.identities = IdentityRegistry()
         self.unenrolled: Counter[str] = Counter()  # messages dropped by enrolled_only, by topic suffix
+        self._own_identity = ""  # the manager's identity on its embedded broker (in memory only)
+        # Messages naming an id not yet known here, held until the identities are re-read once (an
+        # enrolment made by another process: `proplets enroll --db`, the twin, a standby manager).
+        self._held: list[tuple[str, bytes]] = []
+        self._reloading: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,6 +135,7 @@ class ManagerService:
             self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
         )
         own_password: str | None = None
+        # The manager's own identity is not a proplet; on its embedded broker it gets a fresh one below.
         stored = [i for i in await self.store.load_identities() if i.proplet_id != client_id]
         self.identities = IdentityRegistry(stored)
         if url.scheme == "embedded":
@@ -142,6 +151,7 @@ class ManagerService:
                 # The manager's own identity for its own broker: fresh secrets each start, never stored.
                 own = enroll_identity("manager", client_id, wall=time.time())
                 self.identities.enroll(own.identity)
+                self._own_identity = own.identity.proplet_id
                 own_password = own.password
             self.broker = EmbeddedBroker(
                 url.host, url.port, allow_anonymous=self.settings.broker_open, identities=self.identities
@@ -173,6 +183,8 @@ class ManagerService:
             self.mqtt.subscribe(topic, 1)
         await self.mqtt.connect()
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="manager-timers"))
+        if self.settings.enrolled_only:
+            self._tasks.append(asyncio.create_task(self._identity_loop(), name="manager-identities"))
         if self.settings.serve_api:
             await self._start_api()
         await self.flush()
@@ -256,13 +268,57 @@ class ManagerService:
         if self.settings.enrolled_only:
             reason = self.identities.sender_verdict(topic, payload)
             if reason is not None:
-                suffix = self.engine.topics.suffix(topic) or topic
-                self.unenrolled[suffix] += 1
-                log.warning(json.dumps({"event": "message_unenrolled", "topic": suffix, "reason": reason}))
+                if len(self._held) < MAX_HELD and self.identities.claims_unknown(topic, payload):
+                    self._held.append((topic, payload))
+                    if self._reloading is None or self._reloading.done():
+                        self._reloading = asyncio.get_running_loop().create_task(self._release_held())
+                    return
+                self._drop_unenrolled(topic, reason)
                 return
         self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
         self._wake.set()
         asyncio.get_running_loop().create_task(self.flush())
+
+    def _drop_unenrolled(self, topic: str, reason: str) -> None:
+        suffix = self.engine.topics.suffix(topic) or topic
+        self.unenrolled[suffix] += 1
+        log.warning(json.dumps({"event": "message_unenrolled", "topic": suffix, "reason": reason}))
+
+    async def _release_held(self) -> None:
+        """Re-read the identities once, then handle (in order) or drop what was held."""
+        await asyncio.sleep(0.05)  # let a burst of messages from a newly enrolled fleet gather
+        with contextlib.suppress(Exception):  # the store may be briefly busy: drop as unenrolled then
+            await self.reload_identities()
+        held, self._held = self._held, []
+        for topic, payload in held:
+            reason = self.identities.sender_verdict(topic, payload)
+            if reason is not None:
+                self._drop_unenrolled(topic, reason)
+                continue
+            self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
+        self._wake.set()
+        await self.flush()
+
+    async def _identity_loop(self) -> None:
+        # Revocations and enrolments made by another process reach this manager within IDENTITY_REFRESH_S.
+        while True:
+            await asyncio.sleep(IDENTITY_REFRESH_S)
+            try:
+                await self.reload_identities()
+            except Exception as err:
+                log.warning(json.dumps({"event": "identities_reload_failed", "error": str(err)}))
+
+    async def reload_identities(self) -> None:
+        """Re-read the identities from the store (keeping the manager's own in-memory one); sessions of
+        identities revoked meanwhile are dropped from the embedded broker."""
+        assert self.store is not None
+        own_id = self._own_identity or (self.mqtt.client_id if self.mqtt is not None else "")
+        stored = [i for i in await self.store.load_identities() if i.proplet_id != own_id]
+        own = self.identities.get(self._own_identity) if self._own_identity else None
+        gone = self.identities.replace_all(stored + ([own] if own is not None else []))
+        for identity in gone:
+            if self.broker is not None:
+                await self.broker.drop_client(identity.client_id)
 
     async def _serve_registry(self, payload: bytes) -> None:
         """Answer a proplet's `registry/proplet` request with the module in chunks (reference §2.10).

@@ -389,6 +389,18 @@ class IdentityRegistry:
             return f"{suffix} from {claimed!r}, whose identity is revoked"
         return None
 
+    def claims_unknown(self, topic: str, payload: bytes) -> bool:
+        """Whether a message ``sender_verdict`` refused names an id this registry has never seen (it may
+        have been enrolled since, by another process: worth re-reading the store before dropping it)."""
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        claimed = body.get("proplet_id") if isinstance(body, dict) else None
+        if not isinstance(claimed, str) or claimed in self._all:
+            return False
+        return _suffix(topic, _PROPLET_PUBLISH) is not None
+
     def subscribe_verdict(self, identity: Identity, topic_filter: str) -> str | None:
         """None if ``identity`` may subscribe to ``topic_filter``, else the reason it may not."""
         if identity.kind == "manager":

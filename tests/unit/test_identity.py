@@ -131,6 +131,10 @@ def test_the_manager_drops_messages_claiming_unenrolled_or_revoked_ids() -> None
     assert "not an enrolled proplet" in str(reg.sender_verdict(alive, b'{"proplet_id": "mgr"}'))
     reg.revoke("p2", 1.0)
     assert "revoked" in str(reg.sender_verdict(alive, b'{"proplet_id": "p2"}'))
+    # An id never seen may have been enrolled by another process since: worth one re-read.
+    assert reg.claims_unknown(alive, b'{"proplet_id": "ghost-1"}')
+    assert not reg.claims_unknown(alive, b'{"proplet_id": "p2"}')  # known (revoked)
+    assert not reg.claims_unknown(alive, b'{"proplet_id": ["x"]}') and not reg.claims_unknown(alive, b"\xff")
     # Malformed input is the engine's to count, naming the field.
     assert reg.sender_verdict(alive, b'{"proplet_id": 5}') is None
     assert reg.sender_verdict(f"{BASE}/control/proplet/results", b'{"task_id": "t"}') is None
