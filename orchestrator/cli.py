@@ -120,8 +120,14 @@ def _quote(text: str) -> str:
 def cmd_proplet(args: argparse.Namespace) -> int:
     from proplets.agent import AgentSettings, PropletAgent, default_proplet_id, with_identity
 
+    broker = args.broker
+    if broker is None and args.identity:
+        with contextlib.suppress(ValueError):  # a bad file is reported below, naming the field
+            from orchestrator.enrollment import load_identity
+
+            broker = load_identity(args.identity).broker
     settings = AgentSettings(
-        broker=args.broker,
+        broker=broker or "mqtt://127.0.0.1:1883",
         proplet_id=args.id or default_proplet_id(),
         wait_for_broker=True,
         domain=args.domain,
@@ -456,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_manager)
 
     p = sub.add_parser("proplet", help="run a Wasm worker")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument(
+        "--broker", default=None, help="mqtt[s]://HOST:PORT (default: the identity file's, else local 1883)"
+    )
     p.add_argument("--id", default="", help="proplet id (default: proplet-HOST-PID)")
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
     p.add_argument("--max-instances", type=int, default=16)
