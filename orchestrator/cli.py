@@ -155,7 +155,10 @@ def cmd_proplet(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except Exception as err:
-        print(f"propeller proplet: {err}", file=sys.stderr)
+        from proplets.agent import AUTH_HINT
+
+        hint = f" ({AUTH_HINT})" if "Not authorized" in str(err) else ""
+        print(f"propeller proplet: {err}{hint}", file=sys.stderr)
         return 1
     return 0
 

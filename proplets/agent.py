@@ -66,6 +66,10 @@ class TaskInputError(Exception):
 
 
 VERSION = "0.1.0"
+AUTH_HINT = (
+    "the broker refused this proplet's credentials (a closed broker admits enrolled identities only): "
+    "enroll it with `propeller proplets enroll --out FILE` and start it with `--identity FILE`"
+)
 
 
 @dataclass
@@ -235,11 +239,11 @@ class PropletAgent:
                 if not self.settings.wait_for_broker:
                     raise
                 pause = delay * (0.5 + random.random() / 2)  # jitter only: no decision rides on it
-                log.warning(
-                    json.dumps(
-                        {"event": "broker_unreachable", "error": str(err), "retry_in_s": round(pause, 2)}
-                    )
-                )
+                event: dict[str, Any] = {"event": "broker_unreachable", "error": str(err)}
+                event["retry_in_s"] = round(pause, 2)
+                if "Not authorized" in str(err) or "user name or password" in str(err):
+                    event["hint"] = AUTH_HINT
+                log.warning(json.dumps(event))
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, self.settings.reconnect_max)
 
