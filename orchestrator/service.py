@@ -285,19 +285,20 @@ class ManagerService:
         log.warning(json.dumps({"event": "message_unenrolled", "topic": suffix, "reason": reason}))
 
     async def _release_held(self) -> None:
-        """Re-read the identities once, then handle (in order) or drop what was held."""
-        await asyncio.sleep(0.05)  # let a burst of messages from a newly enrolled fleet gather
-        with contextlib.suppress(Exception):  # the store may be briefly busy: drop as unenrolled then
-            await self.reload_identities()
-        held, self._held = self._held, []
-        for topic, payload in held:
-            reason = self.identities.sender_verdict(topic, payload)
-            if reason is not None:
-                self._drop_unenrolled(topic, reason)
-                continue
-            self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
-        self._wake.set()
-        await self.flush()
+        """Re-read the identities, then handle (in order) or drop what was held; again while more came."""
+        while self._held:
+            await asyncio.sleep(0.05)  # let a burst of messages from a newly enrolled fleet gather
+            with contextlib.suppress(Exception):  # the store may be briefly busy: dropped as unenrolled
+                await self.reload_identities()
+            held, self._held = self._held, []
+            for topic, payload in held:
+                reason = self.identities.sender_verdict(topic, payload)
+                if reason is not None:
+                    self._drop_unenrolled(topic, reason)
+                    continue
+                self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
+            self._wake.set()
+            await self.flush()
 
     async def _identity_loop(self) -> None:
         # Revocations and enrolments made by another process reach this manager within IDENTITY_REFRESH_S.
