@@ -32,7 +32,7 @@ import wasmtime
 from paho.mqtt.enums import CallbackAPIVersion
 
 from orchestrator.adapters.mqtt import BrokerUrl, MqttClient, MqttError
-from orchestrator.enrollment import enroll_into_store, write_identity
+from orchestrator.enrollment import enroll_into_store
 from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent, with_identity
 from tests.integration.conftest import eventually
@@ -71,7 +71,6 @@ class Fleet:
     agents: dict[str, PropletAgent] = field(default_factory=dict)
     identities: dict[str, dict[str, Any]] = field(default_factory=dict)
     mosquitto: asyncio.subprocess.Process | None = None
-    mosquitto_argv: list[str] = field(default_factory=list)
 
     @property
     def topics(self) -> Any:
@@ -170,7 +169,7 @@ class Fleet:
         return sum(self.manager.unenrolled.values())
 
 
-async def _start_mosquitto(tmp: Path, port: int) -> tuple[asyncio.subprocess.Process, list[str]]:
+async def _start_mosquitto(tmp: Path, port: int) -> asyncio.subprocess.Process:
     conf = tmp / "mosquitto.conf"
     # The generated snippet (propeller.conf: allow_anonymous false, use_username_as_clientid,
     # password_file, acl_file) goes after the listener, as docs/trust.md says (Mosquitto 2.0.11's
@@ -191,7 +190,7 @@ async def _start_mosquitto(tmp: Path, port: int) -> tuple[asyncio.subprocess.Pro
         try:
             _r, w = await asyncio.open_connection("127.0.0.1", port)
             w.close()
-            return proc, argv
+            return proc
         except OSError:
             if proc.returncode is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"private mosquitto did not start on {port}") from None
@@ -206,14 +205,12 @@ async def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         domain="attack", channel="c1",
     )  # fmt: skip
     mosquitto = None
-    argv: list[str] = []
     port = 0
     if request.param == "mosquitto":
         if MOSQUITTO is None:
             pytest.skip("mosquitto is not installed")
         # The manager's own identity, enrolled offline (`propeller proplets enroll --manager --db`).
         manager_id = await enroll_into_store(db, "manager", "attack-manager", wall=time.time())
-        write_identity(tmp_path / "manager.json", manager_id.identity_file())
         (tmp_path / "mosq").mkdir()
         cli = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "orchestrator.cli", "broker", "mosquitto-config", "--db", db,
@@ -221,7 +218,7 @@ async def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         )  # fmt: skip
         assert await cli.wait() == 0
         port = _free_port()
-        mosquitto, argv = await _start_mosquitto(tmp_path, port)
+        mosquitto = await _start_mosquitto(tmp_path, port)
         ident = manager_id.identity
         settings.broker = f"mqtt://{ident.username}:{manager_id.password}@127.0.0.1:{port}"
         settings.client_id = ident.client_id
@@ -233,9 +230,7 @@ async def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         if manager.broker is not None:
             port = manager.broker.port
         api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{manager.api_port}", timeout=10)
-        f = Fleet(
-            request.param, manager, api, "127.0.0.1", port, tmp_path, mosquitto=mosquitto, mosquitto_argv=argv
-        )
+        f = Fleet(request.param, manager, api, "127.0.0.1", port, tmp_path, mosquitto=mosquitto)
         await f.add_proplet("p1")
         await f.add_proplet("p2")
         await f.enroll("evil")
@@ -405,7 +400,7 @@ async def test_health_fails_while_the_managers_broker_link_is_down(fleet: Fleet)
         assert fleet.manager.broker is not None
         await fleet.manager.broker.start()
     else:
-        fleet.mosquitto, _ = await _start_mosquitto(fleet.tmp, fleet.port)
+        fleet.mosquitto = await _start_mosquitto(fleet.tmp, fleet.port)
     await eventually(lambda: _health_is(fleet, 200, "pass"), 30, "/health pass once the manager is back")
     await eventually(lambda: fleet.alive("p1"), 20, "p1 back")
     await fleet.legit_task_completes(on="p1")
