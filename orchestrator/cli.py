@@ -182,13 +182,19 @@ def cmd_broker(args: argparse.Namespace) -> int:
         host, port, keepalive_grace=args.keepalive_grace, allow_anonymous=args.open, identities=registry
     )
     store: Any = None
+    loaded: tuple[Any, ...] = ()
     refresher: asyncio.Task[None] | None = None
 
     async def refresh() -> None:
         # Enrolments and revocations made through the manager reach this broker within --refresh s.
+        version = loaded
         while True:
             await asyncio.sleep(args.refresh)
             try:
+                now = await store.identities_version()
+                if now == version:
+                    continue
+                version = now
                 gone = registry.replace_all(await store.load_identities())
             except Exception as err:  # the database may be briefly locked or away: keep the last view
                 logging.getLogger("propeller.broker").warning("cannot re-read identities: %s", err)
@@ -197,11 +203,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
                 await broker.drop_client(identity.client_id)
 
     async def start() -> None:
-        nonlocal store, refresher
+        nonlocal store, refresher, loaded
         if args.db:
             from orchestrator.adapters.store import Store
 
             store = await Store.open(args.db)
+            loaded = await store.identities_version()  # before the load: a change meanwhile is seen
             registry.replace_all(await store.load_identities())
             refresher = asyncio.create_task(refresh(), name="broker-identities")
         if args.open:

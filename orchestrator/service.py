@@ -302,10 +302,15 @@ class ManagerService:
 
     async def _identity_loop(self) -> None:
         # Revocations and enrolments made by another process reach this manager within IDENTITY_REFRESH_S.
+        assert self.store is not None
+        version = await self.store.identities_version()
         while True:
             await asyncio.sleep(IDENTITY_REFRESH_S)
             try:
-                await self.reload_identities()
+                now = await self.store.identities_version()
+                if now != version:
+                    version = now
+                    await self.reload_identities()
             except Exception as err:
                 log.warning(json.dumps({"event": "identities_reload_failed", "error": str(err)}))
 

@@ -353,6 +353,19 @@ class Store:
         async with self._write(what, rows) as conn:
             await conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
 
+    async def identities_version(self) -> tuple[Any, ...]:
+        """A cheap fingerprint of the identities table: it changes with every enrolment or revocation
+        (readers poll it, and re-load the table only when it moved)."""
+        query = sa.select(
+            sa.func.count(),
+            sa.func.max(IDENTITIES.c.created_at),
+            sa.func.max(IDENTITIES.c.revoked_at),
+            sa.func.count(IDENTITIES.c.revoked_at),
+        )
+        async with self._read("read the identities version") as conn:
+            row = (await conn.execute(query)).one()
+        return tuple(row)
+
     async def load_identities(self) -> list[Identity]:
         async with self._read("load identities") as conn:
             rows = (await conn.execute(sa.select(IDENTITIES).order_by(IDENTITIES.c.proplet_id))).all()
