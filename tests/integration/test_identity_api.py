@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import signal
+import socket
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from orchestrator.adapters.mqtt import BrokerUrl, MqttClient, MqttError
 from orchestrator.adapters.store import Store
+from orchestrator.enrollment import enroll_into_store
 from tests.integration.conftest import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,3 +113,53 @@ async def test_offline_enrolment_of_the_manager_and_the_closed_standalone_broker
     assert code == 0 and "(1 identities)" in text
     assert (tmp_path / "mosq" / "passwd").read_text().startswith("mgr-1:$7$101$")
     assert "allow_anonymous false" in (tmp_path / "mosq" / "propeller.conf").read_text()
+
+
+async def test_standalone_broker_admits_the_databases_identities_and_drops_revoked_ones(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "m.db")
+    p1 = await enroll_into_store(db, "proplet", "p1", wall=time.time())
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", "--log-level", "warning", "broker",
+        "--listen", f"127.0.0.1:{port}", "--db", db, "--refresh", "0.2", cwd=str(REPO), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert "listening" in line and "(1 identities)" in line, line
+        lost = asyncio.Event()
+        url = BrokerUrl("mqtt", "127.0.0.1", port, "p1", p1.password)
+        client = MqttClient(url, "p1", reconnect=False, on_disconnect=lost.set)
+        await client.connect()
+        anonymous = MqttClient(BrokerUrl("mqtt", "127.0.0.1", port), "p1", reconnect=False)
+        with pytest.raises(MqttError, match="Not authorized"):
+            await anonymous.connect(timeout=5)
+        # p2, enrolled after the broker started, is admitted once the broker re-read the table.
+        p2 = await enroll_into_store(db, "proplet", "p2", wall=time.time())
+        late = MqttClient(BrokerUrl("mqtt", "127.0.0.1", port, "p2", p2.password), "p2", reconnect=False)
+        for _ in range(100):
+            try:
+                await late.connect(timeout=5)
+                break
+            except MqttError:
+                await asyncio.sleep(0.1)
+        assert late.connected
+        await late.disconnect()
+        async with await Store.open(db) as store:  # what `propeller proplets revoke` does, from any process
+            await store.save_identity(dataclasses.replace(p1.identity, revoked_at=time.time()))
+        await asyncio.wait_for(lost.wait(), 15)  # disconnected at the next re-read
+        again = MqttClient(url, "p1", reconnect=False)
+        with pytest.raises(MqttError, match="Not authorized"):
+            await again.connect(timeout=5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
