@@ -123,7 +123,8 @@ async def test_standalone_broker_admits_the_databases_identities_and_drops_revok
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "orchestrator.cli", "--log-level", "warning", "broker",
-        "--listen", f"127.0.0.1:{port}", "--db", db, "--refresh", "0.2", cwd=str(REPO), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "--listen", f"127.0.0.1:{port}", "--db", db, "--refresh", "0.2",
+        cwd=str(REPO), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     try:
