@@ -40,6 +40,7 @@ from orchestrator.core.engine import Engine, EngineConfig
 from orchestrator.core.identity import Enrollment, Identity, IdentityRegistry
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
+from orchestrator.core.receipts import KeyLookup, ProverKey
 from orchestrator.enrollment import enroll as enroll_identity
 
 log = logging.getLogger("propeller.manager")
@@ -63,7 +64,10 @@ class ManagerSettings:
     placement: str = "round-robin"
     client_id: str = ""
     mqtt_keepalive: float = 30.0
-    api_token: str = ""
+    api_token: str = ""  # admin scope (kept for compatibility); see api_token_admin / api_token_read
+    api_token_read: str = ""  # comma-separated bearer tokens that may only GET
+    api_token_admin: str = ""  # comma-separated bearer tokens that may do everything
+    metrics_public: bool = False  # serve /metrics without a token even when tokens are configured
     serve_api: bool = True
     # TLS to an external broker (mqtts://): CA bundle, client certificate and key, or skip verification.
     mqtt_ca: str | None = None
@@ -78,7 +82,8 @@ class ManagerSettings:
 
 
 class ManagerService:
-    def __init__(self, settings: ManagerSettings) -> None:
+    def __init__(self, settings: ManagerSettings, *, keys: KeyLookup | None = None) -> None:
+        """``keys``: the identity registry's key lookup; with it, results must verify (result_trust)."""
         self.settings = settings
         self.engine = Engine(
             EngineConfig(
@@ -90,6 +95,7 @@ class ManagerService:
                 queue_timeout=settings.queue_timeout,
             ),
             policy=make_policy(settings.placement),
+            keys=keys,
         )
         self.broker: EmbeddedBroker | None = None
         self.store: Store | None = None
@@ -182,6 +188,9 @@ class ManagerService:
         for topic in topics.manager_subscriptions:
             self.mqtt.subscribe(topic, 1)
         await self.mqtt.connect()
+        if self.settings.enrolled_only and self.engine.keys is None:
+            # Identities enforced: every result is judged against its proplet's enrolled key (receipts).
+            self.engine.keys = self.prover_key
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="manager-timers"))
         if self.settings.enrolled_only:
             self._tasks.append(asyncio.create_task(self._identity_loop(), name="manager-identities"))
@@ -329,8 +338,9 @@ class ManagerService:
     async def _serve_registry(self, payload: bytes) -> None:
         """Answer a proplet's `registry/proplet` request with the module in chunks (reference §2.10).
 
-        The module is pulled from its OCI registry once and kept; an app we cannot serve gets an
-        explicit refusal, so the proplet fails at once instead of waiting for its timeout.
+        Only a module that a task we hold names (``Engine.module_request``) is pulled, from its OCI
+        registry, once, pinned by the task's sha256, and kept; anything else, or a module we cannot
+        pull, gets an explicit refusal, so the proplet fails at once instead of waiting for its timeout.
         """
         from orchestrator import wire
         from orchestrator.chunk_server import encode_reply
@@ -344,15 +354,26 @@ class ManagerService:
             return
         assert isinstance(request, wire.RegistryRequest)
         app = request.app_name
+        replies: list[wire.RegistryChunk] = []
         if app not in self.chunks:
-            try:
-                wasm = await fetch_wasm(WasmSource(image_url=app), limits=FetchLimits())
-                self.chunks.register(app, wasm)
-            except DeliveryError as err:
-                log.warning(json.dumps({"event": "registry_pull_failed", "app_name": app, "error": str(err)}))
+            task = self.engine.module_request(app)
+            self._wake.set()  # its refusal log
+            if task is None:
+                replies = [wire.RegistryChunk.refusal(app, "no task of this manager refers to this module")]
+            else:
+                try:
+                    wasm = await fetch_wasm(
+                        WasmSource(image_url=app, sha256=task.sha256), limits=FetchLimits()
+                    )
+                    self.chunks.register(app, wasm)
+                except DeliveryError as err:
+                    log.warning(
+                        json.dumps({"event": "registry_pull_failed", "app_name": app, "error": str(err)})
+                    )
         assert self.mqtt is not None
-        for reply in self.chunks.handle_request(app):
+        for reply in replies or self.chunks.handle_request(app):
             self.mqtt.publish(self.engine.topics.registry_server, encode_reply(reply), 1)
+        await self.flush()
 
     async def _timer_loop(self) -> None:
         cap = max(0.02, min(1.0, self.engine.config.timeout / 10))
@@ -510,6 +531,11 @@ class ManagerService:
             raise
         log.info(json.dumps({"event": "identity_enrolled", **enrollment.identity.view()}))
         return enrollment
+
+    def prover_key(self, proplet_id: str) -> ProverKey | None:
+        """The receipts KeyLookup over the enrolled identities: None for unknown or revoked proplets."""
+        found = self.identities.prover(proplet_id)
+        return None if found is None else ProverKey(*found)
 
     async def revoke(self, proplet_id: str) -> Identity:
         """Revoke: refused from now on, and its live session (embedded broker) is dropped at once."""

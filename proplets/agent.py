@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will, parse_broker_url
+from proplets import egress
 from proplets import profile as embedded
 from proplets.core import (
     CancelTask,
@@ -44,7 +45,14 @@ from proplets.core import (
     RunTask,
     Subscribe,
 )
-from proplets.delivery import DeliveryError, FetchLimits, MqttChunkFetcher, WasmSource, fetch_wasm
+from proplets.delivery import (
+    DeliveryError,
+    FetchLimits,
+    FetchRefused,
+    MqttChunkFetcher,
+    WasmSource,
+    fetch_wasm,
+)
 from proplets.metrics import MetricsServer, ProcessSampler, PropletCollector, PropletStats
 from proplets.runtime import (
     CancelToken,
@@ -95,11 +103,14 @@ class AgentSettings:
     wait_for_broker: bool = False
     # Embedded profile: override the device's WAMR heap (bytes); None = the profile's own.
     heap_bytes: int | None = None
-    # Enrolled identity (`propeller proplet --identity FILE`): broker credentials, client id, signing key.
+    signing_key: bytes | None = field(default=None, repr=False)  # signs execution receipts
+    # Where HTTP(S) modules may be fetched from (proplets/egress.py): "public", HOST[:PORT], IP, CIDR.
+    fetch_allow: tuple[str, ...] = egress.DEFAULT_ENTRIES
+    # Enrolled identity (`propeller proplet --identity FILE`): broker credentials and client id (and the
+    # signing key above).
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     client_id: str | None = None
-    signing_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -108,6 +119,7 @@ class AgentSettings:
             raise ValueError(f"heap_bytes must be > 0, got {self.heap_bytes}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        egress.EgressPolicy(self.fetch_allow)  # ValueError naming a bad entry
 
 
 def with_identity(settings: AgentSettings, identity: str | Path | dict[str, Any]) -> AgentSettings:
@@ -203,6 +215,7 @@ class PropletAgent:
         self._cancels: dict[str, CancelToken] = {}
         self._deployed: dict[str, bytes] = {}  # latent task id -> module bytes
         self._chunks = MqttChunkFetcher(self._request_chunks)
+        self._fetch_limits = FetchLimits(egress=egress.EgressPolicy(settings.fetch_allow))
         self._jobs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -412,7 +425,7 @@ class PropletAgent:
         try:
             wasm = await fetch_wasm(
                 WasmSource(file=start.file, image_url=start.image_url, sha256=start.sha256),
-                limits=FetchLimits(),
+                limits=self._fetch_limits,
                 chunk_fetcher=self._chunks,
             )
             self.stats.fetch_bytes += len(wasm)
@@ -429,6 +442,9 @@ class PropletAgent:
                 request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
                 results, error = await self._execute_wasm(request, token)
         except (DeliveryError, TaskInputError) as err:
+            if isinstance(err, FetchRefused):
+                self.stats.fetch_refused += 1
+                log.warning(json.dumps({"event": "fetch_refused", "task_id": start.id, "rule": str(err)}))
             error = str(err)
         except Exception as err:  # a bug must become a failed task, never a silent hang
             log.exception("task %s crashed the runner", start.id)
@@ -436,7 +452,7 @@ class PropletAgent:
         finally:
             self._cancels.pop(start.id, None)
         if start.id not in self._deployed:
-            self.engine.task_finished(start.id, results, error, self._clock())
+            self.engine.task_finished(start.id, results, error, self._clock(), time.time())
         self._execute()
 
     async def _run_embedded(
@@ -484,7 +500,9 @@ class PropletAgent:
             except Exception as err:
                 log.exception("invocation %s crashed the runner", invoke.invocation_id)
                 error = f"proplet internal error: {type(err).__name__}: {err}"
-        self.engine.invocation_finished(start.id, invoke.invocation_id, results, error)
+        self.engine.invocation_finished(
+            start.id, invoke.invocation_id, results, error, self._clock(), time.time()
+        )
         self._execute()
 
 

@@ -33,6 +33,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS = {"round_robin": "round-robin", "least_loaded": "least-loaded", "memory_aware": "memory-aware"}
 _LIVE: set[asyncio.subprocess.Process] = set()
+MAX_QUEUED_MESSAGES = 100_000  # per offline persistent session (the private mosquitto's conf; the model's)
 
 
 class ServiceError(RuntimeError):
@@ -181,7 +182,8 @@ class Broker:
                     f"acl_file {(work_dir / 'mosquitto.acl').resolve()}\n"
                 )
             conf.write_text(
-                f"listener {self.port} {host}\n{access}max_queued_messages 100000\n"
+                f"listener {self.port} {host}\n{access}"
+                f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
                 "max_inflight_messages 100\npersistence false\nmax_keepalive 65535\n"
                 "log_dest stdout\nlog_type error\nlog_type warning\n",
                 encoding="utf-8",

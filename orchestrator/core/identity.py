@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -414,19 +414,10 @@ class IdentityRegistry:
     def prover(self, proplet_id: str) -> tuple[bytes | None, str] | None:
         """(public key, kind) of an active proplet identity; None for unknown or revoked ids.
 
-        The shape of `orchestrator.core.receipts.ProverKey` (trust-receipts); `key_lookup` adapts it.
+        The fields of `orchestrator.core.receipts.ProverKey`; `ManagerService.prover_key` wraps it.
         """
         identity = self._all.get(proplet_id)
         if identity is None or not identity.active or identity.kind == "manager":
             return None
         return identity.public_key, identity.kind
 
-
-def key_lookup(registry: IdentityRegistry, make: Callable[[bytes | None, str], Any]) -> Callable[[str], Any]:
-    """A receipts `KeyLookup` over the registry: ``make`` builds the ProverKey (public_key, kind)."""
-
-    def lookup(proplet_id: str) -> Any:
-        found = registry.prover(proplet_id)
-        return None if found is None else make(*found)
-
-    return lookup

@@ -17,7 +17,7 @@ from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
 HEAD = "trust_identity"
-ALL = ("0001", HEAD)  # every revision, oldest first
+REVISIONS = ("0001", "trust_receipts", HEAD)  # every revision, oldest first
 
 
 def _sqlite_schema(path: Path) -> list[tuple[str, str]]:
@@ -35,7 +35,7 @@ async def test_sqlite_upgrades_an_empty_file_then_reopen_is_a_noop(sqlite_path: 
     sqlite_path.parent.mkdir(parents=True)
     sqlite_path.touch()  # an existing, empty database file
     async with await Store.open(str(sqlite_path)) as store:
-        assert store.applied_revisions == ALL
+        assert store.applied_revisions == REVISIONS
         assert await store.schema_version() == HEAD
         await store.save_task(Task(id="t", name="kept"))
     schema = _sqlite_schema(sqlite_path)
@@ -56,7 +56,7 @@ async def test_sqlite_upgrades_an_empty_file_then_reopen_is_a_noop(sqlite_path: 
 async def test_postgres_upgrades_an_empty_schema_then_reopen_is_a_noop(pg_schema: PgSchema) -> None:
     pg_schema.execute(f'CREATE SCHEMA "{pg_schema.name}"')
     async with await Store.open(pg_schema.url, schema=pg_schema.name) as store:
-        assert store.applied_revisions == ALL
+        assert store.applied_revisions == REVISIONS
         await store.save_task(Task(id="t", name="kept"))
     async with await Store.open(pg_schema.url, schema=pg_schema.name) as again:
         assert again.applied_revisions == ()
@@ -80,8 +80,7 @@ async def test_unknown_newer_revision_is_refused(sqlite_path: Path) -> None:
         pass
     with sqlite3.connect(sqlite_path) as db:
         db.execute("UPDATE alembic_version SET version_num = '9999'")
-    unknown = r"revision '9999', unknown to this version \(head 'trust_identity'\)"
-    with pytest.raises(StoreError, match=unknown):
+    with pytest.raises(StoreError, match=rf"revision '9999', unknown to this version \(head '{HEAD}'\)"):
         await Store.open(str(sqlite_path))
 
 
@@ -94,3 +93,37 @@ async def test_migrations_match_the_query_tables(store: Store) -> None:
 
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
+
+
+async def test_a_version_1_database_gains_unverified_receipt_columns_keeping_rows(sqlite_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from orchestrator.adapters.store import MIGRATIONS_DIR
+
+    sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = sa.create_engine(f"sqlite:///{sqlite_path}")
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    engine.dispose()
+    row: dict[str, object] = {
+        "id": "old", "seq": 1, "name": "n", "kind": "standard", "state": 3, "image_url": "", "file": b"",
+        "cli_args": "[]", "inputs": "[]", "env": "{}", "daemon": 0, "latent": 0, "encrypted": 0,
+        "proplet_id": "p", "depends_on": "[]", "run_if": "", "workflow_id": "", "job_id": "",
+        "results": '"42"', "error": "", "priority": 50, "broadcast": 0, "metadata": "{}", "schedule": "",
+        "timezone": "UTC", "is_recurring": 0, "sha256": "", "memory_bytes": 0, "limits": "{}", "attempt": 1,
+        "max_attempts": 3, "targets": "[]", "extras": "{}",
+    }  # fmt: skip
+    with sqlite3.connect(sqlite_path) as db:
+        columns = ", ".join(row)
+        db.execute(f"INSERT INTO tasks ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    async with await Store.open(str(sqlite_path)) as store:
+        assert store.applied_revisions == (HEAD,)
+        (task,) = await store.load_tasks()
+        assert task.id == "old" and task.results == "42" and task.receipt is None and task.verified is False
+        task.receipt, task.verified = {"v": 1}, True
+        await store.save_task(task)
+        assert (await store.load_tasks())[0].verified is True

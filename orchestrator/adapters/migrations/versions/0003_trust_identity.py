@@ -1,7 +1,7 @@
 """Enrolled identities: broker credentials (hash only) and Ed25519 public keys.
 
 Revision ID: trust_identity
-Revises: 0001
+Revises: trust_receipts
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "trust_identity"
-down_revision: str | None = "0001"
+down_revision: str | None = "trust_receipts"
 branch_labels: str | None = None
 depends_on: str | None = None
 
