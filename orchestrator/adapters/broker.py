@@ -289,7 +289,9 @@ class _UserAuthPlugin(BaseAuthPlugin):
             # Open broker: a user name it does not know is a label, not a credential. Accepting it
             # still gives the client a persistent session (a manager's queued results survive its
             # restart), which anonymous sessions never get.
-            return bool(config.allow_anonymous) and not session.password
+            # With no users configured at all (`--broker-open`), enrolled clients' credentials are
+            # labels too: debugging an open broker must not lock out the fleet's own proplets.
+            return bool(config.allow_anonymous) and (not session.password or not config.users)
         given = _digest(session.password or "")
         return hmac.compare_digest(expected, given)
 

@@ -17,7 +17,7 @@ import pytest
 from orchestrator.adapters.mqtt import BrokerUrl, MqttClient, MqttError
 from orchestrator.adapters.store import Store
 from orchestrator.enrollment import enroll_into_store
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, close_cluster, make_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,3 +164,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_broker_open_admits_anyone_including_enrolled_clients(tmp_path: Path) -> None:
+    c = await make_cluster("embedded://127.0.0.1:0", tmp_path, broker_open=True)
+    try:
+        assert not c.closed and not c.manager.settings.enrolled_only
+        port = c.manager.broker.port if c.manager.broker is not None else 0
+        anonymous = MqttClient(BrokerUrl("mqtt", "127.0.0.1", port), "debug-reader", reconnect=False)
+        await anonymous.connect(timeout=5)
+        assert await anonymous.subscribe_and_wait("#", 1) == 1  # open: no rules, for debugging only
+        await anonymous.disconnect()
+        doc = (await c.api.post("/proplets/enroll", json={"id": "p9"})).json()
+        enrolled = MqttClient(BrokerUrl("mqtt", "127.0.0.1", port, doc["username"], doc["password"]), "p9")
+        await enrolled.connect(timeout=5)  # an enrolled proplet is not locked out of an open broker
+        await enrolled.disconnect()
+    finally:
+        await close_cluster(c)
