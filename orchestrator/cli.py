@@ -67,6 +67,35 @@ async def _serve_until_signal(start: Callable[[], Any], stop: Callable[[], Any])
 # ---------------------------------------------------------------------- manager
 
 
+def run_loop(main: Any, loop: str = "auto") -> Any:
+    """Run ``main`` on uvloop when it is installed (``auto``), or on the loop asked for.
+
+    ``PROPELLER_PROFILE=FILE`` writes a cProfile (CPU time of the loop's thread) of the whole run to
+    FILE (used by ``bench e2e --profile``).
+    """
+    runner: Callable[[Any], Any] = asyncio.run
+    if loop != "asyncio":
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            if loop == "uvloop":
+                main.close()
+                raise ValueError("--loop uvloop: uvloop is not installed") from None
+    profile = os.environ.get("PROPELLER_PROFILE")
+    if not profile:
+        return runner(main)
+    import cProfile
+    import time
+
+    profiler = cProfile.Profile(time.process_time)  # CPU, not wall: the machine may be busy
+    try:
+        return profiler.runcall(runner, main)
+    finally:
+        profiler.dump_stats(profile)
+
+
 def cmd_manager(args: argparse.Namespace) -> int:
     from orchestrator.service import ManagerService, ManagerSettings
 
@@ -81,6 +110,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         liveness_timeout=args.liveness_timeout,
         max_attempts=args.max_attempts,
+        attempt_grace=args.attempt_grace,
+        attempt_timeout=args.attempt_timeout or None,
         placement=args.placement,
         api_token=args.api_token or "",
         broker_open=args.broker_open,
@@ -96,7 +127,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     service = ManagerService(settings)
     try:
-        asyncio.run(_serve_until_signal(service.start, service.stop))
+        run_loop(_serve_until_signal(service.start, service.stop), args.loop)
     except (OSError, ValueError) as err:
         print(f"propeller manager: {err}", file=sys.stderr)
         return 1
@@ -467,6 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--placement", default="round-robin", choices=["round-robin", "least-loaded", "memory-aware"]
     )
     m.add_argument("--queue-timeout", type=float, default=None, help="fail tasks waiting longer (seconds)")
+    m.add_argument(
+        "--attempt-grace",
+        type=float,
+        default=30.0,
+        help="seconds added to a task's limits.timeout_s before the manager gives up on an attempt",
+    )
+    m.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=3600.0,
+        help="deadline of an attempt whose task sets no limits.timeout_s (seconds; 0 = none)",
+    )
     m.add_argument("--mqtt-ca", default=None, help="CA bundle for mqtts://")
     m.add_argument("--mqtt-cert", default=None, help="client certificate for mutual TLS")
     m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")
@@ -491,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=os.environ.get("PROPELLER_METRICS_PUBLIC", "") in ("1", "true", "yes"),
         help="serve /metrics without a token even when tokens are set (env PROPELLER_METRICS_PUBLIC=1)",
+    )
+    m.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop (auto: uvloop if installed)",
     )
     m.add_argument(
         "--broker-open",
