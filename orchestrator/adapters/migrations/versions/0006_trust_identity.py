@@ -1,7 +1,7 @@
 """Enrolled identities: broker credentials (hash only) and Ed25519 public keys.
 
 Revision ID: trust_identity
-Revises: mgr_throughput
+Revises: timeline
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "trust_identity"
-down_revision: str | None = "mgr_throughput"
+down_revision: str | None = "timeline"
 branch_labels: str | None = None
 depends_on: str | None = None
 
