@@ -669,6 +669,7 @@ class Store:
                 values["public_key"] = bytes(values["public_key"])
             out.append(Identity(**values))
         return out
+
     # -- logs ----------------------------------------------------------------------------------------
 
     async def add_task_logs(
