@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from orchestrator.adapters.mqtt import MqttClient, MqttError, Will, parse_broker_url
 from proplets import egress
 from proplets import profile as embedded
 from proplets.backoff import Backoff
@@ -74,6 +74,10 @@ class TaskInputError(Exception):
 
 
 VERSION = "0.1.0"
+AUTH_HINT = (
+    "the broker refused this proplet's credentials (a closed broker admits enrolled identities only): "
+    "enroll it with `propeller proplets enroll --out FILE` and start it with `--identity FILE`"
+)
 
 
 @dataclass
@@ -102,6 +106,11 @@ class AgentSettings:
     signing_key: bytes | None = field(default=None, repr=False)  # signs execution receipts
     # Where HTTP(S) modules may be fetched from (proplets/egress.py): "public", HOST[:PORT], IP, CIDR.
     fetch_allow: tuple[str, ...] = egress.DEFAULT_ENTRIES
+    # Enrolled identity (`propeller proplet --identity FILE`): broker credentials and client id (and the
+    # signing key above).
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -111,6 +120,24 @@ class AgentSettings:
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         egress.EgressPolicy(self.fetch_allow)  # ValueError naming a bad entry
+
+
+def with_identity(settings: AgentSettings, identity: str | Path | dict[str, Any]) -> AgentSettings:
+    """``settings`` for an enrolled identity: a file path, or the identity-file document itself
+    (as returned by enrolment). ValueError naming what is wrong."""
+    from orchestrator.enrollment import load_identity, parse_identity
+
+    ident = parse_identity(identity) if isinstance(identity, dict) else load_identity(identity)
+    if ident.kind == "manager":
+        raise ValueError(f"identity {ident.proplet_id}: a manager identity cannot run a proplet")
+    return replace(
+        settings,
+        proplet_id=ident.proplet_id,
+        client_id=ident.client_id,
+        username=ident.username,
+        password=ident.password,
+        signing_key=ident.signing_key,
+    )
 
 
 def host_metadata(settings: AgentSettings) -> dict[str, Any]:
@@ -199,9 +226,12 @@ class PropletAgent:
         )
         self.metrics_server: MetricsServer | None = None
         will_topic, will_payload = self.engine.last_will()
+        broker = parse_broker_url(settings.broker)
+        if settings.username is not None:
+            broker = replace(broker, username=settings.username, password=settings.password)
         self.mqtt = MqttClient(
-            settings.broker,
-            settings.proplet_id,
+            broker,
+            settings.client_id or settings.proplet_id,
             keepalive=settings.keepalive,
             will=Will(will_topic, will_payload, 1),
             on_message=self._on_message,
@@ -222,11 +252,11 @@ class PropletAgent:
                 if not self.settings.wait_for_broker:
                     raise
                 pause = backoff.next()
-                log.warning(
-                    json.dumps(
-                        {"event": "broker_unreachable", "error": str(err), "retry_in_s": round(pause, 2)}
-                    )
-                )
+                event: dict[str, Any] = {"event": "broker_unreachable", "error": str(err)}
+                event["retry_in_s"] = round(pause, 2)
+                if "Not authorized" in str(err) or "user name or password" in str(err):
+                    event["hint"] = AUTH_HINT
+                log.warning(json.dumps(event))
                 await asyncio.sleep(pause)
 
     async def start(self) -> None:

@@ -129,6 +129,11 @@ class DeviceConfig:
     spec: Esp32S3Spec | HostSpec = ESP32S3
     tags: tuple[str, ...] = ()
     channel: str = "default"
+    # The device's enrolled identity on a closed broker: user name (= its client id), password and, for
+    # our proplets, the Ed25519 key that signs receipts. None: connect anonymously (an open broker).
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    signing_key: bytes | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -373,6 +378,7 @@ class SimDevice:
         t = cfg.timers
         self.mqtt = self.shared.net.client(
             cfg.name, cfg.host, cfg.port, cfg.proplet_id, keepalive=t.keepalive,
+            username=cfg.username, password=cfg.password if cfg.username else None,
             will=Will(topic, payload, 1), reconnect=self.engine.config.reconnect,
             backoff_min=t.reconnect_min, backoff_max=t.reconnect_max, rng=random.Random(self.rng.random()),
             on_message=lambda tp, pl: self._if_gen(gen, self._on_message, tp, pl),
@@ -385,6 +391,7 @@ class SimDevice:
         base = PropletConfig(
             proplet_id=cfg.proplet_id, domain=cfg.domain, channel=cfg.channel,
             heartbeat_interval=cfg.timers.heartbeat_interval, metrics_interval=0.0,
+            signing_key=cfg.signing_key,
         )  # fmt: skip
         if isinstance(cfg.spec, Esp32S3Spec):
             memory = self.memory

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from twin.board_device import BoardDevice
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec, shutdown_all
 from twin.devices.host import HOST
+from twin.identities import Credentials
 from twin.links import CLEAN, LinkProfile
 from twin.scenario.faults_schema import BOARD_ONLY_FAULTS
 from twin.scenario.spec import FaultSpec, FleetGroup, Scenario
@@ -104,8 +105,14 @@ class Fleet:
     def __init__(self, scenario: Scenario, shared: Shared, broker_host: str, broker_port: int, domain: str,
                  on_fleet_fault: Callable[[FaultSpec], None], *, on_board_fault: OnBoardFault | None = None,
                  real_port: Callable[[str], bool] = lambda port: False,
-                 boards_as_devices: bool = False) -> None:  # fmt: skip
+                 boards_as_devices: bool = False,
+                 credentials: Callable[[str, str], Credentials] | None = None,
+                 before_power_on: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
         self.scenario = scenario
+        # A closed broker: each device is enrolled (kind, proplet id) -> credentials, and the batch is
+        # committed by ``before_power_on`` (twin/identities.py). None: devices connect anonymously.
+        self.credentials = credentials
+        self.before_power_on = before_power_on
         self.shared = shared
         self.env = shared.env
         self.trace = shared.trace
@@ -135,8 +142,17 @@ class Fleet:
         """Device name -> proplet id, boards included: what the workload pins tasks with."""
         return {name: pid for pid, name in self.proplet_names.items()}
 
+    def _with_credentials(self, config: DeviceConfig) -> DeviceConfig:
+        if self.credentials is None:
+            return config
+        creds = self.credentials(config.kind, config.proplet_id)
+        return replace(config, username=creds.username, password=creds.password,
+                       signing_key=creds.signing_key)  # fmt: skip
+
     def _add_board(self, index: int, group: FleetGroup, name: str, pid: str) -> None:
         port = group.port
+        if self.credentials is not None:
+            self.credentials("board", pid)  # provisioned with the run's board key (hil api_key)
         if port is None:
             raise ValueError(f"fleet[{index}]: board {name} needs a 'port'")
         if self.on_board_fault is None:
@@ -180,10 +196,13 @@ class Fleet:
                 spec = esp_spec(group) if kind != "host" else HOST
                 config = DeviceConfig(name, kind, proplet_id(ids), self.domain, host, port, s.timers,
                                       spec, group.tags)  # fmt: skip
+                config = self._with_credentials(config)
                 device = self.devices[name] = SimDevice(config, self.shared, s.rng(f"device:{name}"))
                 if name in self.links:
                     device.cut = self.links[name].sever
         self._check_board_faults()
+        if self.before_power_on is not None:
+            await self.before_power_on()
         stagger = min(2.0, 0.004 * len(self.devices))
         boot = s.rng("boot")
         for device in self.devices.values():

@@ -243,12 +243,18 @@ class TwinCluster:
             spec = esp_spec(group) if kind != "host" else host_spec
             config = DeviceConfig(name, kind, pid, self.domain, host, port, self.timers, spec,
                                   tuple(tags))  # fmt: skip
+            if self._session is not None and self._session.identities is not None:  # a closed broker
+                creds = self._session.identities.device(kind, pid)
+                config = replace(config, username=creds.username, password=creds.password,
+                                 signing_key=creds.signing_key)  # fmt: skip
             device = SimDevice(config, shared, random.Random(f"{self.seed}:device:{name}"))
             device.cut = control.sever  # a power loss or reset vanishes through the link, without a packet
             fleet.devices[name] = device
             self._ids[name] = pid
             self._refs.append(DeviceRef(name, kind, len(self._groups) - 1, tuple(tags)))
         self.observer.proplet_names = {pid: name for name, pid in self._ids.items()}
+        if self._session is not None:
+            await self._session.commit_identities()  # admitted by the broker before they power on
         for name in names:
             self.clock.inject(fleet.devices[name].power_on, 0.0)
         loop = asyncio.get_running_loop()

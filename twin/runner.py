@@ -313,7 +313,9 @@ class _Run:
                     esp32sim.create_board(port.removeprefix("esp32sim://"), member.device)
                     self.sims.append(port.removeprefix("esp32sim://"))
                 boards.open(name, port)
-            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key="twin",
+            # Boards are enrolled like upstream devices with the run's key (twin/identities.py).
+            key = self.session.identities.board_key if self.session.identities is not None else "twin"
+            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key=key,
                                  proplet_ids={n: b.proplet_id for n, b in members.items()})  # fmt: skip
             for board in boards.boards.values():
                 board.expect_event("mqtt_connected", timeout=BOARD_JOIN_S)

@@ -43,6 +43,8 @@ CHANGED: dict[str, Any] = {
     "mqtt_key": "/k.pem",
     "mqtt_insecure": True,
     "timeline": False,
+    "broker_open": True,
+    "identity": "/etc/propeller/manager.json",
 }
 
 
