@@ -73,6 +73,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         placement=args.placement,
         api_token=args.api_token or "",
+        api_max_body=args.api_max_body,
     )
     service = ManagerService(settings)
     try:
@@ -262,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")
     m.add_argument("--mqtt-insecure", action="store_true", help="do not verify the broker's certificate")
     m.add_argument("--api-token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    m.add_argument(
+        "--api-max-body",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest request body in bytes; larger ones get 413 while they stream (default 64 MiB)",
+    )
     channel_args(m)
     m.set_defaults(func=cmd_manager)
 

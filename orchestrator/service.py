@@ -59,6 +59,7 @@ class ManagerSettings:
     mqtt_keepalive: float = 30.0
     api_token: str = ""
     serve_api: bool = True
+    api_max_body: int = 64 * 1024 * 1024  # request bodies over this get 413 while they stream
     # TLS to an external broker (mqtts://): CA bundle, client certificate and key, or skip verification.
     mqtt_ca: str | None = None
     mqtt_cert: str | None = None

@@ -15,14 +15,17 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from orchestrator.core.errors import EngineError, NotFound, ValidationError
+from orchestrator.core.errors import EngineError, NotFound, PayloadTooLarge, ValidationError
+from orchestrator.core.validation import MAX_DEPTH
 from orchestrator.views import proplet_view, task_view
 
 if TYPE_CHECKING:
     from orchestrator.service import ManagerService
 
 VERSION = "0.1.0"
-MAX_BODY = 100 * 1024 * 1024
+# Default bound on a request body (ManagerSettings.api_max_body, --api-max-body): a task's inline
+# module is at most 7 MiB (9.3 MiB of base64), so this holds a job or workflow of several of them.
+MAX_BODY = 64 * 1024 * 1024
 MAX_TASK_PAGE = 100
 
 
@@ -62,17 +65,19 @@ def _page_body(offset: int, limit: int, key: str, items: list[Any]) -> dict[str,
 
 
 async def _json_body(request: Request, *, optional: bool = False) -> Any:
-    body = await request.body()
+    body = await request.body()  # bounded while it streams by _BodyLimit
     if optional and not body:
         return {}
-    if len(body) > MAX_BODY:
-        raise ValidationError(f"request body exceeds {MAX_BODY} bytes")
     if "application/json" not in request.headers.get("content-type", ""):
         raise ValidationError("Content-Type must be application/json")
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValidationError(f"request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValidationError(
+            f"request body is nested too deeply (values may nest at most {MAX_DEPTH} levels)"
+        ) from None
 
 
 def job_summary(manager: ManagerService, job_id: str) -> dict[str, Any]:
@@ -93,6 +98,49 @@ def job_summary(manager: ManagerService, job_id: str) -> dict[str, Any]:
         "finish_time": rfc3339(max(finishes) if finishes else None),
         "created_at": rfc3339(job.created_at),
     }
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: a request body over ``max_bytes`` gets 413 as soon as that is known.
+
+    A declared Content-Length over the bound is refused before one byte of the body is read; a body
+    that streams (chunked, or a lying Content-Length) is counted chunk by chunk as the endpoint reads
+    it, and reading stops at the first chunk past the bound. So an oversized upload neither fills
+    memory nor holds the event loop (before, the whole body was read and then measured).
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                await error(400, "Content-Length must be a number of bytes")(scope, receive, send)
+                return
+            if int(declared) > self.max_bytes:
+                await error(413, self._message())(scope, receive, send)
+                return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised inside the endpoint's read; the engine-error handler answers 413.
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self.max_bytes} bytes"
 
 
 class _BearerAuth:
@@ -120,10 +168,14 @@ def create_app(manager: ManagerService) -> FastAPI:
 
     @app.exception_handler(EngineError)
     async def _engine_error(_: Request, err: EngineError) -> JSONResponse:
-        return error(err.status, err.message)
+        body: dict[str, Any] = {"error": err.message}
+        if err.field:
+            body["field"] = err.field
+        return JSONResponse(body, status_code=err.status)
 
     if manager.settings.api_token:
         app.add_middleware(_BearerAuth, token=manager.settings.api_token)
+    app.add_middleware(_BodyLimit, max_bytes=manager.settings.api_max_body)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
