@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+EXIT_DEPOSED = 3  # --ha: this manager lost its lease to another (restart it; it comes back as a standby)
 
 
 def _configure_logging(level: str) -> None:
@@ -31,10 +32,13 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _serve_until_signal(start: Callable[[], Any], stop: Callable[[], Any]) -> None:
-    """Run ``start``, serve until SIGINT/SIGTERM, then ``stop``; a signal during start also stops."""
+async def _serve_until_signal(
+    start: Callable[[], Any], stop: Callable[[], Any], done: asyncio.Event | None = None
+) -> None:
+    """Run ``start``, serve until SIGINT/SIGTERM (or ``done`` is set), then ``stop``; a signal during
+    start also stops."""
     loop = asyncio.get_running_loop()
-    done = asyncio.Event()
+    done = done or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, done.set)
@@ -74,16 +78,21 @@ def cmd_manager(args: argparse.Namespace) -> int:
         placement=args.placement,
         api_token=args.api_token or "",
         api_max_body=args.api_max_body,
+        ha=args.ha,
+        lease_ttl=args.lease_ttl,
     )
     service = ManagerService(settings)
     try:
-        asyncio.run(_serve_until_signal(service.start, service.stop))
+        asyncio.run(_serve_until_signal(service.start, service.stop, service.finished))
     except (OSError, ValueError) as err:
         print(f"propeller manager: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # store, broker and MQTT errors: one clear line, not a traceback
         print(f"propeller manager: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    if service.deposed:
+        print(f"propeller manager: lost the lease ({service.deposed}); exiting", file=sys.stderr)
+        return EXIT_DEPOSED
     return 0
 
 
@@ -263,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")
     m.add_argument("--mqtt-insecure", action="store_true", help="do not verify the broker's certificate")
     m.add_argument("--api-token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    m.add_argument(
+        "--ha",
+        action="store_true",
+        help="standby mode: several managers on one PostgreSQL and external broker, one leads (docs/ha.md)",
+    )
+    m.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        help="--ha: seconds a leader's lease lasts; a standby takes over within about this after it dies",
+    )
     m.add_argument(
         "--api-max-body",
         type=int,

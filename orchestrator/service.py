@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.adapters.broker import EmbeddedBroker
+from orchestrator.adapters.lease import LeaseKeeper, PgLease
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
 from orchestrator.adapters.store import Store
 from orchestrator.chunk_server import ChunkServer
@@ -36,6 +37,7 @@ from orchestrator.core.commands import (
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
+from orchestrator.core.lease import LeaseConfig, LeaseCore
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
 
@@ -60,6 +62,10 @@ class ManagerSettings:
     api_token: str = ""
     serve_api: bool = True
     api_max_body: int = 64 * 1024 * 1024  # request bodies over this get 413 while they stream
+    # Standby managers (docs/ha.md): several managers on one PostgreSQL and one external broker; the
+    # holder of the lease leads, the others wait. lease_ttl bounds the takeover after a leader dies.
+    ha: bool = False
+    lease_ttl: float = 5.0
     # TLS to an external broker (mqtts://): CA bundle, client certificate and key, or skip verification.
     mqtt_ca: str | None = None
     mqtt_cert: str | None = None
@@ -92,6 +98,11 @@ class ManagerService:
         self._api_server: Any = None
         self._invocations: dict[str, asyncio.Future[InvocationFinished]] = {}
         self.chunks = ChunkServer()
+        # --ha: the lease keeper; ``serving`` once this manager leads and has restored and connected.
+        self.lease: LeaseKeeper | None = None
+        self.serving = not settings.ha
+        self.deposed = ""  # why this manager lost its lease (it then exits)
+        self.finished = asyncio.Event()  # set when the service must stop on its own (deposed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,10 +120,34 @@ class ManagerService:
     async def _start(self) -> None:
         url = parse_broker_url(self.settings.broker)
         self.store = await Store.open(self.settings.db)
+        if self.settings.ha:
+            await self._start_standby(url.scheme)
+            return
+        await self._restore()
+        await self._connect_broker()
+        if self.settings.serve_api:
+            await self._start_api()
+        await self.flush()
+        log.info(
+            json.dumps(
+                {
+                    "event": "manager_started",
+                    "broker": self.broker_url,
+                    "db": self.settings.db,
+                    "api": f"http://{self.settings.api_host}:{self.api_port}",
+                }
+            )
+        )
+
+    async def _restore(self) -> None:
+        assert self.store is not None
         tasks = await self.store.load_tasks()
         proplets = await self.store.load_proplets()
         jobs = await self.store.load_jobs()
         self.engine.restore(tasks, proplets, self.now(), time.time(), jobs)
+
+    async def _connect_broker(self) -> None:
+        url = parse_broker_url(self.settings.broker)
         if url.scheme == "embedded":
             self.broker = EmbeddedBroker(url.host, url.port)
             await self.broker.start()
@@ -120,6 +155,9 @@ class ManagerService:
         else:
             self.broker_url = self.settings.broker
         topics = self.engine.topics
+        # Every manager of a domain/channel uses this id, standbys included, so a new leader takes
+        # over the old leader's broker session (and the results queued in it). A standby therefore
+        # connects only once it leads.
         client_id = (
             self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
         )
@@ -138,24 +176,84 @@ class ManagerService:
             on_disconnect=self._on_disconnect,
             clean_session=url.scheme == "embedded",  # an external broker keeps our results while we restart
             tls=self._tls(),
+            # Acknowledge a result only once its effects are stored (flush): if this manager dies in
+            # between, the broker redelivers it to the session, to us restarted or to the new leader.
+            manual_ack=url.scheme != "embedded",
         )
         for topic in topics.manager_subscriptions:
             self.mqtt.subscribe(topic, 1)
         await self.mqtt.connect()
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="manager-timers"))
+
+    # ------------------------------------------------------------------ standby (--ha)
+
+    async def _start_standby(self, scheme: str) -> None:
+        """Serve the API as a standby and wait for the lease; ``_take_over`` runs when it is ours."""
+        assert self.store is not None
+        if scheme == "embedded":
+            raise ValueError(
+                "--ha needs an external broker (mqtt:// or mqtts://): an embedded one dies with its manager"
+            )
+        self.lease = LeaseKeeper(
+            PgLease(self.store),
+            LeaseCore(LeaseConfig(self.settings.lease_ttl)),
+            self._take_over,
+            self._deposed,
+        )
         if self.settings.serve_api:
             await self._start_api()
+        self._tasks.append(asyncio.create_task(self.lease.run(), name="manager-lease"))
+        log.info(
+            json.dumps({"event": "manager_standby", "holder": self.lease.lease.holder, "db": self.store.url})
+        )
+
+    async def _take_over(self, epoch: int) -> None:
+        """We hold the lease: every write from now on is fenced by ``epoch``; restore, connect, serve."""
+        assert self.store is not None and self.lease is not None
+        started = self.now()
+        self.store.fence = self.lease.lease.fence(epoch)
+        await self.store.refresh_seq()
+        await self._restore()
+        await self._connect_broker()
+        if not self.lease.is_leader():
+            return  # lost it while restoring; _deposed has run
+        self.serving = True
         await self.flush()
         log.info(
             json.dumps(
                 {
-                    "event": "manager_started",
-                    "broker": self.broker_url,
-                    "db": self.settings.db,
-                    "api": f"http://{self.settings.api_host}:{self.api_port}",
+                    "event": "manager_leading",
+                    "holder": self.lease.lease.holder,
+                    "epoch": epoch,
+                    "tasks": len(self.engine.tasks),
+                    "took_s": round(self.now() - started, 3),
                 }
             )
         )
+
+    def _deposed(self, reason: str) -> None:
+        """The lease can no longer be trusted: stop publishing and writing at once, then exit.
+
+        Exiting, not going back to standby: this process cannot know what the new leader has done
+        since, and its engine state is stale; a supervisor restarts it, as a standby.
+        """
+        self.serving = False
+        self.deposed = reason
+        self.engine.shutting_down = True
+        if self.mqtt is not None:
+            self.mqtt.abort()  # no DISCONNECT and no reconnect: the session stays for the new leader
+        self.finished.set()
+
+    def leading(self) -> bool:
+        """May this manager publish and write now? Always, without --ha."""
+        return self.lease is None or self.lease.is_leader()
+
+    @property
+    def role(self) -> str:
+        if self.lease is None:
+            return "leader"
+        role = self.lease.core.role.value
+        return "starting" if role == "leader" and not self.serving else role
 
     def _tls(self) -> TlsOptions | None:
         s = self.settings
@@ -200,6 +298,9 @@ class ManagerService:
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await self.mqtt.disconnect()
+        if self.lease is not None and self.lease.is_leader():
+            with contextlib.suppress(Exception):  # a clean stop hands over at once, not after the ttl
+                await asyncio.wait_for(self.lease.lease.release(self.lease.core.epoch), 5)
         if self.broker is not None:
             await self.broker.stop()
         if self.store is not None:
@@ -208,6 +309,12 @@ class ManagerService:
     # ------------------------------------------------------------------ engine I/O
 
     def _on_connect(self) -> None:
+        if not self.leading():
+            # A deposed manager's client reconnected before it was stopped: it must not hold the
+            # session that the new leader uses.
+            assert self.mqtt is not None
+            self.mqtt.abort()
+            return
         log.info(json.dumps({"event": "manager_mqtt_connected", "broker": self.broker_url}))
         self.engine.link_restored(self.now(), time.time())
         self._wake.set()
@@ -268,10 +375,19 @@ class ManagerService:
 
     async def flush(self) -> None:
         async with self._lock:
+            # Messages received so far have had their effects queued by the engine (handle() is
+            # synchronous); they are acknowledged once the commands below are durable.
+            received = self.mqtt.take_unacked() if self.mqtt is not None else None
             commands = self.engine.take_commands()
             while commands:
+                if not self.leading():
+                    # Fenced: a deposed (or not yet leading) manager publishes and writes nothing.
+                    self.engine.counters["commands_fenced"] += len(commands)
+                    return
                 await self._execute(commands)
                 commands = self.engine.take_commands()
+            if received is not None and self.leading():
+                self.mqtt.ack(received)  # type: ignore[union-attr]
 
     async def _execute(self, commands: Sequence[Command]) -> None:
         assert self.store is not None
@@ -284,6 +400,9 @@ class ManagerService:
                 await self.store.save_tasks(pending)
                 pending = []
             if isinstance(command, Publish):
+                if not self.leading():  # the lease ran out during this batch
+                    self.engine.counters["publishes_fenced"] += 1
+                    continue
                 if self.mqtt is not None:
                     try:
                         self.mqtt.publish(command.topic, command.payload, command.qos)

@@ -143,6 +143,32 @@ class _BodyLimit:
         return f"request body is larger than {self.max_bytes} bytes"
 
 
+class _LeaderOnly:
+    """Pure ASGI middleware: only the leading manager serves the API (``--ha``, docs/ha.md).
+
+    A standby, or a leader still restoring, answers 503 with ``Retry-After`` and who leads; its
+    engine holds nothing yet, so it can neither answer reads nor take writes. Health, docs and metrics
+    stay open so a load balancer or operator can see its role.
+    """
+
+    OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/metrics"})
+
+    def __init__(self, app: Any, manager: ManagerService) -> None:
+        self.app = app
+        self.manager = manager
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        manager = self.manager
+        if scope["type"] == "http" and not manager.serving and scope["path"] not in self.OPEN_PATHS:
+            body: dict[str, Any] = {"error": f"this manager is not the leader (role {manager.role})"}
+            if manager.lease is not None:
+                body |= manager.lease.status()
+            retry = str(max(1, round(manager.settings.lease_ttl)))
+            await JSONResponse(body, status_code=503, headers={"Retry-After": retry})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class _BearerAuth:
     """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs ~1 ms a request): bearer token check."""
 
@@ -176,10 +202,15 @@ def create_app(manager: ManagerService) -> FastAPI:
     if manager.settings.api_token:
         app.add_middleware(_BearerAuth, token=manager.settings.api_token)
     app.add_middleware(_BodyLimit, max_bytes=manager.settings.api_max_body)
+    if manager.settings.ha:
+        app.add_middleware(_LeaderOnly, manager=manager)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        lease = manager.lease.status() if manager.lease is not None else {}
         return {
+            **lease,
+            "role": manager.role,  # leader | standby | starting | deposed (docs/ha.md)
             "status": "pass",
             "version": VERSION,
             "commit": "",

@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,17 @@ PROPLET_METRICS = sa.Table(
     sa.Index("ix_proplet_metrics_proplet_id_timestamp", "proplet_id", "timestamp"),
 )
 
+# One row per lease (orchestrator/adapters/lease.py): who leads, with which epoch, until when.
+LEADER_LEASE = sa.Table(
+    "leader_lease",
+    METADATA,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("epoch", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.Double(), nullable=False),
+    sa.Column("acquired_at", sa.Double(), nullable=True),
+)
+
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
 _PROPLET_FIELDS = tuple(f.name for f in dataclasses.fields(Proplet))
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
@@ -196,6 +207,9 @@ class Store:
         self.applied_revisions = applied
         self._next_seq = next_seq
         self._closed = False
+        # Run first in every write transaction when set (a standby manager's fencing-token check,
+        # orchestrator/adapters/lease.py): raising there rolls the write back.
+        self.fence: Callable[[AsyncConnection], Awaitable[None]] | None = None
         sqlite_backend = engine.dialect.name == "sqlite"
         self._insert = sqlite.insert if sqlite_backend else postgresql.insert
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
@@ -232,6 +246,16 @@ class Store:
             await engine.dispose()
             raise StoreError(shown, "cannot open the database", exc) from exc
         return cls(engine, shown, tuple(applied), int(top or 0) + 1)
+
+    @property
+    def sa_engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def refresh_seq(self) -> None:
+        """Continue the load order after rows another manager wrote since this store was opened."""
+        async with self._read("read the task sequence") as conn:
+            top = await conn.scalar(sa.select(sa.func.max(TASKS.c.seq)))
+        self._next_seq = max(self._next_seq, int(top or 0) + 1)
 
     async def close(self) -> None:
         if not self._closed:
@@ -435,6 +459,8 @@ class Store:
         async with self._write_lock:
             try:
                 async with self._engine.begin() as conn:
+                    if self.fence is not None:
+                        await self.fence(conn)
                     yield conn
             except StatementError as exc:
                 raise StoreError(self.url, f"{what}{_json_culprit(rows)}", exc) from exc

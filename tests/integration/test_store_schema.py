@@ -16,7 +16,8 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-HEAD = "0001"
+REVISIONS = ("0001", "mgr_standby")  # oldest first
+HEAD = REVISIONS[-1]
 
 
 def _sqlite_schema(path: Path) -> list[tuple[str, str]]:
@@ -34,7 +35,7 @@ async def test_sqlite_upgrades_an_empty_file_then_reopen_is_a_noop(sqlite_path: 
     sqlite_path.parent.mkdir(parents=True)
     sqlite_path.touch()  # an existing, empty database file
     async with await Store.open(str(sqlite_path)) as store:
-        assert store.applied_revisions == (HEAD,)
+        assert store.applied_revisions == REVISIONS
         assert await store.schema_version() == HEAD
         await store.save_task(Task(id="t", name="kept"))
     schema = _sqlite_schema(sqlite_path)
@@ -56,7 +57,7 @@ async def test_sqlite_upgrades_an_empty_file_then_reopen_is_a_noop(sqlite_path: 
 async def test_postgres_upgrades_an_empty_schema_then_reopen_is_a_noop(pg_schema: PgSchema) -> None:
     pg_schema.execute(f'CREATE SCHEMA "{pg_schema.name}"')
     async with await Store.open(pg_schema.url, schema=pg_schema.name) as store:
-        assert store.applied_revisions == (HEAD,)
+        assert store.applied_revisions == REVISIONS
         await store.save_task(Task(id="t", name="kept"))
     async with await Store.open(pg_schema.url, schema=pg_schema.name) as again:
         assert again.applied_revisions == ()
@@ -80,7 +81,7 @@ async def test_unknown_newer_revision_is_refused(sqlite_path: Path) -> None:
         pass
     with sqlite3.connect(sqlite_path) as db:
         db.execute("UPDATE alembic_version SET version_num = '9999'")
-    with pytest.raises(StoreError, match=r"revision '9999', unknown to this version \(head '0001'\)"):
+    with pytest.raises(StoreError, match=rf"revision '9999', unknown to this version \(head '{HEAD}'\)"):
         await Store.open(str(sqlite_path))
 
 
