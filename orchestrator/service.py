@@ -383,6 +383,7 @@ class ManagerService:
                 if not self.leading():
                     # Fenced: a deposed (or not yet leading) manager publishes and writes nothing.
                     self.engine.counters["commands_fenced"] += len(commands)
+                    log.warning(json.dumps({"event": "commands_fenced", "count": len(commands)}))
                     return
                 await self._execute(commands)
                 commands = self.engine.take_commands()

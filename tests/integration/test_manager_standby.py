@@ -112,22 +112,28 @@ class Manager:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         try:
-            r = httpx.get(f"{self.url}/health", timeout=1)
+            async with httpx.AsyncClient(timeout=1) as client:
+                r = await client.get(f"{self.url}/health")
             return dict(r.json()) if r.status_code == 200 else {}
         except httpx.HTTPError:
             return {}
 
-    def wait_role(self, role: str, timeout: float = 30) -> float:
-        """Wait until /health reports ``role``; returns the monotonic time it was first seen."""
+    async def wait_role(self, role: str, timeout: float = 30) -> float:
+        """Wait until /health reports ``role``; returns the monotonic time it was first seen.
+
+        Async: the proplets share this test's loop, and a blocked loop would miss their keep-alives."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"{self.name} exited: {self.log.read_text()[-3000:]}"
-            if self.health().get("role") == role:
+            if (await self.health()).get("role") == role:
                 return time.monotonic()
-            time.sleep(0.02)
+            await asyncio.sleep(0.02)
         raise AssertionError(f"{self.name} not {role} after {timeout} s: {self.log.read_text()[-3000:]}")
+
+    async def wait_exit(self, timeout: float = 30) -> int:
+        return await asyncio.to_thread(self.proc.wait, timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -195,8 +201,8 @@ async def start_proplets(broker: str, domain: str, n: int) -> list[PropletAgent]
     return agents
 
 
-async def submit(api: httpx.AsyncClient, i: int) -> str:
-    r = await api.post("/tasks", json={"name": "work", "file": WORK, "inputs": [3_000_000 + i]})
+async def submit(api: httpx.AsyncClient, i: int, loops: int = 3_000_000) -> str:
+    r = await api.post("/tasks", json={"name": "work", "file": WORK, "inputs": [loops + i]})
     assert r.status_code == 201, r.text
     task_id = str(r.json()["id"])
     started = await api.post(f"/tasks/{task_id}/start")
@@ -224,12 +230,13 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
     broker, db, domain, managers = ha
     a = Manager("A", broker, db, domain, tmp_path / "a.log")
     managers.append(a)
-    a.wait_role("leader")
+    await a.wait_role("leader")
     b = Manager("B", broker, db, domain, tmp_path / "b.log")
     managers.append(b)
-    b.wait_role("standby")
-    refused = httpx.get(f"{b.url}/tasks", timeout=5)
-    assert refused.status_code == 503 and refused.json()["leader"]["epoch"] == a.health()["epoch"]
+    await b.wait_role("standby")
+    async with httpx.AsyncClient(timeout=5) as client:
+        refused = await client.get(f"{b.url}/tasks")
+    assert refused.status_code == 503 and refused.json()["leader"]["epoch"] == (await a.health())["epoch"]
     assert "retry-after" in refused.headers
 
     watch = Wire(broker, domain)
@@ -243,8 +250,8 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
         # Kill the leader while those run: their results arrive while no manager is connected.
         killed = time.monotonic()
         os.kill(a.proc.pid, signal.SIGKILL)
-        a.proc.wait(10)
-        leading = b.wait_role("leader", timeout=TTL * 10)
+        await a.wait_exit(10)
+        leading = await b.wait_role("leader", timeout=TTL * 10)
         handover = leading - killed
         async with httpx.AsyncClient(base_url=b.url, timeout=10) as api:
             for i in range(30, 60):
@@ -260,6 +267,50 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
         assert not twice, f"tasks not started and finished exactly once: {twice}"
         print(f"\nhandover (kill -9 to standby leading): {handover:.2f} s with --lease-ttl {TTL:g}")
         (tmp_path / "handover.txt").write_text(f"{handover:.3f}\n")
+    finally:
+        for agent in agents:
+            await agent.stop()
+        await watch.client.disconnect()
+
+
+async def test_a_frozen_leader_is_replaced_and_exits_on_waking_without_publishing(
+    ha: tuple[str, str, str, list[Manager]], tmp_path: Path
+) -> None:
+    broker, db, domain, managers = ha
+    a = Manager("A", broker, db, domain, tmp_path / "a.log")
+    managers.append(a)
+    await a.wait_role("leader")
+    b = Manager("B", broker, db, domain, tmp_path / "b.log")
+    managers.append(b)
+    await b.wait_role("standby")
+    watch = Wire(broker, domain)
+    await watch.start()
+    agents = await start_proplets(broker, domain, 2)
+    ids: list[str] = []
+    try:
+        async with httpx.AsyncClient(base_url=a.url, timeout=10) as api:
+            # Long enough to be running when A freezes: their results reach A's socket or its session.
+            ids += [await submit(api, i, 200_000_000) for i in range(10)]
+        a.proc.send_signal(signal.SIGSTOP)  # a paused VM, a blocked loop: no renewals, no I/O
+        await b.wait_role("leader", timeout=TTL * 10)
+        async with httpx.AsyncClient(base_url=b.url, timeout=10) as api:
+            ids += [await submit(api, i) for i in range(10, 20)]
+            await wait_all_terminal(api, ids)
+        a.proc.send_signal(signal.SIGCONT)
+        assert await a.wait_exit(30) == 3, a.log.read_text()[
+            -3000:
+        ]  # deposed: it exits, a supervisor restarts it
+        assert "lease_lost" in a.log.read_text()
+        assert (await b.health())["role"] == "leader"
+        async with httpx.AsyncClient(base_url=b.url, timeout=10) as api:
+            tasks = await wait_all_terminal(api, ids)
+            # A fresh standby on the same store sees what B wrote, not A's stale memory.
+            c = Manager("C", broker, db, domain, tmp_path / "c.log")
+            managers.append(c)
+            await c.wait_role("standby")
+        assert Counter(tasks[t]["state_name"] for t in ids) == Counter({"Completed": len(ids)})
+        once = {t: (watch.starts[t], watch.results[t]) for t in ids}
+        assert set(once.values()) == {(1, 1)}, once
     finally:
         for agent in agents:
             await agent.stop()
