@@ -200,6 +200,7 @@ class ManagerService:
             self._take_over,
             self._deposed,
         )
+        await self.lease.lease.ensure()
         if self.settings.serve_api:
             await self._start_api()
         self._tasks.append(asyncio.create_task(self.lease.run(), name="manager-lease"))
@@ -293,6 +294,8 @@ class ManagerService:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, 5)
+        if self.lease is not None:
+            await self.lease.close()
         with contextlib.suppress(Exception):
             await self.flush()
         if self.mqtt is not None:

@@ -148,6 +148,7 @@ class LeaseKeeper:
         self.leader_seen: tuple[str, int, float] | None = None  # the current holder, as a standby saw it
         self._wake = asyncio.Event()
         self._leading_task: asyncio.Task[None] | None = None
+        self._statement_task: asyncio.Task[None] | None = None
         self._reported = False
 
     def now(self) -> float:
@@ -157,7 +158,7 @@ class LeaseKeeper:
         return self.core.is_leader(self.now())
 
     async def run(self) -> None:
-        await self.lease.ensure()
+        """Keep or wait for the lease until deposed (``lease.ensure()`` must have run)."""
         while self.core.role is not Role.DEPOSED:
             now = self.now()
             action = self.core.due(now)
@@ -167,7 +168,7 @@ class LeaseKeeper:
             if action is not None:
                 self.core.sent(now)
                 # The statement runs as its own task: a hung database must not stop the step-down check.
-                asyncio.get_running_loop().create_task(self._statement(action))
+                self._statement_task = asyncio.get_running_loop().create_task(self._statement(action))
             deadline = self.core.next_deadline()
             delay = 0.5 if deadline is None else min(0.5, max(0.0, deadline - self.now()))
             self._wake.clear()
@@ -222,6 +223,14 @@ class LeaseKeeper:
         )
         self.on_deposed(self.core.reason)
         self._wake.set()
+
+    async def close(self) -> None:
+        """Cancel a statement or a takeover still running (the service is stopping)."""
+        for task in (self._statement_task, self._leading_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.core.role.value, "holder": self.lease.holder}
