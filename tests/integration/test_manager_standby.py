@@ -44,7 +44,9 @@ WORK = base64.b64encode(
   (local.get 1)))
 """)
 ).decode()
-TTL = float(os.environ.get("PROPELLER_TEST_LEASE_TTL", "2"))  # --lease-ttl of the test managers: takeover within about TTL + TTL/10 + restore
+TTL = float(
+    os.environ.get("PROPELLER_TEST_LEASE_TTL", "2")
+)  # --lease-ttl of the test managers: takeover within about TTL + TTL/10 + restore
 
 
 @pytest.fixture
