@@ -49,6 +49,11 @@ TTL = float(
 )  # --lease-ttl of the test managers: takeover within about TTL + TTL/10 + restore
 
 
+def manager_sessions(tmp_path: Path, domain: str) -> int:
+    """How many times a manager connected to the private broker (its log names each client id)."""
+    return (tmp_path / "mosquitto.log").read_text().count(f" as propeller-manager-{domain}-default ")
+
+
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[str]:
     """A Mosquitto of this test's own (it outlives the managers; the shared one is never touched)."""
@@ -58,7 +63,7 @@ def private_broker(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
         "max_queued_messages 100000\nmax_inflight_messages 100\n"
     )
     log = (tmp_path / "mosquitto.log").open("wb")
@@ -244,6 +249,7 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
     watch = Wire(broker, domain)
     await watch.start()
     agents = await start_proplets(broker, domain, 2)
+    assert manager_sessions(tmp_path, domain) == 1  # the standby stays off the broker
     ids: list[str] = []
     try:
         async with httpx.AsyncClient(base_url=a.url, timeout=10) as api:
@@ -304,6 +310,7 @@ async def test_a_frozen_leader_is_replaced_and_exits_on_waking_without_publishin
         ]  # deposed: it exits, a supervisor restarts it
         assert "lease_lost" in a.log.read_text()
         assert (await b.health())["role"] == "leader"
+        assert manager_sessions(tmp_path, domain) == 2  # A once, B once: A never came back
         async with httpx.AsyncClient(base_url=b.url, timeout=10) as api:
             tasks = await wait_all_terminal(api, ids)
             # A fresh standby on the same store sees what B wrote, not A's stale memory.
