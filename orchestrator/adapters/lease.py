@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.adapters.store import Store, StoreError
 from orchestrator.core.lease import Action, LeaseCore, Role
@@ -111,11 +110,11 @@ class PgLease:
             row = (await conn.execute(_CURRENT, {"name": self.name})).first()
         return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
 
-    def fence(self, epoch: int) -> Callable[[AsyncConnection], Awaitable[None]]:
+    def fence(self, epoch: int) -> Callable[[sa.Connection], None]:
         """The check ``Store`` runs first in each write transaction while we lead with ``epoch``."""
 
-        async def check(conn: AsyncConnection) -> None:
-            row = (await conn.execute(_FENCE, {"name": self.name})).first()
+        def check(conn: sa.Connection) -> None:
+            row = conn.execute(_FENCE, {"name": self.name}).first()
             if row is None or str(row[0]) != self.holder or int(row[1]) != epoch:
                 holder, current = (row[0], row[1]) if row is not None else ("nobody", 0)
                 raise Fenced(

@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,8 +208,9 @@ class Store:
         self._next_seq = next_seq
         self._closed = False
         # Run first in every write transaction when set (a standby manager's fencing-token check,
-        # orchestrator/adapters/lease.py): raising there rolls the write back.
-        self.fence: Callable[[AsyncConnection], Awaitable[None]] | None = None
+        # orchestrator/adapters/lease.py): raising there rolls the write back. Synchronous, on the
+        # transaction's sa.Connection, so it also fits code that writes inside run_sync.
+        self.fence: Callable[[sa.Connection], None] | None = None
         sqlite_backend = engine.dialect.name == "sqlite"
         self._insert = sqlite.insert if sqlite_backend else postgresql.insert
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
@@ -460,7 +461,7 @@ class Store:
             try:
                 async with self._engine.begin() as conn:
                     if self.fence is not None:
-                        await self.fence(conn)
+                        await conn.run_sync(self.fence)
                     yield conn
             except StatementError as exc:
                 raise StoreError(self.url, f"{what}{_json_culprit(rows)}", exc) from exc
