@@ -245,6 +245,9 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
         refused = await client.get(f"{b.url}/tasks")
     assert refused.status_code == 503 and refused.json()["leader"]["epoch"] == (await a.health())["epoch"]
     assert "retry-after" in refused.headers
+    async with httpx.AsyncClient(timeout=5) as client:
+        metrics = (await client.get(f"{b.url}/metrics")).text
+    assert 'propeller_manager_role{role="standby"} 1.0' in metrics
 
     watch = Wire(broker, domain)
     await watch.start()
