@@ -53,3 +53,39 @@ async def test_the_lease_needs_postgresql(tmp_path: Path) -> None:
     async with await Store.open(str(tmp_path / "m.db")) as store:
         with pytest.raises(StoreError, match="needs PostgreSQL"):
             PgLease(store)
+
+
+@pytest.mark.parametrize(
+    ("broker", "db", "reason"),
+    [
+        ("mqtt://127.0.0.1:1", "{tmp}/m.db", "needs PostgreSQL"),
+        ("embedded://127.0.0.1:0", "{pg}", "needs an external broker"),
+    ],
+)
+def test_ha_refuses_sqlite_and_an_embedded_broker(
+    broker: str, db: str, reason: str, tmp_path: Path, pg_schema: PgSchema
+) -> None:
+    import subprocess
+    import sys
+
+    pg_schema.execute(f'CREATE SCHEMA IF NOT EXISTS "{pg_schema.name}"')
+    url = db.format(tmp=tmp_path, pg=f"{pg_schema.url}?options=-csearch_path%3D{pg_schema.name}")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "manager",
+            "--ha",
+            "--broker",
+            broker,
+            "--db",
+            url,
+            "--api",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and reason in done.stderr, done.stderr[-2000:]
