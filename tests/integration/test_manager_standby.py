@@ -268,6 +268,15 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
             for i in range(30, 60):
                 ids.append(await submit(api, i))
             tasks = await wait_all_terminal(api, ids)
+            # Liveness resumed too: the new leader sees both proplets, then one that goes silent dies.
+            for agent in agents:
+                assert (await api.get(f"/proplets/{agent.settings.proplet_id}")).json()["alive"] is True
+            await agents[0].stop(clean=True)  # DISCONNECT: no will, so only missed heartbeats tell
+            gone = agents.pop(0).settings.proplet_id
+            deadline = time.monotonic() + 30
+            while (await api.get(f"/proplets/{gone}")).json()["alive"]:
+                assert time.monotonic() < deadline, f"{gone} still alive on the new leader"
+                await asyncio.sleep(0.1)
         states = Counter(tasks[t]["state_name"] for t in ids)
         assert states == Counter({"Completed": len(ids)}), states
         twice = {
