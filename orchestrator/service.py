@@ -37,6 +37,7 @@ from orchestrator.core.commands import (
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
+from orchestrator.core.errors import NotLeader
 from orchestrator.core.lease import LeaseConfig, LeaseCore
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
@@ -374,7 +375,10 @@ class ManagerService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             self.engine.on_timer(self.now(), time.time())
-            await self.flush()
+            try:
+                await self.flush()
+            except NotLeader:
+                return  # deposed: nothing of ours may run any more
 
     async def flush(self) -> None:
         async with self._lock:
@@ -384,10 +388,11 @@ class ManagerService:
             commands = self.engine.take_commands()
             while commands:
                 if not self.leading():
-                    # Fenced: a deposed (or not yet leading) manager publishes and writes nothing.
+                    # Fenced: a deposed (or not yet leading) manager publishes and writes nothing, and
+                    # a caller waiting for durability is told so (503), not that it succeeded.
                     self.engine.counters["commands_fenced"] += len(commands)
                     log.warning(json.dumps({"event": "commands_fenced", "count": len(commands)}))
-                    return
+                    raise NotLeader(f"this manager no longer leads ({self.deposed or 'lease expired'})")
                 await self._execute(commands)
                 commands = self.engine.take_commands()
             if received is not None and self.leading():

@@ -158,6 +158,13 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         """Keep or wait for the lease until deposed (``lease.ensure()`` must have run)."""
+        try:
+            await self._run()
+        except Exception as err:  # a bug here must not leave a leader running unrenewed
+            self._depose(f"lease keeper failed: {type(err).__name__}: {err}")
+            raise
+
+    async def _run(self) -> None:
         while self.core.role is not Role.DEPOSED:
             now = self.now()
             action = self.core.due(now)

@@ -256,6 +256,17 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
     ids: list[str] = []
     try:
         async with httpx.AsyncClient(base_url=a.url, timeout=10) as api:
+            cron = await api.post(
+                "/tasks",
+                json={
+                    "name": "work",
+                    "file": WORK,
+                    "inputs": [1],
+                    "schedule": "* * * * *",
+                    "is_recurring": True,
+                },
+            )
+            assert cron.status_code == 201, cron.text
             for i in range(30):
                 ids.append(await submit(api, i))
         # Kill the leader while those run: their results arrive while no manager is connected.
@@ -268,6 +279,9 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
             for i in range(30, 60):
                 ids.append(await submit(api, i))
             tasks = await wait_all_terminal(api, ids)
+            # Cron resumed: the new leader holds the schedule with its next run still ahead.
+            scheduled = (await api.get(f"/tasks/{cron.json()['id']}")).json()
+            assert scheduled["schedule"] == "* * * * *" and scheduled["next_run"] > cron.json()["created_at"]
             # Liveness resumed too: the new leader sees both proplets, then one that goes silent dies.
             for agent in agents:
                 assert (await api.get(f"/proplets/{agent.settings.proplet_id}")).json()["alive"] is True
