@@ -77,7 +77,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         placement=args.placement,
         api_token=args.api_token or "",
-        api_max_body=args.api_max_body,
+        api_max_body=args.api_max_body or ManagerSettings.api_max_body,
         ha=args.ha,
         lease_ttl=args.lease_ttl,
     )
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--api-max-body",
         type=int,
-        default=64 * 1024 * 1024,
+        default=None,
         help="largest request body in bytes; larger ones get 413 while they stream (default 64 MiB)",
     )
     channel_args(m)

@@ -41,6 +41,7 @@ from orchestrator.core.errors import NotLeader
 from orchestrator.core.lease import LeaseConfig, LeaseCore
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
+from orchestrator.core.validation import MAX_BODY_BYTES
 
 log = logging.getLogger("propeller.manager")
 
@@ -62,7 +63,7 @@ class ManagerSettings:
     mqtt_keepalive: float = 30.0
     api_token: str = ""
     serve_api: bool = True
-    api_max_body: int = 64 * 1024 * 1024  # request bodies over this get 413 while they stream
+    api_max_body: int = MAX_BODY_BYTES  # request bodies over this get 413 while they stream
     # Standby managers (docs/ha.md): several managers on one PostgreSQL and one external broker; the
     # holder of the lease leads, the others wait. lease_ttl bounds the takeover after a leader dies.
     ha: bool = False

@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from orchestrator.service import ManagerService
 
 VERSION = "0.1.0"
-# Default bound on a request body (ManagerSettings.api_max_body, --api-max-body): a task's inline
-# module is at most 7 MiB (9.3 MiB of base64), so this holds a job or workflow of several of them.
-MAX_BODY = 64 * 1024 * 1024
 MAX_TASK_PAGE = 100
 
 

@@ -52,6 +52,9 @@ MAX_METADATA_BYTES = 1 << 20  # metadata as JSON (upstream's bound)
 # wire.DEFAULT_MAX_PAYLOAD_BYTES (10 MiB): 7 MiB of module is 9.3 MiB of base64, leaving room for the
 # rest. Bigger modules go by image_url (HTTP or OCI).
 MAX_MODULE_BYTES = 7 * 1024 * 1024
+# Default bound on a request body (ManagerSettings.api_max_body, --api-max-body): it holds a job or
+# workflow of several tasks with inline modules of the largest size.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 _MAX_INT = (1 << 63) - 1
 _SHORT_FIELDS = {"id": MAX_ID_CHARS, "proplet_id": MAX_ID_CHARS, "workflow_id": MAX_ID_CHARS}
 _SHORT_FIELDS |= {"job_id": MAX_ID_CHARS, "depends_on": MAX_ID_CHARS, "name": MAX_NAME_CHARS}
