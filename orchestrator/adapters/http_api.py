@@ -114,7 +114,7 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = next((v for k, v in scope.get("headers") or () if k == b"content-length"), None)
         if declared is not None:
             if not declared.strip().isdigit():
                 await error(400, "Content-Length must be a number of bytes")(scope, receive, send)
