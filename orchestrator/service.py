@@ -125,6 +125,7 @@ class ManagerService:
         if self.settings.ha:
             await self._start_standby(url.scheme)
             return
+        await self._refuse_beside_a_leader()
         await self._restore()
         await self._connect_broker()
         if self.settings.serve_api:
@@ -209,6 +210,18 @@ class ManagerService:
         log.info(
             json.dumps({"event": "manager_standby", "holder": self.lease.lease.holder, "db": self.store.url})
         )
+
+    async def _refuse_beside_a_leader(self) -> None:
+        """A manager without --ha on a database that an --ha manager leads would act beside it."""
+        assert self.store is not None
+        if self.store.sa_engine.dialect.name != "postgresql":
+            return
+        current = await PgLease(self.store).current()
+        if current is not None and current[0] and current[2] > 0:
+            raise ValueError(
+                f"manager {current[0]} leads this database with --ha (lease epoch {current[1]}); "
+                "start this one with --ha too, as its standby"
+            )
 
     async def _take_over(self, epoch: int) -> None:
         """We hold the lease: every write from now on is fenced by ``epoch``; restore, connect, serve."""

@@ -89,3 +89,22 @@ def test_ha_refuses_sqlite_and_an_embedded_broker(
         timeout=60,
     )
     assert done.returncode == 1 and reason in done.stderr, done.stderr[-2000:]
+
+
+def test_a_manager_without_ha_refuses_a_database_an_ha_manager_leads(pg_schema: PgSchema) -> None:
+    import subprocess
+    import sys
+
+    async def hold() -> None:
+        async with await Store.open(pg_schema.url, schema=pg_schema.name) as store:
+            lease = PgLease(store, holder="the-leader")
+            await lease.ensure()
+            assert await lease.acquire(120) is not None
+
+    asyncio.run(hold())
+    url = f"{pg_schema.url}?options=-csearch_path%3D{pg_schema.name}"
+    args = ["manager", "--broker", "mqtt://127.0.0.1:1", "--db", url, "--api", "127.0.0.1:0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "the-leader leads this database with --ha" in done.stderr, done.stderr
