@@ -159,7 +159,7 @@ class _LeaderOnly:
         if scope["type"] == "http" and not manager.serving and scope["path"] not in self.OPEN_PATHS:
             body: dict[str, Any] = {"error": f"this manager is not the leader (role {manager.role})"}
             if manager.lease is not None:
-                body |= manager.lease.status()
+                body |= {**manager.lease.status(), "role": manager.role}
             retry = str(max(1, round(manager.settings.lease_ttl)))
             await JSONResponse(body, status_code=503, headers={"Retry-After": retry})(scope, receive, send)
             return

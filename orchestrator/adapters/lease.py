@@ -202,7 +202,13 @@ class LeaseKeeper:
         except Exception as err:  # database away or slow: the core retries, and steps down in time
             core.failed(self.now())
             log.warning(
-                json.dumps({"event": "lease_statement_failed", "action": action.value, "error": str(err)})
+                json.dumps(
+                    {
+                        "event": "lease_statement_failed",
+                        "action": action.value,
+                        "error": f"{type(err).__name__}: {err}",
+                    }
+                )
             )
         if was is Role.STANDBY and core.role is Role.LEADER:
             log.info(
