@@ -6,23 +6,20 @@ A proplet publishes ``{"app_name": …}`` on ``registry/proplet``; the service p
 registry, or a user uploads them).
 
 When the server cannot serve an app (unknown, or too big for the embedded profile) it answers with ONE
-message, our extension, on the same topic:
+refusal, our extension of the wire protocol (``wire.RegistryChunk`` with ``error`` set, sent with
+``total_chunks`` 0), so our proplets fail the fetch at once, naming the reason, instead of waiting 60 s.
+Upstream's proxy sends nothing in that case. An upstream Rust proplet's codec refuses the odd chunk
+and times out as before; the embedded firmware ignores the counters and tries to run an empty module,
+so it reports a load failure instead of waiting silently.
 
-    {"app_name": "<name>", "chunk_idx": 0, "total_chunks": 0, "data": "", "error": "<reason>"}
-
-``total_chunks == 0`` never happens in a real transfer, so our proplets fail the fetch at once instead
-of waiting 60 s. Upstream's proxy sends nothing in that case. An upstream Rust proplet keeps the odd
-chunk until its 300 s TTL and times out as before; the wire codec refuses it (CodecError, logged); the
-embedded firmware ignores the counters and tries to run an empty module, so it reports a load failure
-instead of waiting silently.
+What it holds is the manager's business: the service registers only modules that a task it holds
+refers to (``Engine.module_for``), so a request can never make the manager fetch an arbitrary URL.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import math
-from dataclasses import dataclass
 
 from orchestrator.wire import EMBEDDED_MAX_PAYLOAD_BYTES, CodecError, Profile, RegistryChunk, encode
 
@@ -32,39 +29,21 @@ MAX_APP_NAME = 512
 _JSON_RESERVE = 1024  # JSON keys, counters and an app name of up to MAX_APP_NAME characters
 
 
-@dataclass(frozen=True)
-class ChunkReply:
-    """One message for ``registry/server``: a chunk, or a refusal (``total_chunks == 0``, ``error`` set)."""
-
-    app_name: str
-    chunk_idx: int
-    total_chunks: int
-    data: bytes
-    error: str = ""
-
-    @property
-    def is_refusal(self) -> bool:
-        return self.total_chunks == 0
-
-
-def encode_reply(reply: ChunkReply, *, embedded: bool = False) -> bytes:
-    """Wire bytes of a reply: chunks through the wire codec, refusals as documented in the module."""
-    if reply.is_refusal:
-        body = {
-            "app_name": reply.app_name,
-            "chunk_idx": 0,
-            "total_chunks": 0,
-            "data": "",
-            "error": reply.error,
-        }
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    message = RegistryChunk(reply.app_name, reply.chunk_idx, reply.total_chunks, reply.data)
-    return encode(message, Profile.EMBEDDED if embedded else Profile.RUST)
+def encode_reply(reply: RegistryChunk, *, embedded: bool = False) -> bytes:
+    """Wire bytes of a reply; a refusal too long for the firmware's buffer is shortened to fit."""
+    if reply.is_refusal and embedded:
+        for cut in (len(reply.error), 400, 120):
+            try:
+                return encode(RegistryChunk.refusal(reply.app_name, reply.error[:cut]), Profile.EMBEDDED)
+            except CodecError:
+                continue
+        return encode(RegistryChunk.refusal(reply.app_name, reply.error[:120]), Profile.RUST)
+    return encode(reply, Profile.EMBEDDED if embedded else Profile.RUST)
 
 
 def embedded_capacity(app_name: str) -> int:
     """Raw wasm bytes one embedded message can carry for ``app_name`` (JSON at most 1023 bytes)."""
-    empty = encode_reply(ChunkReply(app_name, 0, 1, b""), embedded=False)
+    empty = encode_reply(RegistryChunk(app_name, 0, 1, b""), embedded=False)
     return max(0, (EMBEDDED_MAX_PAYLOAD_BYTES - len(empty)) // 4 * 3)
 
 
@@ -109,21 +88,21 @@ class ChunkServer:
     def __contains__(self, app_name: object) -> bool:
         return app_name in self._apps
 
-    def handle_request(self, app_name: str, *, embedded: bool | None = None) -> list[ChunkReply]:
+    def handle_request(self, app_name: str, *, embedded: bool | None = None) -> list[RegistryChunk]:
         """Replies to publish, in order, for a request of ``app_name`` (a refusal is one reply)."""
         wasm = self._apps.get(app_name)
         if wasm is None:
-            return [ChunkReply(app_name, 0, 0, b"", f"app {app_name!r} is not registered (not found)")]
+            return [RegistryChunk.refusal(app_name, f"app {app_name!r} is not registered (not found)")]
         if self.embedded if embedded is None else embedded:
             return [self._embedded_reply(app_name, wasm)]
         total = math.ceil(len(wasm) / self.chunk_size)
         return [
-            ChunkReply(app_name, i, total, wasm[i * self.chunk_size : (i + 1) * self.chunk_size])
+            RegistryChunk(app_name, i, total, wasm[i * self.chunk_size : (i + 1) * self.chunk_size])
             for i in range(total)
         ]
 
-    def _embedded_reply(self, app_name: str, wasm: bytes) -> ChunkReply:
-        reply = ChunkReply(app_name, 0, 1, wasm)
+    def _embedded_reply(self, app_name: str, wasm: bytes) -> RegistryChunk:
+        reply = RegistryChunk(app_name, 0, 1, wasm)
         try:
             encode_reply(reply, embedded=True)
         except CodecError as exc:
@@ -134,5 +113,5 @@ class ChunkServer:
                 f"profile sends one message of at most {EMBEDDED_MAX_PAYLOAD_BYTES} bytes, which holds "
                 f"{capacity} bytes of wasm for this app name ({exc.reason})"
             )
-            return ChunkReply(app_name, 0, 0, b"", reason)
+            return RegistryChunk.refusal(app_name, reason)
         return reply

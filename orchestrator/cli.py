@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +31,15 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def _fetch_allow(value: str) -> tuple[str, ...]:
+    from proplets.egress import EgressPolicy
+
+    try:
+        return EgressPolicy.parse(value).entries
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 async def _serve_until_signal(
@@ -77,6 +87,9 @@ def cmd_manager(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         placement=args.placement,
         api_token=args.api_token or "",
+        api_token_read=args.api_token_read or "",
+        api_token_admin=args.api_token_admin or "",
+        metrics_public=args.metrics_public,
         api_max_body=args.api_max_body or ManagerSettings.api_max_body,
         ha=args.ha,
         lease_ttl=args.lease_ttl,
@@ -113,6 +126,7 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         metrics_interval=args.metrics_interval,
         metrics_port=args.metrics_port,
         heap_bytes=args.heap_bytes,
+        fetch_allow=args.fetch_allow,
     )
 
     async def main() -> None:
@@ -271,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mqtt-cert", default=None, help="client certificate for mutual TLS")
     m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")
     m.add_argument("--mqtt-insecure", action="store_true", help="do not verify the broker's certificate")
-    m.add_argument("--api-token", default=None, help="require 'Authorization: Bearer TOKEN'")
     m.add_argument(
         "--ha",
         action="store_true",
@@ -288,6 +301,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="largest request body in bytes; larger ones get 413 while they stream (default 64 MiB)",
+    )
+    m.add_argument(
+        "--api-token",
+        default=os.environ.get("PROPELLER_API_TOKEN"),
+        help="admin bearer token (as --api-token-admin; env PROPELLER_API_TOKEN)",
+    )
+    m.add_argument(
+        "--api-token-admin",
+        default=os.environ.get("PROPELLER_API_TOKEN_ADMIN"),
+        help="comma-separated tokens that may do everything (env PROPELLER_API_TOKEN_ADMIN)",
+    )
+    m.add_argument(
+        "--api-token-read",
+        default=os.environ.get("PROPELLER_API_TOKEN_READ"),
+        help="comma-separated tokens that may only read (GET) (env PROPELLER_API_TOKEN_READ)",
+    )
+    m.add_argument(
+        "--metrics-public",
+        action="store_true",
+        default=os.environ.get("PROPELLER_METRICS_PUBLIC", "") in ("1", "true", "yes"),
+        help="serve /metrics without a token even when tokens are set (env PROPELLER_METRICS_PUBLIC=1)",
     )
     channel_args(m)
     m.set_defaults(func=cmd_manager)
@@ -309,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between metrics; 0 = off")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (upstream 9092)")
     p.add_argument("--heap-bytes", type=int, default=None, help="embedded profile: WAMR heap size override")
+    p.add_argument(
+        "--fetch-allow",
+        type=_fetch_allow,
+        default=os.environ.get("PROPELLER_FETCH_ALLOW", "public"),
+        help="where HTTP(S) modules may come from: comma-separated 'public', HOST[:PORT], IP or CIDR "
+        "(default: public addresses only; link-local and metadata never; env PROPELLER_FETCH_ALLOW)",
+    )
     channel_args(p)
     p.set_defaults(func=cmd_proplet)
 
@@ -348,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--limit", type=int, default=100)
     api_args(tl)
     t.set_defaults(func=cmd_task)
+    from orchestrator.receipt_verify import add_verify_parser
+
+    add_verify_parser(tsub, api_args)  # `task verify`: its own module, its own command function
 
     pr = sub.add_parser("proplets", help="list and inspect proplets")
     psub = pr.add_subparsers(dest="proplets_cmd", required=True)

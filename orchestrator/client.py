@@ -54,6 +54,9 @@ class ApiClient:
     def get_task(self, task_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/tasks/{task_id}"))
 
+    def task_receipt(self, task_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/tasks/{task_id}/receipt"))
+
     def list_tasks(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         return dict(self._call("GET", f"/tasks?offset={offset}&limit={limit}"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import tempfile
 import time
 from importlib import resources
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import wasmtime
 
+from orchestrator.core import receipts
 from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent
 
@@ -43,7 +45,10 @@ async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
             api_port=0,
             heartbeat_interval=1.0,
         )
-        manager = ManagerService(settings)
+        # Each demo proplet signs its results; the manager knows their public keys (enrollment's job).
+        keys = {f"demo-proplet-{i + 1}": receipts.generate_key() for i in range(proplets)}
+        provers = {pid: receipts.ProverKey(receipts.public_key_of(k), "proplet") for pid, k in keys.items()}
+        manager = ManagerService(settings, keys=provers.get)
         await manager.start()
         agents: list[PropletAgent] = []
         try:
@@ -55,6 +60,7 @@ async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
                         proplet_id=f"demo-proplet-{i + 1}",
                         heartbeat_interval=1.0,
                         cache_dir=str(Path(tmp) / "cache"),
+                        signing_key=keys[f"demo-proplet-{i + 1}"],
                     )
                 )
                 await agent.start()
@@ -83,18 +89,43 @@ async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
 
                 await _wait_for(finished, 20, f"task {task_id} to finish")
                 latency = time.monotonic() - submitted
+                signed = (await api.get(f"/tasks/{task_id}/receipt")).json()
             state = STATE_NAMES[int(task["state"])]  # type: ignore[call-overload]
             print(
                 f"task {task_id} (add 2 40): {state} on {task.get('proplet_id')}, "
                 f"result {task.get('results')!r}" + (f", error {task['error']}" if task.get("error") else "")
             )
+            print(receipt_line(task, signed))
             print(
                 f"submit-to-result latency {latency * 1000:.1f} ms; "
                 f"demo wall time {time.monotonic() - t0:.2f} s"
             )
-            return 0 if state == "Completed" else 1
+            return 0 if state == "Completed" and task.get("verified") else 1
         finally:
             for agent in agents:
                 with contextlib.suppress(Exception):
                     await agent.stop()
             await manager.stop()
+
+
+def receipt_line(task: dict[str, object], signed: dict[str, object]) -> str:
+    """Check the receipt again here, as a third party would, with only the signer's public key."""
+    raw, key = signed.get("receipt"), signed.get("public_key")
+    if not isinstance(raw, dict) or not isinstance(key, str):
+        return f"receipt: none ({signed.get('error', 'not signed')})"
+    receipt = receipts.Receipt.from_json(raw)
+    expected = receipts.Expected(
+        task_id=str(task["id"]),
+        proplet_id=str(task.get("proplet_id", "")),
+        result_sha256=receipts.result_digest(task.get("results"), str(task.get("error") or "") or None),
+        inputs_sha256=receipts.inputs_digest([str(v) for v in task.get("inputs", [])]),  # type: ignore[attr-defined]
+        module_sha256=hashlib.sha256(sample_module()).hexdigest(),
+    )
+    why = receipts.check(receipt, receipts.decode_key(key), expected)
+    verdict = (
+        "verified" if why is None and task.get("verified") else f"NOT verified: {why or 'manager says no'}"
+    )
+    return (
+        f"receipt {verdict}: signed by {receipt.proplet_id} (Ed25519 {key[:12]}...), module sha256 "
+        f"{receipt.module_sha256[:12]}..., result sha256 {receipt.result_sha256[:12]}..."
+    )

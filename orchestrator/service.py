@@ -41,6 +41,7 @@ from orchestrator.core.errors import NotLeader
 from orchestrator.core.lease import LeaseConfig, LeaseCore
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
+from orchestrator.core.receipts import KeyLookup
 from orchestrator.core.validation import MAX_BODY_BYTES
 
 log = logging.getLogger("propeller.manager")
@@ -61,7 +62,10 @@ class ManagerSettings:
     placement: str = "round-robin"
     client_id: str = ""
     mqtt_keepalive: float = 30.0
-    api_token: str = ""
+    api_token: str = ""  # admin scope (kept for compatibility); see api_token_admin / api_token_read
+    api_token_read: str = ""  # comma-separated bearer tokens that may only GET
+    api_token_admin: str = ""  # comma-separated bearer tokens that may do everything
+    metrics_public: bool = False  # serve /metrics without a token even when tokens are configured
     serve_api: bool = True
     api_max_body: int = MAX_BODY_BYTES  # request bodies over this get 413 while they stream
     # Standby managers (docs/ha.md): several managers on one PostgreSQL and one external broker; the
@@ -76,7 +80,8 @@ class ManagerSettings:
 
 
 class ManagerService:
-    def __init__(self, settings: ManagerSettings) -> None:
+    def __init__(self, settings: ManagerSettings, *, keys: KeyLookup | None = None) -> None:
+        """``keys``: the identity registry's key lookup; with it, results must verify (result_trust)."""
         self.settings = settings
         self.engine = Engine(
             EngineConfig(
@@ -88,6 +93,7 @@ class ManagerService:
                 queue_timeout=settings.queue_timeout,
             ),
             policy=make_policy(settings.placement),
+            keys=keys,
         )
         self.broker: EmbeddedBroker | None = None
         self.store: Store | None = None
@@ -355,8 +361,9 @@ class ManagerService:
     async def _serve_registry(self, payload: bytes) -> None:
         """Answer a proplet's `registry/proplet` request with the module in chunks (reference §2.10).
 
-        The module is pulled from its OCI registry once and kept; an app we cannot serve gets an
-        explicit refusal, so the proplet fails at once instead of waiting for its timeout.
+        Only a module that a task we hold names (``Engine.module_request``) is pulled, from its OCI
+        registry, once, pinned by the task's sha256, and kept; anything else, or a module we cannot
+        pull, gets an explicit refusal, so the proplet fails at once instead of waiting for its timeout.
         """
         from orchestrator import wire
         from orchestrator.chunk_server import encode_reply
@@ -370,15 +377,26 @@ class ManagerService:
             return
         assert isinstance(request, wire.RegistryRequest)
         app = request.app_name
+        replies: list[wire.RegistryChunk] = []
         if app not in self.chunks:
-            try:
-                wasm = await fetch_wasm(WasmSource(image_url=app), limits=FetchLimits())
-                self.chunks.register(app, wasm)
-            except DeliveryError as err:
-                log.warning(json.dumps({"event": "registry_pull_failed", "app_name": app, "error": str(err)}))
+            task = self.engine.module_request(app)
+            self._wake.set()  # its refusal log
+            if task is None:
+                replies = [wire.RegistryChunk.refusal(app, "no task of this manager refers to this module")]
+            else:
+                try:
+                    wasm = await fetch_wasm(
+                        WasmSource(image_url=app, sha256=task.sha256), limits=FetchLimits()
+                    )
+                    self.chunks.register(app, wasm)
+                except DeliveryError as err:
+                    log.warning(
+                        json.dumps({"event": "registry_pull_failed", "app_name": app, "error": str(err)})
+                    )
         assert self.mqtt is not None
-        for reply in self.chunks.handle_request(app):
+        for reply in replies or self.chunks.handle_request(app):
             self.mqtt.publish(self.engine.topics.registry_server, encode_reply(reply), 1)
+        await self.flush()
 
     async def _timer_loop(self) -> None:
         cap = max(0.02, min(1.0, self.engine.config.timeout / 10))

@@ -6,7 +6,9 @@ import base64
 import datetime as dt
 from typing import Any
 
+from orchestrator.core.errors import NotFound
 from orchestrator.core.model import Proplet, Task
+from orchestrator.core.receipts import KeyLookup, encode_key
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -41,6 +43,8 @@ def task_view(task: Task) -> dict[str, Any]:
         "next_run": rfc3339(task.next_run),
         "attempt": task.attempt,
         "max_attempts": task.max_attempts,
+        # Our extension: the result's receipt verified against the enrolled key (GET /tasks/{id}/receipt).
+        "verified": task.verified,
     }
     optional: dict[str, Any] = {
         "image_url": task.image_url,
@@ -84,4 +88,27 @@ def proplet_view(proplet: Proplet, alive: bool) -> dict[str, Any]:
         out["namespace"] = proplet.namespace
     if proplet.alive_history:
         out["last_alive_at"] = rfc3339(proplet.alive_history[-1])
+    return out
+
+
+def receipt_view(task: Task, keys: KeyLookup | None) -> dict[str, Any]:
+    """``GET /tasks/{id}/receipt``: the receipt(s) and each signer's enrolled public key (base64).
+
+    A third party checks them offline with ``propeller task verify``; ``public_key`` is null when the
+    manager has no key for the signer (no identity registry, or not enrolled).
+    """
+    if not task.receipt:
+        raise NotFound(f"task {task.id} has no receipt (state {task.state.label}; verified {task.verified})")
+
+    def signed(receipt: dict[str, Any]) -> dict[str, Any]:
+        signer = receipt.get("proplet_id")
+        prover = keys(signer) if keys is not None and isinstance(signer, str) else None
+        key = prover.public_key if prover is not None else None
+        return {"receipt": receipt, "public_key": encode_key(key) if key else None}
+
+    out: dict[str, Any] = {"task_id": task.id, "verified": task.verified}
+    if task.broadcast:
+        out["receipts"] = {pid: signed(r) for pid, r in sorted(task.receipt.items())}
+    else:
+        out.update(signed(task.receipt))
     return out

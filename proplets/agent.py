@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from proplets import egress
 from proplets import profile as embedded
 from proplets.core import (
     CancelTask,
@@ -44,7 +45,14 @@ from proplets.core import (
     RunTask,
     Subscribe,
 )
-from proplets.delivery import DeliveryError, FetchLimits, MqttChunkFetcher, WasmSource, fetch_wasm
+from proplets.delivery import (
+    DeliveryError,
+    FetchLimits,
+    FetchRefused,
+    MqttChunkFetcher,
+    WasmSource,
+    fetch_wasm,
+)
 from proplets.metrics import MetricsServer, ProcessSampler, PropletCollector, PropletStats
 from proplets.runtime import (
     CancelToken,
@@ -91,6 +99,9 @@ class AgentSettings:
     wait_for_broker: bool = False
     # Embedded profile: override the device's WAMR heap (bytes); None = the profile's own.
     heap_bytes: int | None = None
+    signing_key: bytes | None = field(default=None, repr=False)  # signs execution receipts
+    # Where HTTP(S) modules may be fetched from (proplets/egress.py): "public", HOST[:PORT], IP, CIDR.
+    fetch_allow: tuple[str, ...] = egress.DEFAULT_ENTRIES
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -99,6 +110,7 @@ class AgentSettings:
             raise ValueError(f"heap_bytes must be > 0, got {self.heap_bytes}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        egress.EgressPolicy(self.fetch_allow)  # ValueError naming a bad entry
 
 
 def host_metadata(settings: AgentSettings) -> dict[str, Any]:
@@ -133,6 +145,7 @@ def engine_config(settings: AgentSettings) -> PropletConfig:
         heartbeat_interval=settings.heartbeat_interval,
         metrics_interval=settings.metrics_interval,
         max_instances=settings.max_instances,
+        signing_key=settings.signing_key,
     )
     if settings.profile == "host":
         return replace(base, metadata=host_metadata(settings))
@@ -175,6 +188,7 @@ class PropletAgent:
         self._cancels: dict[str, CancelToken] = {}
         self._deployed: dict[str, bytes] = {}  # latent task id -> module bytes
         self._chunks = MqttChunkFetcher(self._request_chunks)
+        self._fetch_limits = FetchLimits(egress=egress.EgressPolicy(settings.fetch_allow))
         self._jobs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -381,7 +395,7 @@ class PropletAgent:
         try:
             wasm = await fetch_wasm(
                 WasmSource(file=start.file, image_url=start.image_url, sha256=start.sha256),
-                limits=FetchLimits(),
+                limits=self._fetch_limits,
                 chunk_fetcher=self._chunks,
             )
             self.stats.fetch_bytes += len(wasm)
@@ -398,6 +412,9 @@ class PropletAgent:
                 request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
                 results, error = await self._execute_wasm(request, token)
         except (DeliveryError, TaskInputError) as err:
+            if isinstance(err, FetchRefused):
+                self.stats.fetch_refused += 1
+                log.warning(json.dumps({"event": "fetch_refused", "task_id": start.id, "rule": str(err)}))
             error = str(err)
         except Exception as err:  # a bug must become a failed task, never a silent hang
             log.exception("task %s crashed the runner", start.id)
@@ -405,7 +422,7 @@ class PropletAgent:
         finally:
             self._cancels.pop(start.id, None)
         if start.id not in self._deployed:
-            self.engine.task_finished(start.id, results, error, self._clock())
+            self.engine.task_finished(start.id, results, error, self._clock(), time.time())
         self._execute()
 
     async def _run_embedded(
@@ -453,7 +470,9 @@ class PropletAgent:
             except Exception as err:
                 log.exception("invocation %s crashed the runner", invoke.invocation_id)
                 error = f"proplet internal error: {type(err).__name__}: {err}"
-        self.engine.invocation_finished(start.id, invoke.invocation_id, results, error)
+        self.engine.invocation_finished(
+            start.id, invoke.invocation_id, results, error, self._clock(), time.time()
+        )
         self._execute()
 
 

@@ -18,12 +18,14 @@ it runs (``admit``) and released when its task ends.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import wire
+from orchestrator.core import receipts
 from orchestrator.wire.messages import TimestampKind
 from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget
 from proplets.runtime.wasmbin import WasmFormatError, is_component, memory_requirements
@@ -49,6 +51,8 @@ class PropletConfig:
     metrics_interval: float = 10.0
     # A WAMR-like memory budget every instance is admitted against (the embedded profile); None = none.
     budget: BudgetConfig | None = None
+    # Raw 32-byte Ed25519 private key from the proplet's enrolled identity (signs execution receipts).
+    signing_key: bytes | None = None
 
     def __post_init__(self) -> None:
         if not self.proplet_id:
@@ -59,6 +63,11 @@ class PropletConfig:
             raise ValueError(f"metrics_interval must be >= 0 s (0 disables), got {self.metrics_interval}")
         if self.max_instances < 0:
             raise ValueError(f"max_instances must be >= 0 (0 = unlimited), got {self.max_instances}")
+        # With a key, every result carries a signed execution receipt (orchestrator/core/receipts.py).
+        if self.signing_key is not None and len(self.signing_key) != receipts.KEY_BYTES:
+            raise ValueError(
+                f"signing_key must be {receipts.KEY_BYTES} raw bytes, got {len(self.signing_key)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ class _Running:
     deployed: bool = False
     admission: Admission | None = None
     stats: _Aggregate = field(default_factory=_Aggregate)
+    module_sha256: str = ""  # of the bytes that were loaded (set by ``admit``), for the receipt
 
 
 class PropletEngine:
@@ -160,6 +170,8 @@ class PropletEngine:
         self.counters: dict[str, int] = {}
         self.budget = DeviceBudget(config.budget) if config.budget is not None else None
         self._heap_peak = 0
+        self._signer = receipts.Signer(config.signing_key) if config.signing_key is not None else None
+        self._invoked: dict[str, tuple[wire.InvokeTask, float]] = {}  # invocation id -> (invoke, since)
 
     @property
     def embedded(self) -> bool:
@@ -370,11 +382,13 @@ class PropletEngine:
         elif isinstance(message, wire.StopTask):
             self._on_stop(message, now)
         elif isinstance(message, wire.InvokeTask):
-            self._on_invoke(message)
+            self._on_invoke(message, now)
 
-    def _on_invoke(self, invoke: wire.InvokeTask) -> None:
+    def _on_invoke(self, invoke: wire.InvokeTask, now: float) -> None:
         if not invoke.broadcast and invoke.proplet_id and invoke.proplet_id != self.config.proplet_id:
             return
+        if self._signer is not None:  # what the answer's receipt will say it was asked
+            self._invoked[invoke.invocation_id] = (invoke, now)
         entry = self.running.get(invoke.id)
         if entry is None or not entry.start.latent or not entry.deployed:
             error = f"task {invoke.id} has not been precompiled; deploy it as a latent task first"
@@ -389,8 +403,30 @@ class PropletEngine:
         if entry is not None:
             entry.deployed = True
 
-    def invocation_finished(self, task_id: str, invocation_id: str, results: str, error: str | None) -> None:
-        message = wire.InvokeResult(task_id, invocation_id, self.config.proplet_id, results, error or None)
+    def invocation_finished(
+        self,
+        task_id: str,
+        invocation_id: str,
+        results: str,
+        error: str | None,
+        now: float | None = None,
+        wall: float | None = None,
+    ) -> None:
+        """An invocation ended; with a signing key its answer carries a receipt naming the invocation."""
+        receipt = None
+        if self._signer is not None:
+            invoke, since = self._invoked.pop(invocation_id, (None, now or 0.0))
+            entry = self.running.get(task_id)
+            proof = None
+            if entry is not None:
+                proof = _Proof(entry.start, since, now, wall, entry.module_sha256)
+            inputs = (invoke.inputs if invoke is not None else ()) or (entry.start.inputs if entry else ())
+            receipt = self._receipt(
+                task_id, results, error, proof, invocation_id=invocation_id, inputs=inputs
+            )
+        message = wire.InvokeResult(
+            task_id, invocation_id, self.config.proplet_id, results, error or None, receipt
+        )
         self._publish(self.topics.invoke_results, message)
 
     def _targets_me(self, payload: bytes) -> bool:
@@ -415,6 +451,7 @@ class PropletEngine:
                 "",
                 f"proplet busy: {len(self.running)}/{limit} instances running",
                 start.attempt or None,
+                _Proof(start, now),
             )
             return
         self.running[start.id] = _Running(start, now)
@@ -443,6 +480,8 @@ class PropletEngine:
         reports the returned text through ``task_finished``.
         """
         entry = self.running.get(task_id)
+        if entry is not None:
+            entry.module_sha256 = hashlib.sha256(wasm).hexdigest()
         if self.budget is None or entry is None:
             return None
         if entry.admission is not None:
@@ -466,7 +505,11 @@ class PropletEngine:
 
     # ------------------------------------------------------------------ results
 
-    def task_finished(self, task_id: str, results: str, error: str | None, now: float) -> None:
+    def task_finished(
+        self, task_id: str, results: str, error: str | None, now: float, wall: float | None = None
+    ) -> None:
+        """The run of ``task_id`` ended. ``wall`` (UNIX seconds) dates the receipt; without it the
+        receipt's times are on the driver's ``now`` axis."""
         entry = self.running.pop(task_id, None)
         if entry is None:
             return
@@ -475,15 +518,18 @@ class PropletEngine:
         if error and entry.cancelled:
             error = f"task {task_id} was stopped before completion"
         self._count("tasks_failed" if error else "tasks_completed")
-        self._result(task_id, results, error, entry.start.attempt or None)
+        proof = _Proof(entry.start, entry.since, now, wall, entry.module_sha256)
+        self._result(task_id, results, error, entry.start.attempt or None, proof)
         self._commands.append(
             LogEvent(
                 "task_finished", {"task_id": task_id, "ok": not error, "seconds": round(now - entry.since, 6)}
             )
         )
 
-    def _result(self, task_id: str, results: str, error: str | None, attempt: int | None) -> None:
-        payload = self._encode_result(task_id, results, error, attempt)
+    def _result(
+        self, task_id: str, results: str, error: str | None, attempt: int | None, proof: _Proof | None = None
+    ) -> None:
+        payload = self._encode_result(task_id, results, error, attempt, proof)
         if payload is None:
             self._count("results_dropped")
             return
@@ -495,23 +541,72 @@ class PropletEngine:
             self._count("results_dropped")
 
     def _encode_result(
-        self, task_id: str, results: str, error: str | None, attempt: int | None
+        self, task_id: str, results: str, error: str | None, attempt: int | None, proof: _Proof | None
     ) -> bytes | None:
         """The result payload; one that does not fit (embedded 1023 bytes) becomes an error that does."""
         pid = self.config.proplet_id
-        message = wire.TaskResult(task_id, results, error or None, pid, attempt)
+        receipt = self._receipt(task_id, results, error, proof)
+        message = wire.TaskResult(task_id, results, error or None, pid, attempt, receipt)
         try:
             return wire.encode(message, self.config.profile)
         except wire.CodecError as err:
             reason = f"result could not be sent: {err.reason}"
         for cut in (400, 120):  # error texts can be long: shorten until it fits
-            fallback = wire.TaskResult(task_id, "", reason[:cut], pid, attempt)
+            receipt = self._receipt(task_id, "", reason[:cut], proof)
+            fallback = wire.TaskResult(task_id, "", reason[:cut], pid, attempt, receipt)
             try:
                 return wire.encode(fallback, self.config.profile)
             except wire.CodecError:
                 continue
         self._commands.append(LogEvent("result_unsendable", {"task_id": task_id}))
         return None
+
+    def _receipt(
+        self,
+        task_id: str,
+        results: str,
+        error: str | None,
+        proof: _Proof | None,
+        *,
+        invocation_id: str | None = None,
+        inputs: tuple[str | int | float, ...] | None = None,
+    ) -> dict[str, Any] | None:
+        """The signed receipt of this result (None without a signing key)."""
+        if self._signer is None:
+            return None
+        start = proof.start if proof is not None else None
+        since = proof.since if proof is not None else 0.0
+        end = proof.finished if proof is not None and proof.finished is not None else since
+        # Times on the wall axis when the driver gave one, else on its `now` axis.
+        offset = (proof.wall - end) if proof is not None and proof.wall is not None else 0.0
+        module = proof.module_sha256 if proof is not None else ""
+        if not module and start is not None:  # nothing was loaded: the module the task named
+            module = hashlib.sha256(start.file).hexdigest() if start.file else start.sha256
+        unsigned = receipts.Receipt(
+            task_id=task_id,
+            attempt=start.attempt if start is not None else 0,
+            proplet_id=self.config.proplet_id,
+            module_sha256=module,
+            inputs_sha256=receipts.inputs_digest(
+                inputs if inputs is not None else (start.inputs if start is not None else ())
+            ),
+            result_sha256=receipts.result_digest(results, error),
+            started_at_ms=max(0, round((since + offset) * 1000)),
+            finished_at_ms=max(0, round((end + offset) * 1000)),
+            invocation_id=invocation_id,
+        )
+        return self._signer.sign(unsigned).to_json()
+
+
+@dataclass(frozen=True)
+class _Proof:
+    """What a receipt says about a run besides its result: the start, when, and the module's digest."""
+
+    start: wire.StartTask
+    since: float
+    finished: float | None = None
+    wall: float | None = None
+    module_sha256: str = ""
 
 
 def _task_id_of(payload: bytes) -> str:

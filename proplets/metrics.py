@@ -113,6 +113,7 @@ class PropletStats:
     running: Callable[[], int]
     reconnects: int = 0
     fetch_bytes: int = 0
+    fetch_refused: int = 0  # module fetches the fetch allow-list refused
 
 
 class PropletCollector(Collector):
@@ -134,6 +135,11 @@ class PropletCollector(Collector):
         )
         yield CounterMetricFamily(
             "proplet_wasm_fetch_bytes", "Wasm binary bytes fetched", value=self.stats.fetch_bytes
+        )
+        yield CounterMetricFamily(
+            "proplet_wasm_fetch_refused",
+            "Module fetches refused by the fetch allow-list (--fetch-allow)",
+            value=self.stats.fetch_refused,
         )
         s = self.sampler.sample()
         yield GaugeMetricFamily(

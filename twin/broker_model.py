@@ -4,7 +4,9 @@
 `orchestrator.adapters.mqtt.MqttClient` (publish, subscribe, callbacks, abort, silence, disconnect), so
 device code runs unchanged on both. What is modelled, and how:
 
-- Each client has a one-way link `latency`; both directions are FIFO (a later packet never overtakes).
+- Each client has a link (`link`, a `LinkProfile`: latency, jitter, loss as a retransmission delay of
+  `retransmit_s`, as the live `LinkProxy` applies them; bandwidth is not modelled); both directions are
+  FIFO (a later packet never overtakes). `latency=` alone is a clean link with that latency.
 - connect: CONNECT reaches the broker after `latency`, CONNACK leaves `connect_delay` later. `connect()`
   returns a simpy event whose value is True on CONNACK, False when the broker is down (refused).
 - publish QoS 0/1 (QoS 2 is refused with ValueError), delivered QoS = min(publish, subscription);
@@ -14,8 +16,12 @@ device code runs unchanged on both. What is modelled, and how:
 - persistent sessions (clean_session=False): subscriptions survive, QoS 1 messages queue while offline
   (up to `max_queued`, then dropped and counted, as Mosquitto's max_queued_messages) and are sent after
   the next CONNACK; a QoS 1 delivery cut by a lost connection is queued again.
-- Last Will: fired on an abrupt close (`abort()`), on keep-alive expiry and on session takeover; never
-  after `disconnect()`. A broker stop closes every link without wills.
+- Last Will: fired on an abrupt close (`abort()`: the device's OS closes the socket), on keep-alive
+  expiry and on session takeover; never after `disconnect()`. A broker stop closes every link without
+  wills. `vanish()` is a device that loses power: no packet at all, so the broker holds the session
+  until keep-alive expiry (or until a reconnect with the same client id takes it over) and then fires
+  the will. A rebooted device is a new `ModelClient` with the same client id: the broker tells the
+  lives apart (a packet of the old life never acts on the new connection).
 - keep-alive: a client that is not silenced is assumed to ping on time (no ping traffic is simulated).
   `silence()` stops everything; the broker then drops the client 1.5 × keepalive after the last packet
   it heard, where the last packet is the latest of the client's real packets and of the pings paho
@@ -30,6 +36,7 @@ changed is handed back to the broker's session queue directly instead of by an u
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import random
@@ -41,6 +48,7 @@ import simpy
 
 from orchestrator.adapters.mqtt import MqttError, Will
 from orchestrator.wire.mqtt_names import check_filter, check_topic
+from twin.link_profile import LinkProfile
 
 __all__ = ["BrokerModel", "BrokerStats", "ModelClient", "MqttError", "Will", "topic_matches"]
 
@@ -172,6 +180,9 @@ class BrokerModel:
         self._sessions: dict[str, _Session] = {}
         self._conns: dict[str, _Conn] = {}
         self._tree = SubscriptionTree()
+        # topic -> its subscribers, valid until the next (un)subscribe: a fleet publishes heartbeats on a
+        # handful of topics millions of times while subscriptions change only when devices (re)connect.
+        self._routes: dict[str, dict[str, int]] = {}
 
     def client(self, client_id: str, **kwargs: Any) -> ModelClient:
         return ModelClient(self, client_id, **kwargs)
@@ -201,6 +212,7 @@ class BrokerModel:
         if not self.persistence:
             self._sessions.clear()
             self._tree = SubscriptionTree()
+            self._routes.clear()
             self.retained.clear()
 
     def start(self) -> None:
@@ -237,6 +249,9 @@ class BrokerModel:
             session = self._sessions[cid] = _Session(cid, persistent=not clean)
         assert session is not None
         conn = self._conns[cid] = _Conn(client, epoch, session, will)
+        if client._epoch != epoch and client.keepalive > 0:
+            # It vanished while its CONNECT was on the wire: to the broker the link is open and silent.
+            self.at(1.5 * client.keepalive, self._check_expiry, client, epoch, client._silence_gen)
         client._down(client._on_connack, epoch, present)
         while session.queue:
             topic, payload = session.queue.popleft()
@@ -244,7 +259,9 @@ class BrokerModel:
 
     def _live(self, client: ModelClient, epoch: int) -> _Conn | None:
         conn = self._conns.get(client.client_id)
-        return conn if conn is not None and conn.alive and conn.epoch == epoch else None
+        # Same client object too: a rebooted device is a new client whose epochs count from 1 again.
+        ok = conn is not None and conn.alive and conn.epoch == epoch and conn.client is client
+        return conn if ok else None
 
     def _on_publish(self, client: ModelClient, epoch: int, mid: int, topic: str, payload: bytes, qos: int,
                     retain: bool) -> None:  # fmt: skip
@@ -262,7 +279,10 @@ class BrokerModel:
                 self.retained[topic] = (payload, qos)
             else:
                 self.retained.pop(topic, None)
-        for cid, sub_qos in self._tree.match(topic).items():
+        routes = self._routes.get(topic)
+        if routes is None:
+            routes = self._routes[topic] = self._tree.match(topic)
+        for cid, sub_qos in routes.items():
             out_qos = min(qos, sub_qos)
             conn = self._conns.get(cid)
             if conn is not None and conn.alive:
@@ -276,6 +296,7 @@ class BrokerModel:
             return
         conn.session.subs[topic_filter] = qos
         self._tree.add(topic_filter, client.client_id, qos)
+        self._routes.clear()
         for topic, (payload, r_qos) in self.retained.items():
             if topic_matches(topic_filter, topic):
                 self._deliver(conn, topic, payload, min(qos, r_qos))
@@ -286,6 +307,7 @@ class BrokerModel:
             return
         conn.session.subs.pop(topic_filter, None)
         self._tree.remove(topic_filter, client.client_id)
+        self._routes.clear()
 
     def _on_ping(self, client: ModelClient, epoch: int) -> None:
         pass  # a live connection heard from; expiry checks ask the client when it resumed
@@ -302,12 +324,17 @@ class BrokerModel:
 
     def _check_expiry(self, client: ModelClient, epoch: int, generation: int) -> None:
         conn = self._live(client, epoch)
-        if conn is None or client._silence_gen != generation:
+        if conn is None:
             return
-        if client.silenced or client._resumed_at > self.env.now:
-            self.stats.expiries += 1
-            self._drop(conn, fire_will=True)
-            client._down(client._on_closed, epoch)
+        gone = client._epoch != epoch  # the client vanished (power loss): it will never ping again
+        if not gone:
+            if client._silence_gen != generation:
+                return
+            if not (client.silenced or client._resumed_at > self.env.now):
+                return
+        self.stats.expiries += 1
+        self._drop(conn, fire_will=True)
+        client._down(client._on_closed, epoch)
 
     # --- internals ----------------------------------------------------------------------------------
 
@@ -326,6 +353,8 @@ class BrokerModel:
     def _forget_subs(self, session: _Session) -> None:
         for topic_filter in session.subs:
             self._tree.remove(topic_filter, session.client_id)
+        if session.subs:
+            self._routes.clear()
         session.subs.clear()
 
     def _deliver(self, conn: _Conn, topic: str, payload: bytes, qos: int) -> None:
@@ -365,6 +394,7 @@ class ModelClient:
         will: Will | None = None,
         clean_session: bool = True,
         latency: float = 0.0,
+        link: LinkProfile | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
         on_connect: Callable[[], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
@@ -380,11 +410,15 @@ class ModelClient:
         if not 0 < backoff_min <= backoff_max:
             raise ValueError(f"backoff needs 0 < backoff_min <= backoff_max, got {backoff_min}/{backoff_max}")
         self.broker, self.env, self.client_id = broker, broker.env, client_id
-        self.keepalive, self.will, self.clean_session, self.latency = keepalive, will, clean_session, latency
+        self.keepalive, self.will, self.clean_session = keepalive, will, clean_session
         self.on_message, self.on_connect, self.on_disconnect = on_message, on_connect, on_disconnect
         self.reconnect_enabled = reconnect
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
         self.rng = rng if rng is not None else random.Random(client_id)
+        # The device's link (latency, jitter, loss as retransmission delay, bandwidth), as the live
+        # LinkProxy applies it; `latency` alone is the same as LinkProfile(latency_s=latency).
+        self.link = link if link is not None else LinkProfile(latency_s=latency)
+        self.link_rng = random.Random(self.rng.random()) if link is not None else None
         self.callback_errors = 0
         self.connects = 0  # CONNACKs received
         self._state = "idle"  # idle | connecting | connected
@@ -407,6 +441,15 @@ class ModelClient:
     @property
     def connected(self) -> bool:
         return self._state == "connected"
+
+    @property
+    def latency(self) -> float:
+        """The link's one-way latency (changing it keeps the rest of the link's profile)."""
+        return self.link.latency_s
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.link = dataclasses.replace(self.link, latency_s=seconds)
 
     @property
     def subscriptions(self) -> dict[str, int]:
@@ -468,17 +511,31 @@ class ModelClient:
         if self._auto:
             self._schedule_reconnect()
 
+    def vanish(self) -> None:
+        """The device is gone without a packet (power loss, brownout): nothing reaches the broker, which
+        drops the session at keep-alive expiry and then fires the will. No reconnect: the device is off."""
+        if self._state != "idle" and not self.silenced:
+            self._expire_later()
+        self._auto = False
+        self._close_locally()
+
     def silence(self) -> None:
         if self.silenced:
             return
         self.silenced = True
         self._silence_gen += 1
-        if self._state == "idle" or self.keepalive <= 0:
+        if self._state == "idle":
+            return
+        self._expire_later()
+
+    def _expire_later(self) -> None:
+        """Ask the broker to check this link when its keep-alive would run out with nothing heard."""
+        if self.keepalive <= 0:
             return
         ka = float(self.keepalive)
         since = self.env.now - self._last_out
         last_ping = self._last_out + (since // ka) * ka  # paho pings `keepalive` after its last packet
-        deadline = last_ping + self.latency + 1.5 * ka
+        deadline = last_ping + self.link.latency_s + 1.5 * ka
         check = self.broker._check_expiry
         self.broker.at(deadline - self.env.now, check, self, self._epoch, self._silence_gen)
 
@@ -486,7 +543,7 @@ class ModelClient:
         if not self.silenced:
             return
         self.silenced = False
-        self._resumed_at = self.env.now + self.latency
+        self._resumed_at = self.env.now + self.link.latency_s
         held_up, self._held_up = self._held_up, []
         for fn, args in held_up:
             self._up(fn, *args)
@@ -498,19 +555,31 @@ class ModelClient:
 
     # --- links ------------------------------------------------------------------------------------
 
+    def _delay(self) -> float:
+        """One packet's one-way delay on this link (a lost segment costs a retransmission)."""
+        p = self.link
+        delay = p.latency_s
+        rng = self.link_rng
+        if rng is not None:
+            if p.jitter_s:
+                delay = max(0.0, delay + rng.uniform(-p.jitter_s, p.jitter_s))
+            if p.loss and rng.random() < p.loss:
+                delay += p.retransmit_s
+        return delay
+
     def _up(self, fn: Callable[..., None], *args: Any) -> None:
         if self.silenced:
             self._held_up.append((fn, args))
             return
         now = self.env.now
         self._last_out = now
-        t = max(now + self.latency, self._up_last)
+        t = max(now + self._delay(), self._up_last)  # FIFO: a late packet holds the ones behind it
         self._up_last = t
         self.broker.at(t - now, fn, *args)
 
     def _down(self, fn: Callable[..., None], *args: Any) -> None:
         now = self.env.now
-        t = max(now + self.latency, self._down_last)
+        t = max(now + self._delay(), self._down_last)
         self._down_last = t
         self.broker.at(t - now, self._arrive, fn, args)
 
@@ -589,7 +658,9 @@ class ModelClient:
             self._fire(self.on_disconnect)
 
     def _schedule_reconnect(self) -> None:
-        delay = min(self.backoff_max, self.backoff_min * 2**self._attempt) * self.rng.uniform(0.5, 1.0)
+        # As MqttClient._backoff: capped exponential, jittered over its upper half, never below the floor.
+        ceiling = min(self.backoff_max, self.backoff_min * 2.0 ** min(self._attempt, 30))
+        delay = self.rng.uniform(max(self.backoff_min, ceiling / 2), ceiling)
         self._attempt += 1
         epoch = self._epoch
         self.broker.at(delay, self._retry, epoch)

@@ -24,7 +24,9 @@ def add_scenario_subcommands(sub: argparse._SubParsersAction) -> None:
         help="directory (or .html file, for one scenario) for the HTML report and the JSON trace "
         "(default: %(default)s)",
     )
-    run.add_argument("--mode", default="live", help="runner mode of twin.runner (default: %(default)s)")
+    run.add_argument("--mode", default="live", choices=("live", "virtual"),
+                     help="live: real broker and manager processes, wall-clock time; virtual: the same "
+                     "cores on simpy's virtual clock over the broker model (default: %(default)s)")
     run.add_argument(
         "--replay",
         metavar="TRACE",

@@ -1,9 +1,10 @@
-"""A simulated device of the live twin: the real proplet engine, a real MQTT client, a device model.
+"""A simulated device of the twin: the real proplet engine, an MQTT link, a device model.
 
-One ``SimDevice`` per device, all on one asyncio loop and one simpy ``Environment`` (no thread per
-device). It is the simpy counterpart of ``proplets.agent``: it executes the ``PropletEngine``'s
-commands, feeds it MQTT messages (injected into the simulation at the scaled wall time) and services
-its timers as simpy timeouts.
+One ``SimDevice`` per device, all on one simpy ``Environment`` (no thread per device). It is the simpy
+counterpart of ``proplets.agent``: it executes the ``PropletEngine``'s commands, feeds it MQTT messages
+and services its timers as simpy timeouts. MQTT, the device's link and Wasm execution go through the
+run's ``twin.transport.Transport``: live (a paho client on the asyncio loop, messages injected into the
+simulation at the scaled wall time) or virtual (a client of the broker model, all in simulated time).
 
 Kinds: ``esp32s3`` (embedded wire profile; boot, Wi-Fi and MQTT-connect delays from ``TimingModel``;
 each instance admitted by ``MemoryModel`` — refused ones fail at once with "out of memory: need N
@@ -32,7 +33,7 @@ from typing import Any
 import simpy
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from orchestrator.adapters.mqtt import MqttError, Will
 from proplets import profile as embedded
 from proplets.core import (
     CancelTask,
@@ -63,6 +64,7 @@ from twin.devices.esp32s3 import (
 from twin.devices.host import HOST, HostSpec
 from twin.scenario.spec import FleetGroup, Timers
 from twin.scenario.trace import Trace
+from twin.transport import LiveTransport, MqttLink, Transport
 
 HOST_RESTART_S = 0.5  # a host proplet is a process: it restarts in well under a second (inference)
 TWIN_IP = "192.168.4.23"  # what a board's console shows for wifi_up; the twin has no real station
@@ -155,14 +157,26 @@ class DeviceStats:
 
 @dataclass
 class Shared:
-    """What every device of a run shares: the simulation, the clock, the trace, the Wasm runtime."""
+    """What every device of a run shares: the simulation, the clock, the trace, the Wasm runtime, and
+    the transport (MQTT, links, Wasm execution) the runner chose: live by default."""
 
     env: simpy.Environment
     clock: AsyncSimClock
     trace: Trace
     runtime: WasmRuntime
-    executor: Executor
+    executor: Executor | None  # the live transport's thread pool for wasmtime; None in virtual time
+    transport: Transport | None = None
     jobs: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.transport is None:
+            assert self.executor is not None, "the live transport runs wasmtime in a thread pool"
+            self.transport = LiveTransport(self.clock, self.runtime, self.executor, self.spawn)
+
+    @property
+    def net(self) -> Transport:
+        assert self.transport is not None
+        return self.transport
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -182,7 +196,7 @@ class SimDevice:
         self.memory: MemoryModel | None = None
         self.cpu: CpuModel | None = None
         self.engine: PropletEngine | None = None
-        self.mqtt: MqttClient | None = None
+        self.mqtt: MqttLink | None = None
         self.gen = 0  # power cycles: callbacks of an older life are ignored
         self.powered = False
         self.booted = False
@@ -299,7 +313,7 @@ class SimDevice:
             if self.timing is not None:
                 yield self.env.timeout(self.timing.mqtt_connect())
             done = self.env.event()
-            self.shared.spawn(self._connect(gen, done))
+            self._connect(gen, done)
             ok = yield done
             if ok or gen != self.gen:
                 return
@@ -319,13 +333,13 @@ class SimDevice:
         self.engine = PropletEngine(self._engine_config())
         topic, payload = self.engine.last_will()
         t = cfg.timers
-        self.mqtt = MqttClient(
-            f"mqtt://{cfg.host}:{cfg.port}", cfg.proplet_id, keepalive=max(1, round(t.keepalive)),
+        self.mqtt = self.shared.net.client(
+            cfg.name, cfg.host, cfg.port, cfg.proplet_id, keepalive=t.keepalive,
             will=Will(topic, payload, 1), reconnect=not self.flags.no_reconnect,
             backoff_min=t.reconnect_min, backoff_max=t.reconnect_max, rng=random.Random(self.rng.random()),
-            on_message=lambda tp, pl: self._inject(gen, self._on_message, tp, pl),
-            on_connect=lambda: self._inject(gen, self._on_connected),
-            on_disconnect=lambda: self._inject(gen, self._on_disconnected),
+            on_message=lambda tp, pl: self._if_gen(gen, self._on_message, tp, pl),
+            on_connect=lambda: self._if_gen(gen, self._on_connected),
+            on_disconnect=lambda: self._if_gen(gen, self._on_disconnected),
         )  # fmt: skip
 
     def _engine_config(self) -> PropletConfig:
@@ -357,21 +371,21 @@ class SimDevice:
         }  # fmt: skip
         return replace(base, metadata=metadata, max_instances=spec.max_instances)
 
-    async def _connect(self, gen: int, done: simpy.Event) -> None:
+    def _connect(self, gen: int, done: simpy.Event) -> None:
         client = self.mqtt
-        ok = False
-        if client is not None:
-            try:
-                await client.connect()
-                ok = True
-            except MqttError:
-                ok = False
-        if gen == self.gen and not done.triggered:
-            self.shared.clock.inject(done.succeed, ok)
 
-    def _inject(self, gen: int, fn: Callable[..., None], *args: Any) -> None:
-        if gen == self.gen:
-            self.shared.clock.inject(fn, *args)
+        def answered(ok: bool) -> None:
+            if gen == self.gen and not done.triggered:
+                done.succeed(ok)
+
+        if client is None:
+            done.succeed(False)
+        else:
+            self.shared.net.connect(client, answered)
+
+    def _if_gen(self, gen: int, fn: Callable[..., None], *args: Any) -> None:
+        if gen == self.gen:  # callbacks of an older life are ignored
+            fn(*args)
 
     # ------------------------------------------------------------------ link
     def _on_connected(self) -> None:
@@ -544,7 +558,10 @@ class SimDevice:
         self._tell("task_start", id=start.id, name=start.name, inputs=len(start.inputs))
         if self.flags.blocking_execution:
             self._block()
-        self.shared.spawn(self._execute_wasm(self.gen, start.id, request, job.token))
+        gen = self.gen
+        self.shared.net.run_wasm(
+            request, job.token, lambda outcome: self._if_gen(gen, self._ran, start.id, outcome)
+        )
         self._update()
 
     def _request(self, start: wire.StartTask, wasm: bytes, instance: Instance | None) -> RunRequest:
@@ -558,12 +575,6 @@ class SimDevice:
             pages, _ = memory_requirements(wasm)
             limits = replace(limits, memory_bytes=pages * PAGE_BYTES + max(0, self.memory.free_bytes))
         return RunRequest(start.id, wasm, function, inputs, limits=limits)
-
-    async def _execute_wasm(self, gen: int, task_id: str, request: RunRequest, token: CancelToken) -> None:
-        loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self.shared.executor, self.shared.runtime.run, request, token)
-        if gen == self.gen:
-            self.shared.clock.inject(self._ran, task_id, outcome)
 
     def _ran(self, task_id: str, outcome: RunOutcome) -> None:
         job = self.jobs.get(task_id)
@@ -579,13 +590,26 @@ class SimDevice:
         else:
             result = (outcome.results, None)
         if self.cpu is None or not isinstance(self.config.spec, Esp32S3Spec):
-            self._finish(task_id, *result)  # host: the real run was the run
+            spec = self.config.spec
+            if not self.shared.net.virtual or not isinstance(spec, HostSpec):
+                self._finish(task_id, *result)  # live host: the real run was the run
+                return
+            # Virtual time: the host model times the fuel the real run consumed (never the wall time).
+            gen = self.gen
+            seconds = spec.execution_seconds(max(0, outcome.fuel_consumed or 0))
+            self.env.timeout(seconds).callbacks.append(
+                lambda _ev: self._if_gen(gen, self._finish_if_running, task_id, result)
+            )
             return
         job.result = result
         seconds = execution_seconds(self.config.spec, fuel=max(0, outcome.fuel_consumed or 0))
         for done in self.cpu.start(task_id, seconds, self.now):
             self._cpu_done(done)
         self._arm_cpu()
+
+    def _finish_if_running(self, task_id: str, result: tuple[str, str | None]) -> None:
+        if task_id in self.jobs:  # not cancelled meanwhile
+            self._finish(task_id, *result)
 
     def _arm_cpu(self) -> None:
         if self.cpu is None:

@@ -25,9 +25,10 @@ from typing import Any
 from twin.board_device import BoardDevice
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec, shutdown_all
 from twin.devices.host import HOST
-from twin.links import CLEAN, LinkProfile, LinkProxy
+from twin.links import CLEAN, LinkProfile
 from twin.scenario.faults_schema import BOARD_ONLY_FAULTS
 from twin.scenario.spec import FaultSpec, FleetGroup, Scenario
+from twin.transport import LinkControl
 
 BROWNOUT_S = 0.2  # a supply dip: the chip resets, power is back at once (README: default 0.2 s)
 RECOVERY_S = 3.0  # after a random fault a device is left alone this long to boot and reconnect
@@ -99,7 +100,8 @@ def proplet_id(rng: random.Random) -> str:
 class Fleet:
     def __init__(self, scenario: Scenario, shared: Shared, broker_host: str, broker_port: int, domain: str,
                  on_fleet_fault: Callable[[FaultSpec], None], *, on_board_fault: OnBoardFault | None = None,
-                 real_port: Callable[[str], bool] = lambda port: False) -> None:  # fmt: skip
+                 real_port: Callable[[str], bool] = lambda port: False,
+                 boards_as_devices: bool = False) -> None:  # fmt: skip
         self.scenario = scenario
         self.shared = shared
         self.env = shared.env
@@ -111,9 +113,14 @@ class Fleet:
         self.real_port = real_port  # does this board port name real hardware (the runner's hardware map)
         self.devices: dict[str, SimDevice] = {}
         self.boards: dict[str, BoardMember] = {}
-        self.links: dict[str, LinkProxy] = {}
+        self.links: dict[str, LinkControl] = {}  # a LinkProxy live, a ModelLink in virtual time
         self.link_profiles: dict[str, LinkProfile] = {}
         self.faults_injected = 0
+        # Virtual time has no serial consoles: a virtual board is then its network side, a twin esp32s3
+        # device, and board faults act on it directly (reset = reboot, power_cycle = brownout, unplug =
+        # power loss for the duration). Real hardware cannot run in virtual time.
+        self.boards_as_devices = boards_as_devices
+        self.modelled_boards: set[str] = set()
 
     @property
     def proplet_names(self) -> dict[str, str]:
@@ -151,18 +158,24 @@ class Fleet:
         link_faulted = self._link_fault_targets()
         for index, group in enumerate(s.fleet):
             for name in group.names():
-                if group.kind == "board":
+                if group.kind == "board" and not self.boards_as_devices:
                     self._add_board(index, group, name, proplet_id(ids))
                     continue
+                kind = group.kind
+                if kind == "board":
+                    if group.port is None or self.real_port(group.port):
+                        raise ValueError(f"fleet[{index}]: board {name} on {group.port!r} is real hardware: "
+                                         "it runs in wall-clock time only (use --mode live)")  # fmt: skip
+                    kind = "esp32s3"
+                    self.modelled_boards.add(name)
                 host, port = self.broker
                 if group.link is not None or name in link_faulted:
                     profile = group.link.to_profile() if group.link is not None else CLEAN
-                    proxy = LinkProxy(host, port, profile, rng=s.rng(f"link:{name}"))
-                    await proxy.start()
-                    self.links[name], self.link_profiles[name] = proxy, profile
-                    host, port = "127.0.0.1", proxy.port
-                spec = esp_spec(group) if group.kind != "host" else HOST
-                config = DeviceConfig(name, group.kind, proplet_id(ids), self.domain, host, port, s.timers,
+                    link, host, port = await self.shared.net.link(name, host, port, profile,
+                                                                  s.rng(f"link:{name}"))  # fmt: skip
+                    self.links[name], self.link_profiles[name] = link, profile
+                spec = esp_spec(group) if kind != "host" else HOST
+                config = DeviceConfig(name, kind, proplet_id(ids), self.domain, host, port, s.timers,
                                       spec, group.tags)  # fmt: skip
                 self.devices[name] = SimDevice(config, self.shared, s.rng(f"device:{name}"))
         self._check_board_faults()
@@ -174,9 +187,10 @@ class Fleet:
             self.env.process(self._at(fault))
 
     def _check_board_faults(self) -> None:
+        boards = set(self.boards) | self.modelled_boards
         for spec in self.scenario.faults:
             if spec.kind in BOARD_ONLY_FAULTS:
-                devices = sorted(set(self._targets(spec)) - set(self.boards))
+                devices = sorted(set(self._targets(spec)) - boards)
                 if devices:
                     raise ValueError(
                         f"faults (line {spec.line}): {spec.kind} is a board fault; "
@@ -184,7 +198,7 @@ class Fleet:
                     )
             if spec.kind in ("broker_restart", "manager_kill", "random") or spec.kind in BOARD_FAULTS:
                 continue
-            hit = sorted(set(self._targets(spec)) & set(self.boards))
+            hit = sorted(set(self._targets(spec)) & boards)
             if hit:
                 raise ValueError(
                     f"faults (line {spec.line}): a {spec.kind} fault cannot be injected into "
@@ -217,7 +231,8 @@ class Fleet:
             self.on_fleet_fault(spec)
         elif spec.kind == "random":
             # Random picks stay among simulated devices: a board takes only its own faults.
-            population = [n for n in self._targets(spec) if n not in self.boards]
+            boards = set(self.boards) | self.modelled_boards
+            population = [n for n in self._targets(spec) if n not in boards]
             picks = random_faults(spec, population, self.scenario.rng(f"random:{spec.line}"))
             self.trace.emit(self.env.now, "note", "fleet", text=f"random faults: {len(picks)} picks")
             for pick in picks:
@@ -257,6 +272,9 @@ class Fleet:
         """Apply one device fault now, with its trace events."""
         if name in self.boards:
             self._board_fault(name, kind, duration, params)
+            return
+        if name in self.modelled_boards and kind in BOARD_FAULTS:
+            self._modelled_board_fault(name, kind, duration, params)
             return
         device = self.devices[name]
         self.faults_injected += 1
@@ -304,6 +322,27 @@ class Fleet:
             self._end_after(name, kind, duration, shown)
         else:
             self._mark(name, kind, "end", shown)
+
+    def _modelled_board_fault(
+        self, name: str, kind: str, duration: float | None, params: dict[str, Any]
+    ) -> None:
+        action = BOARD_FAULTS[kind]
+        self.faults_injected += 1
+        shown = {**params, "board": action}
+        if duration is not None:
+            shown["duration"] = round(duration, 3)
+        self._mark(name, kind, "start", shown)
+        device = self.devices[name]
+        if action == "reset":
+            device.power_loss(0.0, state="rebooting")
+            self._mark(name, kind, "end", shown)
+        else:
+            off = duration if action == "unplug" else BROWNOUT_S
+            device.power_loss(off)
+            if off:
+                self._end_after(name, kind, off, shown)
+            else:
+                self._mark(name, kind, "end", shown)
 
     def _link(self, name: str, params: dict[str, Any], duration: float | None, shown: Any) -> None:
         proxy = self.links.get(name)

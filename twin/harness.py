@@ -31,7 +31,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -46,13 +45,13 @@ from twin.device import DeviceConfig, Shared, SimDevice, esp_spec
 from twin.devices.host import HOST
 from twin.fleet import Fleet
 from twin.link_profile import CLEAN, LinkProfile
-from twin.links import LinkProxy
 from twin.observer import ManagerObserver
 from twin.scenario.expectations import Expectation, Verdict
 from twin.scenario.result import ScenarioResult
 from twin.scenario.spec import DeviceRef, FleetGroup, ManagerSpec, Scenario, Target, Timers, WorkloadItem
 from twin.scenario.trace import TERMINAL, Trace, TraceEvent
-from twin.services import PLACEMENTS, Broker, Manager, ManagerOptions
+from twin.services import PLACEMENTS, Broker, Manager
+from twin.session import SessionConfig, TwinSession
 from twin.workload import Submission, Submitter, load_module
 
 KINDS = ("esp32s3", "host", "upstream-firmware")
@@ -100,8 +99,7 @@ class TwinCluster:
         self.fleet: Fleet | None = None
         self._api: httpx.AsyncClient | None = None
         self._shared: Shared | None = None
-        self._runtime: Any = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._session: TwinSession | None = None
         self._clock_task: asyncio.Task[None] | None = None
         self._submitter: Submitter | None = None
         self._groups: list[FleetGroup] = []
@@ -130,20 +128,17 @@ class TwinCluster:
         """Start the broker, the manager and the simulation clock (``async with`` does this)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._started = time.monotonic()
-        self.broker = Broker(self.broker_kind, self.work_dir)
-        await self.broker.start()
-        opts = ManagerOptions(self.domain, self.timers.heartbeat_interval, self.timers.liveness_timeout,
-                              self.placement, self.max_attempts, self.queue_timeout)  # fmt: skip
-        self.manager = Manager(self.broker.url, opts, self.work_dir, self.observer.on_line)
-        self.trace.meta["manager_log"] = str(self.manager.process.log_path)
-        await self.manager.start()
-        from proplets.runtime import WasmtimeRuntime  # lazy: wasmtime is heavy to import
-
-        self._runtime = WasmtimeRuntime()
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="twin-wasm")
-        self._shared = Shared(self.env, self.clock, self.trace, self._runtime, self._executor)
-        self.fleet = Fleet(self.scenario, self._shared, self.broker.host, self.broker.port, self.domain,
-                           self._fleet_fault)  # fmt: skip
+        t = self.timers
+        config = SessionConfig(self.domain, t.heartbeat_interval, t.liveness_timeout, broker=self.broker_kind,
+                               placement=self.placement, max_attempts=self.max_attempts,
+                               queue_timeout=self.queue_timeout)  # fmt: skip
+        session = TwinSession(config, self.trace, observer=self.observer, work_dir=self.work_dir,
+                              env=self.env, clock=self.clock)  # fmt: skip
+        self._session = session
+        await session.__aenter__()
+        self.broker, self.manager, self._shared = session.broker, session.manager, session.shared
+        assert self.manager is not None
+        self.fleet = await session.fleet(self.scenario, self._fleet_fault, start=False)
         self._clock_task = asyncio.get_running_loop().create_task(self.clock.run(FOREVER_S))
         self._api = httpx.AsyncClient(base_url=self.manager.api_url, timeout=10.0)
         self._submitter = Submitter(self.manager.api_url, self.observer, self._refs, self._ids,
@@ -164,23 +159,12 @@ class TwinCluster:
         if self._clock_task is not None:
             self._clock_task.cancel()
             await asyncio.gather(self._clock_task, return_exceptions=True)
-        if self._shared is not None:
-            for job in list(self._shared.jobs):
-                job.cancel()
-            await asyncio.gather(*self._shared.jobs, return_exceptions=True)
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await self._api.aclose()
-        for service in (self.manager, self.broker):
-            if service is not None:
-                with contextlib.suppress(Exception):
-                    await service.process.kill(signal.SIGTERM)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._runtime is not None:
-            with contextlib.suppress(Exception):
-                self._runtime.close()
-        self._submitter = self._api = self._clock_task = self._executor = self._runtime = None
+        if self._session is not None:  # the Wasm jobs, the manager, the broker, the runtime
+            await self._session.__aexit__(None, None, None)
+        self._submitter = self._api = self._clock_task = self._session = None
         self.fleet = None
         if self._own_dir and not keep_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -240,13 +224,13 @@ class TwinCluster:
         ids = random.Random(f"{self.seed}:proplet-ids:{len(self._refs)}")
         assert self.broker is not None
         for name in names:
-            proxy = LinkProxy(self.broker.host, self.broker.port, profile,
-                              rng=random.Random(f"{self.seed}:link:{name}"))  # fmt: skip
-            await proxy.start()
-            fleet.links[name], fleet.link_profiles[name] = proxy, profile
+            rng = random.Random(f"{self.seed}:link:{name}")
+            broker = self.broker.host, self.broker.port
+            control, host, port = await shared.net.link(name, *broker, profile, rng)
+            fleet.links[name], fleet.link_profiles[name] = control, profile
             pid = str(uuid.UUID(int=ids.getrandbits(128), version=4))
             spec = esp_spec(group) if kind != "host" else host_spec
-            config = DeviceConfig(name, kind, pid, self.domain, "127.0.0.1", proxy.port, self.timers, spec,
+            config = DeviceConfig(name, kind, pid, self.domain, host, port, self.timers, spec,
                                   tuple(tags))  # fmt: skip
             fleet.devices[name] = SimDevice(config, shared, random.Random(f"{self.seed}:device:{name}"))
             self._ids[name] = pid

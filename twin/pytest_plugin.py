@@ -51,6 +51,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("propeller-twin", "propeller digital twin")
     group.addoption("--twin-report", metavar="DIR", default=None, help="write reports and traces here")
     group.addoption("--twin-seed", metavar="N", type=int, default=None, help="override every scenario's seed")
+    group.addoption("--twin-mode", metavar="MODE", default="live", choices=("live", "virtual"),
+                    help="runner of the scenario_runner fixture: live (default) or virtual time")  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -115,11 +117,11 @@ def scenario_runner(request: pytest.FixtureRequest) -> ScenarioRunner:
 
 
 @pytest.fixture
-def twin_runner() -> Runner:
+def twin_runner(request: pytest.FixtureRequest) -> Runner:
     from twin.scenario import RunnerUnavailable, get_runner
 
     try:
-        return get_runner("live")
+        return get_runner(request.config.getoption("--twin-mode"))
     except RunnerUnavailable as exc:
         pytest.fail(f"{exc} (or override the twin_runner fixture)", pytrace=False)
 

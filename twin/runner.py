@@ -31,7 +31,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,25 +42,20 @@ from hil import esp32sim
 from hil.rig import BoardSpec, load_map
 from hil.scenario_boards import ScenarioBoards
 from twin.clock import AsyncSimClock
-from twin.device import Shared
 from twin.fleet import Fleet
 from twin.observer import ManagerObserver
 from twin.scenario import RunnerUnavailable
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace, TraceEvent
-from twin.services import Broker, Manager, ManagerOptions
+from twin.services import Broker, Manager
+from twin.session import SessionConfig, TwinSession
+from twin.virtual import HIL_MAP_ENV, VirtualRunner, is_real_port
 from twin.workload import Submission, Submitter, list_tasks, schedule
 
-MODES = ("live",)
+MODES = ("live", "virtual")
 SETTLE_S = 2.0  # after the run: let in-flight submissions finish before judging
 BOARD_JOIN_S = 20.0  # provisioned board to mqtt_connected: boot, Wi-Fi, MQTT (a real board ~5 s)
 CHANNEL = "default"  # the twin's manager and devices all use the default channel
-HIL_MAP_ENV = "PROPELLER_HIL_MAP"
-
-
-def is_real_port(port: str, hw_names: Collection[str]) -> bool:
-    """A board port that names real hardware: a hardware-map entry or a device path."""
-    return port in hw_names or port.startswith("/") or port.upper().startswith("COM")
 
 
 def board_port(port: str, hw_names: Collection[str] | None) -> str:
@@ -76,9 +70,14 @@ def board_port(port: str, hw_names: Collection[str] | None) -> str:
     return "virtual"
 
 
-def create_runner(mode: str = "live", **options: Any) -> LiveRunner:
+def create_runner(mode: str = "live", **options: Any) -> LiveRunner | VirtualRunner:
+    """``live``: real broker and manager processes, wall-clock time. ``virtual``: the same cores on
+    simpy's virtual clock over the broker model (``twin.virtual``); it takes no options but ``log_dir``
+    and ``hil_map``, which it ignores (nothing is logged to files; real boards are refused)."""
     if mode not in MODES:
         raise RunnerUnavailable(f"twin.runner has no {mode!r} mode (modes: {', '.join(MODES)}, or replay)")
+    if mode == "virtual":
+        return VirtualRunner(**options)
     return LiveRunner(**options)
 
 
@@ -90,11 +89,6 @@ class LiveRunner:
         self.last: dict[str, Any] = {}  # figures of the last run (also in trace.meta["live"])
 
     async def run(self, scenario: Scenario, trace: Trace, progress: Callable[[float], None]) -> None:
-        if scenario.speed != 1.0:
-            raise ValueError(
-                f"live mode runs at speed 1.0 against the real manager (got speed {scenario.speed:g}); "
-                "compress the protocol timers instead"
-            )
         work = self.log_dir / scenario.name if self.log_dir is not None else \
             Path(tempfile.mkdtemp(prefix=f"twin-{scenario.name}-"))  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)
@@ -125,13 +119,16 @@ class _Run:
         self.env = simpy.Environment()
         self.clock = AsyncSimClock(self.env, 1.0)
         self.domain = f"twin-{uuid.uuid4().hex[:12]}"
+        self.observer = ManagerObserver(trace, now=self.clock.target)
+        m, t = scenario.manager, scenario.timers
+        self.session = TwinSession(
+            SessionConfig(self.domain, t.heartbeat_interval, t.liveness_timeout, broker=scenario.broker,
+                          placement=m.placement, max_attempts=m.max_attempts, queue_timeout=m.queue_timeout),
+            trace, observer=self.observer, work_dir=work, env=self.env, clock=self.clock,
+        )  # fmt: skip
         self.broker: Broker | None = None
         self.manager: Manager | None = None
         self.fleet: Fleet | None = None
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="twin-wasm")
-        self.runtime: Any = None
-        self.shared: Shared | None = None
-        self.observer = ManagerObserver(trace, now=self.clock.target)
         self.fleet_jobs: set[asyncio.Task[None]] = set()
         self.submissions: set[asyncio.Task[Any]] = set()
         self.cpu0 = psutil.Process().cpu_times()
@@ -146,24 +143,14 @@ class _Run:
         trace.meta.update(
             {"runner": "live", "seed": s.seed, "work_dir": str(self.work), "domain": self.domain}
         )
-        self.broker = Broker(s.broker, self.work)
-        await self.broker.start()
         m = s.manager
-        liveness = s.timers.liveness_timeout
-        opts = ManagerOptions(self.domain, s.timers.heartbeat_interval, liveness, m.placement, m.max_attempts,
-                              m.queue_timeout)  # fmt: skip
         if m.store != "sqlite":
             raise ValueError(f"manager.store {m.store!r}: the live runner runs the manager on SQLite only")
-        self.manager = Manager(self.broker.url, opts, self.work, self.observer.on_line)
-        trace.meta["manager_log"] = str(self.manager.process.log_path)
-        await self.manager.start()
-        from proplets.runtime import WasmtimeRuntime  # lazy: wasmtime is heavy to import
-
-        self.runtime = WasmtimeRuntime()
-        self.shared = Shared(self.env, self.clock, trace, self.runtime, self.executor)
-        self.fleet = Fleet(s, self.shared, self.broker.host, self.broker.port, self.domain, self._fleet_fault,
-                           on_board_fault=self._board_fault, real_port=self._real_port)  # fmt: skip
-        await self.fleet.start()
+        await self.session.__aenter__()
+        self.broker, self.manager = self.session.broker, self.session.manager
+        assert self.manager is not None
+        self.fleet = await self.session.fleet(s, self._fleet_fault, on_board_fault=self._board_fault,
+                                              real_port=self._real_port)  # fmt: skip
         self.observer.proplet_names = self.fleet.proplet_names
         if self.fleet.boards:
             self._spawn(self._start_boards(), self.fleet_jobs)
@@ -355,17 +342,5 @@ class _Run:
                 await asyncio.to_thread(self.boards.close)
         for name in self.sims:
             esp32sim.remove_board(name)
-        if self.fleet is not None:
-            with contextlib.suppress(Exception):
-                await self.fleet.close()
-        if self.shared is not None:
-            for job in list(self.shared.jobs):
-                job.cancel()
-            await asyncio.gather(*self.shared.jobs, return_exceptions=True)
-        for service in (self.manager, self.broker):
-            if service is not None:
-                with contextlib.suppress(Exception):
-                    await service.process.kill(signal.SIGTERM)
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        if self.runtime is not None:
-            self.runtime.close()
+        # The fleet, the Wasm jobs, the manager and the broker: the session stops what it started.
+        await self.session.__aexit__(None, None, None)

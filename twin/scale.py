@@ -32,7 +32,6 @@ import signal
 import sys
 import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,8 @@ from twin.device import DeviceConfig, Shared, SimDevice, shutdown_all
 from twin.devices.esp32s3 import ESP32S3
 from twin.scenario.spec import Timers
 from twin.scenario.trace import Trace
-from twin.services import Broker, Manager, ManagerOptions
+from twin.services import Broker, Manager
+from twin.session import SessionConfig, TwinSession
 
 BROKERS = ("embedded", "mosquitto")
 FDS_PER_DEVICE = 2  # measured: 1 (5010 fds at 5000 devices); margin for a paho with a socketpair
@@ -290,12 +290,14 @@ class _Point:
         self.clock = AsyncSimClock(self.env, 1.0)
         self.domain = f"scale-{uuid.uuid4().hex[:10]}"
         self.topics = wire.Topics(self.domain, "default")
+        config = SessionConfig(self.domain, cfg.heartbeat, 3 * cfg.heartbeat, broker=cfg.broker,
+                               manager=cfg.manager, wasm_workers=1)  # fmt: skip
+        self.session = TwinSession(config, Trace(f"scale-{cfg.devices}"), work_dir=work, env=self.env,
+                                   clock=self.clock)  # fmt: skip
         self.broker: Broker | None = None
         self.manager: Manager | None = None
         self.monitor: MqttClient | None = None
         self.devices: list[ScaleDevice] = []
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-scale")
-        self.runtime: Any = None
         self.shared: Shared | None = None
         self.clock_task: asyncio.Task[None] | None = None
         self.probe = LoopLagProbe()
@@ -307,20 +309,14 @@ class _Point:
 
     async def execute(self) -> None:
         cfg, r = self.cfg, self.r
-        self.broker = Broker(cfg.broker, self.work)
-        await self.broker.start()
-        if cfg.manager:
-            opts = ManagerOptions(self.domain, cfg.heartbeat, 3 * cfg.heartbeat)
-            self.manager = Manager(self.broker.url, opts, self.work)
-            await self.manager.start()
+        await self.session.__aenter__()
+        session = self.session
+        self.broker, self.manager, self.shared = session.broker, session.manager, session.shared
+        assert self.broker is not None and self.shared is not None
         self.monitor = MqttClient(self.broker.url, f"scale-monitor-{self.domain}", keepalive=60,
                                   on_message=self._on_monitor)  # fmt: skip
         await self.monitor.connect()
         await self.monitor.subscribe_and_wait(self.topics.alive, 1)
-        from proplets.runtime import WasmtimeRuntime  # lazy: heavy; the devices run no task here
-
-        self.runtime = WasmtimeRuntime()
-        self.shared = Shared(self.env, self.clock, Trace(f"scale-{cfg.devices}"), self.runtime, self.executor)
         timers = Timers(heartbeat_interval=cfg.heartbeat, liveness_timeout=3 * cfg.heartbeat,
                         keepalive=cfg.keepalive, reconnect_min=1.0, reconnect_max=30.0)  # fmt: skip
         rng = random.Random(cfg.seed)
@@ -397,19 +393,9 @@ class _Point:
             self.clock_task.cancel()
             await asyncio.gather(self.clock_task, return_exceptions=True)
         shutdown_all(list(self.devices))
-        if self.shared is not None:
-            for job in list(self.shared.jobs):
-                job.cancel()
-            await asyncio.gather(*self.shared.jobs, return_exceptions=True)
         if self.monitor is not None:
             self.monitor.abort()
-        for service in (self.manager, self.broker):
-            if service is not None:
-                with contextlib.suppress(Exception):
-                    await service.process.kill(signal.SIGTERM)
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        if self.runtime is not None:
-            self.runtime.close()
+        await self.session.__aexit__(None, None, None)  # the Wasm jobs, the manager, the broker
         await asyncio.sleep(0)  # let the aborted sockets' close callbacks run
 
 
@@ -468,10 +454,40 @@ def add_twin_subcommands(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                     help="run each point in a fresh child process (default: on)")
     sc.add_argument("--json", metavar="PATH", default=None, help="write every point's figures here")
+    sc.add_argument("--mode", default="live", choices=("live", "virtual"),
+                    help="live: real broker and MQTT clients in wall-clock time, --duration is the steady "
+                         "window; virtual: broker model, manager engine and devices on simpy's clock, "
+                         "--duration is simulated time" + d)
+    sc.add_argument("--profile", action="store_true", help="virtual mode: print the 25 hottest functions")
     sc.set_defaults(func=cmd_scale)  # fmt: skip
 
 
+def cmd_virtual_scale(args: Any) -> int:
+    from twin.virtual_scale import VirtualScaleConfig, as_dict, run_virtual_point, summary
+
+    try:
+        configs = [VirtualScaleConfig(n, args.duration, args.heartbeat, args.keepalive, profile=args.profile)
+                   for n in parse_devices(args.devices)]  # fmt: skip
+    except ValueError as exc:
+        print(f"propeller twin scale: {exc}", file=sys.stderr)
+        return 2
+    results = []
+    for cfg in configs:
+        print(f"running virtual N={cfg.devices} for {cfg.duration:g} simulated s ...", file=sys.stderr,
+              flush=True)  # fmt: skip
+        r = asyncio.run(run_virtual_point(cfg))
+        results.append(r)
+        print(summary(r), flush=True)
+        if r.profile:
+            print(r.profile)
+    if args.json:
+        Path(args.json).write_text(json.dumps([as_dict(r) for r in results], indent=2), encoding="utf-8")
+    return 0 if all(r.alive_at_end == r.devices for r in results) else 1
+
+
 def cmd_scale(args: Any) -> int:
+    if args.mode == "virtual":
+        return cmd_virtual_scale(args)
     try:
         sizes = parse_devices(args.devices)
         brokers = list(BROKERS) if args.broker == "both" else [args.broker]

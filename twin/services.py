@@ -33,6 +33,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS = {"round_robin": "round-robin", "least_loaded": "least-loaded", "memory_aware": "memory-aware"}
 _LIVE: set[asyncio.subprocess.Process] = set()
+MAX_QUEUED_MESSAGES = 100_000  # per offline persistent session (the private mosquitto's conf; the model's)
 
 
 class ServiceError(RuntimeError):
@@ -166,7 +167,8 @@ class Broker:
                 raise ServiceError("broker: mosquitto is not installed (apt-get install mosquitto)")
             conf = work_dir / "mosquitto.conf"
             conf.write_text(
-                f"listener {self.port} {host}\nallow_anonymous true\nmax_queued_messages 100000\n"
+                f"listener {self.port} {host}\nallow_anonymous true\n"
+                f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
                 "max_inflight_messages 100\npersistence false\nmax_keepalive 65535\n"
                 "log_dest stdout\nlog_type error\nlog_type warning\n",
                 encoding="utf-8",

@@ -103,6 +103,13 @@ def pick_device(
     return rng.choice(live or candidates).name
 
 
+def retryable(status: int, message: str, start: bool) -> bool:
+    """Whether a failed create (``start`` False) or start of a task is worth trying again: a 409 (the
+    pinned device is not alive yet), a 5xx (the manager is restarting), or a start the manager answers
+    404 because it has not heard of the pinned proplet yet. A 400 will not change by waiting."""
+    return status in (409, 500, 502, 503) or (status == 404 and start and "proplet" in message)
+
+
 @dataclass
 class Submission:
     item: WorkloadItem
@@ -176,12 +183,8 @@ class Submitter:
                     body = response.json() if response.content else {}
                     return body if isinstance(body, dict) else {}
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
-                # 409: the pinned device is not alive yet; 404 on start: the manager has not heard of it yet.
-                retry = response.status_code in (409, 500, 502, 503) or (
-                    response.status_code == 404 and path.endswith("/start") and "proplet" in response.text
-                )
-                if not retry:
-                    break  # a 400 will not change by waiting
+                if not retryable(response.status_code, response.text, path.endswith("/start")):
+                    break
             await asyncio.sleep(self.retry_s)
         self.errors.append(f"{name}: {method} {path} failed: {last}")
         return None

@@ -7,6 +7,7 @@ A thin adapter: it parses requests, calls the manager service and maps engine er
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import time
 import uuid
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from orchestrator.core.errors import EngineError, NotFound, PayloadTooLarge, ValidationError
 from orchestrator.core.validation import MAX_DEPTH
-from orchestrator.views import proplet_view, task_view
+from orchestrator.views import proplet_view, receipt_view, task_view
 
 if TYPE_CHECKING:
     from orchestrator.service import ManagerService
@@ -167,21 +168,57 @@ class _LeaderOnly:
 
 
 class _BearerAuth:
-    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs ~1 ms a request): bearer token check."""
+    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs ~1 ms a request): bearer tokens.
+
+    Two scopes: a ``read`` token may GET (and HEAD) anything; an ``admin`` token may do everything,
+    and nothing that changes state is allowed without one. Tokens are compared in constant time
+    (``hmac.compare_digest``, against every configured token). ``/health`` and the API docs are open;
+    ``/metrics`` too when ``metrics_public``.
+    """
 
     OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json"})
+    READ_METHODS = frozenset({"GET", "HEAD"})
 
-    def __init__(self, app: Any, token: str) -> None:
+    def __init__(self, app: Any, tokens: dict[str, str], metrics_public: bool = False) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        # (token bytes, scope); a token given for both scopes is admin.
+        self.tokens = sorted(((t.encode(), scope) for t, scope in tokens.items()), key=lambda ts: ts[1])
+        self.open_paths = self.OPEN_PATHS | ({"/metrics"} if metrics_public else set())
+
+    def scope_of(self, header: bytes) -> str | None:
+        if not header.startswith(b"Bearer "):
+            return None
+        given = header[len(b"Bearer ") :]
+        found = None
+        for token, scope in self.tokens:  # every token compared: the time does not say which matched
+            if hmac.compare_digest(given, token) and found != "admin":
+                found = scope
+        return found
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.OPEN_PATHS:
+        if scope["type"] == "http" and scope["path"] not in self.open_paths:
             headers = dict(scope.get("headers") or [])
-            if headers.get(b"authorization", b"") != self.expected:
-                await error(401, "missing or invalid bearer token")(scope, receive, send)
+            granted = self.scope_of(headers.get(b"authorization", b""))
+            if granted is None:
+                response = JSONResponse(
+                    {"error": "missing or invalid bearer token"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+            if granted != "admin" and scope["method"] not in self.READ_METHODS:
+                message = f"{scope['method']} {scope['path']} needs an admin token; this token has read scope"
+                await error(403, message)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def api_tokens(settings: Any) -> dict[str, str]:
+    """Token -> scope from the settings: ``api_token`` (the old single token) is admin."""
+    tokens = {t: "read" for t in settings.api_token_read.split(",") if t}
+    tokens.update({t: "admin" for t in (settings.api_token, *settings.api_token_admin.split(",")) if t})
+    return tokens
 
 
 def create_app(manager: ManagerService) -> FastAPI:
@@ -196,11 +233,13 @@ def create_app(manager: ManagerService) -> FastAPI:
             body["field"] = err.field
         return JSONResponse(body, status_code=err.status)
 
-    if manager.settings.api_token:
-        app.add_middleware(_BearerAuth, token=manager.settings.api_token)
+    # The last added runs first: authentication, then the standby gate, then the body bound.
     app.add_middleware(_BodyLimit, max_bytes=manager.settings.api_max_body)
     if manager.settings.ha:
         app.add_middleware(_LeaderOnly, manager=manager)
+    tokens = api_tokens(manager.settings)
+    if tokens:
+        app.add_middleware(_BearerAuth, tokens=tokens, metrics_public=manager.settings.metrics_public)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -291,7 +330,7 @@ def create_app(manager: ManagerService) -> FastAPI:
                 {"invoked": False, "error": outcome.error, "results": outcome.results},
                 status_code=502 if "timed out" not in outcome.error else 504,
             )
-        return JSONResponse({"invoked": True, "results": outcome.results})
+        return JSONResponse({"invoked": True, "results": outcome.results, "verified": outcome.verified})
 
     @app.get("/tasks/{task_id}/results")
     async def task_results(task_id: str) -> Response:
@@ -299,6 +338,11 @@ def create_app(manager: ManagerService) -> FastAPI:
         if task.results is None:
             return Response(status_code=200)
         return JSONResponse({"results": task.results})
+
+    @app.get("/tasks/{task_id}/receipt")
+    async def task_receipt(task_id: str) -> dict[str, Any]:
+        task = manager.engine.get_task(_uuid(task_id, "task_id"))
+        return receipt_view(task, manager.engine.keys)
 
     @app.get("/proplets")
     async def list_proplets(request: Request) -> dict[str, Any]:

@@ -49,6 +49,14 @@ class _EngineCollector(Collector):
         for suffix, count in sorted(engine.malformed.items()):
             dropped.add_metric([suffix], count)
         yield dropped
+        rejected = CounterMetricFamily(
+            "propeller_results_rejected",
+            "Results refused by the sender and receipt checks (forged, unsigned, unknown sender), by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(engine.results_rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
         events = CounterMetricFamily("propeller_engine_events", "Engine event counters", labels=["event"])
         for name, count in sorted(engine.counters.items()):
             events.add_metric([name], count)

@@ -133,6 +133,9 @@ TASKS = sa.Table(
     sa.Column("created_at", sa.Double(), nullable=True),
     sa.Column("updated_at", sa.Double(), nullable=True),
     sa.Column("extras", sa.JSON(), nullable=False),
+    # 0002_trust_receipts
+    sa.Column("receipt", sa.JSON(), nullable=True),
+    sa.Column("verified", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 PROPLETS = sa.Table(
     "proplets",

@@ -74,6 +74,7 @@ class InvocationFinished:
     task_id: str
     results: str
     error: str
+    verified: bool = False  # the answer's receipt verified against the enrolled key
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import wire
-from orchestrator.core import cron, states
+from orchestrator.core import cron, receipts, result_trust, states
 from orchestrator.core.commands import (
     Command,
     DeleteProplet,
@@ -65,8 +65,12 @@ class Engine:
         *,
         policy: PlacementPolicy | None = None,
         new_id: Callable[[], str] | None = None,
+        keys: receipts.KeyLookup | None = None,
     ) -> None:
         self.config = config or EngineConfig()
+        # The identity registry: with it, results must come from enrolled proplets and ours must carry
+        # a receipt that verifies (orchestrator/core/result_trust.py). None = accept as unverified.
+        self.keys = keys
         self.topics = wire.Topics(self.config.domain, self.config.channel)
         self.policy: PlacementPolicy = policy or RoundRobin()
         self._new_id = new_id or (lambda: str(uuid.uuid4()))
@@ -81,6 +85,7 @@ class Engine:
         self._grace: dict[str, float] = {}
         self._commands: list[Command] = []
         self.malformed: Counter[str] = Counter()
+        self.results_rejected: Counter[str] = Counter()  # by reason (result_trust.Judgement.reason)
         self.counters: Counter[str] = Counter()
         self.dispatch_latencies: deque[float] = deque(maxlen=10_000)
         self._dispatched_at: dict[str, float] = {}
@@ -271,9 +276,12 @@ class Engine:
             self.counters["results_unknown_task"] += 1
             self._log("result_for_unknown_task", "warning", task_id=msg.task_id)
             return
+        verdict = self._trust_result(task, msg)
+        if verdict is None:
+            return
         sender = msg.proplet_id or ""
         if task.broadcast:
-            self._on_broadcast_result(task, sender, msg, now, wall)
+            self._on_broadcast_result(task, sender or _receipt_signer(msg), msg, now, wall, verdict)
             return
         superseded = (msg.attempt is not None and msg.attempt != task.attempt) or (
             sender and task.proplet_id and sender != task.proplet_id and not task.broadcast
@@ -321,8 +329,56 @@ class Engine:
         self._after_terminal(task, now, wall)
         self._drain_queue(now, wall)
 
+    def _trust_result(self, task: Task, msg: wire.TaskResult) -> result_trust.Judgement | None:
+        """The sender and receipt checks (result_trust.judge), before anything else looks at a result.
+
+        Only a result that could finish the current attempt is judged; stale and duplicate ones go on
+        to be ignored as before. A rejected result (None) is counted by reason, logged, changes nothing.
+        """
+        if task.state is not TaskState.RUNNING or (msg.attempt is not None and msg.attempt != task.attempt):
+            return result_trust.Judgement(True)
+        owner: str | None = None
+        if task.broadcast:
+            if self.keys is None:
+                return result_trust.Judgement(True, receipt=dict(msg.receipt) if msg.receipt else None)
+            owner = msg.proplet_id or _receipt_signer(msg)  # any target may answer: which one is it?
+            if owner not in task.targets:
+                detail = f"{owner!r:.80} is not a target of this broadcast"
+                self._reject_result(task, msg, result_trust.Judgement(False, False, "wrong_proplet", detail))
+                return None
+        proplet = self.proplets.get(owner if owner is not None else task.proplet_id)
+        verdict = result_trust.judge(task, msg, proplet, self.keys, sender_of_record=owner)
+        if not verdict.accepted:
+            self._reject_result(task, msg, verdict)
+            return None
+        if not task.broadcast:
+            task.receipt, task.verified = verdict.receipt, verdict.verified
+        return verdict
+
+    def _reject_result(
+        self, task: Task, msg: wire.TaskResult | wire.InvokeResult, verdict: result_trust.Judgement
+    ) -> None:
+        self.results_rejected[verdict.reason] += 1
+        self.counters["results_rejected"] += 1
+        self._log(
+            "result_rejected",
+            "warning",
+            task_id=task.id,
+            reason=verdict.reason,
+            detail=verdict.detail,
+            sender=msg.proplet_id,
+            attempt=task.attempt,
+            proplet_id=task.proplet_id,
+        )
+
     def _on_broadcast_result(
-        self, task: Task, sender: str, msg: wire.TaskResult, now: float, wall: float
+        self,
+        task: Task,
+        sender: str,
+        msg: wire.TaskResult,
+        now: float,
+        wall: float,
+        verdict: result_trust.Judgement | None = None,
     ) -> None:
         results = task.results if isinstance(task.results, dict) else {}
         key = sender or f"anonymous-{len(results) + 1}"
@@ -331,6 +387,12 @@ class Engine:
             return
         results[key] = {"results": msg.results, "error": msg.error or ""}
         task.results = results
+        if verdict is not None:  # receipts per target; the task is verified when every answer was
+            signed = dict(task.receipt or {})
+            if verdict.receipt is not None:
+                signed[key] = verdict.receipt
+            task.receipt = signed or None
+            task.verified = (task.verified or len(results) == 1) and verdict.verified
         self._maybe_finish_broadcast(task, now, wall)
 
     def _maybe_finish_broadcast(self, task: Task, now: float, wall: float) -> None:
@@ -502,6 +564,7 @@ class Engine:
             states.apply(task, Trigger.RESET)
             task.attempt = 0
             task.results = None
+            task.receipt, task.verified = None, False
         task.error = ""
         task.finish_time = None
         if task.broadcast:
@@ -525,6 +588,7 @@ class Engine:
         states.apply(task, Trigger.DISPATCH)
         task.targets = targets
         task.results = {}
+        task.receipt, task.verified = None, False  # a new attempt: its receipts are still to come
         task.start_time = wall
         self.counters["tasks_dispatched"] += 1
         self._persist_task(task, wall)
@@ -633,6 +697,7 @@ class Engine:
             return
         states.apply(task, Trigger.DISPATCH)
         task.proplet_id = proplet.id
+        task.receipt, task.verified = None, False  # a new attempt: its receipt is still to come
         task.error = ""
         task.start_time = wall
         proplet.task_count += 1
@@ -724,6 +789,22 @@ class Engine:
 
     # ------------------------------------------------------------------ views
 
+    def module_request(self, app_name: str) -> Task | None:
+        """A task of ours whose module ``app_name`` is (its ``image_url``): the only modules the registry
+        fetches and serves. Anything else, e.g. a URL planted on ``registry/proplet``, is refused,
+        counted and logged, and nothing is fetched (no SSRF from the broker)."""
+        for task in self.tasks.values():
+            if task.image_url and task.image_url == app_name:
+                return task
+        self.counters["registry_requests_refused"] += 1
+        self._log(
+            "registry_request_refused",
+            "warning",
+            app_name=printable(app_name)[:200],
+            reason="no task refers to it",
+        )
+        return None
+
     def is_alive(self, proplet: Proplet, now: float) -> bool:
         return (
             proplet.alive and proplet.last_seen is not None and now - proplet.last_seen < self.config.timeout
@@ -746,6 +827,12 @@ _HANDLED_SUFFIXES = frozenset(
 
 _ADJECTIVES = ("brave", "calm", "eager", "fuzzy", "gentle", "happy", "jolly", "keen", "lucid", "merry")
 _NOUNS = ("otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "puffin", "raven", "wren")
+
+
+def _receipt_signer(msg: wire.TaskResult) -> str:
+    """The proplet a result's receipt names (results of the firmware's shape carry no proplet_id)."""
+    signer = msg.receipt.get("proplet_id") if msg.receipt is not None else None
+    return signer if isinstance(signer, str) else ""
 
 
 def _name_for(proplet_id: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import wire
+from orchestrator.core import result_trust
 from orchestrator.core.commands import InvocationFinished, Publish
 from orchestrator.core.errors import Conflict, ValidationError
 from orchestrator.core.model import Task, TaskState
@@ -73,6 +74,14 @@ class Latent:
             return
         task_id, _deadline, retried, inputs, env = entry
         task = self.e.tasks.get(task_id)
+        verified = False
+        if task is not None:  # who may answer: the same sender and receipt rules as for results
+            proplet = self.e.proplets.get(task.proplet_id)
+            verdict = result_trust.judge_invocation(task, msg, proplet, self.e.keys, inputs)
+            if not verdict.accepted:
+                self.e._reject_result(task, msg, verdict)
+                return
+            verified = verdict.verified
         if msg.error and "has not been precompiled" in msg.error and not retried and task is not None:
             # The proplet lost its deployment (restart): deploy again and retry once.
             self._invocations[msg.invocation_id] = (
@@ -88,4 +97,6 @@ class Latent:
             self.e._log("latent_redeployed", task_id=task_id, proplet_id=task.proplet_id)
             return
         del self._invocations[msg.invocation_id]
-        self.e._emit(InvocationFinished(msg.invocation_id, task_id, msg.results, printable(msg.error or "")))
+        self.e._emit(
+            InvocationFinished(msg.invocation_id, task_id, msg.results, printable(msg.error or ""), verified)
+        )

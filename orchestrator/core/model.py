@@ -135,6 +135,10 @@ class Task:
     finish_time: float | None = None
     created_at: float | None = None
     updated_at: float | None = None
+    # Trust (orchestrator/core/receipts.py): the signed receipt of the accepted result (broadcast: one
+    # per target, by proplet id) and whether it verified against the enrolled key.
+    receipt: dict[str, Any] | None = None
+    verified: bool = False
 
 
 @dataclass

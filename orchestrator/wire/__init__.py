@@ -39,7 +39,8 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
    (``proplet_id`` omitted only when None); the embedded profile sends the firmware's two shapes,
    ``{"task_id","results"}`` and ``{"task_id","results","error"}``. Decoding: missing ``results`` is
    ``""``; ``error`` null or ``""`` is success (``is_success``); any JSON ``results`` is kept (FL
-   envelopes are objects).
+   envelopes are objects). Our extension ``receipt`` (a signed execution receipt, an object, checked
+   by the manager: orchestrator/core/receipts.py) is sent in both profiles when the proplet signs.
 7. Heartbeat ``status`` is required and must be ``alive`` or ``offline`` (an LWT is a Heartbeat with
    ``offline``); the upstream manager ignored it, which is the bug we do not repeat. ``namespace`` is
    always sent; keys are in each sender's order so golden payloads compare byte for byte.
@@ -60,6 +61,8 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
     not restricted so that runtimes can add limits). They are never sent in the embedded profile.
 12. Registry chunks: ``0 <= chunk_idx < total_chunks`` and ``total_chunks >= 1`` on both sides; the
     embedded profile also requires ``total_chunks == 1`` (the firmware assembles one chunk only).
+    A refusal (our extension) is a ``RegistryChunk`` with ``error`` set, sent as ``chunk_idx`` 0,
+    ``total_chunks`` 0 and empty ``data``; decoding a message with a non-empty ``error`` gives one.
 13. Invoke in the embedded profile is a CodecError: the firmware does not subscribe to invoke.
 14. Topic IDs may contain ``/`` (upstream substitutes them verbatim) but not ``+``, ``#`` or NUL.
 

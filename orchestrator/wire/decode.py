@@ -170,6 +170,7 @@ def _result(o: Obj) -> m.TaskResult:
         error=_error(o),
         proplet_id=o.opt_text("proplet_id"),
         attempt=o.opt_integer("attempt", hi=I32_MAX),
+        receipt=o.any_map("receipt"),
     )
 
 
@@ -191,6 +192,7 @@ def _invoke_result(o: Obj) -> m.InvokeResult:
         proplet_id=o.text("proplet_id"),
         results=o.text("results"),
         error=_error(o),
+        receipt=o.any_map("receipt"),
     )
 
 
@@ -281,6 +283,9 @@ def _registry_request(o: Obj) -> m.RegistryRequest:
 
 def _registry_chunk(o: Obj) -> m.RegistryChunk:
     app_name = o.text("app_name", required=True)
+    error = o.text("error")
+    if error:  # our refusal: the counters and data of a refusal carry nothing
+        return m.RegistryChunk.refusal(app_name, error)
     for key in ("chunk_idx", "total_chunks", "data"):
         if o.raw(key) is None:
             o.fail(key, "is required")

@@ -252,6 +252,8 @@ def _result(msg: m.TaskResult, profile: Profile) -> dict[str, Any]:
         out["results"] = msg.results
         if error:
             out["error"] = error
+        if msg.receipt is not None:
+            out["receipt"] = dict(msg.receipt)
         return out
     if msg.proplet_id is not None:
         out["proplet_id"] = _need_text(msg.proplet_id, "proplet_id")
@@ -259,6 +261,8 @@ def _result(msg: m.TaskResult, profile: Profile) -> dict[str, Any]:
     out["error"] = error
     if msg.attempt is not None:
         out["attempt"] = check_int(msg.attempt, "", "attempt", lo=0, hi=I32_MAX)
+    if msg.receipt is not None:
+        out["receipt"] = dict(msg.receipt)
     return out
 
 
@@ -279,13 +283,16 @@ def _invoke(msg: m.InvokeTask, profile: Profile) -> dict[str, Any]:
 
 
 def _invoke_result(msg: m.InvokeResult, profile: Profile) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "task_id": _need_text(msg.task_id, "task_id", required=True),
         "invocation_id": _need_text(msg.invocation_id, "invocation_id", required=True),
         "proplet_id": _need_text(msg.proplet_id, "proplet_id"),
         "results": _need_text(msg.results, "results"),
         "error": _error_text(msg.error),
     }
+    if msg.receipt is not None:
+        out["receipt"] = dict(msg.receipt)
+    return out
 
 
 def _timestamp(value: float, kind: str) -> Any:
@@ -348,6 +355,8 @@ def _registry_request(msg: m.RegistryRequest, profile: Profile) -> dict[str, Any
 def _registry_chunk(msg: m.RegistryChunk, profile: Profile) -> dict[str, Any]:
     embedded = profile is Profile.EMBEDDED
     name = _need_text(msg.app_name, "app_name", required=True, limit=EMBEDDED_MAX_ID if embedded else None)
+    if _need_text(msg.error, "error"):
+        return {"app_name": name, "chunk_idx": 0, "total_chunks": 0, "data": "", "error": msg.error}
     total = check_int(msg.total_chunks, "", "total_chunks", lo=1, hi=U32_MAX)
     idx = check_int(msg.chunk_idx, "", "chunk_idx", lo=0, hi=U32_MAX)
     if idx >= total:

@@ -155,6 +155,13 @@ class TaskResult:
     error: str | None = None
     proplet_id: str | None = None
     attempt: int | None = None  # our extension: echoes StartTask.attempt so stale results are spotted
+    # Our extension: the signed execution receipt (orchestrator/core/receipts.py) as its JSON object;
+    # the codec checks only that it is an object, the manager verifies it. Upstream managers ignore it.
+    receipt: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.receipt is not None:
+            _set(self, "receipt", _frozen(self.receipt))
 
     @property
     def is_success(self) -> bool:
@@ -186,6 +193,11 @@ class InvokeResult:
     proplet_id: str = ""
     results: str = ""
     error: str | None = None
+    receipt: Mapping[str, Any] | None = None  # our extension, as in TaskResult
+
+    def __post_init__(self) -> None:
+        if self.receipt is not None:
+            _set(self, "receipt", _frozen(self.receipt))
 
     @property
     def is_success(self) -> bool:
@@ -239,12 +251,26 @@ class RegistryRequest:
 
 @dataclass(frozen=True)
 class RegistryChunk:
-    """``registry/server``: one piece of a binary; ``data`` travels as standard base64."""
+    """``registry/server``: one piece of a binary; ``data`` travels as standard base64.
+
+    Our extension, a refusal: ``error`` says why the registry will not serve ``app_name``; it travels
+    as ``{"app_name", "chunk_idx": 0, "total_chunks": 0, "data": "", "error"}`` (``total_chunks`` 0
+    never occurs in a transfer, so an upstream Rust proplet's codec drops it and times out as before).
+    """
 
     app_name: str
     chunk_idx: int
     total_chunks: int
     data: bytes
+    error: str = ""
+
+    @property
+    def is_refusal(self) -> bool:
+        return bool(self.error)
+
+    @classmethod
+    def refusal(cls, app_name: str, error: str) -> RegistryChunk:
+        return cls(app_name, 0, 0, b"", error or "refused")
 
 
 Message = (

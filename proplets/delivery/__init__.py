@@ -5,7 +5,7 @@ Adapters: ``http``, ``oci`` (httpx), ``mqtt`` (asyncio ChunkFetcher), ``fetch`` 
 """
 
 from proplets.delivery.chunks import ChunkAssembler, ChunkFetcher, ChunkMessage, decode_chunk
-from proplets.delivery.errors import DeliveryError, DeliverySource
+from proplets.delivery.errors import DeliveryError, DeliverySource, FetchRefused
 from proplets.delivery.fetch import delivery_path, fetch_wasm
 from proplets.delivery.mqtt import MqttChunkFetcher
 from proplets.delivery.ociref import OciRef, parse_oci_ref
@@ -26,6 +26,7 @@ __all__ = [
     "DeliveryError",
     "DeliverySource",
     "FetchLimits",
+    "FetchRefused",
     "MqttChunkFetcher",
     "OciRef",
     "WasmSource",

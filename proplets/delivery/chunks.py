@@ -1,19 +1,18 @@
 """Reassembly of the MQTT chunked registry protocol (reference §2.10), sans-I/O.
 
 Chunks arrive on ``registry/server`` as ``{"app_name", "chunk_idx", "total_chunks", "data"}`` and are
-broadcast to every proplet on the channel. Our manager's ChunkServer answers an app it cannot serve
-with one message whose ``total_chunks`` is 0 and whose ``error`` says why; upstream has no such answer,
-so an upstream proxy simply stays silent and the requester times out.
+broadcast to every proplet on the channel; they are decoded by the wire codec (``wire.RegistryChunk``).
+Our manager's ChunkServer answers an app it cannot serve with one refusal (``error`` set) that says
+why; upstream has no such answer, so an upstream proxy simply stays silent and the requester times out.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from orchestrator import wire
+from orchestrator.wire.topics import REGISTRY_SERVER
 from proplets.delivery.errors import DeliveryError
 from proplets.delivery.source import DEFAULT_MAX_BYTES
 
@@ -30,49 +29,17 @@ class ChunkFetcher(Protocol):
     async def request(self, app_name: str) -> bytes: ...
 
 
-@dataclass(frozen=True)
-class ChunkMessage:
-    """One decoded ``registry/server`` message; ``total_chunks == 0`` is a refusal (see module doc)."""
-
-    app_name: str
-    chunk_idx: int
-    total_chunks: int
-    data: bytes
-    error: str = ""
-
-    @property
-    def is_refusal(self) -> bool:
-        return self.total_chunks == 0
+ChunkMessage = wire.RegistryChunk  # one decoded ``registry/server`` message: a chunk or a refusal
 
 
-def decode_chunk(payload: bytes) -> ChunkMessage:
+def decode_chunk(payload: bytes) -> wire.RegistryChunk:
     """Decode a ``registry/server`` payload; raises DeliveryError (source mqtt) naming the bad field."""
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeliveryError("mqtt", f"registry chunk is not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise DeliveryError("mqtt", "registry chunk is not a JSON object")
-    app = obj.get("app_name")
-    if not isinstance(app, str) or not app:
-        raise DeliveryError("mqtt", "registry chunk has no app_name string")
-    ints = {}
-    for key in ("chunk_idx", "total_chunks"):
-        value = obj.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise DeliveryError("mqtt", f"registry chunk for {app}: {key} must be a non-negative integer")
-        ints[key] = value
-    text = obj.get("data", "")
-    if not isinstance(text, str):
-        raise DeliveryError("mqtt", f"registry chunk for {app}: data must be a base64 string")
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise DeliveryError("mqtt", f"registry chunk for {app}: data is not valid base64: {exc}") from exc
-    error = obj.get("error", "")
-    return ChunkMessage(
-        app, ints["chunk_idx"], ints["total_chunks"], data, error if isinstance(error, str) else ""
-    )
+        message = wire.decode_payload(REGISTRY_SERVER, payload, REGISTRY_SERVER)
+    except wire.CodecError as err:
+        raise DeliveryError("mqtt", f"registry chunk: {err}") from None
+    assert isinstance(message, wire.RegistryChunk)
+    return message
 
 
 @dataclass

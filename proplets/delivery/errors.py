@@ -22,3 +22,7 @@ class DeliveryError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class FetchRefused(DeliveryError):
+    """The fetch allow-list (proplets/egress.py) refused a connection; the message names the rule."""

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import ssl
+from collections.abc import Iterable
+from typing import Any
 
+import httpcore
 import httpx
 
-from proplets.delivery.errors import DeliveryError, DeliverySource
+from proplets.delivery.errors import DeliveryError, DeliverySource, FetchRefused
 from proplets.delivery.source import FetchLimits
+from proplets.egress import EgressPolicy
 
 ACCEPTED_CONTENT_TYPES = ("application/wasm", "application/octet-stream")
 
@@ -28,7 +34,57 @@ def make_client(limits: FetchLimits) -> httpx.AsyncClient:
                 verify.load_verify_locations(cafile=limits.ca_bundle)
             except ssl.SSLError as exc:
                 raise DeliveryError("http", f"CA bundle {limits.ca_bundle} is not valid PEM: {exc}") from exc
-    return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(limits.timeout_s), follow_redirects=True)
+    timeout = httpx.Timeout(limits.timeout_s)
+    if limits.egress is None:
+        return httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=True)
+    transport = httpx.AsyncHTTPTransport(verify=verify)
+    # Every connection (redirects included) resolves, asks the allow-list, and connects to the very
+    # address it asked about; TLS still checks the certificate against the URL's host name. httpx has
+    # no public hook for the network backend, so it is set on the transport's connection pool.
+    transport._pool._network_backend = CheckedBackend(limits.egress)
+    # No HTTP(S)_PROXY from the environment: the allow-list must see the real destination.
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True, trust_env=False)
+
+
+class CheckedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, connecting only to addresses the egress policy allows."""
+
+    def __init__(self, policy: EgressPolicy, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.policy = policy
+        self.inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:  # one refused address refuses the name: it may be rebinding
+            verdict = self.policy.check(host, port, address)
+            if not verdict.allowed:
+                raise FetchRefused("http", f"fetch refused: {verdict.rule}")
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        raise last or httpcore.ConnectError(f"no address for {host}")
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise FetchRefused("http", f"fetch refused: unix socket {path} is not a network destination")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
 
 
 async def read_capped(response: httpx.Response, *, limit: int, source: DeliverySource, what: str) -> bytes:

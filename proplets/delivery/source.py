@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from proplets.delivery.errors import DeliveryError, DeliverySource
+from proplets.egress import EgressPolicy
 
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024  # upstream WASM_FETCH_MAX_BYTES
 DEFAULT_TIMEOUT_S = 30.0  # upstream reqwest client timeout
@@ -85,6 +86,8 @@ class FetchLimits:
     to the system roots (upstream PROPLET_HTTP_TLS_CA_CERT); ``insecure_skip_verify`` turns TLS
     verification off. ``insecure_registries`` lists OCI hosts (``host`` or ``host:port``) reached
     over plain http besides localhost; ``registry_credentials`` maps such a host to (user, password).
+    ``egress`` is the fetch allow-list every HTTP(S) connection is checked against (proplets/egress.py;
+    a proplet always has one); None = no check (the manager pulling a module a task of its own names).
     """
 
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -94,6 +97,7 @@ class FetchLimits:
     insecure_skip_verify: bool = False
     insecure_registries: frozenset[str] = frozenset()
     registry_credentials: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    egress: EgressPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.max_bytes <= 0:

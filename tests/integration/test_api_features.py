@@ -97,7 +97,7 @@ async def test_latent_task_is_invoked_through_the_api(embedded_cluster: Cluster)
     await c.api.post(f"/tasks/{task['id']}/start")
     answer = await c.api.post(f"/tasks/{task['id']}/invoke", json={"inputs": [20, 22]})
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"invoked": True, "results": "42"}
+    assert answer.json() == {"invoked": True, "results": "42", "verified": False}
     plain = (await c.api.post("/tasks", json={"name": "add", "file": MODULE})).json()
     refused = await c.api.post(f"/tasks/{plain['id']}/invoke", json={})
     assert refused.status_code == 400 and "not a latent task" in refused.json()["error"]

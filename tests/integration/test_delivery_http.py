@@ -247,3 +247,67 @@ async def test_missing_ca_bundle_is_named(tmp_path: Path) -> None:
         await fetch_wasm(
             WasmSource(image_url="https://127.0.0.1:9/x.wasm"), limits=FetchLimits(ca_bundle=str(missing))
         )
+
+
+# -- the fetch allow-list (proplets/egress.py) on real connections --------------------------------
+
+
+def _allow(*entries: str) -> FetchLimits:
+    from proplets.egress import EgressPolicy
+
+    return FetchLimits(max_bytes=CAP, timeout_s=5, egress=EgressPolicy(entries))
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_the_default_allow_list_refuses_loopback_by_address_naming_the_rule(
+    base_url: str, host: str
+) -> None:
+    url = base_url.replace("127.0.0.1", host) + "/ok.wasm"
+    with pytest.raises(DeliveryError) as info:
+        await fetch_wasm(WasmSource(image_url=url), limits=_allow("public"))
+    port = _port(base_url)
+    where = f"{host}:{port}" if host == "127.0.0.1" else f"{host}:{port} (127.0.0.1)"
+    assert str(info.value) == (
+        f"fetch refused: {where} is a private or loopback address: not in this proplet's fetch allow-list "
+        "(public); allow it with --fetch-allow"
+    )
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1", "127.0.0.0/8", "localhost:{port}", "*.localhost,localhost"])
+async def test_an_allowed_host_address_or_range_is_fetched(base_url: str, entry: str) -> None:
+    entries = entry.format(port=_port(base_url)).split(",")
+    url = base_url.replace("127.0.0.1", "localhost") + "/moved.wasm"  # the redirect is checked too
+    assert await fetch_wasm(WasmSource(image_url=url), limits=_allow(*entries)) == WASM
+
+
+async def test_a_host_allowed_on_one_port_is_refused_on_another(base_url: str) -> None:
+    other = _port(base_url) + 1 if _port(base_url) < 65535 else _port(base_url) - 1
+    with pytest.raises(DeliveryError, match="not in this proplet's fetch allow-list"):
+        await fetch_wasm(
+            WasmSource(image_url=f"http://localhost:{other}/ok.wasm"),
+            limits=_allow(f"localhost:{_port(base_url)}"),
+        )
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "[fe80::1]", "[::ffff:169.254.169.254]"])
+async def test_metadata_and_link_local_addresses_are_refused_even_when_listed(host: str) -> None:
+    with pytest.raises(
+        DeliveryError, match=r"is link-local \(cloud metadata services live here\)|is link-local"
+    ):
+        await fetch_wasm(
+            WasmSource(image_url=f"http://{host}/latest/meta-data/"),
+            limits=_allow("public", "169.254.0.0/16"),
+        )
+
+
+async def test_https_through_the_allow_list_still_verifies_the_certificate(
+    https_url: str, test_ca: tuple[Path, Path, Path]
+) -> None:
+    limits = FetchLimits(ca_bundle=str(test_ca[0]), timeout_s=5, egress=_allow("127.0.0.1").egress)
+    assert await fetch_wasm(WasmSource(image_url=https_url + "/ok.wasm"), limits=limits) == WASM
+    with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+        await fetch_wasm(WasmSource(image_url=https_url + "/ok.wasm"), limits=_allow("127.0.0.1"))

@@ -59,6 +59,8 @@ def full_task(i: int = 0) -> Task:
         finish_time=2.25,
         created_at=1_700_000_000.123456,
         updated_at=1_700_000_001.654321,
+        receipt={"proplet-1": {"v": 1, "task_id": "t", "evidence": None, "signature": "c2ln"}},
+        verified=True,
     )
 
 

@@ -16,7 +16,7 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-REVISIONS = ("0001", "mgr_standby")  # oldest first
+REVISIONS = ("0001", "trust_receipts", "mgr_standby")  # every revision, oldest first
 HEAD = REVISIONS[-1]
 
 
@@ -94,3 +94,37 @@ async def test_migrations_match_the_query_tables(store: Store) -> None:
 
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
+
+
+async def test_a_version_1_database_gains_unverified_receipt_columns_keeping_rows(sqlite_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from orchestrator.adapters.store import MIGRATIONS_DIR
+
+    sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = sa.create_engine(f"sqlite:///{sqlite_path}")
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    engine.dispose()
+    row: dict[str, object] = {
+        "id": "old", "seq": 1, "name": "n", "kind": "standard", "state": 3, "image_url": "", "file": b"",
+        "cli_args": "[]", "inputs": "[]", "env": "{}", "daemon": 0, "latent": 0, "encrypted": 0,
+        "proplet_id": "p", "depends_on": "[]", "run_if": "", "workflow_id": "", "job_id": "",
+        "results": '"42"', "error": "", "priority": 50, "broadcast": 0, "metadata": "{}", "schedule": "",
+        "timezone": "UTC", "is_recurring": 0, "sha256": "", "memory_bytes": 0, "limits": "{}", "attempt": 1,
+        "max_attempts": 3, "targets": "[]", "extras": "{}",
+    }  # fmt: skip
+    with sqlite3.connect(sqlite_path) as db:
+        columns = ", ".join(row)
+        db.execute(f"INSERT INTO tasks ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    async with await Store.open(str(sqlite_path)) as store:
+        assert store.applied_revisions == (HEAD,)
+        (task,) = await store.load_tasks()
+        assert task.id == "old" and task.results == "42" and task.receipt is None and task.verified is False
+        task.receipt, task.verified = {"v": 1}, True
+        await store.save_task(task)
+        assert (await store.load_tasks())[0].verified is True

@@ -11,12 +11,11 @@ import pytest
 
 from orchestrator.chunk_server import (
     UPSTREAM_CHUNK_SIZE,
-    ChunkReply,
     ChunkServer,
     embedded_capacity,
     encode_reply,
 )
-from orchestrator.wire import EMBEDDED_MAX_PAYLOAD_BYTES
+from orchestrator.wire import EMBEDDED_MAX_PAYLOAD_BYTES, RegistryChunk
 from proplets.delivery import ChunkAssembler, DeliveryError, MqttChunkFetcher, decode_chunk
 
 
@@ -182,11 +181,11 @@ def test_register_validates_its_input() -> None:
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        (b"not json", "not JSON"),
-        (b"[]", "not a JSON object"),
-        (b'{"chunk_idx":0,"total_chunks":1,"data":""}', "no app_name"),
-        (b'{"app_name":"a","chunk_idx":true,"total_chunks":1,"data":""}', "chunk_idx must be"),
-        (b'{"app_name":"a","chunk_idx":0,"total_chunks":1,"data":"!!"}', "not valid base64"),
+        (b"not json", "not valid JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'{"chunk_idx":0,"total_chunks":1,"data":""}', "app_name: is required"),
+        (b'{"app_name":"a","chunk_idx":true,"total_chunks":1,"data":""}', "chunk_idx: must be an integer"),
+        (b'{"app_name":"a","chunk_idx":0,"total_chunks":1,"data":"!!"}', "data: invalid standard base64"),
     ],
 )
 def test_bad_chunk_payloads_name_the_problem(payload: bytes, message: str) -> None:
@@ -259,7 +258,7 @@ async def test_fetcher_times_out_with_progress_when_a_chunk_never_comes() -> Non
 
 async def test_fetcher_ignores_chunks_nobody_asked_for() -> None:
     fetcher = MqttChunkFetcher(lambda app: asyncio.sleep(0))
-    fetcher.on_chunk(decode_chunk(encode_reply(ChunkReply("other", 0, 1, b"x"))))  # no error, no state
+    fetcher.on_chunk(decode_chunk(encode_reply(RegistryChunk("other", 0, 1, b"x"))))  # no error, no state
     assert fetcher._assembler.progress("other") is None
 
 

@@ -32,8 +32,10 @@ def send(engine: Engine, topic: str, payload: dict[str, Any] | bytes, now: float
     engine.handle(MessageReceived(topic, raw), now, 1_700_000_000 + now)
 
 
-def heartbeat(engine: Engine, proplet_id: str, now: float, status: str = "alive") -> None:
-    send(engine, T.alive, {"proplet_id": proplet_id, "status": status, "namespace": "default"}, now)
+def heartbeat(
+    engine: Engine, proplet_id: str, now: float, status: str = "alive", namespace: str = "default"
+) -> None:
+    send(engine, T.alive, {"proplet_id": proplet_id, "status": status, "namespace": namespace}, now)
 
 
 def publishes(commands: list[Any], topic: str) -> list[dict[str, Any]]:
@@ -102,7 +104,7 @@ def test_result_completes_and_a_duplicate_does_not_flip_it() -> None:
 
 def test_non_empty_error_fails_the_task_and_embedded_result_without_proplet_id_counts() -> None:
     engine = make_engine()
-    heartbeat(engine, "p1", 0.0)
+    heartbeat(engine, "p1", 0.0, namespace="embedded")  # the firmware's results name no proplet
     failing, ok = submit(engine, 1.0), submit(engine, 1.0)
     send(engine, T.results, {"task_id": failing, "results": "", "error": "wasm trap: unreachable"}, 2.0)
     send(engine, T.results, {"task_id": ok, "results": "42"}, 2.0)
@@ -345,7 +347,7 @@ def test_out_of_memory_result_places_the_task_again_elsewhere() -> None:
     send(
         engine,
         T.results,
-        {"task_id": task_id, "results": "", "error": "out of memory: need 9 bytes, free 1"},
+        {"task_id": task_id, "proplet_id": first, "results": "", "error": "out of memory: need 9, free 1"},
         2.0,
     )
     task = engine.tasks[task_id]

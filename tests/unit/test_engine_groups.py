@@ -23,7 +23,9 @@ def spec(task_id: str, *deps: str, run_if: str = "") -> dict[str, Any]:
 
 
 def finish(engine: Any, task_id: str, now: float, error: str | None = None) -> None:
-    send(engine, T.results, {"task_id": task_id, "results": "" if error else "ok", "error": error}, now)
+    sender = engine.tasks[task_id].proplet_id  # results must name the proplet running the attempt
+    body = {"task_id": task_id, "proplet_id": sender, "results": "" if error else "ok", "error": error}
+    send(engine, T.results, body, now)
 
 
 def started(engine: Any) -> list[str]:

@@ -24,6 +24,7 @@ SANS_IO = [
     "twin/faults.py",
     "twin/link_profile.py",
     "proplets/profile.py",
+    "proplets/egress.py",
 ]
 
 

@@ -79,6 +79,12 @@ def test_unknown_key_names_line_and_suggests() -> None:
     assert errors(text) == ["x.yaml:7: fleet[1].cuont: unknown key (did you mean 'count'?)"]
 
 
+def test_speed_is_refused_with_what_to_do_instead() -> None:
+    (msg,) = errors(GOOD.replace("duration: 10s", "duration: 10s\nspeed: 10"))
+    assert msg.startswith("x.yaml:4: speed: is not a scenario key")
+    assert "compress the timers" in msg and "--mode virtual" in msg
+
+
 def test_bad_duration_names_line_and_value() -> None:
     text = GOOD.replace("keepalive: 2}", "keepalive: soon}")
     (msg,) = errors(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -400,3 +401,163 @@ def test_thousands_of_clients_in_virtual_time(env: simpy.Environment) -> None:
     mgr.publish("m/d/c/control/manager/start", b"{}", 1)
     env.run(until=2)
     assert got[0] == 2_000
+
+
+def test_vanish_is_noticed_at_keepalive_expiry_not_at_once(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
+    obs = Dev(broker, "obs")
+    obs.c.connect()
+    obs.c.subscribe("wills/+", 1)
+    dev = Dev(broker, "dev", keepalive=2, will=Will("wills/dev", b"gone"))
+    dev.c.connect()
+    env.run(until=5.5)
+    dev.c.vanish()  # power loss: paho last pinged at t=4, the broker gives up at 4 + 3
+    env.run(until=6.9)
+    assert obs.messages == [] and broker.connected_clients == ["obs", "dev"]
+    env.run(until=20)
+    assert obs.messages == [(7.0, "wills/dev", b"gone")]
+    assert broker.stats.expiries == 1 and broker.connected_clients == ["obs"]
+    assert dev.events[-1] == (5.5, "disconnect")  # the device's own view: it is off
+    assert [e for e in dev.events if e[1] == "connect"] == [(pytest.approx(0.01), "connect")]  # no reconnect
+
+
+def test_a_reboot_that_reconnects_before_expiry_takes_the_session_over(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
+    obs = Dev(broker, "obs")
+    obs.c.connect()
+    obs.c.subscribe("wills/+", 1)
+    first = Dev(broker, "dev", keepalive=10, will=Will("wills/dev", b"old life"))
+    first.c.connect()
+    env.run(until=1)
+    first.c.vanish()  # watchdog reset: silence, then the same client id comes back
+    second = Dev(broker, "dev", keepalive=10, will=Will("wills/dev", b"new life"))
+    env.run(until=2)
+    second.c.connect()
+    env.run(until=40)
+    # The takeover closes the old session and fires ITS will; the stale expiry check of the old life
+    # later finds nothing to expire and the new life stays connected.
+    assert obs.messages == [(pytest.approx(2.01), "wills/dev", b"old life")]
+    assert broker.connected_clients == ["obs", "dev"] and broker.stats.expiries == 0
+    assert second.c.connected
+
+
+def test_a_packet_of_an_old_life_never_acts_on_the_new_connection(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
+    old = Dev(broker, "dev", latency=1.0)
+    old.c.connect()
+    env.run(until=3)
+    old.c.subscribe("late/topic", 1)  # leaves now, arrives at t=4
+    old.c.vanish()
+    new = Dev(broker, "dev")
+    new.c.connect()  # both lives have epoch 1; the broker must tell them apart
+    env.run(until=10)
+    assert new.c.connected
+    assert broker.connected_clients == ["dev"]
+    pub = Dev(broker, "pub")
+    pub.c.connect()
+    env.run(until=11)
+    pub.c.publish("late/topic", b"x", 1)
+    env.run(until=12)
+    assert new.messages == []  # the old life's SUBSCRIBE did not land on the new session
+
+
+def test_link_profile_jitter_and_loss_delay_but_never_reorder(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
+    from twin.link_profile import LinkProfile
+
+    profile = LinkProfile(latency_s=0.05, jitter_s=0.04, loss=0.3, retransmit_s=0.2)
+    pub = Dev(broker, "pub", link=profile, rng=random.Random(3))
+    sub = Dev(broker, "sub")
+    pub.c.connect()
+    sub.c.connect()
+    sub.c.subscribe("t/#", 1)
+    env.run(until=1)
+    for i in range(200):
+        pub.c.publish(f"t/{i}", str(i).encode(), 0)
+    env.run(until=100)
+    got = [int(p) for _, _, p in sub.messages]
+    assert got == list(range(200))  # FIFO, as TCP
+    delays = [t - 1.0 for t, _, _ in sub.messages]
+    assert min(delays) >= 0.01 - 1e-9  # latency - jitter at the least
+    assert max(delays) >= 0.2  # some segment was "lost" and retransmitted, holding the ones behind it
+
+
+def test_model_link_blackhole_expires_the_session_and_reset_fires_the_will_at_once(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
+    from twin.link_profile import LinkProfile
+    from twin.transport import ModelLink
+
+    obs = Dev(broker, "obs")
+    obs.c.connect()
+    obs.c.subscribe("wills/+", 1)
+    a = Dev(broker, "a", keepalive=2, will=Will("wills/a", b"a"), backoff_min=0.1, backoff_max=0.2)
+    b = Dev(broker, "b", keepalive=2, will=Will("wills/b", b"b"), backoff_min=0.1, backoff_max=0.2)
+    la, lb = ModelLink(LinkProfile()), ModelLink(LinkProfile())
+    la.attach(a.c)
+    lb.attach(b.c)
+    a.c.connect()
+    b.c.connect()
+    env.run(until=1)
+    la.blackhole(True)  # no FIN: keep-alive expiry at 0 + 3
+    assert lb.reset() == 1  # RST: the broker sees the close now
+    env.run(until=2)
+    assert obs.messages == [(1.0, "wills/b", b"b")]
+    env.run(until=3.5)
+    assert obs.messages[-1] == (3.0, "wills/a", b"a")
+    assert b.c.connected  # RST: the client reconnected by itself
+    la.blackhole(False)
+    env.run(until=6)
+    assert a.c.connected  # it learned of the close once the link was back, and reconnected
+
+
+def test_model_link_sever_is_silence_until_keepalive_expiry(
+    env: simpy.Environment, broker: BrokerModel
+) -> None:
+    from twin.link_profile import LinkProfile
+    from twin.transport import ModelLink
+
+    obs = Dev(broker, "obs")
+    obs.c.connect()
+    obs.c.subscribe("wills/+", 1)
+    dev = Dev(broker, "dev", keepalive=2, will=Will("wills/dev", b"gone"))
+    link = ModelLink(LinkProfile())
+    link.attach(dev.c)
+    dev.c.connect()
+    env.run(until=1)
+    assert link.sever() == 1  # power loss through the link: no FIN, no RST
+    dev.c.abort()  # the board's own end is gone with it: still nothing reaches the broker
+    env.run(until=2.9)
+    assert obs.messages == []
+    env.run(until=5)
+    assert obs.messages == [(3.0, "wills/dev", b"gone")]  # last ping at 0, expiry at 1.5 x 2
+
+
+def test_reconnect_backoff_is_the_live_clients(env: simpy.Environment) -> None:
+    """As MqttClient._backoff: attempt n waits uniform(max(min, c/2), c), c = min(max, min * 2**n)."""
+    broker = BrokerModel(env)
+    dev = Dev(broker, "dev", backoff_min=1.0, backoff_max=4.0, rng=random.Random(7))
+    attempts: list[float] = []
+    on_connect = broker._on_connect
+
+    def spy(client: ModelClient, *args: Any) -> None:
+        if client is dev.c:
+            attempts.append(float(env.now))
+        on_connect(client, *args)
+
+    broker._on_connect = spy  # type: ignore[method-assign]
+    dev.c.connect()
+    env.run(until=1)
+    broker.stop()  # down for good: every retry is refused
+    env.run(until=40)
+    gaps = [b - a for a, b in itertools.pairwise(attempts[1:])]
+    first = attempts[1] - 1.0
+    assert first == pytest.approx(1.0)  # attempt 0: uniform(1, 1)
+    ceilings = [2.0, 4.0, 4.0, 4.0]
+    for gap, ceiling in zip(gaps, ceilings, strict=False):
+        assert max(1.0, ceiling / 2) <= gap <= ceiling
+    assert len(gaps) >= 4

@@ -24,8 +24,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def new_trace(scenario: Scenario) -> Trace:
-    meta = {"duration_s": scenario.duration_s, "source": scenario.source, "speed": scenario.speed,
-            "broker": scenario.broker}  # fmt: skip
+    meta = {"duration_s": scenario.duration_s, "source": scenario.source, "broker": scenario.broker}
     return Trace(scenario.name, scenario.seed, meta)
 
 
@@ -41,6 +40,7 @@ async def run_scenario(
         await runner.run(scenario, trace, progress or (lambda _f: None))
     except Exception as exc:  # the verdict must say the run broke, and the other scenarios still run
         error = f"{type(exc).__name__}: {exc}"
+    trace.meta["trace_hash"] = trace.digest()
     result = ScenarioResult(scenario, trace, [], time.monotonic() - started, error)
     if error is None:
         result.verdicts = evaluate_all(trace, scenario)

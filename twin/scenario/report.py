@@ -244,7 +244,7 @@ def render_html(result: ScenarioResult) -> str:
 <style>{CSS}</style></head><body>
 <h1>{esc(s.name)} <span class="verdict {verdict.lower()}">{verdict}</span></h1>
 <div class="meta">{esc(s.description)}<br>source {esc(s.source)} · seed {s.seed} · duration {s.duration_s:g} s
- · speed {s.speed:g} · broker {esc(s.broker)} · {len(devices)} devices · {len(tasks)} tasks
+ · broker {esc(s.broker)} · {len(devices)} devices · {len(tasks)} tasks
  · wall time {result.wall_s:.1f} s</div>
 {error}
 <h2>Expectations</h2>

@@ -34,4 +34,11 @@ class ScenarioResult:
             return head + f"the run failed: {self.error}"
         lines = [head + f"{len(self.verdicts) - len(self.failures)}/{len(self.verdicts)} expectations hold"]
         lines += [f"  x {v.name}: {v.detail}" for v in self.failures]
+        if self.trace_hash:
+            lines.append(f"  trace_hash: {self.trace_hash}")
         return "\n".join(lines)
+
+    @property
+    def trace_hash(self) -> str:
+        """The trace's digest (``Trace.digest``): equal for equal runs (virtual mode, same seed)."""
+        return str(self.trace.meta.get("trace_hash", ""))

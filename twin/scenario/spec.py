@@ -221,7 +221,6 @@ class Scenario:
     fleet: tuple[FleetGroup, ...]
     expect: tuple[Expectation, ...]
     description: str = ""
-    speed: float = 1.0
     broker: str = "embedded"
     manager: ManagerSpec = ManagerSpec()
     timers: Timers = Timers()
@@ -281,7 +280,9 @@ def _scenario(r: Reader, root: Node, source: str, base: Path) -> Scenario | None
     desc = r.string(top["description"], "description") if "description" in top else ""
     seed = r.integer(top["seed"], "seed") if "seed" in top else 0
     duration = r.duration(top["duration"], "duration") if "duration" in top else None
-    speed = r.number(top["speed"], "speed", positive=True) if "speed" in top else 1.0
+    if "speed" in top:
+        r.error(top["speed"], "speed", "is not a scenario key: live mode runs in wall-clock time against the "
+                "real manager (compress the timers instead), and --mode virtual runs as fast as the host can")
     broker = r.string(top["broker"], "broker", BROKERS) if "broker" in top else "embedded"
     manager = _manager(r, top["manager"]) if "manager" in top else ManagerSpec()
     timers = _timers(r, top["timers"]) if "timers" in top else Timers()
@@ -295,12 +296,12 @@ def _scenario(r: Reader, root: Node, source: str, base: Path) -> Scenario | None
     ctx.workloads = [w.name for w in workload]
     faults = _faults(r, top["faults"], ctx) if "faults" in top else ()
     expect = _expect(r, top["expect"], ctx) if "expect" in top else ()
-    if None in (name, desc, seed, duration, speed, broker):
+    if None in (name, desc, seed, duration, broker):
         return None
     assert name is not None and desc is not None and seed is not None
-    assert duration is not None and speed is not None and broker is not None
+    assert duration is not None and broker is not None
     return Scenario(
-        name=name, description=desc, seed=seed, duration_s=duration, speed=speed, broker=broker,
+        name=name, description=desc, seed=seed, duration_s=duration, broker=broker,
         manager=manager, timers=timers, fleet=fleet, workload=workload, faults=faults, expect=expect,
         source=source,
     )  # fmt: skip

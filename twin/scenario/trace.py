@@ -18,6 +18,7 @@ event per line, which survives a crash mid-run) or one JSON document (any other 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -161,6 +162,16 @@ class Trace:
         """The end of the run: the recorded duration, or the last event."""
         last = self.events[-1].t if self.events else 0.0
         return max(float(self.meta.get("duration_s", 0.0)), last)
+
+    def digest(self) -> str:
+        """SHA-256 of the events (time to the microsecond, kind, subject, data), in order: two runs
+        with the same facts at the same times have the same hash. The header (paths, wall-clock
+        figures) is not part of it."""
+        h = hashlib.sha256()
+        for e in self.events:
+            h.update(json.dumps(e.to_json(), sort_keys=True, separators=(",", ":"), default=str).encode())
+            h.update(b"\n")
+        return h.hexdigest()
 
     # ------------------------------------------------------------------ files
     def header(self) -> dict[str, Any]:

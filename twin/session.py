@@ -1,0 +1,189 @@
+"""``TwinSession``: the broker, the manager and the devices' plumbing of one twin run, live or virtual.
+
+The scenario runners (``twin.runner``, ``twin.virtual``), the pytest harness (``twin.harness``) and the
+scale benchmarks start the same things in the same order and must stop them on every exit path::
+
+    async with TwinSession(SessionConfig(mode="live", broker="mosquitto", domain=d, ...), trace,
+                           observer=observer, work_dir=work) as session:
+        fleet = await session.fleet(scenario, on_fleet_fault)
+        ...
+
+Live: the broker and ``propeller manager`` as processes (``twin.services``), wasmtime in a thread pool,
+``LiveTransport``. Virtual: ``BrokerModel``, ``VirtualManager``, ``VirtualTransport`` on one simpy
+``Environment``. Everything started is registered on an ``AsyncExitStack``, so ``__aexit__`` (or a
+failed ``__aenter__``) stops exactly what was started, last first; callers add their own teardown with
+``session.stack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import simpy
+
+from twin.broker_model import BrokerModel
+from twin.clock import AsyncSimClock
+from twin.device import Shared
+from twin.fleet import Fleet
+from twin.observer import ManagerObserver
+from twin.scenario.spec import FaultSpec, Scenario
+from twin.scenario.trace import Trace
+from twin.services import MAX_QUEUED_MESSAGES, Broker, Manager, ManagerOptions
+from twin.transport import VirtualTransport
+from twin.vmanager import ManagerConfig, VirtualManager
+
+MODES = ("live", "virtual")
+OnEvent = Callable[[Mapping[str, Any], float], None]
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    domain: str
+    heartbeat_interval: float
+    liveness_timeout: float
+    mode: str = "live"
+    broker: str = "embedded"  # live: embedded | mosquitto (a process either way)
+    placement: str = "round_robin"
+    max_attempts: int = 3
+    queue_timeout: float | None = None
+    manager: bool = True  # start the manager too
+    seed: int = 0  # virtual: the manager's task ids
+    wasm_workers: int = 2  # live: threads running wasmtime
+    # Virtual: the manager's timer loop as the live one (woken by every message, at least every
+    # min(1 s, liveness / 10)), or only at the engine's deadlines (fleet-scale runs).
+    manager_live_timers: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+
+async def _stop(process: Broker | Manager) -> None:
+    with contextlib.suppress(Exception):
+        await process.process.kill(signal.SIGTERM)
+
+
+class TwinSession:
+    def __init__(self, config: SessionConfig, trace: Trace, *, observer: ManagerObserver | None = None,
+                 work_dir: Path | None = None, env: simpy.Environment | None = None,
+                 clock: AsyncSimClock | None = None,
+                 on_manager_event: OnEvent | None = None) -> None:  # fmt: skip
+        if config.mode == "live" and work_dir is None:
+            raise ValueError("a live session needs a work_dir for the broker's and manager's logs")
+        self.config, self.trace, self.observer, self.work_dir = config, trace, observer, work_dir
+        self.on_manager_event = on_manager_event  # virtual: instead of the observer
+        self.env = env if env is not None else simpy.Environment()
+        self.clock = clock if clock is not None else AsyncSimClock(self.env, 1.0)
+        self.stack = contextlib.AsyncExitStack()
+        self.broker: Broker | None = None  # live
+        self.manager: Manager | None = None  # live
+        self.broker_model: BrokerModel | None = None  # virtual
+        self.virtual_manager: VirtualManager | None = None  # virtual
+        self.runtime: Any = None
+        self.shared: Shared | None = None
+
+    @property
+    def virtual(self) -> bool:
+        return self.config.mode == "virtual"
+
+    @property
+    def broker_address(self) -> tuple[str, int]:
+        """Where devices dial: the broker process, or the model (no address)."""
+        if self.broker is not None:
+            return self.broker.host, self.broker.port
+        return "model", 0
+
+    async def __aenter__(self) -> TwinSession:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:  # fmt: skip
+        await self.stack.aclose()
+
+    async def _start(self) -> None:
+        from proplets.runtime import WasmtimeRuntime  # lazy: wasmtime is heavy to import
+
+        self.runtime = WasmtimeRuntime()
+        self.stack.callback(self.runtime.close)
+        if self.virtual:
+            self._start_virtual()
+        else:
+            await self._start_live()
+
+    async def _start_live(self) -> None:
+        c, work = self.config, self.work_dir
+        assert work is not None
+        broker = self.broker = Broker(c.broker, work)
+        self.stack.push_async_callback(_stop, broker)  # registered first: a half-started one is killed too
+        await broker.start()
+        if c.manager:
+            opts = ManagerOptions(c.domain, c.heartbeat_interval, c.liveness_timeout, c.placement,
+                                  c.max_attempts, c.queue_timeout)  # fmt: skip
+            on_line = self.observer.on_line if self.observer is not None else None
+            manager = self.manager = Manager(broker.url, opts, work, on_line)
+            self.trace.meta["manager_log"] = str(manager.process.log_path)
+            self.stack.push_async_callback(_stop, manager)
+            await manager.start()
+        executor = ThreadPoolExecutor(max_workers=c.wasm_workers, thread_name_prefix="twin-wasm")
+        self.stack.callback(executor.shutdown, wait=True, cancel_futures=True)
+        shared = self.shared = Shared(self.env, self.clock, self.trace, self.runtime, executor)
+        self.stack.push_async_callback(_cancel_jobs, shared)
+
+    def _start_virtual(self) -> None:
+        c = self.config
+        # Sessions and retained messages do not survive a restart: the live runner's brokers keep none.
+        broker = self.broker_model = BrokerModel(self.env, persistence=False, max_queued=MAX_QUEUED_MESSAGES)
+        transport = VirtualTransport(self.env, broker, self.runtime)
+        self.shared = Shared(self.env, self.clock, self.trace, self.runtime, None, transport)
+        if c.manager:
+            on_event = self.on_manager_event or (self.observer.on_event if self.observer else _ignore)
+            mc = ManagerConfig(c.domain, c.heartbeat_interval, c.liveness_timeout, c.placement,
+                               c.max_attempts, c.queue_timeout, timer_on_message=c.manager_live_timers,
+                               timer_cap=None if c.manager_live_timers else 0)  # fmt: skip
+            rng = random.Random(f"{c.seed}:manager")
+            vm = self.virtual_manager = VirtualManager(self.env, broker, mc, on_event, rng)
+            vm.start()
+            self.stack.callback(vm.kill, 15)
+
+    async def fleet(self, scenario: Scenario, on_fleet_fault: Callable[[FaultSpec], None], *,
+                    start: bool = True, **options: Any) -> Fleet:  # fmt: skip
+        """The scenario's fleet on this session's broker, started (``start``: else the caller adds
+        devices itself); closed with the session, before the manager and the broker stop."""
+        assert self.shared is not None, "start the session first (async with)"
+        host, port = self.broker_address
+        if self.virtual:
+            options.setdefault("boards_as_devices", True)
+        fleet = Fleet(scenario, self.shared, host, port, self.config.domain, on_fleet_fault, **options)
+        self.stack.push_async_callback(_close_fleet, fleet)
+        if start:
+            await fleet.start()
+        return fleet
+
+
+def _ignore(_event: Any, _t: float) -> None:
+    pass
+
+
+async def _close_fleet(fleet: Fleet) -> None:
+    with contextlib.suppress(Exception):
+        await fleet.close()
+
+
+async def _cancel_jobs(shared: Shared) -> None:
+    for job in list(shared.jobs):
+        job.cancel()
+    await asyncio.gather(*shared.jobs, return_exceptions=True)
