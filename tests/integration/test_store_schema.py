@@ -16,7 +16,7 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-REVISIONS = ("0001", "trust_receipts", "mgr_standby")  # every revision, oldest first
+REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "mgr_standby")  # every revision, oldest first
 HEAD = REVISIONS[-1]
 
 
