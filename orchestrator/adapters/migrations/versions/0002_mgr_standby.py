@@ -1,7 +1,7 @@
 """The leader lease of standby managers (``propeller manager --ha``): one row per lease.
 
 Revision ID: mgr_standby
-Revises: task_output
+Revises: timeline
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "mgr_standby"
-down_revision: str | None = "task_output"
+down_revision: str | None = "timeline"
 branch_labels: str | None = None
 depends_on: str | None = None
 
