@@ -43,6 +43,9 @@ CHANGED: dict[str, Any] = {
     "mqtt_key": "/k.pem",
     "mqtt_insecure": True,
     "timeline": False,
+    "api_max_body": 1 << 20,
+    "ha": True,
+    "lease_ttl": 2.0,
 }
 
 
