@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+EXIT_DEPOSED = 3  # --ha: this manager lost its lease to another (restart it; it comes back as a standby)
 
 
 def _configure_logging(level: str) -> None:
@@ -41,10 +42,13 @@ def _fetch_allow(value: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-async def _serve_until_signal(start: Callable[[], Any], stop: Callable[[], Any]) -> None:
-    """Run ``start``, serve until SIGINT/SIGTERM, then ``stop``; a signal during start also stops."""
+async def _serve_until_signal(
+    start: Callable[[], Any], stop: Callable[[], Any], done: asyncio.Event | None = None
+) -> None:
+    """Run ``start``, serve until SIGINT/SIGTERM (or ``done`` is set), then ``stop``; a signal during
+    start also stops."""
     loop = asyncio.get_running_loop()
-    done = asyncio.Event()
+    done = done or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, done.set)
@@ -110,13 +114,16 @@ def cmd_manager(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     service = ManagerService(settings)
     try:
-        run_loop(_serve_until_signal(service.start, service.stop), args.loop)
+        run_loop(_serve_until_signal(service.start, service.stop, service.finished), args.loop)
     except (OSError, ValueError) as err:
         print(f"propeller manager: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # store, broker and MQTT errors: one clear line, not a traceback
         print(f"propeller manager: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    if service.deposed:
+        print(f"propeller manager: lost the lease ({service.deposed}); exiting", file=sys.stderr)
+        return EXIT_DEPOSED
     return 0
 
 

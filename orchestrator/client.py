@@ -122,7 +122,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _state(task: dict[str, Any]) -> str:
-    state = task.get("state", 0)
+    if isinstance(task.get("state_name"), str):
+        return str(task["state_name"])
+    state = task.get("state", 0)  # an upstream manager sends only the number
     return STATE_NAMES[state] if isinstance(state, int) and 0 <= state < len(STATE_NAMES) else str(state)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.adapters.broker import EmbeddedBroker
+from orchestrator.adapters.lease import LeaseKeeper, PgLease
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
 from orchestrator.adapters.store import Refusals, Store, StoreError, TaskLogBatch, WriteBatch
 from orchestrator.chunk_server import ChunkServer
@@ -42,8 +43,9 @@ from orchestrator.core.commands import (
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
-from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
+from orchestrator.core.errors import Conflict, EngineError, NotFound, NotLeader, ValidationError
 from orchestrator.core.identity import Enrollment, Identity, IdentityRegistry
+from orchestrator.core.lease import LeaseConfig, LeaseCore
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
 from orchestrator.core.receipts import KeyLookup, ProverKey
@@ -100,6 +102,7 @@ class ManagerService:
         self._retry: list[Command] = []
         self._flusher: asyncio.Task[None] | None = None
         self._last_refusals = Refusals()
+        self._unacked: list[tuple[int, list[tuple[int, int]]]] = []  # MQTT acks waiting for durability
         self._tasks: list[asyncio.Task[None]] = []
         self._api_server: Any = None
         self._invocations: dict[str, asyncio.Future[InvocationFinished]] = {}
@@ -112,6 +115,11 @@ class ManagerService:
         # enrolment made by another process: `proplets enroll --db`, the twin, a standby manager).
         self._held: list[tuple[str, bytes]] = []
         self._reloading: asyncio.Task[None] | None = None
+        # --ha: the lease keeper; ``serving`` once this manager leads and has restored and connected.
+        self.lease: LeaseKeeper | None = None
+        self.serving = not settings.ha
+        self.deposed = ""  # why this manager lost its lease (it then exits)
+        self.finished = asyncio.Event()  # set when the service must stop on its own (deposed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,10 +137,39 @@ class ManagerService:
     async def _start(self) -> None:
         url = parse_broker_url(self.settings.broker)
         self.store = await Store.open(self.settings.db)
+        if self.settings.ha:
+            await self._start_standby(url.scheme)
+            return
+        await self._refuse_beside_a_leader()
+        await self._restore()
+        await self._connect_broker()
+        if self.settings.serve_api:
+            await self._start_api()
+        await self.flush()
+        log.info(
+            json.dumps(
+                {
+                    "event": "manager_started",
+                    "broker": self.broker_url,
+                    "db": self.settings.db,
+                    "api": f"http://{self.settings.api_host}:{self.api_port}",
+                }
+            )
+        )
+
+    async def _restore(self) -> None:
+        assert self.store is not None
         tasks = await self.store.load_tasks()
         proplets = await self.store.load_proplets()
         jobs = await self.store.load_jobs()
         self.engine.restore(tasks, proplets, self.now(), time.time(), jobs)
+
+    async def _connect_broker(self) -> None:
+        assert self.store is not None
+        url = parse_broker_url(self.settings.broker)
+        # Every manager of a domain/channel uses this id, standbys included, so a new leader takes
+        # over the old leader's broker session (and the results queued in it). A standby therefore
+        # connects only once it leads.
         client_id = (
             self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
         )
@@ -180,6 +217,9 @@ class ManagerService:
             on_disconnect=self._on_disconnect,
             clean_session=url.scheme == "embedded",  # an external broker keeps our results while we restart
             tls=self._tls(),
+            # Acknowledge a result only once its effects are stored (flush): if this manager dies in
+            # between, the broker redelivers it to the session, to us restarted or to the new leader.
+            manual_ack=url.scheme != "embedded",
         )
         for topic in topics.manager_subscriptions:
             self.mqtt.subscribe(topic, 1)
@@ -191,19 +231,89 @@ class ManagerService:
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="manager-timers"))
         if self.settings.enrolled_only:
             self._tasks.append(asyncio.create_task(self._identity_loop(), name="manager-identities"))
+
+    # ------------------------------------------------------------------ standby (--ha)
+
+    async def _start_standby(self, scheme: str) -> None:
+        """Serve the API as a standby and wait for the lease; ``_take_over`` runs when it is ours."""
+        assert self.store is not None
+        if scheme == "embedded":
+            raise ValueError(
+                "--ha needs an external broker (mqtt:// or mqtts://): an embedded one dies with its manager"
+            )
+        self.lease = LeaseKeeper(
+            PgLease(self.store),
+            LeaseCore(LeaseConfig(self.settings.lease_ttl)),
+            self._take_over,
+            self._deposed,
+        )
+        await self.lease.lease.ensure()
         if self.settings.serve_api:
             await self._start_api()
+        self._tasks.append(asyncio.create_task(self.lease.run(), name="manager-lease"))
+        log.info(
+            json.dumps({"event": "manager_standby", "holder": self.lease.lease.holder, "db": self.store.url})
+        )
+
+    async def _refuse_beside_a_leader(self) -> None:
+        """A manager without --ha on a database that an --ha manager leads would act beside it."""
+        assert self.store is not None
+        if self.store.sa_engine.dialect.name != "postgresql":
+            return
+        current = await PgLease(self.store).current()
+        if current is not None and current[0] and current[2] > 0:
+            raise ValueError(
+                f"manager {current[0]} leads this database with --ha (lease epoch {current[1]}); "
+                "start this one with --ha too, as its standby"
+            )
+
+    async def _take_over(self, epoch: int) -> None:
+        """We hold the lease: every write from now on is fenced by ``epoch``; restore, connect, serve."""
+        assert self.store is not None and self.lease is not None
+        started = self.now()
+        self.store.fence = self.lease.lease.fence(epoch)
+        await self.store.refresh_seq()
+        await self._restore()
+        await self._connect_broker()
+        if not self.lease.is_leader():
+            return  # lost it while restoring; _deposed has run
+        self.serving = True
         await self.flush()
         log.info(
             json.dumps(
                 {
-                    "event": "manager_started",
-                    "broker": self.broker_url,
-                    "db": self.settings.db,
-                    "api": f"http://{self.settings.api_host}:{self.api_port}",
+                    "event": "manager_leading",
+                    "holder": self.lease.lease.holder,
+                    "epoch": epoch,
+                    "tasks": len(self.engine.tasks),
+                    "took_s": round(self.now() - started, 3),
                 }
             )
         )
+
+    def _deposed(self, reason: str) -> None:
+        """The lease can no longer be trusted: stop publishing and writing at once, then exit.
+
+        Exiting, not going back to standby: this process cannot know what the new leader has done
+        since, and its engine state is stale; a supervisor restarts it, as a standby.
+        """
+        self.serving = False
+        self.deposed = reason
+        self.engine.shutting_down = True
+        if self.mqtt is not None:
+            self.mqtt.abort()  # no DISCONNECT and no reconnect: the session stays for the new leader
+        self.finished.set()
+
+    def leading(self) -> bool:
+        """May this manager publish and write now? Always, without --ha."""
+        return self.lease is None or self.lease.is_leader()
+
+    @property
+    def role(self) -> str:
+        if self.lease is None:
+            return "leader"
+        role = self.lease.core.role.value
+        return "starting" if role == "leader" and not self.serving else role
 
     def _tls(self) -> TlsOptions | None:
         s = self.settings
@@ -244,6 +354,8 @@ class ManagerService:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, 5)
+        if self.lease is not None:
+            await self.lease.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 10)  # the flusher finishes what is queued
         if self._flusher is not None:
@@ -253,6 +365,9 @@ class ManagerService:
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await self.mqtt.disconnect()
+        if self.lease is not None and self.lease.is_leader():
+            with contextlib.suppress(Exception):  # a clean stop hands over at once, not after the ttl
+                await asyncio.wait_for(self.lease.lease.release(self.lease.core.epoch), 5)
         if self.broker is not None:
             await self.broker.stop()
         if self.store is not None:
@@ -261,6 +376,12 @@ class ManagerService:
     # ------------------------------------------------------------------ engine I/O
 
     def _on_connect(self) -> None:
+        if not self.leading():
+            # A deposed manager's client reconnected before it was stopped: it must not hold the
+            # session that the new leader uses.
+            assert self.mqtt is not None
+            self.mqtt.abort()
+            return
         log.info(json.dumps({"event": "manager_mqtt_connected", "broker": self.broker_url}))
         self.engine.link_restored(self.now(), time.time())
         self._wake.set()
@@ -425,8 +546,23 @@ class ManagerService:
 
     async def _flush_once(self) -> None:
         waiters, self._waiters = self._waiters, []
+        # Messages received so far have had their effects queued by the engine (handle() is
+        # synchronous); they are acknowledged once this window is durable (kept with a retried one).
+        if self.mqtt is not None:
+            self._unacked.append(self.mqtt.take_unacked())
         commands = self._retry + self.engine.take_commands()
         self._retry = []
+        if not self.leading():
+            # Fenced: a deposed (or not yet leading) manager publishes and writes nothing, and a
+            # caller waiting for durability is told so (503), not that it succeeded.
+            if commands:
+                self.engine.counters["commands_fenced"] += len(commands)
+                log.warning(json.dumps({"event": "commands_fenced", "count": len(commands)}))
+            fenced = NotLeader(f"this manager no longer leads ({self.deposed or 'lease expired'})")
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(fenced)
+            return
         try:
             refused = await self._execute(commands)
         except StoreError as err:
@@ -442,6 +578,10 @@ class ManagerService:
                     waiter.set_exception(err)
             raise
         self._last_refusals = refused
+        if self.mqtt is not None and self.leading():
+            for received in self._unacked:
+                self.mqtt.ack(received)
+        self._unacked = []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(refused)
@@ -513,6 +653,9 @@ class ManagerService:
             dropped = await self._revert(refused)
         for command in after:
             if isinstance(command, Publish):
+                if not self.leading():  # the lease ran out during this batch
+                    self.engine.counters["publishes_fenced"] += 1
+                    continue
                 if dropped and _message_task_id(command.payload) in dropped:
                     continue
                 if self.mqtt is not None:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from orchestrator.core.validation import MAX_BODY_BYTES
+
 T = TypeVar("T")
 ENV_PREFIX = "PROPELLER_"
 _NONE_WORDS = ("", "none", "null")
@@ -173,6 +175,13 @@ class ManagerSettings:
     api_token_admin: str = _opt("", "comma-separated tokens that may do everything")
     metrics_public: bool = _opt(False, "serve /metrics without a token even when tokens are set")
     serve_api: bool = _opt(True, "serve the REST API", cli=False)
+    api_max_body: int = _opt(
+        MAX_BODY_BYTES, "largest request body in bytes; larger ones get 413 while they stream (docs/api.md)"
+    )
+    # Standby managers (docs/ha.md): several managers on one PostgreSQL and one external broker; the
+    # holder of the lease leads, the others wait. lease_ttl bounds the takeover after a leader dies.
+    ha: bool = _opt(False, "standby mode: managers on one PostgreSQL and external broker, one leads")
+    lease_ttl: float = _opt(5.0, "--ha: seconds a leader's lease lasts (the takeover bound after it dies)")
     # TLS to an external broker (mqtts://): CA bundle, client certificate and key, or skip verification.
     mqtt_ca: str | None = _opt(None, "CA bundle for mqtts://")
     mqtt_cert: str | None = _opt(None, "client certificate for mutual TLS")

@@ -39,7 +39,8 @@ def task_view(task: Task) -> dict[str, Any]:
         "id": task.id,
         "name": task.name,
         "kind": task.kind,
-        "state": int(task.state),
+        "state": int(task.state),  # upstream's number (reference §3.2)
+        "state_name": task.state.label,  # our addition: upstream's String() name, e.g. "Running"
         "cli_args": list(task.cli_args),
         "daemon": task.daemon,
         "encrypted": task.encrypted,

@@ -17,15 +17,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from orchestrator.adapters.store import StoreError
-from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
+from orchestrator.core.errors import Conflict, EngineError, NotFound, PayloadTooLarge, ValidationError
 from orchestrator.core.model import Task, TaskState
+from orchestrator.core.validation import MAX_DEPTH
 from orchestrator.views import proplet_view, receipt_view, redacted_module, task_view
 
 if TYPE_CHECKING:
     from orchestrator.service import ManagerService
 
 VERSION = "0.1.0"
-MAX_BODY = 100 * 1024 * 1024
 MAX_TASK_PAGE = 100
 MAX_BATCH = 1000  # tasks per POST /tasks/batch
 
@@ -87,17 +87,19 @@ def _page_body(offset: int, limit: int, key: str, items: list[Any]) -> dict[str,
 
 
 async def _json_body(request: Request, *, optional: bool = False) -> Any:
-    body = await request.body()
+    body = await request.body()  # bounded while it streams by _BodyLimit
     if optional and not body:
         return {}
-    if len(body) > MAX_BODY:
-        raise ValidationError(f"request body exceeds {MAX_BODY} bytes")
     if "application/json" not in request.headers.get("content-type", ""):
         raise ValidationError("Content-Type must be application/json")
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValidationError(f"request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValidationError(
+            f"request body is nested too deeply (values may nest at most {MAX_DEPTH} levels)"
+        ) from None
 
 
 RESULT_FORMATS = frozenset({"", "json", "raw"})
@@ -190,6 +192,75 @@ def job_summary(manager: ManagerService, job_id: str) -> dict[str, Any]:
     }
 
 
+class _BodyLimit:
+    """Pure ASGI middleware: a request body over ``max_bytes`` gets 413 as soon as that is known.
+
+    A declared Content-Length over the bound is refused before one byte of the body is read; a body
+    that streams (chunked, or a lying Content-Length) is counted chunk by chunk as the endpoint reads
+    it, and reading stops at the first chunk past the bound. So an oversized upload neither fills
+    memory nor holds the event loop (before, the whole body was read and then measured).
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope.get("headers") or () if k == b"content-length"), None)
+        if declared is not None:
+            if not declared.strip().isdigit():
+                await error(400, "Content-Length must be a number of bytes")(scope, receive, send)
+                return
+            if int(declared) > self.max_bytes:
+                await error(413, self._message())(scope, receive, send)
+                return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised inside the endpoint's read; the engine-error handler answers 413.
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self.max_bytes} bytes"
+
+
+class _LeaderOnly:
+    """Pure ASGI middleware: only the leading manager serves the API (``--ha``, docs/ha.md).
+
+    A standby, or a leader still restoring, answers 503 with ``Retry-After`` and who leads; its
+    engine holds nothing yet, so it can neither answer reads nor take writes. Health, docs and metrics
+    stay open so a load balancer or operator can see its role.
+    """
+
+    OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/metrics"})
+
+    def __init__(self, app: Any, manager: ManagerService) -> None:
+        self.app = app
+        self.manager = manager
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        manager = self.manager
+        if scope["type"] == "http" and not manager.serving and scope["path"] not in self.OPEN_PATHS:
+            body: dict[str, Any] = {"error": f"this manager is not the leader (role {manager.role})"}
+            if manager.lease is not None:
+                body |= {**manager.lease.status(), "role": manager.role}
+            retry = str(max(1, round(manager.settings.lease_ttl)))
+            await JSONResponse(body, status_code=503, headers={"Retry-After": retry})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class _BearerAuth:
     """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs ~1 ms a request): bearer tokens.
 
@@ -251,12 +322,19 @@ def create_app(manager: ManagerService) -> FastAPI:
 
     @app.exception_handler(EngineError)
     async def _engine_error(_: Request, err: EngineError) -> JSONResponse:
-        return error(err.status, err.message)
+        body: dict[str, Any] = {"error": err.message}
+        if err.field:
+            body["field"] = err.field
+        return JSONResponse(body, status_code=err.status)
 
     @app.exception_handler(StoreError)
     async def _store_error(_: Request, err: StoreError) -> JSONResponse:
         return error(503, str(err))  # a read the database could not answer (it names the cause)
 
+    # The last added runs first: authentication, then the standby gate, then the body bound.
+    app.add_middleware(_BodyLimit, max_bytes=manager.settings.api_max_body)
+    if manager.settings.ha:
+        app.add_middleware(_LeaderOnly, manager=manager)
     tokens = api_tokens(manager.settings)
     if tokens:
         app.add_middleware(_BearerAuth, tokens=tokens, metrics_public=manager.settings.metrics_public)
@@ -264,10 +342,14 @@ def create_app(manager: ManagerService) -> FastAPI:
     @app.get("/health")
     async def health() -> JSONResponse:
         # "fail" (503) while the manager's own broker session is down: it can neither dispatch nor hear.
-        link_up = manager.broker_link_up
+        # A standby (--ha) has no broker session until it leads; that is its healthy state.
+        link_up = manager.broker_link_up or not manager.serving
+        lease = manager.lease.status() if manager.lease is not None else {}
         body = {
+            **lease,
+            "role": manager.role,  # leader | standby | starting | deposed (docs/ha.md)
             "status": "pass" if link_up else "fail",
-            "checks": {"broker_link": "pass" if link_up else "fail"},
+            "checks": {"broker_link": "pass" if manager.broker_link_up else "fail"},
             "version": VERSION,
             "commit": "",
             "description": "manager service",

@@ -190,6 +190,7 @@ class MqttClient:
         connect_timeout: float = 10.0,
         max_inflight: int = 20,
         max_queued: int = 10_000,
+        manual_ack: bool = False,
     ) -> None:
         self.url = parse_broker_url(url) if isinstance(url, str) else url
         if not isinstance(client_id, str) or (not client_id and not clean_session):
@@ -221,7 +222,13 @@ class MqttClient:
         self._pub_waiters: dict[int, asyncio.Future[None]] = {}
         self._sub_waiters: dict[int, asyncio.Future[list[Any]]] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
+        # manual_ack: QoS 1/2 messages are acknowledged by ack(), not on receipt, so a message whose
+        # effects were not yet made durable is redelivered to the session after a crash.
+        self._manual_ack = manual_ack
+        self._unacked: list[tuple[int, int]] = []
+        self._generation = 0  # connections so far: mids of an older connection must not be acked
         self._paho = self._make_paho(clean_session, will, tls, max_inflight, max_queued)
+        self._paho.manual_ack_set(manual_ack)
 
     def _make_paho(
         self, clean_session: bool, will: Will | None, tls: TlsOptions | None, inflight: int, queued: int
@@ -587,6 +594,8 @@ class MqttClient:
 
     def _paho_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         was_connected = self._state is _State.CONNECTED
+        self._generation += 1
+        self._unacked.clear()
         self._state = _State.RECONNECTING if self._auto else _State.IDLE
         waiter = self._connack
         if waiter is not None and not waiter.done():
@@ -611,7 +620,23 @@ class MqttClient:
             )
 
     def _paho_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+        if self._manual_ack and message.qos > 0:
+            self._unacked.append((message.mid, message.qos))
         self._fire(self._on_message, message.topic, message.payload)
+
+    def take_unacked(self) -> tuple[int, list[tuple[int, int]]]:
+        """(connection, messages received and not yet acknowledged), in arrival order (manual_ack)."""
+        out, self._unacked = self._unacked, []
+        return self._generation, out
+
+    def ack(self, taken: tuple[int, list[tuple[int, int]]]) -> None:
+        """Acknowledge what ``take_unacked`` returned, unless that connection is gone: then the broker
+        redelivers those messages to the session, and acking their mids here would ack others."""
+        generation, messages = taken
+        if generation != self._generation or self._state is not _State.CONNECTED:
+            return
+        for mid, qos in messages:
+            self._paho.ack(mid, qos)
 
     def _paho_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
         waiter = self._pub_waiters.get(mid)

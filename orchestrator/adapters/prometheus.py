@@ -24,6 +24,14 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         engine = self.manager.engine
+        role = GaugeMetricFamily(
+            "propeller_manager_role",
+            "1 for this manager's role (leader, standby, starting, deposed)",
+            labels=["role"],
+        )
+        for name in ("leader", "standby", "starting", "deposed"):
+            role.add_metric([name], 1 if self.manager.role == name else 0)
+        yield role
         by_state = Counter(t.state for t in engine.tasks.values())
         tasks = GaugeMetricFamily("propeller_tasks", "Tasks by state", labels=["state"])
         for state in TaskState:

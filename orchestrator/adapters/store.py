@@ -269,6 +269,17 @@ TASK_LOGS = sa.Table(
     sa.Index("ix_task_logs_task_id_attempt", "task_id", "attempt", "id"),
 )
 
+# One row per lease (orchestrator/adapters/lease.py): who leads, with which epoch, until when.
+LEADER_LEASE = sa.Table(
+    "leader_lease",
+    METADATA,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("epoch", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.Double(), nullable=False),
+    sa.Column("acquired_at", sa.Double(), nullable=True),
+)
+
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
 _PROPLET_FIELDS = tuple(f.name for f in dataclasses.fields(Proplet))
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
@@ -395,6 +406,10 @@ class Store:
         self.applied_revisions = applied
         self._next_seq = next_seq
         self._closed = False
+        # Run first in every write transaction when set (a standby manager's fencing-token check,
+        # orchestrator/adapters/lease.py): raising there rolls the write back. Synchronous, on the
+        # transaction's sa.Connection, so it also fits code that writes inside run_sync.
+        self.fence: Callable[[sa.Connection], None] | None = None
         sqlite_backend = engine.dialect.name == "sqlite"
         self._insert = sqlite.insert if sqlite_backend else postgresql.insert
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
@@ -447,6 +462,16 @@ class Store:
             raise StoreError(shown, "cannot open the database", exc) from exc
         writer = _sqlite_writer(resolved) if resolved.get_backend_name() == "sqlite" else None
         return cls(engine, shown, tuple(applied), int(top or 0) + 1, writer)
+
+    @property
+    def sa_engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def refresh_seq(self) -> None:
+        """Continue the load order after rows another manager wrote since this store was opened."""
+        async with self._read("read the task sequence") as conn:
+            top = await conn.scalar(sa.select(sa.func.max(TASKS.c.seq)))
+        self._next_seq = max(self._next_seq, int(top or 0) + 1)
 
     async def close(self) -> None:
         if not self._closed:
@@ -933,6 +958,8 @@ class Store:
 
     def _apply(self, conn: sa.Connection, plan: _Plan, isolate: Refusals | None) -> None:
         """Runs inside one transaction (writer thread on SQLite, greenlet on PostgreSQL)."""
+        if self.fence is not None:
+            self.fence(conn)  # first: the window of a deposed --ha leader commits nothing
 
         def run(stmt: Any, rows: list[dict[str, Any]], refuse: Callable[[dict[str, Any], str], None]) -> None:
             if not rows:
@@ -1024,6 +1051,8 @@ class Store:
         async with self._write_lock:
             try:
                 async with self._engine.begin() as conn:
+                    if self.fence is not None:
+                        await conn.run_sync(self.fence)
                     yield conn
             except StatementError as exc:
                 raise StoreError(self.url, f"{what}{_json_culprit(rows)}", exc) from exc

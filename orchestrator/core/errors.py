@@ -34,3 +34,13 @@ class IllegalTransition(EngineError):
     """A state machine was asked for a transition its table does not allow; state is unchanged."""
 
     status = 409
+
+
+class PayloadTooLarge(EngineError):
+    status = 413
+
+
+class NotLeader(EngineError):
+    """This manager is a standby (or lost its lease): it serves no reads or writes."""
+
+    status = 503

@@ -14,7 +14,7 @@ from orchestrator.core.commands import PersistJob
 from orchestrator.core.errors import Conflict, EngineError, NotFound, ShuttingDown, ValidationError
 from orchestrator.core.model import Job, Task, TaskState
 from orchestrator.core.states import Trigger
-from orchestrator.core.validation import build_task
+from orchestrator.core.validation import MAX_NAME_CHARS, build_task, check_text
 
 if TYPE_CHECKING:
     from orchestrator.core.engine import Engine
@@ -34,6 +34,7 @@ class Groups:
         return tasks
 
     def create_job(self, name: str, specs: Any, mode: str, wall: float) -> tuple[Job, list[Task]]:
+        check_text(name, "name", MAX_NAME_CHARS)
         mode = mode or "parallel"
         if mode not in workflow.EXECUTION_MODES:
             raise ValidationError(

@@ -1,4 +1,13 @@
-"""Validation of user task JSON (upstream field names). Every error names the field."""
+"""Validation of user task JSON (upstream field names). Every error names the field.
+
+Beyond types and ranges, every value a user sends must be storable on every backend and bounded in
+size, or it is refused here (400, field named) before the engine holds it: no NUL characters
+(PostgreSQL text refuses them), no lone surrogates (SQLite's UTF-8 encoder refuses them), no NaN or
+Infinity (PostgreSQL json refuses them), integers within 64 bits, nesting at most ``MAX_DEPTH`` deep
+(deeper values overflow the recursion of copy and JSON encoders) and the sizes below. Every entry point
+(``POST /tasks``, ``PUT /tasks/{id}``, workflows, jobs, invoke, the CLI) goes through ``build_task`` or
+``check_text``, so they share these rules. The bounds are documented in docs/api.md.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +39,74 @@ _READ_ONLY = frozenset(
 )
 _LIMIT_KEYS = frozenset({"fuel", "memory_bytes", "timeout_s", "output_bytes", "log_bytes"})
 _SHA256 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
-MAX_METADATA_BYTES = 1 << 20
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# Bounds on user input (docs/api.md, "Input bounds").
+MAX_DEPTH = 32  # nesting of any JSON value (metadata is the only field that nests freely)
+MAX_ID_CHARS = 255  # id, proplet_id, workflow_id, job_id, depends_on[i]: VARCHAR(255) columns
+MAX_NAME_CHARS = 1024  # a task's or job's name (it doubles as the export name)
+MAX_TEXT_CHARS = 64 * 1024  # any other string: image_url, schedule, cli_args[i], inputs[i], env values...
+MAX_ITEMS = 10_000  # elements of a list, keys of an object
+MAX_METADATA_BYTES = 1 << 20  # metadata as JSON (upstream's bound)
+# An inline module travels base64-encoded in the start message, which proplets refuse above
+# wire.DEFAULT_MAX_PAYLOAD_BYTES (10 MiB): 7 MiB of module is 9.3 MiB of base64, leaving room for the
+# rest. Bigger modules go by image_url (HTTP or OCI).
+MAX_MODULE_BYTES = 7 * 1024 * 1024
+# Default bound on a request body (ManagerSettings.api_max_body, --api-max-body): it holds a job or
+# workflow of several tasks with inline modules of the largest size.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+_MAX_INT = (1 << 63) - 1
+_SHORT_FIELDS = {"id": MAX_ID_CHARS, "proplet_id": MAX_ID_CHARS, "workflow_id": MAX_ID_CHARS}
+_SHORT_FIELDS |= {"job_id": MAX_ID_CHARS, "depends_on": MAX_ID_CHARS, "name": MAX_NAME_CHARS}
+_SHORT_FIELDS |= {"kind": 64, "timezone": 64, "run_if": 64, "sha256": 80, "mode": 64}
+
+
+def check_text(value: str, field: str, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """A string every backend can store: no NUL, no lone surrogate, at most ``max_chars``."""
+    if len(value) > max_chars:
+        raise ValidationError(f"{field} is longer than {max_chars} characters ({len(value)})", field)
+    if "\x00" in value:
+        raise ValidationError(f"{field} contains a NUL character (\\u0000)", field)
+    bad = _SURROGATE.search(value)
+    if bad is not None:
+        raise ValidationError(
+            f"{field} contains a lone surrogate (\\u{ord(bad.group()):04x}), which is not valid Unicode",
+            field,
+        )
+    return value
+
+
+def check_value(value: Any, field: str, max_chars: int = MAX_TEXT_CHARS, depth: int = 0) -> None:
+    """Any JSON value: strings as ``check_text``, finite numbers, 64-bit integers, bounded size and depth."""
+    if depth > MAX_DEPTH:
+        root = re.split(r"[.\[ ]", field, maxsplit=1)[0]  # the field the user wrote, not a 33-level path
+        raise ValidationError(f"{root} is nested deeper than {MAX_DEPTH} levels", root)
+    if isinstance(value, str):
+        check_text(value, field, max_chars)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not -_MAX_INT - 1 <= value <= _MAX_INT:
+            raise ValidationError(f"{field} is outside the 64-bit integer range", field)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{field} must be a finite number, got {value}", field)
+    elif isinstance(value, list):
+        if len(value) > MAX_ITEMS:
+            raise ValidationError(f"{field} has more than {MAX_ITEMS} elements ({len(value)})", field)
+        for i, item in enumerate(value):
+            check_value(item, f"{field}[{i}]", max_chars, depth + 1)
+    elif isinstance(value, dict):
+        if len(value) > MAX_ITEMS:
+            raise ValidationError(f"{field} has more than {MAX_ITEMS} keys ({len(value)})", field)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(f"{field} keys must be strings", field)
+            shown = key if key.isprintable() and len(key) <= 64 else repr(key[:64])
+            check_text(key, f"{field} key {shown}", MAX_TEXT_CHARS)
+            check_value(item, f"{field}.{shown}", max_chars, depth + 1)
+    else:
+        raise ValidationError(f"{field} has an unsupported type {type(value).__name__}", field)
 
 
 def _expect(spec: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -100,6 +176,13 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
+    for key, value in spec.items():
+        if key == "file" and isinstance(value, str):
+            # base64 (checked below) is ASCII; only its size is bounded here, before decoding.
+            if len(value) > (MAX_MODULE_BYTES + 2) // 3 * 4:
+                raise ValidationError(f"file is larger than {MAX_MODULE_BYTES} bytes; use image_url", "file")
+            continue
+        check_value(value, key, _SHORT_FIELDS.get(key, MAX_TEXT_CHARS))
     name = _expect(spec, "name", str, "a string")
     if not name or not name.strip():
         raise ValidationError("name is required", "name")
@@ -119,7 +202,7 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
         if not isinstance(v, str):
             raise ValidationError(f"env.{k} must be a string", f"env.{k}")
     metadata = _expect(spec, "metadata", dict, "an object") or {}
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+    if len(json.dumps(metadata, allow_nan=False)) > MAX_METADATA_BYTES:
         raise ValidationError("metadata exceeds 1 MiB", "metadata")
     run_if = _expect(spec, "run_if", str, "a string") or ""
     if run_if not in ("", "success", "failure"):

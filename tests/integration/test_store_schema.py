@@ -17,7 +17,15 @@ from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
 # every revision, oldest first
-REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "task_output", "timeline", "trust_identity")
+REVISIONS = (
+    "0001",
+    "trust_receipts",
+    "mgr_throughput",
+    "task_output",
+    "timeline",
+    "trust_identity",
+    "mgr_standby",
+)
 HEAD = REVISIONS[-1]
 
 

@@ -45,6 +45,9 @@ CHANGED: dict[str, Any] = {
     "timeline": False,
     "broker_open": True,
     "identity": "/etc/propeller/manager.json",
+    "api_max_body": 1 << 20,
+    "ha": True,
+    "lease_ttl": 2.0,
 }
 
 
