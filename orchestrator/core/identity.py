@@ -61,9 +61,12 @@ _PROPLET_PUBLISH: dict[str, str] = {
     t.RESULTS: "optional",
     t.INVOKE_RESULTS: "optional",
     t.TASK_METRICS: "optional",
+    # Live task output pieces (our extension) may be up to 64 KiB, so not under MAX_ANNOUNCE_BYTES;
+    # ours always name the sender, and a piece naming another proplet is refused like any other.
+    t.LOGS: "optional",
     t.REGISTRY_REQUEST: "none",
 }
-_PROPLET_SUBSCRIBE = frozenset({t.START, t.STOP, t.INVOKE, t.REGISTRY_SERVER})
+_PROPLET_SUBSCRIBE = frozenset({t.START, t.STOP, t.INVOKE, t.DISCOVER, t.REGISTRY_SERVER})
 PROPLET_WRITE: tuple[str, ...] = tuple(_PROPLET_PUBLISH)  # channel suffixes a proplet may publish on
 PROPLET_READ: tuple[str, ...] = tuple(sorted(_PROPLET_SUBSCRIBE))  # ... and may subscribe to
 _BASE_RE = re.compile(r"m/.+/c/.+")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import wasmtime
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient
+from orchestrator.adapters.mqtt import MqttClient, parse_broker_url
 from proplets.output import OUTPUT_CUT, task_output
 from proplets.runtime import CancelToken, Limits, RunRequest
 from proplets.runtime.wasmtime_runtime import WasmtimeRuntime
@@ -185,7 +186,10 @@ async def test_an_upstream_proplet_sending_only_a_result_keeps_working(embedded_
     c = embedded_cluster
     topics = c.manager.engine.topics
     starts: asyncio.Queue[bytes] = asyncio.Queue()
-    rust = MqttClient(c.broker_url, "rust-proplet", on_message=lambda _t, payload: starts.put_nowait(payload))
+    # Enrolled as upstream's provisioning does (client id + key as user name + password); it cannot sign.
+    await c.manager.enroll("upstream", "rust-proplet", client_id="rust-proplet", key="rust-key")
+    url = dataclasses.replace(parse_broker_url(c.broker_url), username="rust-proplet", password="rust-key")
+    rust = MqttClient(url, "rust-proplet", on_message=lambda _t, payload: starts.put_nowait(payload))
     rust.subscribe(topics.start, 1)
     await rust.connect()
     try:
