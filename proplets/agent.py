@@ -62,6 +62,9 @@ from proplets.runtime import (
     WasmtimeRuntime,
     memory_requirements,
 )
+from proplets.runtime.hal import tee
+from proplets.runtime.hal.options import DEFAULT_TSM_ROOT, HalOptions, StoragePathError, task_storage_dir
+from proplets.runtime.hal.options import default_root as default_hal_root
 from proplets.runtime.wasmbin import PAGE_BYTES
 
 log = logging.getLogger("propeller.proplet")
@@ -102,6 +105,13 @@ class AgentSettings:
     signing_key: bytes | None = field(default=None, repr=False)  # signs execution receipts
     # Where HTTP(S) modules may be fetched from (proplets/egress.py): "public", HOST[:PORT], IP, CIDR.
     fetch_allow: tuple[str, ...] = egress.DEFAULT_ENTRIES
+    # HAL (proplets/runtime/hal): tasks' storage roots live under hal_root (None: <tmp>/proplet/hal-storage);
+    # attestation reads configfs-tsm at tsm_root; tee_root prefixes the TEE detection paths (tests).
+    hal_root: str | None = None
+    tsm_root: str = DEFAULT_TSM_ROOT
+    tee_root: str = "/"
+    # Key broker for encrypted tasks (docs/hal.md); empty: encrypted tasks are refused.
+    kbs_url: str = ""
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -132,7 +142,13 @@ def host_metadata(settings: AgentSettings) -> dict[str, Any]:
         "max_instances": settings.max_instances,
         "proplet_version": VERSION,
         "wasm_runtime": "wasmtime-python",
+        **tee_metadata(tee.detect(settings.tee_root)),
     }
+
+
+def tee_metadata(info: tee.TeeInfo) -> dict[str, Any]:
+    """Discovery metadata: whether this proplet runs in a TEE (placement `requires: {"tee": true}`)."""
+    return {"tee": info.present, "tee_type": info.kind, "hal": "elastic:hal@0.1.0"}
 
 
 def engine_config(settings: AgentSettings) -> PropletConfig:
@@ -372,14 +388,27 @@ class PropletAgent:
             limits = Limits(**requested)  # type: ignore[arg-type]
         except (TypeError, ValueError) as err:
             raise TaskInputError(f"bad limits: {err}") from None
+        try:
+            storage = task_storage_dir(
+                Path(self.settings.hal_root) if self.settings.hal_root else default_hal_root(),
+                start.id,
+                start.hal_storage_path,
+            )
+        except StoragePathError as err:
+            raise TaskInputError(str(err)) from None
+        extra = {"PROPLET_ID": self.settings.proplet_id}
+        if start.parent_results:
+            # workflow children see their parents' results: {parent_task_id: results} as JSON
+            extra["PARENT_RESULTS"] = json.dumps(dict(start.parent_results), separators=(",", ":"))
         return RunRequest(
             task_id=start.id,
             wasm=wasm,
             function=start.name,
             inputs=inputs,
             cli_args=tuple(start.cli_args),
-            env={**env, "PROPLET_ID": self.settings.proplet_id},
+            env={**env, **extra},
             limits=limits,
+            hal=HalOptions(str(storage), tuple(self.settings.fetch_allow), self.settings.tsm_root),
         )
 
     async def _execute_wasm(self, request: RunRequest, token: CancelToken) -> tuple[str, str | None]:
@@ -393,6 +422,8 @@ class PropletAgent:
         self._cancels[start.id] = token
         results, error = "", None
         try:
+            if start.encrypted:
+                raise TaskInputError(encrypted_refusal(self.settings.kbs_url))
             wasm = await fetch_wasm(
                 WasmSource(file=start.file, image_url=start.image_url, sha256=start.sha256),
                 limits=self._fetch_limits,
@@ -474,6 +505,19 @@ class PropletAgent:
             start.id, invoke.invocation_id, results, error, self._clock(), time.time()
         )
         self._execute()
+
+
+def encrypted_refusal(kbs_url: str) -> str:
+    """Why this proplet will not run an encrypted workload (docs/hal.md: the key-broker path)."""
+    if not kbs_url:
+        return (
+            "encrypted tasks need a key broker: this proplet has none configured "
+            "(--kbs-url / PROPLET_KBS_URI, inside a TEE; see docs/hal.md)"
+        )
+    return (
+        f"encrypted tasks are not supported by the Python proplet: decrypting through the key broker "
+        f"{kbs_url} needs the CoCo keyprovider and a TEE (docs/hal.md)"
+    )
 
 
 def default_proplet_id() -> str:

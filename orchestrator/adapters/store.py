@@ -136,6 +136,10 @@ TASKS = sa.Table(
     # 0002_trust_receipts
     sa.Column("receipt", sa.JSON(), nullable=True),
     sa.Column("verified", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # 0002_hal
+    sa.Column("monitoring_profile", sa.JSON(), nullable=True),
+    sa.Column("kbs_resource_path", sa.Text(), nullable=False, server_default=""),
+    sa.Column("hal_storage_path", sa.Text(), nullable=True),
 )
 PROPLETS = sa.Table(
     "proplets",

@@ -139,6 +139,10 @@ class Task:
     # per target, by proplet id) and whether it verified against the enrolled key.
     receipt: dict[str, Any] | None = None
     verified: bool = False
+    # Upstream fields passed through to the proplet (wire reference §2.3, §2.9, §8.4).
+    monitoring_profile: dict[str, Any] | None = None
+    kbs_resource_path: str = ""
+    hal_storage_path: str | None = None
 
 
 @dataclass

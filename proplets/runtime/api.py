@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from proplets.runtime.hal.options import HalOptions
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -87,6 +89,8 @@ class RunRequest:
     stdin: bytes = b""
     limits: Limits = field(default_factory=Limits)
     dirs: tuple[Preopen, ...] = ()
+    # Components may import the ELASTIC HAL (proplets/runtime/hal); None: a per-task temp root.
+    hal: HalOptions | None = None
 
 
 @dataclass(frozen=True)

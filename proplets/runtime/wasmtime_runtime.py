@@ -384,6 +384,22 @@ class WasmtimeRuntime:
 
 
 def _pick_export(function: str, names: list[str]) -> str:
+    """The export a task names; with no name, upstream's fallbacks `main`, `run`, `_start`.
+
+    A name that is not exported fails naming it and listing what is there (upstream silently ran
+    `main`/`run` and reported Completed). One exception keeps upstream task specs working: a WASI
+    command (it exports `_start` and no `main`/`run`) is a program, and its task name names the
+    program, not an export, so it runs `_start`. Federated rounds (`fl-round-N`) name the round, not
+    an export, and keep the fallbacks (as `_has_custom_export` for components).
+    """
+    if function in names:
+        return function
+    if function and function not in FALLBACK_EXPORTS and not function.startswith("fl-round-"):
+        if "_start" in names and not any(n in names for n in ("main", "run")):
+            return "_start"
+        raise _RunError(
+            f"export '{function}' not found; module exports: {', '.join(names) or 'no functions'}"
+        )
     tried = ([function] if function else []) + [n for n in FALLBACK_EXPORTS if n != function]
     for candidate in tried:
         if candidate in names:
