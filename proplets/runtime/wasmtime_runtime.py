@@ -26,6 +26,8 @@ from proplets.runtime import wave
 from proplets.runtime.api import CancelToken, Limits, RunKind, RunOutcome, RunRequest
 from proplets.runtime.cache import ArtifactCache
 from proplets.runtime.component import UnsupportedComponentType, lift, lower, to_wave_type
+from proplets.runtime.hal import host as hal
+from proplets.runtime.hal.options import HalOptions, default_root
 from proplets.runtime.inputs import InputError, convert_inputs, format_value
 from proplets.runtime.wasmbin import PAGE_BYTES, is_component, is_wasm
 
@@ -128,6 +130,7 @@ class WasmtimeRuntime:
         self.modules: ArtifactCache[wasmtime.Module] = ArtifactCache(namespace, cache_dir, entries)
         self.components: ArtifactCache[cm.Component] = ArtifactCache(namespace, cache_dir, entries)
         self.tick_s = tick_s
+        self.hal_bus = hal.MessageBus()  # HAL `communication` between this runtime's running tasks
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
@@ -226,7 +229,7 @@ class WasmtimeRuntime:
             store.set_fuel(fuel)
             watch.install(store)
             if kind == "component":
-                kind, results, exit_code = self._call_component(req, artifact, store, io)
+                kind, results, exit_code = self._call_component(req, artifact, store, io, watch)
             else:
                 kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories)
         except _RunError as e:
@@ -338,11 +341,30 @@ class WasmtimeRuntime:
     # -- components ----------------------------------------------------------------------------------
 
     def _call_component(
-        self, req: RunRequest, component: cm.Component, store: wasmtime.Store, io: _Io
+        self, req: RunRequest, component: cm.Component, store: wasmtime.Store, io: _Io, watch: _Watch
     ) -> tuple[RunKind, str, int | None]:
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
         store.set_wasi(_wasi_config(req, io))
+        hal_run = None
+        if hal.imports_hal(component, self.engine):
+            options = req.hal or HalOptions(str(default_root() / _safe(req.task_id)))
+            hal_run = hal.HalRun(req.task_id, options, self.hal_bus, watch.check, req.limits.memory_bytes)
+            hal.link(linker, component, self.engine, hal_run)
+        try:
+            return self._call_linked(req, component, store, linker)
+        except wasmtime.WasmtimeError as e:
+            missing = _missing_import(e)
+            if missing is not None:
+                raise _RunError(missing) from None
+            raise
+        finally:
+            if hal_run is not None:
+                hal_run.close()
+
+    def _call_linked(
+        self, req: RunRequest, component: cm.Component, store: wasmtime.Store, linker: cm.Linker
+    ) -> tuple[RunKind, str, int | None]:
         instance = linker.instantiate(store, component)
         export_names = list(component.type.exports(self.engine))
         if _has_custom_export(req.function):
@@ -408,6 +430,14 @@ def _pick_export(function: str, names: list[str]) -> str:
         f"export '{function or tried[0]}' not found (also tried {', '.join(tried[1:])}); "
         f"module exports: {', '.join(names) or 'no functions'}"
     )
+
+
+def _missing_import(e: Exception) -> str | None:
+    """wasmtime's "matching implementation was not found" as one line naming the import."""
+    text = str(e)
+    if "was not found in the linker" not in text and "matching implementation" not in text:
+        return None
+    return f"component cannot be instantiated on this proplet: {_cause(e)}"
 
 
 def _has_custom_export(name: str) -> bool:

@@ -29,6 +29,7 @@ class HalOptions:
     egress: tuple[str, ...] = ("public",)
     tsm_root: str = DEFAULT_TSM_ROOT
     quota_bytes: int = DEFAULT_QUOTA_BYTES
+    tee: str = "none"  # what the proplet detected at start-up (hal/tee.py): tdx, sev, sgx or none
 
 
 class StoragePathError(ValueError):
