@@ -63,7 +63,13 @@ from proplets.runtime import (
     memory_requirements,
 )
 from proplets.runtime.hal import tee
-from proplets.runtime.hal.options import DEFAULT_TSM_ROOT, HalOptions, StoragePathError, task_storage_dir
+from proplets.runtime.hal.options import (
+    DEFAULT_QUOTA_BYTES,
+    DEFAULT_TSM_ROOT,
+    HalOptions,
+    StoragePathError,
+    task_storage_dir,
+)
 from proplets.runtime.hal.options import default_root as default_hal_root
 from proplets.runtime.wasmbin import PAGE_BYTES
 
@@ -108,6 +114,7 @@ class AgentSettings:
     # HAL (proplets/runtime/hal): tasks' storage roots live under hal_root (None: <tmp>/proplet/hal-storage);
     # attestation reads configfs-tsm at tsm_root; tee_root prefixes the TEE detection paths (tests).
     hal_root: str | None = None
+    hal_quota_bytes: int = DEFAULT_QUOTA_BYTES  # per task storage root
     tsm_root: str = DEFAULT_TSM_ROOT
     tee_root: str = "/"
     # Key broker for encrypted tasks (docs/hal.md); empty: encrypted tasks are refused.
@@ -195,6 +202,7 @@ class PropletAgent:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self._tee = tee.detect(settings.tee_root)  # announced in discovery metadata (host_metadata)
         self.engine = PropletEngine(engine_config(settings))
         self.runtime = runtime or WasmtimeRuntime(
             cache_dir=Path(settings.cache_dir) if settings.cache_dir else None
@@ -408,7 +416,13 @@ class PropletAgent:
             cli_args=tuple(start.cli_args),
             env={**env, **extra},
             limits=limits,
-            hal=HalOptions(str(storage), tuple(self.settings.fetch_allow), self.settings.tsm_root),
+            hal=HalOptions(
+                str(storage),
+                tuple(self.settings.fetch_allow),
+                self.settings.tsm_root,
+                self.settings.hal_quota_bytes,
+                self._tee.kind,
+            ),
         )
 
     async def _execute_wasm(self, request: RunRequest, token: CancelToken) -> tuple[str, str | None]:

@@ -72,6 +72,13 @@ class _Watch:
                 return f"output exceeded {self.output_cap} bytes"
         return None
 
+    def poll(self) -> str | None:
+        """`check` for host code that blocks (HAL sleep): a reason found here also fails the run."""
+        reason = self.check()
+        if reason is not None and self.reason is None:
+            self.reason = reason
+        return reason
+
     def install(self, store: wasmtime.Store) -> None:
         def on_deadline(_ctx: Any, _data: Any, delta: Any, kind: Any) -> int:
             reason = self.check()
@@ -349,7 +356,7 @@ class WasmtimeRuntime:
         hal_run = None
         if hal.imports_hal(component, self.engine):
             options = req.hal or HalOptions(str(default_root() / _safe(req.task_id)))
-            hal_run = hal.HalRun(req.task_id, options, self.hal_bus, watch.check, req.limits.memory_bytes)
+            hal_run = hal.HalRun(req.task_id, options, self.hal_bus, watch.poll, req.limits.memory_bytes)
             hal.link(linker, component, self.engine, hal_run)
         try:
             return self._call_linked(req, component, store, linker)
@@ -437,7 +444,10 @@ def _missing_import(e: Exception) -> str | None:
     text = str(e)
     if "was not found in the linker" not in text and "matching implementation" not in text:
         return None
-    return f"component cannot be instantiated on this proplet: {_cause(e)}"
+    first = text.strip().splitlines()[0]
+    cause = _cause(e)
+    detail = f" ({cause})" if cause != first else ""
+    return f"component cannot be instantiated on this proplet: {first}{detail}"
 
 
 def _has_custom_export(name: str) -> bool:
