@@ -57,6 +57,10 @@ class PropletMetadata:
     # Our extensions (ignored by upstream managers): capacity for memory-aware placement.
     free_memory_bytes: int = 0
     max_instances: int = 0
+    # TEE and HAL (proplets/runtime/hal): placement can require a TEE (`requires: {"tee": true}`).
+    tee: bool = False
+    tee_type: str = ""
+    hal: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

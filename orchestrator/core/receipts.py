@@ -285,9 +285,7 @@ class Expected:
     invocation_id: str | None = None  # always compared: a task's receipt (null) never answers an invocation
 
 
-def check(
-    receipt: Receipt, public_key: bytes, expected: Expected | Callable[[], Expected]
-) -> str | None:
+def check(receipt: Receipt, public_key: bytes, expected: Expected | Callable[[], Expected]) -> str | None:
     """None when the receipt is good for ``expected``; otherwise why not, naming the first bad field.
 
     The signature is checked first; ``expected`` may be a function, called only for a receipt whose

@@ -92,7 +92,7 @@ def declared_memory(wasm: bytes) -> int:
 def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
     if not isinstance(spec, dict):
         raise ValidationError("task must be a JSON object")
-    known = set(Task.__dataclass_fields__) | _READ_ONLY | {"mode"}
+    known = set(Task.__dataclass_fields__) | _READ_ONLY | {"mode", "requires"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
@@ -115,6 +115,9 @@ def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
         if not isinstance(v, str):
             raise ValidationError(f"env.{k} must be a string", f"env.{k}")
     metadata = _expect(spec, "metadata", dict, "an object") or {}
+    requires = _requires(spec, metadata)
+    if requires:
+        metadata = {**metadata, "requires": requires}
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise ValidationError("metadata exceeds 1 MiB", "metadata")
     run_if = _expect(spec, "run_if", str, "a string") or ""
@@ -180,6 +183,25 @@ def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
         hal_storage_path=hal_storage_path,
     )
     return task
+
+
+def _requires(spec: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """Placement constraints, `"requires": {"tee": true, "tags": [...]}` (top level or in metadata)."""
+    where = "requires" if "requires" in spec else "metadata.requires"
+    raw = spec.get("requires", metadata.get("requires"))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{where} must be an object", where)
+    for key in raw:
+        if key not in ("tee", "tags"):
+            raise ValidationError(f"unknown field '{where}.{key}' (known: tee, tags)", f"{where}.{key}")
+    if not isinstance(raw.get("tee", False), bool):
+        raise ValidationError(f"{where}.tee must be a boolean", f"{where}.tee")
+    tags = raw.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValidationError(f"{where}.tags must be a list of strings", f"{where}.tags")
+    return {k: v for k, v in raw.items() if v}
 
 
 def _monitoring_profile(spec: dict[str, Any]) -> dict[str, Any] | None:

@@ -289,3 +289,44 @@ async def test_stop_interrupts_a_sleeping_component(hal: Hal) -> None:
 
 async def _running(c: Cluster, task_id: str) -> bool:
     return int((await c.api.get(f"/tasks/{task_id}")).json()["state"]) == 2
+
+
+async def test_tee_is_announced_and_placement_can_require_it(tmp_path: Path) -> None:
+    c, _ = await _hal_cluster(tmp_path, tee_root=str(tmp_path / "no-tee"))
+    try:
+        plain = (await c.api.get("/proplets/hal-1")).json()
+        assert plain["metadata"]["hal"] == "elastic:hal@0.1.0" and not plain["metadata"].get("tee")
+        created = await c.api.post(
+            "/tasks", json={"name": "platform-info", "file": PROBE, "requires": {"tee": True}}
+        )
+        assert created.status_code == 201, created.text
+        task_id = created.json()["id"]
+        await c.api.post(f"/tasks/{task_id}/start")
+
+        async def waiting_for_a_tee() -> bool:
+            return "runs in no TEE" in (await c.api.get(f"/tasks/{task_id}")).json().get("error", "")
+
+        await eventually(waiting_for_a_tee, 15, "the task to wait for a TEE proplet")
+        # a proplet that sees /dev/tdx_guest (a fake root for detection) joins and gets the task
+        fake = tmp_path / "tdx-root"
+        (fake / "dev").mkdir(parents=True)
+        (fake / "dev" / "tdx_guest").touch()
+        s = c.manager.settings
+        tdx = PropletAgent(
+            AgentSettings(
+                broker=c.broker_url, proplet_id="tdx-1", domain=s.domain, channel=s.channel,
+                heartbeat_interval=s.heartbeat_interval, keepalive=2, cache_dir=str(tmp_path / "cache"),
+                hal_root=str(tmp_path / "hal"), tee_root=str(fake),
+            )
+        )  # fmt: skip
+        await tdx.start()
+        c.agents["tdx-1"] = tdx
+        done = await c.wait_terminal(task_id, timeout=30)
+        assert done["state"] == 3 and done["proplet_id"] == "tdx-1", done
+        assert 'platform-type: "tdx"' in done["results"]
+        announced = (await c.api.get("/proplets/tdx-1")).json()["metadata"]
+        assert announced["tee"] is True and announced["tee_type"] == "tdx"
+        bad = await c.api.post("/tasks", json={"name": "x", "file": PROBE, "requires": {"sgx": True}})
+        assert bad.status_code == 400 and "requires.sgx" in bad.text
+    finally:
+        await close_cluster(c)
