@@ -153,6 +153,7 @@ class _Running:
     admission: Admission | None = None
     stats: _Aggregate = field(default_factory=_Aggregate)
     module_sha256: str = ""  # of the bytes that were loaded (set by ``admit``), for the receipt
+    last_metrics: float | None = None  # when task_metrics were last published (monitoring_profile)
 
 
 class PropletEngine:
@@ -286,6 +287,9 @@ class PropletEngine:
             self.topics.metrics, wire.PropletMetrics(pid, self.config.namespace, stamp, kind, cpu, memory)
         )
         for task_id, entry in sorted(self.running.items()):
+            if not _profile_due(entry, now):
+                continue
+            entry.last_metrics = now
             metrics, aggregated = self._task_metrics(entry, sample, now)
             message = wire.TaskMetrics(task_id, pid, metrics, aggregated, stamp, kind)
             self._publish(self.topics.task_metrics, message)
@@ -607,6 +611,18 @@ class _Proof:
     finished: float | None = None
     wall: float | None = None
     module_sha256: str = ""
+
+
+def _profile_due(entry: _Running, now: float) -> bool:
+    """The task's `monitoring_profile` (§2.9): exported only if enabled and export_to_mqtt, no more
+    often than its `interval` seconds (the proplet's own metrics interval is the finest step)."""
+    profile = entry.start.monitoring_profile
+    if profile is None:
+        return True
+    if not (profile.get("enabled") and profile.get("export_to_mqtt")):
+        return False
+    interval = float(profile.get("interval") or 0)
+    return entry.last_metrics is None or now - entry.last_metrics >= interval
 
 
 def _task_id_of(payload: bytes) -> str:
