@@ -153,6 +153,14 @@ def host_metadata(settings: AgentSettings) -> dict[str, Any]:
     }
 
 
+def receipt_attester(settings: AgentSettings) -> Callable[[bytes], bytes] | None:
+    """In a TEE with a configfs-tsm report interface: evidence for every receipt (docs/hal.md)."""
+    if not tee.detect(settings.tee_root).present or not Path(settings.tsm_root).is_dir():
+        return None
+    tsm_root = settings.tsm_root
+    return lambda report_data: tee.tsm_report(report_data, tsm_root)
+
+
 def tee_metadata(info: tee.TeeInfo) -> dict[str, Any]:
     """Discovery metadata: whether this proplet runs in a TEE (placement `requires: {"tee": true}`)."""
     return {"tee": info.present, "tee_type": info.kind, "hal": "elastic:hal@0.1.0"}
@@ -171,7 +179,7 @@ def engine_config(settings: AgentSettings) -> PropletConfig:
         signing_key=settings.signing_key,
     )
     if settings.profile == "host":
-        return replace(base, metadata=host_metadata(settings))
+        return replace(base, metadata=host_metadata(settings), attest=receipt_attester(settings))
     device = embedded.device_profile(settings.profile)
     budget = device.budget
     if settings.heap_bytes is not None:

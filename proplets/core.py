@@ -18,10 +18,11 @@ it runs (``admit``) and released when its task ends.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator import wire
@@ -53,6 +54,10 @@ class PropletConfig:
     budget: BudgetConfig | None = None
     # Raw 32-byte Ed25519 private key from the proplet's enrolled identity (signs execution receipts).
     signing_key: bytes | None = None
+    # In a TEE: evidence for 32 bytes of report data (the driver's configfs-tsm call, hal/tee.py). Each
+    # receipt then carries evidence whose report data is the SHA-256 of the receipt signed with
+    # `evidence: null` (receipts.evidence_report_data). An exception leaves the receipt without evidence.
+    attest: Callable[[bytes], bytes] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.proplet_id:
@@ -599,7 +604,24 @@ class PropletEngine:
             finished_at_ms=max(0, round((end + offset) * 1000)),
             invocation_id=invocation_id,
         )
+        if self.config.attest is not None:
+            unsigned = self._with_evidence(unsigned)
         return self._signer.sign(unsigned).to_json()
+
+    def _with_evidence(self, unsigned: receipts.Receipt) -> receipts.Receipt:
+        try:
+            evidence = self.config.attest(receipts.evidence_report_data(unsigned))  # type: ignore[misc]
+        except Exception as err:  # no evidence is better than no result
+            self._count("evidence_failed")
+            self._commands.append(
+                LogEvent("evidence_failed", {"task_id": unsigned.task_id, "error": str(err)})
+            )
+            return unsigned
+        text = base64.b64encode(evidence).decode()
+        if len(text) > receipts.MAX_EVIDENCE_CHARS:
+            self._count("evidence_failed")
+            return unsigned
+        return replace(unsigned, evidence=text)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,12 @@ class Receipt:
         )
 
 
+def evidence_report_data(receipt: Receipt) -> bytes:
+    """What TEE evidence in `receipt` must carry as report data: SHA-256 of the receipt's signed bytes
+    with `evidence` null, so the evidence is bound to this task, module, inputs, result and times."""
+    return hashlib.sha256(replace(receipt, evidence=None, signature="").signed_bytes()).digest()
+
+
 def _text(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str):
