@@ -394,7 +394,9 @@ class PropletAgent:
     def _request(
         self, start: wire.StartTask, wasm: bytes, inputs: tuple[Any, ...], env: dict[str, str]
     ) -> RunRequest:
-        requested = {**self.settings.default_limits, **dict(start.limits or {})}
+        requested: dict[str, Any] = {**self.settings.default_limits, **dict(start.limits or {})}
+        if start.daemon and "timeout_s" not in (start.limits or {}):
+            requested["timeout_s"] = None  # a daemon runs until stopped (unless it sets its own limit)
         unknown = sorted(set(requested) - LIMIT_FIELDS)
         if unknown:
             raise TaskInputError(

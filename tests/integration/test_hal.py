@@ -330,3 +330,25 @@ async def test_tee_is_announced_and_placement_can_require_it(tmp_path: Path) -> 
         assert bad.status_code == 400 and "requires.sgx" in bad.text
     finally:
         await close_cluster(c)
+
+
+async def test_a_daemon_runs_past_the_default_wall_time_until_stopped(tmp_path: Path) -> None:
+    c, _ = await _hal_cluster(tmp_path, default_limits={"timeout_s": 1})
+    try:
+        long_sleep = str(600 * 10**9)
+        daemon = (
+            await c.api.post(
+                "/tasks", json={"name": "sleep", "file": PROBE, "inputs": [long_sleep], "daemon": True}
+            )
+        ).json()["id"]
+        await c.api.post(f"/tasks/{daemon}/start")
+        await eventually(lambda: _running(c, daemon), 15, "the daemon to run")
+        # the sentinel: an ordinary task started after it hits the 1 s default limit
+        ordinary = await Hal(c, tmp_path).call("sleep", long_sleep)
+        assert ordinary["state"] == 4 and "wall-time limit of 1 s exceeded" in ordinary["error"]
+        assert await _running(c, daemon)
+        assert (await c.api.post(f"/tasks/{daemon}/stop")).status_code == 200
+        stopped = await c.wait_terminal(daemon, timeout=30)
+        assert "wall-time" not in stopped.get("error", "")
+    finally:
+        await close_cluster(c)
