@@ -403,7 +403,7 @@ class PropletAgent:
                 f"unknown limit {unknown[0]!r} (this proplet knows {', '.join(sorted(LIMIT_FIELDS))})"
             )
         try:
-            limits = Limits(**requested)  # type: ignore[arg-type]
+            limits = Limits(**requested)
         except (TypeError, ValueError) as err:
             raise TaskInputError(f"bad limits: {err}") from None
         try:
