@@ -352,3 +352,25 @@ async def test_a_daemon_runs_past_the_default_wall_time_until_stopped(tmp_path: 
         assert "wall-time" not in stopped.get("error", "")
     finally:
         await close_cluster(c)
+
+
+async def test_workloads_on_one_proplet_message_each_other(hal: Hal) -> None:
+    receiver = str(uuid.uuid4())
+    created = await hal.c.api.post(
+        "/tasks", json={"id": receiver, "name": "wait-message", "file": PROBE, "inputs": ["6000"]}
+    )
+    assert created.status_code == 201, created.text
+    await hal.c.api.post(f"/tasks/{receiver}/start")
+
+    async def listed() -> bool:  # the receiver is registered once another workload can see it
+        return f'"{receiver}"' in await hal.ok("list-workloads")
+
+    await eventually(listed, 30, "the receiver to be a running workload")
+    sender = str(uuid.uuid4())
+    sent = await hal.call("message-self", f'"{receiver}"', "[104, 105]", task_id=sender)
+    assert sent["results"] == "ok(none)"  # the sender's own inbox is empty: the message went to the receiver
+    got = await hal.c.wait_terminal(receiver, timeout=60)
+    assert (
+        got["results"]
+        == f'ok(some({{sender: "{sender}", recipient: "{receiver}", payload: [104, 105], encrypted: false}}))'
+    )

@@ -155,6 +155,13 @@
       (i32.store (i32.const 72) (i32.load (i32.add (local.get $from) (i32.const 12))))
       (i32.const 64))
 
+    ;; result<_, string> at $from failed: its error (at +4) as the error at OUT
+    (func $fail-from-unit (param $from i32) (result i32)
+      (i32.store8 (i32.const 64) (i32.const 1))
+      (i32.store (i32.const 68) (i32.load (i32.add (local.get $from) (i32.const 4))))
+      (i32.store (i32.const 72) (i32.load (i32.add (local.get $from) (i32.const 8))))
+      (i32.const 64))
+
     (func (export "platform-info") (result i32) (call $get-platform-info (i32.const 64)) (i32.const 64))
     (func (export "has-capability") (param i32 i32) (result i32) (call $has-capability (local.get 0) (local.get 1)))
     (func (export "attest") (param i32 i32) (result i32) (call $attest (local.get 0) (local.get 1) (i32.const 64)) (i32.const 64))
@@ -204,6 +211,18 @@
       (call $receive-message (i32.const 64))
       (i32.const 64))
     (func (export "list-workloads") (result i32) (call $list-workloads (i32.const 64)) (i32.const 64))
+
+    ;; poll the inbox every 10 ms, up to `rounds` times, for a message from another workload
+    (func (export "wait-message") (param $rounds i32) (result i32)
+      (loop $poll
+        (call $receive-message (i32.const 64))
+        (if (i32.load8_u (i32.const 64)) (then (return (i32.const 64))))
+        (if (i32.load8_u (i32.const 68)) (then (return (i32.const 64))))
+        (call $sleep (i64.const 10000000) (i32.const 128))
+        (if (i32.load8_u (i32.const 128)) (then (return (call $fail-from-unit (i32.const 128)))))
+        (local.set $rounds (i32.sub (local.get $rounds) (i32.const 1)))
+        (br_if $poll (i32.gt_s (local.get $rounds) (i32.const 0))))
+      (i32.const 64))
 
     ;; subscribe to storage events, create a container, poll
     (func (export "storage-events") (param $cp i32) (param $cl i32) (result i32)
@@ -287,6 +306,8 @@
     (canon lift (core func $i "get") (memory (core memory $m "mem")) (realloc (core func $m "realloc")) string-encoding=utf8))
   (func (export "message-self") (param "me" string) (param "data" (list u8)) (result (result (option $msg) (error string)))
     (canon lift (core func $i "message-self") (memory (core memory $m "mem")) (realloc (core func $m "realloc")) string-encoding=utf8))
+  (func (export "wait-message") (param "rounds" u32) (result (result (option $msg) (error string)))
+    (canon lift (core func $i "wait-message") (memory (core memory $m "mem")) string-encoding=utf8))
   (func (export "list-workloads") (result (result (list string) (error string)))
     (canon lift (core func $i "list-workloads") (memory (core memory $m "mem")) string-encoding=utf8))
   (func (export "storage-events") (param "container" string) (result (result (list $ed) (error string)))
