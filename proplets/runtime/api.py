@@ -32,8 +32,9 @@ class Limits:
     - timeout_s=300: upstream has no limit at all (§8.3); five minutes keeps a stuck task from
       holding a worker slot forever.
     - output_bytes=1 MiB per stream: upstream's INVOCATION_OUTPUT_CAPACITY for components (§8.3).
-    - max_table_elements=100_000, max_instances/tables/memories=10: wasmtime defaults are unbounded;
-      these are far above what normal toolchains emit.
+    - max_table_elements=100_000, max_tables/memories=10, max_instances=50: wasmtime defaults are
+      unbounded; these are far above what normal toolchains emit (a componentize-py guest, CPython
+      inside, instantiates 11+ core instances: tests/wasm/hal_guest_py).
     """
 
     fuel: int | None = None
@@ -41,7 +42,7 @@ class Limits:
     timeout_s: float | None = 300.0
     output_bytes: int = 1 * MiB
     max_table_elements: int | None = 100_000
-    max_instances: int | None = 10
+    max_instances: int | None = 50
     max_tables: int | None = 10
     max_memories: int | None = 10
 

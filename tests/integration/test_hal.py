@@ -83,9 +83,7 @@ async def _hal_cluster(tmp_path: Path, **agent: Any) -> tuple[Cluster, PropletAg
             channel=s.channel,
             heartbeat_interval=s.heartbeat_interval,
             keepalive=2,
-            cache_dir=str(tmp_path / "cache"),
-            hal_root=str(tmp_path / "hal"),
-            **agent,
+            **{"cache_dir": str(tmp_path / "cache"), "hal_root": str(tmp_path / "hal"), **agent},
         )
     )
     await proplet.start()
