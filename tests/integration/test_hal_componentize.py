@@ -1,7 +1,7 @@
 """A HAL guest written in Python and built here with componentize-py (upstream's hal-test world),
 submitted through the REST API as an HTTP image, runs on a Python proplet with the expected answers.
 
-Needs the `guests` extra (componentize-py); the build and the compiled artifact are cached
+Needs componentize-py (in the `dev` extra); the build and the compiled artifact are cached
 (~/.cache/propeller-continuum or $PROPELLER_TEST_CACHE), the first run compiles an 18 MB component.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.test_hal import _hal_cluster, close_cluster
 
-pytest.importorskip("componentize_py", reason="the `guests` extra (componentize-py) builds this guest")
+pytest.importorskip("componentize_py", reason="componentize-py (dev extra) builds this guest")
 pytestmark = pytest.mark.slow
 
 from tests.wasm.hal_guest_py.build import CACHE, build  # noqa: E402
