@@ -119,3 +119,16 @@ def test_socket_send_receive_close_and_no_listening(run: HalRun) -> None:
         run.create_socket("tls")
     with pytest.raises(HalError, match="gpu not available"):
         run.gpu(1, 2)
+
+
+def test_an_inbox_lives_while_any_run_of_its_task_does() -> None:
+    bus = MessageBus()
+    bus.register("latent")
+    bus.register("latent")  # two invocations of one latent task
+    bus.unregister("latent")
+    bus.send("other", "latent", b"still here")
+    message = bus.receive("latent")
+    assert message is not None and message.payload == b"still here"
+    bus.unregister("latent")
+    with pytest.raises(HalError, match="no workload 'latent'"):
+        bus.send("other", "latent", b"gone")

@@ -65,15 +65,22 @@ class MessageBus:
     def __init__(self, inbox_limit: int = 256) -> None:
         self._lock = threading.Lock()
         self._inboxes: dict[str, deque[Message]] = {}
+        self._runs: dict[str, int] = {}  # invocations of a latent task share its id and its inbox
         self._limit = inbox_limit
         self._ids = itertools.count(1)
 
     def register(self, workload: str) -> None:
         with self._lock:
             self._inboxes.setdefault(workload, deque())
+            self._runs[workload] = self._runs.get(workload, 0) + 1
 
     def unregister(self, workload: str) -> None:
         with self._lock:
+            left = self._runs.get(workload, 1) - 1
+            if left > 0:
+                self._runs[workload] = left
+                return
+            self._runs.pop(workload, None)
             self._inboxes.pop(workload, None)
 
     def send(self, sender: str, recipient: str, data: bytes) -> int:
