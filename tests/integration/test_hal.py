@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import httpx
 import pytest
 import wasmtime
 
+from orchestrator.core import receipts
+from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent
 from tests.integration.conftest import Cluster, close_cluster, eventually, make_cluster
 
@@ -372,3 +375,42 @@ async def test_workloads_on_one_proplet_message_each_other(hal: Hal) -> None:
         got["results"]
         == f'ok(some({{sender: "{sender}", recipient: "{receiver}", payload: [104, 105], encrypted: false}}))'
     )
+
+
+async def test_in_a_tee_the_verified_receipt_carries_evidence_bound_to_it(tmp_path: Path) -> None:
+    tsm = FakeTsm(tmp_path / "tsm" / "report")
+    fake = tmp_path / "tdx-root"
+    (fake / "dev").mkdir(parents=True)
+    (fake / "dev" / "tdx_guest").touch()
+    key = receipts.generate_key()
+    provers = {"tdx-1": receipts.ProverKey(receipts.public_key_of(key), "proplet")}
+    settings = ManagerSettings(
+        broker="embedded://127.0.0.1:0", db=str(tmp_path / "m.db"), api_port=0, heartbeat_interval=0.5,
+        domain=f"d-{uuid.uuid4().hex[:8]}", channel="c1", mqtt_keepalive=5,
+    )  # fmt: skip
+    manager = ManagerService(settings, keys=provers.get)
+    await manager.start()
+    c = Cluster(
+        manager, httpx.AsyncClient(base_url=f"http://127.0.0.1:{manager.api_port}", timeout=10), tmp_path
+    )
+    try:
+        agent = PropletAgent(
+            AgentSettings(
+                broker=c.broker_url, proplet_id="tdx-1", domain=settings.domain, channel="c1",
+                heartbeat_interval=0.5, keepalive=5, signing_key=key, cache_dir=str(tmp_path / "cache"),
+                hal_root=str(tmp_path / "hal"), tee_root=str(fake), tsm_root=str(tsm.root),
+            )
+        )  # fmt: skip
+        await agent.start()
+        c.agents["tdx-1"] = agent
+        await eventually(lambda: c.alive("tdx-1"), 15, "tdx-1 alive")
+        task = await c.run_task({"name": "hash", "file": PROBE, "inputs": ["[1]", "sha256"]}, timeout=30)
+        assert task["state"] == 3 and task["verified"] is True, task
+        signed = (await c.api.get(f"/tasks/{task['id']}/receipt")).json()["receipt"]
+        receipt = receipts.Receipt.from_json(signed)
+        bound = receipts.evidence_report_data(receipt)
+        assert base64.b64decode(receipt.evidence or "") == b"FAKE-TDX-QUOTE:" + bound.ljust(64, b"\0")
+        assert bound.ljust(64, b"\0") in tsm.inblobs
+    finally:
+        tsm.close()
+        await close_cluster(c)
