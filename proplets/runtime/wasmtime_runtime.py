@@ -357,8 +357,9 @@ class WasmtimeRuntime:
         if hal.imports_hal(component, self.engine):
             options = req.hal or HalOptions(str(default_root() / _safe(req.task_id)))
             hal_run = hal.HalRun(req.task_id, options, self.hal_bus, watch.poll, req.limits.memory_bytes)
-            hal.link(linker, component, self.engine, hal_run)
         try:
+            if hal_run is not None:
+                hal.link(linker, component, self.engine, hal_run)
             return self._call_linked(req, component, store, linker)
         except wasmtime.WasmtimeError as e:
             missing = _missing_import(e)
