@@ -27,7 +27,7 @@ def test_tee_metadata_round_trips() -> None:
 
 
 def test_a_non_boolean_tee_is_refused_naming_the_field() -> None:
-    with pytest.raises(wire.CodecError, match="metadata.tee"):
+    with pytest.raises(wire.CodecError, match=r"metadata\.tee"):
         wire.encode(wire.Discovery("p1", "ns", {"tee": "yes"}))
     bad = json.dumps({"proplet_id": "p1", "metadata": {"tee": "yes"}}).encode()
     with pytest.raises(wire.CodecError, match="tee"):
