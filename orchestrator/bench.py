@@ -778,6 +778,10 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--json", default=None)
     r.set_defaults(func=cmd_registry)
 
+    from orchestrator.bench_dispatch import add_arguments as add_dispatch_arguments
+
+    add_dispatch_arguments(bsub.add_parser("dispatch", help="engine cost per dispatch vs stored history"))
+
     p = bsub.add_parser("proplets", help="run N Python proplets in one process (load for e2e)")
     p.add_argument("--broker", required=True)
     p.add_argument("--count", type=_positive, required=True)

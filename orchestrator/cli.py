@@ -81,6 +81,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         liveness_timeout=args.liveness_timeout,
         max_attempts=args.max_attempts,
+        attempt_grace=args.attempt_grace,
+        attempt_timeout=args.attempt_timeout or None,
         placement=args.placement,
         api_token=args.api_token or "",
         api_token_read=args.api_token_read or "",
@@ -290,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--placement", default="round-robin", choices=["round-robin", "least-loaded", "memory-aware"]
     )
     m.add_argument("--queue-timeout", type=float, default=None, help="fail tasks waiting longer (seconds)")
+    m.add_argument(
+        "--attempt-grace",
+        type=float,
+        default=30.0,
+        help="seconds added to a task's limits.timeout_s before the manager gives up on an attempt",
+    )
+    m.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=3600.0,
+        help="deadline of an attempt whose task sets no limits.timeout_s (seconds; 0 = none)",
+    )
     m.add_argument("--mqtt-ca", default=None, help="CA bundle for mqtts://")
     m.add_argument("--mqtt-cert", default=None, help="client certificate for mutual TLS")
     m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")

@@ -36,6 +36,7 @@ from orchestrator.core.commands import (
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
+from orchestrator.core.errors import Conflict, NotFound
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
 from orchestrator.core.receipts import KeyLookup
@@ -55,6 +56,11 @@ class ManagerSettings:
     liveness_timeout: float | None = None
     max_attempts: int = 3
     queue_timeout: float | None = None
+    # Attempt deadline: limits.timeout_s + attempt_grace, or attempt_timeout for tasks without one.
+    attempt_grace: float = 30.0
+    attempt_timeout: float | None = 3600.0
+    # Terminal tasks kept in the engine's memory; older ones are read from the store.
+    terminal_cache: int = 10_000
     placement: str = "round-robin"
     client_id: str = ""
     mqtt_keepalive: float = 30.0
@@ -82,6 +88,9 @@ class ManagerService:
                 liveness_timeout=settings.liveness_timeout,
                 max_attempts=settings.max_attempts,
                 queue_timeout=settings.queue_timeout,
+                attempt_grace=settings.attempt_grace,
+                attempt_timeout=settings.attempt_timeout,
+                terminal_cache=settings.terminal_cache,
             ),
             policy=make_policy(settings.placement),
             keys=keys,
@@ -345,28 +354,66 @@ class ManagerService:
     # ------------------------------------------------------------------ operations (API, CLI)
 
     async def create_task(self, spec: dict[str, Any]) -> Task:
+        wanted = spec.get("id") if isinstance(spec, dict) else None
+        if isinstance(wanted, str) and wanted and self.engine.find_task(wanted) is None:
+            assert self.store is not None
+            if await self.store.get_task(wanted) is not None:  # settled out of memory, still stored
+                raise Conflict(f"task {wanted} already exists", "id")
         task = self.engine.create_task(spec, time.time())
         await self.flush()
         return task
 
     async def update_task(self, task_id: str, spec: Any) -> Task:
+        await self._resident(task_id)
         task = self.engine.update_task(task_id, spec, time.time())
         await self.flush()
         return task
 
     async def start_task(self, task_id: str) -> Task:
+        await self._resident(task_id)
         task = self.engine.start_task(task_id, self.now(), time.time())
         await self.flush()
         return task
 
     async def stop_task(self, task_id: str) -> Task:
+        await self._resident(task_id)
         task = self.engine.stop_task(task_id, time.time())
         await self.flush()
         return task
 
     async def delete_task(self, task_id: str) -> None:
+        await self._resident(task_id)
         self.engine.delete_task(task_id)
         await self.flush()
+
+    # -- tasks that settled out of the engine's memory live in the store (minimal read-back; the
+    # -- store-side paging of GET /tasks is its own piece of work)
+
+    async def find_task(self, task_id: str) -> Task:
+        """The task from memory, or from the store once it settled out of memory; NotFound if neither."""
+        task = self.engine.find_task(task_id)
+        if task is None:
+            assert self.store is not None
+            task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        return task
+
+    async def _resident(self, task_id: str) -> None:
+        """Bring a settled task back into the engine before an operation that changes it."""
+        if self.engine.find_task(task_id) is not None:
+            return
+        assert self.store is not None
+        task = await self.store.get_task(task_id)
+        if task is not None and self.engine.find_task(task_id) is None:
+            self.engine.readmit(task)
+
+    async def list_tasks(self) -> list[Task]:
+        """Every task, memory overriding the store (it may be ahead by one flush), by creation time."""
+        assert self.store is not None
+        merged = {t.id: t for t in await self.store.load_tasks()}
+        merged.update(self.engine.tasks.items())
+        return sorted(merged.values(), key=lambda t: (t.created_at or 0, t.id))
 
     async def delete_proplet(self, proplet_id: str) -> None:
         self.engine.delete_proplet(proplet_id)

@@ -8,6 +8,11 @@ Upstream failures this engine does not repeat: heartbeats keep flowing while mod
 outside the message callback), a start aimed at another proplet is ignored, the manager's stop payload
 is accepted with only ``id``, and every result carries ``proplet_id`` and the attempt number.
 
+Delivery (our extensions): a start that cannot run here is answered with a refusal
+(``wire.refusals``: busy, out of memory) so the manager spends no attempt; a stop naming another
+attempt of a task is ignored; a ``DiscoveryRequest`` is answered by announcing again and re-sending
+the results of the last ``result_resend_window`` seconds (a restarted broker may have dropped them).
+
 Metrics: the engine decides *when* (a deadline like heartbeats) and emits ``CollectMetrics``; the driver
 samples its process and hands the sample back with ``metrics_sampled``, and the engine formats
 ``control/proplet/metrics`` and one ``control/proplet/task_metrics`` per running task (§2.7/§2.8), in
@@ -21,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,6 +52,10 @@ class PropletConfig:
     profile: wire.Profile = wire.Profile.RUST
     qos: int = 1
     outbox_limit: int = 1000
+    # Results published this many seconds before a disconnect are sent again on reconnect: the broker
+    # may have died with them (a QoS 1 publish is not kept by a broker that restarts). The manager
+    # ignores duplicates; without this, the task would be run again.
+    result_resend_window: float = 30.0
     # Send our heartbeat extension listing running tasks (upstream proplets do not).
     report_running: bool = True
     # Seconds between control/proplet/metrics (and task_metrics) samples; 0 disables both.
@@ -156,6 +166,7 @@ class _Running:
     cancelled: bool = False
     deployed: bool = False
     admission: Admission | None = None
+    refused: str | None = None  # a wire.refusals kind: admission refused it, nothing ran
     stats: _Aggregate = field(default_factory=_Aggregate)
     module_sha256: str = ""  # of the bytes that were loaded (set by ``admit``), for the receipt
     last_metrics: float | None = None  # when task_metrics were last published (monitoring_profile)
@@ -171,6 +182,8 @@ class PropletEngine:
         self._next_metrics: float | None = None
         self._boot: float | None = None  # first connect: the embedded profile's uptime starts here
         self._outbox: list[bytes] = []
+        self._sent: deque[tuple[float, bytes]] = deque()  # (when, payload) of results published lately
+        self._clock = 0.0  # the latest ``now`` seen (stamps published results)
         self._commands: list[PropletCommand] = []
         self.malformed = 0
         self.counters: dict[str, int] = {}
@@ -233,22 +246,33 @@ class PropletEngine:
 
     def on_connected(self, now: float) -> None:
         """(Re)connected: subscribe, announce, heartbeat at once, resend results held back."""
+        self._clock = now
         self.connected = True
         if self._boot is None:
             self._boot = now
         for topic in self.topics.proplet_subscriptions:
             self._commands.append(Subscribe(topic, self.config.qos))
+        if not self.embedded:  # our extension; the firmware's buffers and subscriptions stay upstream's
+            self._commands.append(Subscribe(self.topics.discover, self.config.qos))
         self._publish(self.topics.create, self.discovery())
         # Results held while offline go before the heartbeat that no longer lists their tasks.
         held, self._outbox = self._outbox, []
         for payload in held:
             self._commands.append(Publish(self.topics.results, payload, self.config.qos))
+            if not _is_refusal(payload):  # may be asked for again (see _on_discovery_request)
+                self._sent.append((now, payload))
         self._heartbeat(now)
         if self.config.metrics_interval > 0:
             self._next_metrics = now + self.config.metrics_interval
         self._commands.append(LogEvent("connected", {"resent_results": len(held)}))
 
     def on_disconnected(self, now: float) -> None:
+        self._clock = now
+        # Results the broker may have lost with the link go out again first thing on reconnect.
+        recent = [p for t, p in self._sent if now - t <= self.config.result_resend_window]
+        self._sent.clear()
+        held = [p for p in recent if p not in self._outbox]
+        self._outbox[:0] = held[: max(0, self.config.outbox_limit - len(self._outbox))]
         self.connected = False
         self._next_heartbeat = None
         self._next_metrics = None
@@ -362,8 +386,9 @@ class PropletEngine:
     # ------------------------------------------------------------------ messages
 
     def handle(self, topic: str, payload: bytes, now: float) -> None:
+        self._clock = now
         suffix = self.topics.suffix(topic)
-        if suffix not in ("control/manager/start", "control/manager/stop", "control/manager/invoke"):
+        if suffix not in _HANDLED:
             return
         if self.embedded and len(payload) > wire.EMBEDDED_MAX_PAYLOAD_BYTES:
             # The firmware's buffer holds 1023 bytes: it would truncate and fail to parse. We say why.
@@ -392,6 +417,20 @@ class PropletEngine:
             self._on_stop(message, now)
         elif isinstance(message, wire.InvokeTask):
             self._on_invoke(message, now)
+        elif isinstance(message, wire.DiscoveryRequest):
+            self._on_discovery_request(message)
+
+    def _on_discovery_request(self, request: wire.DiscoveryRequest) -> None:
+        """A manager that started after us, or came back to a restarted broker, asks who we are:
+        announce again and re-send the results of the last ``result_resend_window`` seconds (it may
+        have missed them; it ignores duplicates)."""
+        if request.proplet_id not in ("", self.config.proplet_id) or not self.connected:
+            return
+        self._count("discovery_requests")
+        self._publish(self.topics.create, self.discovery())
+        for sent_at, payload in self._sent:
+            if self._clock - sent_at <= self.config.result_resend_window:
+                self._commands.append(Publish(self.topics.results, payload, self.config.qos))
 
     def _on_invoke(self, invoke: wire.InvokeTask, now: float) -> None:
         if not invoke.broadcast and invoke.proplet_id and invoke.proplet_id != self.config.proplet_id:
@@ -455,13 +494,10 @@ class PropletEngine:
             return
         limit = self._instance_limit()
         if limit and len(self.running) >= limit:
-            self._result(
-                start.id,
-                "",
-                f"proplet busy: {len(self.running)}/{limit} instances running",
-                start.attempt or None,
-                _Proof(start, now),
-            )
+            # A refusal, not a failure: the manager re-queues the task without spending an attempt.
+            self._count("starts_refused_busy")
+            reason = wire.refusals.busy_error(len(self.running), limit)
+            self._refuse(wire.refusals.BUSY, start.id, reason, start.attempt or None, _Proof(start, now))
             return
         self.running[start.id] = _Running(start, now)
         self._count("tasks_started")
@@ -474,8 +510,16 @@ class PropletEngine:
         entry = self.running.get(stop.id)
         if entry is None or entry.cancelled:
             return
+        if stop.attempt and entry.start.attempt and stop.attempt != entry.start.attempt:
+            # Aimed at another attempt of this task (one we no longer run): not ours to stop.
+            self._count("stops_for_other_attempts")
+            return
         entry.cancelled = True
+        self._count("tasks_stopped")
         self._commands.append(CancelTask(stop.id))
+        self._commands.append(
+            LogEvent("task_stop_requested", {"task_id": stop.id, "attempt": entry.start.attempt})
+        )
         if entry.deployed:
             # A deployed latent task has no run to wait for: stopping it ends it now.
             self.task_finished(stop.id, "", "stopped", now)
@@ -505,9 +549,11 @@ class PropletEngine:
         if not isinstance(outcome, Admission):
             self._count("admissions_refused")
             if outcome.reason.startswith("instance limit"):
-                return outcome.reason
-            # The manager re-places a task whose error starts with "out of memory" (engine._on_result).
-            return f"out of memory: need {outcome.cost_bytes} bytes, free {max(0, outcome.free_bytes)} bytes"
+                entry.refused = wire.refusals.BUSY
+                return wire.refusals.busy_error(len(self.running), self._instance_limit())
+            # Sent as a refusal: the manager re-places the task where it fits, spending no attempt.
+            entry.refused = wire.refusals.OUT_OF_MEMORY
+            return wire.refusals.out_of_memory_error(outcome.cost_bytes, outcome.free_bytes)
         entry.admission = outcome
         self._heap_peak = max(self._heap_peak, self.budget.used_bytes)
         return None
@@ -519,6 +565,7 @@ class PropletEngine:
     ) -> None:
         """The run of ``task_id`` ended. ``wall`` (UNIX seconds) dates the receipt; without it the
         receipt's times are on the driver's ``now`` axis."""
+        self._clock = now
         entry = self.running.pop(task_id, None)
         if entry is None:
             return
@@ -526,6 +573,10 @@ class PropletEngine:
             self.budget.release(entry.admission)
         if error and entry.cancelled:
             error = f"task {task_id} was stopped before completion"
+        if entry.refused is not None and error:
+            proof = _Proof(entry.start, entry.since, now, wall, entry.module_sha256)
+            self._refuse(entry.refused, task_id, error, entry.start.attempt or None, proof)
+            return
         self._count("tasks_failed" if error else "tasks_completed")
         proof = _Proof(entry.start, entry.since, now, wall, entry.module_sha256)
         self._result(task_id, results, error, entry.start.attempt or None, proof)
@@ -535,27 +586,50 @@ class PropletEngine:
             )
         )
 
+    def _refuse(self, kind: str, task_id: str, reason: str, attempt: int | None, proof: _Proof) -> None:
+        self._commands.append(
+            LogEvent("start_refused", {"task_id": task_id, "refused": kind, "reason": reason})
+        )
+        self._result(task_id, "", reason, attempt, proof, refused=kind)
+
     def _result(
-        self, task_id: str, results: str, error: str | None, attempt: int | None, proof: _Proof | None = None
+        self,
+        task_id: str,
+        results: str,
+        error: str | None,
+        attempt: int | None,
+        proof: _Proof | None = None,
+        *,
+        refused: str | None = None,
     ) -> None:
-        payload = self._encode_result(task_id, results, error, attempt, proof)
+        payload = self._encode_result(task_id, results, error, attempt, proof, refused)
         if payload is None:
             self._count("results_dropped")
             return
         if self.connected:
             self._commands.append(Publish(self.topics.results, payload, self.config.qos))
+            if refused is None:  # a refusal resent later could hit a new start of the same task
+                self._sent.append((self._clock, payload))
+                while self._sent and self._clock - self._sent[0][0] > self.config.result_resend_window:
+                    self._sent.popleft()
         elif len(self._outbox) < self.config.outbox_limit:
             self._outbox.append(payload)
         else:
             self._count("results_dropped")
 
     def _encode_result(
-        self, task_id: str, results: str, error: str | None, attempt: int | None, proof: _Proof | None
+        self,
+        task_id: str,
+        results: str,
+        error: str | None,
+        attempt: int | None,
+        proof: _Proof | None,
+        refused: str | None = None,
     ) -> bytes | None:
         """The result payload; one that does not fit (embedded 1023 bytes) becomes an error that does."""
         pid = self.config.proplet_id
         receipt = self._receipt(task_id, results, error, proof)
-        message = wire.TaskResult(task_id, results, error or None, pid, attempt, receipt)
+        message = wire.TaskResult(task_id, results, error or None, pid, attempt, receipt, refused)
         try:
             return wire.encode(message, self.config.profile)
         except wire.CodecError as err:
@@ -645,6 +719,19 @@ def _profile_due(entry: _Running, now: float) -> bool:
         return False
     interval = float(profile.get("interval") or 0)
     return entry.last_metrics is None or now - entry.last_metrics >= interval
+
+
+def _is_refusal(payload: bytes) -> bool:
+    try:
+        message = wire.decode_payload("control/proplet/results", payload)
+    except wire.CodecError:
+        return False
+    return isinstance(message, wire.TaskResult) and bool(message.refused)
+
+
+_HANDLED = frozenset(
+    {"control/manager/start", "control/manager/stop", "control/manager/invoke", "control/manager/discover"}
+)
 
 
 def _task_id_of(payload: bytes) -> str:

@@ -184,7 +184,7 @@ def create_app(manager: ManagerService) -> FastAPI:
     @app.get("/tasks")
     async def list_tasks(request: Request) -> dict[str, Any]:
         offset, limit = _page(request, max_limit=MAX_TASK_PAGE)
-        tasks = sorted(manager.engine.tasks.values(), key=lambda t: (t.created_at or 0, t.id))
+        tasks = await manager.list_tasks()
         raw_filter = request.query_params.get("metadata")
         if raw_filter:
             try:
@@ -199,7 +199,7 @@ def create_app(manager: ManagerService) -> FastAPI:
 
     @app.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:
-        return task_view(manager.engine.get_task(_uuid(task_id, "task_id")))
+        return task_view(await manager.find_task(_uuid(task_id, "task_id")))
 
     @app.put("/tasks/{task_id}")
     async def update_task(task_id: str, request: Request) -> dict[str, Any]:
@@ -253,7 +253,7 @@ def create_app(manager: ManagerService) -> FastAPI:
 
     @app.get("/tasks/{task_id}/results")
     async def task_results(task_id: str) -> Response:
-        task = manager.engine.get_task(_uuid(task_id, "task_id"))
+        task = await manager.find_task(_uuid(task_id, "task_id"))
         if task.results is None:
             return Response(status_code=200)
         return JSONResponse({"results": task.results})
@@ -376,7 +376,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         from orchestrator.views import rfc3339
 
         offset, limit = _page(request)
-        manager.engine.get_task(_uuid(task_id, "task_id"))
+        await manager.find_task(_uuid(task_id, "task_id"))
         assert manager.store is not None
         total, rows = await manager.store.list_task_metrics(task_id, offset, limit)
         return {

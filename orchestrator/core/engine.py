@@ -10,6 +10,8 @@ UNIX seconds (only for what users see).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import heapq
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -36,6 +38,7 @@ from orchestrator.core.latent import Latent
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 from orchestrator.core.placement import PlacementPolicy, RoundRobin
 from orchestrator.core.states import Trigger
+from orchestrator.core.tasktable import TaskTable
 from orchestrator.core.validation import build_task, printable
 
 
@@ -52,6 +55,17 @@ class EngineConfig:
     queue_timeout: float | None = None
     invoke_timeout: float = 30.0
     qos: int = 1
+    # Every attempt has a deadline: the task's ``limits.timeout_s`` plus ``attempt_grace`` (fetch,
+    # queueing on the device, the result in flight), or ``attempt_timeout`` when it sets no limit
+    # (None = no deadline then). Daemon and latent tasks run on purpose and have none.
+    attempt_grace: float = 30.0
+    attempt_timeout: float | None = 3600.0
+    # Refusals (busy, out of memory) spend no attempt; this bounds how often one task is refused.
+    max_refusals: int = 50
+    # Terminal tasks kept in memory after they settle (older ones are read from the store).
+    terminal_cache: int = 10_000
+    # Unplaceable tasks one queue drain examines before it stops (keeps a drain O(k log n)).
+    drain_scan_limit: int = 256
 
     @property
     def timeout(self) -> float:
@@ -75,12 +89,37 @@ class Engine:
         self.policy: PlacementPolicy = policy or RoundRobin()
         self._new_id = new_id or (lambda: str(uuid.uuid4()))
         self.proplets: dict[str, Proplet] = {}
-        self.tasks: dict[str, Task] = {}
+        # Resident tasks plus a bounded cache of terminal ones: use find_task / get_task.
+        self.tasks = TaskTable(self.config.terminal_cache)
         self.jobs: dict[str, Job] = {}
         # wall - now, refreshed on every call that passes both: converts cron times to deadlines.
         self._wall_offset: float | None = None
-        # Tasks waiting for capacity, with the monotonic time they started waiting.
+        # Tasks waiting for capacity, with the monotonic time they started waiting; the heap orders
+        # them by (priority, since) and the FIFO by since (queue timeouts). Both are lazy: an entry
+        # whose task left the queue (or re-entered it later) is skipped when it surfaces.
         self._queue: dict[str, float] = {}
+        self._queue_heap: list[tuple[int, float, str]] = []
+        self._queue_fifo: deque[tuple[float, str]] = deque()
+        self._parked: list[tuple[int, float, str]] = []  # heap entries set aside (see _drain_queue)
+        # Indexes, so no event scans every task: running tasks by proplet, memory they reserve,
+        # running broadcasts, workflow and job members, cron times, attempt deadlines.
+        self._running_on: dict[str, dict[str, Task]] = {}
+        self._reserved_bytes: dict[str, int] = {}
+        self._broadcasts: dict[str, Task] = {}
+        self._members: dict[tuple[str, str], dict[str, Task]] = {}
+        self._cron_heap: list[tuple[float, str]] = []
+        self._deadlines: list[tuple[float, str, int]] = []
+        self._deadline_of: dict[str, float] = {}  # the current deadline of each running attempt
+        # Attempts superseded while their proplet was away, still to be stopped: proplet -> task -> attempt.
+        self._stale: dict[str, dict[str, int]] = {}
+        # Proplets that refused a start as busy: not chosen again until they report room.
+        self._busy: set[str] = set()
+        self._refusals: Counter[str] = Counter()
+        self._no_fit: dict[str, set[str]] = {}  # task -> proplets that refused it out of memory while empty
+        # When we last asked a proplet without metadata to announce itself.
+        self._asked_discovery: dict[str, float] = {}
+        # Tasks that turned terminal since the last take_commands: settled (maybe evicted) there.
+        self._settling: list[Task] = []
         # Proplets restored from the store keep their running tasks until this deadline.
         self._grace: dict[str, float] = {}
         self._commands: list[Command] = []
@@ -93,12 +132,15 @@ class Engine:
         # Our own link to the broker: while it is down nobody's heartbeats can reach us, so liveness
         # verdicts and dispatch wait (otherwise a broker restart kills every proplet and burns attempts).
         self.link_up = True
+        self._link_lost_at: float | None = None
+        self._quiet_until = 0.0  # no "lost start" verdicts before this (just back on the broker)
         self.groups = Groups(self)
         self.latent = Latent(self)
 
     # ------------------------------------------------------------------ commands
 
     def take_commands(self) -> list[Command]:
+        self._settle()
         out, self._commands = self._commands, []
         return out
 
@@ -110,7 +152,9 @@ class Engine:
 
     def _persist_task(self, task: Task, wall: float) -> None:
         task.updated_at = wall
-        self._emit(PersistTask(copy.deepcopy(task)))
+        self._emit(PersistTask(snapshot(task)))
+        if task.state.is_terminal:
+            self._settling.append(task)
 
     def _persist_proplet(self, proplet: Proplet) -> None:
         self._emit(PersistProplet(copy.deepcopy(proplet)))
@@ -129,32 +173,188 @@ class Engine:
 
         Proplets are not alive until they heartbeat again, but one that had running tasks keeps
         them for one liveness timeout: if it heartbeats, its results still count; if not, its
-        tasks are re-dispatched like a death.
+        tasks are re-dispatched like a death. Terminal tasks that nothing needs go to the bounded
+        cache only (the store keeps them all), so memory does not grow with the history.
         """
         for p in proplets:
             p.alive = False
             p.last_seen = None
+            p.task_count = 0
             self.proplets[p.id] = p
         for job in jobs:
             self.jobs[job.id] = job
+        restored = 0
         for t in tasks:
-            self.tasks[t.id] = t
+            restored += 1
             if t.schedule and wall is not None and (t.next_run is None or t.next_run <= wall):
                 t.next_run = cron.next_run(t.schedule, t.timezone, wall)  # missed runs are skipped
+            if t.state.is_terminal and not self._pinned(t) and not t.workflow_id:
+                self.tasks.remember(t)
+                continue
+            self._admit(t)
             if t.state is TaskState.SCHEDULED:
-                self._queue[t.id] = now
+                self._enqueue(t, now)
+            elif t.state is TaskState.RUNNING and t.broadcast:
+                self._broadcasts[t.id] = t
             elif t.state is TaskState.RUNNING and t.proplet_id:
                 self._grace.setdefault(t.proplet_id, now + self.config.timeout)
                 self._dispatched_at[t.id] = now
                 if t.proplet_id not in self.proplets:
                     self.proplets[t.proplet_id] = Proplet(id=t.proplet_id)
-        for p in self.proplets.values():
-            p.task_count = sum(
-                1 for t in self.tasks.values() if t.state is TaskState.RUNNING and t.proplet_id == p.id
-            )
+                self._occupy(t, self.proplets[t.proplet_id])
+                self._arm_deadline(t, now)
+        # Workflows whose every task is terminal need none of them resident any more.
+        for key, members in list(self._members.items()):
+            if key[0] == "w" and all(m.state.is_terminal for m in members.values()):
+                self._settle_group(key)
         if wall is not None:
             self._wall_offset = wall - now
-        self._log("engine_restored", tasks=len(self.tasks), proplets=len(self.proplets), jobs=len(self.jobs))
+        self._log(
+            "engine_restored",
+            tasks=restored,
+            resident=len(self.tasks.live),
+            proplets=len(self.proplets),
+            jobs=len(self.jobs),
+        )
+
+    # ------------------------------------------------------------------ task table and indexes
+
+    def _pinned(self, task: Task) -> bool:
+        """A terminal task stays resident while cron or its job will start it again."""
+        return bool(task.schedule and task.next_run is not None) or bool(task.job_id)
+
+    def _admit(self, task: Task) -> None:
+        self.tasks.add(task)
+        if task.schedule and task.next_run is not None:
+            heapq.heappush(self._cron_heap, (task.next_run, task.id))
+        for key in _group_keys(task):
+            self._members.setdefault(key, {})[task.id] = task
+
+    def _settle(self) -> None:
+        """Move tasks that turned terminal out of the resident set when nothing needs them."""
+        settling, self._settling = self._settling, []
+        for task in settling:
+            self._refusals.pop(task.id, None)
+            self._no_fit.pop(task.id, None)
+            if not task.state.is_terminal or self._pinned(task) or task.id not in self.tasks.live:
+                continue
+            if task.workflow_id:
+                key = ("w", task.workflow_id)
+                members = self._members.get(key, {})
+                if all(m.state.is_terminal for m in members.values()):
+                    self._settle_group(key)
+                continue  # a running workflow still needs its parents' results
+            self.tasks.settle(task)
+
+    def _settle_group(self, key: tuple[str, str]) -> None:
+        for member in self._members.pop(key, {}).values():
+            if member.state.is_terminal and not self._pinned(member):
+                self.tasks.settle(member)
+
+    def group_members(self, task: Task) -> list[Task]:
+        """The resident tasks of ``task``'s workflow or job (itself included)."""
+        out: dict[str, Task] = {}
+        for key in _group_keys(task):
+            out.update(self._members.get(key, {}))
+        return list(out.values())
+
+    def _occupy(self, task: Task, proplet: Proplet) -> None:
+        running = self._running_on.setdefault(proplet.id, {})
+        if task.id in running:
+            return
+        running[task.id] = task
+        proplet.task_count += 1
+        if task.memory_bytes:
+            self._reserved_bytes[proplet.id] = self._reserved_bytes.get(proplet.id, 0) + task.memory_bytes
+
+    def _vacate(self, task: Task) -> None:
+        """``task`` no longer holds a slot on its proplet (idempotent)."""
+        self._deadline_of.pop(task.id, None)
+        running = self._running_on.get(task.proplet_id)
+        if running is None or running.pop(task.id, None) is None:
+            return
+        if not running:
+            del self._running_on[task.proplet_id]
+        proplet = self.proplets.get(task.proplet_id)
+        if proplet is not None and proplet.task_count > 0:
+            proplet.task_count -= 1
+        if task.memory_bytes:
+            held = self._reserved_bytes.get(task.proplet_id, 0) - task.memory_bytes
+            if held > 0:
+                self._reserved_bytes[task.proplet_id] = held
+            else:
+                self._reserved_bytes.pop(task.proplet_id, None)
+
+    def _enqueue(self, task: Task, now: float) -> None:
+        self._queue[task.id] = now
+        heapq.heappush(self._queue_heap, (-task.priority, now, task.id))
+        self._queue_fifo.append((now, task.id))
+
+    def _dequeue(self, task_id: str) -> None:
+        self._queue.pop(task_id, None)  # heap and FIFO entries go stale and are skipped
+
+    def _arm_deadline(self, task: Task, now: float) -> None:
+        limit = self.attempt_deadline(task)
+        if limit is not None:
+            self._deadline_of[task.id] = now + limit
+            heapq.heappush(self._deadlines, (now + limit, task.id, task.attempt))
+
+    def attempt_deadline(self, task: Task) -> float | None:
+        """Seconds an attempt of ``task`` may run before the manager gives up on it (None = forever)."""
+        if task.daemon or task.latent or task.broadcast:
+            return None
+        timeout = task.limits.get("timeout_s") if task.limits else None
+        if timeout:
+            return float(timeout) + self.config.attempt_grace
+        return self.config.attempt_timeout
+
+    def _supersede(self, task: Task, proplet_id: str) -> None:
+        """The attempt of ``task`` on ``proplet_id`` no longer counts: stop it when the proplet is back."""
+        if not proplet_id or not task.attempt:
+            return
+        stale = self._stale.setdefault(proplet_id, {})
+        stale[task.id] = task.attempt
+        if len(stale) > _STALE_LIMIT:  # a proplet that never comes back must not grow this forever
+            del stale[next(iter(stale))]
+
+    def _publish_stale_stops(self, proplet_id: str, task_ids: Iterable[str]) -> None:
+        stale = self._stale.get(proplet_id, {})
+        for task_id in task_ids:
+            task = self.tasks.find(task_id)
+            attempt = stale.get(task_id, 0)
+            current = task is not None and (
+                task.broadcast or (task.state is TaskState.RUNNING and task.proplet_id == proplet_id)
+            )
+            if attempt == 0 and current:
+                continue  # the current attempt: nothing stale
+            name = task.name if task is not None else ""
+            self._emit_stop(task_id, name, proplet_id, attempt)
+            self.counters["superseded_stops_sent"] += 1
+            self._log("superseded_attempt_stopped", task_id=task_id, proplet_id=proplet_id, attempt=attempt)
+
+    # ------------------------------------------------------------------ queries
+
+    def find_task(self, task_id: str) -> Task | None:
+        """The task if it is in memory (resident or recently finished), else None (read the store)."""
+        return self.tasks.find(task_id)
+
+    def running_on(self, proplet_id: str) -> list[Task]:
+        """The tasks the engine believes run on ``proplet_id`` now (broadcasts excluded)."""
+        return list(self._running_on.get(proplet_id, {}).values())
+
+    def reserved_bytes(self, proplet_id: str) -> int:
+        return self._reserved_bytes.get(proplet_id, 0)
+
+    def readmit(self, task: Task) -> Task:
+        """Bring a terminal task read back from the store into memory (to start, change or delete it)."""
+        known = self.tasks.find(task.id)
+        if known is not None:
+            return known
+        if not task.state.is_terminal:
+            raise Conflict(f"task {task.id} is {task.state.label.lower()} in the store but not in memory")
+        self._admit(task)
+        self._settling.append(task)  # settles again unless started
+        return task
 
     # ------------------------------------------------------------------ network input
 
@@ -228,6 +428,7 @@ class Engine:
         if not was_alive:
             self._log("proplet_alive", proplet_id=proplet_id, new=created)
             self._persist_proplet(proplet)
+            self._unpark()
             self._drain_queue(now, wall)
         return proplet, created
 
@@ -241,37 +442,95 @@ class Engine:
         if msg.namespace and proplet.namespace != msg.namespace:
             proplet.namespace = msg.namespace
             self._persist_proplet(proplet)
+        if proplet.metadata == PropletMetadata():
+            self._ask_discovery(proplet, now)
         if msg.running is not None:
-            self._reconcile(proplet, set(msg.running), now, wall)
+            self._reconcile(proplet, msg.running, now, wall)
+        room = msg.running is None or not proplet.metadata.max_instances
+        if room or len(msg.running or ()) < proplet.metadata.max_instances:
+            self._room(proplet, now, wall)
 
-    def _reconcile(self, proplet: Proplet, reported: set[str], now: float, wall: float) -> None:
-        """A task we think runs on ``proplet`` but that it does not report has lost its start or result."""
+    def _ask_discovery(self, proplet: Proplet, now: float) -> None:
+        """A proplet we only know from heartbeats (it started before us): ask it to announce itself."""
+        asked = self._asked_discovery.get(proplet.id)
+        if asked is not None and now - asked < self.config.timeout:
+            return
+        self._asked_discovery[proplet.id] = now
+        self.counters["discovery_requests"] += 1
+        request = wire.DiscoveryRequest(proplet.id)
+        self._emit(Publish(self.topics.discover, wire.encode(request), self.config.qos))
+        self._log("discovery_requested", proplet_id=proplet.id)
+
+    def _room(self, proplet: Proplet, now: float, wall: float) -> None:
+        """``proplet`` reports room again after refusing a start as busy."""
+        if proplet.id in self._busy:
+            self._busy.discard(proplet.id)
+            self._unpark()
+            self._drain_queue(now, wall)
+
+    def _reconcile(self, proplet: Proplet, reported: tuple[str, ...], now: float, wall: float) -> None:
+        """Compare what ``proplet`` runs with what we think it runs.
+
+        A task we think runs there but that it does not report has lost its start or its result; a
+        task it reports that is not its current attempt is a superseded attempt: stop it.
+        """
         settle = 2 * self.config.heartbeat_interval  # the start may still be in flight
+        running = set(reported)
         lost = [
             t
-            for t in self.tasks.values()
-            if t.state is TaskState.RUNNING
-            and not t.broadcast
-            and t.proplet_id == proplet.id
-            and t.id not in reported
-            and now - self._dispatched_at.get(t.id, now) >= settle
+            for t in self._running_on.get(proplet.id, {}).values()
+            if t.id not in running and now - self._dispatched_at.get(t.id, now) >= settle
         ]
+        if now < self._quiet_until:
+            lost = []  # just back on the broker: re-sent results may still be on their way
+        stale = self._stale.get(proplet.id)
+        if stale:
+            for task_id in [t for t in stale if t not in running]:
+                del stale[task_id]  # that attempt is over
+            if not stale:
+                del self._stale[proplet.id]
         for task in lost:
+            # Most likely its start was lost (results are sent before the heartbeat that drops a
+            # task): nothing ran, so no attempt is spent; bounded like refusals.
             self.counters["tasks_lost_on_proplet"] += 1
-            self._requeue_or_fail(task, proplet, "it no longer reports the task running", now, wall)
+            self._on_refusal(task, "lost", "it no longer reports the task running", now, wall, drain=False)
+        self._publish_stale_stops(proplet.id, running)
         if lost:
             self._drain_queue(now, wall)
 
     def _on_discovery(self, msg: wire.Discovery, now: float, wall: float) -> None:
         metadata = PropletMetadata.from_json(dict(msg.metadata))
+        known = self.proplets.get(msg.proplet_id)
+        unchanged = (
+            known is not None
+            and known.alive
+            and known.metadata == metadata
+            and known.namespace == msg.namespace
+        )
         proplet, _ = self._sighting(msg.proplet_id, now, wall, metadata)
+        self._asked_discovery.pop(proplet.id, None)
+        self._busy.discard(proplet.id)  # a fresh announcement is a fresh start
+        if unchanged:
+            return  # an alive proplet announcing the same again (asked after a broker outage)
         proplet.namespace = msg.namespace
         self._log("proplet_discovered", proplet_id=proplet.id, embedded=proplet.is_embedded)
         self._persist_proplet(proplet)
+        self._unpark()
         self._drain_queue(now, wall)
 
     def _on_result(self, msg: wire.TaskResult, now: float, wall: float) -> None:
-        task = self.tasks.get(msg.task_id)
+        task = self.tasks.find(msg.task_id)
+        sender = msg.proplet_id or ""
+        late = False  # the result of an attempt we had given up on (its proplet was away)
+        if sender in self._stale and msg.attempt is not None:
+            stale = self._stale[sender]
+            if stale.get(msg.task_id) == msg.attempt:
+                del stale[msg.task_id]  # the superseded attempt has ended (stopped or finished)
+                late = True
+                self.counters["superseded_attempts_ended"] += 1
+                self._log(
+                    "superseded_attempt_ended", task_id=msg.task_id, proplet_id=sender, attempt=msg.attempt
+                )
         if task is None:
             self.counters["results_unknown_task"] += 1
             self._log("result_for_unknown_task", "warning", task_id=msg.task_id)
@@ -282,6 +541,16 @@ class Engine:
         sender = msg.proplet_id or ""
         if task.broadcast:
             self._on_broadcast_result(task, sender or _receipt_signer(msg), msg, now, wall, verdict)
+            return
+        if (
+            late
+            and msg.is_success
+            and task.state is TaskState.SCHEDULED
+            and wire.refusals.refusal_of(msg) is None
+        ):
+            # Given up on while its proplet was away, not yet placed again: it ran, so it counts
+            # (running it again would run it twice). Once a newer attempt runs, that one decides.
+            self._accept_late_result(task, sender, msg, now, wall)
             return
         superseded = (msg.attempt is not None and msg.attempt != task.attempt) or (
             sender and task.proplet_id and sender != task.proplet_id and not task.broadcast
@@ -298,18 +567,9 @@ class Engine:
                 superseded=bool(superseded),
             )
             return
-        if msg.error and msg.error.startswith("out of memory") and task.attempt < task.max_attempts:
-            # The device could not fit it after all: its free memory is less than it announced. Note
-            # that, and place the task again where it fits instead of failing it.
-            proplet = self.proplets.get(task.proplet_id)
-            if proplet is not None and task.memory_bytes:
-                held = self._reserved().get(proplet.id, 0) - task.memory_bytes  # not the refused task
-                proplet.metadata.free_memory_bytes = max(1, held)
-            self.counters["tasks_oom_replaced"] += 1
-            self._requeue_or_fail(
-                task, proplet or Proplet(id=task.proplet_id), printable(msg.error), now, wall
-            )
-            self._drain_queue(now, wall)
+        refused = wire.refusals.refusal_of(msg)
+        if refused is not None:
+            self._on_refusal(task, refused, printable(msg.error or refused), now, wall)
             return
         task.results = msg.results
         task.finish_time = wall
@@ -319,7 +579,7 @@ class Engine:
         else:
             states.apply(task, Trigger.FAIL)
             task.error = printable(msg.error or "")
-        self._release_slot(task)
+        self._vacate(task)
         started = self._dispatched_at.pop(task.id, None)
         if started is not None:
             self.dispatch_latencies.append(now - started)
@@ -327,7 +587,78 @@ class Engine:
         self._log("task_finished", task_id=task.id, state=task.state.label, proplet_id=task.proplet_id)
         self._persist_task(task, wall)
         self._after_terminal(task, now, wall)
+        proplet = self.proplets.get(task.proplet_id)
+        if proplet is not None:
+            self._busy.discard(proplet.id)  # it just finished one: it has room
         self._drain_queue(now, wall)
+
+    def _accept_late_result(
+        self, task: Task, sender: str, msg: wire.TaskResult, now: float, wall: float
+    ) -> None:
+        # Judged like a result of the attempt it answers (sender, receipt), not of the queued task.
+        probe = dataclasses.replace(task, attempt=msg.attempt or 0, proplet_id=sender)
+        verdict = result_trust.judge(probe, msg, self.proplets.get(sender), self.keys)
+        if not verdict.accepted:
+            self._reject_result(task, msg, verdict)
+            return
+        task.receipt, task.verified = verdict.receipt, verdict.verified
+        self._dequeue(task.id)
+        assert msg.attempt is not None
+        task.attempt, task.proplet_id = msg.attempt, sender
+        task.results, task.error, task.finish_time = msg.results, "", wall
+        states.apply(task, Trigger.COMPLETE)
+        self.counters["late_results_accepted"] += 1
+        self.counters["tasks_completed"] += 1
+        self._log("task_finished", task_id=task.id, state=task.state.label, proplet_id=sender, late=True)
+        self._persist_task(task, wall)
+        self._after_terminal(task, now, wall)
+        self._drain_queue(now, wall)
+
+    def _on_refusal(
+        self, task: Task, kind: str, reason: str, now: float, wall: float, *, drain: bool = True
+    ) -> None:
+        """The proplet did not run the start (refused, or the start was lost): re-queue, no attempt spent."""
+        proplet = self.proplets.get(task.proplet_id) or Proplet(id=task.proplet_id)
+        if kind == wire.refusals.OUT_OF_MEMORY and task.memory_bytes:
+            # Its free memory is less than it announced: note what it can hold (not the refused task).
+            held = self._reserved_bytes.get(proplet.id, 0) - task.memory_bytes
+            proplet.metadata.free_memory_bytes = max(1, held)
+        elif kind == wire.refusals.BUSY or kind not in (wire.refusals.OUT_OF_MEMORY, "lost"):
+            self._busy.add(proplet.id)  # not chosen again until it reports room
+        self._refusals[task.id] += 1
+        self.counters[f"starts_refused_{kind}"] += 1
+        if kind == "lost":
+            self._supersede(task, proplet.id)  # if it ran after all, its late result still counts
+        self._vacate(task)
+        self._dispatched_at.pop(task.id, None)
+        verdict = ""
+        if kind == wire.refusals.OUT_OF_MEMORY and not self._running_on.get(proplet.id):
+            # Refused with nothing else running there: it will never fit on that proplet. When no
+            # other alive proplet is left to try (or it is pinned), that is the task's answer.
+            no_fit = self._no_fit.setdefault(task.id, set())
+            no_fit.add(proplet.id)
+            alive = {p.id for p in self.proplets.values() if p.alive}
+            if task.metadata.get("pinned") or alive <= no_fit:
+                verdict = f"{reason} (on {proplet.id}, with nothing else running there)"
+        if not verdict and self._refusals[task.id] > self.config.max_refusals:
+            times = self._refusals[task.id]
+            verdict = f"not run after {times} refusals or lost starts, last on {proplet.id}: {reason}"
+        if verdict:
+            self._fail(task, verdict, wall)
+            self._after_terminal(task, now, wall)
+            if drain:
+                self._drain_queue(now, wall)
+            return
+        task.attempt -= 1  # nothing ran: the attempt is not spent
+        states.apply(task, Trigger.REQUEUE)
+        task.error = f"refused by {proplet.id} ({kind}): {reason}"
+        if not task.metadata.get("pinned"):
+            task.proplet_id = ""
+        self._enqueue(task, now)
+        self._log("start_refused", task_id=task.id, proplet_id=proplet.id, refused=kind, reason=reason)
+        self._persist_task(task, wall)
+        if drain:
+            self._drain_queue(now, wall)
 
     def _trust_result(self, task: Task, msg: wire.TaskResult) -> result_trust.Judgement | None:
         """The sender and receipt checks (result_trust.judge), before anything else looks at a result.
@@ -409,6 +740,7 @@ class Engine:
             )
         else:
             states.apply(task, Trigger.COMPLETE)
+        self._broadcasts.pop(task.id, None)
         self.counters[f"tasks_{task.state.name.lower()}"] += 1
         self._persist_task(task, wall)
         self._after_terminal(task, now, wall)
@@ -418,6 +750,7 @@ class Engine:
     def link_lost(self, now: float) -> None:
         if self.link_up:
             self.link_up = False
+            self._link_lost_at = now
             self._log("manager_link_lost", "warning")
 
     def link_restored(self, now: float, wall: float) -> None:
@@ -425,9 +758,24 @@ class Engine:
         was_down = not self.link_up
         self.link_up = True
         if was_down:
+            # Proplets lost the broker too, and their reconnect backoff grew with the outage: allow
+            # them about the outage again (capped) on top of the liveness timeout to come back.
+            outage = now - self._link_lost_at if self._link_lost_at is not None else 0.0
+            back_by = now + min(max(outage, 0.0), _RECONNECT_ALLOWANCE_CAP)
             for proplet in self.proplets.values():
                 if proplet.alive and proplet.last_seen is not None:
-                    proplet.last_seen = max(proplet.last_seen, now)
+                    proplet.last_seen = max(proplet.last_seen, back_by)
+            # What proplets published while we were away is gone with the broker's sessions: ask
+            # everyone to announce again and re-send recent results, and give them time before a
+            # task a heartbeat does not list is taken for lost.
+            self._quiet_until = now + 2 * self.config.heartbeat_interval
+            request = wire.DiscoveryRequest("")
+            self._emit(Publish(self.topics.discover, wire.encode(request), self.config.qos))
+            # Attempts that were running through the outage get their full deadline again.
+            for running in self._running_on.values():
+                for task in running.values():
+                    if self._deadline_of.get(task.id, now) < now + (self.attempt_deadline(task) or 0):
+                        self._arm_deadline(task, now)
             self._log("manager_link_restored")
         self._drain_queue(now, wall)
 
@@ -442,12 +790,45 @@ class Engine:
         deadlines.extend(self._grace.values())
         deadlines.extend(self.latent.deadlines())
         if self.config.queue_timeout is not None:
-            deadlines.extend(t + self.config.queue_timeout for t in self._queue.values())
+            self._prune_fifo()
+            if self._queue_fifo:
+                deadlines.append(self._queue_fifo[0][0] + self.config.queue_timeout)
         if self._wall_offset is not None:
-            deadlines.extend(
-                t.next_run - self._wall_offset for t in self.tasks.values() if t.schedule and t.next_run
-            )
+            self._prune_cron()
+            if self._cron_heap:
+                deadlines.append(self._cron_heap[0][0] - self._wall_offset)
+        if self._deadlines and self.link_up:
+            deadlines.append(self._deadlines[0][0])
         return min(deadlines, default=None)
+
+    def _prune_fifo(self) -> None:
+        while self._queue_fifo and self._queue.get(self._queue_fifo[0][1]) != self._queue_fifo[0][0]:
+            self._queue_fifo.popleft()
+
+    def _prune_cron(self) -> None:
+        while self._cron_heap:
+            due, task_id = self._cron_heap[0]
+            task = self.tasks.live.get(task_id)
+            if task is not None and task.schedule and task.next_run == due:
+                return
+            heapq.heappop(self._cron_heap)
+
+    def due_cron(self, wall: float) -> list[Task]:
+        """Cron tasks whose next run is due, taken off the cron heap (the caller reschedules them)."""
+        due: list[Task] = []
+        self._prune_cron()
+        while self._cron_heap and self._cron_heap[0][0] <= wall:
+            _, task_id = heapq.heappop(self._cron_heap)
+            task = self.tasks.live.get(task_id)
+            if task is not None and task not in due:
+                due.append(task)
+            self._prune_cron()
+        return due
+
+    def schedule_cron(self, task: Task) -> None:
+        """(Re)file ``task`` on the cron heap after its ``next_run`` changed."""
+        if task.schedule and task.next_run is not None:
+            heapq.heappush(self._cron_heap, (task.next_run, task.id))
 
     def on_timer(self, now: float, wall: float) -> None:
         self._wall_offset = wall - now
@@ -465,18 +846,39 @@ class Engine:
                 proplet = self.proplets[proplet_id]
                 if not proplet.alive:
                     self._release_tasks(proplet, "did not come back after manager restart", now, wall)
+        if self.link_up:
+            self._expire_attempts(now, wall)
         if self.config.queue_timeout is not None:
-            for task_id, since in list(self._queue.items()):
-                if now >= since + self.config.queue_timeout:
-                    task = self.tasks[task_id]
-                    del self._queue[task_id]
-                    reason = task.error or "no proplet available"
-                    self._fail(task, f"not dispatched within {self.config.queue_timeout:g} s: {reason}", wall)
-                    self._after_terminal(task, now, wall)
+            self._prune_fifo()
+            while self._queue_fifo and now >= self._queue_fifo[0][0] + self.config.queue_timeout:
+                _, task_id = self._queue_fifo.popleft()
+                task = self.tasks.live[task_id]
+                self._dequeue(task_id)
+                reason = task.error or "no proplet available"
+                self._fail(task, f"not dispatched within {self.config.queue_timeout:g} s: {reason}", wall)
+                self._after_terminal(task, now, wall)
+                self._prune_fifo()
         self._drain_queue(now, wall)
+
+    def _expire_attempts(self, now: float, wall: float) -> None:
+        """Attempts past their deadline: stop them where they are and place the task again (or fail)."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            due, task_id, attempt = heapq.heappop(self._deadlines)
+            task = self.tasks.live.get(task_id)
+            if task is None or task.state is not TaskState.RUNNING or task.attempt != attempt:
+                continue  # that attempt already ended
+            if self._deadline_of.get(task_id) != due:
+                continue  # re-armed later (our link was down meanwhile)
+            limit = self.attempt_deadline(task) or 0
+            proplet = self.proplets.get(task.proplet_id) or Proplet(id=task.proplet_id)
+            self.counters["attempts_timed_out"] += 1
+            self._emit_stop(task.id, task.name, task.proplet_id, task.attempt)
+            self._supersede(task, task.proplet_id)
+            self._requeue_or_fail(task, proplet, f"no result within {limit:g} s", now, wall)
 
     def _mark_dead(self, proplet: Proplet, reason: str, now: float, wall: float) -> None:
         self._grace.pop(proplet.id, None)
+        self._busy.discard(proplet.id)
         if proplet.alive:
             proplet.alive = False
             self.counters["proplets_died"] += 1
@@ -485,21 +887,20 @@ class Engine:
         self._release_tasks(proplet, reason, now, wall)
 
     def _release_tasks(self, proplet: Proplet, reason: str, now: float, wall: float) -> None:
-        for task in [t for t in self.tasks.values() if t.state is TaskState.RUNNING]:
-            if task.broadcast and proplet.id in task.targets:
-                results = task.results if isinstance(task.results, dict) else {}
-                if proplet.id not in results:
-                    results[proplet.id] = {"results": "", "error": f"proplet died ({reason})"}
-                    task.results = results
-                    self._maybe_finish_broadcast(task, now, wall)
-                continue
-            if task.proplet_id != proplet.id or task.broadcast:
-                continue
+        for task in [t for t in self._broadcasts.values() if proplet.id in t.targets]:
+            results = task.results if isinstance(task.results, dict) else {}
+            if task.state is TaskState.RUNNING and proplet.id not in results:
+                results[proplet.id] = {"results": "", "error": f"proplet died ({reason})"}
+                task.results = results
+                self._maybe_finish_broadcast(task, now, wall)
+        for task in list(self._running_on.get(proplet.id, {}).values()):
+            # It may still be running there (a partition, not a death): stop it when it is back.
+            self._supersede(task, proplet.id)
             self._requeue_or_fail(task, proplet, f"proplet {proplet.id} died ({reason})", now, wall)
         self._drain_queue(now, wall)
 
     def _requeue_or_fail(self, task: Task, proplet: Proplet, why: str, now: float, wall: float) -> None:
-        self._release_slot(task)
+        self._vacate(task)
         self._dispatched_at.pop(task.id, None)
         if task.attempt >= task.max_attempts:
             self._fail(
@@ -511,7 +912,7 @@ class Engine:
         task.error = f"attempt {task.attempt} lost on {proplet.id}: {why}"
         if not task.metadata.get("pinned"):
             task.proplet_id = ""
-        self._queue[task.id] = now
+        self._enqueue(task, now)
         self.counters["tasks_redispatched"] += 1
         self._log("task_requeued", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt, reason=why)
         self._persist_task(task, wall)
@@ -528,13 +929,14 @@ class Engine:
         if task.schedule:
             cron.validate(task.schedule, task.timezone)
             task.next_run = cron.next_run(task.schedule, task.timezone, wall)
-        self.tasks[task.id] = task
+        self._admit(task)
         self._persist_task(task, wall)
         self._log("task_created", task_id=task.id, name=task.name)
         return task
 
     def get_task(self, task_id: str) -> Task:
-        task = self.tasks.get(task_id)
+        """A task in memory; NotFound when unknown or settled out of memory (read it from the store)."""
+        task = self.tasks.find(task_id)
         if task is None:
             raise NotFound(f"task {task_id} not found")
         return task
@@ -560,6 +962,8 @@ class Engine:
             if not target.alive:
                 raise Conflict(f"specified proplet {task.proplet_id} is not alive", "proplet_id")
             task.metadata = {**task.metadata, "pinned": True}
+        if task.id not in self.tasks.live:
+            self._admit(task)  # a settled task started again is resident until it settles again
         if task.state.is_terminal:
             states.apply(task, Trigger.RESET)
             task.attempt = 0
@@ -571,7 +975,7 @@ class Engine:
             self._dispatch_broadcast(task, now, wall)
             return task
         states.apply(task, Trigger.QUEUE)
-        self._queue[task.id] = now
+        self._enqueue(task, now)
         self._persist_task(task, wall)
         self._drain_queue(now, wall)
         return task
@@ -590,6 +994,7 @@ class Engine:
         task.results = {}
         task.receipt, task.verified = None, False  # a new attempt: its receipts are still to come
         task.start_time = wall
+        self._broadcasts[task.id] = task
         self.counters["tasks_dispatched"] += 1
         self._persist_task(task, wall)
         self._emit(Publish(self.topics.start, wire.encode(start), self.config.qos))
@@ -606,8 +1011,13 @@ class Engine:
         if task.state is TaskState.RUNNING:
             self._publish_stop(task)
             if not task.broadcast:
-                self._release_slot(task)
-        self._queue.pop(task.id, None)
+                self._vacate(task)
+        # Attempts superseded while their proplet was away may still run there: stop them too.
+        for proplet_id, stale in self._stale.items():
+            if task.id in stale:
+                self._emit_stop(task.id, task.name, proplet_id, stale[task.id])
+        self._broadcasts.pop(task.id, None)
+        self._dequeue(task.id)
         self._dispatched_at.pop(task.id, None)
         states.apply(task, Trigger.INTERRUPT)
         task.error = reason
@@ -640,6 +1050,9 @@ class Engine:
             changes["next_run"] = None
         for key, value in changes.items():
             setattr(task, key, value)
+        if task.schedule and task.next_run is not None:
+            self.tasks.add(task)  # a cron task stays resident
+            self.schedule_cron(task)
         self._persist_task(task, wall)
         self._log("task_updated", task_id=task_id, fields=sorted(changes))
         return task
@@ -648,7 +1061,13 @@ class Engine:
         task = self.get_task(task_id)
         if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):
             raise Conflict(f"task {task_id} is {task.state.label.lower()}; stop it first")
-        del self.tasks[task_id]
+        self.tasks.discard(task_id)
+        for key in _group_keys(task):
+            members = self._members.get(key)
+            if members is not None:
+                members.pop(task_id, None)
+                if not members:
+                    del self._members[key]
         self._emit(DeleteTask(task_id))
 
     def delete_proplet(self, proplet_id: str) -> None:
@@ -656,34 +1075,74 @@ class Engine:
         if proplet.task_count > 0:
             raise Conflict(f"proplet {proplet_id} has {proplet.task_count} running tasks")
         del self.proplets[proplet_id]
+        for table in (self._stale, self._asked_discovery, self._grace):
+            table.pop(proplet_id, None)
+        self._busy.discard(proplet_id)
         self._emit(DeleteProplet(proplet_id))
 
     # ------------------------------------------------------------------ dispatch
 
     def _drain_queue(self, now: float, wall: float) -> None:
+        """Dispatch queued tasks in (priority, waiting since) order while proplets have room.
+
+        Costs O(k log n) for k tasks examined: it stops as soon as no candidate has a free slot, and
+        after ``drain_scan_limit`` tasks that could not be placed (they wait for the next drain). A
+        task needing more memory than any alive proplet announces is parked aside until a proplet
+        (re)announces itself, so it is not examined on every event.
+        """
         if not self._queue or not self.link_up:
             return
-        order = sorted(self._queue, key=lambda tid: (-self.tasks[tid].priority, self._queue[tid], tid))
-        for task_id in order:
-            task = self.tasks[task_id]
-            candidates = [p for p in self.proplets.values() if p.alive]
-            if task.proplet_id:
-                candidates = [p for p in candidates if p.id == task.proplet_id]
-            choice = self.policy.choose(task, candidates, self._reserved())
+        deferred: list[tuple[int, float, str]] = []
+        alive = [p for p in self.proplets.values() if p.alive and p.id not in self._busy]
+        open_ = [p for p in alive if _has_slot(p)]
+        largest = _largest_memory(alive)
+        while self._queue_heap and open_ and len(deferred) < self.config.drain_scan_limit:
+            entry = heapq.heappop(self._queue_heap)
+            _, since, task_id = entry
+            if self._queue.get(task_id) != since:
+                continue  # stale entry: the task left the queue or re-entered it later
+            task = self.tasks.live[task_id]
+            pool = [p for p in alive if p.id == task.proplet_id] if task.proplet_id else open_
+            no_fit = self._no_fit.get(task_id)
+            if no_fit:
+                pool = [p for p in pool if p.id not in no_fit]
+            choice = self.policy.choose(task, pool, self._reserved_bytes)
             if choice.proplet is None:
-                if task.error != choice.reason:
-                    task.error = choice.reason
+                reason = choice.reason
+                if not pool and task.proplet_id in self._busy:
+                    reason = f"proplet {task.proplet_id} is busy; waiting for it to report room"
+                task.error = reason
+                if largest is not None and task.memory_bytes > largest and not task.proplet_id:
+                    self._parked.append(entry)  # no alive proplet could ever hold it as announced
+                else:
+                    deferred.append(entry)
                 continue
             del self._queue[task_id]
             self._dispatch(task, choice.proplet, now, wall)
+            if not _has_slot(choice.proplet):
+                open_ = [p for p in open_ if p is not choice.proplet]
+        for entry in deferred:
+            heapq.heappush(self._queue_heap, entry)
+        if not open_ and self._queue:
+            # Nothing can be placed: say why on the next task in line (one placement call).
+            self._prune_heap()
+            head = self.tasks.live.get(self._queue_heap[0][2]) if self._queue_heap else None
+            if head is not None:
+                reason = self.policy.choose(head, alive, self._reserved_bytes).reason
+                if not alive and self._busy:
+                    reason = "every alive proplet is busy; waiting for one to report room"
+                head.error = reason or head.error
 
-    def _reserved(self) -> dict[str, int]:
-        """Memory reserved on each proplet by the tasks running there."""
-        held: dict[str, int] = {}
-        for t in self.tasks.values():
-            if t.state is TaskState.RUNNING and t.memory_bytes and t.proplet_id and not t.broadcast:
-                held[t.proplet_id] = held.get(t.proplet_id, 0) + t.memory_bytes
-        return held
+    def _unpark(self) -> None:
+        """A proplet (re)announced itself: parked tasks may fit now."""
+        for entry in self._parked:
+            if self._queue.get(entry[2]) == entry[1]:
+                heapq.heappush(self._queue_heap, entry)
+        self._parked.clear()
+
+    def _prune_heap(self) -> None:
+        while self._queue_heap and self._queue.get(self._queue_heap[0][2]) != self._queue_heap[0][1]:
+            heapq.heappop(self._queue_heap)
 
     def _dispatch(self, task: Task, proplet: Proplet, now: float, wall: float) -> None:
         profile = wire.Profile.EMBEDDED if proplet.is_embedded else wire.Profile.RUST
@@ -694,14 +1153,19 @@ class Engine:
         except wire.CodecError as err:
             task.attempt -= 1
             self._fail(task, f"cannot send task to {proplet.id}: {err}", wall)
+            self._after_terminal(task, now, wall)
             return
         states.apply(task, Trigger.DISPATCH)
+        stale = self._stale.get(proplet.id)
+        if stale is not None:
+            stale.pop(task.id, None)  # a new attempt there: an old record must not stop it
         task.proplet_id = proplet.id
         task.receipt, task.verified = None, False  # a new attempt: its receipt is still to come
         task.error = ""
         task.start_time = wall
-        proplet.task_count += 1
+        self._occupy(task, proplet)
         self._dispatched_at[task.id] = now
+        self._arm_deadline(task, now)
         self.counters["tasks_dispatched"] += 1
         self._persist_task(task, wall)
         self._emit(Publish(self.topics.start, payload, self.config.qos))
@@ -732,34 +1196,34 @@ class Engine:
         )
 
     def _parent_results(self, task: Task) -> dict[str, Any] | None:
-        parents = {
-            d: self.tasks[d].results
-            for d in task.depends_on
-            if d in self.tasks
-            and self.tasks[d].state is TaskState.COMPLETED
-            and self.tasks[d].results is not None
-        }
+        parents: dict[str, Any] = {}
+        for d in task.depends_on:
+            parent = self.tasks.find(d)
+            if parent is not None and parent.state is TaskState.COMPLETED and parent.results is not None:
+                parents[d] = parent.results
         return parents or None
 
     def _publish_stop(self, task: Task) -> None:
+        self._emit_stop(task.id, task.name, "" if task.broadcast else task.proplet_id, 0, task.broadcast)
+
+    def _emit_stop(
+        self, task_id: str, name: str, proplet_id: str, attempt: int, broadcast: bool = False
+    ) -> None:
         stop = wire.StopTask(
-            id=task.id,
-            name=task.name,
-            state=task.state.label,
-            proplet_id=task.proplet_id,
-            broadcast=task.broadcast,
+            id=task_id,
+            name=name,
+            state=TaskState.INTERRUPTED.label,
+            proplet_id=proplet_id,
+            broadcast=broadcast,
+            attempt=attempt,
         )
         self._emit(Publish(self.topics.stop, wire.encode(stop), self.config.qos))
 
-    def _release_slot(self, task: Task) -> None:
-        proplet = self.proplets.get(task.proplet_id)
-        if proplet is not None and proplet.task_count > 0:
-            proplet.task_count -= 1
-
     def _fail(self, task: Task, reason: str, wall: float, *, already_released: bool = False) -> None:
         if task.state is TaskState.RUNNING and not already_released:
-            self._release_slot(task)
-        self._queue.pop(task.id, None)
+            self._vacate(task)
+        self._dequeue(task.id)
+        self._broadcasts.pop(task.id, None)
         states.apply(task, Trigger.FAIL)
         task.error = reason
         task.finish_time = wall
@@ -815,6 +1279,60 @@ class Engine:
 
     def queued(self) -> list[str]:
         return list(self._queue)
+
+
+def snapshot(task: Task) -> Task:
+    """A copy the engine will not change under the store's feet, at a fraction of a deep copy's cost.
+
+    The engine replaces field values and mutates only the top level of its containers (a broadcast's
+    per-proplet ``results``, list fields); what sits below (user metadata, result values) is never
+    mutated in place, so copying one level is enough.
+    """
+    out = copy.copy(task)
+    for name in _CONTAINER_FIELDS:
+        value = getattr(task, name)
+        if isinstance(value, list | dict):
+            setattr(out, name, value.copy())
+    return out
+
+
+_CONTAINER_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(Task)
+    if f.name in {"cli_args", "inputs", "env", "depends_on", "results", "metadata", "limits", "targets"}
+)
+
+
+def _largest_memory(proplets: list[Proplet]) -> int | None:
+    """The most memory any of ``proplets`` announces; None if one announces none (anything may fit)."""
+    largest = 0
+    for p in proplets:
+        announced = p.metadata.free_memory_bytes or p.metadata.total_memory_bytes
+        if not announced:
+            return None
+        largest = max(largest, announced)
+    return largest if proplets else None
+
+
+def _has_slot(proplet: Proplet) -> bool:
+    limit = proplet.metadata.max_instances
+    return not limit or proplet.task_count < limit
+
+
+def _group_keys(task: Task) -> list[tuple[str, str]]:
+    keys = []
+    if task.workflow_id:
+        keys.append(("w", task.workflow_id))
+    if task.job_id:
+        keys.append(("j", task.job_id))
+    return keys
+
+
+# Longest extra time after our broker outage that proplets get to reconnect (their backoff cap).
+_RECONNECT_ALLOWANCE_CAP = 30.0
+
+# Superseded attempts remembered per proplet (a proplet that never returns must not grow them forever).
+_STALE_LIMIT = 10_000
 
 
 _HANDLED_SUFFIXES = frozenset(

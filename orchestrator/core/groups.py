@@ -74,13 +74,13 @@ class Groups:
 
     def _admit_group(self, tasks: list[Task], wall: float) -> None:
         for t in tasks:
-            self.e.tasks[t.id] = t
+            self.e._admit(t)
             self.e._persist_task(t, wall)
 
     def job_tasks(self, job_id: str) -> list[Task]:
         if job_id not in self.e.jobs:
             raise NotFound(f"job {job_id} not found")
-        return [t for t in self.e.tasks.values() if t.job_id == job_id]
+        return list(self.e._members.get(("j", job_id), {}).values())  # job tasks stay resident
 
     def start_job(self, job_id: str, now: float, wall: float) -> None:
         tasks = self.job_tasks(job_id)
@@ -102,12 +102,7 @@ class Groups:
 
     def after_terminal(self, task: Task, now: float, wall: float) -> None:
         """Advance the task's workflow or job: start ready dependents, skip unreachable ones."""
-        group = [
-            t
-            for t in self.e.tasks.values()
-            if (task.workflow_id and t.workflow_id == task.workflow_id)
-            or (task.job_id and t.job_id == task.job_id)
-        ]
+        group = self.e.group_members(task)  # resident while the group has unfinished tasks
         if not group:
             return
         if task.job_id and task.state in (TaskState.FAILED, TaskState.INTERRUPTED):
@@ -143,10 +138,7 @@ class Groups:
                     progressed = True
 
     def run_due_cron(self, now: float, wall: float) -> None:
-        for task in [t for t in self.e.tasks.values() if t.schedule and t.next_run is not None]:
-            assert task.next_run is not None
-            if task.next_run > wall:
-                continue
+        for task in self.e.due_cron(wall):
             if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):
                 self.e.counters["cron_runs_skipped"] += 1
                 self.e._log("cron_run_skipped", task_id=task.id, reason=f"still {task.state.label.lower()}")
@@ -158,6 +150,7 @@ class Groups:
                     self.e._log("cron_run_failed", "warning", task_id=task.id, reason=err.message)
             if task.is_recurring:
                 task.next_run = cron.next_run(task.schedule, task.timezone, wall)
+                self.e.schedule_cron(task)
             else:
                 task.schedule, task.next_run = "", None
             self.e._persist_task(task, wall)

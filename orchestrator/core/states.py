@@ -29,6 +29,8 @@ TRANSITIONS: dict[tuple[TaskState, Trigger], TaskState] = {
     (S.SCHEDULED, Trigger.DISPATCH): S.RUNNING,
     (S.SCHEDULED, Trigger.FAIL): S.FAILED,
     (S.SCHEDULED, Trigger.INTERRUPT): S.INTERRUPTED,
+    # The late result of an attempt given up on while its proplet was away: it ran, it counts.
+    (S.SCHEDULED, Trigger.COMPLETE): S.COMPLETED,
     (S.RUNNING, Trigger.COMPLETE): S.COMPLETED,
     (S.RUNNING, Trigger.FAIL): S.FAILED,
     (S.RUNNING, Trigger.INTERRUPT): S.INTERRUPTED,

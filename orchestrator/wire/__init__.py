@@ -66,6 +66,10 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
     ``total_chunks`` 0 and empty ``data``; decoding a message with a non-empty ``error`` gives one.
 13. Invoke in the embedded profile is a CodecError: the firmware does not subscribe to invoke.
 14. Topic IDs may contain ``/`` (upstream substitutes them verbatim) but not ``+``, ``#`` or NUL.
+15. Our delivery extensions: results may carry ``refused`` (``"busy"`` | ``"out_of_memory"``, see
+    ``refusals``: nothing ran, the attempt is not spent); stop may carry ``attempt`` (stop only that
+    attempt); ``control/manager/discover`` ``{"proplet_id"}`` asks a proplet to re-send its discovery.
+    None is sent in the embedded profile except the stop's ``attempt`` (the firmware ignores it).
 
 Decoding never raises anything but ``CodecError``: bytes that are not UTF-8, invalid JSON, NaN or
 Infinity, numbers that overflow, JSON nested deeper than 64 levels, unpaired surrogate escapes, a
@@ -74,6 +78,7 @@ numbers, bad base64, and payloads over ``max_payload_bytes`` (10 MiB by default)
 the field named. When encoding, ``CodecError.topic`` holds the topic suffix.
 """
 
+from orchestrator.wire import refusals
 from orchestrator.wire.decode import decode, decode_payload
 from orchestrator.wire.encode import (
     EMBEDDED_MAX_PAYLOAD_BYTES,
@@ -85,6 +90,7 @@ from orchestrator.wire.errors import CodecError
 from orchestrator.wire.fields import DEFAULT_MAX_PAYLOAD_BYTES
 from orchestrator.wire.messages import (
     Discovery,
+    DiscoveryRequest,
     Heartbeat,
     InvokeResult,
     InvokeTask,
@@ -108,6 +114,7 @@ __all__ = [
     "WIRE_VERSION",
     "CodecError",
     "Discovery",
+    "DiscoveryRequest",
     "Heartbeat",
     "InvokeResult",
     "InvokeTask",
@@ -124,6 +131,7 @@ __all__ = [
     "decode",
     "decode_payload",
     "encode",
+    "refusals",
     "suffix_of",
     "topic_for",
 ]

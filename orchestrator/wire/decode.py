@@ -162,7 +162,12 @@ def _stop(o: Obj) -> m.StopTask:
         state=state_text,
         proplet_id=o.text("proplet_id"),
         broadcast=o.flag("broadcast"),
+        attempt=o.integer("attempt", hi=I32_MAX),
     )
+
+
+def _discover(o: Obj) -> m.DiscoveryRequest:
+    return m.DiscoveryRequest(o.text("proplet_id"))
 
 
 def _error(o: Obj) -> str | None:
@@ -177,6 +182,7 @@ def _result(o: Obj) -> m.TaskResult:
         proplet_id=o.opt_text("proplet_id"),
         attempt=o.opt_integer("attempt", hi=I32_MAX),
         receipt=o.any_map("receipt"),
+        refused=o.opt_text("refused") or None,
     )
 
 
@@ -311,6 +317,7 @@ DECODERS: dict[str, Callable[[Obj], m.Message]] = {
     t.TASK_METRICS: _task_metrics,
     t.START: _start,
     t.STOP: _stop,
+    t.DISCOVER: _discover,
     t.INVOKE: _invoke,
     t.REGISTRY_REQUEST: _registry_request,
     t.REGISTRY_SERVER: _registry_chunk,

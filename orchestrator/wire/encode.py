@@ -236,13 +236,20 @@ def _start(msg: m.StartTask, profile: Profile) -> dict[str, Any]:
 
 def _stop(msg: m.StopTask, profile: Profile) -> dict[str, Any]:
     # Every key, every time: Rust needs id, the firmware needs string id, name and state (§2.4).
-    return {
+    out: dict[str, Any] = {
         "id": _need_text(msg.id, "id", required=True),
         "name": _need_text(msg.name, "name"),
         "state": _need_text(msg.state, "state"),
         "proplet_id": _need_text(msg.proplet_id, "proplet_id"),
         "broadcast": _need_bool(msg.broadcast, "broadcast"),
     }
+    if check_int(msg.attempt, "", "attempt", lo=0, hi=I32_MAX):  # our extension, omitted when 0
+        out["attempt"] = msg.attempt
+    return out
+
+
+def _discover(msg: m.DiscoveryRequest, profile: Profile) -> dict[str, Any]:
+    return {"proplet_id": _need_text(msg.proplet_id, "proplet_id")}
 
 
 def _error_text(error: object) -> str | None:
@@ -270,6 +277,8 @@ def _result(msg: m.TaskResult, profile: Profile) -> dict[str, Any]:
         out["attempt"] = check_int(msg.attempt, "", "attempt", lo=0, hi=I32_MAX)
     if msg.receipt is not None:
         out["receipt"] = dict(msg.receipt)
+    if msg.refused is not None:
+        out["refused"] = _need_text(msg.refused, "refused", required=True)
     return out
 
 
@@ -385,6 +394,7 @@ _ENCODERS: dict[type, tuple[str, _Encoder]] = {
     m.TaskMetrics: (t.TASK_METRICS, _task_metrics),
     m.StartTask: (t.START, _start),
     m.StopTask: (t.STOP, _stop),
+    m.DiscoveryRequest: (t.DISCOVER, _discover),
     m.InvokeTask: (t.INVOKE, _invoke),
     m.RegistryRequest: (t.REGISTRY_REQUEST, _registry_request),
     m.RegistryChunk: (t.REGISTRY_SERVER, _registry_chunk),

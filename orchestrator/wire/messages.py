@@ -147,6 +147,21 @@ class StopTask:
     state: str = ""
     proplet_id: str = ""
     broadcast: bool = False
+    # Our extension: stop only this attempt (0 = any). A superseded attempt on a returning proplet is
+    # stopped without touching the new attempt of the same task elsewhere. Upstream ignores the key.
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class DiscoveryRequest:
+    """``control/manager/discover`` (our extension): the manager asks a proplet to announce itself again.
+
+    Sent when heartbeats arrive from a proplet whose metadata the manager never saw (it started before
+    the manager). ``proplet_id`` empty = every proplet. Upstream proplets do not subscribe; they simply
+    never answer, and placement goes on without their numbers.
+    """
+
+    proplet_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,9 @@ class TaskResult:
     # Our extension: the signed execution receipt (orchestrator/core/receipts.py) as its JSON object;
     # the codec checks only that it is an object, the manager verifies it. Upstream managers ignore it.
     receipt: Mapping[str, Any] | None = None
+    # Our extension: the start was refused and nothing ran ("busy", "out_of_memory"; see
+    # ``wire.refusals``); ``error`` says why. The attempt is not consumed. Upstream never sends it.
+    refused: str | None = None
 
     def __post_init__(self) -> None:
         if self.receipt is not None:
@@ -168,7 +186,7 @@ class TaskResult:
 
     @property
     def is_success(self) -> bool:
-        return not self.error
+        return not self.error and not self.refused
 
 
 @dataclass(frozen=True)
@@ -277,6 +295,6 @@ class RegistryChunk:
 
 
 Message = (
-    Discovery | Heartbeat | StartTask | StopTask | TaskResult | InvokeTask | InvokeResult
+    Discovery | Heartbeat | StartTask | StopTask | DiscoveryRequest | TaskResult | InvokeTask | InvokeResult
     | PropletMetrics | TaskMetrics | RegistryRequest | RegistryChunk
 )  # fmt: skip

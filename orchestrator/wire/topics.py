@@ -13,6 +13,7 @@ TASK_METRICS = "control/proplet/task_metrics"
 START = "control/manager/start"
 STOP = "control/manager/stop"
 INVOKE = "control/manager/invoke"
+DISCOVER = "control/manager/discover"  # our extension: please announce yourself again
 REGISTRY_REQUEST = "registry/proplet"
 REGISTRY_SERVER = "registry/server"
 
@@ -87,6 +88,10 @@ class Topics:
     @property
     def invoke(self) -> str:
         return self.topic(INVOKE)
+
+    @property
+    def discover(self) -> str:
+        return self.topic(DISCOVER)
 
     # binary delivery (proplet -> proxy, proxy -> proplets)
     @property

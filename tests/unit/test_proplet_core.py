@@ -39,7 +39,7 @@ def test_connect_subscribes_announces_and_heartbeats_at_once() -> None:
     e = engine()
     e.on_connected(0.0)
     commands = e.take_commands()
-    assert {c.topic for c in commands if isinstance(c, Subscribe)} == set(T.proplet_subscriptions)
+    assert {c.topic for c in commands if isinstance(c, Subscribe)} == {*T.proplet_subscriptions, T.discover}
     (discovery,) = published(commands, T.create)
     assert discovery["proplet_id"] == "me"
     assert published(commands, T.alive) == [
@@ -174,3 +174,63 @@ def test_stopping_a_deployed_latent_task_ends_it_at_once() -> None:
     (result,) = published(commands, T.results)
     assert result["task_id"] == "lt" and "stopped" in result["error"]
     assert "lt" not in e.running
+
+
+def test_busy_refusal_is_marked_on_the_wire_so_no_attempt_is_spent() -> None:
+    e = engine(max_instances=1)
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.handle(T.start, start("t2"), 1.0)
+    (result,) = published(e.take_commands(), T.results)
+    assert result["refused"] == "busy" and result["attempt"] == 3
+
+
+def test_a_stop_for_another_attempt_leaves_the_running_one_alone() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)  # attempt 3
+    e.take_commands()
+    stop = {"id": "t1", "name": "add", "state": "Interrupted", "proplet_id": "me", "broadcast": False}
+    e.handle(T.stop, json.dumps({**stop, "attempt": 2}).encode(), 2.0)
+    assert not [c for c in e.take_commands() if isinstance(c, CancelTask)]
+    e.handle(T.stop, json.dumps({**stop, "attempt": 3}).encode(), 3.0)
+    assert [c.task_id for c in e.take_commands() if isinstance(c, CancelTask)] == ["t1"]
+
+
+def test_a_discovery_request_makes_the_proplet_announce_itself_again() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.take_commands()
+    e.handle(T.discover, json.dumps({"proplet_id": "other"}).encode(), 1.0)
+    assert not published(e.take_commands(), T.create)
+    e.handle(T.discover, json.dumps({"proplet_id": "me"}).encode(), 2.0)
+    (announcement,) = published(e.take_commands(), T.create)
+    assert announcement["proplet_id"] == "me"
+
+
+def test_results_published_just_before_a_disconnect_are_sent_again_but_refusals_are_not() -> None:
+    e = engine(max_instances=1, result_resend_window=30.0)
+    e.on_connected(0.0)
+    e.handle(T.start, start("old"), 1.0)
+    e.task_finished("old", "1", None, 2.0)
+    e.handle(T.start, start("t1"), 50.0)
+    e.handle(T.start, start("busy"), 50.0)  # refused: max_instances=1
+    e.task_finished("t1", "3", None, 60.0)
+    e.take_commands()
+    e.on_disconnected(61.0)  # the broker died: "t1" may be lost with it; "old" is long delivered
+    e.on_connected(70.0)
+    assert [r["task_id"] for r in published(e.take_commands(), T.results)] == ["t1"]
+
+
+def test_a_broadcast_discovery_request_re_sends_recent_results_too() -> None:
+    e = engine(result_resend_window=30.0)
+    e.on_connected(0.0)
+    e.handle(T.start, start("t1"), 1.0)
+    e.on_disconnected(2.0)
+    e.task_finished("t1", "3", None, 3.0)  # held: the link is down
+    e.on_connected(4.0)  # sent now, but the manager may not be subscribed yet
+    assert [r["task_id"] for r in published(e.take_commands(), T.results)] == ["t1"]
+    e.handle(T.discover, json.dumps({"proplet_id": ""}).encode(), 5.0)  # the manager is back
+    commands = e.take_commands()
+    assert [r["task_id"] for r in published(commands, T.results)] == ["t1"]
+    assert published(commands, T.create)

@@ -32,8 +32,9 @@ def test_inputs_convert_strings_and_numbers_per_type() -> None:
     assert convert_inputs("f", ["i32", "i64", "f32", "f64"], ["-7", 2**40, "1.5", 3]) == [-7, 2**40, 1.5, 3.0]
 
 
-@pytest.mark.parametrize(("value", "ty"), [("2147483648", "i32"), (-(2**31) - 1, "i32"), (2**63, "i64"),
-                                           ("1e39", "f32")])
+@pytest.mark.parametrize(
+    ("value", "ty"), [("2147483648", "i32"), (-(2**31) - 1, "i32"), (2**63, "i64"), ("1e39", "f32")]
+)
 def test_inputs_out_of_range_are_refused_not_wrapped(value: object, ty: str) -> None:
     with pytest.raises(InputError, match="out of range"):
         convert_inputs("f", [ty], [value])  # type: ignore[list-item]
@@ -65,24 +66,27 @@ def test_results_formatted_like_rust_display() -> None:
 POINT = RecordT((("x", Prim("s32")), ("label", OptionT(Prim("string")))))
 
 
-@pytest.mark.parametrize(("text", "ty", "value"), [
-    ("-5", Prim("s8"), -5),
-    ("true", Prim("bool"), True),
-    ("nan", Prim("f64"), None),
-    ("'\\u{1F600}'", Prim("char"), "\U0001F600"),
-    ('"a\\"b\\n"', Prim("string"), 'a"b\n'),
-    ("[1, 2, 3,]", ListT(Prim("u16")), [1, 2, 3]),
-    ("(1, \"x\")", TupleT((Prim("u8"), Prim("string"))), (1, "x")),
-    ("{x: 3}", POINT, {"x": 3, "label": Case("none")}),
-    ("{ label: some(\"p\"), x: -1 }", POINT, {"x": -1, "label": Case("some", "p")}),
-    ("ok(3)", ResultT(Prim("u32"), Prim("string")), Case("ok", 3)),
-    ("err", ResultT(Prim("u32"), None), Case("err")),
-    ("green", EnumT(("red", "green")), "green"),
-    ("{}", FlagsT(("a", "b")), frozenset()),
-    ("{b, a}", FlagsT(("a", "b")), frozenset({"a", "b"})),
-    ("circle(2.5)", VariantT((("circle", Prim("f32")), ("none-shape", None))), Case("circle", 2.5)),
-    ("some(none)", OptionT(OptionT(Prim("u8"))), Case("some", Case("none"))),
-])
+@pytest.mark.parametrize(
+    ("text", "ty", "value"),
+    [
+        ("-5", Prim("s8"), -5),
+        ("true", Prim("bool"), True),
+        ("nan", Prim("f64"), None),
+        ("'\\u{1F600}'", Prim("char"), "\U0001f600"),
+        ('"a\\"b\\n"', Prim("string"), 'a"b\n'),
+        ("[1, 2, 3,]", ListT(Prim("u16")), [1, 2, 3]),
+        ('(1, "x")', TupleT((Prim("u8"), Prim("string"))), (1, "x")),
+        ("{x: 3}", POINT, {"x": 3, "label": Case("none")}),
+        ('{ label: some("p"), x: -1 }', POINT, {"x": -1, "label": Case("some", "p")}),
+        ("ok(3)", ResultT(Prim("u32"), Prim("string")), Case("ok", 3)),
+        ("err", ResultT(Prim("u32"), None), Case("err")),
+        ("green", EnumT(("red", "green")), "green"),
+        ("{}", FlagsT(("a", "b")), frozenset()),
+        ("{b, a}", FlagsT(("a", "b")), frozenset({"a", "b"})),
+        ("circle(2.5)", VariantT((("circle", Prim("f32")), ("none-shape", None))), Case("circle", 2.5)),
+        ("some(none)", OptionT(OptionT(Prim("u8"))), Case("some", Case("none"))),
+    ],
+)
 def test_wave_parses_against_type(text: str, ty: wave.WaveType, value: object) -> None:
     parsed = wave.parse(text, ty)
     if value is None:
@@ -91,30 +95,36 @@ def test_wave_parses_against_type(text: str, ty: wave.WaveType, value: object) -
         assert parsed == value
 
 
-@pytest.mark.parametrize(("text", "ty"), [
-    ("{x: 1, y: some(\"é\\n\")}", RecordT((("x", Prim("u64")), ("y", OptionT(Prim("string")))))),
-    ("[ok(1), err(\"no\")]", ListT(ResultT(Prim("s32"), Prim("string")))),
-    ("(-inf, 0.1, 'q')", TupleT((Prim("f64"), Prim("f32"), Prim("char")))),
-    ("{read, exec}", FlagsT(("read", "write", "exec"))),
-    ("%none", VariantT((("none", None), ("some-x", Prim("bool"))))),
-    ("{:}", RecordT(())),
-])
+@pytest.mark.parametrize(
+    ("text", "ty"),
+    [
+        ('{x: 1, y: some("é\\n")}', RecordT((("x", Prim("u64")), ("y", OptionT(Prim("string")))))),
+        ('[ok(1), err("no")]', ListT(ResultT(Prim("s32"), Prim("string")))),
+        ("(-inf, 0.1, 'q')", TupleT((Prim("f64"), Prim("f32"), Prim("char")))),
+        ("{read, exec}", FlagsT(("read", "write", "exec"))),
+        ("%none", VariantT((("none", None), ("some-x", Prim("bool"))))),
+        ("{:}", RecordT(())),
+    ],
+)
 def test_wave_round_trips(text: str, ty: wave.WaveType) -> None:
     assert wave.format_value(wave.parse(text, ty), ty) == text
 
 
-@pytest.mark.parametrize(("text", "ty", "message"), [
-    ("256", Prim("u8"), "out of range"),
-    ("1.5", Prim("s32"), "expected an integer"),
-    ("{y: 1}", POINT, "unknown field 'y'"),
-    ("{label: none}", POINT, "missing field 'x'"),
-    ("purple", EnumT(("red",)), "unknown enum case 'purple'"),
-    ("some", OptionT(Prim("u8")), "expected '\\('"),
-    ("(1, 2)", TupleT((Prim("u8"),)), "expected 1 tuple element"),
-    ('"open', Prim("string"), "unterminated"),
-    ("1 2", Prim("u8"), "trailing"),
-    ("'ab'", Prim("char"), "exactly one character"),
-])
+@pytest.mark.parametrize(
+    ("text", "ty", "message"),
+    [
+        ("256", Prim("u8"), "out of range"),
+        ("1.5", Prim("s32"), "expected an integer"),
+        ("{y: 1}", POINT, "unknown field 'y'"),
+        ("{label: none}", POINT, "missing field 'x'"),
+        ("purple", EnumT(("red",)), "unknown enum case 'purple'"),
+        ("some", OptionT(Prim("u8")), "expected '\\('"),
+        ("(1, 2)", TupleT((Prim("u8"),)), "expected 1 tuple element"),
+        ('"open', Prim("string"), "unterminated"),
+        ("1 2", Prim("u8"), "trailing"),
+        ("'ab'", Prim("char"), "exactly one character"),
+    ],
+)
 def test_wave_errors_say_what_and_where(text: str, ty: wave.WaveType, message: str) -> None:
     with pytest.raises(wave.WaveError, match=message):
         wave.parse(text, ty)

@@ -1,0 +1,41 @@
+"""Finished tasks leave the engine's memory; the API still serves, restarts and deletes them (store)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import wasmtime
+
+from tests.integration.conftest import close_cluster, make_cluster
+
+ADD = base64.b64encode(
+    wasmtime.wat2wasm(
+        '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+    )
+).decode()
+
+
+async def test_a_task_settled_out_of_memory_is_read_restarted_and_deleted_through_the_store(
+    tmp_path: Path,
+) -> None:
+    c = await make_cluster("embedded://127.0.0.1:0", tmp_path, terminal_cache=0)
+    try:
+        await c.add_proplet("p1")
+        first = await c.run_task({"name": "add", "file": ADD, "inputs": [2, 40]})
+        second = await c.run_task({"name": "add", "file": ADD, "inputs": [1, 1]})
+        assert c.manager.engine.find_task(first["id"]) is None  # settled: only the store has it
+        got = (await c.api.get(f"/tasks/{first['id']}")).json()
+        assert got["state"] == 3 and got["results"] == "42"
+        assert (await c.api.get(f"/tasks/{first['id']}/results")).json() == {"results": "42"}
+        listed = (await c.api.get("/tasks")).json()
+        assert {t["id"] for t in listed["tasks"]} >= {first["id"], second["id"]}
+        clash = await c.api.post("/tasks", json={"id": first["id"], "name": "again", "file": ADD})
+        assert clash.status_code == 409
+        assert (await c.api.post(f"/tasks/{first['id']}/start")).status_code == 200  # runs again
+        again = await c.wait_terminal(first["id"])
+        assert again["state"] == 3 and again["results"] == "42"
+        assert (await c.api.delete(f"/tasks/{second['id']}")).status_code == 204
+        assert (await c.api.get(f"/tasks/{second['id']}")).status_code == 404
+    finally:
+        await close_cluster(c)
