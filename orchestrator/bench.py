@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ class E2EResult:
     layout: str
     tasks: int
     concurrency: int
+    submit: str = "start"  # start: POST /tasks with start:true; two: + POST /start; batch: /tasks/batch
     completed: int = 0
     errors: int = 0
     seconds: float = 0.0
@@ -151,6 +152,9 @@ class E2EResult:
         out = {k: v for k, v in asdict(self).items() if k not in ("latencies_s", "broker_rtt")}
         out.update(
             tasks_per_s=round(self.tasks_per_s, 1),
+            manager_cpu_per_task_ms=round(1000 * self.manager_cpu_s / self.completed, 3)
+            if self.completed
+            else None,
             p50_s=percentile(lat, 50),
             p90_s=percentile(lat, 90),
             p99_s=percentile(lat, 99),
@@ -196,10 +200,10 @@ def _cli(*args: str) -> list[str]:
 class Child:
     """A subprocess we started: stderr kept in a file so a failure can say why."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     @property
     def pid(self) -> int:
@@ -257,7 +261,7 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def cluster(
-    broker: str, proplets: int, layout: str, tmp: Path, heartbeat: float = 1.0
+    broker: str, proplets: int, layout: str, tmp: Path, heartbeat: float = 1.0, profile: str | None = None
 ) -> AsyncIterator[Cluster]:
     """Manager (+ embedded broker) and ``proplets`` Python proplets, all alive, on a fresh domain."""
     if broker not in ("embedded", "mosquitto"):
@@ -281,6 +285,7 @@ async def cluster(
                     "--heartbeat-interval", str(heartbeat),
                 ),
                 tmp / "manager.log",
+                {**os.environ, "PROPELLER_PROFILE": profile} if profile else None,
             )  # fmt: skip
             stack.callback(manager.stop)
             api = await stack.enter_async_context(
@@ -398,18 +403,23 @@ async def broker_roundtrip(url: str, topic: str, messages: int = 5000, window: i
     return RoundTrip(messages, elapsed, percentile(latencies, 50), percentile(latencies, 99))
 
 
-async def run_load(c: Cluster, result: E2EResult, module: str) -> None:
+async def run_load(
+    c: Cluster, result: E2EResult, module: str, on_settled: Callable[[], None] | None = None
+) -> None:
     """Closed loop: ``concurrency`` tasks in flight; a slot frees when the task's result is published."""
     loop = asyncio.get_running_loop()
     topics = wire.Topics(c.domain, c.channel)
     waiters: dict[str, asyncio.Future[None]] = {}
+    early: set[str] = set()
 
     def on_result(topic: str, payload: bytes) -> None:
         with contextlib.suppress(wire.CodecError):
             msg = wire.decode(topics, topic, payload)
             if isinstance(msg, wire.TaskResult):
                 waiter = waiters.get(msg.task_id)
-                if waiter is not None and not waiter.done():
+                if waiter is None:
+                    early.add(msg.task_id)  # with start:true the result may beat the 201 response
+                elif not waiter.done():
                     waiter.set_result(None)
 
     observer = MqttClient(c.broker_url, f"bench-obs-{uuid.uuid4().hex[:8]}", on_message=on_result)
@@ -426,25 +436,75 @@ async def run_load(c: Cluster, result: E2EResult, module: str) -> None:
     async def worker() -> None:
         for i in counter:
             t0 = time.time()
-            created = await c.api.post("/tasks", json={"name": "add", "file": module, "inputs": [i, 1]})
+            spec: dict[str, Any] = {"name": "add", "file": module, "inputs": [i, 1]}
+            if result.submit == "start":
+                spec["start"] = True  # create and start in one request
+            created = await c.api.post("/tasks", json=spec)
             if created.status_code != 201:
                 fail(f"POST /tasks: {created.status_code} {created.text[:200]}")
                 continue
             task_id = created.json()["id"]
             waiters[task_id] = loop.create_future()
-            started = await c.api.post(f"/tasks/{task_id}/start")
-            if started.status_code != 200:
-                fail(f"POST /tasks/{task_id}/start: {started.status_code} {started.text[:200]}")
-                continue
+            if task_id in early:
+                waiters[task_id].set_result(None)
+            if result.submit == "two":
+                started = await c.api.post(f"/tasks/{task_id}/start")
+                if started.status_code != 200:
+                    fail(f"POST /tasks/{task_id}/start: {started.status_code} {started.text[:200]}")
+                    continue
             submitted[task_id] = (t0, i)
             with contextlib.suppress(TimeoutError):  # counted below from its stored state
                 await asyncio.wait_for(waiters[task_id], 60)
 
+    async def batcher() -> None:
+        """The same window of ``concurrency`` tasks in flight, refilled by POST /tasks/batch (start:
+        true) whenever a quarter of it is free: one request per several tasks."""
+        chunk = max(1, result.concurrency // 4)
+        pending: set[asyncio.Future[None]] = set()
+        i = 0
+        while i < result.tasks:
+            while pending and len(pending) > result.concurrency - chunk:
+                done, _ = await asyncio.wait(pending, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                pending = pending - done if done else set()  # a timeout is counted from the store
+            n = min(chunk, result.tasks - i)
+            t0 = time.time()
+            specs = [{"name": "add", "file": module, "inputs": [j, 1]} for j in range(i, i + n)]
+            created = await c.api.post("/tasks/batch", json={"start": True, "tasks": specs})
+            if created.status_code != 201:
+                fail(f"POST /tasks/batch: {created.status_code} {created.text[:200]}")
+            else:
+                for j, item in enumerate(created.json()["results"]):
+                    task_id = item["task"]["id"]
+                    waiters[task_id] = waiter = loop.create_future()
+                    if task_id in early:
+                        waiter.set_result(None)
+                    pending.add(waiter)
+                    submitted[task_id] = (t0, i + j)
+            i += n
+        if pending:
+            await asyncio.wait(pending, timeout=60)
+
     try:
-        await asyncio.gather(*(worker() for _ in range(result.concurrency)))
+        if result.submit == "batch":
+            await batcher()
+        else:
+            await asyncio.gather(*(worker() for _ in range(result.concurrency)))
     finally:
         await observer.disconnect()
-    # The observer can see a result a moment before the manager has stored it.
+
+    # The observer can see a result a moment before the manager has stored it. Wait with a cheap
+    # count (the store filters by state) so the CPU window holds the manager's work for every task
+    # but not the read-back of all of them below.
+    async def settled() -> bool:
+        busy = 0
+        for state in ("pending", "scheduled", "running"):
+            busy += (await c.api.get("/tasks", params={"state": state, "limit": 1})).json()["total"]
+        return busy == 0
+
+    with contextlib.suppress(TimeoutError):
+        await _until(settled, 30, "results to be stored")
+    if on_settled is not None:
+        on_settled()
     stored: dict[str, dict[str, Any]] = {}
 
     async def all_stored() -> bool:
@@ -503,24 +563,34 @@ async def run_e2e(
     concurrency: int,
     layout: str = "split",
     rtt_messages: int = 5000,
+    submit: str = "start",
+    profile: str | None = None,
+    py_spy: str | None = None,
 ) -> E2EResult:
     if proplets < 1 or tasks < 1 or concurrency < 1:
         raise ValueError(
             f"proplets, tasks and concurrency must be >= 1, got {proplets}/{tasks}/{concurrency}"
         )
-    result = E2EResult(broker, proplets, layout, tasks, concurrency)
+    result = E2EResult(broker, proplets, layout, tasks, concurrency, submit)
     module = add_module_b64()
     with tempfile.TemporaryDirectory(prefix="propeller-bench-") as tmp:
-        async with cluster(broker, proplets, layout, Path(tmp)) as c:
+        async with cluster(broker, proplets, layout, Path(tmp), profile=profile) as c:
             await warm_up(c, proplets, module)
             if rtt_messages > 0:
                 topic = f"bench-rtt/{c.domain}/echo"
                 result.broker_rtt = await broker_roundtrip(c.broker_url, topic, rtt_messages)
             before = (await c.api.get("/metrics")).text
             pids = (c.manager_pid, c.proplets_pid, os.getpid())
+            spy = _start_py_spy(c.manager_pid, py_spy) if py_spy else None
             cpu0 = [cpu_seconds(p) for p in pids]
-            await run_load(c, result, module)
-            cpu1 = [cpu_seconds(p) for p in pids]
+            cpu1: list[float] = []
+
+            def settled() -> None:
+                cpu1.extend(cpu_seconds(p) for p in pids)
+                if spy is not None:
+                    _stop_py_spy(spy)
+
+            await run_load(c, result, module, settled)
             after = (await c.api.get("/metrics")).text
             if result.errors:  # the children's warnings usually say why
                 for log in sorted(Path(tmp).glob("*.log")):
@@ -533,6 +603,53 @@ async def run_e2e(
     result.proplets_cpu_s = cpu1[1] - cpu0[1]
     result.client_cpu_s = cpu1[2] - cpu0[2]
     return result
+
+
+def _start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """Sample the manager with py-spy during the load only (collapsed stacks, native frames off)."""
+    import shutil
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    proc = subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", out, "--threads"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(0.5)  # attach before the load starts
+    return proc
+
+
+def _stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def py_spy_top(path: Path, count: int = 25) -> str:
+    """Share of samples per function (inclusive), from py-spy's collapsed stacks: where the CPU goes."""
+    from collections import Counter
+
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        samples = int(n)
+        total += samples
+        seen = set()
+        for frame in stack.split(";"):
+            name = frame.split(" (")[0]
+            where = frame.rsplit("/", 2)[-2:] if "/" in frame else [frame]
+            key = f"{name} ({'/'.join(where).rstrip(')')})" if "(" in frame else name
+            if key not in seen:
+                seen.add(key)
+                inclusive[key] += samples
+    rows = [f"{total} samples"]
+    rows += [f"{100 * n / total:6.1f}%  {key}" for key, n in inclusive.most_common(count) if total]
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------------- registry scale
@@ -698,25 +815,96 @@ def _conditions() -> dict[str, Any]:
     }
 
 
+def celery_table(results: Iterable[E2EResult], celery: dict[int, Any]) -> str:
+    """Celery + Redis beside propeller, per worker count: tasks/s, CPU per task, and the ratio."""
+    head = (
+        "workers  celery tasks/s  p50ms  worker-cpu/task-ms  redis-cpu/task-ms  client-cpu/task-ms"
+        "  | propeller (broker) tasks/s  mgr-cpu/task-ms  ratio"
+    )
+    rows = [head, "-" * len(head)]
+    for r in results:
+        c = celery.get(r.proplets)
+        if c is None or not c.completed:
+            continue
+        per = 1000 / c.completed
+        redis = f"{c.redis_cpu_s * per:.2f}" if c.redis_cpu_s is not None else "-"
+        mgr = 1000 * r.manager_cpu_s / r.completed if r.completed else float("nan")
+        ratio = r.tasks_per_s / c.tasks_per_s if c.tasks_per_s else float("nan")
+        rows.append(
+            f"{c.workers:>7} {c.tasks_per_s:>15.1f} {_ms(percentile(c.latencies_s, 50)):>6}"
+            f" {c.worker_cpu_s * per:>19.2f} {redis:>18} {c.client_cpu_s * per:>19.2f}"
+            f"  | {r.tasks_per_s:>13.1f} ({r.broker:<9}) {mgr:>16.2f} {ratio:>5.2f}x"
+        )
+    return "\n".join(rows)
+
+
 def cmd_e2e(args: argparse.Namespace) -> int:
+    from orchestrator import bench_celery
+
     results: list[E2EResult] = []
+    celery: dict[int, Any] = {}
     print(f"conditions: {_conditions()}", flush=True)
+    why_not = "skipped (--no-celery)" if args.no_celery else bench_celery.available()
     try:
         for broker in _brokers(args.broker):
             for n in args.proplets:
+                profile = str(Path(args.profile) / f"manager-{broker}-{n}.prof") if args.profile else None
+                spy = str(Path(args.py_spy) / f"manager-{broker}-{n}.txt") if args.py_spy else None
                 r = asyncio.run(
-                    run_e2e(broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages)
-                )
+                    run_e2e(
+                        broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages,
+                        args.submit, profile, spy,
+                    )
+                )  # fmt: skip
                 results.append(r)
                 print(f"done: {broker} x{n}: {r.tasks_per_s:.1f} tasks/s, {r.errors} errors", flush=True)
                 for sample in r.error_samples:
                     print(f"  error: {sample}", file=sys.stderr)
+                if why_not is None and n not in celery:
+                    with tempfile.TemporaryDirectory(prefix="propeller-bench-") as tmp:
+                        celery[n] = bench_celery.run_celery(n, args.tasks, args.concurrency, Path(tmp))
+                    print(f"done: celery x{n}: {celery[n].tasks_per_s:.1f} tasks/s", flush=True)
     except (OSError, RuntimeError, TimeoutError, ValueError) as err:
         print(f"propeller bench e2e: {err}", file=sys.stderr)
         return 1
     print(e2e_table(results))
-    _write_json(args.json, {"conditions": _conditions(), "e2e": [r.summary() for r in results]})
+    if celery:
+        print()
+        print(celery_table(results, celery))
+    else:
+        print(f"\nCelery + Redis comparison: {why_not}")
+    if args.py_spy:
+        for raw in sorted(Path(args.py_spy).glob("manager-*.txt")):
+            print(f"\npy-spy {raw} (share of samples, inclusive):")
+            print(py_spy_top(raw, 40))
+    if args.profile:
+        for prof in sorted(Path(args.profile).glob("manager-*.prof")):
+            print(f"\nprofile {prof} (top 25 by own time):")
+            print(profile_top(prof, 25))
+    _write_json(
+        args.json,
+        {
+            "conditions": _conditions(),
+            "e2e": [r.summary() for r in results],
+            "celery": {
+                n: {
+                    **{k: v for k, v in asdict(c).items() if k != "latencies_s"},
+                    "tasks_per_s": c.tasks_per_s,
+                }
+                for n, c in celery.items()
+            },
+        },
+    )
     return 1 if any(r.errors for r in results) else 0
+
+
+def profile_top(path: Path, count: int) -> str:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(str(path), stream=out).sort_stats("tottime").print_stats(count)
+    return out.getvalue()
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
@@ -768,6 +956,14 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--concurrency", type=_positive, default=16, help="tasks in flight at once")
     e.add_argument("--layout", choices=["split", "inprocess"], default="split")
     e.add_argument("--rtt-messages", type=int, default=5000, help="raw QoS 1 round trips (0: skip)")
+    e.add_argument(
+        "--submit", choices=["start", "two", "batch"], default="start",
+        help="start: POST /tasks with start:true (default); two: POST /tasks then POST /tasks/{id}/start;"
+        " batch: POST /tasks/batch of concurrency/4 tasks whenever that many slots are free",
+    )  # fmt: skip
+    e.add_argument("--no-celery", action="store_true", help="skip the Celery + Redis comparison")
+    e.add_argument("--profile", default=None, help="directory: cProfile the manager (split layout) into it")
+    e.add_argument("--py-spy", default=None, help="directory: py-spy samples of the manager during the load")
     e.add_argument("--json", default=None, help="also write the results to this file")
     e.set_defaults(func=cmd_e2e)
 

@@ -1,8 +1,11 @@
 """Composition root of the manager: the sans-I/O engine wired to MQTT, the store and the HTTP API.
 
-All engine calls happen on the one asyncio loop. Commands the engine queues are executed in order by
-``_flush`` under a lock, so a task is persisted before its start message is published, and an API
-call returns only after its effects are durable.
+All engine calls happen on the one asyncio loop. Commands the engine queues are executed by one
+flusher task (``_flush_loop``): everything queued since its last pass is written in one transaction
+(group commit), then the messages are published, so a task is durable before its start message goes
+out; an API call waits for the pass that took its commands, so it returns only after its effects are
+durable. A row the store refuses is reverted in the engine and the call gets a 422; the rest of the
+window is written and published as usual.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
-from orchestrator.adapters.store import Store
+from orchestrator.adapters.store import Refusals, Store, StoreError, WriteBatch
 from orchestrator.chunk_server import ChunkServer
 from orchestrator.core.commands import (
     Command,
@@ -36,12 +39,24 @@ from orchestrator.core.commands import (
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
-from orchestrator.core.errors import Conflict, NotFound
+from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
 from orchestrator.core.receipts import KeyLookup
 
 log = logging.getLogger("propeller.manager")
+
+
+class StoreRefused(EngineError):
+    """The store cannot hold this input (it was not kept): the request is refused."""
+
+    status = 422
+
+
+class StoreUnavailable(EngineError):
+    """The store failed to write (the change is retried); the caller cannot be told it is durable."""
+
+    status = 503
 
 
 @dataclass
@@ -100,8 +115,13 @@ class ManagerService:
         self.mqtt: MqttClient | None = None
         self.broker_url = ""
         self.api_port = settings.api_port
-        self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        # Group commit (see _flush_loop): commands wait in the engine until the flusher takes them.
+        self._dirty = asyncio.Event()
+        self._waiters: list[asyncio.Future[Refusals]] = []
+        self._retry: list[Command] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._last_refusals = Refusals()
         self._tasks: list[asyncio.Task[None]] = []
         self._api_server: Any = None
         self._invocations: dict[str, asyncio.Future[InvocationFinished]] = {}
@@ -155,6 +175,7 @@ class ManagerService:
         )
         for topic in topics.manager_subscriptions:
             self.mqtt.subscribe(topic, 1)
+        self._flusher = asyncio.create_task(self._flush_loop(), name="manager-flush")
         await self.mqtt.connect()
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="manager-timers"))
         if self.settings.serve_api:
@@ -188,6 +209,7 @@ class ManagerService:
             port=self.settings.api_port,
             log_level="warning",
             lifespan="off",
+            proxy_headers=False,  # not behind a proxy by default; the check cost ~1 % per request
         )
         server = uvicorn.Server(config)
         # The CLI owns SIGINT/SIGTERM (graceful stop of everything); uvicorn must not take them over.
@@ -210,7 +232,11 @@ class ManagerService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, 5)
         with contextlib.suppress(Exception):
-            await self.flush()
+            await asyncio.wait_for(self.flush(), 10)  # the flusher finishes what is queued
+        if self._flusher is not None:
+            self._flusher.cancel()  # idle now: waiting for the next window
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._flusher
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await self.mqtt.disconnect()
@@ -225,13 +251,13 @@ class ManagerService:
         log.info(json.dumps({"event": "manager_mqtt_connected", "broker": self.broker_url}))
         self.engine.link_restored(self.now(), time.time())
         self._wake.set()
-        asyncio.get_running_loop().create_task(self.flush())
+        self._kick()
 
     def _on_disconnect(self) -> None:
         if self.engine.shutting_down:
             return  # our own clean disconnect at shutdown
         self.engine.link_lost(self.now())
-        asyncio.get_running_loop().create_task(self.flush())
+        self._kick()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.engine.topics.registry_request:
@@ -239,7 +265,7 @@ class ManagerService:
             return
         self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
         self._wake.set()
-        asyncio.get_running_loop().create_task(self.flush())
+        self._kick()
 
     async def _serve_registry(self, payload: bytes) -> None:
         """Answer a proplet's `registry/proplet` request with the module in chunks (reference §2.10).
@@ -290,26 +316,119 @@ class ManagerService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             self.engine.on_timer(self.now(), time.time())
-            await self.flush()
+            self._kick()
 
-    async def flush(self) -> None:
-        async with self._lock:
-            commands = self.engine.take_commands()
-            while commands:
-                await self._execute(commands)
-                commands = self.engine.take_commands()
+    # ------------------------------------------------------------------ group commit
 
-    async def _execute(self, commands: Sequence[Command]) -> None:
+    def _kick(self) -> None:
+        """There are commands to execute: wake the flusher (no task, no allocation per message)."""
+        self._dirty.set()
+
+    async def flush(self) -> Refusals:
+        """Return once every command queued so far is executed (written, then published)."""
+        if self._flusher is None or self._flusher.done():
+            await self._flush_once()  # before start-up or after shutdown: do it here
+            return self._last_refusals
+        waiter: asyncio.Future[Refusals] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._dirty.set()
+        return await waiter
+
+    async def _flush_loop(self) -> None:
+        """The one writer: each pass takes every command queued since the last one (one flush window),
+        writes them in one transaction and then publishes, so API calls and MQTT messages that arrive
+        while a transaction is running share the next one (group commit)."""
+        delay = 0.0
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._flush_once()
+                delay = 0.0
+            except StoreError:
+                # The database is away (the batch is kept and retried): back off, callers were told.
+                delay = min(5.0, max(0.05, delay * 2))
+                await asyncio.sleep(delay)
+                self._dirty.set()
+            except Exception:  # a bug must not stop every later flush (and hang every API call)
+                log.exception(json.dumps({"event": "flush_failed"}))
+
+    async def _flush_once(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        commands = self._retry + self.engine.take_commands()
+        self._retry = []
+        try:
+            refused = await self._execute(commands)
+        except StoreError as err:
+            self._retry = commands  # nothing was written or published; the same window again later
+            log.warning(json.dumps({"event": "store_write_failed", "error": str(err)}))
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(StoreUnavailable(str(err)))
+            raise
+        except Exception as err:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(err)
+            raise
+        self._last_refusals = refused
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(refused)
+        if refused:  # reverting a refused task may itself have queued commands (a log line, ...)
+            self._dirty.set()
+
+    async def _execute(self, commands: Sequence[Command]) -> Refusals:
+        """Write every state change of the window in one transaction, then act on the rest in order.
+
+        Nothing is published before the transaction commits: a task is durable before its start
+        message goes out. A row the store refuses is reverted in the engine to what the store holds
+        (a task that was never stored is forgotten), and messages about it are not sent.
+        """
         assert self.store is not None
-        pending: list[Task] = []
+        batch = WriteBatch()
+        after: list[Command] = []
         for command in commands:
             if isinstance(command, PersistTask):
-                pending.append(command.task)
-                continue
-            if pending:
-                await self.store.save_tasks(pending)
-                pending = []
+                batch.tasks[command.task.id] = command.task
+            elif isinstance(command, PersistProplet):
+                batch.proplets[command.proplet.id] = command.proplet
+            elif isinstance(command, PersistJob):
+                batch.jobs[command.job.id] = command.job
+            elif isinstance(command, DeleteTask):
+                batch.delete_task(command.task_id)
+            elif isinstance(command, DeleteProplet):
+                batch.delete_proplet(command.proplet_id)
+            elif isinstance(command, RecordTaskMetrics):
+                batch.task_metrics.append(
+                    {
+                        "task_id": command.task_id,
+                        "proplet_id": command.proplet_id,
+                        "metrics": command.metrics,
+                        "aggregated": command.aggregated,
+                        "timestamp": float(command.timestamp),
+                    }
+                )
+            elif isinstance(command, RecordPropletMetrics):
+                batch.proplet_metrics.append(
+                    {
+                        "proplet_id": command.proplet_id,
+                        "namespace": command.namespace,
+                        "cpu_metrics": command.cpu_metrics,
+                        "memory_metrics": command.memory_metrics,
+                        "timestamp": float(command.timestamp),
+                    }
+                )
+            else:
+                after.append(command)
+        refused = await self.store.write(batch) if batch else Refusals()
+        dropped: set[str] = set()
+        if refused:
+            dropped = await self._revert(refused)
+        for command in after:
             if isinstance(command, Publish):
+                if dropped and _message_task_id(command.payload) in dropped:
+                    continue
                 if self.mqtt is not None:
                     try:
                         self.mqtt.publish(command.topic, command.payload, command.qos)
@@ -321,73 +440,131 @@ class ManagerService:
                 waiter = self._invocations.pop(command.invocation_id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(command)
-            elif isinstance(command, RecordPropletMetrics):
-                await self.store.add_proplet_metrics(
-                    command.proplet_id,
-                    command.namespace,
-                    command.cpu_metrics,
-                    command.memory_metrics,
-                    command.timestamp,
-                )
-            elif isinstance(command, RecordTaskMetrics):
-                await self.store.add_task_metrics(
-                    command.task_id,
-                    command.proplet_id,
-                    command.metrics,
-                    command.aggregated,
-                    command.timestamp,
-                )
-            elif isinstance(command, PersistJob):
-                await self.store.save_job(command.job)
-            elif isinstance(command, PersistProplet):
-                await self.store.save_proplet(command.proplet)
-            elif isinstance(command, DeleteTask):
-                await self.store.delete_task(command.task_id)
-            elif isinstance(command, DeleteProplet):
-                await self.store.delete_proplet(command.proplet_id)
             elif isinstance(command, LogEvent):
                 level = logging.WARNING if command.level == "warning" else logging.INFO
-                log.log(level, json.dumps({"event": command.name, **command.fields}, default=str))
-        if pending:
-            await self.store.save_tasks(pending)
+                if log.isEnabledFor(level):  # encoding JSON for a dropped record cost ~5 % per task
+                    log.log(level, json.dumps({"event": command.name, **command.fields}, default=str))
+            else:  # a command type added to the engine but not here must not vanish silently
+                log.error(json.dumps({"event": "unknown_command", "command": repr(command)[:200]}))
+        return refused
+
+    async def _revert(self, refused: Refusals) -> set[str]:
+        """Make the engine hold what the store holds for every refused row; returns the task ids."""
+        assert self.store is not None
+        store = self.store
+
+        async def revert(task_id: str) -> None:
+            try:
+                stored = await store.get_task(task_id)
+            except StoreError:
+                stored = None  # unreadable is as good as absent: memory must not claim more
+            self.engine.revert_task(task_id, stored, self.now())
+
+        dropped = set(refused.tasks)
+        for task_id, reason in refused.tasks.items():
+            log.warning(json.dumps({"event": "store_refused_task", "task_id": task_id, "reason": reason}))
+            await revert(task_id)
+        for job_id, reason in refused.jobs.items():
+            log.warning(json.dumps({"event": "store_refused_job", "job_id": job_id, "reason": reason}))
+            for task in self.engine.job_tasks(job_id) if job_id in self.engine.jobs else []:
+                dropped.add(task.id)
+                await revert(task.id)
+            self.engine.jobs.pop(job_id, None)
+        for proplet_id, reason in refused.proplets.items():
+            # An id the store cannot hold came from the network: the proplet is not kept (it would
+            # take tasks whose rows are refused in turn); its next message brings it back to be
+            # refused and logged again.
+            fields = {"event": "store_refused_proplet", "proplet_id": proplet_id, "reason": reason}
+            log.warning(json.dumps(fields))
+            with contextlib.suppress(EngineError):
+                self.engine.delete_proplet(proplet_id)
+        for reason in refused.metrics:
+            log.warning(json.dumps({"event": "store_refused_metrics", "reason": reason}))
+        return dropped
+
+    async def _durable(self, *task_ids: str) -> None:
+        """Wait until the commands queued so far are executed; raise if one of ``task_ids`` was refused."""
+        refused = await self.flush()
+        for task_id in task_ids:
+            if task_id in refused.tasks:
+                raise StoreRefused(f"task {task_id} cannot be stored: {refused.tasks[task_id]}")
 
     # ------------------------------------------------------------------ operations (API, CLI)
 
-    async def create_task(self, spec: dict[str, Any]) -> Task:
+    async def create_task(self, spec: dict[str, Any], *, start: bool = False) -> Task:
+        """Create a task (and with ``start``, queue it at once); returns once it is durable."""
+        await self._refuse_stored_id(spec)
+        task = self._create(spec, start)
+        await self._durable(task.id)
+        return task
+
+    async def _refuse_stored_id(self, spec: Any) -> None:
+        """An explicit id of a task that settled out of memory but is still stored is taken."""
         wanted = spec.get("id") if isinstance(spec, dict) else None
         if isinstance(wanted, str) and wanted and self.engine.find_task(wanted) is None:
             assert self.store is not None
-            if await self.store.get_task(wanted) is not None:  # settled out of memory, still stored
+            if await self.store.get_task(wanted) is not None:
                 raise Conflict(f"task {wanted} already exists", "id")
+
+    def _create(self, spec: dict[str, Any], start: bool) -> Task:
         task = self.engine.create_task(spec, time.time())
-        await self.flush()
+        if start:
+            try:
+                self.engine.start_task(task.id, self.now(), time.time())
+            except EngineError:
+                self.engine.delete_task(task.id)  # all or nothing: a task that cannot start is not kept
+                raise
         return task
+
+    async def create_tasks(self, specs: Sequence[Any], *, start: bool = False) -> list[Task | EngineError]:
+        """Create (and start) many tasks in one flush window, hence one transaction.
+
+        Each item succeeds or fails on its own: the result holds the task or the error, in order.
+        """
+        out: list[Task | EngineError] = []
+        for i, spec in enumerate(specs):
+            try:
+                if not isinstance(spec, dict):
+                    raise ValidationError(f"tasks[{i}] must be a JSON object", "tasks")
+                item_start = spec.pop("start", start)  # an item may say otherwise than the batch
+                if not isinstance(item_start, bool):
+                    raise ValidationError(f"tasks[{i}].start must be true or false", "start")
+                await self._refuse_stored_id(spec)
+                out.append(self._create(spec, item_start))
+            except EngineError as err:
+                out.append(err)
+        refused = await self.flush()
+        return [
+            StoreRefused(f"task {r.id} cannot be stored: {refused.tasks[r.id]}")
+            if isinstance(r, Task) and r.id in refused.tasks
+            else r
+            for r in out
+        ]
 
     async def update_task(self, task_id: str, spec: Any) -> Task:
         await self._resident(task_id)
         task = self.engine.update_task(task_id, spec, time.time())
-        await self.flush()
+        await self._durable(task_id)
         return task
 
     async def start_task(self, task_id: str) -> Task:
         await self._resident(task_id)
         task = self.engine.start_task(task_id, self.now(), time.time())
-        await self.flush()
+        await self._durable(task_id)
         return task
 
     async def stop_task(self, task_id: str) -> Task:
         await self._resident(task_id)
         task = self.engine.stop_task(task_id, time.time())
-        await self.flush()
+        await self._durable(task_id)
         return task
 
     async def delete_task(self, task_id: str) -> None:
         await self._resident(task_id)
         self.engine.delete_task(task_id)
-        await self.flush()
+        await self._durable()
 
-    # -- tasks that settled out of the engine's memory live in the store (minimal read-back; the
-    # -- store-side paging of GET /tasks is its own piece of work)
+    # -- tasks that settled out of the engine's memory live in the store (GET /tasks pages there)
 
     async def find_task(self, task_id: str) -> Task:
         """The task from memory, or from the store once it settled out of memory; NotFound if neither."""
@@ -408,45 +585,64 @@ class ManagerService:
         if task is not None and self.engine.find_task(task_id) is None:
             self.engine.readmit(task)
 
-    async def list_tasks(self) -> list[Task]:
-        """Every task, memory overriding the store (it may be ahead by one flush), by creation time."""
-        assert self.store is not None
-        merged = {t.id: t for t in await self.store.load_tasks()}
-        merged.update(self.engine.tasks.items())
-        return sorted(merged.values(), key=lambda t: (t.created_at or 0, t.id))
-
     async def delete_proplet(self, proplet_id: str) -> None:
         self.engine.delete_proplet(proplet_id)
-        await self.flush()
+        await self._durable()
 
     async def create_workflow(self, specs: Any) -> list[Task]:
         tasks = self.engine.create_workflow(specs, time.time())
-        await self.flush()
+        refused = await self.flush()
+        why = next((refused.tasks[t.id] for t in tasks if t.id in refused.tasks), "")
+        if why:  # all or nothing, like the engine's own validation of a workflow
+            await self._forget(tasks)
+            raise StoreRefused(f"workflow cannot be stored: {why}")
         return tasks
+
+    async def _forget(self, tasks: list[Task]) -> None:
+        """Delete tasks created by a call that is refused as a whole."""
+        for task in tasks:
+            with contextlib.suppress(EngineError):
+                self.engine.delete_task(task.id)
+        await self.flush()
 
     async def create_job(self, name: str, specs: Any, mode: str) -> tuple[Job, list[Task]]:
         job, tasks = self.engine.create_job(name, specs, mode, time.time())
-        await self.flush()
+        refused = await self.flush()
+        why = refused.jobs.get(job.id) or next(
+            (refused.tasks[t.id] for t in tasks if t.id in refused.tasks), ""
+        )
+        if why:  # all or nothing: the job's stored tasks go too
+            await self._forget(tasks)
+            raise StoreRefused(f"job {job.id} cannot be stored: {why}")
         return job, tasks
 
     async def start_job(self, job_id: str) -> None:
         self.engine.start_job(job_id, self.now(), time.time())
-        await self.flush()
+        await self._durable()
 
     async def stop_job(self, job_id: str) -> None:
         self.engine.stop_job(job_id, time.time())
-        await self.flush()
+        await self._durable()
 
     async def invoke(self, task_id: str, inputs: Any, env: Any) -> InvocationFinished:
         invocation_id = self.engine.invoke(task_id, inputs, env, self.now())
         waiter: asyncio.Future[InvocationFinished] = asyncio.get_running_loop().create_future()
         self._invocations[invocation_id] = waiter
         self._wake.set()
-        await self.flush()
+        await self._durable()
         return await waiter
 
     def proplet_alive(self, proplet: Proplet) -> bool:
         return self.engine.is_alive(proplet, self.now())
+
+
+def _message_task_id(payload: bytes) -> str | None:
+    """The task a start/stop message is about (only read on the rare path of a refused write)."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    return body.get("id") if isinstance(body, dict) else None
 
 
 def _bind_api(host: str, port: int) -> Any:

@@ -26,6 +26,14 @@ def redact(b64: str) -> str:
     return b64[:10] + "<REDACTED>" + b64[-10:]
 
 
+def redacted_module(size: int, head: bytes, tail: bytes) -> str:
+    """``redact(base64(module))`` from the module's ends only (see ``store.ModuleEnds``): the tail
+    starts on a 3-byte boundary, so its base64 ends exactly like the whole module's."""
+    if size <= 15:  # base64 of at most 20 characters: shown whole (``tail`` is the whole module)
+        return base64.b64encode(tail).decode()
+    return base64.b64encode(head).decode()[:10] + "<REDACTED>" + base64.b64encode(tail).decode()[-10:]
+
+
 def task_view(task: Task) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": task.id,

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from orchestrator.adapters.store import StoreError
 from orchestrator.core.errors import EngineError, NotFound, ValidationError
-from orchestrator.views import proplet_view, receipt_view, task_view
+from orchestrator.core.model import TaskState
+from orchestrator.views import proplet_view, receipt_view, redacted_module, task_view
 
 if TYPE_CHECKING:
     from orchestrator.service import ManagerService
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 VERSION = "0.1.0"
 MAX_BODY = 100 * 1024 * 1024
 MAX_TASK_PAGE = 100
+MAX_BATCH = 1000  # tasks per POST /tasks/batch
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -55,6 +58,27 @@ def _page(request: Request, *, max_limit: int | None = None) -> tuple[int, int]:
     if limit < 1 or (max_limit is not None and limit > max_limit):
         raise ValidationError(f"limit must be between 1 and {max_limit or 'infinity'}", "limit")
     return offset, limit
+
+
+def _start_flag(body: Any) -> bool:
+    """Pop the optional ``"start"`` flag of a create request (create and start in one call)."""
+    start = body.pop("start", False) if isinstance(body, dict) else False
+    if not isinstance(start, bool):
+        raise ValidationError(f"start must be true or false, got {start!r}", "start")
+    return start
+
+
+def _state_filter(raw: str) -> int:
+    """A task state given by number (upstream) or by name, case-insensitive."""
+    if raw.isdigit() and int(raw) in TaskState._value2member_map_:
+        return int(raw)
+    try:
+        return int(TaskState[raw.upper()])
+    except KeyError:
+        names = ", ".join(s.name.lower() for s in TaskState)
+        raise ValidationError(
+            f"state must be a state number or one of {names}, got {raw!r}", "state"
+        ) from None
 
 
 def _page_body(offset: int, limit: int, key: str, items: list[Any]) -> dict[str, Any]:
@@ -159,6 +183,10 @@ def create_app(manager: ManagerService) -> FastAPI:
     async def _engine_error(_: Request, err: EngineError) -> JSONResponse:
         return error(err.status, err.message)
 
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, err: StoreError) -> JSONResponse:
+        return error(503, str(err))  # a read the database could not answer (it names the cause)
+
     tokens = api_tokens(manager.settings)
     if tokens:
         app.add_middleware(_BearerAuth, tokens=tokens, metrics_public=manager.settings.metrics_public)
@@ -178,24 +206,69 @@ def create_app(manager: ManagerService) -> FastAPI:
     @app.post("/tasks", status_code=201)
     async def create_task(request: Request) -> JSONResponse:
         spec = await _json_body(request)
-        task = await manager.create_task(spec)
+        start = _start_flag(spec)
+        task = await manager.create_task(spec, start=start)
         return JSONResponse(task_view(task), status_code=201, headers={"Location": f"/tasks/{task.id}"})
+
+    @app.post("/tasks/batch")
+    async def create_tasks(request: Request) -> JSONResponse:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
+            raise ValidationError("body must be a JSON object with a 'tasks' list", "tasks")
+        specs = body["tasks"]
+        if not 1 <= len(specs) <= MAX_BATCH:
+            raise ValidationError(f"tasks must hold 1 to {MAX_BATCH} tasks, got {len(specs)}", "tasks")
+        start = _start_flag(body)
+        results = await manager.create_tasks(specs, start=start)
+        items: list[dict[str, Any]] = []
+        for i, r in enumerate(results):
+            if isinstance(r, EngineError):
+                item: dict[str, Any] = {"index": i, "status": r.status, "error": r.message}
+                if r.field:
+                    item["field"] = r.field
+                items.append(item)
+            else:
+                items.append({"index": i, "status": 201, "task": task_view(r)})
+        failed = sum(1 for r in results if isinstance(r, EngineError))
+        status = 201 if not failed else 207 if failed < len(results) else 400
+        return JSONResponse(
+            {"created": len(results) - failed, "failed": failed, "started": start, "results": items},
+            status_code=status,
+        )
 
     @app.get("/tasks")
     async def list_tasks(request: Request) -> dict[str, Any]:
         offset, limit = _page(request, max_limit=MAX_TASK_PAGE)
-        tasks = await manager.list_tasks()
-        raw_filter = request.query_params.get("metadata")
+        query = request.query_params
+        filters: dict[str, Any] = {}
+        if query.get("state"):
+            filters["state"] = _state_filter(query["state"])
+        for key in ("proplet_id", "name"):
+            if query.get(key):
+                filters[key] = query[key]
+        raw_filter = query.get("metadata")
         if raw_filter:
             try:
                 wanted = json.loads(raw_filter)
             except json.JSONDecodeError:
                 raise ValidationError("metadata must be a JSON object", "metadata") from None
-            if not isinstance(wanted, dict):
-                raise ValidationError("metadata must be a JSON object", "metadata")
-            tasks = [t for t in tasks if all(t.metadata.get(k) == v for k, v in wanted.items())]
-        page = tasks[offset : offset + limit]
-        return {"offset": offset, "limit": limit, "total": len(tasks), "tasks": [task_view(t) for t in page]}
+            if not isinstance(wanted, dict) or not all(
+                isinstance(v, str | int | float | bool) for v in wanted.values()
+            ):
+                raise ValidationError(
+                    "metadata must be a JSON object of strings, numbers or booleans", "metadata"
+                )
+            filters["metadata"] = wanted
+        assert manager.store is not None
+        page = await manager.store.list_tasks(offset, limit, **filters)
+        views = []
+        for task in page.tasks:
+            view = task_view(task)
+            ends = page.modules.get(task.id)
+            if ends is not None:  # the page holds the module's ends, not the module
+                view["file"] = redacted_module(ends.size, ends.head, ends.tail)
+            views.append(view)
+        return {"offset": offset, "limit": limit, "total": page.total, "tasks": views}
 
     @app.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:
@@ -260,7 +333,7 @@ def create_app(manager: ManagerService) -> FastAPI:
 
     @app.get("/tasks/{task_id}/receipt")
     async def task_receipt(task_id: str) -> dict[str, Any]:
-        task = manager.engine.get_task(_uuid(task_id, "task_id"))
+        task = await manager.find_task(_uuid(task_id, "task_id"))
         return receipt_view(task, manager.engine.keys)
 
     @app.get("/proplets")

@@ -12,11 +12,19 @@ Choices, and why:
   migration half-apply) and one in-process write lock (SQLite has one writer anyway; queueing in asyncio
   beats spinning on SQLITE_BUSY). In-memory SQLite is refused: not durable, and with a shared connection
   it loses concurrent updates.
-- Core statements and whole-row upserts (``INSERT .. ON CONFLICT DO UPDATE``), not the ORM: the engine
-  owns the objects, the store only mirrors rows.
+- Core statements, upserts (``INSERT .. ON CONFLICT DO UPDATE``) and column ``UPDATE``s, not the ORM:
+  the engine owns the objects, the store only mirrors rows.
 - JSON columns use the SQL ``JSON`` type (PostgreSQL ``json``, not ``jsonb``): it keeps the text as
   written, so strings holding ``\\u0000`` round-trip. NaN/Infinity are refused on both backends, since
   PostgreSQL cannot store them in JSON. Plain text columns cannot hold NUL on PostgreSQL.
+- Group commit: the service hands ``write(batch)`` everything one flush window changed and it goes in
+  one transaction. A task row is written whole only the first time this process sees it; after that
+  only the columns that differ from what this process last wrote (a bounded cache of written rows).
+  Each row is checked in Python before the transaction (text the backend cannot hold, integers out of
+  range, JSON that cannot be encoded or is nested deeper than ``MAX_JSON_DEPTH``): a refused row is
+  reported by id and the rest of the batch is still written. On SQLite the whole transaction runs in
+  one call to a dedicated writer thread over a plain ``sqlite3`` connection, not one aiosqlite thread
+  hand-off per statement.
 - ``load_tasks()`` returns tasks in first-save order (a ``seq`` column), since sequential jobs start
   their roots in list order.
 - PostgreSQL may be given a ``schema=``: it is created if missing and put on ``search_path``, so every
@@ -26,12 +34,15 @@ Choices, and why:
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +147,11 @@ TASKS = sa.Table(
     # 0002_trust_receipts
     sa.Column("receipt", sa.JSON(), nullable=True),
     sa.Column("verified", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # 0002_mgr_throughput
+    sa.Index("ix_tasks_seq", "seq"),
+    sa.Index("ix_tasks_state_seq", "state", "seq"),
+    sa.Index("ix_tasks_proplet_id_seq", "proplet_id", "seq"),
+    sa.Index("ix_tasks_name_seq", "name", "seq"),
     # 0002_hal
     sa.Column("monitoring_profile", sa.JSON(), nullable=True),
     sa.Column("kbs_resource_path", sa.Text(), nullable=False, server_default=""),
@@ -191,12 +207,108 @@ _PROPLET_FIELDS = tuple(f.name for f in dataclasses.fields(Proplet))
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
 # PostgreSQL's json type refuses NaN/Infinity; refusing them everywhere keeps the backends alike.
 _json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
+# One encoder, reused: json.dumps with options builds a new JSONEncoder on every call.
+_json_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+# JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper
+# value could be written but not read back (a store that cannot be loaded at restart).
+MAX_JSON_DEPTH = 100
+# Rows this process last wrote (fingerprints), kept to write only changed columns next time (LRU).
+WRITTEN_ROWS_CACHE = 10_000
+
+
+class RawJson(str):
+    """JSON text the store already encoded (and checked); the engines' serializer passes it through."""
+
+
+def _serialize(value: Any) -> str:
+    return value if type(value) is RawJson else _json_dumps(value)
+
+
+_EMPTY_JSON: dict[type, RawJson] = {list: RawJson("[]"), dict: RawJson("{}"), type(None): RawJson("null")}
+
+
+class Unstorable(ValueError):
+    """A value the backend cannot hold; the message names the row and the field."""
+
+
+@dataclass
+class WriteBatch:
+    """What one flush window changed, written in one transaction by ``Store.write``.
+
+    Persisting a task or proplet twice keeps the latest snapshot; a delete drops an earlier persist of
+    the same id in the batch (deletes run first in the transaction, so a later re-create survives).
+    """
+
+    tasks: dict[str, Task] = dataclasses.field(default_factory=dict)
+    proplets: dict[str, Proplet] = dataclasses.field(default_factory=dict)
+    jobs: dict[str, Job] = dataclasses.field(default_factory=dict)
+    deleted_tasks: list[str] = dataclasses.field(default_factory=list)
+    deleted_proplets: list[str] = dataclasses.field(default_factory=list)
+    task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.tasks or self.proplets or self.jobs or self.deleted_tasks or self.deleted_proplets
+            or self.task_metrics or self.proplet_metrics
+        )  # fmt: skip
+
+    def delete_task(self, task_id: str) -> None:
+        self.tasks.pop(task_id, None)
+        self.deleted_tasks.append(task_id)
+
+    def delete_proplet(self, proplet_id: str) -> None:
+        self.proplets.pop(proplet_id, None)
+        self.deleted_proplets.append(proplet_id)
+
+
+@dataclass
+class Refusals:
+    """Rows of a batch that the store refused (by id, with the reason); everything else was written."""
+
+    tasks: dict[str, str] = dataclasses.field(default_factory=dict)
+    proplets: dict[str, str] = dataclasses.field(default_factory=dict)
+    jobs: dict[str, str] = dataclasses.field(default_factory=dict)
+    metrics: list[str] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.proplets or self.jobs or self.metrics)
+
+
+@dataclass(frozen=True)
+class ModuleEnds:
+    """A stored module without its body: its size, its first 9 bytes, and its bytes from the last
+    3-byte boundary that leaves at least 9 (the whole module when it is at most 15 bytes): what the
+    redacted base64 view needs (``orchestrator.views.redacted_module``)."""
+
+    size: int
+    head: bytes
+    tail: bytes
+
+
+_MODULE_WHOLE = 15  # up to here the tail is the whole module (its base64 is shown unredacted)
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """A page of tasks. Their ``file`` is left empty (b""); ``modules`` has the ends of each one."""
+
+    total: int
+    tasks: list[Task]
+    modules: dict[str, ModuleEnds] = dataclasses.field(default_factory=dict)
 
 
 class Store:
     """One database. Open with ``await Store.open(url)``; every method is a coroutine."""
 
-    def __init__(self, engine: AsyncEngine, shown_url: str, applied: tuple[str, ...], next_seq: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        shown_url: str,
+        applied: tuple[str, ...],
+        next_seq: int,
+        writer: sa.Engine | None = None,
+    ) -> None:
         self._engine = engine
         self.url = shown_url
         # Alembic revisions this open() applied; empty when the database was already at head.
@@ -208,10 +320,22 @@ class Store:
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if sqlite_backend else contextlib.nullcontext()
         )
+        # SQLite batches run whole in one call to this thread (see the module docstring).
+        self._writer = writer
+        self._writer_thread = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer") if writer else None
+        )
         # Built once: constructing `excluded` costs about a millisecond, more than the write itself.
         # A task keeps its first `seq`: that is its place in load order.
         self._upserts = {
             table.name: self._build_upsert(table, keep=("id", "seq")) for table in (TASKS, PROPLETS, JOBS)
+        }
+        self._batch_lock = asyncio.Lock()
+        self._written: collections.OrderedDict[str, tuple[Any, ...]] = collections.OrderedDict()
+        self._checks = {t.name: _column_checks(t) for t in (TASKS, PROPLETS, JOBS)}
+        self._task_checks = [self._checks["tasks"][name] for name in (*_TASK_PLAIN, "state", "extras")]
+        self._metric_checks = {
+            t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS)
         }
 
     @classmethod
@@ -238,11 +362,16 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise StoreError(shown, "cannot open the database", exc) from exc
-        return cls(engine, shown, tuple(applied), int(top or 0) + 1)
+        writer = _sqlite_writer(resolved) if resolved.get_backend_name() == "sqlite" else None
+        return cls(engine, shown, tuple(applied), int(top or 0) + 1, writer)
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._writer_thread is not None and self._writer is not None:
+                # The writer's sqlite3 connection belongs to its thread: close it there.
+                await asyncio.wrap_future(self._writer_thread.submit(self._writer.dispose))
+                self._writer_thread.shutdown(wait=True)
             await self._engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -261,16 +390,54 @@ class Store:
         await self.save_tasks([task])
 
     async def save_tasks(self, tasks: Sequence[Task]) -> None:
-        """Upsert whole rows, all in one transaction: either every task is saved or none is."""
+        """Save whole tasks, all in one transaction: either every task is saved or none is."""
         if not tasks:
             return
-        rows = [self._task_row(t) for t in tasks]
         what = f"save task {tasks[0].id!r}" if len(tasks) == 1 else f"save {len(tasks)} tasks"
-        async with self._write(what, rows) as conn:
-            await conn.execute(self._upserts["tasks"], rows[0] if len(rows) == 1 else rows)
+        try:
+            plan = self._prepare(WriteBatch(tasks={t.id: t for t in tasks}), Refusals(), strict=True)
+        except Unstorable as exc:
+            raise StoreError(self.url, f"{what} ({exc})", exc) from exc
+        async with self._batch_lock, self._write_lock:  # plans diff against rows written before them
+            self._plan(plan)
+            await self._run(plan, what)
+
+    async def write(self, batch: WriteBatch) -> Refusals:
+        """Write a flush window's changes in one transaction; returns the rows refused.
+
+        A row the backend cannot hold is refused and named, and the rest of the batch is still
+        written, so one bad input never costs anyone else's work. ``StoreError`` means nothing was
+        written (the database is unreachable, full, ...): the caller may retry the same batch.
+        """
+        refused = Refusals()
+        if not batch:
+            return refused
+        plan = self._prepare(batch, refused, strict=False)  # before any await: see PersistTask
+        what = f"write {len(batch.tasks)} tasks"
+        async with self._batch_lock, self._write_lock:
+            self._plan(plan)
+            try:
+                await self._run(plan, what)
+            except StoreError as exc:
+                if not _is_data_error(exc.cause):
+                    raise
+                # The database refused something the checks let through: find it, item by item.
+                try:
+                    await self._run(plan, what, isolate=refused)
+                except StoreError as again:
+                    if not _is_data_error(again.cause):
+                        raise
+                    # Cannot be pinned on one row: refuse the whole window rather than retry it
+                    # forever (a poison batch would stall every later write).
+                    why = f"the batch was refused: {_describe(again.cause or again)}"
+                    refused.tasks.update(dict.fromkeys(batch.tasks, why))
+                    refused.proplets.update(dict.fromkeys(batch.proplets, why))
+                    refused.jobs.update(dict.fromkeys(batch.jobs, why))
+        return refused
 
     async def delete_task(self, task_id: str) -> None:
         """Delete the task and its metrics; deleting an unknown id is not an error."""
+        self._written.pop(task_id, None)
         async with self._write(f"delete task {task_id!r}") as conn:
             await conn.execute(sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == task_id))
             await conn.execute(sa.delete(TASKS).where(TASKS.c.id == task_id))
@@ -285,6 +452,55 @@ class Store:
         async with self._read("load tasks") as conn:
             rows = (await conn.execute(sa.select(TASKS).order_by(TASKS.c.seq, TASKS.c.id))).all()
         return [self._task_from_row(r._mapping) for r in rows]
+
+    async def list_tasks(
+        self,
+        offset: int = 0,
+        limit: int = 100,
+        *,
+        state: int | None = None,
+        proplet_id: str | None = None,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> TaskPage:
+        """(total, page) of the stored tasks in first-save order, filtered in SQL.
+
+        ``metadata`` keeps tasks whose metadata has each key equal to the given scalar value.
+        """
+        if offset < 0 or limit < 0:
+            raise ValueError(f"offset and limit must be >= 0, got offset={offset} limit={limit}")
+        where: list[Any] = []
+        if state is not None:
+            where.append(TASKS.c.state == int(state))
+        if proplet_id is not None:
+            where.append(TASKS.c.proplet_id == proplet_id)
+        if name is not None:
+            where.append(TASKS.c.name == name)
+        for key, value in (metadata or {}).items():
+            where.append(_json_equals(TASKS.c.metadata[key], value, pg=self._engine.dialect.name != "sqlite"))
+        # Not the modules themselves (a page of 100 tasks could be hundreds of MB): their length and
+        # enough bytes at each end for the API's redacted view.
+        size = sa.func.length(TASKS.c.file)
+        tail_at = sa.case((size > _MODULE_WHOLE, ((size + 2) // 3 - 3) * 3), else_=0)
+        columns = [c for c in TASKS.c if c.name != "file"]
+        ends = (
+            size.label("file_size"),
+            sa.func.substr(TASKS.c.file, 1, 9).label("file_head"),
+            sa.func.substr(TASKS.c.file, tail_at + 1).label("file_tail"),
+        )
+        async with self._read("list tasks") as conn:
+            total = await conn.scalar(sa.select(sa.func.count()).select_from(TASKS).where(*where))
+            query = sa.select(*columns, *ends).where(*where).order_by(TASKS.c.seq, TASKS.c.id)
+            rows = (await conn.execute(query.offset(offset).limit(limit))).all()
+        tasks, modules = [], {}
+        for row in rows:
+            values = dict(row._mapping)
+            size_, head, tail = values.pop("file_size"), values.pop("file_head"), values.pop("file_tail")
+            values["file"] = b""
+            tasks.append(self._task_from_row(values))
+            if size_:
+                modules[values["id"]] = ModuleEnds(int(size_), bytes(head), bytes(tail))
+        return TaskPage(int(total or 0), tasks, modules)
 
     # -- proplets ------------------------------------------------------------------------------------
 
@@ -390,13 +606,148 @@ class Store:
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _task_row(self, task: Task) -> dict[str, Any]:
-        row = _to_row(task, TASKS, _TASK_FIELDS)
-        row["state"] = int(task.state)
-        row["file"] = bytes(task.file)
-        row["seq"] = self._next_seq
-        self._next_seq += 1
-        return row
+    # -- batch writes --------------------------------------------------------------------------------
+
+    def _task_values(self, task: Task) -> tuple[Any, ...]:
+        """The task's column values in ``_TASK_COLUMNS`` order, checked; raises ``Unstorable``."""
+        fields = task.__dict__
+        values = [fields[name] for name in _TASK_PLAIN]  # every column but state and extras
+        values.append(int(task.state))
+        values.append({f: fields[f] for f in _TASK_EXTRAS})
+        owner = task.id
+        return tuple([check(v, owner) for check, v in zip(self._task_checks, values)])  # noqa: B905
+
+    def _checked(self, table: str, row: dict[str, Any], owner: str) -> dict[str, Any]:
+        checks = self._checks[table] if table in self._checks else self._metric_checks[table]
+        return {k: checks[k](v, owner) for k, v in row.items()}
+
+    def _prepare(self, batch: WriteBatch, refused: Refusals, *, strict: bool) -> _Plan:
+        """Check and encode every row now (JSON to text): the result no longer shares anything with the
+        caller's objects, so the engine may go on mutating them. A refused row goes to ``refused`` (or
+        raises ``Unstorable`` when ``strict``)."""
+        plan = _Plan(_storable_ids(batch.deleted_tasks), _storable_ids(batch.deleted_proplets))
+        for task in batch.tasks.values():
+            try:
+                plan.written[task.id] = self._task_values(task)
+            except Unstorable as exc:
+                if strict:
+                    raise
+                refused.tasks[task.id] = str(exc)
+        for proplet in batch.proplets.values():
+            row = _to_row(proplet, PROPLETS, _PROPLET_FIELDS)
+            row["metadata"] = dataclasses.asdict(proplet.metadata)
+            row["alive_history"] = list(proplet.alive_history)
+            try:
+                plan.proplets.append(self._checked("proplets", row, proplet.id))
+            except Unstorable as exc:
+                if strict:
+                    raise
+                refused.proplets[proplet.id] = str(exc)
+        for job in batch.jobs.values():
+            try:
+                plan.jobs.append(self._checked("jobs", dataclasses.asdict(job), job.id))
+            except Unstorable as exc:
+                if strict:
+                    raise
+                refused.jobs[job.id] = str(exc)
+        for table, rows, out in (
+            ("task_metrics", batch.task_metrics, plan.task_metrics),
+            ("proplet_metrics", batch.proplet_metrics, plan.proplet_metrics),
+        ):
+            for row in rows:
+                owner = str(row.get("task_id") or row.get("proplet_id"))
+                try:
+                    out.append(self._checked(table, row, owner))
+                except Unstorable as exc:
+                    if strict:
+                        raise
+                    refused.metrics.append(str(exc))
+        return plan
+
+    def _plan(self, plan: _Plan) -> None:
+        """Split the encoded tasks into whole-row inserts (first time seen) and updates of the columns
+        that differ from what this store last wrote. Runs under the batch lock."""
+        for task_id, values in list(plan.written.items()):
+            old = self._written.get(task_id)
+            if old is None:
+                row = dict(zip(_TASK_COLUMNS, values, strict=True))
+                row["seq"] = self._next_seq
+                self._next_seq += 1
+                plan.inserts.append(row)
+                continue
+            changed = {
+                c: v for c, v, o in zip(_TASK_COLUMNS, values, old, strict=True) if _fingerprint(v) != o
+            }
+            if changed:
+                plan.updates.setdefault(tuple(changed), []).append({"_id": task_id, **changed})
+
+    async def _run(self, plan: _Plan, what: str, isolate: Refusals | None = None) -> None:
+        """Apply ``plan`` in one transaction; with ``isolate``, each row in its own savepoint."""
+        self._check_open(what)
+        try:
+            if self._writer is not None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._writer_thread, self._apply_on_writer, plan, isolate)
+            else:
+                async with self._engine.begin() as conn:
+                    await conn.run_sync(self._apply, plan, isolate)
+        except (SQLAlchemyError, OSError, TypeError, ValueError) as exc:
+            raise StoreError(self.url, what, exc) from exc
+        for task_id in plan.deleted_tasks:
+            self._written.pop(task_id, None)
+        for task_id, values in plan.written.items():
+            if isolate is None or task_id not in isolate.tasks:
+                self._written[task_id] = tuple(map(_fingerprint, values))
+                self._written.move_to_end(task_id)
+        while len(self._written) > WRITTEN_ROWS_CACHE:
+            self._written.popitem(last=False)
+
+    def _apply_on_writer(self, plan: _Plan, isolate: Refusals | None) -> None:
+        assert self._writer is not None
+        with self._writer.begin() as conn:
+            self._apply(conn, plan, isolate)
+
+    def _apply(self, conn: sa.Connection, plan: _Plan, isolate: Refusals | None) -> None:
+        """Runs inside one transaction (writer thread on SQLite, greenlet on PostgreSQL)."""
+
+        def run(stmt: Any, rows: list[dict[str, Any]], refuse: Callable[[dict[str, Any], str], None]) -> None:
+            if not rows:
+                return
+            if isolate is None:
+                conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
+                return
+            for row in rows:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(stmt, row)
+                except (SQLAlchemyError, TypeError, ValueError) as exc:
+                    if not _is_data_error(exc):
+                        raise
+                    refuse(row, _describe(exc))
+
+        refusals = isolate if isolate is not None else Refusals()  # (an empty Refusals is falsy)
+
+        def task(row: dict[str, Any], why: str) -> None:
+            refusals.tasks[row.get("id") or row["_id"]] = why
+
+        def ignore(row: dict[str, Any], why: str) -> None:
+            pass  # deleting a row that cannot be there
+
+        run(_DELETE_TASK_METRICS, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_TASK, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_PROPLET_METRICS, [{"_id": i} for i in plan.deleted_proplets], ignore)
+        run(_DELETE_PROPLET, [{"_id": i} for i in plan.deleted_proplets], ignore)
+        run(self._upserts["tasks"], plan.inserts, task)
+        for rows in plan.updates.values():
+            run(_UPDATE_TASK, rows, task)
+        run(
+            self._upserts["proplets"],
+            plan.proplets,
+            lambda r, why: refusals.proplets.__setitem__(r["id"], why),
+        )
+        run(self._upserts["jobs"], plan.jobs, lambda r, why: refusals.jobs.__setitem__(r["id"], why))
+        run(sa.insert(TASK_METRICS), plan.task_metrics, lambda r, why: refusals.metrics.append(why))
+        run(sa.insert(PROPLET_METRICS), plan.proplet_metrics, lambda r, why: refusals.metrics.append(why))
 
     def _task_from_row(self, values: Any) -> Task:
         data = _from_row(values, _TASK_FIELDS)
@@ -468,6 +819,198 @@ class Store:
             raise StoreError(self.url, f"{what}: the store is closed")
 
 
+_TASK_PLAIN = tuple(c.name for c in TASKS.c if c.name not in ("seq", "state", "extras"))
+_TASK_COLUMNS = (*_TASK_PLAIN, "state", "extras")  # the order of _task_values
+_TASK_EXTRAS = tuple(f for f in _TASK_FIELDS if f not in TASKS.c)
+# executemany UPDATE: the SET clause comes from the keys of the parameter rows (all alike per call).
+_UPDATE_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
+_DELETE_TASK = sa.delete(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
+_DELETE_TASK_METRICS = sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == sa.bindparam("_id"))
+_DELETE_PROPLET = sa.delete(PROPLETS).where(PROPLETS.c.id == sa.bindparam("_id"))
+_DELETE_PROPLET_METRICS = sa.delete(PROPLET_METRICS).where(
+    PROPLET_METRICS.c.proplet_id == sa.bindparam("_id")
+)
+
+
+@dataclass
+class _Plan:
+    deleted_tasks: list[str]
+    deleted_proplets: list[str]
+    inserts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    proplets: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    jobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    written: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+
+
+def _column_checks(table: sa.Table, *, skip: tuple[str, ...] = ()) -> dict[str, Callable[[Any, str], Any]]:
+    """Per column, a function (value, owner id) -> value to bind, raising ``Unstorable`` with the row
+    and field named for what the backend would refuse. Both backends get the same rules, so a row
+    that SQLite takes is one PostgreSQL takes too."""
+    checks: dict[str, Callable[[Any, str], Any]] = {}
+    for column in table.c:
+        if column.name in skip:
+            continue
+        checks[column.name] = _check_for(column, column.name)
+    return checks
+
+
+def _check_for(column: sa.Column[Any], name: str) -> Callable[[Any, str], Any]:
+    nullable = bool(column.nullable)
+    kind = column.type
+
+    def none(owner: str) -> None:
+        if not nullable:
+            raise Unstorable(f"{owner!r} field {name!r} must not be null")
+
+    if isinstance(kind, sa.JSON):
+
+        def check_json(value: Any, owner: str) -> Any:
+            if not value and type(value) in _EMPTY_JSON:  # most list/dict fields are empty
+                return _EMPTY_JSON[type(value)]
+            try:
+                text = _json_encode(value)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise Unstorable(f"{owner!r} field {name!r} is not JSON-encodable: {exc}") from None
+            if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _json_depth(value) > MAX_JSON_DEPTH:
+                raise Unstorable(f"{owner!r} field {name!r} is nested deeper than {MAX_JSON_DEPTH} levels")
+            return RawJson(text)
+
+        return check_json
+    if isinstance(kind, sa.String):  # Text too
+        limit = kind.length
+        bound = limit if limit is not None else sys.maxsize
+
+        def check_text(value: Any, owner: str) -> Any:
+            if type(value) is str and value.isascii() and "\x00" not in value and len(value) <= bound:
+                return value  # the common case, in one test
+            if value is None:
+                return none(owner)
+            if not isinstance(value, str):
+                raise Unstorable(f"{owner!r} field {name!r} must be text, got {type(value).__name__}")
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise Unstorable(
+                        f"{owner!r} field {name!r} is not valid Unicode (it holds a lone surrogate)"
+                    ) from None
+            if "\x00" in value:
+                raise Unstorable(f"{owner!r} field {name!r} contains a NUL character (PostgreSQL refuses it)")
+            if limit is not None and len(value) > limit:
+                raise Unstorable(f"{owner!r} field {name!r} is longer than {limit} characters")
+            return value
+
+        return check_text
+    if isinstance(kind, sa.Boolean):
+        return lambda value, owner: none(owner) if value is None else bool(value)
+    if isinstance(kind, sa.Integer):  # SmallInteger and BigInteger too
+        bits = 63 if isinstance(kind, sa.BigInteger) else 15 if isinstance(kind, sa.SmallInteger) else 31
+
+        def check_int(value: Any, owner: str) -> Any:
+            if value is None:
+                return none(owner)
+            if not -(2**bits) <= value < 2**bits:
+                raise Unstorable(
+                    f"{owner!r} field {name!r} = {value} is out of range ({bits + 1}-bit integer)"
+                )
+            return value
+
+        return check_int
+    if isinstance(kind, sa.LargeBinary):
+        return lambda value, owner: none(owner) if value is None else bytes(value)
+    return lambda value, owner: none(owner) if value is None else value
+
+
+def _fingerprint(value: Any) -> Any:
+    """What the written-rows cache keeps of a value: small ones as they are, long text and bytes (a
+    module, a big result) as (length, hash), so the cache does not hold every module it wrote. str and
+    bytes cache their hash, so an unchanged object costs nothing to compare again."""
+    if type(value) in _HASHED and len(value) > 64:
+        return (len(value), hash(value))
+    return value
+
+
+_HASHED = frozenset({str, RawJson, bytes})
+
+
+def _storable_ids(ids: list[str]) -> list[str]:
+    """Ids that a row could have: deleting one the store cannot hold is a no-op, not an error."""
+    check = _check_for(TASKS.c.id, "id")
+    out = []
+    for i in ids:
+        try:
+            out.append(check(i, i))
+        except Unstorable:
+            continue
+    return out
+
+
+def _put(refused: dict[str, str], key: str, why: str) -> None:
+    refused[key] = why
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of lists/dicts, without recursion (stops counting past the bound)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _json_equals(element: Any, value: Any, *, pg: bool) -> Any:
+    """SQL: this JSON element equals the scalar ``value`` (a string, number or boolean).
+
+    PostgreSQL compares the element's JSON text (``->``: the ``json`` type keeps the text our encoder
+    wrote), never a cast to the value's type, so a task whose value has another type simply does not
+    match (a cast would fail the whole query). SQLite's ``json_extract`` returns typed values."""
+    if not isinstance(value, str | int | float):  # bool is an int
+        raise ValueError(f"metadata filter values must be strings, numbers or booleans, got {value!r}")
+    if pg:
+        return sa.cast(element, sa.Text) == _json_encode(value)
+    if isinstance(value, str):
+        return element.as_string() == value
+    if isinstance(value, bool):
+        return element.as_boolean() == value
+    if isinstance(value, int):
+        return element.as_integer() == value
+    return element.as_float() == value
+
+
+def _is_data_error(exc: BaseException | None) -> bool:
+    """The database refused the data (retrying the same row cannot help), not the connection."""
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError) or isinstance(
+            exc.orig, UnicodeError | ValueError
+        )
+    return isinstance(exc, StatementError | TypeError | ValueError | RecursionError)
+
+
+def _sqlite_writer(url: URL) -> sa.Engine:
+    """A plain (synchronous) sqlite3 engine for the writer thread, set up like the async one."""
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        json_serializer=_serialize,
+        json_deserializer=json.loads,
+        poolclass=sa.pool.SingletonThreadPool,
+    )
+    _sqlite_hooks(engine)
+    return engine
+
+
 def _resolve_url(raw: str) -> URL:
     hint = "use a file path, sqlite:///path.db or postgresql://user@host/db"
     if not raw or not raw.strip():
@@ -500,7 +1043,7 @@ def _resolve_url(raw: str) -> URL:
 
 
 def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
-    common: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": json.loads}
+    common: dict[str, Any] = {"json_serializer": _serialize, "json_deserializer": json.loads}
     if url.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {"connect_timeout": 10}
         if schema is not None:
@@ -516,8 +1059,12 @@ def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
     except OSError as exc:
         raise StoreError(shown, "cannot create the directory of the SQLite file", exc) from exc
     engine = create_async_engine(url, **common)
+    _sqlite_hooks(engine.sync_engine)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _sqlite_hooks(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
         cursor = dbapi_connection.cursor()
@@ -525,11 +1072,9 @@ def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN")
-
-    return engine
 
 
 def _migrate(shown: str, connection: sa.Connection) -> list[str]:

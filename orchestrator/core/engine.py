@@ -356,6 +356,40 @@ class Engine:
         self._settling.append(task)  # settles again unless started
         return task
 
+    def revert_task(self, task_id: str, stored: Task | None, now: float) -> None:
+        """The store refused this task's latest state: hold what the store holds instead.
+
+        ``stored`` is the task as the store has it, or None when it never stored it (the task is
+        then forgotten). Memory never claims what a restart would not find; the running, queue,
+        deadline and group indexes follow the state that stays.
+        """
+        task = self.tasks.find(task_id)
+        if task is not None:
+            self._vacate(task)
+            self._dequeue(task_id)
+            self._dispatched_at.pop(task_id, None)
+            self._broadcasts.pop(task_id, None)
+            for key in _group_keys(task):
+                self._members.get(key, {}).pop(task_id, None)
+            self.tasks.discard(task_id)
+        self.counters["tasks_refused_by_store"] += 1
+        self._log("task_reverted", "warning", task_id=task_id, stored=stored is not None)
+        if stored is None:
+            return
+        self._admit(stored)
+        if stored.state is TaskState.SCHEDULED:
+            self._enqueue(stored, now)
+        elif stored.state is TaskState.RUNNING and stored.broadcast:
+            self._broadcasts[stored.id] = stored
+        elif stored.state is TaskState.RUNNING and stored.proplet_id:
+            proplet = self.proplets.get(stored.proplet_id)
+            if proplet is not None:
+                self._occupy(stored, proplet)
+            self._dispatched_at[task_id] = now
+            self._arm_deadline(stored, now)
+        elif stored.state.is_terminal:
+            self._settling.append(stored)
+
     # ------------------------------------------------------------------ network input
 
     def handle(self, event: MessageReceived, now: float, wall: float) -> None:

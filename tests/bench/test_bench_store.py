@@ -1,5 +1,7 @@
-"""Store throughput: one awaited ``save_task`` per transaction (what the service does per PersistTask),
-a 100-task ``save_tasks`` batch, and 50 concurrent savers, on SQLite WAL and on PostgreSQL.
+"""Store throughput: one awaited ``save_task`` per transaction (what the service did per PersistTask
+before group commit), a 100-task ``save_tasks`` batch, 50 concurrent savers, and a flush window of 16
+state changes through ``write`` (group commit, changed columns only: what the service does now), on
+SQLite WAL and on PostgreSQL.
 
 Run with ``pytest tests/bench/test_bench_store.py --benchmark-enable``; under the default
 ``--benchmark-disable`` each body runs once, as a plain test.
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.adapters.store import Store
+from orchestrator.adapters.store import Store, WriteBatch
 from orchestrator.core.model import Task, TaskState
 from tests.fixtures.store import PgSchema
 
@@ -87,3 +89,21 @@ def test_bench_50_concurrent_save_task(
 
     _run(benchmark, loop, fifty)
     assert len(loop.run_until_complete(store.load_tasks())) == 50
+
+
+def test_bench_write_window_of_16_state_changes(
+    benchmark: Callable[..., object], bench_store: tuple[asyncio.AbstractEventLoop, Store]
+) -> None:
+    """16 tasks already stored change state (dispatch or result) in one window: one transaction of
+    partial UPDATEs. Compare with 16 x test_bench_save_task (whole rows, one transaction each)."""
+    loop, store = bench_store
+    tasks = [_task(k) for k in range(16)]
+    loop.run_until_complete(store.write(WriteBatch(tasks={t.id: t for t in tasks})))
+
+    async def window(i: int) -> None:
+        for task in tasks:
+            task.attempt, task.updated_at = i + 1, 1.0e9 + i
+        assert not await store.write(WriteBatch(tasks={t.id: t for t in tasks}))
+
+    _run(benchmark, loop, window)
+    assert {t.attempt for t in loop.run_until_complete(store.load_tasks())} != {0}

@@ -19,9 +19,10 @@ def test_bench_e2e_one_proplet_embedded_prints_the_table(tmp_path: Path) -> None
     out = tmp_path / "e2e.json"
     run = propeller(
         "bench", "e2e", "--proplets", "1", "--tasks", "20", "--broker", "embedded",
-        "--rtt-messages", "500", "--json", str(out),
+        "--rtt-messages", "500", "--no-celery", "--json", str(out),
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "Celery + Redis comparison: skipped (--no-celery)" in run.stdout
     lines = run.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("broker"))
     assert "tasks/s" in lines[header] and "p99ms" in lines[header] and "qos1-rtt" in lines[header]
@@ -33,6 +34,29 @@ def test_bench_e2e_one_proplet_embedded_prints_the_table(tmp_path: Path) -> None
     assert e2e["p50_s"] <= e2e["p99_s"] <= e2e["max_s"]
     assert e2e["broker_rtt"]["messages"] == 500
     assert data["conditions"]["cpus"] >= 1
+
+
+def test_bench_e2e_batch_submit_beside_celery(tmp_path: Path) -> None:
+    """Tasks through POST /tasks/batch, and Celery + Redis on the same work when the extra is there
+    (otherwise the output says why it was left out)."""
+    from orchestrator.bench_celery import available
+
+    out = tmp_path / "e2e.json"
+    run = propeller(
+        "bench", "e2e", "--proplets", "1", "--tasks", "40", "--concurrency", "8", "--broker", "embedded",
+        "--submit", "batch", "--rtt-messages", "100", "--json", str(out), timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(out.read_text())
+    (e2e,) = data["e2e"]
+    assert e2e["submit"] == "batch" and e2e["completed"] == 40 and e2e["errors"] == 0
+    assert e2e["manager_cpu_per_task_ms"] > 0
+    why_not = available()
+    if why_not is None:
+        assert "celery tasks/s" in run.stdout and "ratio" in run.stdout
+        assert data["celery"]["1"]["completed"] == 40 and data["celery"]["1"]["errors"] == 0
+    else:
+        assert f"Celery + Redis comparison: {why_not}" in run.stdout
 
 
 def test_bench_registry_reports_rss_and_heartbeat_rate(tmp_path: Path) -> None:

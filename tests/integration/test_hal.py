@@ -6,7 +6,6 @@ as WAVE, so these tests read what a component actually saw.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -277,15 +276,22 @@ async def test_sleep_is_interrupted_by_the_wall_time_limit(hal: Hal) -> None:
 
 
 async def test_stop_interrupts_a_sleeping_component(hal: Hal) -> None:
-    created = (
-        await hal.c.api.post("/tasks", json={"name": "sleep", "file": PROBE, "inputs": [str(600 * 10**9)]})
-    ).json()
+    spec = {"name": "sleep", "file": PROBE, "inputs": [str(600 * 10**9)]}
+    created = (await hal.c.api.post("/tasks", json=spec)).json()
     await hal.c.api.post(f"/tasks/{created['id']}/start")
-    await eventually(lambda: _running(hal.c, created["id"]), 15, "the sleeping task to run")
-    await asyncio.sleep(0.2)
+    proplet = hal.c.agents["hal-1"]
+
+    async def sleeping_on_the_proplet() -> bool:  # a stop sent before the start arrives is not this test
+        return created["id"] in proplet.engine.running
+
+    await eventually(sleeping_on_the_proplet, 15, "the sleeping task to run on the proplet")
     assert (await hal.c.api.post(f"/tasks/{created['id']}/stop")).status_code == 200
-    task = await hal.c.wait_terminal(created["id"], timeout=30)
-    assert task["state"] in (4, 6), task
+
+    async def released() -> bool:  # the HAL sleep ended: the proplet no longer runs it
+        return created["id"] not in proplet.engine.running
+
+    await eventually(released, 30, "the proplet to end the sleeping run")
+    assert proplet.engine.counters["tasks_stopped"] == 1
 
 
 async def _running(c: Cluster, task_id: str) -> bool:

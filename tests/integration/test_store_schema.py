@@ -16,8 +16,8 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-HEAD = "hal"
-REVISIONS = ("0001", "trust_receipts", HEAD)  # every revision, oldest first
+REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "hal")  # every revision, oldest first
+HEAD = REVISIONS[-1]
 
 
 def _sqlite_schema(path: Path) -> list[tuple[str, str]]:
@@ -122,7 +122,7 @@ async def test_a_version_1_database_gains_unverified_receipt_columns_keeping_row
         columns = ", ".join(row)
         db.execute(f"INSERT INTO tasks ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     async with await Store.open(str(sqlite_path)) as store:
-        assert store.applied_revisions == ("trust_receipts", HEAD)
+        assert store.applied_revisions == REVISIONS[1:]
         (task,) = await store.load_tasks()
         assert task.id == "old" and task.results == "42" and task.receipt is None and task.verified is False
         assert (task.monitoring_profile, task.kbs_resource_path, task.hal_storage_path) == (None, "", None)
