@@ -237,7 +237,14 @@ def cmd_task(args: argparse.Namespace) -> int:
         elif args.task_cmd == "list":
             _print(client.list_tasks(args.offset, args.limit), args.json, tasks_table)
         elif args.task_cmd == "results":
-            print(json.dumps(client.task_results(args.id)))
+            if args.format == "raw":
+                sys.stdout.buffer.write(client.task_results_raw(args.id))
+                sys.stdout.flush()
+            else:
+                indent = 2 if args.format == "json" else None
+                print(json.dumps(client.task_results(args.id, args.format or ""), indent=indent))
+        elif args.task_cmd == "logs":
+            return _task_logs(client, args)
         elif args.task_cmd == "delete":
             client.delete_task(args.id)
             print(f"deleted {args.id}")
@@ -247,6 +254,39 @@ def cmd_task(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"propeller task {args.task_cmd}: {err}", file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def _task_logs(client: Any, args: argparse.Namespace) -> int:
+    """``propeller task logs ID``: the attempt's logs; ``--follow`` streams them until the task ends."""
+    import time
+
+    from orchestrator.client import log_text
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        sys.stdout.write(log_text(rows))
+        sys.stdout.flush()
+
+    if not args.follow:
+        body = client.task_logs(args.id, attempt=args.attempt)
+        _print(body, args.json, lambda b: log_text(b["logs"]).rstrip("\n"))
+        return 0
+    after, streamed = 0, set[int]()  # attempts whose stderr was shown live
+    while True:
+        body = client.task_logs(args.id, attempt=args.attempt, after=after, live=True)
+        if body["logs"]:
+            if streamed and body["attempt"] not in streamed:  # the task was placed again
+                sys.stdout.write(f"[propeller: attempt {body['attempt']}]\n")
+            show(body["logs"])
+            streamed.add(body["attempt"])
+        after = body["next"]
+        if body["done"]:
+            break
+        time.sleep(args.interval)
+    # The record sent with the result: what was not streamed (runtime notes), or all of it.
+    final = client.task_logs(args.id, attempt=body["attempt"])["logs"]
+    live = body["attempt"] in streamed
+    show([r for r in final if r["final"] and not (live and r["stream"] == "stderr")])
     return 0
 
 
@@ -268,6 +308,16 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
         spec["image_url"] = args.image_url
     if args.inputs:
         spec["inputs"] = args.inputs
+    if args.env:
+        env = {}
+        for item in args.env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--env {item!r}: expected KEY=VALUE")
+            env[key] = value
+        spec["env"] = env
+    if args.arg:
+        spec["cli_args"] = args.arg
     if args.proplet:
         spec["proplet_id"] = args.proplet
     if args.priority is not None:
@@ -419,13 +469,28 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--file", help=".wasm or .wat file sent inline")
     tc.add_argument("--image-url", help="http(s) URL or OCI reference of the module")
     tc.add_argument("--inputs", nargs="*", default=[])
+    tc.add_argument("--env", action="append", default=[], help="KEY=VALUE for the module (repeatable)")
+    tc.add_argument("--arg", action="append", default=[], help="an argv entry after the name (repeatable)")
     tc.add_argument("--proplet", help="pin to this proplet id")
     tc.add_argument("--priority", type=int)
     api_args(tc)
-    for name in ("start", "stop", "get", "results", "delete"):
+    for name in ("start", "stop", "get", "delete"):
         tp = tsub.add_parser(name)
         tp.add_argument("id")
         api_args(tp)
+    tr = tsub.add_parser("results", help="the task's result (JSON-encoded; --format json parses it)")
+    tr.add_argument("id")
+    tr.add_argument(
+        "--format", choices=["json", "raw"], default=None,
+        help="json: the result parsed as JSON; raw: the bytes the module wrote (stdout) or returned",
+    )  # fmt: skip
+    api_args(tr)
+    tlog = tsub.add_parser("logs", help="the task's stderr and runtime notes, kept apart from its result")
+    tlog.add_argument("id")
+    tlog.add_argument("--follow", "-f", action="store_true", help="stream the logs of a running task")
+    tlog.add_argument("--attempt", type=int, default=None, help="which attempt (default: the latest)")
+    tlog.add_argument("--interval", type=float, default=0.5, help="--follow: seconds between polls")
+    api_args(tlog)
     tl = tsub.add_parser("list")
     tl.add_argument("--offset", type=int, default=0)
     tl.add_argument("--limit", type=int, default=100)

@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
-from orchestrator.adapters.store import Refusals, Store, StoreError, WriteBatch
+from orchestrator.adapters.store import Refusals, Store, StoreError, TaskLogBatch, WriteBatch
 from orchestrator.chunk_server import ChunkServer
 from orchestrator.core.commands import (
     Command,
@@ -36,6 +36,7 @@ from orchestrator.core.commands import (
     PersistTask,
     Publish,
     RecordPropletMetrics,
+    RecordTaskLogs,
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
@@ -409,6 +410,10 @@ class ManagerService:
                         "timestamp": float(command.timestamp),
                     }
                 )
+            elif isinstance(command, RecordTaskLogs):  # task output, in the same transaction
+                c = command
+                where = (c.task_id, c.attempt, c.proplet_id)
+                batch.task_logs.append(TaskLogBatch(*where, c.lines, c.final, c.timestamp, c.seq, c.replace))
             elif isinstance(command, RecordPropletMetrics):
                 batch.proplet_metrics.append(
                     {

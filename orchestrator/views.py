@@ -68,6 +68,7 @@ def task_view(task: Task) -> dict[str, Any]:
         "monitoring_profile": task.monitoring_profile,
         "hal_storage_path": task.hal_storage_path,
         "results": task.results,
+        "result_type": task.result_type,  # our extension: json, text or binary (base64)
         "error": task.error,
         "priority": task.priority,
         "broadcast": task.broadcast,

@@ -91,6 +91,33 @@ class TaskMetricsRecord:
 
 
 @dataclass(frozen=True)
+class TaskLogBatch:
+    """Lines of one attempt's output to store: a live piece, or the final record (replaces one)."""
+
+    task_id: str
+    attempt: int
+    proplet_id: str
+    lines: Sequence[tuple[str, str]]
+    final: bool
+    timestamp: float
+    seq: int | None = None
+    replace: bool = False  # a final record that replaces one stored before (same attempt, proplet)
+
+
+@dataclass(frozen=True)
+class TaskLogRecord:
+    id: int
+    task_id: str
+    attempt: int
+    proplet_id: str
+    seq: int | None
+    final: bool
+    stream: str
+    data: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
 class PropletMetricsRecord:
     proplet_id: str
     namespace: str
@@ -125,6 +152,7 @@ TASKS = sa.Table(
     sa.Column("workflow_id", sa.String(255), nullable=False, index=True),
     sa.Column("job_id", sa.String(255), nullable=False, index=True),
     sa.Column("results", sa.JSON(), nullable=True),
+    sa.Column("result_type", sa.String(16), nullable=False, server_default=""),
     sa.Column("error", sa.Text(), nullable=False),
     sa.Column("priority", sa.Integer(), nullable=False),
     sa.Column("broadcast", sa.Boolean(), nullable=False),
@@ -202,6 +230,21 @@ PROPLET_METRICS = sa.Table(
     sa.Index("ix_proplet_metrics_proplet_id_timestamp", "proplet_id", "timestamp"),
 )
 
+TASK_LOGS = sa.Table(
+    "task_logs",
+    METADATA,
+    sa.Column("id", _METRICS_ID, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(255), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("proplet_id", sa.String(255), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=True),
+    sa.Column("final", sa.Boolean(), nullable=False),
+    sa.Column("stream", sa.String(32), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("timestamp", sa.Double(), nullable=False),
+    sa.Index("ix_task_logs_task_id_attempt", "task_id", "attempt", "id"),
+)
+
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
 _PROPLET_FIELDS = tuple(f.name for f in dataclasses.fields(Proplet))
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
@@ -246,11 +289,12 @@ class WriteBatch:
     deleted_proplets: list[str] = dataclasses.field(default_factory=list)
     task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    task_logs: list[TaskLogBatch] = dataclasses.field(default_factory=list)  # task output, per attempt
 
     def __bool__(self) -> bool:
         return bool(
             self.tasks or self.proplets or self.jobs or self.deleted_tasks or self.deleted_proplets
-            or self.task_metrics or self.proplet_metrics
+            or self.task_metrics or self.proplet_metrics or self.task_logs
         )  # fmt: skip
 
     def delete_task(self, task_id: str) -> None:
@@ -335,7 +379,7 @@ class Store:
         self._checks = {t.name: _column_checks(t) for t in (TASKS, PROPLETS, JOBS)}
         self._task_checks = [self._checks["tasks"][name] for name in (*_TASK_PLAIN, "state", "extras")]
         self._metric_checks = {
-            t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS)
+            t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS, TASK_LOGS)
         }
 
     @classmethod
@@ -440,6 +484,7 @@ class Store:
         self._written.pop(task_id, None)
         async with self._write(f"delete task {task_id!r}") as conn:
             await conn.execute(sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == task_id))
+            await conn.execute(sa.delete(TASK_LOGS).where(TASK_LOGS.c.task_id == task_id))
             await conn.execute(sa.delete(TASKS).where(TASKS.c.id == task_id))
 
     async def get_task(self, task_id: str) -> Task | None:
@@ -540,6 +585,44 @@ class Store:
         async with self._read("load jobs") as conn:
             rows = (await conn.execute(sa.select(JOBS).order_by(JOBS.c.created_at, JOBS.c.id))).all()
         return [JobRecord(**dict(r._mapping)) for r in rows]
+
+    # -- logs ----------------------------------------------------------------------------------------
+
+    async def add_task_logs(
+        self,
+        task_id: str,
+        attempt: int,
+        proplet_id: str,
+        lines: Sequence[tuple[str, str]],
+        *,
+        final: bool,
+        timestamp: float,
+        seq: int | None = None,
+        replace: bool = False,
+    ) -> None:
+        """Append an attempt's output: a live piece, or (``final``) the record sent with its result.
+
+        With ``replace``, a final record replaces an earlier final record of the same attempt and
+        proplet (a duplicate result); live pieces are kept, so a follower never sees them vanish.
+        """
+        batch = TaskLogBatch(task_id, attempt, proplet_id, lines, final, timestamp, seq, replace)
+        refused = await self.write(WriteBatch(task_logs=[batch]))
+        if refused:
+            raise StoreError(self.url, f"add logs of task {task_id!r}: {'; '.join(refused.metrics)}")
+
+    async def list_task_logs(
+        self, task_id: str, attempt: int, *, after: int = 0, limit: int = 1000, final: bool | None = None
+    ) -> list[TaskLogRecord]:
+        """The attempt's log rows with ``id > after``, oldest first; ``final`` picks the final record
+        (True) or the live pieces (False), None both."""
+        t = TASK_LOGS.c
+        where = (t.task_id == task_id) & (t.attempt == attempt) & (t.id > after)
+        if final is not None:
+            where = where & (t.final == final)
+        query = sa.select(TASK_LOGS).where(where).order_by(t.id).limit(limit)
+        async with self._read(f"list logs of task {task_id!r}") as conn:
+            rows = (await conn.execute(query)).all()
+        return [TaskLogRecord(**dict(r._mapping)) for r in rows]
 
     # -- metrics -------------------------------------------------------------------------------------
 
@@ -662,6 +745,19 @@ class Store:
                     if strict:
                         raise
                     refused.metrics.append(str(exc))
+        for logs in batch.task_logs:
+            try:
+                rows = [self._checked("task_logs", row, logs.task_id) for row in _log_rows(logs)]
+            except Unstorable as exc:
+                if strict:
+                    raise
+                refused.metrics.append(str(exc))
+                continue
+            if logs.final and logs.replace:
+                plan.replaced_logs.append(
+                    {"_id": logs.task_id, "_attempt": logs.attempt, "_proplet": logs.proplet_id}
+                )
+            plan.task_logs.extend(rows)
         return plan
 
     def _plan(self, plan: _Plan) -> None:
@@ -734,6 +830,7 @@ class Store:
             pass  # deleting a row that cannot be there
 
         run(_DELETE_TASK_METRICS, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_TASK_LOGS, [{"_id": i} for i in plan.deleted_tasks], ignore)
         run(_DELETE_TASK, [{"_id": i} for i in plan.deleted_tasks], ignore)
         run(_DELETE_PROPLET_METRICS, [{"_id": i} for i in plan.deleted_proplets], ignore)
         run(_DELETE_PROPLET, [{"_id": i} for i in plan.deleted_proplets], ignore)
@@ -748,6 +845,8 @@ class Store:
         run(self._upserts["jobs"], plan.jobs, lambda r, why: refusals.jobs.__setitem__(r["id"], why))
         run(sa.insert(TASK_METRICS), plan.task_metrics, lambda r, why: refusals.metrics.append(why))
         run(sa.insert(PROPLET_METRICS), plan.proplet_metrics, lambda r, why: refusals.metrics.append(why))
+        run(_DELETE_FINAL_LOGS, plan.replaced_logs, ignore)
+        run(sa.insert(TASK_LOGS), plan.task_logs, lambda r, why: refusals.metrics.append(why))
 
     def _task_from_row(self, values: Any) -> Task:
         data = _from_row(values, _TASK_FIELDS)
@@ -826,6 +925,22 @@ _TASK_EXTRAS = tuple(f for f in _TASK_FIELDS if f not in TASKS.c)
 _UPDATE_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
 _DELETE_TASK = sa.delete(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
 _DELETE_TASK_METRICS = sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == sa.bindparam("_id"))
+_DELETE_TASK_LOGS = sa.delete(TASK_LOGS).where(TASK_LOGS.c.task_id == sa.bindparam("_id"))
+_DELETE_FINAL_LOGS = sa.delete(TASK_LOGS).where(
+    (TASK_LOGS.c.task_id == sa.bindparam("_id"))
+    & (TASK_LOGS.c.attempt == sa.bindparam("_attempt"))
+    & (TASK_LOGS.c.proplet_id == sa.bindparam("_proplet"))
+    & TASK_LOGS.c.final
+)
+
+
+def _log_rows(batch: TaskLogBatch) -> list[dict[str, Any]]:
+    return [
+        {"task_id": batch.task_id, "attempt": int(batch.attempt), "proplet_id": batch.proplet_id,
+         "seq": batch.seq, "final": batch.final, "stream": stream, "data": data,
+         "timestamp": float(batch.timestamp)}
+        for stream, data in batch.lines
+    ]  # fmt: skip
 _DELETE_PROPLET = sa.delete(PROPLETS).where(PROPLETS.c.id == sa.bindparam("_id"))
 _DELETE_PROPLET_METRICS = sa.delete(PROPLET_METRICS).where(
     PROPLET_METRICS.c.proplet_id == sa.bindparam("_id")
@@ -842,6 +957,8 @@ class _Plan:
     jobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    task_logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    replaced_logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # final records redone
     written: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
 
 

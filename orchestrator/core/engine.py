@@ -30,6 +30,7 @@ from orchestrator.core.commands import (
     PersistTask,
     Publish,
     RecordPropletMetrics,
+    RecordTaskLogs,
     RecordTaskMetrics,
 )
 from orchestrator.core.errors import Conflict, NotFound, ShuttingDown, ValidationError
@@ -37,6 +38,7 @@ from orchestrator.core.groups import Groups
 from orchestrator.core.latent import Latent
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 from orchestrator.core.placement import PlacementPolicy, RoundRobin
+from orchestrator.core.results import parsed
 from orchestrator.core.states import Trigger
 from orchestrator.core.tasktable import TaskTable
 from orchestrator.core.validation import build_task, printable
@@ -416,6 +418,8 @@ class Engine:
             self._on_discovery(message, now, wall)
         elif isinstance(message, wire.TaskResult):
             self._on_result(message, now, wall)
+        elif isinstance(message, wire.TaskLogs):
+            self._on_logs(message, wall)
         elif isinstance(message, wire.InvokeResult):
             self.latent.on_result(message, now, wall)
         elif isinstance(message, wire.PropletMetrics):
@@ -552,6 +556,32 @@ class Engine:
         self._unpark()
         self._drain_queue(now, wall)
 
+    def _on_logs(self, msg: wire.TaskLogs, wall: float) -> None:
+        """A live piece of a running attempt's output; pieces of other attempts are stale."""
+        task = self.tasks.find(msg.task_id)
+        attempt = msg.attempt if msg.attempt is not None else task.attempt if task else 0
+        if task is None or task.state is not TaskState.RUNNING or attempt != task.attempt:
+            self.counters["logs_ignored"] += 1
+            return
+        if not task.broadcast and msg.proplet_id and msg.proplet_id != task.proplet_id:
+            self.counters["logs_ignored"] += 1  # not from the proplet running this attempt
+            return
+        if len(msg.data) > MAX_LOG_PIECE_CHARS:
+            self.counters["logs_oversized"] += 1
+            self._log("log_piece_oversized", "warning", task_id=task.id, chars=len(msg.data))
+            return
+        line = ((msg.stream, msg.data),)
+        self._emit(RecordTaskLogs(task.id, attempt, msg.proplet_id, line, False, wall, msg.seq))
+
+    def _record_final_logs(
+        self, task: Task, msg: wire.TaskResult, wall: float, *, again: bool = False
+    ) -> None:
+        """The record that came with an accepted result (one per attempt and proplet); ``again``: a
+        result after a stop may come twice, so it replaces any earlier record."""
+        if msg.logs is not None:
+            pid = msg.proplet_id or ""
+            self._emit(RecordTaskLogs(task.id, task.attempt, pid, tuple(msg.logs), True, wall, replace=again))
+
     def _on_result(self, msg: wire.TaskResult, now: float, wall: float) -> None:
         task = self.tasks.find(msg.task_id)
         sender = msg.proplet_id or ""
@@ -590,6 +620,8 @@ class Engine:
             sender and task.proplet_id and sender != task.proplet_id and not task.broadcast
         )
         if task.state is not TaskState.RUNNING or superseded:
+            if not superseded and task.state is TaskState.INTERRUPTED:
+                self._record_final_logs(task, msg, wall, again=True)  # a stopped attempt's logs still count
             self.counters["results_ignored"] += 1
             self._log(
                 "result_ignored",
@@ -606,6 +638,8 @@ class Engine:
             self._on_refusal(task, refused, printable(msg.error or refused), now, wall)
             return
         task.results = msg.results
+        task.result_type = msg.result_type or ""
+        self._record_final_logs(task, msg, wall)
         task.finish_time = wall
         if msg.is_success:
             states.apply(task, Trigger.COMPLETE)
@@ -751,7 +785,10 @@ class Engine:
             self.counters["results_ignored"] += 1
             return
         results[key] = {"results": msg.results, "error": msg.error or ""}
+        if msg.result_type:
+            results[key]["result_type"] = msg.result_type
         task.results = results
+        self._record_final_logs(task, msg, wall)
         if verdict is not None:  # receipts per target; the task is verified when every answer was
             signed = dict(task.receipt or {})
             if verdict.receipt is not None:
@@ -1002,6 +1039,7 @@ class Engine:
             states.apply(task, Trigger.RESET)
             task.attempt = 0
             task.results = None
+            task.result_type = ""
             task.receipt, task.verified = None, False
         task.error = ""
         task.finish_time = None
@@ -1230,11 +1268,12 @@ class Engine:
         )
 
     def _parent_results(self, task: Task) -> dict[str, Any] | None:
+        # A JSON result goes to the children as JSON, not as text they would have to parse again.
         parents: dict[str, Any] = {}
         for d in task.depends_on:
             parent = self.tasks.find(d)
             if parent is not None and parent.state is TaskState.COMPLETED and parent.results is not None:
-                parents[d] = parent.results
+                parents[d] = parsed(parent)
         return parents or None
 
     def _publish_stop(self, task: Task) -> None:
@@ -1315,6 +1354,10 @@ class Engine:
         return list(self._queue)
 
 
+# Our proplets send pieces of at most 64 KiB; anything far larger is not a live log piece.
+MAX_LOG_PIECE_CHARS = 256 * 1024
+
+
 def snapshot(task: Task) -> Task:
     """A copy the engine will not change under the store's feet, at a fraction of a deep copy's cost.
 
@@ -1374,6 +1417,7 @@ _HANDLED_SUFFIXES = frozenset(
         "control/proplet/create",
         "control/proplet/alive",
         "control/proplet/results",
+        "control/proplet/logs",
         "control/proplet/invoke_results",
         "control/proplet/metrics",
         "control/proplet/task_metrics",

@@ -29,7 +29,7 @@ _READ_ONLY = frozenset(
         "attempt",
     }
 )
-_LIMIT_KEYS = frozenset({"fuel", "memory_bytes", "timeout_s", "output_bytes"})
+_LIMIT_KEYS = frozenset({"fuel", "memory_bytes", "timeout_s", "output_bytes", "log_bytes"})
 _SHA256 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
 MAX_METADATA_BYTES = 1 << 20
 

@@ -16,7 +16,7 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "hal")  # every revision, oldest first
+REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "task_output", "hal")  # every revision, oldest first
 HEAD = REVISIONS[-1]
 
 
@@ -126,6 +126,7 @@ async def test_a_version_1_database_gains_unverified_receipt_columns_keeping_row
         (task,) = await store.load_tasks()
         assert task.id == "old" and task.results == "42" and task.receipt is None and task.verified is False
         assert (task.monitoring_profile, task.kbs_resource_path, task.hal_storage_path) == (None, "", None)
+        assert task.result_type == ""  # task_output: results of old rows are not typed
         task.receipt, task.verified = {"v": 1}, True
         await store.save_task(task)
         assert (await store.load_tasks())[0].verified is True
