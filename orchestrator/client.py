@@ -89,6 +89,10 @@ class ApiClient:
     def get_proplet(self, proplet_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/proplets/{proplet_id}"))
 
+    def events(self, subject: str, subject_id: str) -> dict[str, Any]:
+        """The timeline of a task or a proplet (``subject``: "tasks" or "proplets")."""
+        return dict(self._call("GET", f"/{subject}/{subject_id}/events"))
+
 
 def log_text(rows: list[dict[str, Any]]) -> str:
     """Log rows as a terminal shows them: output as written, runtime notes marked ``[runtime]``."""

@@ -11,6 +11,14 @@ The timeout itself is `keepalive × (1 + keepalive_grace)`; the default grace 0.
 `timeout-disconnect-delay` only takes whole seconds, so the broker subclass sets the session's
 keep-alive directly.
 
+Session takeover: when a client connects with the id of a connection that is still open (a device
+that rebooted after a silent power loss or watchdog reset, its old TCP connection half-open), Mosquitto
+closes the old connection and publishes its will before it answers the new CONNECT (design §7). amqtt
+0.12.1 does neither for clean sessions: the old connection lingers until its keep-alive expires and
+its will then arrives *after* the device came back, so the manager would bury a live device. The
+broker subclass therefore takes the old connection over itself (`_Broker._take_over`). (Persistent
+sessions keep amqtt's own takeover.)
+
 Authentication: amqtt's AnonymousAuthPlugin marks *every* session anonymous, and anonymous sessions
 never queue offline messages, which breaks `clean_session=False`. We use our own cheap plugin
 (`_UserAuthPlugin`, a constant-time compare of SHA-256 digests; amqtt's argon2 FileAuth costs ~90 ms of
@@ -96,15 +104,41 @@ def _install_keepalive_fix() -> None:
 
 
 class _Broker(Broker):
-    """amqtt Broker whose keep-alive timeout is keepalive × factor (amqtt only adds whole seconds)."""
+    """amqtt Broker whose keep-alive timeout is keepalive × factor (amqtt only adds whole seconds),
+    and which takes an open connection over, as Mosquitto does, when its client id connects again."""
 
     keepalive_factor: float = 1.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # client id -> (session, handler) of its latest connection. amqtt forgets a clean session's
+        # old connection when the id connects again, so we keep our own reference to take it over.
+        self._latest: dict[str, tuple[Session, BrokerProtocolHandler]] = {}
 
     async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> tuple[Any, Session]:
         handler, session = await super()._initialize_client_session(*args, **kwargs)
         if session.keep_alive > 0:
             session.keep_alive = session.keep_alive * self.keepalive_factor
+        client_id = session.client_id
+        if client_id:
+            old = self._latest.get(client_id)
+            if old is not None and old[0] is not session and old[1] is not handler:
+                await self._take_over(*old)
+            self._latest[client_id] = (session, handler)
         return handler, session
+
+    async def _take_over(self, old: Session, handler: BrokerProtocolHandler) -> None:
+        """The old connection of a reconnecting client id ends as a lost one: its will is published
+        now, before the new connection is acknowledged, and its handler is stopped."""
+        if not old.transitions.is_connected():
+            return
+        log.info("client %r connected again: taking over its open connection", old.client_id)
+        if old.will_flag:
+            await self._broadcast_message(old, old.will_topic, old.will_message, old.will_qos)
+            if old.will_retain:
+                await self.retain_message(old, old.will_topic, old.will_message, old.will_qos)
+            old.will_flag = False  # the old connection's own end must not publish it a second time
+        await handler.handle_connection_closed()
 
 
 # --- authentication ----------------------------------------------------------------------------------

@@ -556,6 +556,30 @@ def create_app(manager: ManagerService) -> FastAPI:
             ],
         }
 
+    def _events_body(subject: str, subject_id: str, rows: list[Any]) -> dict[str, Any]:
+        from orchestrator.views import rfc3339
+
+        events = [
+            {"at": rfc3339(r.at), "at_unix": r.at, "kind": r.kind, "cause": r.cause, "fields": r.fields}
+            for r in rows
+        ]
+        return {f"{subject}_id": subject_id, "total": len(events), "events": events}
+
+    @app.get("/tasks/{task_id}/events")
+    async def task_events(task_id: str) -> dict[str, Any]:
+        """The task's timeline, oldest first: created, queued, waiting (why), placed, start published,
+        refused, proplet died, requeued, stopped, result, failed, receipt rejected."""
+        await manager.find_task(_uuid(task_id, "task_id"))
+        assert manager.store is not None
+        return _events_body("task", task_id, await manager.store.list_events("task", task_id))
+
+    @app.get("/proplets/{proplet_id}/events")
+    async def proplet_events(proplet_id: str) -> dict[str, Any]:
+        """The proplet's timeline, oldest first: joined, died (cause), back."""
+        manager.engine.get_proplet(proplet_id)
+        assert manager.store is not None
+        return _events_body("proplet", proplet_id, await manager.store.list_events("proplet", proplet_id))
+
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
         from orchestrator.adapters.prometheus import render

@@ -218,6 +218,21 @@ TASK_METRICS = sa.Table(
     sa.Column("timestamp", sa.Double(), nullable=False, index=True),
     sa.Index("ix_task_metrics_task_id_timestamp", "task_id", "timestamp"),
 )
+TIMELINE = sa.Table(
+    "timeline_events",
+    METADATA,
+    sa.Column("id", _METRICS_ID, primary_key=True, autoincrement=True),
+    sa.Column("subject", sa.String(16), nullable=False),  # "task" or "proplet"
+    sa.Column("subject_id", sa.String(255), nullable=False),
+    sa.Column("at", sa.Double(), nullable=False),  # UNIX seconds of its first event
+    # The subject's events of one flush window, in order: [{"at", "kind", "cause", "fields"}, ...]
+    # (one row per window, not per event: a task's happy path is 2-3 rows, half the write cost).
+    sa.Column("events", sa.JSON(), nullable=False),
+    sa.Index("ix_timeline_events_subject_id", "subject", "subject_id", "id"),
+)
+# Rows (flush windows of events) kept per task or proplet: older ones are pruned once a subject has
+# TIMELINE_LIMIT more.
+TIMELINE_LIMIT = 200
 PROPLET_METRICS = sa.Table(
     "proplet_metrics",
     METADATA,
@@ -290,11 +305,13 @@ class WriteBatch:
     task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     task_logs: list[TaskLogBatch] = dataclasses.field(default_factory=list)  # task output, per attempt
+    # Timeline rows: subject ("task"/"proplet"), subject_id, at, kind, cause, fields.
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.tasks or self.proplets or self.jobs or self.deleted_tasks or self.deleted_proplets
-            or self.task_metrics or self.proplet_metrics or self.task_logs
+            or self.task_metrics or self.proplet_metrics or self.task_logs or self.events
         )  # fmt: skip
 
     def delete_task(self, task_id: str) -> None:
@@ -331,6 +348,16 @@ class ModuleEnds:
 
 
 _MODULE_WHOLE = 15  # up to here the tail is the whole module (its base64 is shown unredacted)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One stored timeline entry."""
+
+    at: float
+    kind: str
+    cause: str
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -379,8 +406,11 @@ class Store:
         self._checks = {t.name: _column_checks(t) for t in (TASKS, PROPLETS, JOBS)}
         self._task_checks = [self._checks["tasks"][name] for name in (*_TASK_PLAIN, "state", "extras")]
         self._metric_checks = {
-            t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS, TASK_LOGS)
+            t.name: _column_checks(t, skip=("id",))
+            for t in (TASK_METRICS, PROPLET_METRICS, TASK_LOGS, TIMELINE)
         }
+        # Events written per subject since this store opened (or last pruned): decides when to prune.
+        self._event_counts: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
 
     @classmethod
     async def open(cls, url: str, *, schema: str | None = None) -> Store:
@@ -651,6 +681,23 @@ class Store:
         total, rows = await self._page(TASK_METRICS, TASK_METRICS.c.task_id, task_id, offset, limit)
         return total, [TaskMetricsRecord(**r) for r in rows]
 
+    async def list_events(self, subject: str, subject_id: str, limit: int = 1000) -> list[EventRecord]:
+        """The timeline of a task or proplet, oldest first (at most ``limit``, the newest ones)."""
+        query = (
+            sa.select(TIMELINE.c.events)
+            .where(TIMELINE.c.subject == subject, TIMELINE.c.subject_id == subject_id)
+            .order_by(TIMELINE.c.id.desc())
+            .limit(limit)
+        )
+        async with self._read(f"list events of {subject} {subject_id!r}") as conn:
+            rows = (await conn.execute(query)).scalars().all()
+        out = [
+            EventRecord(float(e["at"]), str(e["kind"]), str(e.get("cause", "")), dict(e.get("fields") or {}))
+            for window in reversed(rows)
+            for e in window
+        ]
+        return out[-limit:] if limit else []
+
     async def add_proplet_metrics(
         self,
         proplet_id: str,
@@ -736,9 +783,10 @@ class Store:
         for table, rows, out in (
             ("task_metrics", batch.task_metrics, plan.task_metrics),
             ("proplet_metrics", batch.proplet_metrics, plan.proplet_metrics),
+            ("timeline_events", self._event_rows(batch), plan.events),
         ):
             for row in rows:
-                owner = str(row.get("task_id") or row.get("proplet_id"))
+                owner = str(row.get("task_id") or row.get("proplet_id") or row.get("subject_id"))
                 try:
                     out.append(self._checked(table, row, owner))
                 except Unstorable as exc:
@@ -758,7 +806,33 @@ class Store:
                     {"_id": logs.task_id, "_attempt": logs.attempt, "_proplet": logs.proplet_id}
                 )
             plan.task_logs.extend(rows)
+        for row in plan.events:
+            key = (row["subject"], row["subject_id"])
+            count = self._event_counts.pop(key, 0) + 1
+            if count > 2 * TIMELINE_LIMIT:
+                plan.prune.append({"_subject": key[0], "_id": key[1]})
+                count = TIMELINE_LIMIT
+            self._event_counts[key] = count
+        while len(self._event_counts) > WRITTEN_ROWS_CACHE:
+            self._event_counts.popitem(last=False)
         return plan
+
+    @staticmethod
+    def _event_rows(batch: WriteBatch) -> list[dict[str, Any]]:
+        """One row per subject of the window's events (in order), none for subjects deleted in it."""
+        if not batch.events:
+            return []
+        windows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for e in batch.events:
+            windows.setdefault((e["subject"], e["subject_id"]), []).append(
+                {"at": e["at"], "kind": e["kind"], "cause": e["cause"], "fields": e["fields"]}
+            )
+        gone = {("task", i) for i in batch.deleted_tasks} | {("proplet", i) for i in batch.deleted_proplets}
+        return [
+            {"subject": key[0], "subject_id": key[1], "at": events[0]["at"], "events": events}
+            for key, events in windows.items()
+            if key not in gone
+        ]
 
     def _plan(self, plan: _Plan) -> None:
         """Split the encoded tasks into whole-row inserts (first time seen) and updates of the columns
@@ -831,6 +905,8 @@ class Store:
 
         run(_DELETE_TASK_METRICS, [{"_id": i} for i in plan.deleted_tasks], ignore)
         run(_DELETE_TASK_LOGS, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_EVENTS, [{"_subject": "task", "_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_EVENTS, [{"_subject": "proplet", "_id": i} for i in plan.deleted_proplets], ignore)
         run(_DELETE_TASK, [{"_id": i} for i in plan.deleted_tasks], ignore)
         run(_DELETE_PROPLET_METRICS, [{"_id": i} for i in plan.deleted_proplets], ignore)
         run(_DELETE_PROPLET, [{"_id": i} for i in plan.deleted_proplets], ignore)
@@ -847,6 +923,8 @@ class Store:
         run(sa.insert(PROPLET_METRICS), plan.proplet_metrics, lambda r, why: refusals.metrics.append(why))
         run(_DELETE_FINAL_LOGS, plan.replaced_logs, ignore)
         run(sa.insert(TASK_LOGS), plan.task_logs, lambda r, why: refusals.metrics.append(why))
+        run(sa.insert(TIMELINE), plan.events, lambda r, why: refusals.metrics.append(why))
+        run(_PRUNE_TIMELINE, plan.prune, ignore)
 
     def _task_from_row(self, values: Any) -> Task:
         data = _from_row(values, _TASK_FIELDS)
@@ -941,6 +1019,29 @@ def _log_rows(batch: TaskLogBatch) -> list[dict[str, Any]]:
          "timestamp": float(batch.timestamp)}
         for stream, data in batch.lines
     ]  # fmt: skip
+
+
+def _prune_statement(limit: int) -> Any:
+    """Delete a subject's events older than its newest ``limit``."""
+    newest_kept = (
+        sa.select(TIMELINE.c.id)
+        .where(TIMELINE.c.subject == sa.bindparam("_subject"), TIMELINE.c.subject_id == sa.bindparam("_id"))
+        .order_by(TIMELINE.c.id.desc())
+        .offset(limit)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.delete(TIMELINE).where(
+        TIMELINE.c.subject == sa.bindparam("_subject"),
+        TIMELINE.c.subject_id == sa.bindparam("_id"),
+        TIMELINE.c.id <= newest_kept,
+    )
+
+
+_PRUNE_TIMELINE = _prune_statement(TIMELINE_LIMIT)
+_DELETE_EVENTS = sa.delete(TIMELINE).where(
+    TIMELINE.c.subject == sa.bindparam("_subject"), TIMELINE.c.subject_id == sa.bindparam("_id")
+)
 _DELETE_PROPLET = sa.delete(PROPLETS).where(PROPLETS.c.id == sa.bindparam("_id"))
 _DELETE_PROPLET_METRICS = sa.delete(PROPLET_METRICS).where(
     PROPLET_METRICS.c.proplet_id == sa.bindparam("_id")
@@ -959,6 +1060,8 @@ class _Plan:
     proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     task_logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     replaced_logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # final records redone
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    prune: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     written: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
 
 

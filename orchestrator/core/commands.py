@@ -106,6 +106,28 @@ class LogEvent:
     level: str = "info"
 
 
+@dataclass(frozen=True, slots=True)
+class RecordTaskEvent:
+    """One entry of a task's timeline: what happened (``kind``), why (``cause``), when (UNIX seconds)."""
+
+    task_id: str
+    at_wall: float
+    kind: str
+    cause: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPropletEvent:
+    """One entry of a proplet's timeline: joined, died (cause), came back."""
+
+    proplet_id: str
+    at_wall: float
+    kind: str
+    cause: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
 Command = (
     Publish
     | PersistTask
@@ -118,4 +140,6 @@ Command = (
     | RecordTaskLogs
     | InvocationFinished
     | LogEvent
+    | RecordTaskEvent
+    | RecordPropletEvent
 )

@@ -89,7 +89,8 @@ def declared_memory(wasm: bytes) -> int:
     return min_pages * 65536
 
 
-def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
+def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: int = 3) -> Task:
+    """``default_max_attempts``: the manager's ``--max-attempts``, used when the spec sets none."""
     if not isinstance(spec, dict):
         raise ValidationError("task must be a JSON object")
     known = set(Task.__dataclass_fields__) | _READ_ONLY | {"mode", "requires"}
@@ -177,7 +178,7 @@ def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
         sha256=sha256.removeprefix("sha256:").lower(),
         memory_bytes=memory_bytes,
         limits=dict(limits),
-        max_attempts=_int(spec, "max_attempts", 1, 100, 3),
+        max_attempts=_int(spec, "max_attempts", 1, 100, default_max_attempts),
         monitoring_profile=_monitoring_profile(spec),
         kbs_resource_path=_expect(spec, "kbs_resource_path", str, "a string") or "",
         hal_storage_path=hal_storage_path,

@@ -16,7 +16,8 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "task_output", "hal")  # every revision, oldest first
+# every revision, oldest first
+REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "task_output", "timeline", "hal")
 HEAD = REVISIONS[-1]
 
 

@@ -4,7 +4,7 @@ They are sent to the proplet in the start message (wire reference §2.3); before
 accepted by the API and dropped. Existing rows get no profile, no KBS path and the default HAL root.
 
 Revision ID: hal
-Revises: task_output
+Revises: timeline
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "hal"
-down_revision: str | None = "task_output"
+down_revision: str | None = "timeline"
 branch_labels: str | None = None
 depends_on: str | None = None
 
