@@ -151,6 +151,21 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
+def hal_args(p: argparse.ArgumentParser) -> None:
+    """The ELASTIC HAL's host side and TEE paths (docs/hal.md)."""
+    from proplets.runtime.hal.options import DEFAULT_QUOTA_BYTES, DEFAULT_TSM_ROOT
+
+    p.add_argument("--hal-root", default=os.environ.get("PROPELLER_HAL_ROOT", ""),
+                   help="directory holding tasks' HAL storage (hal_storage_path is taken inside it; "
+                   "default <tmp>/proplet/hal-storage; env PROPELLER_HAL_ROOT)")
+    p.add_argument("--hal-quota-bytes", type=int, default=DEFAULT_QUOTA_BYTES,
+                   help="most bytes one task's HAL storage may hold")
+    p.add_argument("--tsm-root", default=DEFAULT_TSM_ROOT,
+                   help="configfs-tsm report directory for HAL attestation (TDX/SEV-SNP guests)")
+    p.add_argument("--kbs-url", default=os.environ.get("PROPLET_KBS_URI", ""),
+                   help="key broker for encrypted tasks (env PROPLET_KBS_URI; see docs/hal.md)")  # fmt: skip
+
+
 def cmd_proplet(args: argparse.Namespace) -> int:
     from proplets.agent import AgentSettings, PropletAgent, default_proplet_id, with_identity
 
@@ -175,6 +190,10 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         heap_bytes=args.heap_bytes,
         fetch_allow=args.fetch_allow,
+        hal_root=args.hal_root or None,
+        hal_quota_bytes=args.hal_quota_bytes,
+        tsm_root=args.tsm_root,
+        kbs_url=args.kbs_url,
     )
     if args.identity:
         try:
@@ -644,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--identity", default=None, help="identity file from `propeller proplets enroll --out` (sets --id)"
     )
+    hal_args(p)
     channel_args(p)
     p.set_defaults(func=cmd_proplet)
 

@@ -65,6 +65,9 @@ def task_view(task: Task) -> dict[str, Any]:
         "run_if": task.run_if,
         "workflow_id": task.workflow_id,
         "job_id": task.job_id,
+        "kbs_resource_path": task.kbs_resource_path,
+        "monitoring_profile": task.monitoring_profile,
+        "hal_storage_path": task.hal_storage_path,
         "results": task.results,
         "result_type": task.result_type,  # our extension: json, text or binary (base64)
         "error": task.error,

@@ -63,6 +63,15 @@ from proplets.runtime import (
     WasmRuntime,
     WasmtimeRuntime,
 )
+from proplets.runtime.hal import tee
+from proplets.runtime.hal.options import (
+    DEFAULT_QUOTA_BYTES,
+    DEFAULT_TSM_ROOT,
+    HalOptions,
+    StoragePathError,
+    task_storage_dir,
+)
+from proplets.runtime.hal.options import default_root as default_hal_root
 
 log = logging.getLogger("propeller.proplet")
 
@@ -111,6 +120,14 @@ class AgentSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     client_id: str | None = None
+    # HAL (proplets/runtime/hal): tasks' storage roots live under hal_root (None: <tmp>/proplet/hal-storage);
+    # attestation reads configfs-tsm at tsm_root; tee_root prefixes the TEE detection paths (tests).
+    hal_root: str | None = None
+    hal_quota_bytes: int = DEFAULT_QUOTA_BYTES  # per task storage root
+    tsm_root: str = DEFAULT_TSM_ROOT
+    tee_root: str = "/"
+    # Key broker for encrypted tasks (docs/hal.md); empty: encrypted tasks are refused.
+    kbs_url: str = ""
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -159,7 +176,21 @@ def host_metadata(settings: AgentSettings) -> dict[str, Any]:
         "max_instances": settings.max_instances,
         "proplet_version": VERSION,
         "wasm_runtime": "wasmtime-python",
+        **tee_metadata(tee.detect(settings.tee_root)),
     }
+
+
+def receipt_attester(settings: AgentSettings) -> Callable[[bytes], bytes] | None:
+    """In a TEE with a configfs-tsm report interface: evidence for every receipt (docs/hal.md)."""
+    if not tee.detect(settings.tee_root).present or not Path(settings.tsm_root).is_dir():
+        return None
+    tsm_root = settings.tsm_root
+    return lambda report_data: tee.tsm_report(report_data, tsm_root)
+
+
+def tee_metadata(info: tee.TeeInfo) -> dict[str, Any]:
+    """Discovery metadata: whether this proplet runs in a TEE (placement `requires: {"tee": true}`)."""
+    return {"tee": info.present, "tee_type": info.kind, "hal": "elastic:hal@0.1.0"}
 
 
 def engine_config(settings: AgentSettings) -> PropletConfig:
@@ -175,7 +206,7 @@ def engine_config(settings: AgentSettings) -> PropletConfig:
         signing_key=settings.signing_key,
     )
     if settings.profile == "host":
-        return replace(base, metadata=host_metadata(settings))
+        return replace(base, metadata=host_metadata(settings), attest=receipt_attester(settings))
     device = embedded.device_profile(settings.profile)
     budget = device.budget
     if settings.heap_bytes is not None:
@@ -206,6 +237,7 @@ class PropletAgent:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self._tee = tee.detect(settings.tee_root)  # announced in discovery metadata (host_metadata)
         self.engine = PropletEngine(engine_config(settings))
         self.runtime = runtime or WasmtimeRuntime(
             cache_dir=Path(settings.cache_dir) if settings.cache_dir else None
@@ -394,24 +426,45 @@ class PropletAgent:
     def _request(
         self, start: wire.StartTask, wasm: bytes, inputs: tuple[Any, ...], env: dict[str, str]
     ) -> RunRequest:
-        requested = {**self.settings.default_limits, **dict(start.limits or {})}
+        requested: dict[str, Any] = {**self.settings.default_limits, **dict(start.limits or {})}
+        if start.daemon and "timeout_s" not in (start.limits or {}):
+            requested["timeout_s"] = None  # a daemon runs until stopped (unless it sets its own limit)
         unknown = sorted(set(requested) - LIMIT_FIELDS)
         if unknown:
             raise TaskInputError(
                 f"unknown limit {unknown[0]!r} (this proplet knows {', '.join(sorted(LIMIT_FIELDS))})"
             )
         try:
-            limits = Limits(**requested)  # type: ignore[arg-type]
+            limits = Limits(**requested)
         except (TypeError, ValueError) as err:
             raise TaskInputError(f"bad limits: {err}") from None
+        try:
+            storage = task_storage_dir(
+                Path(self.settings.hal_root) if self.settings.hal_root else default_hal_root(),
+                start.id,
+                start.hal_storage_path,
+            )
+        except StoragePathError as err:
+            raise TaskInputError(str(err)) from None
+        extra = {"PROPLET_ID": self.settings.proplet_id}
+        if start.parent_results:
+            # workflow children see their parents' results: {parent_task_id: results} as JSON
+            extra["PARENT_RESULTS"] = json.dumps(dict(start.parent_results), separators=(",", ":"))
         return RunRequest(
             task_id=start.id,
             wasm=wasm,
             function=start.name,
             inputs=inputs,
             cli_args=tuple(start.cli_args),
-            env={**env, "PROPLET_ID": self.settings.proplet_id},
+            env={**env, **extra},
             limits=limits,
+            hal=HalOptions(
+                str(storage),
+                tuple(self.settings.fetch_allow),
+                self.settings.tsm_root,
+                self.settings.hal_quota_bytes,
+                self._tee.kind,
+            ),
         )
 
     async def _execute_wasm(self, request: RunRequest, token: CancelToken) -> tuple[str, str | None]:
@@ -450,6 +503,8 @@ class PropletAgent:
         output: TaskOutput | None = None
         notes: list[str] = []
         try:
+            if start.encrypted:
+                raise TaskInputError(encrypted_refusal(self.settings.kbs_url))
             wasm = await fetch_wasm(
                 WasmSource(file=start.file, image_url=start.image_url, sha256=start.sha256),
                 limits=self._fetch_limits,
@@ -528,6 +583,19 @@ class PropletAgent:
             start.id, invoke.invocation_id, results, error, self._clock(), time.time()
         )
         self._execute()
+
+
+def encrypted_refusal(kbs_url: str) -> str:
+    """Why this proplet will not run an encrypted workload (docs/hal.md: the key-broker path)."""
+    if not kbs_url:
+        return (
+            "encrypted tasks need a key broker: this proplet has none configured "
+            "(--kbs-url / PROPLET_KBS_URI, inside a TEE; see docs/hal.md)"
+        )
+    return (
+        f"encrypted tasks are not supported by the Python proplet: decrypting through the key broker "
+        f"{kbs_url} needs the CoCo keyprovider and a TEE (docs/hal.md)"
+    )
 
 
 def _fetch_note(start: wire.StartTask, size: int) -> str:

@@ -23,10 +23,11 @@ it runs (``admit``) and released when its task ends.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -79,6 +80,10 @@ class PropletConfig:
     # Bytes of one task's live output published on control/proplet/logs (the result's logs are
     # bounded by the run's log_bytes limit separately); 0 disables live output.
     live_log_bytes: int = 1024 * 1024
+    # In a TEE: evidence for 32 bytes of report data (the driver's configfs-tsm call, hal/tee.py). Each
+    # receipt then carries evidence whose report data is the SHA-256 of the receipt signed with
+    # `evidence: null` (receipts.evidence_report_data). An exception leaves the receipt without evidence.
+    attest: Callable[[bytes], bytes] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.proplet_id:
@@ -180,6 +185,7 @@ class _Running:
     refused: str | None = None  # a wire.refusals kind: admission refused it, nothing ran
     stats: _Aggregate = field(default_factory=_Aggregate)
     module_sha256: str = ""  # of the bytes that were loaded (set by ``admit``), for the receipt
+    last_metrics: float | None = None  # when task_metrics were last published (monitoring_profile)
     log_seq: int = 0  # live output pieces published (control/proplet/logs)
     log_bytes: int = 0
     log_tail: bytes = b""  # an incomplete UTF-8 character held for the next piece
@@ -338,6 +344,9 @@ class PropletEngine:
             self.topics.metrics, wire.PropletMetrics(pid, self.config.namespace, stamp, kind, cpu, memory)
         )
         for task_id, entry in sorted(self.running.items()):
+            if not _profile_due(entry, now):
+                continue
+            entry.last_metrics = now
             metrics, aggregated = self._task_metrics(entry, sample, now)
             message = wire.TaskMetrics(task_id, pid, metrics, aggregated, stamp, kind)
             self._publish(self.topics.task_metrics, message)
@@ -746,7 +755,24 @@ class PropletEngine:
             finished_at_ms=max(0, round((end + offset) * 1000)),
             invocation_id=invocation_id,
         )
+        if self.config.attest is not None:
+            unsigned = self._with_evidence(unsigned)
         return self._signer.sign(unsigned).to_json()
+
+    def _with_evidence(self, unsigned: receipts.Receipt) -> receipts.Receipt:
+        try:
+            evidence = self.config.attest(receipts.evidence_report_data(unsigned))  # type: ignore[misc]
+        except Exception as err:  # no evidence is better than no result
+            self._count("evidence_failed")
+            self._commands.append(
+                LogEvent("evidence_failed", {"task_id": unsigned.task_id, "error": str(err)})
+            )
+            return unsigned
+        text = base64.b64encode(evidence).decode()
+        if len(text) > receipts.MAX_EVIDENCE_CHARS:
+            self._count("evidence_failed")
+            return unsigned
+        return replace(unsigned, evidence=text)
 
 
 @dataclass(frozen=True)
@@ -758,6 +784,18 @@ class _Proof:
     finished: float | None = None
     wall: float | None = None
     module_sha256: str = ""
+
+
+def _profile_due(entry: _Running, now: float) -> bool:
+    """The task's `monitoring_profile` (§2.9): exported only if enabled and export_to_mqtt, no more
+    often than its `interval` seconds (the proplet's own metrics interval is the finest step)."""
+    profile = entry.start.monitoring_profile
+    if profile is None:
+        return True
+    if not (profile.get("enabled") and profile.get("export_to_mqtt")):
+        return False
+    interval = float(profile.get("interval") or 0)
+    return entry.last_metrics is None or now - entry.last_metrics >= interval
 
 
 def _utf8_boundary(data: bytes) -> int:

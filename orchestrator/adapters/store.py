@@ -181,6 +181,10 @@ TASKS = sa.Table(
     sa.Index("ix_tasks_state_seq", "state", "seq"),
     sa.Index("ix_tasks_proplet_id_seq", "proplet_id", "seq"),
     sa.Index("ix_tasks_name_seq", "name", "seq"),
+    # 0002_hal
+    sa.Column("monitoring_profile", sa.JSON(), nullable=True),
+    sa.Column("kbs_resource_path", sa.Text(), nullable=False, server_default=""),
+    sa.Column("hal_storage_path", sa.Text(), nullable=True),
 )
 PROPLETS = sa.Table(
     "proplets",

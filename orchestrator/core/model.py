@@ -57,6 +57,10 @@ class PropletMetadata:
     # Our extensions (ignored by upstream managers): capacity for memory-aware placement.
     free_memory_bytes: int = 0
     max_instances: int = 0
+    # TEE and HAL (proplets/runtime/hal): placement can require a TEE (`requires: {"tee": true}`).
+    tee: bool = False
+    tee_type: str = ""
+    hal: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -141,6 +145,10 @@ class Task:
     # per target, by proplet id) and whether it verified against the enrolled key.
     receipt: dict[str, Any] | None = None
     verified: bool = False
+    # Upstream fields passed through to the proplet (wire reference §2.3, §2.9, §8.4).
+    monitoring_profile: dict[str, Any] | None = None
+    kbs_resource_path: str = ""
+    hal_storage_path: str | None = None
 
 
 @dataclass

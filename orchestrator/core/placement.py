@@ -35,6 +35,12 @@ def free_memory(proplet: Proplet, reserved: Mapping[str, int]) -> int | None:
 def fits(task: Task, proplet: Proplet, reserved: Mapping[str, int] | None = None) -> str:
     """Empty string when ``proplet`` can take ``task``; otherwise the reason it cannot."""
     md = proplet.metadata
+    requires = task.metadata.get("requires") or {}
+    if requires.get("tee") and not md.tee:
+        return f"{proplet.id} runs in no TEE (task requires one)"
+    missing = sorted(set(requires.get("tags") or []) - set(md.tags))
+    if missing:
+        return f"{proplet.id} lacks tags {missing}"
     if md.max_instances and proplet.task_count >= md.max_instances:
         return f"{proplet.id} runs {proplet.task_count}/{md.max_instances} instances"
     if task.memory_bytes:

@@ -131,6 +131,12 @@ class Receipt:
         )
 
 
+def evidence_report_data(receipt: Receipt) -> bytes:
+    """What TEE evidence in `receipt` must carry as report data: SHA-256 of the receipt's signed bytes
+    with `evidence` null, so the evidence is bound to this task, module, inputs, result and times."""
+    return hashlib.sha256(replace(receipt, evidence=None, signature="").signed_bytes()).digest()
+
+
 def _text(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str):
@@ -285,9 +291,7 @@ class Expected:
     invocation_id: str | None = None  # always compared: a task's receipt (null) never answers an invocation
 
 
-def check(
-    receipt: Receipt, public_key: bytes, expected: Expected | Callable[[], Expected]
-) -> str | None:
+def check(receipt: Receipt, public_key: bytes, expected: Expected | Callable[[], Expected]) -> str | None:
     """None when the receipt is good for ``expected``; otherwise why not, naming the first bad field.
 
     The signature is checked first; ``expected`` may be a function, called only for a receipt whose

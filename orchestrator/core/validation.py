@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.core.errors import ValidationError
 from orchestrator.core.model import Task, TaskKind
+from orchestrator.wire.messages import MONITORING_BOOL_KEYS, MONITORING_INT_KEYS
 from proplets.runtime.wasmbin import WasmFormatError, is_component, memory_requirements
 
 # Keys upstream clients send that are read-only here (state, timestamps): accepted and ignored.
@@ -168,11 +169,7 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
     """``default_max_attempts``: the manager's ``--max-attempts``, used when the spec sets none."""
     if not isinstance(spec, dict):
         raise ValidationError("task must be a JSON object")
-    known = (
-        set(Task.__dataclass_fields__)
-        | _READ_ONLY
-        | {"monitoring_profile", "kbs_resource_path", "hal_storage_path", "mode"}
-    )
+    known = set(Task.__dataclass_fields__) | _READ_ONLY | {"mode", "requires"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
@@ -202,6 +199,9 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
         if not isinstance(v, str):
             raise ValidationError(f"env.{k} must be a string", f"env.{k}")
     metadata = _expect(spec, "metadata", dict, "an object") or {}
+    requires = _requires(spec, metadata)
+    if requires:
+        metadata = {**metadata, "requires": requires}
     if len(json.dumps(metadata, allow_nan=False)) > MAX_METADATA_BYTES:
         raise ValidationError("metadata exceeds 1 MiB", "metadata")
     run_if = _expect(spec, "run_if", str, "a string") or ""
@@ -225,6 +225,16 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
     memory_bytes = _int(spec, "memory_bytes", 0, 1 << 40, 0)
     if not memory_bytes and wasm:
         memory_bytes = declared_memory(wasm)
+    encrypted = bool(_expect(spec, "encrypted", bool, "a boolean"))
+    if encrypted and (wasm or not image_url):
+        # upstream's rule (wire reference §2.3): the TEE runtime pulls and decrypts the image itself
+        field_ = "file" if wasm else "image_url"
+        raise ValidationError(
+            "an encrypted task needs image_url (an encrypted OCI image) and no file", field_
+        )
+    hal_storage_path = _expect(spec, "hal_storage_path", str, "a string")
+    if hal_storage_path is not None and ".." in hal_storage_path.replace("\\", "/").split("/"):
+        raise ValidationError("hal_storage_path must not contain '..'", "hal_storage_path")
     task = Task(
         id=task_id,
         name=name,
@@ -236,7 +246,7 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
         env=dict(env),
         daemon=bool(_expect(spec, "daemon", bool, "a boolean")),
         latent=bool(_expect(spec, "latent", bool, "a boolean")),
-        encrypted=bool(_expect(spec, "encrypted", bool, "a boolean")),
+        encrypted=encrypted,
         proplet_id=proplet_id,
         depends_on=_str_list(spec, "depends_on"),
         run_if=run_if,
@@ -252,8 +262,52 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
         memory_bytes=memory_bytes,
         limits=dict(limits),
         max_attempts=_int(spec, "max_attempts", 1, 100, default_max_attempts),
+        monitoring_profile=_monitoring_profile(spec),
+        kbs_resource_path=_expect(spec, "kbs_resource_path", str, "a string") or "",
+        hal_storage_path=hal_storage_path,
     )
     return task
+
+
+def _requires(spec: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """Placement constraints, `"requires": {"tee": true, "tags": [...]}` (top level or in metadata)."""
+    where = "requires" if "requires" in spec else "metadata.requires"
+    raw = spec.get("requires", metadata.get("requires"))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{where} must be an object", where)
+    for key in raw:
+        if key not in ("tee", "tags"):
+            raise ValidationError(f"unknown field '{where}.{key}' (known: tee, tags)", f"{where}.{key}")
+    if not isinstance(raw.get("tee", False), bool):
+        raise ValidationError(f"{where}.tee must be a boolean", f"{where}.tee")
+    tags = raw.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValidationError(f"{where}.tags must be a list of strings", f"{where}.tags")
+    return {k: v for k, v in raw.items() if v}
+
+
+def _monitoring_profile(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """Upstream's Go struct: keys left out are its zero values, and all ten are sent on the wire."""
+    mp = _expect(spec, "monitoring_profile", dict, "an object")
+    if mp is None:
+        return None
+    known = set(MONITORING_BOOL_KEYS) | set(MONITORING_INT_KEYS)
+    for key, value in mp.items():
+        where = f"monitoring_profile.{key}"
+        if key not in known:
+            raise ValidationError(f"unknown field {where!r} (known: {', '.join(sorted(known))})", where)
+        if key in MONITORING_BOOL_KEYS and not isinstance(value, bool):
+            raise ValidationError(f"{where} must be a boolean", where)
+        if key in MONITORING_INT_KEYS and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF
+        ):
+            raise ValidationError(f"{where} must be an integer between 0 and 4294967295", where)
+    return {
+        **{k: bool(mp.get(k, False)) for k in MONITORING_BOOL_KEYS},
+        **{k: int(mp.get(k, 0)) for k in MONITORING_INT_KEYS},
+    }
 
 
 def printable(text: str, limit: int = 4096) -> str:

@@ -46,7 +46,8 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
    always sent; keys are in each sender's order so golden payloads compare byte for byte.
 8. Discovery metadata: known keys are type-checked (``tags`` a list of strings, the byte counts
    unsigned integers), nulls are treated as absent, unknown keys are dropped on decode and refused on
-   encode. Our extensions ``free_memory_bytes`` and ``max_instances`` are sent in both profiles
+   encode. Our extensions ``free_memory_bytes`` and ``max_instances`` are sent in both profiles,
+   and ``tee`` (bool), ``tee_type`` and ``hal`` (strings, docs/hal.md) when the proplet sets them
    (upstream managers ignore unknown metadata keys).
 9. Metric ``timestamp`` is required and normalised to seconds: an RFC3339 string (nanoseconds kept,
    offset required) or a ``{"secs_since_epoch","nanos_since_epoch"}`` object give kind ``"unix"``; a

@@ -42,6 +42,12 @@ def _discovery(o: Obj) -> m.Discovery:
                 md[key] = meta.integer(key)
         if meta.has("tags"):
             md["tags"] = meta.text_list("tags")
+        for key in m.METADATA_TEE_KEYS:
+            if meta.has(key):
+                md[key] = meta.text(key)
+        for key in m.METADATA_BOOL_KEYS:
+            if meta.has(key):
+                md[key] = meta.flag(key)
     return m.Discovery(o.text("proplet_id", required=True), o.text("namespace"), md)
 
 

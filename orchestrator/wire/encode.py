@@ -115,7 +115,14 @@ def _discovery(msg: m.Discovery, profile: Profile) -> dict[str, Any]:
     for key in m.METADATA_INT_KEYS:
         if msg.metadata.get(key) is not None:
             md[key] = check_int(msg.metadata[key], "", f"metadata.{key}", lo=0, hi=U64_MAX)
-    unknown = set(msg.metadata) - set(m.METADATA_TEXT_KEYS) - set(m.METADATA_INT_KEYS) - {"tags"}
+    for key in m.METADATA_TEE_KEYS:
+        if msg.metadata.get(key) is not None:
+            md[key] = _need_text(msg.metadata[key], f"metadata.{key}")
+    for key in m.METADATA_BOOL_KEYS:
+        if msg.metadata.get(key) is not None:
+            md[key] = _need_bool(msg.metadata[key], f"metadata.{key}")
+    known = {*m.METADATA_TEXT_KEYS, *m.METADATA_INT_KEYS, *m.METADATA_TEE_KEYS, *m.METADATA_BOOL_KEYS}
+    unknown = set(msg.metadata) - known - {"tags"}
     if unknown:
         raise _fail(f"metadata.{sorted(unknown)[0]}", "is not a known metadata key")
     return {

@@ -34,6 +34,9 @@ METADATA_TEXT_KEYS = (
     "proplet_version", "wasm_runtime",
 )  # fmt: skip
 METADATA_INT_KEYS = ("total_memory_bytes", "free_memory_bytes", "max_instances")
+# Our TEE/HAL extensions (proplets/runtime/hal): whether the proplet runs in a TEE, which one, HAL package.
+METADATA_TEE_KEYS = ("tee_type", "hal")
+METADATA_BOOL_KEYS = ("tee",)
 METADATA_EXTENSION_KEYS = frozenset({"free_memory_bytes", "max_instances"})
 
 # MonitoringProfile (§2.9): Rust requires all ten keys; ``interval`` is integer seconds.

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from proplets.runtime.hal.options import HalOptions
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -33,8 +35,9 @@ class Limits:
       A module writing more is stopped; the result keeps the first ``output_bytes`` with a marker.
     - log_bytes=64 KiB: how much of stderr (and runtime notes) is kept as the task's logs; the rest
       is cut with a marker. Logs travel in the result message, so they stay well under 1 MiB.
-    - max_table_elements=100_000, max_instances/tables/memories=10: wasmtime defaults are unbounded;
-      these are far above what normal toolchains emit.
+    - max_table_elements=100_000, max_tables/memories=10, max_instances=50: wasmtime defaults are
+      unbounded; these are far above what normal toolchains emit (a componentize-py guest, CPython
+      inside, instantiates 11+ core instances: tests/wasm/hal_guest_py).
     """
 
     fuel: int | None = None
@@ -43,7 +46,7 @@ class Limits:
     output_bytes: int = 1 * MiB
     log_bytes: int = 64 * KiB
     max_table_elements: int | None = 100_000
-    max_instances: int | None = 10
+    max_instances: int | None = 50
     max_tables: int | None = 10
     max_memories: int | None = 10
 
@@ -95,6 +98,8 @@ class RunRequest:
     stdin: bytes = b""
     limits: Limits = field(default_factory=Limits)
     dirs: tuple[Preopen, ...] = ()
+    # Components may import the ELASTIC HAL (proplets/runtime/hal); None: a per-task temp root.
+    hal: HalOptions | None = None
     on_stderr: Callable[[bytes], None] | None = field(default=None, compare=False, repr=False)
 
 

@@ -26,6 +26,8 @@ from proplets.runtime import wave
 from proplets.runtime.api import STREAM_INTERVAL_S, CancelToken, Limits, RunKind, RunOutcome, RunRequest
 from proplets.runtime.cache import ArtifactCache
 from proplets.runtime.component import UnsupportedComponentType, lift, lower, to_wave_type
+from proplets.runtime.hal import host as hal
+from proplets.runtime.hal.options import HalOptions, default_root
 from proplets.runtime.inputs import InputError, convert_inputs, format_value
 from proplets.runtime.wasmbin import PAGE_BYTES, WasmFormatError, custom_section_names, is_component, is_wasm
 
@@ -94,6 +96,13 @@ class _Watch:
                 return f"output exceeded {self.output_cap} bytes"
         return None
 
+    def poll(self) -> str | None:
+        """`check` for host code that blocks (HAL sleep): a reason found here also fails the run."""
+        reason = self.check()
+        if reason is not None and self.reason is None:
+            self.reason = reason
+        return reason
+
     def install(self, store: wasmtime.Store) -> None:
         def on_deadline(_ctx: Any, _data: Any, delta: Any, kind: Any) -> int:
             reason = self.check()
@@ -152,6 +161,7 @@ class WasmtimeRuntime:
         self.modules: ArtifactCache[wasmtime.Module] = ArtifactCache(namespace, cache_dir, entries)
         self.components: ArtifactCache[cm.Component] = ArtifactCache(namespace, cache_dir, entries)
         self.tick_s = tick_s
+        self.hal_bus = hal.MessageBus()  # HAL `communication` between this runtime's running tasks
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
@@ -253,7 +263,7 @@ class WasmtimeRuntime:
             store.set_fuel(fuel)
             watch.install(store)
             if kind == "component":
-                kind, results, exit_code = self._call_component(req, artifact, store, io, notes)
+                kind, results, exit_code = self._call_component(req, artifact, store, io, watch, notes)
             else:
                 kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories, notes)
         except _RunError as e:
@@ -379,11 +389,42 @@ class WasmtimeRuntime:
     # -- components ----------------------------------------------------------------------------------
 
     def _call_component(
-        self, req: RunRequest, component: cm.Component, store: wasmtime.Store, io: _Io, notes: list[str]
+        self,
+        req: RunRequest,
+        component: cm.Component,
+        store: wasmtime.Store,
+        io: _Io,
+        watch: _Watch,
+        notes: list[str],
     ) -> tuple[RunKind, str, int | None]:
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
         store.set_wasi(_wasi_config(req, io))
+        hal_run = None
+        if hal.imports_hal(component, self.engine):
+            options = req.hal or HalOptions(str(default_root() / _safe(req.task_id)))
+            hal_run = hal.HalRun(req.task_id, options, self.hal_bus, watch.poll, req.limits.memory_bytes)
+        try:
+            if hal_run is not None:
+                hal.link(linker, component, self.engine, hal_run)
+            return self._call_linked(req, component, store, linker, notes)
+        except wasmtime.WasmtimeError as e:
+            missing = _missing_import(e)
+            if missing is not None:
+                raise _RunError(missing) from None
+            raise
+        finally:
+            if hal_run is not None:
+                hal_run.close()
+
+    def _call_linked(
+        self,
+        req: RunRequest,
+        component: cm.Component,
+        store: wasmtime.Store,
+        linker: cm.Linker,
+        notes: list[str],
+    ) -> tuple[RunKind, str, int | None]:
         instance = linker.instantiate(store, component)
         export_names = list(component.type.exports(self.engine))
         if _has_custom_export(req.function):
@@ -427,6 +468,22 @@ class WasmtimeRuntime:
 
 
 def _pick_export(function: str, names: list[str]) -> str:
+    """The export a task names; with no name, upstream's fallbacks `main`, `run`, `_start`.
+
+    A name that is not exported fails naming it and listing what is there (upstream silently ran
+    `main`/`run` and reported Completed). One exception keeps upstream task specs working: a WASI
+    command (it exports `_start` and no `main`/`run`) is a program, and its task name names the
+    program, not an export, so it runs `_start`. Federated rounds (`fl-round-N`) name the round, not
+    an export, and keep the fallbacks (as `_has_custom_export` for components).
+    """
+    if function in names:
+        return function
+    if function and function not in FALLBACK_EXPORTS and not function.startswith("fl-round-"):
+        if "_start" in names and not any(n in names for n in ("main", "run")):
+            return "_start"
+        raise _RunError(
+            f"export '{function}' not found; module exports: {', '.join(names) or 'no functions'}"
+        )
     tried = ([function] if function else []) + [n for n in FALLBACK_EXPORTS if n != function]
     for candidate in tried:
         if candidate in names:
@@ -435,6 +492,17 @@ def _pick_export(function: str, names: list[str]) -> str:
         f"export '{function or tried[0]}' not found (also tried {', '.join(tried[1:])}); "
         f"module exports: {', '.join(names) or 'no functions'}"
     )
+
+
+def _missing_import(e: Exception) -> str | None:
+    """wasmtime's "matching implementation was not found" as one line naming the import."""
+    text = str(e)
+    if "was not found in the linker" not in text and "matching implementation" not in text:
+        return None
+    first = text.strip().splitlines()[0]
+    cause = _cause(e)
+    detail = f" ({cause})" if cause != first else ""
+    return f"component cannot be instantiated on this proplet: {first}{detail}"
 
 
 def _entry_point(function: str, names: list[str], wasm: bytes) -> tuple[str, str]:

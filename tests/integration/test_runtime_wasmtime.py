@@ -68,6 +68,12 @@ def test_core_bad_inputs_are_clear_errors(rt: WasmtimeRuntime, core: bytes) -> N
     no_main = bytes(wasmtime.wat2wasm('(module (func (export "f")))'))
     err = rt.run(req(no_main, "g")).error or ""
     assert "export 'g' not found" in err and "module exports: f" in err
+
+
+def test_a_named_export_that_is_missing_fails_not_main(rt: WasmtimeRuntime, core: bytes) -> None:
+    out = rt.run(req(core, "ad", 6, 7))  # a typo: `main` exists, but must not run in its place
+    assert out.results == "" and out.error is not None
+    assert "export 'ad' not found" in out.error and "add" in out.error and "main" in out.error
     assert "invalid wasm core" in (rt.run(req(b"\0asm\x01\0\0\0garbage")).error or "")
     assert "not a WebAssembly binary" in (rt.run(req(b"hello")).error or "")
 

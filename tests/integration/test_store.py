@@ -62,6 +62,9 @@ def full_task(i: int = 0) -> Task:
         updated_at=1_700_000_001.654321,
         receipt={"proplet-1": {"v": 1, "task_id": "t", "evidence": None, "signature": "c2ln"}},
         verified=True,
+        monitoring_profile={"enabled": True, "interval": 5, "history_size": 10, "collect_cpu": True},
+        kbs_resource_path="default/key/1",
+        hal_storage_path="shared/models",
     )
 
 
@@ -84,6 +87,9 @@ def full_proplet(i: int = 0) -> Proplet:
             wasm_runtime="wamr",
             free_memory_bytes=200_000,
             max_instances=2,
+            tee=True,
+            tee_type="sev",
+            hal="elastic:hal@0.1.0",
         ),
         alive=True,
         last_seen=123.456,

@@ -25,6 +25,7 @@ REVISIONS = (
     "timeline",
     "trust_identity",
     "mgr_standby",
+    "hal",
 )
 HEAD = REVISIONS[-1]
 
@@ -133,6 +134,7 @@ async def test_a_version_1_database_gains_unverified_receipt_columns_keeping_row
         assert store.applied_revisions == REVISIONS[1:]  # every later revision, in order
         (task,) = await store.load_tasks()
         assert task.id == "old" and task.results == "42" and task.receipt is None and task.verified is False
+        assert (task.monitoring_profile, task.kbs_resource_path, task.hal_storage_path) == (None, "", None)
         assert task.result_type == ""  # task_output: results of old rows are not typed
         task.receipt, task.verified = {"v": 1}, True
         await store.save_task(task)

@@ -153,3 +153,32 @@ def test_a_result_the_driver_could_not_publish_is_resent_after_reconnect() -> No
 def test_bad_config_is_refused_naming_the_field(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PropletConfig(proplet_id="me", **kw)
+
+
+def _start_with_profile(task_id: str, **profile: Any) -> bytes:
+    full = {k: True for k in wire.messages.MONITORING_BOOL_KEYS} | {"interval": 0, "history_size": 10}
+    return json.dumps(
+        {
+            "id": task_id,
+            "name": "add",
+            "file": "AGFzbQEAAAA=",
+            "proplet_id": "me",
+            "monitoring_profile": full | profile,
+        }
+    ).encode()
+
+
+def test_a_tasks_monitoring_profile_decides_its_task_metrics() -> None:
+    e = engine(metrics_interval=1.0)
+    e.on_connected(0.0)
+    e.handle(T.start, _start_with_profile("quiet", enabled=False), 0.0)
+    e.handle(T.start, _start_with_profile("local", export_to_mqtt=False), 0.0)
+    e.handle(T.start, _start_with_profile("slow", interval=10), 0.0)
+    e.handle(T.start, START, 0.0)  # no profile: every sample
+    e.take_commands()
+    sent = []
+    for now in range(1, 13):
+        e.metrics_sampled(sample(1.0, 1), float(now), 1_700_000_000.0 + now)
+        sent += [m["task_id"] for m in published(e.take_commands(), T.task_metrics)]
+    assert sent.count("t1") == 12 and sent.count("slow") == 2  # at 1 s and 11 s
+    assert "quiet" not in sent and "local" not in sent

@@ -4,6 +4,7 @@ engine accepting only results whose sender and receipt hold up (pure cores, real
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -59,16 +60,19 @@ def test_the_documented_test_vector() -> None:
     # docs/receipts.md publishes these bytes and this signature for third-party verifiers.
     signed = receipts.sign(sample(), KEY)
     assert receipts.encode_key(receipts.public_key_of(KEY)) == "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
-    assert hashlib.sha256(signed.signed_bytes()).hexdigest() == hashlib.sha256(
-        b"propeller-receipt-v1\n"
-        b'{"attempt":2,"evidence":null,"finished_at_ms":1700000000250,'
-        b'"inputs_sha256":"75edf077ce3c09795bfb3644f3609fb9286c410dde7868d08b18148ccc5e58ff",'
-        b'"invocation_id":null,'
-        b'"module_sha256":"93a44bbb96c751218e4c00d479e4c14358122a389acca16205b1e4d0dc5f9476",'
-        b'"proplet_id":"p-1",'
-        b'"result_sha256":"fb84daca2101ef2bd933d27f83858d0850939a4e50383d08c4d3b8af71461c53",'
-        b'"started_at_ms":1700000000000,"task_id":"t-1","v":1}'
-    ).hexdigest()
+    assert (
+        hashlib.sha256(signed.signed_bytes()).hexdigest()
+        == hashlib.sha256(
+            b"propeller-receipt-v1\n"
+            b'{"attempt":2,"evidence":null,"finished_at_ms":1700000000250,'
+            b'"inputs_sha256":"75edf077ce3c09795bfb3644f3609fb9286c410dde7868d08b18148ccc5e58ff",'
+            b'"invocation_id":null,'
+            b'"module_sha256":"93a44bbb96c751218e4c00d479e4c14358122a389acca16205b1e4d0dc5f9476",'
+            b'"proplet_id":"p-1",'
+            b'"result_sha256":"fb84daca2101ef2bd933d27f83858d0850939a4e50383d08c4d3b8af71461c53",'
+            b'"started_at_ms":1700000000000,"task_id":"t-1","v":1}'
+        ).hexdigest()
+    )
     assert signed.signature == (
         "cLOOP3mqcm+Nt7DwSlBeQQmH1y2gHp7nHm/4AzaKNoEwj5Am7H14Q42aPk6fk+wbf/v1dbiLIC6LhGiy8+ADBA=="
     )
@@ -491,3 +495,31 @@ def test_digests_are_computed_only_for_a_receipt_whose_signature_holds() -> None
     forged = receipts.sign(sample(), OTHER_KEY)
     why = receipts.check(forged, receipts.public_key_of(KEY), expensive)
     assert why == "signature does not verify with the proplet's public key"
+
+
+def test_in_a_tee_the_receipt_carries_evidence_bound_to_its_hash() -> None:
+    asked: list[bytes] = []
+
+    def attest(report_data: bytes) -> bytes:
+        asked.append(report_data)
+        return b"QUOTE:" + report_data
+
+    body = json.loads(run_on(proplet(attest=attest), start_payload()))
+    receipt = Receipt.from_json(body["receipt"])
+    assert receipts.signature_ok(receipt, receipts.public_key_of(KEY))  # evidence is under the signature
+    assert receipt.evidence is not None
+    bound = receipts.evidence_report_data(receipt)
+    assert asked == [bound] and base64.b64decode(receipt.evidence) == b"QUOTE:" + bound
+    # another result would have needed other evidence
+    other = dataclasses.replace(receipt, result_sha256=receipts.result_digest("43", None))
+    assert receipts.evidence_report_data(other) != bound
+
+
+def test_failing_evidence_leaves_the_receipt_without_it() -> None:
+    def attest(_report_data: bytes) -> bytes:
+        raise OSError("tsm gone")
+
+    engine = proplet(attest=attest)
+    body = json.loads(run_on(engine, start_payload()))
+    assert Receipt.from_json(body["receipt"]).evidence is None
+    assert engine.counters["evidence_failed"] == 1

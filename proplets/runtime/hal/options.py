@@ -1,0 +1,56 @@
+"""What a run's HAL may reach: its storage root and quota, the network allow-list, the TEE report tree.
+
+Plain data (no wasmtime) so `RunRequest` can carry it and the agent can build it from settings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
+# Linux configfs-tsm: TDX and SEV-SNP guests produce a report for 64 bytes of caller data here.
+DEFAULT_TSM_ROOT = "/sys/kernel/config/tsm/report"
+
+
+def default_root() -> Path:
+    """Upstream's `/tmp/proplet/hal-storage`, under this machine's temp dir."""
+    return Path(tempfile.gettempdir()) / "proplet" / "hal-storage"
+
+
+@dataclass(frozen=True)
+class HalOptions:
+    """`storage_dir`: the task's storage root (already resolved and confined by the agent);
+    `egress`: allow-list entries as for `--fetch-allow`; `tsm_root`: configfs-tsm report directory
+    (tests point it at a fake tree); `quota_bytes`: most bytes the task may keep in storage."""
+
+    storage_dir: str
+    egress: tuple[str, ...] = ("public",)
+    tsm_root: str = DEFAULT_TSM_ROOT
+    quota_bytes: int = DEFAULT_QUOTA_BYTES
+    tee: str = "none"  # what the proplet detected at start-up (hal/tee.py): tdx, sev, sgx or none
+
+
+class StoragePathError(ValueError):
+    pass
+
+
+def task_storage_dir(root: Path, task_id: str, requested: str | None) -> Path:
+    """The task's `hal_storage_path` inside the proplet's HAL root (default: one directory per task).
+
+    A task may name its directory (upstream lets it name any host path); here the name is always
+    taken relative to the proplet's root, and a path leaving the root is refused.
+    """
+    rel = requested.strip().lstrip("/") if requested else _safe(task_id)
+    if not rel:
+        rel = _safe(task_id)
+    base = root.resolve()
+    target = (base / rel).resolve()
+    if target != base and base not in target.parents:
+        raise StoragePathError(f"hal_storage_path {requested!r} leaves the proplet's HAL storage root")
+    return target
+
+
+def _safe(task_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:120].lstrip(".") or "task"

@@ -1,0 +1,54 @@
+"""TEE detection signals (upstream's order: TDX, SEV, SGX) and HAL storage paths, on fake roots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proplets.runtime.hal import tee
+from proplets.runtime.hal.options import StoragePathError, task_storage_dir
+
+
+@pytest.mark.parametrize(
+    ("device", "kind"),
+    [
+        ("dev/tdx_guest", "tdx"),
+        ("dev/tdx-guest", "tdx"),
+        ("dev/sev-guest", "sev"),
+        ("dev/sgx_enclave", "sgx"),
+    ],
+)
+def test_a_device_node_decides(tmp_path: Path, device: str, kind: str) -> None:
+    (tmp_path / device).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / device).touch()
+    info = tee.detect(str(tmp_path))
+    assert info.present and info.kind == kind and info.evidence == "/" + device
+
+
+def test_tdx_wins_over_sev_and_cpu_flags_count(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "sev-guest").touch()
+    (tmp_path / "dev" / "tdx_guest").touch()
+    assert tee.detect(str(tmp_path)).kind == "tdx"
+    flags = tmp_path / "flagged"
+    (flags / "proc").mkdir(parents=True)
+    (flags / "proc" / "cpuinfo").write_text("processor : 0\nflags : fpu sse sev_snp\n")
+    assert tee.detect(str(flags)).kind == "sev"
+
+
+def test_no_signal_is_no_tee(tmp_path: Path) -> None:
+    info = tee.detect(str(tmp_path))
+    assert not info.present and info.kind == "none"
+
+
+def test_storage_paths_stay_under_the_root(tmp_path: Path) -> None:
+    assert task_storage_dir(tmp_path, "t-1", None) == (tmp_path / "t-1").resolve()
+    assert task_storage_dir(tmp_path, "t-1", "/shared/x") == (tmp_path / "shared" / "x").resolve()
+    with pytest.raises(StoragePathError, match="leaves the proplet's HAL storage root"):
+        task_storage_dir(tmp_path, "t-1", "a/../../etc")
+
+
+def test_tsm_report_without_the_interface_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(tee.AttestationError, match="no TEE platform available"):
+        tee.tsm_report(b"x", str(tmp_path / "missing"))
