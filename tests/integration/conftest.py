@@ -63,11 +63,11 @@ class Cluster:
         await eventually(lambda: self.alive(proplet_id), 10, f"{proplet_id} alive")
         return agent
 
-    def peer(self, client_id: str) -> MqttClient:
+    def peer(self, client_id: str, **client: Any) -> MqttClient:
         """A client the broker trusts like the manager (tests of the engine's own input checks, which
         must hold for what a broker that cannot read payloads, e.g. Mosquitto, lets through)."""
         if not self.closed:
-            return MqttClient(self.broker_url, client_id)
+            return MqttClient(self.broker_url, client_id, **client)
         password = secrets.token_urlsafe(16)
         enrollment = new_enrollment(
             kind="manager", proplet_id=client_id, password=password, salt=b"test-peer-1", signing_key=None,
@@ -75,7 +75,7 @@ class Cluster:
         )  # fmt: skip
         self.manager.identities.enroll(enrollment.identity)
         url = dataclasses.replace(parse_broker_url(self.broker_url), username=client_id, password=password)
-        return MqttClient(url, client_id)
+        return MqttClient(url, client_id, **client)
 
     async def alive(self, proplet_id: str, expected: bool = True) -> bool:
         r = await self.api.get(f"/proplets/{proplet_id}")

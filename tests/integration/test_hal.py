@@ -25,7 +25,7 @@ import wasmtime
 
 from orchestrator.core import receipts
 from orchestrator.service import ManagerService, ManagerSettings
-from proplets.agent import AgentSettings, PropletAgent
+from proplets.agent import AgentSettings, PropletAgent, with_identity
 from tests.integration.conftest import Cluster, close_cluster, eventually, make_cluster
 
 WASM = Path(__file__).resolve().parents[1] / "wasm"
@@ -74,18 +74,27 @@ class Hal:
         return str(task["results"])
 
 
+async def _enrolled(c: Cluster, settings: AgentSettings) -> AgentSettings:
+    """The proplet enrolled on the cluster's closed broker (credentials and signing key)."""
+    enrollment = await c.manager.enroll("proplet", settings.proplet_id)
+    return with_identity(settings, enrollment.identity_file())
+
+
 async def _hal_cluster(tmp_path: Path, **agent: Any) -> tuple[Cluster, PropletAgent]:
     c = await make_cluster("embedded://127.0.0.1:0", tmp_path)
     s = c.manager.settings
     proplet = PropletAgent(
-        AgentSettings(
-            broker=c.broker_url,
-            proplet_id="hal-1",
-            domain=s.domain,
-            channel=s.channel,
-            heartbeat_interval=s.heartbeat_interval,
-            keepalive=2,
-            **{"cache_dir": str(tmp_path / "cache"), "hal_root": str(tmp_path / "hal"), **agent},
+        await _enrolled(
+            c,
+            AgentSettings(
+                broker=c.broker_url,
+                proplet_id="hal-1",
+                domain=s.domain,
+                channel=s.channel,
+                heartbeat_interval=s.heartbeat_interval,
+                keepalive=2,
+                **{"cache_dir": str(tmp_path / "cache"), "hal_root": str(tmp_path / "hal"), **agent},
+            ),
         )
     )
     await proplet.start()
@@ -320,11 +329,11 @@ async def test_tee_is_announced_and_placement_can_require_it(tmp_path: Path) -> 
         (fake / "dev" / "tdx_guest").touch()
         s = c.manager.settings
         tdx = PropletAgent(
-            AgentSettings(
+            await _enrolled(c, AgentSettings(
                 broker=c.broker_url, proplet_id="tdx-1", domain=s.domain, channel=s.channel,
                 heartbeat_interval=s.heartbeat_interval, keepalive=2, cache_dir=str(tmp_path / "cache"),
                 hal_root=str(tmp_path / "hal"), tee_root=str(fake),
-            )
+            ))
         )  # fmt: skip
         await tdx.start()
         c.agents["tdx-1"] = tdx
@@ -393,6 +402,7 @@ async def test_in_a_tee_the_verified_receipt_carries_evidence_bound_to_it(tmp_pa
     settings = ManagerSettings(
         broker="embedded://127.0.0.1:0", db=str(tmp_path / "m.db"), api_port=0, heartbeat_interval=0.5,
         domain=f"d-{uuid.uuid4().hex[:8]}", channel="c1", mqtt_keepalive=5,
+        broker_open=True,  # this test's own key lookup, not the enrolment registry
     )  # fmt: skip
     manager = ManagerService(settings, keys=provers.get)
     await manager.start()

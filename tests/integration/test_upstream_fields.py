@@ -10,7 +10,6 @@ from pathlib import Path
 import wasmtime
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient
 from tests.integration.conftest import Cluster
 
 WASM = Path(__file__).resolve().parents[1] / "wasm"
@@ -67,7 +66,7 @@ async def test_upstream_fields_reach_the_proplet_and_are_kept(embedded_cluster: 
         if isinstance(msg, wire.StartTask):
             seen.append(msg)
 
-    spy = MqttClient(c.broker_url, "upstream-fields-spy", on_message=on_message)
+    spy = c.peer("upstream-fields-spy", on_message=on_message)  # trusted like the manager: reads starts
     await spy.connect()
     await spy.subscribe_and_wait(topics.start, 1)
     try:
