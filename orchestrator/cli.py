@@ -117,6 +117,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         api_token_read=args.api_token_read or "",
         api_token_admin=args.api_token_admin or "",
         metrics_public=args.metrics_public,
+        reports_dir=args.reports_dir or "",
     )
     service = ManagerService(settings)
     try:
@@ -313,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3600.0,
         help="deadline of an attempt whose task sets no limits.timeout_s (seconds; 0 = none)",
+    )
+    m.add_argument(
+        "--reports-dir", default=None, help="directory of scenario HTML reports shown at /ui/reports"
     )
     m.add_argument("--mqtt-ca", default=None, help="CA bundle for mqtts://")
     m.add_argument("--mqtt-cert", default=None, help="client certificate for mutual TLS")

@@ -89,6 +89,7 @@ class ManagerSettings:
     mqtt_cert: str | None = None
     mqtt_key: str | None = None
     mqtt_insecure: bool = False
+    reports_dir: str = ""  # scenario HTML reports listed by the dashboard (/ui/reports)
 
 
 class ManagerService:
