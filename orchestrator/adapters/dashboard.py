@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -35,9 +36,15 @@ TASK_PAGE = 50
 
 
 def browser_token(scope: dict[str, Any]) -> bytes | None:
-    """The dashboard's cookie token, for a GET under ``/ui/`` (read-only pages), else None."""
+    """The dashboard's token for a GET under ``/ui/`` (read-only pages), else None.
+
+    From the ``?token=`` query (the link a user opens once; ``/ui/`` then sets the cookie) or the cookie.
+    """
     if scope.get("method") not in ("GET", "HEAD") or not str(scope.get("path", "")).startswith("/ui"):
         return None
+    given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    if given and given[0]:
+        return given[0].encode()
     for name, value in scope.get("headers") or []:
         if name == b"cookie":
             for part in value.split(b";"):

@@ -157,7 +157,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     f = Fleet(tmp_path)
     f.reports.mkdir()
     (f.reports / "power_loss").mkdir()
-    (f.reports / "power_loss" / "twin.html").write_text("<html><body><h1>power loss report</h1></body></html>")
+    report = "<html><body><h1>power loss report</h1></body></html>"
+    (f.reports / "power_loss" / "twin.html").write_text(report)
     try:
         f.start_manager()
         f.start_proplet("host-1")
