@@ -75,6 +75,7 @@ async def test_api_docs_use_only_local_assets_and_need_no_token(api: httpx.Async
 
 async def test_a_wat_file_is_refused_with_a_hint(api: httpx.AsyncClient) -> None:
     wat = base64.b64encode(b'  (module (func (export "f")))').decode()
-    r = await api.post("/tasks", json={"name": "f", "file": wat}, headers={"Authorization": f"Bearer {ADMIN}"})
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    r = await api.post("/tasks", json={"name": "f", "file": wat}, headers=admin)
     assert r.status_code == 400
     assert "WebAssembly text (WAT)" in r.json()["error"] and "binary wasm" in r.json()["error"]
