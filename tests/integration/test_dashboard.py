@@ -277,4 +277,5 @@ def test_api_docs_render_offline(fleet: Fleet, browser_page: tuple[Any, list[str
     _shot(page, "docs")
     page.goto(f"{fleet.url}/redoc")
     expect(page.locator("redoc h1").first).to_contain_text("Propeller manager", timeout=WAIT_MS)
+    _shot(page, "redoc")
     assert blocked == [], f"the docs asked for non-local resources: {blocked}"
