@@ -203,11 +203,13 @@ def mount(app: FastAPI, manager: ManagerService) -> None:
             if query.get(key):
                 filters[key] = query[key]
         assert manager.store is not None
-        found = await manager.store.list_tasks(0, TASK_PAGE, **filters)
+        found = await manager.store.list_tasks(0, TASK_PAGE, **filters)  # in first-save order
+        if found.total > TASK_PAGE:  # the newest page is the last one
+            found = await manager.store.list_tasks(found.total - TASK_PAGE, TASK_PAGE, **filters)
         return page(
             request,
             "tasks.html",
-            tasks=found.tasks,
+            tasks=found.tasks[::-1],  # newest first
             total=found.total,
             states=_states(),
             state=state,

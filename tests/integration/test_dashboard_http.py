@@ -79,3 +79,17 @@ async def test_a_wat_file_is_refused_with_a_hint(api: httpx.AsyncClient) -> None
     r = await api.post("/tasks", json={"name": "f", "file": wat}, headers=admin)
     assert r.status_code == 400
     assert "WebAssembly text (WAT)" in r.json()["error"] and "binary wasm" in r.json()["error"]
+
+
+async def test_the_task_list_shows_the_newest_tasks_first(api: httpx.AsyncClient) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    specs = [{"name": f"n{i:02d}", "file": "AGFzbQEAAAA="} for i in range(55)]
+    created = await api.post("/tasks/batch", json={"tasks": specs}, headers=admin)
+    assert created.status_code == 201, created.text
+    ids = [item["task"]["id"] for item in created.json()["results"]]
+    page = (await api.get("/ui/tasks", headers={"Authorization": f"Bearer {READ}"})).text
+    assert "55 task(s), newest 50 shown" in page
+    assert page.index(f'id="task-{ids[54]}"') < page.index(f'id="task-{ids[5]}"')
+    assert f'id="task-{ids[4]}"' not in page  # the five oldest are past the page
+    filtered = (await api.get("/ui/tasks?name=n07", headers={"Authorization": f"Bearer {READ}"})).text
+    assert f'id="task-{ids[7]}"' in filtered and f'id="task-{ids[8]}"' not in filtered
