@@ -157,8 +157,8 @@ class _BearerAuth:
             and not dashboard.open_path(scope["path"])
         ):
             headers = dict(scope.get("headers") or [])
-            cookie = dashboard.browser_token(scope)
-            header = headers.get(b"authorization") or (b"Bearer " + cookie if cookie else b"")
+            browser = dashboard.browser_token(scope)  # ?token= or cookie, dashboard GETs only
+            header = headers.get(b"authorization") or (b"Bearer " + browser if browser else b"")
             granted = self.scope_of(header)
             if granted is None:
                 response = JSONResponse(
