@@ -29,7 +29,7 @@ from tests.conftest import free_port, services_required
 
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("PROPELLER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("PROPELLER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -53,7 +53,7 @@ def _need_chromium() -> None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         reason = "playwright is not installed (pip install -e '.[dev]')"
-    if not reason and not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+    if not reason and not Path(CHROMIUM).exists():
         reason = f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"
     if reason:
         if services_required():
