@@ -192,6 +192,32 @@ def mount(app: FastAPI, manager: ManagerService) -> None:
             summary[key] = summary.get(key, 0) + 1
         return page(request, "fleet.html", rows=rows, summary=sorted(summary.items()))
 
+    @router.get("/proplets/{proplet_id}")
+    async def proplet_page(proplet_id: str, request: Request) -> HTMLResponse:
+        proplet = manager.engine.proplets.get(proplet_id)
+        if proplet is None:
+            return HTMLResponse(f"<p>proplet {html.escape(proplet_id)} not found</p>", status_code=404)
+        row = next(r for r in fleet(manager) if r.id == proplet_id)
+        assert manager.store is not None
+        found = await manager.store.list_tasks(0, TASK_PAGE, proplet_id=proplet_id)
+        if found.total > TASK_PAGE:
+            found = await manager.store.list_tasks(found.total - TASK_PAGE, TASK_PAGE, proplet_id=proplet_id)
+        # Slot for the timeline branch's GET /proplets/{id}/events (joins, deaths, reconnects).
+        events_of = getattr(manager, "proplet_events", None)
+        events = await events_of(proplet_id) if events_of is not None else None
+        return page(
+            request,
+            "proplet.html",
+            p=row,
+            metadata={  # memory is shown above, readable
+                k: v for k, v in proplet.metadata.to_json().items() if not k.endswith("memory_bytes")
+            },
+            heartbeats=[rfc3339(t) for t in reversed(proplet.alive_history)],
+            tasks=found.tasks[::-1],
+            total=found.total,
+            events=events,
+        )
+
     @router.get("/tasks")
     async def tasks_page(request: Request) -> HTMLResponse:
         query = request.query_params

@@ -233,6 +233,13 @@ def test_dashboard_follows_a_task_and_a_proplet_death(
     expect(page.locator("#history")).to_contain_text("started on host-1")
     _shot(page, "task")
 
+    # The proplet it ran on, one click away, lists it.
+    page.get_by_role("link", name="host-1").click()
+    expect(page).to_have_url(f"{fleet.url}/ui/proplets/host-1")
+    expect(page.locator("#proplet-state")).to_have_text("alive")
+    expect(page.locator(f"#task-{task_id}")).to_contain_text("Completed")
+    _shot(page, "proplet")
+
     # The task list, filtered by state and proplet, links to it.
     page.goto(f"{fleet.url}/ui/tasks?state=completed&proplet_id=host-1")
     expect(page.locator(f"#task-{task_id}")).to_contain_text("Completed")

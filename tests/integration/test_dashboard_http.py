@@ -93,3 +93,12 @@ async def test_the_task_list_shows_the_newest_tasks_first(api: httpx.AsyncClient
     assert f'id="task-{ids[4]}"' not in page  # the five oldest are past the page
     filtered = (await api.get("/ui/tasks?name=n07", headers={"Authorization": f"Bearer {READ}"})).text
     assert f'id="task-{ids[7]}"' in filtered and f'id="task-{ids[8]}"' not in filtered
+
+
+async def test_unknown_proplets_and_tasks_are_named_in_a_404(api: httpx.AsyncClient) -> None:
+    read = {"Authorization": f"Bearer {READ}"}
+    r = await api.get("/ui/proplets/<nope>", headers=read)
+    assert r.status_code == 404 and "proplet &lt;nope&gt; not found" in r.text
+    missing = str(uuid.uuid4())
+    r = await api.get(f"/ui/tasks/{missing}", headers=read)
+    assert r.status_code == 404 and missing in r.text
