@@ -199,8 +199,13 @@ def browser_page(fleet: Fleet) -> Iterator[tuple[Any, list[str]]]:
 
 def _shot(page: Any, name: str) -> None:
     if os.environ.get("PROPELLER_SCREENSHOTS") == "1":
+        from PIL import Image  # Pillow comes with matplotlib
+
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+        path = SCREENSHOTS / f"{name}.png"
+        page.screenshot(path=str(path))
+        # 64 colours: a page is flat colours and text; keeps each file ~10-25 KB in the repository.
+        Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
 def test_dashboard_follows_a_task_and_a_proplet_death(
