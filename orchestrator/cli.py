@@ -97,28 +97,11 @@ def run_loop(main: Any, loop: str = "auto") -> Any:
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from orchestrator.service import ManagerService, ManagerSettings
+    from orchestrator.service import ManagerService
+    from orchestrator.settings import ManagerSettings, from_args
 
-    host, port = args.api
-    settings = ManagerSettings(
-        broker=args.broker,
-        db=args.db,
-        api_host=host,
-        api_port=port,
-        domain=args.domain,
-        channel=args.channel,
-        heartbeat_interval=args.heartbeat_interval,
-        liveness_timeout=args.liveness_timeout,
-        max_attempts=args.max_attempts,
-        attempt_grace=args.attempt_grace,
-        attempt_timeout=args.attempt_timeout or None,
-        placement=args.placement,
-        api_token=args.api_token or "",
-        api_token_read=args.api_token_read or "",
-        api_token_admin=args.api_token_admin or "",
-        metrics_public=args.metrics_public,
-        reports_dir=args.reports_dir or "",
-    )
+    api = {"api_host": args.api[0], "api_port": args.api[1]} if args.api else {}
+    settings = from_args(ManagerSettings, args, **api)
     service = ManagerService(settings)
     try:
         run_loop(_serve_until_signal(service.start, service.stop), args.loop)
@@ -196,8 +179,43 @@ def _client(args: argparse.Namespace) -> Any:
     return ApiClient(args.api_url, token=args.api_token)
 
 
+def _unset_times(data: Any) -> Any:
+    """Upstream's zero time (``0001-01-01T00:00:00Z``, the API's "not set") shown as null."""
+    from orchestrator.views import ZERO_TIME
+
+    if isinstance(data, dict):
+        return {k: None if v == ZERO_TIME else _unset_times(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_unset_times(v) for v in data]
+    return data
+
+
 def _print(data: Any, as_json: bool, table: Callable[[Any], str]) -> None:
-    print(json.dumps(data, indent=2) if as_json else table(data))
+    print(json.dumps(_unset_times(data), indent=2) if as_json else table(data))
+
+
+# Exit codes of `task results` / `task create --wait`: the task's own outcome, not the HTTP call's.
+EXIT_TASK_FAILED = 3
+EXIT_TASK_NOT_DONE = 4
+
+
+def _wait_for_task(client: Any, task_id: str, timeout: float) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        task: dict[str, Any] = client.get_task(task_id)
+        if task.get("state") in (3, 4, 5, 6):  # Completed, Failed, Skipped, Interrupted
+            return task
+        if time.monotonic() >= deadline:
+            print(f"task {task_id} did not finish within {timeout:g} s", file=sys.stderr)
+            return task
+        time.sleep(0.2)
+
+
+def _outcome_code(task: dict[str, Any]) -> int:
+    state = task.get("state")
+    return 0 if state == 3 else EXIT_TASK_FAILED if state in (4, 5, 6) else EXIT_TASK_NOT_DONE
 
 
 def cmd_task(args: argparse.Namespace) -> int:
@@ -207,7 +225,15 @@ def cmd_task(args: argparse.Namespace) -> int:
     try:
         if args.task_cmd == "create":
             spec = _task_spec(args)
-            _print(client.create_task(spec), args.json, task_table)
+            created = client.create_task(spec)
+            if args.start or args.wait is not None:
+                client.start_task(created["id"])
+            if args.wait is None:
+                _print(created, args.json, task_table)
+            else:
+                done = _wait_for_task(client, created["id"], args.wait)
+                _print(done, args.json, task_table)
+                return _outcome_code(done)
         elif args.task_cmd == "start":
             client.start_task(args.id)
             print(f"started {args.id}")
@@ -219,7 +245,21 @@ def cmd_task(args: argparse.Namespace) -> int:
         elif args.task_cmd == "list":
             _print(client.list_tasks(args.offset, args.limit), args.json, tasks_table)
         elif args.task_cmd == "results":
-            print(json.dumps(client.task_results(args.id)))
+            if args.format == "raw":
+                sys.stdout.buffer.write(client.task_results_raw(args.id))
+                sys.stdout.flush()
+            else:
+                indent = 2 if args.format == "json" else None
+                print(json.dumps(client.task_results(args.id, args.format or ""), indent=indent))
+            task = client.get_task(args.id)
+            if task.get("state") != 3:
+                print(
+                    f"task {args.id} is {_state_name(task)}: {task.get('error') or ''}".rstrip(": "),
+                    file=sys.stderr,
+                )
+            return _outcome_code(task)
+        elif args.task_cmd == "logs":
+            return _task_logs(client, args)
         elif args.task_cmd == "delete":
             client.delete_task(args.id)
             print(f"deleted {args.id}")
@@ -232,9 +272,64 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_name(task: dict[str, Any]) -> str:
+    from orchestrator.client import STATE_NAMES
+
+    state = task.get("state")
+    return STATE_NAMES[state] if isinstance(state, int) and 0 <= state < len(STATE_NAMES) else str(state)
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _task_logs(client: Any, args: argparse.Namespace) -> int:
+    """``propeller task logs ID``: the attempt's logs; ``--follow`` streams them until the task ends."""
+    import time
+
+    from orchestrator.client import log_text
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        sys.stdout.write(log_text(rows))
+        sys.stdout.flush()
+
+    if not args.follow:
+        body = client.task_logs(args.id, attempt=args.attempt)
+        _print(body, args.json, lambda b: log_text(b["logs"]).rstrip("\n"))
+        return 0
+    after, streamed = 0, set[int]()  # attempts whose stderr was shown live
+    while True:
+        body = client.task_logs(args.id, attempt=args.attempt, after=after, live=True)
+        if body["logs"]:
+            if streamed and body["attempt"] not in streamed:  # the task was placed again
+                sys.stdout.write(f"[propeller: attempt {body['attempt']}]\n")
+            show(body["logs"])
+            streamed.add(body["attempt"])
+        after = body["next"]
+        if body["done"]:
+            break
+        time.sleep(args.interval)
+    # The record sent with the result: what was not streamed (runtime notes), or all of it.
+    final = client.task_logs(args.id, attempt=body["attempt"])["logs"]
+    live = body["attempt"] in streamed
+    show([r for r in final if r["final"] and not (live and r["stream"] == "stderr")])
+    return 0
+
+
 def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     import base64
 
+    if args.stray:
+        raise ValueError(
+            f"unexpected {' '.join(args.stray)!r}: give the task name once, and inputs as "
+            "--inputs 2,40 or --inputs 2 --inputs 40 (--inputs takes one value now)"
+        )
     spec: dict[str, Any] = {"name": args.name}
     if args.file:
         path = Path(args.file)
@@ -249,7 +344,21 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.image_url:
         spec["image_url"] = args.image_url
     if args.inputs:
-        spec["inputs"] = args.inputs
+        spec["inputs"] = [v for item in args.inputs for v in item.split(",") if v != ""]
+    if args.env:
+        spec["env"] = _key_values(args.env, "--env")
+    if args.arg:
+        spec["cli_args"] = list(args.arg)
+    if args.daemon:
+        spec["daemon"] = True
+    if args.limits:
+        limits: dict[str, Any] = {}
+        for key, value in _key_values(args.limits, "--limits").items():
+            try:
+                limits[key] = json.loads(value)
+            except ValueError:
+                limits[key] = value
+        spec["limits"] = limits
     if args.proplet:
         spec["proplet_id"] = args.proplet
     if args.priority is not None:
@@ -288,68 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--domain", default="default", help="tenant/domain id in m/{domain}/c/{channel}")
         p.add_argument("--channel", default="default", help="channel id in m/{domain}/c/{channel}")
 
-    m = sub.add_parser("manager", help="run the orchestrator (REST API, scheduler, MQTT)")
-    m.add_argument(
-        "--broker",
-        default="embedded://127.0.0.1:1883",
-        help="embedded://HOST:PORT (start a broker) or mqtt://[user:pass@]HOST:PORT",
+    from orchestrator.settings import ManagerSettings, add_arguments
+
+    m = sub.add_parser(
+        "manager",
+        help="run the orchestrator (REST API, scheduler, MQTT)",
     )
-    m.add_argument("--db", default=".propeller/manager.db", help="SQLite file path or postgresql:// URL")
-    m.add_argument("--api", type=_host_port, default=("127.0.0.1", 7070), help="HOST:PORT of the REST API")
-    m.add_argument("--heartbeat-interval", type=float, default=10.0)
-    m.add_argument("--liveness-timeout", type=float, default=None, help="default: 3x the heartbeat interval")
-    m.add_argument("--max-attempts", type=int, default=3)
-    m.add_argument(
-        "--placement", default="round-robin", choices=["round-robin", "least-loaded", "memory-aware"]
-    )
-    m.add_argument("--queue-timeout", type=float, default=None, help="fail tasks waiting longer (seconds)")
-    m.add_argument(
-        "--attempt-grace",
-        type=float,
-        default=30.0,
-        help="seconds added to a task's limits.timeout_s before the manager gives up on an attempt",
-    )
-    m.add_argument(
-        "--attempt-timeout",
-        type=float,
-        default=3600.0,
-        help="deadline of an attempt whose task sets no limits.timeout_s (seconds; 0 = none)",
-    )
-    m.add_argument(
-        "--reports-dir", default=None, help="directory of scenario HTML reports shown at /ui/reports"
-    )
-    m.add_argument("--mqtt-ca", default=None, help="CA bundle for mqtts://")
-    m.add_argument("--mqtt-cert", default=None, help="client certificate for mutual TLS")
-    m.add_argument("--mqtt-key", default=None, help="client key for mutual TLS")
-    m.add_argument("--mqtt-insecure", action="store_true", help="do not verify the broker's certificate")
-    m.add_argument(
-        "--api-token",
-        default=os.environ.get("PROPELLER_API_TOKEN"),
-        help="admin bearer token (as --api-token-admin; env PROPELLER_API_TOKEN)",
-    )
-    m.add_argument(
-        "--api-token-admin",
-        default=os.environ.get("PROPELLER_API_TOKEN_ADMIN"),
-        help="comma-separated tokens that may do everything (env PROPELLER_API_TOKEN_ADMIN)",
-    )
-    m.add_argument(
-        "--api-token-read",
-        default=os.environ.get("PROPELLER_API_TOKEN_READ"),
-        help="comma-separated tokens that may only read (GET) (env PROPELLER_API_TOKEN_READ)",
-    )
-    m.add_argument(
-        "--metrics-public",
-        action="store_true",
-        default=os.environ.get("PROPELLER_METRICS_PUBLIC", "") in ("1", "true", "yes"),
-        help="serve /metrics without a token even when tokens are set (env PROPELLER_METRICS_PUBLIC=1)",
-    )
+    add_arguments(m, ManagerSettings)
+    m.add_argument("--api", type=_host_port, default=None, help="HOST:PORT of the REST API (sets both)")
     m.add_argument(
         "--loop",
         choices=["auto", "asyncio", "uvloop"],
         default="auto",
         help="event loop (auto: uvloop if installed)",
     )
-    channel_args(m)
     m.set_defaults(func=cmd_manager)
 
     p = sub.add_parser("proplet", help="run a Wasm worker")
@@ -392,24 +453,65 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     def api_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--api-url", default="http://127.0.0.1:7070")
-        p.add_argument("--api-token", default=None)
+        p.add_argument(
+            "--api-url",
+            default=os.environ.get("PROPELLER_API_URL", "http://127.0.0.1:7070"),
+            help="the manager's REST API (env PROPELLER_API_URL; default: %(default)s)",
+        )
+        p.add_argument(
+            "--api-token",
+            default=os.environ.get("PROPELLER_API_TOKEN"),
+            help="bearer token (env PROPELLER_API_TOKEN)",
+        )
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     t = sub.add_parser("task", help="create, start, stop and inspect tasks")
     tsub = t.add_subparsers(dest="task_cmd", required=True)
     tc = tsub.add_parser("create")
     tc.add_argument("name", help="task name = the export to call")
+    tc.add_argument("stray", nargs="*", help=argparse.SUPPRESS)  # old `--inputs 2 40`: a clear error
     tc.add_argument("--file", help=".wasm or .wat file sent inline")
     tc.add_argument("--image-url", help="http(s) URL or OCI reference of the module")
-    tc.add_argument("--inputs", nargs="*", default=[])
+    tc.add_argument(
+        "--inputs", action="append", default=[], metavar="A,B", help="inputs, comma-separated or repeated"
+    )
+    tc.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="KEY=VALUE for the module (repeatable)",
+    )
+    tc.add_argument("--arg", "--args", dest="arg", action="append", default=[], metavar="ARG",
+                    help="an argv entry after the name (repeatable)")  # fmt: skip
+    tc.add_argument("--limits", action="append", default=[], metavar="KEY=VALUE",
+                    help="resource limit, e.g. timeout_s=30 (repeat)")  # fmt: skip
+    tc.add_argument("--daemon", action="store_true", help="a long-running task (no result expected)")
+    tc.add_argument("--start", action="store_true", help="start the task once created")
+    tc.add_argument("--wait", type=float, nargs="?", const=300.0, default=None, metavar="SECONDS",
+                    help="start it and wait for its end (default 300 s); exit code: 0 Completed, "
+                    f"{EXIT_TASK_FAILED} Failed/Interrupted/Skipped, "
+                    f"{EXIT_TASK_NOT_DONE} not finished")  # fmt: skip
     tc.add_argument("--proplet", help="pin to this proplet id")
     tc.add_argument("--priority", type=int)
     api_args(tc)
-    for name in ("start", "stop", "get", "results", "delete"):
+    for name in ("start", "stop", "get", "delete"):
         tp = tsub.add_parser(name)
         tp.add_argument("id")
         api_args(tp)
+    tr = tsub.add_parser("results", help="the task's result (JSON-encoded; --format json parses it)")
+    tr.add_argument("id")
+    tr.add_argument(
+        "--format", choices=["json", "raw"], default=None,
+        help="json: the result parsed as JSON; raw: the bytes the module wrote (stdout) or returned",
+    )  # fmt: skip
+    api_args(tr)
+    tlog = tsub.add_parser("logs", help="the task's stderr and runtime notes, kept apart from its result")
+    tlog.add_argument("id")
+    tlog.add_argument("--follow", "-f", action="store_true", help="stream the logs of a running task")
+    tlog.add_argument("--attempt", type=int, default=None, help="which attempt (default: the latest)")
+    tlog.add_argument("--interval", type=float, default=0.5, help="--follow: seconds between polls")
+    api_args(tlog)
     tl = tsub.add_parser("list")
     tl.add_argument("--offset", type=int, default=0)
     tl.add_argument("--limit", type=int, default=100)
@@ -426,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("id")
     api_args(ps)
     pr.set_defaults(func=cmd_proplets)
+    from orchestrator.trace import add_trace_parsers
+
+    add_trace_parsers(tsub, psub, api_args)  # `task trace`, `proplets trace`: orchestrator/trace.py
 
     _add_optional_subcommands(sub)
     return parser
@@ -446,8 +551,17 @@ def _add_optional_subcommands(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+    except ValueError as err:  # a malformed PROPELLER_* variable: name it, no traceback
+        print(f"propeller: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "task_cmd", None) == "create":
+            args.stray = [*args.stray, *extra]  # `create add --inputs 2 40`: _task_spec explains
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging(args.log_level or ("warning" if args.command == "demo" else "info"))
     result: int = args.func(args)
     return result

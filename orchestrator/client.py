@@ -60,15 +60,49 @@ class ApiClient:
     def list_tasks(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         return dict(self._call("GET", f"/tasks?offset={offset}&limit={limit}"))
 
-    def task_results(self, task_id: str) -> Any:
-        body = self._call("GET", f"/tasks/{task_id}/results")
+    def task_results(self, task_id: str, fmt: str = "") -> Any:
+        query = f"?format={fmt}" if fmt else ""
+        body = self._call("GET", f"/tasks/{task_id}/results{query}")
         return None if body is None else body.get("results")
+
+    def task_results_raw(self, task_id: str) -> bytes:
+        """The result as the module produced it: stdout's bytes, or the return value's text."""
+        try:
+            response = self._http.get(f"/tasks/{task_id}/results", params={"format": "raw"})
+        except httpx.HTTPError as err:
+            raise ApiError(0, f"cannot reach the manager at {self.base_url}: {err}") from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, response.text)
+        return response.content
+
+    def task_logs(
+        self, task_id: str, *, attempt: int | None = None, after: int = 0, live: bool = False
+    ) -> dict[str, Any]:
+        params = [f"after={after}"] + ([f"attempt={attempt}"] if attempt is not None else [])
+        if live:
+            params.append("live=1")
+        return dict(self._call("GET", f"/tasks/{task_id}/logs?{'&'.join(params)}"))
 
     def list_proplets(self) -> dict[str, Any]:
         return dict(self._call("GET", "/proplets"))
 
     def get_proplet(self, proplet_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/proplets/{proplet_id}"))
+
+    def events(self, subject: str, subject_id: str) -> dict[str, Any]:
+        """The timeline of a task or a proplet (``subject``: "tasks" or "proplets")."""
+        return dict(self._call("GET", f"/{subject}/{subject_id}/events"))
+
+
+def log_text(rows: list[dict[str, Any]]) -> str:
+    """Log rows as a terminal shows them: output as written, runtime notes marked ``[runtime]``."""
+    out = []
+    for row in rows:
+        data = str(row.get("data", ""))
+        if row.get("stream") == "runtime":
+            data = "".join(f"[runtime] {line}\n" for line in data.splitlines())
+        out.append(data)
+    return "".join(out)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -89,7 +123,7 @@ def _task_row(t: dict[str, Any]) -> list[str]:
         t["name"],
         _state(t),
         t.get("proplet_id", ""),
-        str(t.get("results", "")),
+        str(t.get("results", "")).strip().replace("\n", "\\n"),  # one line per task, even for stdout
         t.get("error", ""),
     ]
 

@@ -17,12 +17,11 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
-from orchestrator.adapters.store import Refusals, Store, StoreError, WriteBatch
+from orchestrator.adapters.store import Refusals, Store, StoreError, TaskLogBatch, WriteBatch
 from orchestrator.chunk_server import ChunkServer
 from orchestrator.core.commands import (
     Command,
@@ -35,7 +34,10 @@ from orchestrator.core.commands import (
     PersistProplet,
     PersistTask,
     Publish,
+    RecordPropletEvent,
     RecordPropletMetrics,
+    RecordTaskEvent,
+    RecordTaskLogs,
     RecordTaskMetrics,
 )
 from orchestrator.core.engine import Engine, EngineConfig
@@ -43,6 +45,7 @@ from orchestrator.core.errors import Conflict, EngineError, NotFound, Validation
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
 from orchestrator.core.receipts import KeyLookup
+from orchestrator.settings import ManagerSettings
 
 log = logging.getLogger("propeller.manager")
 
@@ -57,39 +60,6 @@ class StoreUnavailable(EngineError):
     """The store failed to write (the change is retried); the caller cannot be told it is durable."""
 
     status = 503
-
-
-@dataclass
-class ManagerSettings:
-    broker: str = "embedded://127.0.0.1:1883"
-    db: str = ".propeller/manager.db"
-    api_host: str = "127.0.0.1"
-    api_port: int = 7070
-    domain: str = "default"
-    channel: str = "default"
-    heartbeat_interval: float = 10.0
-    liveness_timeout: float | None = None
-    max_attempts: int = 3
-    queue_timeout: float | None = None
-    # Attempt deadline: limits.timeout_s + attempt_grace, or attempt_timeout for tasks without one.
-    attempt_grace: float = 30.0
-    attempt_timeout: float | None = 3600.0
-    # Terminal tasks kept in the engine's memory; older ones are read from the store.
-    terminal_cache: int = 10_000
-    placement: str = "round-robin"
-    client_id: str = ""
-    mqtt_keepalive: float = 30.0
-    api_token: str = ""  # admin scope (kept for compatibility); see api_token_admin / api_token_read
-    api_token_read: str = ""  # comma-separated bearer tokens that may only GET
-    api_token_admin: str = ""  # comma-separated bearer tokens that may do everything
-    metrics_public: bool = False  # serve /metrics without a token even when tokens are configured
-    serve_api: bool = True
-    # TLS to an external broker (mqtts://): CA bundle, client certificate and key, or skip verification.
-    mqtt_ca: str | None = None
-    mqtt_cert: str | None = None
-    mqtt_key: str | None = None
-    mqtt_insecure: bool = False
-    reports_dir: str = ""  # scenario HTML reports listed by the dashboard (/ui/reports)
 
 
 class ManagerService:
@@ -107,6 +77,7 @@ class ManagerService:
                 attempt_grace=settings.attempt_grace,
                 attempt_timeout=settings.attempt_timeout,
                 terminal_cache=settings.terminal_cache,
+                timeline=settings.timeline,
             ),
             policy=make_policy(settings.placement),
             keys=keys,
@@ -410,6 +381,10 @@ class ManagerService:
                         "timestamp": float(command.timestamp),
                     }
                 )
+            elif isinstance(command, RecordTaskLogs):  # task output, in the same transaction
+                c = command
+                where = (c.task_id, c.attempt, c.proplet_id)
+                batch.task_logs.append(TaskLogBatch(*where, c.lines, c.final, c.timestamp, c.seq, c.replace))
             elif isinstance(command, RecordPropletMetrics):
                 batch.proplet_metrics.append(
                     {
@@ -418,6 +393,18 @@ class ManagerService:
                         "cpu_metrics": command.cpu_metrics,
                         "memory_metrics": command.memory_metrics,
                         "timestamp": float(command.timestamp),
+                    }
+                )
+            elif isinstance(command, RecordTaskEvent | RecordPropletEvent):
+                is_task = isinstance(command, RecordTaskEvent)
+                batch.events.append(
+                    {
+                        "subject": "task" if is_task else "proplet",
+                        "subject_id": command.task_id if is_task else command.proplet_id,  # type: ignore[union-attr]
+                        "at": float(command.at_wall),
+                        "kind": command.kind,
+                        "cause": command.cause,
+                        "fields": command.fields,
                     }
                 )
             else:

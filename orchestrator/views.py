@@ -65,6 +65,7 @@ def task_view(task: Task) -> dict[str, Any]:
         "workflow_id": task.workflow_id,
         "job_id": task.job_id,
         "results": task.results,
+        "result_type": task.result_type,  # our extension: json, text or binary (base64)
         "error": task.error,
         "priority": task.priority,
         "broadcast": task.broadcast,

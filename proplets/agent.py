@@ -54,6 +54,7 @@ from proplets.delivery import (
     fetch_wasm,
 )
 from proplets.metrics import MetricsServer, ProcessSampler, PropletCollector, PropletStats
+from proplets.output import TaskOutput, task_output
 from proplets.runtime import (
     CancelToken,
     Limits,
@@ -388,10 +389,35 @@ class PropletAgent:
         )
         return outcome.results, outcome.error
 
+    def _output_seen(self, task_id: str, data: bytes) -> None:
+        self.engine.task_output(task_id, data)
+        self._execute()
+
+    async def _run_with_output(
+        self, request: RunRequest, token: CancelToken, notes: list[str]
+    ) -> tuple[str, str | None, TaskOutput]:
+        """Run ``request`` streaming its stderr live; the typed result and logs come back with it."""
+        loop = asyncio.get_running_loop()
+        task_id = request.task_id
+
+        def on_stderr(chunk: bytes) -> None:  # on the wasm thread: hand over to the loop
+            loop.call_soon_threadsafe(self._output_seen, task_id, chunk)
+
+        request = replace(request, on_stderr=on_stderr)
+
+        def run() -> tuple[str | None, TaskOutput]:  # typing a 1 MiB result is work: off the loop too
+            outcome = self.runtime.run(request, token)
+            return outcome.error, task_output(outcome, request.limits.log_bytes, notes)
+
+        error, output = await loop.run_in_executor(self._pool, run)
+        return output.results, error, output
+
     async def _run(self, start: wire.StartTask) -> None:
         token = CancelToken()
         self._cancels[start.id] = token
         results, error = "", None
+        output: TaskOutput | None = None
+        notes: list[str] = []
         try:
             wasm = await fetch_wasm(
                 WasmSource(file=start.file, image_url=start.image_url, sha256=start.sha256),
@@ -399,6 +425,7 @@ class PropletAgent:
                 chunk_fetcher=self._chunks,
             )
             self.stats.fetch_bytes += len(wasm)
+            notes.append(_fetch_note(start, len(wasm)))
             refusal = self.engine.admit(start.id, wasm)
             if refusal is not None:
                 error = refusal  # nothing runs: the instance does not fit the device
@@ -410,7 +437,7 @@ class PropletAgent:
                 return
             else:
                 request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
-                results, error = await self._execute_wasm(request, token)
+                results, error, output = await self._run_with_output(request, token, notes)
         except (DeliveryError, TaskInputError) as err:
             if isinstance(err, FetchRefused):
                 self.stats.fetch_refused += 1
@@ -422,7 +449,7 @@ class PropletAgent:
         finally:
             self._cancels.pop(start.id, None)
         if start.id not in self._deployed:
-            self.engine.task_finished(start.id, results, error, self._clock(), time.time())
+            self.engine.task_finished(start.id, results, error, self._clock(), time.time(), output=output)
         self._execute()
 
     async def _run_embedded(
@@ -474,6 +501,18 @@ class PropletAgent:
             start.id, invoke.invocation_id, results, error, self._clock(), time.time()
         )
         self._execute()
+
+
+def _fetch_note(start: wire.StartTask, size: int) -> str:
+    """Where the module came from, for the task's logs."""
+    if start.file:
+        source = "inline file"
+    elif start.image_url.startswith(("http://", "https://")):
+        source = f"HTTP {start.image_url}"
+    else:
+        source = f"OCI {start.image_url} (registry chunks)"
+    pinned = f", sha256 {start.sha256[:12]} verified" if start.sha256 else ""
+    return f"module: {size} bytes from {source}{pinned}"
 
 
 def default_proplet_id() -> str:

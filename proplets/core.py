@@ -27,14 +27,17 @@ import hashlib
 import json
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator import wire
 from orchestrator.core import receipts
 from orchestrator.wire.messages import TimestampKind
+from proplets.output import TaskOutput
 from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget
 from proplets.runtime.wasmbin import WasmFormatError, is_component, memory_requirements
+
+LOG_PIECE_CHARS = 64 * 1024  # characters of live output per control/proplet/logs message
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class PropletConfig:
     budget: BudgetConfig | None = None
     # Raw 32-byte Ed25519 private key from the proplet's enrolled identity (signs execution receipts).
     signing_key: bytes | None = None
+    # Bytes of one task's live output published on control/proplet/logs (the result's logs are
+    # bounded by the run's log_bytes limit separately); 0 disables live output.
+    live_log_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.proplet_id:
@@ -164,6 +170,9 @@ class _Running:
     refused: str | None = None  # a wire.refusals kind: admission refused it, nothing ran
     stats: _Aggregate = field(default_factory=_Aggregate)
     module_sha256: str = ""  # of the bytes that were loaded (set by ``admit``), for the receipt
+    log_seq: int = 0  # live output pieces published (control/proplet/logs)
+    log_bytes: int = 0
+    log_tail: bytes = b""  # an incomplete UTF-8 character held for the next piece
 
 
 class PropletEngine:
@@ -551,11 +560,43 @@ class PropletEngine:
 
     # ------------------------------------------------------------------ results
 
+    def task_output(self, task_id: str, data: bytes, stream: str = "stderr") -> None:
+        """A running task wrote ``data``: publish it live (not in the embedded profile)."""
+        entry = self.running.get(task_id)
+        if entry is None or self.embedded or not self.connected or not data:
+            return
+        room = self.config.live_log_bytes - entry.log_bytes
+        if room <= 0:
+            return
+        fresh = data[:room]
+        entry.log_bytes += len(fresh)
+        data = entry.log_tail + fresh
+        cut = _utf8_boundary(data)
+        text, entry.log_tail = data[:cut].decode("utf-8", "replace"), data[cut:]
+        if entry.log_bytes >= self.config.live_log_bytes:
+            text += f"\n[propeller: live output stops after {self.config.live_log_bytes} bytes]\n"
+        if not text:
+            return
+        attempt = entry.start.attempt or None
+        for at in range(0, len(text), LOG_PIECE_CHARS):  # a fast writer's burst goes in several pieces
+            part = text[at : at + LOG_PIECE_CHARS]
+            piece = wire.TaskLogs(task_id, self.config.proplet_id, attempt, entry.log_seq, stream, part)
+            if self._publish(self.topics.logs, piece):
+                entry.log_seq += 1
+
     def task_finished(
-        self, task_id: str, results: str, error: str | None, now: float, wall: float | None = None
+        self,
+        task_id: str,
+        results: str,
+        error: str | None,
+        now: float,
+        wall: float | None = None,
+        *,
+        output: TaskOutput | None = None,
     ) -> None:
         """The run of ``task_id`` ended. ``wall`` (UNIX seconds) dates the receipt; without it the
-        receipt's times are on the driver's ``now`` axis."""
+        receipt's times are on the driver's ``now`` axis. ``output`` (typed result and logs) replaces
+        ``results`` when given (not in the embedded profile, whose results are the firmware's)."""
         self._clock = now
         entry = self.running.pop(task_id, None)
         if entry is None:
@@ -569,8 +610,12 @@ class PropletEngine:
             self._refuse(entry.refused, task_id, error, entry.start.attempt or None, proof)
             return
         self._count("tasks_failed" if error else "tasks_completed")
+        if output is not None and not self.embedded:
+            results = output.results  # what the receipt signs is what is sent
+        else:
+            output = None
         proof = _Proof(entry.start, entry.since, now, wall, entry.module_sha256)
-        self._result(task_id, results, error, entry.start.attempt or None, proof)
+        self._result(task_id, results, error, entry.start.attempt or None, proof, output=output)
         self._commands.append(
             LogEvent(
                 "task_finished", {"task_id": task_id, "ok": not error, "seconds": round(now - entry.since, 6)}
@@ -592,8 +637,9 @@ class PropletEngine:
         proof: _Proof | None = None,
         *,
         refused: str | None = None,
+        output: TaskOutput | None = None,
     ) -> None:
-        payload = self._encode_result(task_id, results, error, attempt, proof, refused)
+        payload = self._encode_result(task_id, results, error, attempt, proof, refused, output)
         if payload is None:
             self._count("results_dropped")
             return
@@ -616,11 +662,16 @@ class PropletEngine:
         attempt: int | None,
         proof: _Proof | None,
         refused: str | None = None,
+        output: TaskOutput | None = None,
     ) -> bytes | None:
         """The result payload; one that does not fit (embedded 1023 bytes) becomes an error that does."""
         pid = self.config.proplet_id
         receipt = self._receipt(task_id, results, error, proof)
         message = wire.TaskResult(task_id, results, error or None, pid, attempt, receipt, refused)
+        if output is not None:  # our extensions: how to read the result, and the run's logs
+            logs = tuple((line.stream, line.data) for line in output.logs)
+            kind = output.result_type
+            message = replace(message, result_type=kind, logs=logs)
         try:
             return wire.encode(message, self.config.profile)
         except wire.CodecError as err:
@@ -681,6 +732,17 @@ class _Proof:
     finished: float | None = None
     wall: float | None = None
     module_sha256: str = ""
+
+
+def _utf8_boundary(data: bytes) -> int:
+    """Length of ``data`` without a trailing incomplete UTF-8 character (so pieces decode whole)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead
+            continue
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        return len(data) - back if need > back else len(data)
+    return len(data)
 
 
 def _is_refusal(payload: bytes) -> bool:

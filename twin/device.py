@@ -46,6 +46,7 @@ from proplets.core import (
     RunTask,
     Subscribe,
 )  # fmt: skip
+from proplets.output import TaskOutput, task_output
 from proplets.runtime import CancelToken, Limits, RunOutcome, RunRequest, WasmRuntime
 from proplets.runtime.wasmbin import PAGE_BYTES, WasmFormatError, memory_requirements
 from twin.clock import AsyncSimClock
@@ -144,6 +145,7 @@ class _Job:
     token: CancelToken
     result: tuple[str, str | None] | None = None  # set when wasmtime returned; the CPU model times it
     started: float | None = None  # accepted and running (not refused at the door)
+    output: TaskOutput | None = None  # host devices: typed result and logs, as the Python proplet sends
 
 
 @dataclass
@@ -522,7 +524,8 @@ class SimDevice:
         if job is not None and self.listener is not None:
             self._tell_end(task_id, results, error, job)
         if self.engine is not None:
-            self.engine.task_finished(task_id, results, error, self.now)
+            output = job.output if job is not None else None
+            self.engine.task_finished(task_id, results, error, self.now, output=output)
         if self._blocked and not self.jobs:
             self._unblock()
         self._pump()
@@ -567,8 +570,9 @@ class SimDevice:
     def _request(self, start: wire.StartTask, wasm: bytes, instance: Instance | None) -> RunRequest:
         given: dict[str, Any] = dict(start.limits or {})
         limits = Limits(**given)
-        if not self.config.embedded:
-            return RunRequest(start.id, wasm, start.name, tuple(start.inputs), limits=limits)
+        if not self.config.embedded:  # a host runs WASI commands like the Python proplet
+            return RunRequest(start.id, wasm, start.name, tuple(start.inputs), tuple(start.cli_args),
+                              dict(start.env), limits=limits)  # fmt: skip
         function = embedded.select_export(start.name, embedded.function_exports(wasm))
         inputs = embedded.i32_inputs(start.inputs)
         if instance is not None and self.memory is not None:
@@ -580,6 +584,9 @@ class SimDevice:
         job = self.jobs.get(task_id)
         if job is None:
             return
+        if not self.config.embedded:  # typed result and logs, as the Python proplet sends them
+            log_bytes = int((job.start.limits or {}).get("log_bytes", Limits().log_bytes))
+            job.output = task_output(outcome, log_bytes)
         if outcome.error is not None:
             result: tuple[str, str | None] = ("", outcome.error)
         elif self.config.embedded:
@@ -588,7 +595,7 @@ class SimDevice:
             except ValueError as err:
                 result = ("", str(err))
         else:
-            result = (outcome.results, None)
+            result = (job.output.results if job.output else outcome.results, None)
         if self.cpu is None or not isinstance(self.config.spec, Esp32S3Spec):
             spec = self.config.spec
             if not self.shared.net.virtual or not isinstance(spec, HostSpec):

@@ -30,6 +30,8 @@ from typing import IO
 
 import httpx
 
+from orchestrator.settings import ManagerSettings, to_argv
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS = {"round_robin": "round-robin", "least_loaded": "least-loaded", "memory_aware": "memory-aware"}
 _LIVE: set[asyncio.subprocess.Process] = set()
@@ -219,15 +221,15 @@ class Manager:
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         db = opts.db or str(work_dir / "manager.db")
-        argv = [
-            sys.executable, "-m", "orchestrator.cli", "--log-level", "info", "manager",
-            "--broker", broker_url, "--db", db, "--api", f"127.0.0.1:{self.api_port}",
-            "--domain", opts.domain, "--heartbeat-interval", f"{opts.heartbeat_interval:g}",
-            "--liveness-timeout", f"{opts.liveness_timeout:g}", "--placement", PLACEMENTS[opts.placement],
-            "--max-attempts", str(opts.max_attempts),
-        ]  # fmt: skip
-        if opts.queue_timeout is not None:
-            argv += ["--queue-timeout", f"{opts.queue_timeout:g}"]
+        settings = ManagerSettings(
+            broker=broker_url, db=db, api_host="127.0.0.1", api_port=self.api_port, domain=opts.domain,
+            heartbeat_interval=opts.heartbeat_interval, liveness_timeout=opts.liveness_timeout,
+            placement=PLACEMENTS[opts.placement], max_attempts=opts.max_attempts,
+            queue_timeout=opts.queue_timeout,
+        )  # fmt: skip
+        # Derived from the one settings source: every field reaches the child's argparse unchanged.
+        argv = [sys.executable, "-m", "orchestrator.cli", "--log-level", "info", "manager"]
+        argv += to_argv(settings)
         self.process = ManagedProcess("manager", argv, work_dir / "manager.log", on_line)
 
     async def start(self, timeout: float = 30.0) -> None:

@@ -117,7 +117,7 @@ def fleet(manager: ManagerService) -> list[FleetRow]:
 
 
 def history(task: Task) -> list[tuple[str, str]]:
-    """The task's state history as far as its own fields tell it (until the events timeline lands)."""
+    """The task's state history as far as its own fields tell it (when no timeline was recorded)."""
     out = [(rfc3339(task.created_at), "created")]
     if task.start_time:
         where = f" on {task.proplet_id}" if task.proplet_id else ""
@@ -127,6 +127,32 @@ def history(task: Task) -> list[tuple[str, str]]:
     elif not task.start_time:
         out.append((rfc3339(task.updated_at), task.state.label.lower()))
     return out
+
+
+@dataclass
+class EventRow:
+    at: str
+    offset: str  # seconds since the first event
+    label: str
+    detail: str
+
+
+async def timeline(manager: ManagerService, subject: str, subject_id: str) -> list[EventRow]:
+    """The recorded timeline (GET /tasks|proplets/{id}/events), worded as ``propeller ... trace`` does."""
+    from orchestrator.trace import LABELS, _describe  # one wording for the terminal and the page
+
+    assert manager.store is not None
+    records = await manager.store.list_events(subject, subject_id)
+    first = records[0].at if records else 0.0
+    return [
+        EventRow(
+            at=rfc3339(r.at),
+            offset=f"{r.at - first:+.3f} s",
+            label=LABELS.get(r.kind, r.kind),
+            detail=_describe({"kind": r.kind, "cause": r.cause, "fields": r.fields}),
+        )
+        for r in records
+    ]
 
 
 def reports(directory: str) -> list[tuple[str, str]]:
@@ -202,9 +228,7 @@ def mount(app: FastAPI, manager: ManagerService) -> None:
         found = await manager.store.list_tasks(0, TASK_PAGE, proplet_id=proplet_id)
         if found.total > TASK_PAGE:
             found = await manager.store.list_tasks(found.total - TASK_PAGE, TASK_PAGE, proplet_id=proplet_id)
-        # Slot for the timeline branch's GET /proplets/{id}/events (joins, deaths, reconnects).
-        events_of = getattr(manager, "proplet_events", None)
-        events = await events_of(proplet_id) if events_of is not None else None
+        events = await timeline(manager, "proplet", proplet_id)
         return page(
             request,
             "proplet.html",
@@ -250,10 +274,8 @@ def mount(app: FastAPI, manager: ManagerService) -> None:
             task = await manager.find_task(task_id)
         except NotFound as err:
             return HTMLResponse(f"<p>{html.escape(err.message)}</p>", status_code=404)
-        # Slot for the timeline branch's GET /tasks/{id}/events: when the service can serve a task's
-        # events, the page shows them; until then, the history its own fields tell.
-        events_of = getattr(manager, "task_events", None)
-        events = await events_of(task.id) if events_of is not None else None
+        # The recorded timeline; with recording off (--no-timeline), the history the task's fields tell.
+        events = await timeline(manager, "task", task.id)
         return page(request, "task.html", task=task, history=history(task), events=events)
 
     @router.get("/reports")

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from orchestrator.adapters import dashboard
 from orchestrator.adapters.store import StoreError
-from orchestrator.core.errors import EngineError, NotFound, ValidationError
-from orchestrator.core.model import TaskState
+from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
+from orchestrator.core.model import Task, TaskState
 from orchestrator.views import proplet_view, receipt_view, redacted_module, task_view
 
 if TYPE_CHECKING:
@@ -99,6 +99,76 @@ async def _json_body(request: Request, *, optional: bool = False) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValidationError(f"request body is not valid JSON: {err}") from None
+
+
+RESULT_FORMATS = frozenset({"", "json", "raw"})
+LOG_PAGE = 1000  # log rows per answer; ``next`` pages on
+
+
+def _int_param(request: Request, key: str, default: int, *, lo: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{key} must be an integer, got {raw!r}", key) from None
+    if value < lo:
+        raise ValidationError(f"{key} must be >= {lo}, got {value}", key)
+    return value
+
+
+def result_response(task: Task, fmt: str) -> Response:
+    """``GET /tasks/{id}/results``: upstream's ``{"results"}`` (plus its type), parsed JSON, or raw bytes."""
+    kind = task.result_type
+    if fmt == "json":
+        if not isinstance(task.results, str):  # FL envelopes, broadcast maps: JSON values already
+            return JSONResponse({"results": task.results, "result_type": "json"})
+        if kind == "binary":
+            raise Conflict(f"the result of task {task.id} is binary, not JSON (use format=raw)", "format")
+        try:
+            value = json.loads(task.results)
+        except ValueError:
+            raise Conflict(
+                f"the result of task {task.id} is {kind or 'text'}, not JSON (use format=raw)", "format"
+            ) from None
+        return JSONResponse({"results": value, "result_type": "json"})
+    if fmt == "raw":
+        if kind == "binary" and isinstance(task.results, str):
+            try:
+                data = base64.b64decode(task.results, validate=True)
+            except ValueError:  # binascii.Error: the proplet called it base64 and it was not
+                raise Conflict(f"the binary result of task {task.id} is not valid base64", "format") from None
+            return Response(data, media_type="application/octet-stream")
+        if isinstance(task.results, str):
+            media = "application/json" if kind == "json" else "text/plain; charset=utf-8"
+            return Response(task.results.encode("utf-8"), media_type=media)
+        return JSONResponse(task.results)
+    body: dict[str, Any] = {"results": task.results}
+    if kind:
+        body["result_type"] = kind
+    if kind == "binary":
+        body["encoding"] = "base64"
+    return JSONResponse(body)
+
+
+def logs_body(task: Task, attempt: int, after: int, rows: list[Any], *, more: bool = False) -> dict[str, Any]:
+    """``GET /tasks/{id}/logs``: the attempt's final record if it has one, else its live pieces so far
+    (``live=1``: the live pieces only, for followers paging with ``after``). ``done``: the attempt is
+    over and nothing is left past this page."""
+    done = (task.state.is_terminal or attempt < task.attempt) and not more
+    return {
+        "task_id": task.id,
+        "attempt": attempt,
+        "state": int(task.state),
+        "done": done,
+        "next": max((r.id for r in rows), default=after),
+        "logs": [
+            {"id": r.id, "stream": r.stream, "data": r.data, "proplet_id": r.proplet_id, "seq": r.seq,
+             "final": r.final, "timestamp": r.timestamp}
+            for r in rows
+        ],
+    }  # fmt: skip
 
 
 def job_summary(manager: ManagerService, job_id: str) -> dict[str, Any]:
@@ -339,11 +409,29 @@ def create_app(manager: ManagerService) -> FastAPI:
         return JSONResponse({"invoked": True, "results": outcome.results, "verified": outcome.verified})
 
     @app.get("/tasks/{task_id}/results")
-    async def task_results(task_id: str) -> Response:
+    async def task_results(task_id: str, request: Request) -> Response:
         task = await manager.find_task(_uuid(task_id, "task_id"))
+        fmt = request.query_params.get("format", "")
+        if fmt not in RESULT_FORMATS:
+            raise ValidationError(f"format must be 'json' or 'raw', got {fmt!r}", "format")
         if task.results is None:
             return Response(status_code=200)
-        return JSONResponse({"results": task.results})
+        return result_response(task, fmt)
+
+    @app.get("/tasks/{task_id}/logs")
+    async def task_logs(task_id: str, request: Request) -> dict[str, Any]:
+        task = await manager.find_task(_uuid(task_id, "task_id"))
+        attempt = _int_param(request, "attempt", task.attempt, lo=0)
+        after = _int_param(request, "after", 0, lo=0)
+        live = request.query_params.get("live", "") in ("1", "true")
+        assert manager.store is not None
+        store, page = manager.store, LOG_PAGE + 1
+        rows = []
+        if not live:
+            rows = await store.list_task_logs(task.id, attempt, after=after, limit=page, final=True)
+        if not rows:  # no final record (yet): the live pieces
+            rows = await store.list_task_logs(task.id, attempt, after=after, limit=page, final=False)
+        return logs_body(task, attempt, after, rows[:LOG_PAGE], more=len(rows) > LOG_PAGE)
 
     @app.get("/tasks/{task_id}/receipt")
     async def task_receipt(task_id: str) -> dict[str, Any]:
@@ -481,6 +569,30 @@ def create_app(manager: ManagerService) -> FastAPI:
                 for r in rows
             ],
         }
+
+    def _events_body(subject: str, subject_id: str, rows: list[Any]) -> dict[str, Any]:
+        from orchestrator.views import rfc3339
+
+        events = [
+            {"at": rfc3339(r.at), "at_unix": r.at, "kind": r.kind, "cause": r.cause, "fields": r.fields}
+            for r in rows
+        ]
+        return {f"{subject}_id": subject_id, "total": len(events), "events": events}
+
+    @app.get("/tasks/{task_id}/events")
+    async def task_events(task_id: str) -> dict[str, Any]:
+        """The task's timeline, oldest first: created, queued, waiting (why), placed, start published,
+        refused, proplet died, requeued, stopped, result, failed, receipt rejected."""
+        await manager.find_task(_uuid(task_id, "task_id"))
+        assert manager.store is not None
+        return _events_body("task", task_id, await manager.store.list_events("task", task_id))
+
+    @app.get("/proplets/{proplet_id}/events")
+    async def proplet_events(proplet_id: str) -> dict[str, Any]:
+        """The proplet's timeline, oldest first: joined, died (cause), back."""
+        manager.engine.get_proplet(proplet_id)
+        assert manager.store is not None
+        return _events_body("proplet", proplet_id, await manager.store.list_events("proplet", proplet_id))
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

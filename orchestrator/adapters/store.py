@@ -91,6 +91,33 @@ class TaskMetricsRecord:
 
 
 @dataclass(frozen=True)
+class TaskLogBatch:
+    """Lines of one attempt's output to store: a live piece, or the final record (replaces one)."""
+
+    task_id: str
+    attempt: int
+    proplet_id: str
+    lines: Sequence[tuple[str, str]]
+    final: bool
+    timestamp: float
+    seq: int | None = None
+    replace: bool = False  # a final record that replaces one stored before (same attempt, proplet)
+
+
+@dataclass(frozen=True)
+class TaskLogRecord:
+    id: int
+    task_id: str
+    attempt: int
+    proplet_id: str
+    seq: int | None
+    final: bool
+    stream: str
+    data: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
 class PropletMetricsRecord:
     proplet_id: str
     namespace: str
@@ -125,6 +152,7 @@ TASKS = sa.Table(
     sa.Column("workflow_id", sa.String(255), nullable=False, index=True),
     sa.Column("job_id", sa.String(255), nullable=False, index=True),
     sa.Column("results", sa.JSON(), nullable=True),
+    sa.Column("result_type", sa.String(16), nullable=False, server_default=""),
     sa.Column("error", sa.Text(), nullable=False),
     sa.Column("priority", sa.Integer(), nullable=False),
     sa.Column("broadcast", sa.Boolean(), nullable=False),
@@ -186,6 +214,21 @@ TASK_METRICS = sa.Table(
     sa.Column("timestamp", sa.Double(), nullable=False, index=True),
     sa.Index("ix_task_metrics_task_id_timestamp", "task_id", "timestamp"),
 )
+TIMELINE = sa.Table(
+    "timeline_events",
+    METADATA,
+    sa.Column("id", _METRICS_ID, primary_key=True, autoincrement=True),
+    sa.Column("subject", sa.String(16), nullable=False),  # "task" or "proplet"
+    sa.Column("subject_id", sa.String(255), nullable=False),
+    sa.Column("at", sa.Double(), nullable=False),  # UNIX seconds of its first event
+    # The subject's events of one flush window, in order: [{"at", "kind", "cause", "fields"}, ...]
+    # (one row per window, not per event: a task's happy path is 2-3 rows, half the write cost).
+    sa.Column("events", sa.JSON(), nullable=False),
+    sa.Index("ix_timeline_events_subject_id", "subject", "subject_id", "id"),
+)
+# Rows (flush windows of events) kept per task or proplet: older ones are pruned once a subject has
+# TIMELINE_LIMIT more.
+TIMELINE_LIMIT = 200
 PROPLET_METRICS = sa.Table(
     "proplet_metrics",
     METADATA,
@@ -196,6 +239,21 @@ PROPLET_METRICS = sa.Table(
     sa.Column("memory_metrics", sa.JSON(), nullable=False),
     sa.Column("timestamp", sa.Double(), nullable=False, index=True),
     sa.Index("ix_proplet_metrics_proplet_id_timestamp", "proplet_id", "timestamp"),
+)
+
+TASK_LOGS = sa.Table(
+    "task_logs",
+    METADATA,
+    sa.Column("id", _METRICS_ID, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(255), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("proplet_id", sa.String(255), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=True),
+    sa.Column("final", sa.Boolean(), nullable=False),
+    sa.Column("stream", sa.String(32), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("timestamp", sa.Double(), nullable=False),
+    sa.Index("ix_task_logs_task_id_attempt", "task_id", "attempt", "id"),
 )
 
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
@@ -242,11 +300,14 @@ class WriteBatch:
     deleted_proplets: list[str] = dataclasses.field(default_factory=list)
     task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    task_logs: list[TaskLogBatch] = dataclasses.field(default_factory=list)  # task output, per attempt
+    # Timeline rows: subject ("task"/"proplet"), subject_id, at, kind, cause, fields.
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.tasks or self.proplets or self.jobs or self.deleted_tasks or self.deleted_proplets
-            or self.task_metrics or self.proplet_metrics
+            or self.task_metrics or self.proplet_metrics or self.task_logs or self.events
         )  # fmt: skip
 
     def delete_task(self, task_id: str) -> None:
@@ -283,6 +344,16 @@ class ModuleEnds:
 
 
 _MODULE_WHOLE = 15  # up to here the tail is the whole module (its base64 is shown unredacted)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One stored timeline entry."""
+
+    at: float
+    kind: str
+    cause: str
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -331,8 +402,11 @@ class Store:
         self._checks = {t.name: _column_checks(t) for t in (TASKS, PROPLETS, JOBS)}
         self._task_checks = [self._checks["tasks"][name] for name in (*_TASK_PLAIN, "state", "extras")]
         self._metric_checks = {
-            t.name: _column_checks(t, skip=("id",)) for t in (TASK_METRICS, PROPLET_METRICS)
+            t.name: _column_checks(t, skip=("id",))
+            for t in (TASK_METRICS, PROPLET_METRICS, TASK_LOGS, TIMELINE)
         }
+        # Events written per subject since this store opened (or last pruned): decides when to prune.
+        self._event_counts: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
 
     @classmethod
     async def open(cls, url: str, *, schema: str | None = None) -> Store:
@@ -436,6 +510,7 @@ class Store:
         self._written.pop(task_id, None)
         async with self._write(f"delete task {task_id!r}") as conn:
             await conn.execute(sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == task_id))
+            await conn.execute(sa.delete(TASK_LOGS).where(TASK_LOGS.c.task_id == task_id))
             await conn.execute(sa.delete(TASKS).where(TASKS.c.id == task_id))
 
     async def get_task(self, task_id: str) -> Task | None:
@@ -537,6 +612,44 @@ class Store:
             rows = (await conn.execute(sa.select(JOBS).order_by(JOBS.c.created_at, JOBS.c.id))).all()
         return [JobRecord(**dict(r._mapping)) for r in rows]
 
+    # -- logs ----------------------------------------------------------------------------------------
+
+    async def add_task_logs(
+        self,
+        task_id: str,
+        attempt: int,
+        proplet_id: str,
+        lines: Sequence[tuple[str, str]],
+        *,
+        final: bool,
+        timestamp: float,
+        seq: int | None = None,
+        replace: bool = False,
+    ) -> None:
+        """Append an attempt's output: a live piece, or (``final``) the record sent with its result.
+
+        With ``replace``, a final record replaces an earlier final record of the same attempt and
+        proplet (a duplicate result); live pieces are kept, so a follower never sees them vanish.
+        """
+        batch = TaskLogBatch(task_id, attempt, proplet_id, lines, final, timestamp, seq, replace)
+        refused = await self.write(WriteBatch(task_logs=[batch]))
+        if refused:
+            raise StoreError(self.url, f"add logs of task {task_id!r}: {'; '.join(refused.metrics)}")
+
+    async def list_task_logs(
+        self, task_id: str, attempt: int, *, after: int = 0, limit: int = 1000, final: bool | None = None
+    ) -> list[TaskLogRecord]:
+        """The attempt's log rows with ``id > after``, oldest first; ``final`` picks the final record
+        (True) or the live pieces (False), None both."""
+        t = TASK_LOGS.c
+        where = (t.task_id == task_id) & (t.attempt == attempt) & (t.id > after)
+        if final is not None:
+            where = where & (t.final == final)
+        query = sa.select(TASK_LOGS).where(where).order_by(t.id).limit(limit)
+        async with self._read(f"list logs of task {task_id!r}") as conn:
+            rows = (await conn.execute(query)).all()
+        return [TaskLogRecord(**dict(r._mapping)) for r in rows]
+
     # -- metrics -------------------------------------------------------------------------------------
 
     async def add_task_metrics(
@@ -563,6 +676,23 @@ class Store:
         """(total, page) of the task's samples, newest first, as upstream's ``GET /tasks/{id}/metrics``."""
         total, rows = await self._page(TASK_METRICS, TASK_METRICS.c.task_id, task_id, offset, limit)
         return total, [TaskMetricsRecord(**r) for r in rows]
+
+    async def list_events(self, subject: str, subject_id: str, limit: int = 1000) -> list[EventRecord]:
+        """The timeline of a task or proplet, oldest first (at most ``limit``, the newest ones)."""
+        query = (
+            sa.select(TIMELINE.c.events)
+            .where(TIMELINE.c.subject == subject, TIMELINE.c.subject_id == subject_id)
+            .order_by(TIMELINE.c.id.desc())
+            .limit(limit)
+        )
+        async with self._read(f"list events of {subject} {subject_id!r}") as conn:
+            rows = (await conn.execute(query)).scalars().all()
+        out = [
+            EventRecord(float(e["at"]), str(e["kind"]), str(e.get("cause", "")), dict(e.get("fields") or {}))
+            for window in reversed(rows)
+            for e in window
+        ]
+        return out[-limit:] if limit else []
 
     async def add_proplet_metrics(
         self,
@@ -649,16 +779,56 @@ class Store:
         for table, rows, out in (
             ("task_metrics", batch.task_metrics, plan.task_metrics),
             ("proplet_metrics", batch.proplet_metrics, plan.proplet_metrics),
+            ("timeline_events", self._event_rows(batch), plan.events),
         ):
             for row in rows:
-                owner = str(row.get("task_id") or row.get("proplet_id"))
+                owner = str(row.get("task_id") or row.get("proplet_id") or row.get("subject_id"))
                 try:
                     out.append(self._checked(table, row, owner))
                 except Unstorable as exc:
                     if strict:
                         raise
                     refused.metrics.append(str(exc))
+        for logs in batch.task_logs:
+            try:
+                rows = [self._checked("task_logs", row, logs.task_id) for row in _log_rows(logs)]
+            except Unstorable as exc:
+                if strict:
+                    raise
+                refused.metrics.append(str(exc))
+                continue
+            if logs.final and logs.replace:
+                plan.replaced_logs.append(
+                    {"_id": logs.task_id, "_attempt": logs.attempt, "_proplet": logs.proplet_id}
+                )
+            plan.task_logs.extend(rows)
+        for row in plan.events:
+            key = (row["subject"], row["subject_id"])
+            count = self._event_counts.pop(key, 0) + 1
+            if count > 2 * TIMELINE_LIMIT:
+                plan.prune.append({"_subject": key[0], "_id": key[1]})
+                count = TIMELINE_LIMIT
+            self._event_counts[key] = count
+        while len(self._event_counts) > WRITTEN_ROWS_CACHE:
+            self._event_counts.popitem(last=False)
         return plan
+
+    @staticmethod
+    def _event_rows(batch: WriteBatch) -> list[dict[str, Any]]:
+        """One row per subject of the window's events (in order), none for subjects deleted in it."""
+        if not batch.events:
+            return []
+        windows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for e in batch.events:
+            windows.setdefault((e["subject"], e["subject_id"]), []).append(
+                {"at": e["at"], "kind": e["kind"], "cause": e["cause"], "fields": e["fields"]}
+            )
+        gone = {("task", i) for i in batch.deleted_tasks} | {("proplet", i) for i in batch.deleted_proplets}
+        return [
+            {"subject": key[0], "subject_id": key[1], "at": events[0]["at"], "events": events}
+            for key, events in windows.items()
+            if key not in gone
+        ]
 
     def _plan(self, plan: _Plan) -> None:
         """Split the encoded tasks into whole-row inserts (first time seen) and updates of the columns
@@ -730,6 +900,9 @@ class Store:
             pass  # deleting a row that cannot be there
 
         run(_DELETE_TASK_METRICS, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_TASK_LOGS, [{"_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_EVENTS, [{"_subject": "task", "_id": i} for i in plan.deleted_tasks], ignore)
+        run(_DELETE_EVENTS, [{"_subject": "proplet", "_id": i} for i in plan.deleted_proplets], ignore)
         run(_DELETE_TASK, [{"_id": i} for i in plan.deleted_tasks], ignore)
         run(_DELETE_PROPLET_METRICS, [{"_id": i} for i in plan.deleted_proplets], ignore)
         run(_DELETE_PROPLET, [{"_id": i} for i in plan.deleted_proplets], ignore)
@@ -744,6 +917,10 @@ class Store:
         run(self._upserts["jobs"], plan.jobs, lambda r, why: refusals.jobs.__setitem__(r["id"], why))
         run(sa.insert(TASK_METRICS), plan.task_metrics, lambda r, why: refusals.metrics.append(why))
         run(sa.insert(PROPLET_METRICS), plan.proplet_metrics, lambda r, why: refusals.metrics.append(why))
+        run(_DELETE_FINAL_LOGS, plan.replaced_logs, ignore)
+        run(sa.insert(TASK_LOGS), plan.task_logs, lambda r, why: refusals.metrics.append(why))
+        run(sa.insert(TIMELINE), plan.events, lambda r, why: refusals.metrics.append(why))
+        run(_PRUNE_TIMELINE, plan.prune, ignore)
 
     def _task_from_row(self, values: Any) -> Task:
         data = _from_row(values, _TASK_FIELDS)
@@ -822,6 +999,45 @@ _TASK_EXTRAS = tuple(f for f in _TASK_FIELDS if f not in TASKS.c)
 _UPDATE_TASK = sa.update(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
 _DELETE_TASK = sa.delete(TASKS).where(TASKS.c.id == sa.bindparam("_id"))
 _DELETE_TASK_METRICS = sa.delete(TASK_METRICS).where(TASK_METRICS.c.task_id == sa.bindparam("_id"))
+_DELETE_TASK_LOGS = sa.delete(TASK_LOGS).where(TASK_LOGS.c.task_id == sa.bindparam("_id"))
+_DELETE_FINAL_LOGS = sa.delete(TASK_LOGS).where(
+    (TASK_LOGS.c.task_id == sa.bindparam("_id"))
+    & (TASK_LOGS.c.attempt == sa.bindparam("_attempt"))
+    & (TASK_LOGS.c.proplet_id == sa.bindparam("_proplet"))
+    & TASK_LOGS.c.final
+)
+
+
+def _log_rows(batch: TaskLogBatch) -> list[dict[str, Any]]:
+    return [
+        {"task_id": batch.task_id, "attempt": int(batch.attempt), "proplet_id": batch.proplet_id,
+         "seq": batch.seq, "final": batch.final, "stream": stream, "data": data,
+         "timestamp": float(batch.timestamp)}
+        for stream, data in batch.lines
+    ]  # fmt: skip
+
+
+def _prune_statement(limit: int) -> Any:
+    """Delete a subject's events older than its newest ``limit``."""
+    newest_kept = (
+        sa.select(TIMELINE.c.id)
+        .where(TIMELINE.c.subject == sa.bindparam("_subject"), TIMELINE.c.subject_id == sa.bindparam("_id"))
+        .order_by(TIMELINE.c.id.desc())
+        .offset(limit)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.delete(TIMELINE).where(
+        TIMELINE.c.subject == sa.bindparam("_subject"),
+        TIMELINE.c.subject_id == sa.bindparam("_id"),
+        TIMELINE.c.id <= newest_kept,
+    )
+
+
+_PRUNE_TIMELINE = _prune_statement(TIMELINE_LIMIT)
+_DELETE_EVENTS = sa.delete(TIMELINE).where(
+    TIMELINE.c.subject == sa.bindparam("_subject"), TIMELINE.c.subject_id == sa.bindparam("_id")
+)
 _DELETE_PROPLET = sa.delete(PROPLETS).where(PROPLETS.c.id == sa.bindparam("_id"))
 _DELETE_PROPLET_METRICS = sa.delete(PROPLET_METRICS).where(
     PROPLET_METRICS.c.proplet_id == sa.bindparam("_id")
@@ -838,6 +1054,10 @@ class _Plan:
     jobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     task_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     proplet_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    task_logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    replaced_logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # final records redone
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    prune: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     written: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
 
 

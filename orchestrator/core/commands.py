@@ -67,6 +67,26 @@ class RecordTaskMetrics:
 
 
 @dataclass(frozen=True)
+class RecordTaskLogs:
+    """Output of one attempt of a task, kept apart from its result.
+
+    ``final=False``: a live piece (``seq`` numbers them per attempt) sent while the task runs.
+    ``final=True``: the whole bounded record that came with the result (runtime notes, stderr, ...);
+    ``replace``: it replaces a final record stored before for the same attempt and proplet.
+    ``lines`` are (stream, text) pairs; stream is ``stderr``, ``stdout`` or ``runtime``.
+    """
+
+    task_id: str
+    attempt: int
+    proplet_id: str
+    lines: tuple[tuple[str, str], ...]
+    final: bool
+    timestamp: float
+    seq: int | None = None
+    replace: bool = False
+
+
+@dataclass(frozen=True)
 class InvocationFinished:
     """An invocation of a latent task got its answer (or timed out): the caller waiting on it resumes."""
 
@@ -86,6 +106,28 @@ class LogEvent:
     level: str = "info"
 
 
+@dataclass(frozen=True, slots=True)
+class RecordTaskEvent:
+    """One entry of a task's timeline: what happened (``kind``), why (``cause``), when (UNIX seconds)."""
+
+    task_id: str
+    at_wall: float
+    kind: str
+    cause: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPropletEvent:
+    """One entry of a proplet's timeline: joined, died (cause), came back."""
+
+    proplet_id: str
+    at_wall: float
+    kind: str
+    cause: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
 Command = (
     Publish
     | PersistTask
@@ -95,6 +137,9 @@ Command = (
     | DeleteProplet
     | RecordPropletMetrics
     | RecordTaskMetrics
+    | RecordTaskLogs
     | InvocationFinished
     | LogEvent
+    | RecordTaskEvent
+    | RecordPropletEvent
 )

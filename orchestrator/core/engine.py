@@ -29,7 +29,10 @@ from orchestrator.core.commands import (
     PersistProplet,
     PersistTask,
     Publish,
+    RecordPropletEvent,
     RecordPropletMetrics,
+    RecordTaskEvent,
+    RecordTaskLogs,
     RecordTaskMetrics,
 )
 from orchestrator.core.errors import Conflict, NotFound, ShuttingDown, ValidationError
@@ -37,6 +40,7 @@ from orchestrator.core.groups import Groups
 from orchestrator.core.latent import Latent
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 from orchestrator.core.placement import PlacementPolicy, RoundRobin
+from orchestrator.core.results import parsed
 from orchestrator.core.states import Trigger
 from orchestrator.core.tasktable import TaskTable
 from orchestrator.core.validation import build_task, printable
@@ -66,6 +70,8 @@ class EngineConfig:
     terminal_cache: int = 10_000
     # Unplaceable tasks one queue drain examines before it stops (keeps a drain O(k log n)).
     drain_scan_limit: int = 256
+    # Record each task's and proplet's timeline (RecordTaskEvent / RecordPropletEvent commands).
+    timeline: bool = True
 
     @property
     def timeout(self) -> float:
@@ -94,6 +100,9 @@ class Engine:
         self.jobs: dict[str, Job] = {}
         # wall - now, refreshed on every call that passes both: converts cron times to deadlines.
         self._wall_offset: float | None = None
+        self._event_wall = 0.0  # wall time of the message being handled (timeline entries)
+        # Tasks whose current attempt a heartbeat has reported running (a "running" timeline entry).
+        self._seen_running: set[str] = set()
         # Tasks waiting for capacity, with the monotonic time they started waiting; the heap orders
         # them by (priority, since) and the FIFO by since (queue timeouts). Both are lazy: an entry
         # whose task left the queue (or re-entered it later) is skipped when it surfaces.
@@ -149,6 +158,16 @@ class Engine:
 
     def _log(self, event: str, level: str = "info", **fields: Any) -> None:
         self._emit(LogEvent(event, fields, level))
+
+    def _task_event(self, task_id: str, wall: float, kind: str, cause: str = "", **fields: Any) -> None:
+        """A timeline entry of a task. Bounded: every kind is emitted at most once per transition, and
+        transitions per task are bounded by max_attempts and max_refusals (the store caps it too)."""
+        if self.config.timeline:
+            self._emit(RecordTaskEvent(task_id, wall, kind, cause, fields))
+
+    def _proplet_event(self, proplet_id: str, wall: float, kind: str, cause: str = "", **fields: Any) -> None:
+        if self.config.timeline:
+            self._emit(RecordPropletEvent(proplet_id, wall, kind, cause, fields))
 
     def _persist_task(self, task: Task, wall: float) -> None:
         task.updated_at = wall
@@ -270,6 +289,7 @@ class Engine:
     def _vacate(self, task: Task) -> None:
         """``task`` no longer holds a slot on its proplet (idempotent)."""
         self._deadline_of.pop(task.id, None)
+        self._seen_running.discard(task.id)
         running = self._running_on.get(task.proplet_id)
         if running is None or running.pop(task.id, None) is None:
             return
@@ -394,6 +414,7 @@ class Engine:
 
     def handle(self, event: MessageReceived, now: float, wall: float) -> None:
         self._wall_offset = wall - now
+        self._event_wall = wall
         suffix = self.topics.suffix(event.topic)
         if suffix is None or suffix not in _HANDLED_SUFFIXES:
             return  # our own commands echoed back, or topics we do not serve here
@@ -416,6 +437,8 @@ class Engine:
             self._on_discovery(message, now, wall)
         elif isinstance(message, wire.TaskResult):
             self._on_result(message, now, wall)
+        elif isinstance(message, wire.TaskLogs):
+            self._on_logs(message, wall)
         elif isinstance(message, wire.InvokeResult):
             self.latent.on_result(message, now, wall)
         elif isinstance(message, wire.PropletMetrics):
@@ -461,6 +484,7 @@ class Engine:
         self._grace.pop(proplet_id, None)
         if not was_alive:
             self._log("proplet_alive", proplet_id=proplet_id, new=created)
+            self._proplet_event(proplet_id, wall, "joined" if created else "back", "heard from it")
             self._persist_proplet(proplet)
             self._unpark()
             self._drain_queue(now, wall)
@@ -517,6 +541,15 @@ class Engine:
         ]
         if now < self._quiet_until:
             lost = []  # just back on the broker: re-sent results may still be on their way
+        if self.config.timeline and running:
+            for task_id in running:
+                task = self._running_on.get(proplet.id, {}).get(task_id)
+                if task is not None and task_id not in self._seen_running:
+                    self._seen_running.add(task_id)
+                    self._task_event(
+                        task_id, wall, "running", "reported by its heartbeat", proplet_id=proplet.id,
+                        attempt=task.attempt,
+                    )  # fmt: skip
         stale = self._stale.get(proplet.id)
         if stale:
             for task_id in [t for t in stale if t not in running]:
@@ -551,6 +584,32 @@ class Engine:
         self._persist_proplet(proplet)
         self._unpark()
         self._drain_queue(now, wall)
+
+    def _on_logs(self, msg: wire.TaskLogs, wall: float) -> None:
+        """A live piece of a running attempt's output; pieces of other attempts are stale."""
+        task = self.tasks.find(msg.task_id)
+        attempt = msg.attempt if msg.attempt is not None else task.attempt if task else 0
+        if task is None or task.state is not TaskState.RUNNING or attempt != task.attempt:
+            self.counters["logs_ignored"] += 1
+            return
+        if not task.broadcast and msg.proplet_id and msg.proplet_id != task.proplet_id:
+            self.counters["logs_ignored"] += 1  # not from the proplet running this attempt
+            return
+        if len(msg.data) > MAX_LOG_PIECE_CHARS:
+            self.counters["logs_oversized"] += 1
+            self._log("log_piece_oversized", "warning", task_id=task.id, chars=len(msg.data))
+            return
+        line = ((msg.stream, msg.data),)
+        self._emit(RecordTaskLogs(task.id, attempt, msg.proplet_id, line, False, wall, msg.seq))
+
+    def _record_final_logs(
+        self, task: Task, msg: wire.TaskResult, wall: float, *, again: bool = False
+    ) -> None:
+        """The record that came with an accepted result (one per attempt and proplet); ``again``: a
+        result after a stop may come twice, so it replaces any earlier record."""
+        if msg.logs is not None:
+            pid = msg.proplet_id or ""
+            self._emit(RecordTaskLogs(task.id, task.attempt, pid, tuple(msg.logs), True, wall, replace=again))
 
     def _on_result(self, msg: wire.TaskResult, now: float, wall: float) -> None:
         task = self.tasks.find(msg.task_id)
@@ -590,6 +649,8 @@ class Engine:
             sender and task.proplet_id and sender != task.proplet_id and not task.broadcast
         )
         if task.state is not TaskState.RUNNING or superseded:
+            if not superseded and task.state is TaskState.INTERRUPTED:
+                self._record_final_logs(task, msg, wall, again=True)  # a stopped attempt's logs still count
             self.counters["results_ignored"] += 1
             self._log(
                 "result_ignored",
@@ -606,6 +667,8 @@ class Engine:
             self._on_refusal(task, refused, printable(msg.error or refused), now, wall)
             return
         task.results = msg.results
+        task.result_type = msg.result_type or ""
+        self._record_final_logs(task, msg, wall)
         task.finish_time = wall
         if msg.is_success:
             states.apply(task, Trigger.COMPLETE)
@@ -619,6 +682,10 @@ class Engine:
             self.dispatch_latencies.append(now - started)
         self.counters[f"tasks_{task.state.name.lower()}"] += 1
         self._log("task_finished", task_id=task.id, state=task.state.label, proplet_id=task.proplet_id)
+        self._task_event(
+            task.id, wall, "result", task.error or task.state.label, state=task.state.label,
+            proplet_id=task.proplet_id, attempt=task.attempt, verified=task.verified,
+        )  # fmt: skip
         self._persist_task(task, wall)
         self._after_terminal(task, now, wall)
         proplet = self.proplets.get(task.proplet_id)
@@ -644,6 +711,10 @@ class Engine:
         self.counters["late_results_accepted"] += 1
         self.counters["tasks_completed"] += 1
         self._log("task_finished", task_id=task.id, state=task.state.label, proplet_id=sender, late=True)
+        self._task_event(
+            task.id, wall, "result", "late result of a superseded attempt", state=task.state.label,
+            proplet_id=sender, attempt=task.attempt, verified=task.verified,
+        )  # fmt: skip
         self._persist_task(task, wall)
         self._after_terminal(task, now, wall)
         self._drain_queue(now, wall)
@@ -690,6 +761,7 @@ class Engine:
             task.proplet_id = ""
         self._enqueue(task, now)
         self._log("start_refused", task_id=task.id, proplet_id=proplet.id, refused=kind, reason=reason)
+        self._task_event(task.id, wall, "refused", reason, proplet_id=proplet.id, refusal=kind)
         self._persist_task(task, wall)
         if drain:
             self._drain_queue(now, wall)
@@ -735,6 +807,10 @@ class Engine:
             attempt=task.attempt,
             proplet_id=task.proplet_id,
         )
+        self._task_event(
+            task.id, self._event_wall, "receipt_rejected", verdict.detail or verdict.reason,
+            reason=verdict.reason, sender=msg.proplet_id,
+        )  # fmt: skip
 
     def _on_broadcast_result(
         self,
@@ -751,7 +827,10 @@ class Engine:
             self.counters["results_ignored"] += 1
             return
         results[key] = {"results": msg.results, "error": msg.error or ""}
+        if msg.result_type:
+            results[key]["result_type"] = msg.result_type
         task.results = results
+        self._record_final_logs(task, msg, wall)
         if verdict is not None:  # receipts per target; the task is verified when every answer was
             signed = dict(task.receipt or {})
             if verdict.receipt is not None:
@@ -917,6 +996,9 @@ class Engine:
             proplet.alive = False
             self.counters["proplets_died"] += 1
             self._log("proplet_dead", "warning", proplet_id=proplet.id, reason=reason)
+            self._proplet_event(
+                proplet.id, wall, "died", reason, running=len(self._running_on.get(proplet.id, {}))
+            )
             self._persist_proplet(proplet)
         self._release_tasks(proplet, reason, now, wall)
 
@@ -930,6 +1012,9 @@ class Engine:
         for task in list(self._running_on.get(proplet.id, {}).values()):
             # It may still be running there (a partition, not a death): stop it when it is back.
             self._supersede(task, proplet.id)
+            self._task_event(
+                task.id, wall, "proplet_died", reason, proplet_id=proplet.id, attempt=task.attempt
+            )
             self._requeue_or_fail(task, proplet, f"proplet {proplet.id} died ({reason})", now, wall)
         self._drain_queue(now, wall)
 
@@ -949,6 +1034,7 @@ class Engine:
         self._enqueue(task, now)
         self.counters["tasks_redispatched"] += 1
         self._log("task_requeued", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt, reason=why)
+        self._task_event(task.id, wall, "requeued", why, proplet_id=proplet.id, attempt=task.attempt)
         self._persist_task(task, wall)
 
     # ------------------------------------------------------------------ user operations
@@ -956,7 +1042,7 @@ class Engine:
     def create_task(self, spec: dict[str, Any], wall: float) -> Task:
         if self.shutting_down:
             raise ShuttingDown("service is shutting down")
-        task = task_from_spec(spec, self._new_id)
+        task = build_task(spec, self._new_id, default_max_attempts=self.config.max_attempts)
         task.created_at = task.updated_at = wall
         if task.id in self.tasks:
             raise Conflict(f"task {task.id} already exists", "id")
@@ -966,6 +1052,7 @@ class Engine:
         self._admit(task)
         self._persist_task(task, wall)
         self._log("task_created", task_id=task.id, name=task.name)
+        self._task_event(task.id, wall, "created", "", name=task.name)
         return task
 
     def get_task(self, task_id: str) -> Task:
@@ -1002,6 +1089,7 @@ class Engine:
             states.apply(task, Trigger.RESET)
             task.attempt = 0
             task.results = None
+            task.result_type = ""
             task.receipt, task.verified = None, False
         task.error = ""
         task.finish_time = None
@@ -1010,6 +1098,7 @@ class Engine:
             return task
         states.apply(task, Trigger.QUEUE)
         self._enqueue(task, now)
+        self._task_event(task.id, wall, "queued", "started", pinned=task.proplet_id or None)
         self._persist_task(task, wall)
         self._drain_queue(now, wall)
         return task
@@ -1033,6 +1122,7 @@ class Engine:
         self._persist_task(task, wall)
         self._emit(Publish(self.topics.start, wire.encode(start), self.config.qos))
         self._log("task_broadcast", task_id=task.id, targets=len(targets))
+        self._task_event(task.id, wall, "broadcast", "started", targets=len(targets))
 
     def stop_task(self, task_id: str, wall: float) -> Task:
         task = self.get_task(task_id)
@@ -1058,6 +1148,7 @@ class Engine:
         task.finish_time = wall
         self._persist_task(task, wall)
         self._log("task_interrupted", task_id=task.id, reason=reason)
+        self._task_event(task.id, wall, "stopped", reason)
 
     UPDATABLE = ("name", "inputs", "file", "priority", "metadata", "schedule", "is_recurring", "timezone")
 
@@ -1145,6 +1236,8 @@ class Engine:
                 reason = choice.reason
                 if not pool and task.proplet_id in self._busy:
                     reason = f"proplet {task.proplet_id} is busy; waiting for it to report room"
+                if reason != task.error:  # only when the reason to wait changes (keeps it bounded)
+                    self._task_event(task_id, wall, "waiting", reason)
                 task.error = reason
                 if largest is not None and task.memory_bytes > largest and not task.proplet_id:
                     self._parked.append(entry)  # no alive proplet could ever hold it as announced
@@ -1152,6 +1245,11 @@ class Engine:
                     deferred.append(entry)
                 continue
             del self._queue[task_id]
+            if self.config.timeline:
+                self._task_event(
+                    task_id, wall, "placed", self.policy.name, proplet_id=choice.proplet.id,
+                    candidates=len(pool), considered=[p.id for p in pool[:5]],
+                )  # fmt: skip
             self._dispatch(task, choice.proplet, now, wall)
             if not _has_slot(choice.proplet):
                 open_ = [p for p in open_ if p is not choice.proplet]
@@ -1165,6 +1263,8 @@ class Engine:
                 reason = self.policy.choose(head, alive, self._reserved_bytes).reason
                 if not alive and self._busy:
                     reason = "every alive proplet is busy; waiting for one to report room"
+                if reason and reason != head.error:
+                    self._task_event(head.id, wall, "waiting", reason)
                 head.error = reason or head.error
 
     def _unpark(self) -> None:
@@ -1204,6 +1304,7 @@ class Engine:
         self._persist_task(task, wall)
         self._emit(Publish(self.topics.start, payload, self.config.qos))
         self._log("task_dispatched", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt)
+        self._task_event(task.id, wall, "start_published", "", proplet_id=proplet.id, attempt=task.attempt)
 
     def _start_message(self, task: Task, *, proplet_id: str, broadcast: bool) -> wire.StartTask:
         return wire.StartTask(
@@ -1227,11 +1328,12 @@ class Engine:
         )
 
     def _parent_results(self, task: Task) -> dict[str, Any] | None:
+        # A JSON result goes to the children as JSON, not as text they would have to parse again.
         parents: dict[str, Any] = {}
         for d in task.depends_on:
             parent = self.tasks.find(d)
             if parent is not None and parent.state is TaskState.COMPLETED and parent.results is not None:
-                parents[d] = parent.results
+                parents[d] = parsed(parent)
         return parents or None
 
     def _publish_stop(self, task: Task) -> None:
@@ -1260,6 +1362,7 @@ class Engine:
         task.finish_time = wall
         self.counters["tasks_failed"] += 1
         self._log("task_failed", "warning", task_id=task.id, reason=reason)
+        self._task_event(task.id, wall, "failed", reason, attempt=task.attempt)
         self._persist_task(task, wall)
 
     # ------------------------------------------------------------------ workflows, jobs, cron, latent
@@ -1310,6 +1413,10 @@ class Engine:
 
     def queued(self) -> list[str]:
         return list(self._queue)
+
+
+# Our proplets send pieces of at most 64 KiB; anything far larger is not a live log piece.
+MAX_LOG_PIECE_CHARS = 256 * 1024
 
 
 def snapshot(task: Task) -> Task:
@@ -1371,6 +1478,7 @@ _HANDLED_SUFFIXES = frozenset(
         "control/proplet/create",
         "control/proplet/alive",
         "control/proplet/results",
+        "control/proplet/logs",
         "control/proplet/invoke_results",
         "control/proplet/metrics",
         "control/proplet/task_metrics",

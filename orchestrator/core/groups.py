@@ -62,7 +62,7 @@ class Groups:
         tasks: list[Task] = []
         for i, spec in enumerate(specs):
             try:
-                task = build_task(spec, self.e._new_id)
+                task = build_task(spec, self.e._new_id, default_max_attempts=self.e.config.max_attempts)
             except ValidationError as err:
                 raise ValidationError(f"tasks[{i}]: {err.message}", f"tasks[{i}].{err.field}") from None
             if task.id in self.e.tasks or any(t.id == task.id for t in tasks):
@@ -76,6 +76,7 @@ class Groups:
         for t in tasks:
             self.e._admit(t)
             self.e._persist_task(t, wall)
+            self.e._task_event(t.id, wall, "created", "", name=t.name)
 
     def job_tasks(self, job_id: str) -> list[Task]:
         if job_id not in self.e.jobs:

@@ -114,6 +114,8 @@ class Task:
     workflow_id: str = ""
     job_id: str = ""
     results: Any = None
+    # Our extension: how to read ``results`` ("json", "text", "binary" = base64); "" = not said.
+    result_type: str = ""
     error: str = ""
     priority: int = 50
     broadcast: bool = False

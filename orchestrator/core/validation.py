@@ -28,7 +28,7 @@ _READ_ONLY = frozenset(
         "attempt",
     }
 )
-_LIMIT_KEYS = frozenset({"fuel", "memory_bytes", "timeout_s", "output_bytes"})
+_LIMIT_KEYS = frozenset({"fuel", "memory_bytes", "timeout_s", "output_bytes", "log_bytes"})
 _SHA256 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
 MAX_METADATA_BYTES = 1 << 20
 
@@ -98,7 +98,8 @@ def _looks_like_wat(data: bytes) -> bool:
     return not data.startswith(b"\0asm") and head.startswith((b"(module", b"(component", b";;"))
 
 
-def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
+def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: int = 3) -> Task:
+    """``default_max_attempts``: the manager's ``--max-attempts``, used when the spec sets none."""
     if not isinstance(spec, dict):
         raise ValidationError("task must be a JSON object")
     known = (
@@ -183,7 +184,7 @@ def build_task(spec: Any, new_id: Callable[[], str]) -> Task:
         sha256=sha256.removeprefix("sha256:").lower(),
         memory_bytes=memory_bytes,
         limits=dict(limits),
-        max_attempts=_int(spec, "max_attempts", 1, 100, 3),
+        max_attempts=_int(spec, "max_attempts", 1, 100, default_max_attempts),
     )
     return task
 

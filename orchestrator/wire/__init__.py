@@ -64,6 +64,9 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
     A refusal (our extension) is a ``RegistryChunk`` with ``error`` set, sent as ``chunk_idx`` 0,
     ``total_chunks`` 0 and empty ``data``; decoding a message with a non-empty ``error`` gives one.
 13. Invoke in the embedded profile is a CodecError: the firmware does not subscribe to invoke.
+    So is ``TaskLogs`` (our live-output topic ``control/proplet/logs``), and the result extensions
+    ``result_type`` (``text``/``json``/``binary``) and ``logs`` (``[{"stream","data"}]``) are never
+    sent in the embedded profile; upstream managers ignore both the topic and the keys.
 14. Topic IDs may contain ``/`` (upstream substitutes them verbatim) but not ``+``, ``#`` or NUL.
 15. Our delivery extensions: results may carry ``refused`` (``"busy"`` | ``"out_of_memory"``, see
     ``refusals``: nothing ran, the attempt is not spent); stop may carry ``attempt`` (stop only that
@@ -100,6 +103,7 @@ from orchestrator.wire.messages import (
     RegistryRequest,
     StartTask,
     StopTask,
+    TaskLogs,
     TaskMetrics,
     TaskResult,
 )
@@ -124,6 +128,7 @@ __all__ = [
     "RegistryRequest",
     "StartTask",
     "StopTask",
+    "TaskLogs",
     "TaskMetrics",
     "TaskResult",
     "Topics",

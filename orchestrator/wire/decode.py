@@ -168,6 +168,28 @@ def _error(o: Obj) -> str | None:
     return o.opt_text("error")
 
 
+def _result_type(o: Obj) -> str | None:
+    kind = o.opt_text("result_type")
+    if kind is not None and kind not in m.RESULT_TYPES:
+        o.fail("result_type", f"must be one of {', '.join(sorted(m.RESULT_TYPES))}, got {kind[:40]!r}")
+    return kind
+
+
+def _log_lines(o: Obj) -> m.LogLines | None:
+    value = o.raw("logs")
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        o.fail("logs", "must be an array of {stream, data} objects")
+    out: list[tuple[str, str]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            o.fail(f"logs[{i}]", "must be an object with 'stream' and 'data'")
+        line = Obj(item, o.topic, o.name(f"logs[{i}]"))
+        out.append((line.text("stream", required=True), line.text("data")))
+    return tuple(out)
+
+
 def _result(o: Obj) -> m.TaskResult:
     return m.TaskResult(
         task_id=o.text("task_id", required=True),
@@ -177,6 +199,19 @@ def _result(o: Obj) -> m.TaskResult:
         attempt=o.opt_integer("attempt", hi=I32_MAX),
         receipt=o.any_map("receipt"),
         refused=o.opt_text("refused") or None,
+        result_type=_result_type(o),
+        logs=_log_lines(o),
+    )
+
+
+def _logs(o: Obj) -> m.TaskLogs:
+    return m.TaskLogs(
+        task_id=o.text("task_id", required=True),
+        proplet_id=o.text("proplet_id"),
+        attempt=o.opt_integer("attempt", hi=I32_MAX),
+        seq=o.integer("seq", hi=U64_MAX),
+        stream=o.text("stream", required=True),
+        data=o.text("data"),
     )
 
 
@@ -306,6 +341,7 @@ DECODERS: dict[str, Callable[[Obj], m.Message]] = {
     t.CREATE: _discovery,
     t.ALIVE: _heartbeat,
     t.RESULTS: _result,
+    t.LOGS: _logs,
     t.INVOKE_RESULTS: _invoke_result,
     t.METRICS: _proplet_metrics,
     t.TASK_METRICS: _task_metrics,

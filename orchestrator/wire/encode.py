@@ -272,6 +272,33 @@ def _result(msg: m.TaskResult, profile: Profile) -> dict[str, Any]:
         out["receipt"] = dict(msg.receipt)
     if msg.refused is not None:
         out["refused"] = _need_text(msg.refused, "refused", required=True)
+    if msg.result_type is not None:
+        if msg.result_type not in m.RESULT_TYPES:
+            raise _fail("result_type", f"must be one of {', '.join(sorted(m.RESULT_TYPES))}")
+        out["result_type"] = msg.result_type
+    if msg.logs is not None:
+        out["logs"] = [
+            {
+                "stream": _need_text(stream, f"logs[{i}].stream", required=True),
+                "data": _need_text(data, f"logs[{i}].data"),
+            }
+            for i, (stream, data) in enumerate(msg.logs)
+        ]
+    return out
+
+
+def _logs(msg: m.TaskLogs, profile: Profile) -> dict[str, Any]:
+    if profile is Profile.EMBEDDED:
+        raise _fail("", "the embedded firmware sends no live logs")
+    out: dict[str, Any] = {
+        "task_id": _need_text(msg.task_id, "task_id", required=True),
+        "proplet_id": _need_text(msg.proplet_id, "proplet_id"),
+        "seq": check_int(msg.seq, "", "seq", lo=0, hi=U64_MAX),
+        "stream": _need_text(msg.stream, "stream", required=True),
+        "data": _need_text(msg.data, "data"),
+    }
+    if msg.attempt is not None:
+        out["attempt"] = check_int(msg.attempt, "", "attempt", lo=0, hi=I32_MAX)
     return out
 
 
@@ -382,6 +409,7 @@ _ENCODERS: dict[type, tuple[str, _Encoder]] = {
     m.Discovery: (t.CREATE, _discovery),
     m.Heartbeat: (t.ALIVE, _heartbeat),
     m.TaskResult: (t.RESULTS, _result),
+    m.TaskLogs: (t.LOGS, _logs),
     m.InvokeResult: (t.INVOKE_RESULTS, _invoke_result),
     m.PropletMetrics: (t.METRICS, _proplet_metrics),
     m.TaskMetrics: (t.TASK_METRICS, _task_metrics),

@@ -14,6 +14,9 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 TimestampKind = Literal["unix", "uptime_ms"]
+# How to read a result's text (our extension): JSON, plain UTF-8, or standard base64 of bytes.
+RESULT_TYPES: frozenset[str] = frozenset({"text", "json", "binary"})
+LogLines = tuple[tuple[str, str], ...]  # (stream, text): stream is stderr, stdout or runtime
 HeartbeatStatus = Literal["alive", "offline"]
 HEARTBEAT_STATUSES: frozenset[str] = frozenset({"alive", "offline"})
 
@@ -176,14 +179,36 @@ class TaskResult:
     # Our extension: the start was refused and nothing ran ("busy", "out_of_memory"; see
     # ``wire.refusals``); ``error`` says why. The attempt is not consumed. Upstream never sends it.
     refused: str | None = None
+    # Our extensions (upstream managers ignore unknown keys): how to read ``results`` (RESULT_TYPES),
+    # and the run's logs, kept apart from the result. None = the sender does not say (upstream).
+    result_type: str | None = None
+    logs: LogLines | None = None
 
     def __post_init__(self) -> None:
         if self.receipt is not None:
             _set(self, "receipt", _frozen(self.receipt))
+        if self.logs is not None:
+            _set(self, "logs", tuple((str(s), str(d)) for s, d in self.logs))
 
     @property
     def is_success(self) -> bool:
         return not self.error and not self.refused
+
+
+@dataclass(frozen=True)
+class TaskLogs:
+    """``control/proplet/logs`` (our extension topic): a piece of a running task's output, live.
+
+    ``seq`` counts the pieces of one attempt from 0, so a reader can order them and spot a gap. The
+    upstream manager ignores the topic and upstream proplets never send it.
+    """
+
+    task_id: str
+    proplet_id: str = ""
+    attempt: int | None = None
+    seq: int = 0
+    stream: str = "stderr"
+    data: str = ""
 
 
 @dataclass(frozen=True)
@@ -292,6 +317,6 @@ class RegistryChunk:
 
 
 Message = (
-    Discovery | Heartbeat | StartTask | StopTask | DiscoveryRequest | TaskResult | InvokeTask | InvokeResult
-    | PropletMetrics | TaskMetrics | RegistryRequest | RegistryChunk
+    Discovery | Heartbeat | StartTask | StopTask | DiscoveryRequest | TaskResult | TaskLogs | InvokeTask
+    | InvokeResult | PropletMetrics | TaskMetrics | RegistryRequest | RegistryChunk
 )  # fmt: skip

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 CREATE = "control/proplet/create"
 ALIVE = "control/proplet/alive"
 RESULTS = "control/proplet/results"
+LOGS = "control/proplet/logs"  # our extension: live task output
 INVOKE_RESULTS = "control/proplet/invoke_results"
 METRICS = "control/proplet/metrics"
 TASK_METRICS = "control/proplet/task_metrics"
@@ -65,6 +66,10 @@ class Topics:
         return self.topic(RESULTS)
 
     @property
+    def logs(self) -> str:
+        return self.topic(LOGS)
+
+    @property
     def invoke_results(self) -> str:
         return self.topic(INVOKE_RESULTS)
 
@@ -118,6 +123,7 @@ class Topics:
             self.create,
             self.alive,
             self.results,
+            self.logs,
             self.invoke_results,
             self.metrics,
             self.task_metrics,

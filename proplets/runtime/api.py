@@ -7,7 +7,7 @@ any other thread and interrupts the running module within one epoch tick (10 ms 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -30,6 +30,9 @@ class Limits:
     - timeout_s=300: upstream has no limit at all (§8.3); five minutes keeps a stuck task from
       holding a worker slot forever.
     - output_bytes=1 MiB per stream: upstream's INVOCATION_OUTPUT_CAPACITY for components (§8.3).
+      A module writing more is stopped; the result keeps the first ``output_bytes`` with a marker.
+    - log_bytes=64 KiB: how much of stderr (and runtime notes) is kept as the task's logs; the rest
+      is cut with a marker. Logs travel in the result message, so they stay well under 1 MiB.
     - max_table_elements=100_000, max_instances/tables/memories=10: wasmtime defaults are unbounded;
       these are far above what normal toolchains emit.
     """
@@ -38,6 +41,7 @@ class Limits:
     memory_bytes: int | None = 256 * MiB
     timeout_s: float | None = 300.0
     output_bytes: int = 1 * MiB
+    log_bytes: int = 64 * KiB
     max_table_elements: int | None = 100_000
     max_instances: int | None = 10
     max_tables: int | None = 10
@@ -57,8 +61,10 @@ class Limits:
                 raise ValueError(f"Limits.{name} must be a non-negative int or None, got {value!r}")
         if self.timeout_s is not None and not (self.timeout_s > 0):
             raise ValueError(f"Limits.timeout_s must be > 0 or None, got {self.timeout_s!r}")
-        if isinstance(self.output_bytes, bool) or self.output_bytes < 0:
-            raise ValueError(f"Limits.output_bytes must be >= 0, got {self.output_bytes!r}")
+        for name in ("output_bytes", "log_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Limits.{name} must be a non-negative int, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ class RunRequest:
     `function` is the task name: the export to call. Core modules fall back to `main`, `run`,
     `_start`; components without a custom export run as `wasi:cli/run` commands (upstream §8.3).
     `cli_args` become argv[1:] for WASI modules (upstream's Rust proplet drops them; we pass them).
+    `on_stderr`, when set, receives stderr as the module writes it (called on the running thread, at
+    most every `STREAM_INTERVAL_S`), so a driver can stream a long task's progress.
     """
 
     task_id: str
@@ -87,15 +95,21 @@ class RunRequest:
     stdin: bytes = b""
     limits: Limits = field(default_factory=Limits)
     dirs: tuple[Preopen, ...] = ()
+    on_stderr: Callable[[bytes], None] | None = field(default=None, compare=False, repr=False)
+
+
+STREAM_INTERVAL_S = 0.2
 
 
 @dataclass(frozen=True)
 class RunOutcome:
     """What happened. `error is None` means success.
 
-    `results` is upstream's result string: the first return value as decimal (core), WAVE text
-    (component), or stdout (+ "\\n" + stderr when non-empty) for commands. `values` holds every
-    return value of a core call.
+    `results` is the first return value as decimal (core) or WAVE text (component); for commands
+    (and exports that return nothing) it is stdout as text. `stdout` and `stderr` are the raw bytes
+    (at most `Limits.output_bytes` each); `stdout_total` is how much the module wrote, so a cut is
+    visible. `values` holds every return value of a core call. `notes` are what the runtime has to
+    say about the run (entry point chosen, limits hit, fuel used, compile cache hit).
     """
 
     results: str
@@ -107,6 +121,8 @@ class RunOutcome:
     duration_s: float = 0.0
     kind: RunKind = "core"
     values: tuple[int | float, ...] = ()
+    notes: tuple[str, ...] = ()
+    stdout_total: int = 0
 
     @property
     def ok(self) -> bool:

@@ -40,6 +40,7 @@ class ArtifactCache(Generic[T]):
         self.stats = CacheStats()
         self._entries: OrderedDict[str, T] = OrderedDict()
         self._lock = threading.Lock()
+        self._local = threading.local()  # where this thread's last get() found its artifact
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -61,9 +62,12 @@ class ArtifactCache(Generic[T]):
             if hit is not None:
                 self._entries.move_to_end(key)
                 self.stats.memory_hits += 1
+                self._local.last = "memory cache hit"
                 return hit
         artifact = self._load(key, deserialize)
+        self._local.last = "disk cache hit"
         if artifact is None:
+            self._local.last = "compiled (cache miss)"
             artifact = compile_(wasm)  # outside the lock: compiles of different modules run in parallel
             with self._lock:
                 self.stats.compiles += 1
@@ -74,6 +78,10 @@ class ArtifactCache(Generic[T]):
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return artifact
+
+    def last_source(self) -> str:
+        """How the calling thread's last ``get`` was served: memory/disk cache hit, or compiled."""
+        return str(getattr(self._local, "last", ""))
 
     def path(self, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{key}.cwasm"

@@ -141,3 +141,25 @@ def memory_requirements(data: bytes) -> tuple[int, int | None]:
     if not memories:
         return (0, 0)
     return (memories[0].min_pages, memories[0].max_pages)
+
+
+def custom_section_names(data: bytes) -> list[str]:
+    """Names of a core module's custom sections (``go:buildid`` marks the Go toolchain), in order."""
+    if not is_wasm(data) or is_component(data) or len(data) < 8:
+        return []
+    r = _Reader(data, 8)
+    names: list[str] = []
+    while r.pos < r.end:
+        section = r.byte()
+        size = r.uleb()
+        body_end = r.pos + size
+        if body_end > r.end:
+            raise WasmFormatError(f"section {section} at offset {r.pos} runs past the end of the data")
+        if section == 0:
+            s = _Reader(data, r.pos, body_end)
+            length = s.uleb()
+            start = s.pos
+            s.skip(length)
+            names.append(data[start : start + length].decode("utf-8", "replace"))
+        r.pos = body_end
+    return names

@@ -23,11 +23,11 @@ from wasmtime import _ffi as ffi
 from wasmtime import component as cm
 
 from proplets.runtime import wave
-from proplets.runtime.api import CancelToken, Limits, RunKind, RunOutcome, RunRequest
+from proplets.runtime.api import STREAM_INTERVAL_S, CancelToken, Limits, RunKind, RunOutcome, RunRequest
 from proplets.runtime.cache import ArtifactCache
 from proplets.runtime.component import UnsupportedComponentType, lift, lower, to_wave_type
 from proplets.runtime.inputs import InputError, convert_inputs, format_value
-from proplets.runtime.wasmbin import PAGE_BYTES, is_component, is_wasm
+from proplets.runtime.wasmbin import PAGE_BYTES, WasmFormatError, custom_section_names, is_component, is_wasm
 
 FUEL_UNLIMITED = 2**63 - 1
 FALLBACK_EXPORTS = ("main", "run", "_start")
@@ -59,8 +59,32 @@ class _Watch:
     fds: tuple[int, ...] = ()
     reason: str | None = None
     callback: Any = field(default=None, repr=False)
+    on_stderr: Any = field(default=None, repr=False)
+    streamed: int = 0  # bytes of stderr already handed to on_stderr
+    next_stream: float = 0.0
+
+    def stream(self, final: bool = False) -> None:
+        """Hand stderr written since the last call to ``on_stderr`` (at most ``output_cap`` in all)."""
+        if self.on_stderr is None or len(self.fds) < 2:
+            return
+        now = time.monotonic()
+        if not final and now < self.next_stream:
+            return
+        self.next_stream = now + STREAM_INTERVAL_S
+        want = self.output_cap - self.streamed
+        if want <= 0:
+            return
+        chunk = os.pread(self.fds[1], want, self.streamed)
+        if not chunk:
+            return
+        self.streamed += len(chunk)
+        try:
+            self.on_stderr(chunk)
+        except Exception:  # a driver's bug must not stop the guest; the final logs still hold it
+            self.on_stderr = None
 
     def check(self) -> str | None:
+        self.stream()
         if self.cancel is not None and self.cancel.cancelled:
             return "stopped"
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -200,6 +224,7 @@ class WasmtimeRuntime:
                     lim.timeout_s,
                     lim.output_bytes,
                     io.fds,
+                    on_stderr=req.on_stderr,
                 )
                 return self._execute(req, kind, watch, io, start)
             finally:
@@ -208,6 +233,7 @@ class WasmtimeRuntime:
 
     def _execute(self, req: RunRequest, kind: RunKind, watch: _Watch, io: _Io, start: float) -> RunOutcome:
         lim = req.limits
+        cache = self.components if kind == "component" else self.modules
         try:
             artifact: Any = (
                 self.compile_component(req.wasm) if kind == "component" else self.compile_module(req.wasm)
@@ -216,6 +242,7 @@ class WasmtimeRuntime:
             return RunOutcome(
                 "", f"invalid wasm {kind}: {_cause(e)}", kind=kind, duration_s=time.monotonic() - start
             )
+        notes = [f"{kind} {cache.last_source()}" if cache.last_source() else kind]
         store = wasmtime.Store(self.engine)
         fuel = FUEL_UNLIMITED if lim.fuel is None else lim.fuel
         memories: list[wasmtime.Memory] = []
@@ -226,9 +253,9 @@ class WasmtimeRuntime:
             store.set_fuel(fuel)
             watch.install(store)
             if kind == "component":
-                kind, results, exit_code = self._call_component(req, artifact, store, io)
+                kind, results, exit_code = self._call_component(req, artifact, store, io, notes)
             else:
-                kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories)
+                kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories, notes)
         except _RunError as e:
             error = str(e)
         except InputError as e:
@@ -247,7 +274,9 @@ class WasmtimeRuntime:
             consumed = None
         store.close()
         stdout, stderr = io.read(lim.output_bytes)
-        overflow = max(_size(io.stdout), _size(io.stderr)) > lim.output_bytes
+        watch.stream(final=True)
+        stdout_total = _size(io.stdout)
+        overflow = max(stdout_total, _size(io.stderr)) > lim.output_bytes
         if error is None and watch.reason is None and overflow:
             watch.reason = f"output exceeded {lim.output_bytes} bytes"
         if error is None and watch.reason is not None:
@@ -255,11 +284,21 @@ class WasmtimeRuntime:
         if error is None and exit_code not in (None, 0):
             tail = stderr[-_STDERR_TAIL:].decode("utf-8", "replace").strip()
             error = f"exited with code {exit_code}" + (f": {tail}" if tail else "")
-        if kind == "wasi" and error is None:
-            results = _command_result(stdout, stderr)
+        if kind == "wasi" or (kind == "core" and not values and stdout):
+            # a command's result is its stdout, byte for byte; stderr is kept apart as logs
+            results = stdout.decode("utf-8", "replace")
+        if exit_code is not None:
+            notes.append(f"exit code {exit_code}")
+        if consumed is not None and lim.fuel is not None:
+            notes.append(f"fuel consumed {consumed} of {lim.fuel}")
+        elif consumed is not None:
+            notes.append(f"fuel consumed {consumed}")
+        if error is not None and (watch.reason is not None or "limit" in error or "budget" in error):
+            notes.append(f"limit hit: {error}")
         return RunOutcome(
-            results, error, stdout, stderr, exit_code, consumed, time.monotonic() - start, kind, values
-        )
+            results, error, stdout, stderr, exit_code, consumed, time.monotonic() - start, kind, values,
+            tuple(notes), stdout_total,
+        )  # fmt: skip
 
     def _describe(
         self,
@@ -299,6 +338,7 @@ class WasmtimeRuntime:
         store: wasmtime.Store,
         io: _Io,
         memories: list[wasmtime.Memory],
+        notes: list[str],
     ) -> tuple[RunKind, str, tuple[float, ...], int | None]:
         linker = wasmtime.Linker(self.engine)
         if any(i.module.startswith(("wasi_snapshot_preview1", "wasi_unstable")) for i in module.imports):
@@ -312,7 +352,8 @@ class WasmtimeRuntime:
                 if isinstance(memory, wasmtime.Memory):
                     memories.append(memory)
         names = [e.name for e in module.exports if isinstance(e.type, wasmtime.FuncType)]
-        name = _pick_export(req.function, names)
+        name, why = _entry_point(req.function, names, req.wasm)
+        notes.append(why)
         init = _safe_get(exports, "_initialize")
         if isinstance(init, wasmtime.Func) and name != "_initialize":
             init(store)
@@ -338,7 +379,7 @@ class WasmtimeRuntime:
     # -- components ----------------------------------------------------------------------------------
 
     def _call_component(
-        self, req: RunRequest, component: cm.Component, store: wasmtime.Store, io: _Io
+        self, req: RunRequest, component: cm.Component, store: wasmtime.Store, io: _Io, notes: list[str]
     ) -> tuple[RunKind, str, int | None]:
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
@@ -347,6 +388,7 @@ class WasmtimeRuntime:
         export_names = list(component.type.exports(self.engine))
         if _has_custom_export(req.function):
             func = _resolve_component_func(instance, store, req.function, export_names)
+            notes.append(f"entry: component export '{req.function}'")
             ftype = func.type(store)
             params = ftype.params
             if len(params) != len(req.inputs):
@@ -378,6 +420,7 @@ class WasmtimeRuntime:
         run = instance.get_func(store, fidx) if fidx is not None else None
         if run is None:
             raise _RunError(f"{run_name} does not export a 'run' function")
+        notes.append(f"entry: {run_name} (component command)")
         status = run(store)
         tag = status.tag if isinstance(status, cm.Variant) else "ok"
         return "wasi", "", 0 if tag == "ok" else 1
@@ -392,6 +435,36 @@ def _pick_export(function: str, names: list[str]) -> str:
         f"export '{function or tried[0]}' not found (also tried {', '.join(tried[1:])}); "
         f"module exports: {', '.join(names) or 'no functions'}"
     )
+
+
+def _entry_point(function: str, names: list[str], wasm: bytes) -> tuple[str, str]:
+    """The export to call and a note saying why, by the module's shape (WASI application ABI).
+
+    A reactor (exports ``_initialize``, or neither entry point) has ``_initialize`` called first, then
+    the named export, falling back to ``main``, ``run``, ``_start`` (upstream's order). A command
+    (exports ``_start`` and no ``_initialize``) runs ``_start`` unless the task names another of its
+    exports explicitly; upstream would try ``main`` and ``run`` first, which for a Go command calls a
+    ``//go:wasmexport`` before the Go runtime exists and traps. A Go command's exports can only run
+    while its ``main`` runs, so a Go command always runs as a whole (``_start``).
+    """
+    command = "_start" in names and "_initialize" not in names
+    if not command:
+        name = _pick_export(function, names)
+        init = "_initialize, then " if "_initialize" in names and name != "_initialize" else ""
+        return name, f"entry: {init}'{name}' (reactor)" if init else f"entry: '{name}'"
+    named = bool(function) and function != "_start" and function in names
+    if named and not function.startswith("fl-round-"):
+        try:
+            go = "go:buildid" in custom_section_names(wasm)
+        except WasmFormatError:
+            go = False
+        if not go:
+            return function, f"entry: '{function}' (an export of a WASI command, called on its own)"
+        return "_start", (
+            f"entry: _start (WASI command): '{function}' is a //go:wasmexport of a Go command, which Go "
+            "allows only while main runs; build with -buildmode=c-shared to call it on its own"
+        )
+    return "_start", "entry: _start (WASI command)"
 
 
 def _has_custom_export(name: str) -> bool:
@@ -467,13 +540,6 @@ def _wasi_config(req: RunRequest, io: _Io) -> wasmtime.WasiConfig:
     for d in req.dirs:
         w.preopen_dir(d.host_path, d.guest_path)
     return w
-
-
-def _command_result(stdout: bytes, stderr: bytes) -> str:
-    text = stdout.decode("utf-8", "replace")
-    if stderr:
-        text += "\n" + stderr.decode("utf-8", "replace")
-    return text
 
 
 def _cause(e: Exception) -> str:

@@ -235,7 +235,10 @@ def test_dashboard_follows_a_task_and_a_proplet_death(
     page.goto(f"{fleet.url}/ui/tasks/{task_id}")
     expect(page.locator("#task-state")).to_have_text("Completed", timeout=WAIT_MS)
     expect(page.locator("#task-results")).to_contain_text("42")
-    expect(page.locator("#history")).to_contain_text("started on host-1")
+    # Its timeline, worded as `propeller task trace` words it.
+    expect(page.locator("#events")).to_contain_text("created")
+    expect(page.locator("#events")).to_contain_text("on host-1")
+    expect(page.locator("#events")).to_contain_text("start published")
     _shot(page, "task")
 
     # The proplet it ran on, one click away, lists it.
@@ -265,6 +268,9 @@ def test_dashboard_follows_a_task_and_a_proplet_death(
     expect(page.locator("#proplet-host-1")).to_have_attribute("data-state", "alive")
     expect(page.locator(".summary")).to_contain_text("dead")
     _shot(page, "fleet")
+    page.get_by_role("link", name="board-1").click()
+    expect(page.locator("#proplet-state")).to_have_text("dead")
+    expect(page.locator("#events")).to_contain_text("died", timeout=WAIT_MS)
 
     # Scenario reports from --reports-dir, opened from the list.
     page.goto(f"{fleet.url}/ui/reports")

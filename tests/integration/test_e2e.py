@@ -28,7 +28,8 @@ async def test_wasm_task_runs_through_the_api_and_reports_where(cluster: Cluster
     assert task["state"] == 3 and task["results"] == "42"
     assert task["proplet_id"] in ("p1", "p2")
     results = await cluster.api.get(f"/tasks/{task['id']}/results")
-    assert results.json() == {"results": "42"}
+    # upstream's {"results"}, plus our proplet's result_type (absent for upstream proplets' results)
+    assert results.json() == {"results": "42", "result_type": "json"}
     proplet = (await cluster.api.get(f"/proplets/{task['proplet_id']}")).json()
     assert proplet["alive"] and proplet["metadata"]["wasm_runtime"] == "wasmtime-python"
 

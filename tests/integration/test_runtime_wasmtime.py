@@ -137,7 +137,7 @@ def test_wasi_argv_env_stdin_stdout_stderr(rt: WasmtimeRuntime, tmp_path: Path) 
     assert out.error is None and out.kind == "wasi" and out.exit_code == 0
     assert out.stdout == b"task.wasm\na\nb c\nK=V\nTASK=t-2\nline one\nline two"
     assert out.stderr == b"warn\n"
-    assert out.results == "task.wasm\na\nb c\nK=V\nTASK=t-2\nline one\nline two\nwarn\n"
+    assert out.results == "task.wasm\na\nb c\nK=V\nTASK=t-2\nline one\nline two"  # stdout only
 
 
 def test_wasi_exit_code_with_stderr_tail(rt: WasmtimeRuntime) -> None:

@@ -41,6 +41,7 @@ def full_task(i: int = 0) -> Task:
             "nested": {"a": [{"b": {"c": "深い"}}]},
             "big": 2**62,
         },
+        result_type="json",
         error="boom ✗\nsecond line",
         priority=99,
         broadcast=True,
@@ -210,6 +211,25 @@ async def test_task_metrics_paging_newest_first(store: Store) -> None:
     assert all(r.task_id == "t" and r.proplet_id == "p" for r in page)
     with pytest.raises(ValueError, match="offset and limit must be >= 0"):
         await store.list_task_metrics("t", offset=-1)
+
+
+async def test_task_logs_by_attempt_live_pieces_kept_final_record_replaced_on_request(store: Store) -> None:
+    await store.add_task_logs("t", 1, "p", [("stderr", "a\n")], final=False, timestamp=1.0, seq=0)
+    await store.add_task_logs("t", 1, "p", [("stderr", "b ☃\n")], final=False, timestamp=2.0, seq=1)
+    await store.add_task_logs("t", 1, "p", [("runtime", "old")], final=True, timestamp=3.0)
+    final = [("runtime", "x"), ("stderr", "a\nb ☃\n")]
+    await store.add_task_logs("t", 1, "p", final, final=True, timestamp=4.0, replace=True)
+    await store.add_task_logs("t", 2, "p", [("stderr", "second attempt")], final=False, timestamp=5.0, seq=0)
+    rows = await store.list_task_logs("t", 1)
+    assert [(r.final, r.seq, r.stream, r.data) for r in rows] == [
+        (False, 0, "stderr", "a\n"), (False, 1, "stderr", "b ☃\n"),
+        (True, None, "runtime", "x"), (True, None, "stderr", "a\nb ☃\n"),
+    ]  # fmt: skip
+    later = await store.list_task_logs("t", 1, after=rows[1].id)
+    assert [r.data for r in later] == ["x", "a\nb ☃\n"]
+    assert [r.data for r in await store.list_task_logs("t", 2)] == ["second attempt"]
+    await store.delete_task("t")
+    assert await store.list_task_logs("t", 1) == []
 
 
 async def test_prune_metrics(store: Store) -> None:

@@ -16,7 +16,8 @@ from orchestrator.adapters.store import METADATA, PROPLETS, TASKS, Store, StoreE
 from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
-REVISIONS = ("0001", "trust_receipts", "mgr_throughput")  # every revision, oldest first
+# every revision, oldest first
+REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "task_output", "timeline")
 HEAD = REVISIONS[-1]
 
 
@@ -125,6 +126,7 @@ async def test_a_version_1_database_gains_unverified_receipt_columns_keeping_row
         assert store.applied_revisions == REVISIONS[1:]
         (task,) = await store.load_tasks()
         assert task.id == "old" and task.results == "42" and task.receipt is None and task.verified is False
+        assert task.result_type == ""  # task_output: results of old rows are not typed
         task.receipt, task.verified = {"v": 1}, True
         await store.save_task(task)
         assert (await store.load_tasks())[0].verified is True

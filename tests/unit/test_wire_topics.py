@@ -13,6 +13,7 @@ def test_topic_names_match_the_upstream_table() -> None:
     assert t.alive == "m/tenant/c/chan/control/proplet/alive"
     assert t.results == "m/tenant/c/chan/control/proplet/results"
     assert t.invoke_results == "m/tenant/c/chan/control/proplet/invoke_results"
+    assert t.logs == "m/tenant/c/chan/control/proplet/logs"  # our extension: live task output
     assert t.metrics == "m/tenant/c/chan/control/proplet/metrics"
     assert t.task_metrics == "m/tenant/c/chan/control/proplet/task_metrics"
     assert t.start == "m/tenant/c/chan/control/manager/start"
@@ -27,7 +28,8 @@ def test_subscriptions_of_each_side() -> None:
     t = Topics("d", "c")
     assert t.proplet_subscriptions == [t.start, t.stop, t.invoke, t.registry_server]
     assert set(t.manager_subscriptions) == {
-        t.create, t.alive, t.results, t.invoke_results, t.metrics, t.task_metrics, t.registry_request
+        t.create, t.alive, t.results, t.logs, t.invoke_results, t.metrics, t.task_metrics,
+        t.registry_request,
     }  # fmt: skip
     assert not set(t.proplet_subscriptions) & set(t.manager_subscriptions)
 
