@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hil.board import BoardError, SerialBoard
-from hil.calibrate import CalibrationError, calibrate_files
+from hil.calibrate import ARENA_BYTES, CalibrationError, calibrate_files
 from hil.console import ConsoleEvent
 from hil.flash import FlashConfig, FlashError, flash
 from hil.rig import (
@@ -24,6 +24,7 @@ from hil.rig import (
     resolve_port,
     specs_from_ports,
 )
+from twin.devices.profiles import write_profile
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -48,11 +49,15 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    arena = getattr(args, "arena", None) or ARENA_BYTES
     try:
-        result = calibrate_files(Path(p) for p in args.logs)
+        result = calibrate_files((Path(p) for p in args.logs), arena_bytes=arena)
     except CalibrationError as exc:
         return _fail(str(exc))
     print(result.report())
+    if getattr(args, "write", None):
+        path = write_profile(Path(args.write), result.profile())
+        print(f"profile: {path}")
     return 0
 
 
@@ -132,8 +137,12 @@ def add_hil_subcommands(subparsers: Any) -> None:
     d.add_argument("--force", action="store_true", help="overwrite an existing map")
     d.add_argument("--platform", default="esp32s3_devkitc")
     d.set_defaults(func=cmd_discover)
-    c = sub.add_parser("calibrate", help="fit the twin's esp32s3 memory constants from benchmark logs")
+    c = sub.add_parser("calibrate", help="fit the twin's esp32s3 profile from the Zephyr benchmark's output")
     c.add_argument("logs", nargs="+", metavar="LOG")
+    c.add_argument("--arena", type=int, metavar="BYTES",
+                   help=f"the benchmark's malloc arena (default {ARENA_BYTES}, its prj.conf)")
+    c.add_argument("--write", metavar="FILE.yaml",
+                   help="write the fitted profile for scenarios (a fleet group's profile: FILE.yaml)")
     c.set_defaults(func=cmd_calibrate)
     f = sub.add_parser("flash", help="flash a board with esptool or west")
     _board_args(f)

@@ -249,6 +249,12 @@ async def _until(check: Any, timeout: float, what: str, child: Child | None = No
     raise TimeoutError(f"bench: timed out after {timeout:g} s waiting for {what}")
 
 
+# The benchmarks drive the broker with raw clients (observers, round trips, raw discovery of thousands
+# of proplets), which a closed broker refuses by design: they run the embedded broker open
+# (`--broker-open`). What closing it costs is measured on its own (tests/bench/test_bench_identity.py).
+OPEN_BROKER = ("--broker-open",)
+
+
 @dataclass
 class Cluster:
     api: httpx.AsyncClient
@@ -282,7 +288,7 @@ async def cluster(
                 _cli(
                     "manager", "--broker", manager_broker, "--db", str(tmp / "manager.db"),
                     "--api", f"127.0.0.1:{api_port}", "--domain", domain, "--channel", channel,
-                    "--heartbeat-interval", str(heartbeat),
+                    "--heartbeat-interval", str(heartbeat), *OPEN_BROKER,
                 ),
                 tmp / "manager.log",
                 {**os.environ, "PROPELLER_PROFILE": profile} if profile else None,
@@ -310,7 +316,7 @@ async def cluster(
             service = ManagerService(
                 ManagerSettings(
                     broker=manager_broker, db=str(tmp / "manager.db"), api_port=0, domain=domain,
-                    channel=channel, heartbeat_interval=heartbeat,
+                    channel=channel, heartbeat_interval=heartbeat, broker_open=bool(OPEN_BROKER),
                 )
             )  # fmt: skip
             await service.start()

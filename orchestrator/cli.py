@@ -102,6 +102,12 @@ def cmd_manager(args: argparse.Namespace) -> int:
 
     api = {"api_host": args.api[0], "api_port": args.api[1]} if args.api else {}
     settings = from_args(ManagerSettings, args, **api)
+    if settings.identity:
+        try:
+            settings = _manager_identity(settings, settings.identity)
+        except ValueError as err:
+            print(f"propeller manager: {err}", file=sys.stderr)
+            return EXIT_USAGE
     service = ManagerService(settings)
     try:
         run_loop(_serve_until_signal(service.start, service.stop), args.loop)
@@ -114,11 +120,41 @@ def cmd_manager(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_proplet(args: argparse.Namespace) -> int:
-    from proplets.agent import AgentSettings, PropletAgent, default_proplet_id
+def _manager_identity(settings: Any, path: str) -> Any:
+    """The manager's enrolled identity (kind manager) for an external broker: client id + credentials."""
+    import dataclasses
 
+    from orchestrator.adapters.broker_url import parse_broker_url
+    from orchestrator.enrollment import load_identity
+
+    ident = load_identity(path)
+    if ident.kind != "manager":
+        raise ValueError(f"identity file {path}: kind {ident.kind!r}, expected 'manager'")
+    url = parse_broker_url(settings.broker)
+    if url.scheme == "embedded":
+        raise ValueError("--identity is for an external broker; the embedded broker makes its own")
+    url = dataclasses.replace(url, username=ident.username, password=ident.password)
+    broker = f"{url.scheme}://{_quote(ident.username)}:{_quote(ident.password)}@{url.hostport}"
+    return dataclasses.replace(settings, broker=broker, client_id=ident.client_id, enrolled_only=True)
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def cmd_proplet(args: argparse.Namespace) -> int:
+    from proplets.agent import AgentSettings, PropletAgent, default_proplet_id, with_identity
+
+    broker = args.broker
+    if broker is None and args.identity:
+        with contextlib.suppress(ValueError):  # a bad file is reported below, naming the field
+            from orchestrator.enrollment import load_identity
+
+            broker = load_identity(args.identity).broker
     settings = AgentSettings(
-        broker=args.broker,
+        broker=broker or "mqtt://127.0.0.1:1883",
         proplet_id=args.id or default_proplet_id(),
         wait_for_broker=True,
         domain=args.domain,
@@ -133,6 +169,12 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         heap_bytes=args.heap_bytes,
         fetch_allow=args.fetch_allow,
     )
+    if args.identity:
+        try:
+            settings = with_identity(settings, args.identity)
+        except ValueError as err:
+            print(f"propeller proplet: {err}", file=sys.stderr)
+            return EXIT_USAGE
 
     async def main() -> None:
         agent = PropletAgent(settings)
@@ -141,26 +183,114 @@ def cmd_proplet(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except Exception as err:
-        print(f"propeller proplet: {err}", file=sys.stderr)
+        from proplets.agent import AUTH_HINT
+
+        hint = f" ({AUTH_HINT})" if "Not authorized" in str(err) else ""
+        print(f"propeller proplet: {err}{hint}", file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    if getattr(args, "broker_cmd", None) == "mosquitto-config":
+        return cmd_mosquitto_config(args)
     from orchestrator.adapters.broker import BrokerStartError, EmbeddedBroker
+    from orchestrator.core.identity import IdentityRegistry
 
+    if not args.open and not args.db:
+        print(
+            "propeller broker: the broker is closed by default; give --db (the manager's database, "
+            "whose enrolled identities it admits) or --open (anyone, debugging only)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     host, port = args.listen
-    broker = EmbeddedBroker(host, port, keepalive_grace=args.keepalive_grace)
+    registry = IdentityRegistry()
+    broker = EmbeddedBroker(
+        host, port, keepalive_grace=args.keepalive_grace, allow_anonymous=args.open, identities=registry
+    )
+    store: Any = None
+    loaded: tuple[Any, ...] = ()
+    refresher: asyncio.Task[None] | None = None
+
+    async def refresh() -> None:
+        # Enrolments and revocations made through the manager reach this broker within --refresh s.
+        version = loaded
+        while True:
+            await asyncio.sleep(args.refresh)
+            try:
+                now = await store.identities_version()
+                if now == version:
+                    continue
+                version = now
+                gone = registry.replace_all(await store.load_identities())
+            except Exception as err:  # the database may be briefly locked or away: keep the last view
+                logging.getLogger("propeller.broker").warning("cannot re-read identities: %s", err)
+                continue
+            for identity in gone:
+                await broker.drop_client(identity.client_id)
 
     async def start() -> None:
+        nonlocal store, refresher, loaded
+        if args.db:
+            from orchestrator.adapters.store import Store
+
+            store = await Store.open(args.db)
+            loaded = await store.identities_version()  # before the load: a change meanwhile is seen
+            registry.replace_all(await store.load_identities())
+            refresher = asyncio.create_task(refresh(), name="broker-identities")
+        if args.open:
+            logging.getLogger("propeller.broker").warning(
+                "OPEN BROKER (--open): any client, anonymous included, may connect, read and publish anything"
+            )
         await broker.start()
-        print(f"propeller broker: listening on {broker.url}", flush=True)
+        print(
+            f"propeller broker: listening on {broker.url} ({len(registry.active())} identities)", flush=True
+        )
+
+    async def stop() -> None:
+        if refresher is not None:
+            refresher.cancel()
+        await broker.stop()
+        if store is not None:
+            await store.close()
 
     try:
-        asyncio.run(_serve_until_signal(start, broker.stop))
+        asyncio.run(_serve_until_signal(start, stop))
     except BrokerStartError as err:
         print(f"propeller broker: {err}", file=sys.stderr)
         return 1
+    except Exception as err:
+        print(f"propeller broker: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_mosquitto_config(args: argparse.Namespace) -> int:
+    from orchestrator.adapters.store import Store
+    from orchestrator.enrollment import MOSQUITTO_CONF, mosquitto_files
+
+    async def load() -> list[Any]:
+        async with await Store.open(args.db) as store:
+            return list(await store.load_identities())
+
+    try:
+        identities = asyncio.run(load())
+    except Exception as err:
+        print(f"propeller broker mosquitto-config: {err}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    passwd, acl = mosquitto_files(identities)
+    passwd_path, acl_path, conf_path = out / "passwd", out / "acl", out / "propeller.conf"
+    for path, text in ((passwd_path, passwd), (acl_path, acl)):
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o600)
+    conf_path.write_text(
+        MOSQUITTO_CONF.format(passwd=passwd_path.resolve(), acl=acl_path.resolve()), encoding="utf-8"
+    )
+    active = sum(1 for i in identities if i.active)
+    print(f"wrote {passwd_path}, {acl_path}, {conf_path} ({active} identities)")
     return 0
 
 
@@ -369,15 +499,80 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_proplets(args: argparse.Namespace) -> int:
     from orchestrator.client import ApiError, proplet_table, proplets_table
 
+    if args.proplets_cmd == "enroll":
+        return cmd_enroll(args)
     client = _client(args)
     try:
         if args.proplets_cmd == "list":
             _print(client.list_proplets(), args.json, proplets_table)
+        elif args.proplets_cmd == "revoke":
+            client.revoke_proplet(args.id)
+            print(f"revoked {args.id}")
+        elif args.proplets_cmd == "identities":
+            _print(client.list_identities(), args.json, _identities_table)
         else:
             _print(client.get_proplet(args.id), args.json, proplet_table)
     except ApiError as err:
         print(f"propeller proplets {args.proplets_cmd}: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _identities_table(page: Any) -> str:
+    rows = [f"{'ID':<32} {'KIND':<9} {'CLIENT ID':<32} REVOKED"]
+    for i in page.get("identities", []):
+        rows.append(
+            f"{i['proplet_id']:<32} {i['kind']:<9} {i['client_id']:<32} {'yes' if i['revoked'] else ''}"
+        )
+    return "\n".join(rows)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Enroll through the manager's API, or with --db straight into its database (no manager running)."""
+    import time
+
+    from orchestrator.client import ApiError
+    from orchestrator.core.errors import EngineError
+    from orchestrator.enrollment import enroll_into_store, write_identity
+
+    kind = "manager" if args.manager else "upstream" if args.upstream else "proplet"
+    if kind == "upstream" and not (args.client_id and args.key):
+        print("propeller proplets enroll: --upstream needs --client-id and --key (its own)", file=sys.stderr)
+        return EXIT_USAGE
+    if kind == "manager" and not args.db:
+        print("propeller proplets enroll: --manager needs --db (the manager's database)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.db:
+            enrollment = asyncio.run(
+                enroll_into_store(
+                    args.db, kind, args.id or None, wall=time.time(), client_id=args.client_id, key=args.key
+                )
+            )
+            doc = enrollment.identity_file(args.broker or None)
+        else:
+            doc = _client(args).enroll_proplet(
+                {
+                    k: v
+                    for k, v in (
+                        ("id", args.id),
+                        ("kind", kind),
+                        ("client_id", args.client_id),
+                        ("key", args.key),
+                    )
+                    if v
+                }
+            )
+            if args.broker:
+                doc["broker"] = args.broker
+    except (ApiError, EngineError) as err:
+        print(f"propeller proplets enroll: {err}", file=sys.stderr)
+        return 1
+    if args.out:
+        path = write_identity(args.out, doc)
+        print(f"enrolled {doc['proplet_id']} ({kind}); identity written to {path} (keep it secret)")
+    else:
+        print(json.dumps(doc, indent=2))
     return 0
 
 
@@ -414,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_manager)
 
     p = sub.add_parser("proplet", help="run a Wasm worker")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument(
+        "--broker", default=None, help="mqtt[s]://HOST:PORT (default: the identity file's, else local 1883)"
+    )
     p.add_argument("--id", default="", help="proplet id (default: proplet-HOST-PID)")
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
     p.add_argument("--max-instances", type=int, default=16)
@@ -437,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where HTTP(S) modules may come from: comma-separated 'public', HOST[:PORT], IP or CIDR "
         "(default: public addresses only; link-local and metadata never; env PROPELLER_FETCH_ALLOW)",
     )
+    p.add_argument(
+        "--identity", default=None, help="identity file from `propeller proplets enroll --out` (sets --id)"
+    )
     channel_args(p)
     p.set_defaults(func=cmd_proplet)
 
@@ -445,6 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--keepalive-grace", type=float, default=0.5, help="extra fraction of keep-alive tolerated"
     )
+    b.add_argument("--db", default=None, help="the manager's database: admit its enrolled identities")
+    b.add_argument("--refresh", type=float, default=1.0, help="seconds between re-reads of the identities")
+    b.add_argument("--open", action="store_true", help="DEBUG ONLY: admit anyone, no topic rules")
+    bsub = b.add_subparsers(dest="broker_cmd")
+    bm = bsub.add_parser("mosquitto-config", help="write Mosquitto password and ACL files for the identities")
+    bm.add_argument("--db", required=True, help="the manager's database (SQLite path or postgresql:// URL)")
+    bm.add_argument("--out", required=True, help="directory for passwd, acl and propeller.conf")
     b.set_defaults(func=cmd_broker)
 
     d = sub.add_parser("demo", help="embedded broker + manager + proplets run a sample task")
@@ -527,6 +734,20 @@ def build_parser() -> argparse.ArgumentParser:
     ps = psub.add_parser("show")
     ps.add_argument("id")
     api_args(ps)
+    pe = psub.add_parser("enroll", help="enroll a proplet identity (credentials + signing key)")
+    pe.add_argument("--id", default="", help="proplet id (default: proplet-<random>; upstream: --client-id)")
+    pe.add_argument("--upstream", action="store_true", help="an upstream Rust proplet / ESP32 firmware")
+    pe.add_argument("--manager", action="store_true", help="the manager's identity for an external broker")
+    pe.add_argument("--client-id", default=None, help="MQTT client id = user name (upstream: its entity id)")
+    pe.add_argument("--key", default=None, help="password (upstream: its API key); default: random")
+    pe.add_argument("--out", default=None, help="write the identity file here (0600); default: stdout")
+    pe.add_argument("--broker", default=None, help="broker URL to record in the identity file")
+    pe.add_argument("--db", default=None, help="enroll straight into the manager's database (offline)")
+    api_args(pe)
+    pv = psub.add_parser("revoke", help="revoke an identity: disconnected and refused from now on")
+    pv.add_argument("id")
+    api_args(pv)
+    api_args(psub.add_parser("identities", help="list enrolled identities"))
     pr.set_defaults(func=cmd_proplets)
     from orchestrator.trace import add_trace_parsers
 

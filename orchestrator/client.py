@@ -39,6 +39,15 @@ class ApiClient:
             return None
         return response.json()
 
+    def enroll_proplet(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._call("POST", "/proplets/enroll", body))
+
+    def revoke_proplet(self, proplet_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/proplets/{proplet_id}/revoke"))
+
+    def list_identities(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/proplets/identities"))
+
     def create_task(self, spec: dict[str, Any]) -> dict[str, Any]:
         return dict(self._call("POST", "/tasks", spec))
 

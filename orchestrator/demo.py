@@ -16,7 +16,7 @@ import wasmtime
 
 from orchestrator.core import receipts
 from orchestrator.service import ManagerService, ManagerSettings
-from proplets.agent import AgentSettings, PropletAgent
+from proplets.agent import AgentSettings, PropletAgent, with_identity
 
 STATE_NAMES = ["Pending", "Scheduled", "Running", "Completed", "Failed", "Skipped", "Interrupted"]
 
@@ -45,24 +45,27 @@ async def run_demo(proplets: int = 3, keep_db: str | None = None) -> int:
             api_port=0,
             heartbeat_interval=1.0,
         )
-        # Each demo proplet signs its results; the manager knows their public keys (enrollment's job).
-        keys = {f"demo-proplet-{i + 1}": receipts.generate_key() for i in range(proplets)}
-        provers = {pid: receipts.ProverKey(receipts.public_key_of(k), "proplet") for pid, k in keys.items()}
-        manager = ManagerService(settings, keys=provers.get)
+        # The embedded broker is closed: the demo enrolls its proplets (below); each signs its results
+        # with its enrolled key, which the manager checks every receipt against.
+        manager = ManagerService(settings)
         await manager.start()
         agents: list[PropletAgent] = []
         try:
             print(f"manager: broker {manager.broker_url}, API http://127.0.0.1:{manager.api_port}, db {db}")
             for i in range(proplets):
-                agent = PropletAgent(
-                    AgentSettings(
-                        broker=manager.broker_url,
-                        proplet_id=f"demo-proplet-{i + 1}",
-                        heartbeat_interval=1.0,
-                        cache_dir=str(Path(tmp) / "cache"),
-                        signing_key=keys[f"demo-proplet-{i + 1}"],
-                    )
+                # The embedded broker is closed: each demo proplet is enrolled (a kept database may
+                # hold last run's identity, which is revoked and replaced).
+                pid = f"demo-proplet-{i + 1}"
+                if manager.identities.get(pid) is not None:
+                    await manager.revoke(pid)
+                enrollment = await manager.enroll("proplet", pid)
+                proplet_settings = AgentSettings(
+                    broker=manager.broker_url,
+                    proplet_id=pid,
+                    heartbeat_interval=1.0,
+                    cache_dir=str(Path(tmp) / "cache"),
                 )
+                agent = PropletAgent(with_identity(proplet_settings, enrollment.identity_file()))
                 await agent.start()
                 agents.append(agent)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{manager.api_port}", timeout=10) as api:

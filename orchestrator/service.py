@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,12 +43,17 @@ from orchestrator.core.commands import (
 )
 from orchestrator.core.engine import Engine, EngineConfig
 from orchestrator.core.errors import Conflict, EngineError, NotFound, ValidationError
+from orchestrator.core.identity import Enrollment, Identity, IdentityRegistry
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
-from orchestrator.core.receipts import KeyLookup
+from orchestrator.core.receipts import KeyLookup, ProverKey
+from orchestrator.enrollment import enroll as enroll_identity
 from orchestrator.settings import ManagerSettings
 
 log = logging.getLogger("propeller.manager")
+
+IDENTITY_REFRESH_S = 2.0
+MAX_HELD = 10_000  # messages from not-yet-known ids held for one re-read; beyond: dropped and counted
 
 
 class StoreRefused(EngineError):
@@ -98,6 +104,14 @@ class ManagerService:
         self._api_server: Any = None
         self._invocations: dict[str, asyncio.Future[InvocationFinished]] = {}
         self.chunks = ChunkServer()
+        # Enrolled identities (from the store); the embedded broker decides with them, live.
+        self.identities = IdentityRegistry()
+        self.unenrolled: Counter[str] = Counter()  # messages dropped by enrolled_only, by topic suffix
+        self._own_identity = ""  # the manager's identity on its embedded broker (in memory only)
+        # Messages naming an id not yet known here, held until the identities are re-read once (an
+        # enrolment made by another process: `proplets enroll --db`, the twin, a standby manager).
+        self._held: list[tuple[str, bytes]] = []
+        self._reloading: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,18 +133,40 @@ class ManagerService:
         proplets = await self.store.load_proplets()
         jobs = await self.store.load_jobs()
         self.engine.restore(tasks, proplets, self.now(), time.time(), jobs)
+        client_id = (
+            self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
+        )
+        own_password: str | None = None
+        # The manager's own identity is not a proplet; on its embedded broker it gets a fresh one below.
+        stored = [i for i in await self.store.load_identities() if i.proplet_id != client_id]
+        self.identities = IdentityRegistry(stored)
         if url.scheme == "embedded":
-            self.broker = EmbeddedBroker(url.host, url.port)
+            if self.settings.broker_open:
+                log.warning(
+                    json.dumps(
+                        {"event": "broker_open", "warning": "the embedded broker admits ANY client, "
+                         "anonymous included, with no topic rules (--broker-open): debugging only"}
+                    )
+                )  # fmt: skip
+            else:
+                self.settings.enrolled_only = True
+                # The manager's own identity for its own broker: fresh secrets each start, never stored.
+                own = enroll_identity("manager", client_id, wall=time.time())
+                self.identities.enroll(own.identity)
+                self._own_identity = own.identity.proplet_id
+                own_password = own.password
+            self.broker = EmbeddedBroker(
+                url.host, url.port, allow_anonymous=self.settings.broker_open, identities=self.identities
+            )
             await self.broker.start()
             self.broker_url = self.broker.url
         else:
             self.broker_url = self.settings.broker
         topics = self.engine.topics
-        client_id = (
-            self.settings.client_id or f"propeller-manager-{self.settings.domain}-{self.settings.channel}"
-        )
         broker = parse_broker_url(self.broker_url)
-        if not broker.username:
+        if own_password is not None:
+            broker = dataclasses.replace(broker, username=client_id, password=own_password)
+        elif not broker.username:
             # A named session: brokers (amqtt too) keep a named client's QoS 1 messages while it is
             # away, so results published during a manager restart are delivered when it is back.
             broker = dataclasses.replace(broker, username=client_id)
@@ -149,7 +185,12 @@ class ManagerService:
             self.mqtt.subscribe(topic, 1)
         self._flusher = asyncio.create_task(self._flush_loop(), name="manager-flush")
         await self.mqtt.connect()
+        if self.settings.enrolled_only and self.engine.keys is None:
+            # Identities enforced: every result is judged against its proplet's enrolled key (receipts).
+            self.engine.keys = self.prover_key
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="manager-timers"))
+        if self.settings.enrolled_only:
+            self._tasks.append(asyncio.create_task(self._identity_loop(), name="manager-identities"))
         if self.settings.serve_api:
             await self._start_api()
         await self.flush()
@@ -235,9 +276,66 @@ class ManagerService:
         if topic == self.engine.topics.registry_request:
             asyncio.get_running_loop().create_task(self._serve_registry(payload))
             return
+        if self.settings.enrolled_only:
+            reason = self.identities.sender_verdict(topic, payload)
+            if reason is not None:
+                if len(self._held) < MAX_HELD and self.identities.claims_unknown(topic, payload):
+                    self._held.append((topic, payload))
+                    if self._reloading is None or self._reloading.done():
+                        self._reloading = asyncio.get_running_loop().create_task(self._release_held())
+                    return
+                self._drop_unenrolled(topic, reason)
+                return
         self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
         self._wake.set()
         self._kick()
+
+    def _drop_unenrolled(self, topic: str, reason: str) -> None:
+        suffix = self.engine.topics.suffix(topic) or topic
+        self.unenrolled[suffix] += 1
+        log.warning(json.dumps({"event": "message_unenrolled", "topic": suffix, "reason": reason}))
+
+    async def _release_held(self) -> None:
+        """Re-read the identities, then handle (in order) or drop what was held; again while more came."""
+        while self._held:
+            await asyncio.sleep(0.05)  # let a burst of messages from a newly enrolled fleet gather
+            with contextlib.suppress(Exception):  # the store may be briefly busy: dropped as unenrolled
+                await self.reload_identities()
+            held, self._held = self._held, []
+            for topic, payload in held:
+                reason = self.identities.sender_verdict(topic, payload)
+                if reason is not None:
+                    self._drop_unenrolled(topic, reason)
+                    continue
+                self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
+            self._wake.set()
+            self._kick()
+
+    async def _identity_loop(self) -> None:
+        # Revocations and enrolments made by another process reach this manager within IDENTITY_REFRESH_S.
+        assert self.store is not None
+        version = await self.store.identities_version()
+        while True:
+            await asyncio.sleep(IDENTITY_REFRESH_S)
+            try:
+                now = await self.store.identities_version()
+                if now != version:
+                    version = now
+                    await self.reload_identities()
+            except Exception as err:
+                log.warning(json.dumps({"event": "identities_reload_failed", "error": str(err)}))
+
+    async def reload_identities(self) -> None:
+        """Re-read the identities from the store (keeping the manager's own in-memory one); sessions of
+        identities revoked meanwhile are dropped from the embedded broker."""
+        assert self.store is not None
+        own_id = self._own_identity or (self.mqtt.client_id if self.mqtt is not None else "")
+        stored = [i for i in await self.store.load_identities() if i.proplet_id != own_id]
+        own = self.identities.get(self._own_identity) if self._own_identity else None
+        gone = self.identities.replace_all(stored + ([own] if own is not None else []))
+        for identity in gone:
+            if self.broker is not None:
+                await self.broker.drop_client(identity.client_id)
 
     async def _serve_registry(self, payload: bytes) -> None:
         """Answer a proplet's `registry/proplet` request with the module in chunks (reference §2.10).
@@ -619,6 +717,55 @@ class ManagerService:
         self._wake.set()
         await self._durable()
         return await waiter
+
+    # ------------------------------------------------------------------ identities
+
+    @property
+    def broker_link_up(self) -> bool:
+        """Whether the manager's own MQTT session is up (``/health`` fails while it is not)."""
+        return self.mqtt is not None and self.mqtt.connected
+
+    async def enroll(
+        self, kind: str = "proplet", proplet_id: str | None = None, client_id: str | None = None,
+        key: str | None = None,
+    ) -> Enrollment:  # fmt: skip
+        """Enroll an identity; it is durable before this returns. Conflict if the id is in use."""
+        assert self.store is not None
+        if kind == "manager":
+            from orchestrator.core.errors import ValidationError
+
+            raise ValidationError("the manager's identity is not enrolled through the API", "kind")
+        enrollment = enroll_identity(kind, proplet_id, wall=time.time(), client_id=client_id, key=key)
+        previous = self.identities.get(enrollment.identity.proplet_id)
+        self.identities.enroll(enrollment.identity)  # raises Conflict, registry unchanged
+        try:
+            await self.store.save_identity(enrollment.identity)
+        except BaseException:
+            self.identities.replace_all(
+                [i for i in self.identities.all() if i.proplet_id != enrollment.identity.proplet_id]
+                + ([previous] if previous is not None else [])
+            )
+            raise
+        log.info(json.dumps({"event": "identity_enrolled", **enrollment.identity.view()}))
+        return enrollment
+
+    def prover_key(self, proplet_id: str) -> ProverKey | None:
+        """The receipts KeyLookup over the enrolled identities: None for unknown or revoked proplets."""
+        found = self.identities.prover(proplet_id)
+        return None if found is None else ProverKey(*found)
+
+    async def revoke(self, proplet_id: str) -> Identity:
+        """Revoke: refused from now on, and its live session (embedded broker) is dropped at once."""
+        assert self.store is not None
+        identity = self.identities.revoke(proplet_id, time.time())
+        await self.store.save_identity(identity)
+        dropped = False
+        if self.broker is not None:
+            dropped = await self.broker.drop_client(identity.client_id)
+        log.warning(
+            json.dumps({"event": "identity_revoked", "proplet_id": proplet_id, "disconnected": dropped})
+        )
+        return identity
 
     def proplet_alive(self, proplet: Proplet) -> bool:
         return self.engine.is_alive(proplet, self.now())

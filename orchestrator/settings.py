@@ -180,3 +180,13 @@ class ManagerSettings:
     mqtt_insecure: bool = _opt(False, "do not verify the broker's certificate")
     timeline: bool = _opt(True, "record each task's and proplet's timeline (GET /tasks/{id}/events)")
     reports_dir: str = _opt("", "directory of scenario HTML reports listed by the dashboard (/ui/reports)")
+    # Trust (docs/trust.md): the embedded broker is closed unless broker_open.
+    broker_open: bool = _opt(
+        False, "DEBUG ONLY: the embedded broker admits anonymous and unknown clients, with no topic rules"
+    )
+    identity: str | None = _opt(
+        None, "external broker: the manager's identity file (propeller proplets enroll --manager --db)"
+    )
+    # Drop proplet messages that claim an id that is not an enrolled, active proplet. On by itself with
+    # the closed embedded broker; --identity (an external broker) turns it on too.
+    enrolled_only: bool = _opt(False, "drop messages from ids that are not enrolled proplets", cli=False)

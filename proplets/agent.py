@@ -6,7 +6,8 @@ MQTT through the project's asyncio client (no thread per client), Wasm on worker
 Link loss: the MQTT client reconnects with capped, jittered exponential backoff (``reconnect_min`` ..
 ``reconnect_max``, 1 s .. 60 s like upstream's Rust proplet); on every (re)connect the engine re-subscribes,
 re-announces itself and sends results that finished while the link was down. The Last Will is an
-``offline`` heartbeat, so a proplet that loses power is seen dead at once.
+``offline`` heartbeat: a proplet whose process dies is seen dead at once (its OS closes the socket);
+a clean stop announces ``offline`` itself before its DISCONNECT.
 
 ``profile="esp32s3"`` runs the embedded profile (`proplets.profile`): firmware wire format and
 metadata, ``main`` entry point, i32 inputs and results, and WAMR-like memory admission by the engine.
@@ -20,7 +21,6 @@ import json
 import logging
 import os
 import platform
-import random
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +31,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from orchestrator.adapters.mqtt import MqttClient, MqttError, Will, parse_broker_url
 from proplets import egress
 from proplets import profile as embedded
+from proplets.backoff import Backoff
 from proplets.core import (
     CancelTask,
     CollectMetrics,
@@ -61,9 +62,7 @@ from proplets.runtime import (
     RunRequest,
     WasmRuntime,
     WasmtimeRuntime,
-    memory_requirements,
 )
-from proplets.runtime.wasmbin import PAGE_BYTES
 
 log = logging.getLogger("propeller.proplet")
 
@@ -75,6 +74,10 @@ class TaskInputError(Exception):
 
 
 VERSION = "0.1.0"
+AUTH_HINT = (
+    "the broker refused this proplet's credentials (a closed broker admits enrolled identities only): "
+    "enroll it with `propeller proplets enroll --out FILE` and start it with `--identity FILE`"
+)
 
 
 @dataclass
@@ -103,6 +106,11 @@ class AgentSettings:
     signing_key: bytes | None = field(default=None, repr=False)  # signs execution receipts
     # Where HTTP(S) modules may be fetched from (proplets/egress.py): "public", HOST[:PORT], IP, CIDR.
     fetch_allow: tuple[str, ...] = egress.DEFAULT_ENTRIES
+    # Enrolled identity (`propeller proplet --identity FILE`): broker credentials and client id (and the
+    # signing key above).
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -112,6 +120,24 @@ class AgentSettings:
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         egress.EgressPolicy(self.fetch_allow)  # ValueError naming a bad entry
+
+
+def with_identity(settings: AgentSettings, identity: str | Path | dict[str, Any]) -> AgentSettings:
+    """``settings`` for an enrolled identity: a file path, or the identity-file document itself
+    (as returned by enrolment). ValueError naming what is wrong."""
+    from orchestrator.enrollment import load_identity, parse_identity
+
+    ident = parse_identity(identity) if isinstance(identity, dict) else load_identity(identity)
+    if ident.kind == "manager":
+        raise ValueError(f"identity {ident.proplet_id}: a manager identity cannot run a proplet")
+    return replace(
+        settings,
+        proplet_id=ident.proplet_id,
+        client_id=ident.client_id,
+        username=ident.username,
+        password=ident.password,
+        signing_key=ident.signing_key,
+    )
 
 
 def host_metadata(settings: AgentSettings) -> dict[str, Any]:
@@ -200,9 +226,12 @@ class PropletAgent:
         )
         self.metrics_server: MetricsServer | None = None
         will_topic, will_payload = self.engine.last_will()
+        broker = parse_broker_url(settings.broker)
+        if settings.username is not None:
+            broker = replace(broker, username=settings.username, password=settings.password)
         self.mqtt = MqttClient(
-            settings.broker,
-            settings.proplet_id,
+            broker,
+            settings.client_id or settings.proplet_id,
             keepalive=settings.keepalive,
             will=Will(will_topic, will_payload, 1),
             on_message=self._on_message,
@@ -214,7 +243,7 @@ class PropletAgent:
 
     async def _first_connect(self) -> None:
         """Connect; with ``wait_for_broker``, retry with capped, jittered backoff until the broker is up."""
-        delay = self.settings.reconnect_min
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
         while True:
             try:
                 await self.mqtt.connect()
@@ -222,14 +251,13 @@ class PropletAgent:
             except MqttError as err:
                 if not self.settings.wait_for_broker:
                     raise
-                pause = delay * (0.5 + random.random() / 2)  # jitter only: no decision rides on it
-                log.warning(
-                    json.dumps(
-                        {"event": "broker_unreachable", "error": str(err), "retry_in_s": round(pause, 2)}
-                    )
-                )
+                pause = backoff.next()
+                event: dict[str, Any] = {"event": "broker_unreachable", "error": str(err)}
+                event["retry_in_s"] = round(pause, 2)
+                if "Not authorized" in str(err) or "user name or password" in str(err):
+                    event["hint"] = AUTH_HINT
+                log.warning(json.dumps(event))
                 await asyncio.sleep(pause)
-                delay = min(delay * 2, self.settings.reconnect_max)
 
     async def start(self) -> None:
         if self.settings.metrics_port is not None:
@@ -248,8 +276,9 @@ class PropletAgent:
         self._timer = asyncio.create_task(self._timer_loop(), name=f"proplet-{self.settings.proplet_id}")
 
     async def stop(self, *, clean: bool = True) -> None:
-        """Interrupt running modules, close the link (clean: DISCONNECT; else as a power loss, the will
-        fires) and leave no task or thread behind (the wasm workers and the epoch ticker are joined)."""
+        """Interrupt running modules, close the link (clean: ``offline``, then DISCONNECT; else as a
+        crashed process whose OS closes the socket: the will fires at once) and leave no task or thread
+        behind (the wasm workers and the epoch ticker are joined)."""
         for token in self._cancels.values():
             token.cancel()
         if self._timer is not None:
@@ -262,7 +291,9 @@ class PropletAgent:
                 job.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if clean:
+            self.engine.shutting_down(self._clock())
             with contextlib.suppress(Exception):
+                self._execute()
                 await self.mqtt.disconnect()
         else:
             self.mqtt.abort()
@@ -456,21 +487,17 @@ class PropletAgent:
         self, start: wire.StartTask, wasm: bytes, token: CancelToken
     ) -> tuple[str, str | None]:
         """As the firmware: call the task's export or ``main`` with i32s, join the i32 results."""
-        try:
-            function = embedded.select_export(start.name, embedded.function_exports(wasm))
-            inputs = embedded.i32_inputs(start.inputs)
-        except ValueError as err:
-            return "", str(err)
         entry = self.engine.running.get(start.id)
         admission = entry.admission if entry is not None else None
-        request = self._request(start, wasm, inputs, dict(start.env))
-        if admission is not None:
+        free_after = admission.free_bytes_after if admission is not None else None
+        try:
+            plan = embedded.call_plan(start.name, start.inputs, wasm, free_after)
+        except ValueError as err:
+            return "", str(err)
+        request = replace(self._request(start, wasm, plan.inputs, dict(start.env)), function=plan.function)
+        if plan.memory_cap_bytes is not None:
             # Linear memory may grow into what the device heap has left after this instance.
-            pages, _ = memory_requirements(wasm)
-            cap = pages * PAGE_BYTES + max(0, admission.free_bytes_after)
-            request = replace(request, function=function, limits=replace(request.limits, memory_bytes=cap))
-        else:
-            request = replace(request, function=function)
+            request = replace(request, limits=replace(request.limits, memory_bytes=plan.memory_cap_bytes))
         outcome = await asyncio.get_running_loop().run_in_executor(
             self._pool, self.runtime.run, request, token
         )

@@ -64,6 +64,16 @@ class PropletConfig:
     metrics_interval: float = 10.0
     # A WAMR-like memory budget every instance is admitted against (the embedded profile); None = none.
     budget: BudgetConfig | None = None
+    # Upstream firmware's behaviour (reference §9, design §6), so the twin's `upstream-firmware` devices
+    # run this engine rather than rewriting its input: it starts every task on its channel whatever
+    # proplet the start names (filter_target False), and cannot stop a running module (honour_stop
+    # False). The two below are obligations of the driver, which reads them here: the module runs
+    # inside the MQTT callback, so nothing is read or sent until it returns (blocking_execution), and
+    # a lost connection is never re-established (reconnect False).
+    filter_target: bool = True
+    honour_stop: bool = True
+    blocking_execution: bool = False
+    reconnect: bool = True
     # Raw 32-byte Ed25519 private key from the proplet's enrolled identity (signs execution receipts).
     signing_key: bytes | None = None
     # Bytes of one task's live output published on control/proplet/logs (the result's logs are
@@ -268,6 +278,15 @@ class PropletEngine:
         if self.config.metrics_interval > 0:
             self._next_metrics = now + self.config.metrics_interval
         self._commands.append(LogEvent("connected", {"resent_results": len(held)}))
+
+    def shutting_down(self, now: float) -> None:
+        """An orderly shutdown, before the driver's DISCONNECT (which makes the broker discard the
+        will): announce ``offline`` as the will would have, so the manager knows at once rather than
+        at its liveness timeout (design §7, clean shutdown)."""
+        if self.connected:
+            topic, payload = self.last_will()
+            self._commands.append(Publish(topic, payload, self.config.qos))
+        self.on_disconnected(now)
 
     def on_disconnected(self, now: float) -> None:
         self._clock = now
@@ -478,6 +497,8 @@ class PropletEngine:
         self._publish(self.topics.invoke_results, message)
 
     def _targets_me(self, payload: bytes) -> bool:
+        if not self.config.filter_target:
+            return True
         try:
             target = json.loads(payload).get("proplet_id") or ""
         except (ValueError, AttributeError):
@@ -485,7 +506,8 @@ class PropletEngine:
         return target in ("", self.config.proplet_id)
 
     def _on_start(self, start: wire.StartTask, now: float) -> None:
-        if not start.broadcast and start.proplet_id and start.proplet_id != self.config.proplet_id:
+        mine = start.broadcast or not start.proplet_id or start.proplet_id == self.config.proplet_id
+        if not mine and self.config.filter_target:
             self._count("starts_for_others")
             return
         if start.id in self.running:
@@ -513,6 +535,10 @@ class PropletEngine:
         if stop.attempt and entry.start.attempt and stop.attempt != entry.start.attempt:
             # Aimed at another attempt of this task (one we no longer run): not ours to stop.
             self._count("stops_for_other_attempts")
+            return
+        if not self.config.honour_stop:
+            self._count("stops_ignored")
+            self._commands.append(LogEvent("stop_ignored", {"task_id": stop.id}))
             return
         entry.cancelled = True
         self._count("tasks_stopped")

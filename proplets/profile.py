@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proplets.runtime.budget import EMBED_PROPLET, BudgetConfig
+from proplets.runtime.wasmbin import PAGE_BYTES, memory_requirements
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 NAMESPACE = "embedded"
@@ -81,6 +82,30 @@ def discovery_metadata(
         "proplet_version": FIRMWARE_VERSION,
         "wasm_runtime": "wamr",
     }
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """How the embedded proplet calls a module: which export, with which i32 inputs, and how far its
+    linear memory may grow (None: no cap)."""
+
+    function: str
+    inputs: tuple[int, ...]
+    memory_cap_bytes: int | None
+
+
+def call_plan(task_name: str, inputs: Sequence[object], wasm: bytes, free_after: int | None) -> CallPlan:
+    """The firmware's call of a task: its export or ``main``, i32 inputs, and linear memory capped at the
+    declared pages plus what the heap has left after this instance (``free_after``, from admission;
+    None: no budget, no cap). ValueError (the task's error) for a module or inputs it refuses. One plan
+    for the proplet agent's embedded profile and the twin's devices."""
+    function = select_export(task_name, function_exports(wasm))
+    args = i32_inputs(inputs)
+    cap = None
+    if free_after is not None:
+        pages, _ = memory_requirements(wasm)
+        cap = pages * PAGE_BYTES + max(0, free_after)
+    return CallPlan(function, args, cap)
 
 
 def select_export(task_name: str, exports: Sequence[str]) -> str:

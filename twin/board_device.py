@@ -114,8 +114,10 @@ class BoardDevice:
     def _apply(self, config: dict[str, str], host: str, port: int) -> None:
         d = self.device
         old = d.config.proplet_id
+        # Like the firmware: user name = proplet id, password = the provisioned api_key (none if empty).
         d.config = replace(d.config, host=host, port=port, domain=config["domain"],
-                           channel=config["channel"], proplet_id=config["proplet_id"])  # fmt: skip
+                           channel=config["channel"], proplet_id=config["proplet_id"],
+                           username=config["proplet_id"], password=config.get("api_key") or None)  # fmt: skip
         if d.config.proplet_id != old:
             d.trace.emit(d.now, "device", d.name, proplet_id=d.config.proplet_id)
         self._power_cycle()

@@ -11,7 +11,9 @@ MQTT callbacks call `inject(fn, *args)`: simulated time first catches up with th
 the callback runs "now", and the driver wakes to serve whatever the callback scheduled.
 
 `lag_stats()` reports how late simpy events ran against the scaled wall clock, in wall seconds: the
-measure of whether the process keeps up at this speed.
+measure of whether the process keeps up at this speed. `LoopLagProbe` measures the event loop itself:
+how late a timer set for every `period` actually fires (a busy host or a blocking callback shows up
+there first). twin.scenario.fidelity judges both against the scenario's timers.
 """
 
 from __future__ import annotations
@@ -124,11 +126,53 @@ class AsyncSimClock:
             self._until = None
 
     def lag_stats(self) -> LagStats:
-        if not self._lags:
-            return LagStats(0, 0.0, 0.0, 0.0)
-        ordered = sorted(self._lags)
-        n = len(ordered)
-        return LagStats(n, ordered[n // 2], ordered[min(n - 1, math.ceil(0.99 * n) - 1)], ordered[-1])
+        return _stats(self._lags)
+
+
+class LoopLagProbe:
+    """How late the running event loop serves a timer: one `call_at` every `period` seconds, each
+    recording (fired − due). `start()` on the loop, `stop()` at the end, `stats()` any time."""
+
+    def __init__(self, period: float = 0.02, window: int = 100_000) -> None:
+        if not period > 0:
+            raise ValueError(f"period must be > 0, got {period!r}")
+        self.period = period
+        self._lags: collections.deque[float] = collections.deque(maxlen=window)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> LoopLagProbe:
+        self._loop = asyncio.get_running_loop()
+        self._arm(self._loop.time())
+        return self
+
+    def _arm(self, now: float) -> None:
+        assert self._loop is not None
+        self._due = now + self.period
+        self._handle = self._loop.call_at(self._due, self._fire)
+
+    def _fire(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self._lags.append(max(0.0, now - self._due))
+        self._arm(now)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def stats(self) -> LagStats:
+        return _stats(self._lags)
+
+
+def _stats(lags: collections.deque[float]) -> LagStats:
+    if not lags:
+        return LagStats(0, 0.0, 0.0, 0.0)
+    ordered = sorted(lags)
+    n = len(ordered)
+    return LagStats(n, ordered[n // 2], ordered[min(n - 1, math.ceil(0.99 * n) - 1)], ordered[-1])
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

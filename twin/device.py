@@ -7,15 +7,25 @@ run's ``twin.transport.Transport``: live (a paho client on the asyncio loop, mes
 simulation at the scaled wall time) or virtual (a client of the broker model, all in simulated time).
 
 Kinds: ``esp32s3`` (embedded wire profile; boot, Wi-Fi and MQTT-connect delays from ``TimingModel``;
-each instance admitted by ``MemoryModel`` — refused ones fail at once with "out of memory: need N
-bytes, free M bytes"; modules run for real on wasmtime for their true result, while the task lasts the
+each instance admitted by ``MemoryModel`` — refused ones fail at once with "out of memory: need N bytes,
+free M bytes"; modules run for real on wasmtime for their true result, while the task lasts the
 ``CpuModel``'s simulated time for the fuel they consumed, shared over the cores), ``upstream-firmware``
-(the same with upstream's failures: no reconnect, execution blocks the MQTT client and the timers, one
-task at a time, no target filtering, stops ignored) and ``host`` (Rust wire profile, real duration).
+(the same with upstream's failures, as the proplet engine's configuration: no reconnect, execution
+blocks the MQTT client and the timers, one task at a time, no target filtering, stops ignored) and
+``host`` (Rust wire profile, real duration).
 
-Lifecycle: dead (off) → booting → online ⇄ running; offline while the link is down. Power loss aborts
-the TCP link (the broker fires the Last Will) and the device boots again later with a fresh engine:
-its running tasks are lost and the manager must re-dispatch them.
+Lifecycle: dead (off) → booting → online ⇄ running; offline while the link is down. Faults, as the
+broker sees them (design §7; the table in scenarios/README.md):
+
+- ``power_loss`` (and brownout): silence. The device's connection vanishes without a packet: through its
+  link proxy (``cut``, ``LinkProxy.sever``) the broker's socket stays open and hears nothing, so the
+  broker notices at keep-alive expiry (1.5 × keepalive) and only then fires the Last Will. Without a
+  proxy the client is silenced and left open (a ghost) for the same effect. Running tasks are lost;
+  the device boots again later with a fresh engine.
+- ``reset`` (watchdog): the same silence, then at once a reboot whose reconnect with the same client id
+  takes the old session over: the broker fires the old will then (or at keep-alive expiry if sooner).
+- ``clean_shutdown``: the engine announces ``offline`` and the client sends DISCONNECT (no will).
+- ``wifi_drop``: the link is silent but the device runs on: its tasks keep executing, results wait.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
+import hashlib
 import random
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -35,6 +45,7 @@ import simpy
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttError, Will
 from proplets import profile as embedded
+from proplets.backoff import Backoff
 from proplets.core import (
     CancelTask,
     CollectMetrics,
@@ -85,20 +96,10 @@ def device_state(powered: bool, booted: bool, connected: bool, link_up: bool, ru
     return "running" if running else "online"
 
 
-def strip_target(payload: bytes) -> bytes:
-    """A start message as upstream firmware reads it: the ``proplet_id`` it ignores is blanked."""
-    try:
-        obj = json.loads(payload)
-    except ValueError:
-        return payload
-    if isinstance(obj, dict) and obj.get("proplet_id"):
-        obj["proplet_id"] = ""
-        return json.dumps(obj).encode()
-    return payload
-
-
 def esp_spec(group: FleetGroup) -> Esp32S3Spec:
-    """The ESP32-S3 model for a fleet group: SRAM (``memory``), PSRAM as the WAMR heap, CPU, slots."""
+    """The ESP32-S3 model for a fleet group: its ``profile`` (default: the Zephyr benchmark's), then
+    SRAM (``memory``), PSRAM as the WAMR heap, CPU, slots."""
+    base = group.profile or ESP32S3
     changes: dict[str, Any] = {}
     if group.memory_bytes:
         changes["free_dram_bytes"] = group.memory_bytes
@@ -108,7 +109,7 @@ def esp_spec(group: FleetGroup) -> Esp32S3Spec:
         changes["cpu_hz"] = int(group.cpu_mhz * 1e6)
     if group.max_instances:
         changes["max_instances"] = group.max_instances
-    return replace(ESP32S3, **changes) if changes else ESP32S3
+    return replace(base, **changes) if changes else base
 
 
 def firmware_flags(kind: str) -> FirmwareFlags:
@@ -128,6 +129,11 @@ class DeviceConfig:
     spec: Esp32S3Spec | HostSpec = ESP32S3
     tags: tuple[str, ...] = ()
     channel: str = "default"
+    # The device's enrolled identity on a closed broker: user name (= its client id), password and, for
+    # our proplets, the Ed25519 key that signs receipts. None: connect anonymously (an open broker).
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    signing_key: bytes | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -199,6 +205,10 @@ class SimDevice:
         self.cpu: CpuModel | None = None
         self.engine: PropletEngine | None = None
         self.mqtt: MqttLink | None = None
+        # How to make this device's connection vanish without a packet (its link's sever: a LinkProxy
+        # live, a ModelLink in virtual time); None: the client itself is silenced and left open.
+        self.cut: Callable[[], object] | None = None
+        self._ghosts: list[MqttLink] = []  # silenced clients of earlier lives, closed at shutdown
         self.gen = 0  # power cycles: callbacks of an older life are ignored
         self.powered = False
         self.booted = False
@@ -259,9 +269,28 @@ class SimDevice:
         self.env.process(self._boot(self.gen, delay))
 
     def power_loss(self, off_for: float | None, state: str = "dead") -> None:
-        """Cut power: no DISCONNECT (the broker fires the will), tasks lost; back after ``off_for``."""
+        """Cut power: the connection goes silent (the broker fires the will at keep-alive expiry, or
+        at a takeover by the next boot), tasks are lost; power is back after ``off_for``."""
         self.gen += 1
-        self._kill_link()
+        self._kill_link(silent=True)
+        self._power_off(off_for, state)
+
+    def clean_shutdown(self, off_for: float | None) -> None:
+        """An orderly power-off: ``offline`` is announced, then DISCONNECT (the broker drops the will)."""
+        engine, client = self.engine, self.mqtt
+        self.gen += 1
+        self.mqtt = None
+        if engine is not None and client is not None and engine.connected:
+            engine.shutting_down(self.now)
+            for command in engine.take_commands():
+                if isinstance(command, Publish):
+                    with contextlib.suppress(MqttError):
+                        client.publish(command.topic, command.payload, command.qos)
+        if client is not None:
+            self.shared.net.disconnect(client)
+        self._power_off(off_for, "dead")
+
+    def _power_off(self, off_for: float | None, state: str) -> None:
         for job in self.jobs.values():
             job.token.cancel()
         self.jobs.clear()
@@ -284,13 +313,26 @@ class SimDevice:
         """End of the run: drop the link and ignore everything still in flight."""
         self.gen += 1
         self._kill_link()
+        for ghost in self._ghosts:
+            ghost.abort()
+        self._ghosts.clear()
         for job in self.jobs.values():
             job.token.cancel()
 
-    def _kill_link(self) -> None:
+    def _kill_link(self, silent: bool = False) -> None:
+        """Drop the connection. ``silent``: without a packet towards the broker (a dead board's
+        socket); otherwise as the OS closes a socket (FIN: the broker fires the will at once)."""
         client, self.mqtt = self.mqtt, None
-        if client is not None:
+        if client is None:
+            return
+        if not silent:
             client.abort()
+        elif self.cut is not None:
+            self.cut()  # the link proxy keeps the broker's side open and mute
+            client.abort()  # our end of it is gone with the board
+        else:
+            client.silence()  # no read, write or ping; the socket stays open until shutdown
+            self._ghosts.append(client)
 
     def _boot(self, gen: int, delay: float) -> Any:
         if delay > 0:
@@ -308,7 +350,7 @@ class SimDevice:
                 self._tell("wifi_up", ip=TWIN_IP, rssi=TWIN_RSSI)
         else:
             yield self.env.timeout(HOST_RESTART_S * self.rng.uniform(0.5, 1.5))
-        retry = self.config.timers.reconnect_min
+        backoff = Backoff(self.config.timers.reconnect_min, self.config.timers.reconnect_max, self.rng)
         while gen == self.gen:
             while self.wifi_down and gen == self.gen:
                 yield self.env.timeout(0.1)
@@ -323,8 +365,7 @@ class SimDevice:
             if self.flags.no_reconnect and isinstance(self.config.spec, Esp32S3Spec):
                 yield self.env.timeout(self.config.spec.mqtt_retry_s)
             else:
-                yield self.env.timeout(retry * self.rng.uniform(0.5, 1.0))
-                retry = min(retry * 2, self.config.timers.reconnect_max)
+                yield self.env.timeout(backoff.next())
 
     def _new_life(self) -> None:
         """A fresh engine, device model and MQTT client, as after a reset."""
@@ -337,7 +378,8 @@ class SimDevice:
         t = cfg.timers
         self.mqtt = self.shared.net.client(
             cfg.name, cfg.host, cfg.port, cfg.proplet_id, keepalive=t.keepalive,
-            will=Will(topic, payload, 1), reconnect=not self.flags.no_reconnect,
+            username=cfg.username, password=cfg.password if cfg.username else None,
+            will=Will(topic, payload, 1), reconnect=self.engine.config.reconnect,
             backoff_min=t.reconnect_min, backoff_max=t.reconnect_max, rng=random.Random(self.rng.random()),
             on_message=lambda tp, pl: self._if_gen(gen, self._on_message, tp, pl),
             on_connect=lambda: self._if_gen(gen, self._on_connected),
@@ -349,6 +391,7 @@ class SimDevice:
         base = PropletConfig(
             proplet_id=cfg.proplet_id, domain=cfg.domain, channel=cfg.channel,
             heartbeat_interval=cfg.timers.heartbeat_interval, metrics_interval=0.0,
+            signing_key=cfg.signing_key,
         )  # fmt: skip
         if isinstance(cfg.spec, Esp32S3Spec):
             memory = self.memory
@@ -358,10 +401,13 @@ class SimDevice:
                 embedded.ESP32S3, total_bytes=memory.total_bytes, free_bytes=memory.free_bytes,
                 max_instances=1 if self.flags.blocking_execution else cfg.spec.max_instances, tags=cfg.tags,
             )  # fmt: skip
+            flags = self.flags
             return replace(
                 base, namespace=embedded.NAMESPACE, metadata=metadata, profile=wire.Profile.EMBEDDED,
                 # our firmware lists running tasks in its heartbeats; upstream's does not
-                report_running=not any(dataclasses.astuple(self.flags)), max_instances=limit,
+                report_running=not any(dataclasses.astuple(flags)), max_instances=limit,
+                filter_target=not flags.no_target_filter, honour_stop=not flags.rejects_stop,
+                blocking_execution=flags.blocking_execution, reconnect=not flags.no_reconnect,
             )  # fmt: skip
         spec = cfg.spec
         metadata = {
@@ -437,10 +483,6 @@ class SimDevice:
             return
         if self._blocked:  # upstream: the callback is busy running a module; this waits in the socket
             self._inbox.append((topic, payload))
-            return
-        if self.flags.no_target_filter and topic == self.engine.topics.start:
-            payload = strip_target(payload)
-        if self.flags.rejects_stop and topic == self.engine.topics.stop:
             return
         self.engine.handle(topic, payload, self.now)
         self._pump()
@@ -542,7 +584,7 @@ class SimDevice:
             except WasmFormatError as err:
                 self._finish(start.id, "", f"invalid wasm module: {err}")
                 return
-            admitted = self.memory.admit(len(wasm), pages)
+            admitted = self.memory.admit(len(wasm), pages, module_key=hashlib.sha256(wasm).hexdigest())
             if isinstance(admitted, str):
                 self.stats.refused += 1
                 self._tell("oom", id=start.id, need=len(wasm) + pages * PAGE_BYTES,
@@ -559,7 +601,7 @@ class SimDevice:
         job = self.jobs[start.id] = _Job(start, instance, CancelToken(), started=self.now)
         self.stats.tasks_run += 1
         self._tell("task_start", id=start.id, name=start.name, inputs=len(start.inputs))
-        if self.flags.blocking_execution:
+        if self.engine is not None and self.engine.config.blocking_execution:
             self._block()
         gen = self.gen
         self.shared.net.run_wasm(
@@ -573,12 +615,11 @@ class SimDevice:
         if not self.config.embedded:  # a host runs WASI commands like the Python proplet
             return RunRequest(start.id, wasm, start.name, tuple(start.inputs), tuple(start.cli_args),
                               dict(start.env), limits=limits)  # fmt: skip
-        function = embedded.select_export(start.name, embedded.function_exports(wasm))
-        inputs = embedded.i32_inputs(start.inputs)
-        if instance is not None and self.memory is not None:
-            pages, _ = memory_requirements(wasm)
-            limits = replace(limits, memory_bytes=pages * PAGE_BYTES + max(0, self.memory.free_bytes))
-        return RunRequest(start.id, wasm, function, inputs, limits=limits)
+        free_after = self.memory.free_bytes if instance is not None and self.memory is not None else None
+        plan = embedded.call_plan(start.name, start.inputs, wasm, free_after)
+        if plan.memory_cap_bytes is not None:
+            limits = replace(limits, memory_bytes=plan.memory_cap_bytes)
+        return RunRequest(start.id, wasm, plan.function, plan.inputs, limits=limits)
 
     def _ran(self, task_id: str, outcome: RunOutcome) -> None:
         job = self.jobs.get(task_id)
@@ -642,8 +683,6 @@ class SimDevice:
             self._finish(task_id, *job.result)
 
     def _cancel(self, task_id: str) -> None:
-        if self.flags.rejects_stop:
-            return
         job = self.jobs.get(task_id)
         if job is None:
             return
@@ -708,5 +747,4 @@ __all__ = [
     "esp_spec",
     "firmware_flags",
     "shutdown_all",
-    "strip_target",
 ]  # fmt: skip

@@ -110,10 +110,19 @@ class Fault:
 
 @dataclass(frozen=True)
 class PowerLoss(Fault):
-    """Power cut: the socket closes without DISCONNECT (the broker fires the will); power returns
-    after `off_for` seconds (None: stays off)."""
+    """Power cut: the device sends nothing more, not even a FIN; the broker fires the will when the
+    keep-alive expires (1.5 × keepalive). Power returns after `off_for` seconds (None: stays off)."""
 
     kind: ClassVar[str] = "power_loss"
+    off_for: float | None = None
+
+
+@dataclass(frozen=True)
+class CleanShutdown(Fault):
+    """Orderly power-off: the device announces `offline` and sends DISCONNECT (the broker drops the
+    will); back after `off_for` seconds (None: stays off)."""
+
+    kind: ClassVar[str] = "clean_shutdown"
     off_for: float | None = None
 
 
@@ -136,7 +145,8 @@ class LinkFault(Fault):
 
 @dataclass(frozen=True)
 class Reboot(Fault):
-    """Watchdog-style reboot: running tasks are lost, the device boots again and re-announces."""
+    """Watchdog reset: silence, running tasks lost, then a reboot whose reconnect with the same client
+    id takes the old session over (the broker fires the old will at that moment)."""
 
     kind: ClassVar[str] = "reboot"
     only_if_running: bool = False  # wait for a task to be running, to reboot mid-task
@@ -177,7 +187,8 @@ class ClockSkew(Fault):
 
 FAULT_TYPES: dict[str, type[Fault]] = {
     t.kind: t
-    for t in (PowerLoss, WifiDrop, LinkFault, Reboot, OutOfMemory, BrokerRestart, ManagerKill, ClockSkew)
+    for t in (PowerLoss, CleanShutdown, WifiDrop, LinkFault, Reboot, OutOfMemory, BrokerRestart, ManagerKill,
+              ClockSkew)
 }
 
 

@@ -1,11 +1,12 @@
 """The simulated fleet of a scenario and the device faults of its timeline.
 
 ``Fleet`` builds one ``SimDevice`` per device of the scenario (a ``LinkProxy`` in front of it when its
-group names a link profile or a ``link`` fault aims at it), staggers their power-on with the seeded rng,
-and injects device faults at their times. ``wifi_flap`` (repeated drops), ``brownout`` (a short power
-loss) and ``random`` (seeded picks over a window, ``random_faults``) are composed here; fleet-wide
-faults (broker restart, manager kill) go to the runner's ``on_fleet_fault``. Every fault leaves
-``fault`` start/end events in the trace, per device.
+group names a link profile or a ``link`` or silent fault — power loss, brownout, reboot — may hit it:
+the proxy is what keeps a vanished device's connection open and mute towards the broker), staggers their
+power-on with the seeded rng, and injects device faults at their times. ``wifi_flap`` (repeated drops),
+``brownout`` (a short power loss) and ``random`` (seeded picks over a window, ``random_faults``) are
+composed here; fleet-wide faults (broker restart, manager kill) go to the runner's ``on_fleet_fault``.
+Every fault leaves ``fault`` start/end events in the trace, per device.
 
 Boards (``kind: board``) are fleet members the runner opens over their serial console: ``Fleet`` gives
 each a proplet id and, unless it is real hardware, a twin esp32s3 ``SimDevice`` behind a
@@ -18,18 +19,21 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from twin.board_device import BoardDevice
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec, shutdown_all
 from twin.devices.host import HOST
+from twin.identities import Credentials
 from twin.links import CLEAN, LinkProfile
 from twin.scenario.faults_schema import BOARD_ONLY_FAULTS
 from twin.scenario.spec import FaultSpec, FleetGroup, Scenario
 from twin.transport import LinkControl
 
+# Faults after which the device's connection vanishes without a packet (design §7).
+SILENT_FAULTS = frozenset({"power_loss", "brownout", "reboot"})
 BROWNOUT_S = 0.2  # a supply dip: the chip resets, power is back at once (README: default 0.2 s)
 RECOVERY_S = 3.0  # after a random fault a device is left alone this long to boot and reconnect
 # Scenario fault kind -> what is done to a board: a reboot is the reset line, a brownout a power cycle
@@ -101,8 +105,14 @@ class Fleet:
     def __init__(self, scenario: Scenario, shared: Shared, broker_host: str, broker_port: int, domain: str,
                  on_fleet_fault: Callable[[FaultSpec], None], *, on_board_fault: OnBoardFault | None = None,
                  real_port: Callable[[str], bool] = lambda port: False,
-                 boards_as_devices: bool = False) -> None:  # fmt: skip
+                 boards_as_devices: bool = False,
+                 credentials: Callable[[str, str], Credentials] | None = None,
+                 before_power_on: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
         self.scenario = scenario
+        # A closed broker: each device is enrolled (kind, proplet id) -> credentials, and the batch is
+        # committed by ``before_power_on`` (twin/identities.py). None: devices connect anonymously.
+        self.credentials = credentials
+        self.before_power_on = before_power_on
         self.shared = shared
         self.env = shared.env
         self.trace = shared.trace
@@ -132,8 +142,17 @@ class Fleet:
         """Device name -> proplet id, boards included: what the workload pins tasks with."""
         return {name: pid for pid, name in self.proplet_names.items()}
 
+    def _with_credentials(self, config: DeviceConfig) -> DeviceConfig:
+        if self.credentials is None:
+            return config
+        creds = self.credentials(config.kind, config.proplet_id)
+        return replace(config, username=creds.username, password=creds.password,
+                       signing_key=creds.signing_key)  # fmt: skip
+
     def _add_board(self, index: int, group: FleetGroup, name: str, pid: str) -> None:
         port = group.port
+        if self.credentials is not None:
+            self.credentials("board", pid)  # provisioned with the run's board key (hil api_key)
         if port is None:
             raise ValueError(f"fleet[{index}]: board {name} needs a 'port'")
         if self.on_board_fault is None:
@@ -155,7 +174,7 @@ class Fleet:
     async def start(self) -> None:
         s = self.scenario
         ids = s.rng("proplet-ids")
-        link_faulted = self._link_fault_targets()
+        link_faulted = self._proxied_targets()
         for index, group in enumerate(s.fleet):
             for name in group.names():
                 if group.kind == "board" and not self.boards_as_devices:
@@ -177,8 +196,13 @@ class Fleet:
                 spec = esp_spec(group) if kind != "host" else HOST
                 config = DeviceConfig(name, kind, proplet_id(ids), self.domain, host, port, s.timers,
                                       spec, group.tags)  # fmt: skip
-                self.devices[name] = SimDevice(config, self.shared, s.rng(f"device:{name}"))
+                config = self._with_credentials(config)
+                device = self.devices[name] = SimDevice(config, self.shared, s.rng(f"device:{name}"))
+                if name in self.links:
+                    device.cut = self.links[name].sever
         self._check_board_faults()
+        if self.before_power_on is not None:
+            await self.before_power_on()
         stagger = min(2.0, 0.004 * len(self.devices))
         boot = s.rng("boot")
         for device in self.devices.values():
@@ -205,12 +229,13 @@ class Fleet:
                     f"board {', '.join(hit)}; boards take {', '.join(BOARD_FAULTS)}"
                 )
 
-    def _link_fault_targets(self) -> set[str]:
-        s = self.scenario
+    def _proxied_targets(self) -> set[str]:
+        """Devices a link fault or a silent fault (a vanishing device) may hit."""
         out: set[str] = set()
-        for spec in s.faults:
-            if spec.kind == "link" and spec.target is not None:
-                out |= {d.name for d in spec.target.resolve(s.devices(), s.rng(f"fault:{spec.line}"))}
+        for spec in self.scenario.faults:
+            kinds = set(spec.params.get("kinds", ())) if spec.kind == "random" else {spec.kind}
+            if kinds & ({"link"} | SILENT_FAULTS):
+                out |= set(self._targets(spec))
         return out
 
     async def close(self) -> None:
@@ -246,7 +271,8 @@ class Fleet:
 
     def _random(self, pick: Pick) -> Any:
         yield self.env.timeout(max(0.0, pick.at - self.env.now))
-        duration = pick.down if pick.kind in ("power_loss", "wifi_drop", "out_of_memory") else None
+        duration = pick.down if pick.kind in ("power_loss", "wifi_drop", "out_of_memory", "clean_shutdown") \
+            else None
         self.inject(pick.device, pick.kind, duration, {}, random=True)
 
     def _flap(self, name: str, spec: FaultSpec) -> Any:
@@ -291,6 +317,9 @@ class Fleet:
         elif kind == "reboot":
             device.power_loss(0.0, state="rebooting")
             self._mark(name, kind, "end", shown)
+        elif kind == "clean_shutdown":
+            device.clean_shutdown(duration)
+            self._end_after(name, kind, duration, shown)
         elif kind == "wifi_drop":
             device.wifi_drop(duration or 0.0)
             self._end_after(name, kind, duration or 0.0, shown)

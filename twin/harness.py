@@ -40,13 +40,14 @@ import httpx
 import simpy
 
 from orchestrator.core.model import TaskState
-from twin.clock import AsyncSimClock
+from twin.clock import AsyncSimClock, LoopLagProbe
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec
 from twin.devices.host import HOST
 from twin.fleet import Fleet
 from twin.link_profile import CLEAN, LinkProfile
 from twin.observer import ManagerObserver
 from twin.scenario.expectations import Expectation, Verdict
+from twin.scenario.fidelity import Fidelity, lag_budget
 from twin.scenario.result import ScenarioResult
 from twin.scenario.spec import DeviceRef, FleetGroup, ManagerSpec, Scenario, Target, Timers, WorkloadItem
 from twin.scenario.trace import TERMINAL, Trace, TraceEvent
@@ -93,6 +94,7 @@ class TwinCluster:
         self.trace = Trace(name, seed, meta)
         self.env = simpy.Environment()
         self.clock = AsyncSimClock(self.env, 1.0)
+        self.probe = LoopLagProbe()  # is this host keeping up with the timers? (fidelity())
         self.observer = ManagerObserver(self.trace, now=self.clock.target)
         self.broker: Broker | None = None
         self.manager: Manager | None = None
@@ -145,11 +147,20 @@ class TwinCluster:
                                     random.Random(f"{self.seed}:workload"), self.max_attempts,
                                     self.clock.target)  # fmt: skip
         await self._submitter.__aenter__()
+        self.probe.start()  # after the start-up's one-off costs (e.g. the HTTP client's TLS context)
+
+    def fidelity(self) -> Fidelity:
+        """This cluster's scheduling lag so far against the budget its timers allow: when it is not
+        ``faithful``, a missed bound may be the host's, not the system's (the pytest plugin then
+        reports a failed test as skipped, with ``reason``)."""
+        loop, sim = self.probe.stats(), self.clock.lag_stats()
+        return Fidelity(lag_budget(self.timers), loop.p99_s, sim.p99_s, loop.max_s, loop.events)
 
     async def close(self, keep_dir: bool = False) -> None:
         """Stop everything started, whatever state it is in; never raises. The work directory (logs)
         is removed when the cluster made it and ``keep_dir`` is false."""
         self.observer.closed = True  # the teardown's deaths are not facts of the test
+        self.probe.stop()
         if self._submitter is not None:
             with contextlib.suppress(Exception):
                 await self._submitter.__aexit__(None, None, None)
@@ -232,10 +243,18 @@ class TwinCluster:
             spec = esp_spec(group) if kind != "host" else host_spec
             config = DeviceConfig(name, kind, pid, self.domain, host, port, self.timers, spec,
                                   tuple(tags))  # fmt: skip
-            fleet.devices[name] = SimDevice(config, shared, random.Random(f"{self.seed}:device:{name}"))
+            if self._session is not None and self._session.identities is not None:  # a closed broker
+                creds = self._session.identities.device(kind, pid)
+                config = replace(config, username=creds.username, password=creds.password,
+                                 signing_key=creds.signing_key)  # fmt: skip
+            device = SimDevice(config, shared, random.Random(f"{self.seed}:device:{name}"))
+            device.cut = control.sever  # a power loss or reset vanishes through the link, without a packet
+            fleet.devices[name] = device
             self._ids[name] = pid
             self._refs.append(DeviceRef(name, kind, len(self._groups) - 1, tuple(tags)))
         self.observer.proplet_names = {pid: name for name, pid in self._ids.items()}
+        if self._session is not None:
+            await self._session.commit_identities()  # admitted by the broker before they power on
         for name in names:
             self.clock.inject(fleet.devices[name].power_on, 0.0)
         loop = asyncio.get_running_loop()
@@ -357,12 +376,17 @@ class TwinCluster:
         # A reboot lasts no time of its own (its window ends at once); the fleet takes no duration for it.
         self.clock.inject(fleet.inject, device, kind, None if kind == "reboot" else duration, params)
         end = start + duration if duration is not None else None
-        self._windows[device] = _Window(start, end, kind in ("power_loss", "reboot"))
+        self._windows[device] = _Window(start, end, kind in ("power_loss", "reboot", "clean_shutdown"))
 
     async def power_loss(self, device: str, off_for: float | None = None) -> None:
-        """Cut the device's power (no DISCONNECT: the broker fires its will); back after ``off_for``
-        seconds, or off until ``power_on``."""
+        """Cut the device's power: it sends nothing more (the broker fires its will when the keep-alive
+        expires); back after ``off_for`` seconds, or off until ``power_on``."""
         self._inject(device, "power_loss", off_for, {})
+
+    async def clean_shutdown(self, device: str, off_for: float | None = None) -> None:
+        """Orderly power-off: ``offline``, then DISCONNECT (no will); back after ``off_for`` seconds, or
+        off until ``power_on``."""
+        self._inject(device, "clean_shutdown", off_for, {})
 
     async def power_on(self, device: str) -> None:
         fleet, _shared = self._started_fleet()
@@ -376,6 +400,8 @@ class TwinCluster:
         self._inject(device, "wifi_drop", _positive(duration, "wifi_drop duration"), {})
 
     async def reboot(self, device: str) -> None:
+        """Watchdog reset: silence, then a reboot whose reconnect takes the old session over (the
+        broker fires the old will then)."""
         self._inject(device, "reboot", 0.0, {})
 
     async def out_of_memory(

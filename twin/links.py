@@ -16,6 +16,11 @@ What the faults mean on a TCP stream:
   expiry is what ends the session. Lifting it lets held data flow again (TCP retransmission).
 - bandwidth: chunks are serialised at `bandwidth_bps` bits per second each way.
 - `reset()`: RST to both sides (SO_LINGER 0), as a NAT or access point that forgets the connection.
+- `sever()`: the device end vanishes (power loss, brownout, watchdog reset): the device's socket is
+  dropped, but the broker's side hears nothing at all, no FIN, no RST, not the bytes still queued. The
+  broker learns of it only when the keep-alive expires (1.5 × keepalive) or when the same client id
+  connects again (a session takeover); whichever closes the broker's socket ends the severed
+  connection. New connections through the link are not affected.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class LinkStats:
     down_bytes: int = 0  # broker -> device, delivered
     connections: int = 0  # accepted so far
     resets: int = 0
+    severed: int = 0  # connections whose device end vanished without a packet
     upstream_failures: int = 0  # accepted but the broker could not be reached
 
 
@@ -142,13 +148,23 @@ class _Side(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.severed:
+            return  # the device is gone: nothing it sent and nothing sent to it moves any more
         (self.conn.up if self.is_device else self.conn.down).push(data)
 
     def eof_received(self) -> bool | None:
+        if self.conn.severed:
+            if not self.is_device:  # the broker gave up on the silent device: the connection ends
+                self.conn.close()
+            return True
         self.conn.finish(self.is_device)
         return True  # keep our write side open until the queued bytes are delivered
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn.severed:
+            if not self.is_device:
+                self.conn.close()
+            return
         if exc is None:
             self.conn.finish(self.is_device)  # bytes still on their way (a DISCONNECT) arrive first
         else:
@@ -171,6 +187,26 @@ class _Conn:
         self.up = _Direction(link, self, up=True)
         self.down = _Direction(link, self, up=False)
         self.closed = False
+        self.severed = False  # the device end vanished; the broker end stays open and silent
+
+    def sever(self) -> None:
+        """Drop the device's socket and everything queued; leave the broker's socket open, unread and
+        unwritten, until the broker closes it."""
+        if self.closed or self.severed:
+            return
+        self.severed = True
+        for direction in (self.up, self.down):
+            direction.cancel()
+            direction.queue.clear()
+            direction.queued = 0
+        t = self.device.transport
+        if t is not None:
+            t.abort()
+        # Keep reading the broker's side (and dropping what comes) so that its close is noticed.
+        b = self.broker.transport
+        if b is not None and not b.is_closing():
+            with contextlib.suppress(RuntimeError):
+                b.resume_reading()
 
     def src(self, up: bool) -> asyncio.Transport | None:
         return (self.device if up else self.broker).transport
@@ -179,6 +215,8 @@ class _Conn:
         return (self.broker if up else self.device).transport
 
     def set_reading(self, on: bool) -> None:
+        if self.severed:
+            return
         for side, direction in ((self.device, self.up), (self.broker, self.down)):
             t = side.transport
             if t is None or t.is_closing():
@@ -271,10 +309,11 @@ class LinkProxy:
             self.stats.upstream_failures += 1
             conn.close(rst=True)
             return
-        if conn.closed:  # the device gave up while we dialled
+        if conn.closed or conn.severed:  # the device gave up or vanished while we dialled
             t = conn.broker.transport
             if t is not None:
                 t.close()
+            conn.close()
             return
         if self.profile.blackhole:
             conn.set_reading(False)
@@ -297,6 +336,15 @@ class LinkProxy:
 
     def blackhole(self, on: bool = True) -> None:
         self.update(blackhole=on)
+
+    def sever(self) -> int:
+        """The device vanished: every open connection goes silent towards the broker (see the module
+        doc); returns how many were severed. The link itself stays usable for the next connection."""
+        conns = [c for c in self._conns if not c.severed]
+        for conn in conns:
+            conn.sever()
+        self.stats.severed += len(conns)
+        return len(conns)
 
     def reset(self) -> int:
         """RST every open connection on both sides; returns how many were reset."""

@@ -1,5 +1,10 @@
 """The live scenario runner: the real broker and manager processes, a simulated fleet, faults on a script.
 
+Fidelity: the run measures its own scheduling lag (the event loop, with ``LoopLagProbe``, and the simpy
+driver) and records it in ``trace.meta["fidelity"]`` against the budget its timers allow
+(``twin.scenario.fidelity``); a run on a host that could not keep up is judged ``inconclusive``, not
+failed.
+
 ``create_runner("live", **options)`` (called by ``twin.scenario.get_runner``) returns a ``LiveRunner``.
 One run: start the broker (its own process) and the manager (``propeller manager``, observed through its
 log), build the fleet on one simpy ``Environment`` driven by ``AsyncSimClock`` at speed 1.0 (the protocol
@@ -41,10 +46,11 @@ import simpy
 from hil import esp32sim
 from hil.rig import BoardSpec, load_map
 from hil.scenario_boards import ScenarioBoards
-from twin.clock import AsyncSimClock
+from twin.clock import AsyncSimClock, LoopLagProbe
 from twin.fleet import Fleet
 from twin.observer import ManagerObserver
 from twin.scenario import RunnerUnavailable
+from twin.scenario.fidelity import Fidelity, lag_budget
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace, TraceEvent
 from twin.services import Broker, Manager
@@ -132,6 +138,7 @@ class _Run:
         self.fleet_jobs: set[asyncio.Task[None]] = set()
         self.submissions: set[asyncio.Task[Any]] = set()
         self.cpu0 = psutil.Process().cpu_times()
+        self.probe = LoopLagProbe()  # the loop's own lag: is this host keeping up? (fidelity)
 
     def _spawn(self, coro: Any, into: set[asyncio.Task[Any]]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -160,7 +167,11 @@ class _Run:
                 self.env.timeout(sub.at).callbacks.append(self._submit_at(submitter, sub))
             self.env.process(self._progress())
             started = time.monotonic()
-            await self.clock.run(s.duration_s)
+            self.probe.start()
+            try:
+                await self.clock.run(s.duration_s)
+            finally:
+                self.probe.stop()
             wall = time.monotonic() - started
             if self.submissions:
                 await asyncio.wait(set(self.submissions), timeout=SETTLE_S)
@@ -229,6 +240,12 @@ class _Run:
                     figures[f"{key}_cpu_s"] = round(t.user + t.system, 3)
                     figures[f"{key}_rss_mib"] = round(p.memory_info().rss / 2**20, 1)
         self.trace.meta["live"] = figures
+        loop = self.probe.stats()
+        fidelity = Fidelity(lag_budget(self.scenario.timers), loop.p99_s, lag.p99_s, loop.max_s, loop.events)
+        self.trace.meta["fidelity"] = fidelity.to_meta()
+        if not fidelity.faithful:
+            self.trace.emit(float(self.env.now), "note", "runner",
+                            text=f"this host could not keep up: {fidelity.reason}")  # fmt: skip
         for e in errors:
             self.trace.emit(float(self.env.now), "note", "workload", text=e)
 
@@ -296,7 +313,9 @@ class _Run:
                     esp32sim.create_board(port.removeprefix("esp32sim://"), member.device)
                     self.sims.append(port.removeprefix("esp32sim://"))
                 boards.open(name, port)
-            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key="twin",
+            # Boards are enrolled like upstream devices with the run's key (twin/identities.py).
+            key = self.session.identities.board_key if self.session.identities is not None else "twin"
+            boards.provision_all(broker=broker, domain=self.domain, channel=CHANNEL, api_key=key,
                                  proplet_ids={n: b.proplet_id for n, b in members.items()})  # fmt: skip
             for board in boards.boards.values():
                 board.expect_event("mqtt_connected", timeout=BOARD_JOIN_S)

@@ -41,7 +41,7 @@ import psutil
 import simpy
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient
+from orchestrator.adapters.mqtt import BrokerUrl, MqttClient
 from proplets.core import Publish
 from twin.clock import AsyncSimClock
 from twin.device import DeviceConfig, Shared, SimDevice, shutdown_all
@@ -312,9 +312,15 @@ class _Point:
         await self.session.__aenter__()
         session = self.session
         self.broker, self.manager, self.shared = session.broker, session.manager, session.shared
-        assert self.broker is not None and self.shared is not None
-        self.monitor = MqttClient(self.broker.url, f"scale-monitor-{self.domain}", keepalive=60,
-                                  on_message=self._on_monitor)  # fmt: skip
+        assert self.broker is not None and self.shared is not None and session.identities is not None
+        # A closed broker, as in production: the monitor and every device are enrolled for the run.
+        identities = session.identities
+        monitor_id = f"scale-monitor-{self.domain}"
+        watcher = identities.observer(monitor_id)
+        await session.commit_identities()
+        host, port = self.broker.host, self.broker.port
+        monitor_url = BrokerUrl("mqtt", host, port, watcher.username, watcher.password)
+        self.monitor = MqttClient(monitor_url, monitor_id, keepalive=60, on_message=self._on_monitor)
         await self.monitor.connect()
         await self.monitor.subscribe_and_wait(self.topics.alive, 1)
         timers = Timers(heartbeat_interval=cfg.heartbeat, liveness_timeout=3 * cfg.heartbeat,
@@ -323,8 +329,12 @@ class _Point:
         host, port = self.broker.host, self.broker.port
         for i in range(cfg.devices):
             pid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-            config = DeviceConfig(f"esp-{i:05d}", "esp32s3", pid, self.domain, host, port, timers, ESP32S3)
+            creds = identities.device("esp32s3", pid)
+            config = DeviceConfig(f"esp-{i:05d}", "esp32s3", pid, self.domain, host, port, timers, ESP32S3,
+                                  username=creds.username, password=creds.password,
+                                  signing_key=creds.signing_key)  # fmt: skip
             self.devices.append(ScaleDevice(config, self.shared, random.Random(rng.random())))
+        await session.commit_identities()
         me = _Usage(psutil.Process().pid)
         loop = asyncio.get_running_loop()
         t0 = loop.time()

@@ -156,7 +156,12 @@ class ManagedProcess:
 class Broker:
     """The scenario's broker process on a fixed ephemeral port; ``restart`` keeps the port."""
 
-    def __init__(self, kind: str, work_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, kind: str, work_dir: Path, host: str = "127.0.0.1", port: int | None = None,
+        identities: Path | None = None,
+    ) -> None:  # fmt: skip
+        """``identities``: the run's manager database, whose enrolled identities the (closed) broker
+        admits (twin/identities.py); None runs an OPEN broker."""
         if kind not in ("embedded", "mosquitto"):
             raise ValueError(f"broker must be 'embedded' or 'mosquitto', got {kind!r}")
         self.kind, self.host = kind, host
@@ -168,8 +173,18 @@ class Broker:
             if exe is None:
                 raise ServiceError("broker: mosquitto is not installed (apt-get install mosquitto)")
             conf = work_dir / "mosquitto.conf"
+            access = "allow_anonymous true\n"
+            if identities is not None:  # files written by TwinIdentities (SIGHUP reloads them)
+                # Started as root, Mosquitto drops to the `mosquitto` user before it reads the password
+                # file, which a 0700 test directory hides from it: this private broker stays root.
+                stay = "user root\n" if os.geteuid() == 0 else ""
+                access = stay + (
+                    f"allow_anonymous false\nuse_username_as_clientid true\n"
+                    f"password_file {(work_dir / 'mosquitto.passwd').resolve()}\n"
+                    f"acl_file {(work_dir / 'mosquitto.acl').resolve()}\n"
+                )
             conf.write_text(
-                f"listener {self.port} {host}\nallow_anonymous true\n"
+                f"listener {self.port} {host}\n{access}"
                 f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
                 "max_inflight_messages 100\npersistence false\nmax_keepalive 65535\n"
                 "log_dest stdout\nlog_type error\nlog_type warning\n",
@@ -179,6 +194,7 @@ class Broker:
         else:
             argv = [sys.executable, "-m", "orchestrator.cli", "--log-level", "warning", "broker",
                     "--listen", f"{host}:{port or self.port}"]  # fmt: skip
+            argv += ["--db", str(identities), "--refresh", "0.5"] if identities is not None else ["--open"]
         self.process = ManagedProcess(f"broker ({kind})", argv, work_dir / "broker.log")
 
     @property
@@ -215,7 +231,8 @@ class Manager:
     """``propeller manager`` as a child process, its REST API on an ephemeral port."""
 
     def __init__(self, broker_url: str, opts: ManagerOptions, work_dir: Path,
-                 on_line: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 on_line: Callable[[str], None] | None = None,
+                 identity: Path | None = None) -> None:  # fmt: skip
         if opts.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {opts.placement!r}")
         self.api_port = free_port()
@@ -226,6 +243,7 @@ class Manager:
             heartbeat_interval=opts.heartbeat_interval, liveness_timeout=opts.liveness_timeout,
             placement=PLACEMENTS[opts.placement], max_attempts=opts.max_attempts,
             queue_timeout=opts.queue_timeout,
+            identity=str(identity) if identity is not None else None,  # its identity on the closed broker
         )  # fmt: skip
         # Derived from the one settings source: every field reaches the child's argparse unchanged.
         argv = [sys.executable, "-m", "orchestrator.cli", "--log-level", "info", "manager"]

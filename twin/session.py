@@ -34,6 +34,7 @@ from twin.broker_model import BrokerModel
 from twin.clock import AsyncSimClock
 from twin.device import Shared
 from twin.fleet import Fleet
+from twin.identities import TwinIdentities
 from twin.observer import ManagerObserver
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace
@@ -90,6 +91,7 @@ class TwinSession:
         self.virtual_manager: VirtualManager | None = None  # virtual
         self.runtime: Any = None
         self.shared: Shared | None = None
+        self.identities: TwinIdentities | None = None  # live: the run's enrolled identities
 
     @property
     def virtual(self) -> bool:
@@ -127,14 +129,17 @@ class TwinSession:
     async def _start_live(self) -> None:
         c, work = self.config, self.work_dir
         assert work is not None
-        broker = self.broker = Broker(c.broker, work)
+        # A closed broker, like a real fleet: the manager and every device are enrolled for this run.
+        identities = self.identities = TwinIdentities(work)
+        manager_identity = await identities.bootstrap(c.domain)
+        broker = self.broker = Broker(c.broker, work, identities=identities.db)
         self.stack.push_async_callback(_stop, broker)  # registered first: a half-started one is killed too
         await broker.start()
         if c.manager:
             opts = ManagerOptions(c.domain, c.heartbeat_interval, c.liveness_timeout, c.placement,
                                   c.max_attempts, c.queue_timeout)  # fmt: skip
             on_line = self.observer.on_line if self.observer is not None else None
-            manager = self.manager = Manager(broker.url, opts, work, on_line)
+            manager = self.manager = Manager(broker.url, opts, work, on_line, identity=manager_identity)
             self.trace.meta["manager_log"] = str(manager.process.log_path)
             self.stack.push_async_callback(_stop, manager)
             await manager.start()
@@ -159,6 +164,13 @@ class TwinSession:
             vm.start()
             self.stack.callback(vm.kill, 15)
 
+    async def commit_identities(self) -> None:
+        """Write the identities enrolled since the last commit; returns once the broker admits them."""
+        if self.identities is None or self.broker is None:
+            return
+        pid = self.broker.process.pid if self.broker.kind == "mosquitto" else None
+        await self.identities.commit(self.broker.host, self.broker.port, pid)
+
     async def fleet(self, scenario: Scenario, on_fleet_fault: Callable[[FaultSpec], None], *,
                     start: bool = True, **options: Any) -> Fleet:  # fmt: skip
         """The scenario's fleet on this session's broker, started (``start``: else the caller adds
@@ -167,6 +179,9 @@ class TwinSession:
         host, port = self.broker_address
         if self.virtual:
             options.setdefault("boards_as_devices", True)
+        elif self.identities is not None:
+            options.setdefault("credentials", self.identities.device)
+            options.setdefault("before_power_on", self.commit_identities)
         fleet = Fleet(scenario, self.shared, host, port, self.config.domain, on_fleet_fault, **options)
         self.stack.push_async_callback(_close_fleet, fleet)
         if start:

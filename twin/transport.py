@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import simpy
 
-from orchestrator.adapters.mqtt import MqttClient, MqttError, Will
+from orchestrator.adapters.mqtt import BrokerUrl, MqttClient, MqttError, Will
 from proplets.runtime import CancelToken, RunOutcome, RunRequest, WasmRuntime
 from twin.broker_model import BrokerModel, ModelClient
 from twin.clock import AsyncSimClock
@@ -58,6 +58,7 @@ class LinkControl(Protocol):
 
     def set_profile(self, profile: LinkProfile) -> None: ...
     def reset(self) -> int: ...
+    def sever(self) -> int: ...
     async def close(self) -> None: ...
 
 
@@ -74,7 +75,7 @@ class Transport(Protocol):
         self, device: str, host: str, port: int, client_id: str, *, keepalive: float, will: Will,
         reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random,
         on_message: Callable[[str, bytes], None], on_connect: Callable[[], None],
-        on_disconnect: Callable[[], None],
+        on_disconnect: Callable[[], None], username: str | None = None, password: str | None = None,
     ) -> MqttLink: ...  # fmt: skip
 
     def connect(self, link: MqttLink, done: OnDone) -> None:
@@ -113,11 +114,13 @@ class LiveTransport:
         self, device: str, host: str, port: int, client_id: str, *, keepalive: float, will: Will,
         reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random,
         on_message: Callable[[str, bytes], None], on_connect: Callable[[], None],
-        on_disconnect: Callable[[], None],
+        on_disconnect: Callable[[], None], username: str | None = None, password: str | None = None,
     ) -> MqttLink:  # fmt: skip
         inject = self.clock.inject
+        # A closed broker: the device's enrolled credentials (twin/identities.py); None: anonymous.
+        url = BrokerUrl("mqtt", host, port, username, password)
         return MqttClient(
-            f"mqtt://{host}:{port}", client_id, keepalive=max(1, round(keepalive)), will=will,
+            url, client_id, keepalive=max(1, round(keepalive)), will=will,
             reconnect=reconnect, backoff_min=backoff_min, backoff_max=backoff_max, rng=rng,
             on_message=lambda tp, pl: inject(on_message, tp, pl),
             on_connect=lambda: inject(on_connect), on_disconnect=lambda: inject(on_disconnect),
@@ -228,7 +231,7 @@ class VirtualTransport:
         self, device: str, host: str, port: int, client_id: str, *, keepalive: float, will: Will,
         reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random,
         on_message: Callable[[str, bytes], None], on_connect: Callable[[], None],
-        on_disconnect: Callable[[], None],
+        on_disconnect: Callable[[], None], username: str | None = None, password: str | None = None,
     ) -> MqttLink:  # fmt: skip
         link = self.links.get(device)
         client = self.broker.client(

@@ -276,9 +276,12 @@ def create_app(manager: ManagerService) -> FastAPI:
         app.add_middleware(_BearerAuth, tokens=tokens, metrics_public=manager.settings.metrics_public)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "pass",
+    async def health() -> JSONResponse:
+        # "fail" (503) while the manager's own broker session is down: it can neither dispatch nor hear.
+        link_up = manager.broker_link_up
+        body = {
+            "status": "pass" if link_up else "fail",
+            "checks": {"broker_link": "pass" if link_up else "fail"},
             "version": VERSION,
             "commit": "",
             "description": "manager service",
@@ -286,6 +289,7 @@ def create_app(manager: ManagerService) -> FastAPI:
             "instance_id": instance_id,
             "uptime_s": round(time.time() - started, 3),
         }
+        return JSONResponse(body, status_code=200 if link_up else 503)
 
     @app.post("/tasks", status_code=201)
     async def create_task(request: Request) -> JSONResponse:
@@ -449,6 +453,39 @@ def create_app(manager: ManagerService) -> FastAPI:
         if status:
             views = [v for v in views if v["alive"] == (status == "active")]
         return _page_body(offset, limit, "proplets", views)
+
+    @app.post("/proplets/enroll", status_code=201)
+    async def enroll_proplet(request: Request) -> JSONResponse:
+        body = await _json_body(request, optional=True) or {}
+        if not isinstance(body, dict):
+            raise ValidationError("body must be a JSON object: {id?, kind?, client_id?, key?}")
+        unknown = set(body) - {"id", "kind", "client_id", "key"}
+        if unknown:
+            raise ValidationError(f"unknown field {sorted(unknown)[0]!r}", sorted(unknown)[0])
+        for name in ("id", "kind", "client_id", "key"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise ValidationError(f"{name} must be a string", name)
+        kind = body.get("kind") or "proplet"
+        if kind == "upstream" and not (body.get("client_id") or body.get("id")):
+            raise ValidationError("an upstream proplet is enrolled with its own client_id", "client_id")
+        enrollment = await manager.enroll(kind, body.get("id"), body.get("client_id"), body.get("key"))
+        doc = enrollment.identity_file(manager.broker_url or None)
+        return JSONResponse(doc, status_code=201, headers={"Cache-Control": "no-store"})
+
+    @app.get("/proplets/identities")
+    async def list_identities(request: Request) -> dict[str, Any]:
+        offset, limit = _page(request)
+        views = [i.view() for i in manager.identities.all() if i.kind != "manager"]
+        return _page_body(offset, limit, "identities", views)
+
+    @app.post("/proplets/{proplet_id}/revoke")
+    async def revoke_proplet(proplet_id: str) -> dict[str, Any]:
+        return (await manager.revoke(proplet_id)).view()
+
+    @app.delete("/proplets/{proplet_id}/identity", status_code=204)
+    async def revoke_proplet_identity(proplet_id: str) -> Response:
+        await manager.revoke(proplet_id)
+        return Response(status_code=204)
 
     @app.get("/proplets/{proplet_id}")
     async def get_proplet(proplet_id: str) -> dict[str, Any]:

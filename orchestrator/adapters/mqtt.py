@@ -52,6 +52,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from orchestrator.adapters.broker_url import BrokerUrl, parse_broker_url
 from orchestrator.wire.mqtt_names import check_filter, check_topic
+from proplets.backoff import Backoff
 
 __all__ = ["BrokerUrl", "MqttClient", "MqttError", "TlsOptions", "Will", "parse_broker_url"]
 
@@ -467,15 +468,11 @@ class MqttClient:
                 raise
         raise error
 
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._backoff_max, self._backoff_min * 2.0 ** min(attempt, 30))
-        return self._rng.uniform(max(self._backoff_min, ceiling / 2), ceiling)
-
     async def _reconnect_loop(self) -> None:
-        attempt = 0
+        backoff = Backoff(self._backoff_min, self._backoff_max, self._rng)
         while self._auto:
-            delay = self._backoff(attempt)
-            attempt += 1
+            delay = backoff.next()
+            attempt = backoff.attempt
             await asyncio.sleep(delay)
             if not self._auto:
                 return

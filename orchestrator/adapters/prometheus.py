@@ -53,6 +53,24 @@ class _EngineCollector(Collector):
         for name, count in sorted(engine.counters.items()):
             events.add_metric([name], count)
         yield events
+        unenrolled = CounterMetricFamily(
+            "propeller_messages_unenrolled",
+            "Proplet messages dropped because the id they claim is not an enrolled, active proplet",
+            labels=["topic"],
+        )
+        for suffix, count in sorted(self.manager.unenrolled.items()):
+            unenrolled.add_metric([suffix], count)
+        yield unenrolled
+        guard = self.manager.broker.guard if self.manager.broker is not None else None
+        if guard is not None:
+            refused = CounterMetricFamily(
+                "propeller_broker_refused",
+                "Embedded broker: refused CONNECTs and SUBSCRIBEs, dropped PUBLISHes and wills, by kind",
+                labels=["what"],
+            )
+            for what, count in sorted(guard.counters.items()):
+                refused.add_metric([what], count)
+            yield refused
         samples = engine.dispatch_latencies
         buckets = [(str(b), float(sum(1 for s in samples if s <= b))) for b in LATENCY_BUCKETS]
         buckets.append(("+Inf", float(len(samples))))

@@ -58,6 +58,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from orchestrator.core.identity import Identity
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -241,6 +242,18 @@ PROPLET_METRICS = sa.Table(
     sa.Index("ix_proplet_metrics_proplet_id_timestamp", "proplet_id", "timestamp"),
 )
 
+IDENTITIES = sa.Table(
+    "identities",
+    METADATA,
+    sa.Column("proplet_id", sa.String(128), primary_key=True),
+    sa.Column("client_id", sa.String(128), nullable=False),
+    sa.Column("username", sa.String(128), nullable=False),
+    sa.Column("password_hash", sa.Text(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("public_key", sa.LargeBinary(), nullable=True),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Column("revoked_at", sa.Double(), nullable=True),
+)
 TASK_LOGS = sa.Table(
     "task_logs",
     METADATA,
@@ -611,6 +624,51 @@ class Store:
         async with self._read("load jobs") as conn:
             rows = (await conn.execute(sa.select(JOBS).order_by(JOBS.c.created_at, JOBS.c.id))).all()
         return [JobRecord(**dict(r._mapping)) for r in rows]
+
+    # -- identities ----------------------------------------------------------------------------------
+
+    async def save_identity(self, identity: Identity) -> None:
+        """Upsert one identity (enrolment, revocation); only the password's hash is ever stored."""
+        await self.save_identities([identity])
+
+    async def save_identities(self, identities: Sequence[Identity]) -> None:
+        """Upsert identities in one transaction (a fleet enrolled at once)."""
+        if not identities:
+            return
+        rows = [dataclasses.asdict(i) for i in identities]
+        stmt = self._insert(IDENTITIES)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["proplet_id"],
+            set_={c.name: stmt.excluded[c.name] for c in IDENTITIES.c if c.name != "proplet_id"},
+        )
+        first = identities[0].proplet_id
+        what = f"save identity {first!r}" if len(rows) == 1 else f"save {len(rows)} identities"
+        async with self._write(what, rows) as conn:
+            await conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
+
+    async def identities_version(self) -> tuple[Any, ...]:
+        """A cheap fingerprint of the identities table: it changes with every enrolment or revocation
+        (readers poll it, and re-load the table only when it moved)."""
+        query = sa.select(
+            sa.func.count(),
+            sa.func.max(IDENTITIES.c.created_at),
+            sa.func.max(IDENTITIES.c.revoked_at),
+            sa.func.count(IDENTITIES.c.revoked_at),
+        )
+        async with self._read("read the identities version") as conn:
+            row = (await conn.execute(query)).one()
+        return tuple(row)
+
+    async def load_identities(self) -> list[Identity]:
+        async with self._read("load identities") as conn:
+            rows = (await conn.execute(sa.select(IDENTITIES).order_by(IDENTITIES.c.proplet_id))).all()
+        out = []
+        for r in rows:
+            values = dict(r._mapping)
+            if values["public_key"] is not None:
+                values["public_key"] = bytes(values["public_key"])
+            out.append(Identity(**values))
+        return out
 
     # -- logs ----------------------------------------------------------------------------------------
 

@@ -43,11 +43,12 @@ class Rig:
     board: SerialBoard
     device: BoardDevice
     proplet_id: str
+    api_key: str
 
     def provisioning(self) -> Provisioning:
         s = self.cluster.manager.settings
         where = urllib.parse.urlsplit(self.cluster.broker_url)  # the firmware takes HOST:PORT, no scheme
-        return Provisioning("lab", "secret", where.netloc, self.proplet_id, "k", s.domain, s.channel)
+        return Provisioning("lab", "secret", where.netloc, self.proplet_id, self.api_key, s.domain, s.channel)
 
 
 @pytest.fixture
@@ -59,6 +60,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     runtime = WasmtimeRuntime()
     shared = Shared(env, clock, Trace("board"), runtime, executor)
     proplet_id = str(uuid.uuid4())
+    # The rig enrolls its board like an upstream device: its own client id and key (the closed broker
+    # refuses anything else).
+    api_key = uuid.uuid4().hex
+    await cluster.manager.enroll("upstream", proplet_id, client_id=proplet_id, key=api_key)
     # Nowhere to dial yet: the console's provisioning tells it (port 9 would refuse).
     config = DeviceConfig("board-1", "esp32s3", proplet_id, "unset", "127.0.0.1", 9, Timers())
     device = BoardDevice(SimDevice(config, shared, random.Random(1)), asyncio.get_running_loop())
@@ -66,7 +71,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     pty = PtyBoard("board-1", device)
     board = await asyncio.to_thread(SerialBoard, "board-1", pty.port, tmp_path, lock_dir=tmp_path / "locks")
     try:
-        yield Rig(cluster, pty, board, device, proplet_id)
+        yield Rig(cluster, pty, board, device, proplet_id, api_key)
     finally:
         await asyncio.to_thread(board.close)
         pty.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,8 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.adapters.mqtt import MqttClient, parse_broker_url
+from orchestrator.core.identity import new_enrollment
 from orchestrator.service import ManagerService, ManagerSettings
-from proplets.agent import AgentSettings, PropletAgent
+from proplets.agent import AgentSettings, PropletAgent, with_identity
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
@@ -34,23 +38,44 @@ class Cluster:
     def broker_url(self) -> str:
         return self.manager.broker_url
 
+    @property
+    def closed(self) -> bool:
+        """The manager runs a closed embedded broker: clients need an enrolled identity."""
+        return self.manager.broker is not None and self.manager.broker.guard is not None
+
     async def add_proplet(self, proplet_id: str) -> PropletAgent:
         s = self.manager.settings
-        agent = PropletAgent(
-            AgentSettings(
-                broker=self.broker_url,
-                proplet_id=proplet_id,
-                domain=s.domain,
-                channel=s.channel,
-                heartbeat_interval=s.heartbeat_interval,
-                keepalive=2,
-                cache_dir=str(self.tmp / "cache"),
-            )
+        settings = AgentSettings(
+            broker=self.broker_url,
+            proplet_id=proplet_id,
+            domain=s.domain,
+            channel=s.channel,
+            heartbeat_interval=s.heartbeat_interval,
+            keepalive=2,
+            cache_dir=str(self.tmp / "cache"),
         )
+        if self.closed:
+            enrollment = await self.manager.enroll("proplet", proplet_id)
+            settings = with_identity(settings, enrollment.identity_file())
+        agent = PropletAgent(settings)
         await agent.start()
         self.agents[proplet_id] = agent
         await eventually(lambda: self.alive(proplet_id), 10, f"{proplet_id} alive")
         return agent
+
+    def peer(self, client_id: str) -> MqttClient:
+        """A client the broker trusts like the manager (tests of the engine's own input checks, which
+        must hold for what a broker that cannot read payloads, e.g. Mosquitto, lets through)."""
+        if not self.closed:
+            return MqttClient(self.broker_url, client_id)
+        password = secrets.token_urlsafe(16)
+        enrollment = new_enrollment(
+            kind="manager", proplet_id=client_id, password=password, salt=b"test-peer-1", signing_key=None,
+            wall=time.time(),
+        )  # fmt: skip
+        self.manager.identities.enroll(enrollment.identity)
+        url = dataclasses.replace(parse_broker_url(self.broker_url), username=client_id, password=password)
+        return MqttClient(url, client_id)
 
     async def alive(self, proplet_id: str, expected: bool = True) -> bool:
         r = await self.api.get(f"/proplets/{proplet_id}")

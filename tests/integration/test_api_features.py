@@ -10,7 +10,6 @@ from pathlib import Path
 import wasmtime
 
 from orchestrator import wire
-from orchestrator.adapters.mqtt import MqttClient
 from tests.integration.conftest import Cluster, close_cluster, eventually, make_cluster
 
 MODULE = base64.b64encode(
@@ -97,7 +96,8 @@ async def test_latent_task_is_invoked_through_the_api(embedded_cluster: Cluster)
     await c.api.post(f"/tasks/{task['id']}/start")
     answer = await c.api.post(f"/tasks/{task['id']}/invoke", json={"inputs": [20, 22]})
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"invoked": True, "results": "42", "verified": False}
+    # p1 is enrolled (the broker is closed): it signs, and the manager checks against its enrolled key.
+    assert answer.json() == {"invoked": True, "results": "42", "verified": True}
     plain = (await c.api.post("/tasks", json={"name": "add", "file": MODULE})).json()
     refused = await c.api.post(f"/tasks/{plain['id']}/invoke", json={})
     assert refused.status_code == 400 and "not a latent task" in refused.json()["error"]
@@ -119,7 +119,7 @@ async def test_alive_history_and_proplet_metrics_are_served(embedded_cluster: Cl
     c = embedded_cluster
     await c.add_proplet("p1")
     await eventually(lambda: _history_at_least(c, "p1", 3), 10, "three heartbeats in the alive history")
-    sender = MqttClient(c.broker_url, "metrics-sender")
+    sender = c.peer("metrics-sender")
     await sender.connect()
     metrics = wire.PropletMetrics(
         "p1",

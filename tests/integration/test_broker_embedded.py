@@ -146,7 +146,7 @@ def test_keepalive_fix_refuses_unknown_amqtt(monkeypatch: pytest.MonkeyPatch) ->
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="port 70000 is out of range"):
         EmbeddedBroker(port=70000)
-    with pytest.raises(ValueError, match="allow_anonymous=False needs at least one entry in users"):
+    with pytest.raises(ValueError, match="allow_anonymous=False needs identities or entries in users"):
         EmbeddedBroker(allow_anonymous=False)
     with pytest.raises(ValueError, match="keepalive_grace must be >= 0"):
         EmbeddedBroker(keepalive_grace=-1)

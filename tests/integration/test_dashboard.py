@@ -117,13 +117,18 @@ class Fleet:
         _wait_http(f"{self.url}/health", proc, self.tmp / "manager.log")
 
     def start_proplet(self, proplet_id: str, *extra: str) -> None:
+        # The manager's embedded broker is closed: enroll the proplet through the API first.
+        enrolled = httpx.post(f"{self.url}/proplets/enroll", json={"id": proplet_id}, timeout=10)
+        assert enrolled.status_code == 201, enrolled.text
+        identity = self.tmp / f"{proplet_id}.identity.json"
+        identity.write_text(enrolled.text)
         self.spawn(
             proplet_id,
             "proplet",
             "--broker",
             f"mqtt://127.0.0.1:{self.mqtt_port}",
-            "--id",
-            proplet_id,
+            "--identity",
+            str(identity),
             "--domain",
             self.domain,
             "--heartbeat-interval",

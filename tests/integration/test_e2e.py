@@ -8,7 +8,6 @@ import uuid
 
 import wasmtime
 
-from orchestrator.adapters.mqtt import MqttClient
 from tests.integration.conftest import Cluster, _async, eventually
 
 ADD = base64.b64encode(
@@ -53,7 +52,7 @@ async def test_proplet_killed_without_disconnect_is_dead_by_its_last_will(cluste
 async def test_malformed_payloads_on_every_control_topic_are_counted_and_dropped(cluster: Cluster) -> None:
     await cluster.add_proplet("p1")
     topics = cluster.manager.engine.topics
-    rogue = MqttClient(cluster.broker_url, f"rogue-{uuid.uuid4().hex[:6]}")
+    rogue = cluster.peer(f"rogue-{uuid.uuid4().hex[:6]}")
     await rogue.connect()
     garbage = [b"", b"\xff\xfe", b"[]", b'{"proplet_id": 5}', b'{"task_id": null}', b"{" * 5000]
     for topic in (

@@ -256,3 +256,43 @@ async def test_a_clean_disconnect_through_a_slow_link_fires_no_will(
         await eventually(lambda: b"marker" in got)
     assert got == [b"marker"]
     await observer.disconnect()
+
+
+async def test_sever_drops_the_device_end_and_leaves_the_broker_end_open_and_mute() -> None:
+    # A "broker" that records what it receives and whether its peer closed.
+    got: list[bytes] = []
+    closed = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while data := await reader.read(65536):
+            got.append(data)
+        closed.set()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    proxy = await LinkProxy("127.0.0.1", int(server.sockets[0].getsockname()[1])).start()
+    try:
+        reader, writer = await _open(proxy)
+        writer.write(b"hello")
+        await eventually(lambda: b"".join(got) == b"hello", 5)
+        assert proxy.sever() == 1
+        # The device's socket is gone (it reads EOF or a reset) ...
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        # ... but the broker heard nothing: no FIN, no RST. Sentinel: a second device connection
+        # through the same link works and its bytes arrive, after which the first is still open.
+        _, w2 = await _open(proxy)
+        w2.write(b"again")
+        await eventually(lambda: b"again" in b"".join(got), 5)
+        assert not closed.is_set() and b"".join(got) == b"helloagain"
+        assert proxy.stats.severed == 1 and proxy.open_connections == 2
+        # When the broker gives up on the silent connection (keep-alive expiry), it ends.
+        writers[0].close()
+        await eventually(lambda: proxy.open_connections == 1, 5)
+        w2.close()
+        writer.close()
+    finally:
+        await proxy.close()
+        server.close()
+        await server.wait_closed()

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import wasmtime
 
-from proplets.agent import AgentSettings, PropletAgent
+from proplets.agent import AgentSettings, PropletAgent, with_identity
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -114,19 +114,23 @@ async def test_kill9_under_load_loses_no_task(
     manager = ManagerProcess(broker_for_manager, tmp_path / "m.db", domain, tmp_path / "manager.log")
     manager_factory.append(manager)
     manager.start()
-    agents = [
-        PropletAgent(
-            AgentSettings(
-                broker=broker_for_proplets,
-                proplet_id=f"k9-{i}",
-                domain=domain,
-                heartbeat_interval=0.5,
-                keepalive=2,
-                max_instances=4,
-            )
+    agents = []
+    for i in range(3):
+        settings = AgentSettings(
+            broker=broker_for_proplets,
+            proplet_id=f"k9-{i}",
+            domain=domain,
+            heartbeat_interval=0.5,
+            keepalive=2,
+            max_instances=4,
         )
-        for i in range(3)
-    ]
+        if broker_kind == "embedded":
+            # The manager's broker is closed: enroll through its API; the identities survive the kill -9.
+            async with httpx.AsyncClient(base_url=manager.url, timeout=10) as api:
+                r = await api.post("/proplets/enroll", json={"id": f"k9-{i}"})
+                assert r.status_code == 201, r.text
+            settings = with_identity(settings, r.json())
+        agents.append(PropletAgent(settings))
     for agent in agents:
         await agent.start()
     try:

@@ -83,14 +83,24 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         await manager.stop()
 
 
-async def test_esp32s3_proplet_process_runs_numeric_tasks_and_refuses_what_does_not_fit(setup: Setup) -> None:
+async def test_esp32s3_proplet_process_runs_numeric_tasks_and_refuses_what_does_not_fit(
+    setup: Setup, tmp_path: Path
+) -> None:
     s = setup.manager.settings
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # The manager's broker is closed: the operator enrolls the device first, then starts it with that.
+    identity = tmp_path / "dev1.json"
+    enroll = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", "proplets", "enroll", "--id", "dev1",
+        "--out", str(identity), "--api-url", f"http://127.0.0.1:{setup.manager.api_port}", env=env,
+    )  # fmt: skip
+    assert await enroll.wait() == 0 and identity.stat().st_mode & 0o777 == 0o600
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator.cli", "proplet", "--profile", "esp32s3", "--id", "dev1",
+        sys.executable, "-m", "orchestrator.cli", "proplet", "--profile", "esp32s3",
+        "--identity", str(identity),
         "--broker", setup.manager.broker_url, "--domain", s.domain, "--channel", s.channel,
         "--heartbeat-interval", "0.5", "--metrics-interval", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     try:
 

@@ -17,7 +17,7 @@ from orchestrator.core.model import Proplet, Task
 from tests.fixtures.store import PgSchema
 
 # every revision, oldest first
-REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "task_output", "timeline")
+REVISIONS = ("0001", "trust_receipts", "mgr_throughput", "task_output", "timeline", "trust_identity")
 HEAD = REVISIONS[-1]
 
 
@@ -40,9 +40,8 @@ async def test_sqlite_upgrades_an_empty_file_then_reopen_is_a_noop(sqlite_path: 
         assert await store.schema_version() == HEAD
         await store.save_task(Task(id="t", name="kept"))
     schema = _sqlite_schema(sqlite_path)
-    assert {"tasks", "proplets", "jobs", "task_metrics", "proplet_metrics", "alembic_version"} <= {
-        name for name, _ in schema
-    }
+    tables = {"tasks", "proplets", "jobs", "task_metrics", "proplet_metrics", "identities", "alembic_version"}
+    assert tables <= {name for name, _ in schema}
     assert {"ix_tasks_state", "ix_tasks_job_id", "ix_tasks_workflow_id"} <= {name for name, _ in schema}
 
     async with await Store.open(str(sqlite_path)) as again:
@@ -123,7 +122,7 @@ async def test_a_version_1_database_gains_unverified_receipt_columns_keeping_row
         columns = ", ".join(row)
         db.execute(f"INSERT INTO tasks ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     async with await Store.open(str(sqlite_path)) as store:
-        assert store.applied_revisions == REVISIONS[1:]
+        assert store.applied_revisions == REVISIONS[1:]  # every later revision, in order
         (task,) = await store.load_tasks()
         assert task.id == "old" and task.results == "42" and task.receipt is None and task.verified is False
         assert task.result_type == ""  # task_output: results of old rows are not typed

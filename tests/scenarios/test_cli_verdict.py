@@ -39,6 +39,8 @@ def test_impossible_expectation_fails_with_exit_1_and_says_why(tmp_path: Path) -
         [sys.executable, "-m", "orchestrator.cli", "scenario", "run", str(scenario), "--report", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=80,
     )  # fmt: skip
+    if proc.returncode == 3:  # the host could not keep up: the verdict is inconclusive, by design
+        pytest.skip(proc.stdout.strip().splitlines()[0])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL impossible_lwt" in proc.stdout
     assert "dead_within" in proc.stdout and "esp-1 was marked dead" in proc.stdout, proc.stdout

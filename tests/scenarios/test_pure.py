@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import json
 import random
 
 import pytest
 
-from twin.device import device_state, esp_spec, firmware_flags, strip_target
+from twin.device import device_state, esp_spec, firmware_flags
 from twin.fleet import random_faults
 from twin.observer import ManagerObserver, TaskRef, parse_line
 from twin.scenario.spec import DeviceRef, FaultSpec, FleetGroup, Target, WorkloadItem
@@ -34,11 +33,7 @@ def test_device_state(
     assert device_state(powered, booted, connected, link_up, running) == state
 
 
-def test_upstream_firmware_ignores_the_target_of_a_start() -> None:
-    start = json.dumps({"id": "t1", "name": "add", "proplet_id": "someone-else", "inputs": [1]}).encode()
-    stripped = json.loads(strip_target(start))
-    assert stripped["proplet_id"] == "" and stripped["id"] == "t1"
-    assert strip_target(b"not json") == b"not json"
+def test_upstream_firmware_flags() -> None:
     assert firmware_flags("upstream-firmware").no_reconnect and not firmware_flags("esp32s3").no_reconnect
 
 

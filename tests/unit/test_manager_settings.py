@@ -44,6 +44,8 @@ CHANGED: dict[str, Any] = {
     "mqtt_insecure": True,
     "timeline": False,
     "reports_dir": "/srv/reports",
+    "broker_open": True,
+    "identity": "/etc/propeller/manager.json",
 }
 
 

@@ -70,6 +70,19 @@ def test_start_for_another_proplet_is_ignored_but_untargeted_runs() -> None:
     assert runs == ["mine"]
 
 
+def test_upstream_firmware_configuration_runs_every_start_and_ignores_stops() -> None:
+    # Upstream's firmware (reference §9): no target filter, a running module cannot be stopped.
+    e = engine(filter_target=False, honour_stop=False)
+    e.on_connected(0.0)
+    e.take_commands()
+    e.handle(T.start, start("other", target="someone-else"), 1.0)
+    e.handle(T.stop, b'{"id": "other"}', 2.0)
+    commands = e.take_commands()
+    assert [c.start.id for c in commands if isinstance(c, RunTask)] == ["other"]
+    assert not [c for c in commands if isinstance(c, CancelTask)]
+    assert e.counters["stops_ignored"] == 1 and "other" in e.running
+
+
 def test_result_carries_proplet_id_and_attempt_and_duplicate_start_is_ignored() -> None:
     e = engine()
     e.on_connected(0.0)

@@ -16,6 +16,7 @@ SANS_IO = [
     "orchestrator/wire",
     "orchestrator/core",
     "proplets/core.py",
+    "proplets/backoff.py",
     "proplets/output.py",
     "proplets/runtime/budget.py",
     "orchestrator/chunk_server.py",

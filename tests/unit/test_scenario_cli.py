@@ -23,7 +23,7 @@ def test_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     bad.write_text(LWT.read_text().replace("count: 3", "cuont: 3"))
     assert main(["scenario", "validate", str(LWT), str(bad)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}:11: fleet[0].cuont: unknown key (did you mean 'count'?)" in err
+    assert f"{bad}:13: fleet[0].cuont: unknown key (did you mean 'count'?)" in err
 
 
 def test_run_replay_passes_and_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,7 +63,7 @@ def test_run_fails_with_explanation_when_expecting_the_impossible(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     impossible = tmp_path / "impossible.yaml"
-    impossible.write_text(LWT.read_text().replace("seconds: 4}", "seconds: 0.1}"))
+    impossible.write_text(LWT.read_text().replace("seconds: 4.5,", "seconds: 0.1,"))
     recorded = lwt_trace().write(tmp_path / "recorded.json")
     code = main(
         ["scenario", "run", str(impossible), "--replay", str(recorded), "--report", str(tmp_path / "r.html")]
@@ -72,7 +72,7 @@ def test_run_fails_with_explanation_when_expecting_the_impossible(
     assert code == 1
     assert "FAIL lwt_reschedule (seed 42" in out and "4/5 expectations hold" in out
     assert re.search(
-        r"x dead_within\(seconds=0\.1, devices=esp-1\): esp-1 was marked dead 2\.50 s after "
+        r"x dead_within\(seconds=0\.1, devices=esp-1, not_before=2\): esp-1 was marked dead 2\.50 s after "
         r"power_loss at t=3\.00 s; bound 0\.1 s",
         out,
     )

@@ -82,7 +82,7 @@ def test_html_report_has_verdict_table_and_plot() -> None:
     page = render_html(bad)
     assert "<title>lwt_reschedule: FAIL</title>" in page
     assert '<table id="expectations">' in page
-    assert "esp-1 was marked dead 5.00 s after power_loss at t=3.00 s; bound 4 s" in page
+    assert "esp-1 was marked dead 5.00 s after power_loss at t=3.00 s; bound 4.5 s" in page
     assert page.count('<tr class="ok">') == 4 and page.count('<tr class="bad">') == 1
     png = png_of(page)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -114,7 +114,7 @@ def test_junit_xml_has_one_case_per_expectation() -> None:
     (failure,) = suites[1].iter("failure")
     assert failure.get("message", "").startswith("esp-1 was marked dead 5.00 s after power_loss")
     names = [c.get("name") for c in suites[0].findall("testcase")]
-    assert names[0] == "dead_within(seconds=4, devices=esp-1)"
+    assert names[0] == "dead_within(seconds=4.5, devices=esp-1, not_before=2)"
     assert suites[0].find("properties/property[@name='seed']").get("value") == "42"  # type: ignore[union-attr]
     assert suites[2].find("testcase/error").get("message") == "OSError: broker port in use"  # type: ignore[union-attr]
 
@@ -134,3 +134,17 @@ def test_progress_on_tty_redraws_in_place() -> None:
     bar(0.5)
     bar.close()
     assert out.getvalue() == "\rrun [#####-----]  50%\rrun [##########] 100%\n"
+
+
+def test_html_report_has_a_task_table_and_the_detection_delay() -> None:
+    page = render_html(result(dead_after=2.5))
+    # Detection: the power loss at t=3 and the manager's verdict 2.5 s later, with its reason.
+    assert "<h2 id=\"detection\">Detection: fault → manager verdict</h2>" in page
+    assert "<td>esp-1</td><td>power_loss</td><td>3.00</td><td>5.50</td><td>2.50 s</td><td>lwt</td>" in page
+    # Tasks: the one that moved comes first, with both attempts, where they ran and why it moved.
+    tasks = page.split('<h2 id="tasks">', 1)[1].split("</table>", 1)[0]
+    cell = r"<td>([^<]*)</td>"
+    rows = re.findall(rf"<tr><td>(fib-\d)</td>{cell * 4}", tasks)
+    assert rows[0][1:] == ("2", "esp-1 → esp-2", "esp-1 marked dead (lwt)", "Completed")
+    assert {r[0] for r in rows} == {f"fib-{k}" for k in range(1, 7)}
+    assert all(r[1] == "1" and r[3] == "—" for r in rows[1:])

@@ -50,7 +50,7 @@ def test_shipped_scenarios_load() -> None:
     for path in SHIPPED:
         s = load_scenario(path)
         # compressed protocol timers: seconds, not upstream's 10 s heartbeats
-        assert s.timers.heartbeat_interval <= 1.0 and s.timers.liveness_timeout <= 3.0, path
+        assert s.timers.heartbeat_interval <= 1.0 and s.timers.liveness_timeout <= 5.0, path
         assert s.expect, path
     assert len(load_scenario(ROOT / "scenarios" / "reconnect_storm.yaml").devices()) >= 500
 

@@ -5,27 +5,38 @@ The twin's device process asks this model three questions: does one more Wasm in
 how long do boot, Wi-Fi association and MQTT connect take (`TimingModel`). Nothing here sleeps or
 touches a socket; randomness comes from an injected `random.Random`.
 
-Calibration (tests/unit/test_twin_esp32s3.py pins it). The heap WAMR allocates from is the
-~412 KB of free internal DRAM that upstream's ESP-IDF benchmark README expects at start (reference §10).
-Per-instance cost follows upstream's ≈26 KB estimate (4 KB wasm stack + 8 KB app heap + 6 KB task stack
-+ 8 KB overhead) with the Zephyr benchmark's actual settings (§10: no app heap passed, 4 KiB thread
-stacks, 4 KiB exec env): 4 KiB stack + 4 KiB exec env + 4 KiB thread stack + 4 KiB instance overhead
-= 16 KiB + module bytes + linear memory. With the 8 KiB runtime baseline that gives:
+Profiles (`PROFILES`, a scenario's `profile:` key, `load_profile`):
 
-- CPU-bound modules (no linear memory, ~100-byte module): 24 instances (the benchmark's MAX_INSTANCES)
-  use ≈386 KiB and leave ≈18 KiB free;
-- memory-heavy modules (`(memory 1 1)`, 64 KiB each): 5 instances fit, the 6th is refused;
-- with 8 MB PSRAM as the WAMR heap: ≈100 memory-heavy instances, matching the README's "100+".
+- ``esp32s3`` (`ESP32S3`, the default): the configuration of upstream's Zephyr benchmark, which backs
+  the headline (reference §10). WAMR allocates everything from a 192 KiB malloc arena
+  (`CONFIG_COMMON_LIBC_MALLOC_ARENA_SIZE=196608`); the module is loaded once and shared by every
+  instance; each instance gets an exec env with a 4 KiB wasm stack (`create_exec_env(.., 4 KiB)`), heap 0
+  (`WASM_HEAP_KB` is never passed), and a 4 KiB thread stack that is *static*
+  (`K_THREAD_STACK_ARRAY_DEFINE`), so not taken from the arena. What no source states (inference): the
+  runtime's own allocations (~10 KiB), the exec env and module instance structures (~1 KiB each), a
+  loaded module costing twice its bytes (the malloc'd copy + WAMR's loaded form). So an instance costs
+  6 KiB + its linear memory, and `simulate_ramp` reproduces both headline results:
+  24 CPU-bound instances (the benchmark's MAX_INSTANCES) with ≈37 KiB of the arena still free, and
+  memory-heavy modules (`(memory 1 1)`, 64 KiB each) stopping at 2, the third refused (§10's own
+  inference: "about 2").
+- ``esp32s3-esp-idf`` (`ESP32S3_ESP_IDF`): the removed ESP-IDF benchmark README's illustrative figures
+  (§10, expectations, not measurements): ~412 KB free internal DRAM, ≈26 KB per instance (4 KB wasm
+  stack + 8 KB app heap + 6 KB task stack + 8 KB overhead), its module per instance: "Peak: 15".
+- ``esp32s3-psram`` (`ESP32S3_PSRAM`): the ESP-IDF figures with WAMR's heap on 8 MB PSRAM ("100+").
+- a calibrated profile: `propeller hil calibrate LOGS --write FILE.yaml` fits the benchmark's real output
+  and writes a profile file (`base:` + field overrides) that a scenario names as ``profile: FILE.yaml``.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
+from typing import Any
 
+from orchestrator.wire import refusals
 from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget, Refusal
 
 KiB = 1024
@@ -43,23 +54,40 @@ WORKLOAD_OPS: Mapping[str, int] = MappingProxyType({
     "checksum": 100 * 4096 * 2 * 6,  # 100 rounds of writing and XOR-reading 4096 bytes
     "popcount": 50_000 * 12,  # Kernighan popcount for 0..49 999 (≈ 1.5 inner steps each)
 })  # fmt: skip
+# Linear memory pages of each workload (§10: `(memory 1 1)` in mem_stress, msg_stress, checksum).
+WORKLOAD_PAGES: Mapping[str, int] = MappingProxyType({
+    "cpu_stress": 0, "mem_stress": 1, "msg_stress": 1, "add": 0, "mul": 0, "fib": 0, "checksum": 1,
+    "popcount": 0,
+})  # fmt: skip
+WORKLOAD_MODULE_BYTES = 200  # a workload's module as wat2wasm makes it: ~100-300 bytes (inference)
+DIVERSE = ("add", "mul", "fib", "checksum", "popcount")  # §10 experiment 6, in sets of five
 
 
 @dataclass(frozen=True)
 class Esp32S3Spec:
-    """Every constant of the model, with its source. "(inference)" marks what no source states."""
+    """Every constant of the model, with its source. "(inference)" marks what no source states.
+    The defaults are the Zephyr benchmark's configuration (the ``esp32s3`` profile, module doc)."""
 
     sram_bytes: int = 512 * KiB  # Espressif ESP32-S3 datasheet: 512 KB internal SRAM
     psram_bytes: int = 0  # datasheet: optional in-package PSRAM, 2 MB or 8 MB (N8R8 devkits: 8 MB)
     wamr_heap_in_psram: bool = False  # WAMR's allocator on PSRAM instead of internal DRAM (option)
-    free_dram_bytes: int = 412 * KiB  # §10: ESP-IDF benchmark README, "~412 KB free internal DRAM"
-    wamr_baseline_bytes: int = 8 * KiB  # WAMR runtime init + native symbol tables (inference)
-    wasm_stack_bytes: int = 4 * KiB  # §10: WASM_STACK_KB 4 in the Zephyr benchmark's main.c
-    exec_env_bytes: int = 4 * KiB  # §10: create_exec_env(.., wasm_stack) with the same 4 KiB
-    instance_overhead_bytes: int = 4 * KiB  # module instance, globals, tables: half of §10's "8 KB
-    # overhead", whose other half is the exec env above (inference)
+    free_dram_bytes: int = 192 * KiB  # §10: the Zephyr benchmark's malloc arena, 196608 bytes, which
+    # WAMR allocates from (Alloc_With_Allocator over malloc); the "heap" its log prints
+    wamr_baseline_bytes: int = 10 * KiB  # WAMR runtime init + native symbol tables (inference)
+    wasm_stack_bytes: int = 4 * KiB  # §10: WASM_STACK_KB 4, the exec env's wasm stack. (The stack
+    # passed to wasm_runtime_instantiate serves only a temporary exec env, freed at once: inference)
+    exec_env_bytes: int = 1 * KiB  # the WASMExecEnv structure and its bookkeeping (inference)
+    instance_overhead_bytes: int = 1 * KiB  # module instance: globals, tables, function instances
+    # (inference)
     app_heap_bytes: int = 0  # §10: WASM_HEAP_KB 8 is set but never passed; heap 0 is used
-    thread_stack_bytes: int = 4 * KiB  # §10: BENCH_THREAD_STACK_SIZE 4*1024, one per instance
+    thread_stack_bytes: int = 0  # §10: BENCH_THREAD_STACK_SIZE 4 KiB per instance, but static
+    # (K_THREAD_STACK_ARRAY_DEFINE): not from the arena
+    shared_module: bool = True  # §10: MODE_SHARED_MODULE, the module loaded once for every instance
+    module_load_factor: float = 2.0  # a loaded module costs its bytes × this: the malloc'd copy plus
+    # WAMR's loaded form (inference)
+    spawn_transient_bytes: int = 4 * KiB + 512  # needed during instantiation only and freed at once:
+    # the temporary exec env that wasm_runtime_instantiate creates with its 4 KiB stack (inference;
+    # the benchmark log's heap − min shows it)
     max_instances: int = 24  # §10: MAX_INSTANCES 24 in bench.c
     cpu_hz: int = 240_000_000  # datasheet: Xtensa LX7 up to 240 MHz
     cores: int = 2  # datasheet: dual-core
@@ -102,12 +130,75 @@ class Esp32S3Spec:
         )
 
     def instance_cost(self, module_bytes: int, memory_pages: int) -> int:
-        return self.budget_config().instance_cost(module_bytes, memory_pages)
+        """Bytes one instance takes (a shared module's bytes are charged once, `module_cost`)."""
+        module = 0 if self.shared_module else module_bytes
+        return self.budget_config().instance_cost(module, memory_pages)
+
+    def module_cost(self, module_bytes: int) -> int:
+        """Bytes a shared module takes once loaded, while any instance of it lives (0 when not shared)."""
+        return math.ceil(module_bytes * self.module_load_factor) if self.shared_module else 0
 
 
 ESP32S3 = Esp32S3Spec()
+# The removed ESP-IDF benchmark README's figures (§10): 412 KB free DRAM, 4 KB wasm stack + 8 KB app
+# heap + 6 KB task stack + 8 KB overhead (exec env + instance) per instance, a module per instance.
+ESP32S3_ESP_IDF = Esp32S3Spec(
+    free_dram_bytes=412 * KiB, wamr_baseline_bytes=8 * KiB, wasm_stack_bytes=4 * KiB, app_heap_bytes=8 * KiB,
+    thread_stack_bytes=6 * KiB, exec_env_bytes=4 * KiB, instance_overhead_bytes=4 * KiB,
+    shared_module=False, spawn_transient_bytes=0, max_instances=100,
+)  # fmt: skip
 # An N8R8 board with WAMR's heap on the 8 MB PSRAM (§10: "with 8 MB PSRAM, expect 100+ instances").
-ESP32S3_PSRAM = Esp32S3Spec(psram_bytes=8 * MiB, wamr_heap_in_psram=True, max_instances=512)
+ESP32S3_PSRAM = replace(ESP32S3_ESP_IDF, psram_bytes=8 * MiB, wamr_heap_in_psram=True, max_instances=512)
+PROFILES: Mapping[str, Esp32S3Spec] = MappingProxyType(
+    {"esp32s3": ESP32S3, "esp32s3-esp-idf": ESP32S3_ESP_IDF, "esp32s3-psram": ESP32S3_PSRAM}
+)
+
+
+def spec_from_mapping(data: Mapping[str, Any], where: str) -> Esp32S3Spec:
+    """A profile from ``{"base": "esp32s3", <Esp32S3Spec field>: value, ...}`` (a calibrated profile
+    file's content); ValueError naming ``where`` and the key on any mistake."""
+    base_name = data.get("base", "esp32s3")
+    if base_name not in PROFILES:
+        raise ValueError(f"{where}: base must be one of {', '.join(PROFILES)}, got {base_name!r}")
+    known = {f.name: f for f in fields(Esp32S3Spec)}
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("base", "name", "source", "fit"):  # descriptive keys a calibration writes
+            continue
+        if key not in known:
+            raise ValueError(f"{where}: unknown key {key!r} (an Esp32S3Spec field, or base)")
+        changes[key] = value
+    try:
+        return replace(PROFILES[base_name], **changes)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """What the benchmark's ramp would print: the peak, the arena free at the peak, why it stopped."""
+
+    peak: int
+    free_bytes: int
+    stop: str  # "max_instances" | "SPAWN_FAIL"
+    free_by_instances: tuple[int, ...]  # free bytes after 1, 2, ... instances
+
+
+def simulate_ramp(spec: Esp32S3Spec, module_bytes: int, memory_pages: int,
+                  cycle: Sequence[tuple[str, int, int]] = ()) -> Ramp:  # fmt: skip
+    """The Zephyr benchmark's ramp on this model: add instances of one module until one is refused
+    (SPAWN_FAIL) or MAX_INSTANCES run. ``cycle`` (key, module bytes, pages) instead adds its modules in
+    turn, as the diverse experiment's sets of five do."""
+    model = MemoryModel(spec)
+    frees: list[int] = []
+    modules = list(cycle) or [("bench", module_bytes, memory_pages)]
+    while True:
+        key, size, pages = modules[len(frees) % len(modules)]
+        got = model.admit(size, pages, module_key=key)
+        if isinstance(got, str):
+            stop = "max_instances" if model.instances >= spec.max_instances else "SPAWN_FAIL"
+            return Ramp(len(frees), model.free_bytes, stop, tuple(frees))
+        frees.append(model.free_bytes)
 
 
 @dataclass(frozen=True)
@@ -140,6 +231,9 @@ class MemoryModel:
         self.spec = spec
         self._budget = DeviceBudget(spec.budget_config())
         self._reserved = 0  # bytes taken by an injected out-of-memory fault (a leak)
+        # shared modules loaded now: key -> [instances using it, bytes]; instance id -> its module key
+        self._modules: dict[str, list[int]] = {}
+        self._module_of: dict[int, str] = {}
 
     @property
     def total_bytes(self) -> int:
@@ -147,7 +241,7 @@ class MemoryModel:
 
     @property
     def free_bytes(self) -> int:
-        return self._budget.free_bytes - self._reserved
+        return self._budget.free_bytes - self._reserved - sum(b for _, b in self._modules.values())
 
     @property
     def used_bytes(self) -> int:
@@ -157,21 +251,39 @@ class MemoryModel:
     def instances(self) -> int:
         return self._budget.instances
 
-    def admit(self, module_bytes: int, memory_pages: int) -> Instance | str:
-        """An `Instance`, or the refusal reason ("out of memory: need N bytes, free M bytes")."""
-        cost = self.spec.instance_cost(module_bytes, memory_pages)
-        if cost > self.free_bytes:
-            return f"out of memory: need {cost} bytes, free {max(0, self.free_bytes)} bytes"
-        result = self._budget.admit(module_bytes, memory_pages)
+    def admit(self, module_bytes: int, memory_pages: int, module_key: str | None = None) -> Instance | str:
+        """An `Instance`, or the refusal reason, in the words of `orchestrator.wire.refusals` (the
+        manager re-places a refused task without spending an attempt): "out of memory: need N bytes,
+        free M bytes", or "proplet busy: N/M instances running". With a
+        shared module (the profile's `shared_module`), `module_key` names the module: its bytes are
+        charged when its first instance is admitted and given back with its last."""
+        key = module_key if module_key is not None else f"<{module_bytes} bytes>"
+        load = self.spec.module_cost(module_bytes) if key not in self._modules else 0
+        cost = self.spec.instance_cost(module_bytes, memory_pages) + load
+        if self.instances >= self.spec.max_instances:
+            return refusals.busy_error(self.instances, self.spec.max_instances)
+        if cost + self.spec.spawn_transient_bytes > self.free_bytes:
+            return refusals.out_of_memory_error(cost, self.free_bytes)
+        result = self._budget.admit(0 if self.spec.shared_module else module_bytes, memory_pages)
         if isinstance(result, Refusal):
             if "instance limit" in result.reason:
-                return f"too many instances: {self.spec.max_instances} already running"
-            return f"out of memory: need {result.cost_bytes} bytes, free {result.free_bytes} bytes"
+                return refusals.busy_error(self.instances, self.spec.max_instances)
+            return refusals.out_of_memory_error(result.cost_bytes, result.free_bytes)
         assert isinstance(result, Admission)
-        return Instance(result.instance_id, result.cost_bytes)
+        if self.spec.shared_module:
+            entry = self._modules.setdefault(key, [0, load])
+            entry[0] += 1
+            self._module_of[result.instance_id] = key
+        return Instance(result.instance_id, result.cost_bytes + load)
 
     def release(self, instance: Instance) -> None:
         self._budget.release(instance.instance_id)
+        key = self._module_of.pop(instance.instance_id, None)
+        if key is not None:
+            entry = self._modules[key]
+            entry[0] -= 1
+            if entry[0] == 0:
+                del self._modules[key]
 
     def reserve(self, nbytes: int | None = None) -> int:
         """Take `nbytes` (default: all that is free) away from instances, as a leak would; returns
@@ -186,7 +298,8 @@ class MemoryModel:
         self._reserved = 0
 
     def capacity(self, module_bytes: int, memory_pages: int) -> int:
-        """How many more instances of this module would fit now (for reports and calibration)."""
+        """How many more instances of this module would fit now, its module already loaded (for
+        reports and calibration)."""
         cost = self.spec.instance_cost(module_bytes, memory_pages)
         by_memory = self.free_bytes // cost if cost else self.spec.max_instances
         return max(0, min(by_memory, self.spec.max_instances - self.instances))

@@ -9,6 +9,7 @@ cannot fail would hide a broken runner.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -92,17 +93,21 @@ def _manager_alive(trace: Trace, device: str, t: float) -> bool | None:
 # ---------------------------------------------------------------------------------------------- devices
 @dataclass(frozen=True)
 class DeadWithin(_Base):
-    """The manager marks a device dead within ``seconds`` of a fault that should kill it."""
+    """The manager marks a device dead within ``seconds`` of a fault that should kill it, and, with
+    ``not_before``, no sooner than that: a fault that is silence (power loss) cannot be seen before the
+    keep-alive or the liveness timeout expires, and a twin that sees it sooner flatters (design §7)."""
 
     NAME = "dead_within"
     PARAMS: ClassVar[Params] = {
         "seconds": ("duration", True),
         "devices": ("selector", False),
         "faults": ("faults", False),
+        "not_before": ("duration", False),
     }
     seconds: float
     devices: Selector | None = None
     faults: tuple[str, ...] = ()
+    not_before: float | None = None
 
     def evaluate(self, trace: Trace, scenario: Scenario) -> Verdict:
         kinds = self.faults or tuple(sorted(LETHAL_FAULTS))
@@ -112,7 +117,7 @@ class DeadWithin(_Base):
                 False, f"no {'/'.join(kinds)} fault hit the selected devices: nothing to check"
             )
         bad: list[str] = []
-        worst = (0.0, "")
+        worst, fastest = (0.0, ""), (math.inf, "")
         for w in windows:
             dead = next(
                 (
@@ -131,11 +136,18 @@ class DeadWithin(_Base):
                     f"{w.subject} was marked dead {delay:.2f} s after {w.fault} at t={w.start:.2f} s; "
                     f"bound {self.seconds:g} s"
                 )
+            if self.not_before is not None and delay < self.not_before:
+                bad.append(
+                    f"{w.subject} was marked dead {delay:.2f} s after {w.fault} at t={w.start:.2f} s, "
+                    f"sooner than {self.not_before:g} s: the broker could not have known yet"
+                )
             worst = max(worst, (delay, w.subject))
+            fastest = min(fastest, (delay, w.subject))
         if bad:
             return self.verdict(False, _list(bad))
         return self.verdict(
-            True, f"{len(windows)} fault(s); slowest: {worst[1]} marked dead after {worst[0]:.2f} s"
+            True, f"{len(windows)} fault(s); fastest: {fastest[1]} marked dead after {fastest[0]:.2f} s, "
+                  f"slowest: {worst[1]} after {worst[0]:.2f} s"
         )
 
 
@@ -144,7 +156,7 @@ class AliveWithin(_Base):
     """After a fault ends, the manager holds the device alive again within ``seconds``."""
 
     NAME = "alive_within"
-    PARAMS: ClassVar[Params] = DeadWithin.PARAMS
+    PARAMS: ClassVar[Params] = {k: v for k, v in DeadWithin.PARAMS.items() if k != "not_before"}
     seconds: float
     devices: Selector | None = None
     faults: tuple[str, ...] = ()

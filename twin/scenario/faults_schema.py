@@ -31,7 +31,12 @@ class FaultKind:
 FAULTS: dict[str, FaultKind] = {
     "power_loss": FaultKind(
         True, "optional", {}, lethal=True,
-        doc="power cut, no DISCONNECT (the will fires); duration = time until power returns (off_for)",
+        doc="power cut: the connection goes silent, the broker fires the will at keep-alive expiry "
+            "(1.5 x keepalive); duration = time until power returns (off_for)",
+    ),
+    "clean_shutdown": FaultKind(
+        True, "optional", {}, lethal=True,
+        doc="orderly power-off: an offline message, then DISCONNECT (no will); duration = time off",
     ),
     "wifi_drop": FaultKind(
         True, "required", {}, lethal=True, doc="link silent for duration (half-open TCP)"
@@ -40,9 +45,13 @@ FAULTS: dict[str, FaultKind] = {
         True, "none", {"down": ("duration", True), "up": ("duration", True), "cycles": ("int", True)},
         doc="cycles of wifi_drop(down) then up; lethal only when down exceeds the liveness timeout",
     ),
-    "reboot": FaultKind(True, "none", {"only_if_running": ("bool", False)}, doc="watchdog-style reboot"),
+    "reboot": FaultKind(
+        True, "none", {"only_if_running": ("bool", False)}, lethal=True,
+        doc="watchdog reset: silence, then a reboot whose reconnect takes the old session over (the old "
+            "will fires then)",
+    ),
     "brownout": FaultKind(
-        True, "optional", {}, lethal=True, doc="supply dip: a power loss of duration (default 0.2 s)"
+        True, "optional", {}, lethal=True, doc="supply dip: a (silent) power loss of duration (default 0.2 s)"
     ),
     "out_of_memory": FaultKind(
         True, "optional", {"reserve_bytes": ("size", False)},
@@ -81,15 +90,15 @@ FAULTS: dict[str, FaultKind] = {
 }  # fmt: skip
 # Our ``duration`` under the name twin.faults gives it, per kind.
 DURATION_KEYS = {
-    "power_loss": "off_for", "wifi_drop": "duration", "link": "duration", "out_of_memory": "duration",
-    "broker_restart": "downtime",
+    "power_loss": "off_for", "clean_shutdown": "off_for", "wifi_drop": "duration", "link": "duration",
+    "out_of_memory": "duration", "broker_restart": "downtime",
 }  # fmt: skip
 LINK_KEYS = {"latency": "latency_s", "jitter": "jitter_s", "loss": "loss", "blackhole": "blackhole",
              "bandwidth": "bandwidth_bps"}  # fmt: skip
 FAULT_KINDS = tuple(FAULTS)
 LETHAL_FAULTS = frozenset(k for k, f in FAULTS.items() if f.lethal)
 BOARD_ONLY_FAULTS = frozenset({"reset", "power_cycle", "unplug"})
-RANDOM_KINDS = ("power_loss", "wifi_drop", "reboot", "brownout", "out_of_memory")
+RANDOM_KINDS = ("power_loss", "wifi_drop", "reboot", "brownout", "out_of_memory", "clean_shutdown")
 
 
 def read_fault(

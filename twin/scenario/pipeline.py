@@ -1,7 +1,9 @@
 """Load → run → judge → write: what ``propeller scenario run`` does, usable from Python and pytest.
 
 Exit codes: 0 every expectation of every scenario holds; 1 one failed (or a run crashed); 2 a file
-is invalid or no runner is available (nothing was run).
+is invalid or no runner is available (nothing was run); 3 none failed for sure, but at least one
+scenario is inconclusive: an expectation failed while the host could not keep up with its timers
+(twin.scenario.fidelity; the summary gives the lag and the budget).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from twin.scenario.result import ScenarioResult
 from twin.scenario.spec import Scenario, ScenarioError, load_scenario
 from twin.scenario.trace import Trace
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
 
 def new_trace(scenario: Scenario) -> Trace:
@@ -110,7 +112,10 @@ def run_scenarios(
         from twin.scenario.junit import write_junit
 
         print(f"junit: {write_junit(results, junit)}", file=out)
-    failed = [r for r in results if not r.passed]
+    failed = [r for r in results if not r.passed and not r.inconclusive]
+    unsure = [r for r in results if r.inconclusive]
     if len(results) > 1:
-        print(f"{len(results) - len(failed)}/{len(results)} scenarios passed", file=out)
-    return EXIT_FAILED if failed else EXIT_OK
+        passed = len(results) - len(failed) - len(unsure)
+        extra = f", {len(unsure)} inconclusive" if unsure else ""
+        print(f"{passed}/{len(results)} scenarios passed{extra}", file=out)
+    return EXIT_FAILED if failed else EXIT_INCONCLUSIVE if unsure else EXIT_OK

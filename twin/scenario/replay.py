@@ -20,6 +20,8 @@ class ReplayRunner:
     async def run(self, scenario: Scenario, trace: Trace, progress: Callable[[float], None]) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
+        if "fidelity" in self.recorded.meta:  # whether the recorded host kept up is a fact of that run
+            trace.meta["fidelity"] = self.recorded.meta["fidelity"]
         horizon = max(scenario.duration_s, self.recorded.end, 1e-9)
         for i, event in enumerate(self.recorded.events):
             if self.speed is not None:

@@ -1,9 +1,12 @@
 """The HTML report of a scenario run: one self-contained file (inline CSS, the plot as a base64 PNG).
 
-The timeline has one lane per device (its own state as coloured spans, faults as red hatched spans
-with a marker at their start, the manager's alive/dead view as a thin bar above the lane) and, below,
-the number of tasks in each state over time. Fleets above ``LANE_LIMIT`` devices are drawn as counts
-per device kind instead, since 500 lanes are unreadable. matplotlib is imported lazily, with Agg.
+The timeline has one lane per device (its own state as coloured spans, faults as red hatched spans with
+a marker at their start, the manager's alive/dead view as a thin bar under the lane, and the detection
+delay, fault → the manager's dead verdict, as a purple bracket over the lane) and, below, the number of
+tasks in each state over time. Tables: the expectations, a fault → verdict table (detection delays), a
+per-task table (attempts, where each ran, why it moved), and per-device figures. Fleets above
+``LANE_LIMIT`` devices are drawn as counts per device kind instead, since 500 lanes are unreadable.
+matplotlib is imported lazily, with Agg.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{margin-bottom:.2em} .meta{color:#555;margin-bottom:1em}
 .verdict{display:inline-block;padding:.2em .8em;border-radius:4px;color:#fff;font-weight:bold}
-.pass{background:#2e7d32} .fail{background:#c62828}
+.pass{background:#2e7d32} .fail{background:#c62828} .inconclusive{background:#ef6c00}
 table{border-collapse:collapse;margin:1em 0;width:100%} th,td{border:1px solid #ccc;padding:4px 8px;
 text-align:left;vertical-align:top;font-size:14px} th{background:#f0f0f0}
 tr.ok td.v{color:#2e7d32;font-weight:bold} tr.bad td.v{color:#c62828;font-weight:bold}
@@ -83,6 +88,7 @@ def timeline_png(result: ScenarioResult) -> bytes:
             handles += [
                 Patch(color="#1b5e20", label="manager: alive"),
                 Patch(color="#000", label="manager: dead"),
+                Patch(color="#6a1b9a", label="fault → verdict"),
             ]
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         fig.suptitle(f"{result.scenario.name} (seed {result.scenario.seed})")
@@ -92,6 +98,38 @@ def timeline_png(result: ScenarioResult) -> bytes:
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A device fault and the manager's first verdict on it: how long the manager took to know."""
+
+    device: str
+    fault: str
+    start: float
+    verdict_at: float | None  # None: never marked dead
+    reason: str
+
+    @property
+    def delay(self) -> float | None:
+        return None if self.verdict_at is None else self.verdict_at - self.start
+
+
+def detections(trace: Trace) -> list[Detection]:
+    """Fault → manager verdict (the first ``dead`` after the fault starts, before the next fault on the
+    same device) for every device fault, in time order."""
+    out: list[Detection] = []
+    windows = [w for w in trace.faults() if w.subject not in FLEET_SUBJECTS]
+    deaths: dict[str, list[tuple[float, str]]] = {}
+    for e in trace.of("proplet"):
+        if not e.data.get("alive"):
+            deaths.setdefault(trace.device_of(e.subject), []).append((e.t, str(e.data.get("reason") or "")))
+    for i, w in enumerate(windows):
+        later = [x.start for x in windows[i + 1:] if x.subject == w.subject and x.start > w.start]
+        horizon = min(later, default=float("inf"))
+        hit = next(((t, r) for t, r in deaths.get(w.subject, []) if w.start <= t < horizon), None)
+        out.append(Detection(w.subject, w.fault, w.start, hit[0] if hit else None, hit[1] if hit else ""))
+    return out
 
 
 def _lanes(ax: Any, trace: Trace, devices: Sequence[str]) -> None:
@@ -112,8 +150,17 @@ def _lanes(ax: Any, trace: Trace, devices: Sequence[str]) -> None:
             ax.broken_barh([(w.start, max(stop - w.start, 1e-3))], (y - 0.4, 0.8), facecolor="none",
                            edgecolor="#c62828", hatch="///", lw=0.8)  # fmt: skip
             ax.plot([w.start], [y - 0.42], marker="^", color="#c62828", ms=6)
+    # Detection delay: from the fault to the manager's verdict, just above the lane.
+    for det in detections(trace):
+        if det.device in index and det.verdict_at is not None:
+            lane = index[det.device] - 0.5
+            ax.annotate("", xy=(det.verdict_at, lane), xytext=(det.start, lane),
+                        arrowprops={"arrowstyle": "|-|", "color": "#6a1b9a", "lw": 1.2,
+                                    "shrinkA": 0, "shrinkB": 0})  # fmt: skip
+            ax.text(det.verdict_at, lane, f" {det.verdict_at - det.start:.1f} s to verdict", va="center",
+                    fontsize=7, color="#6a1b9a", bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     ax.set_yticks(range(len(devices)), labels=list(devices), fontsize=8)
-    ax.set_ylim(len(devices) - 0.4, -0.6)
+    ax.set_ylim(len(devices) - 0.4, -0.75)
     ax.set_ylabel("devices")
 
 
@@ -187,6 +234,48 @@ def _device_rows(result: ScenarioResult) -> list[list[str]]:
     return rows
 
 
+TASK_ROWS = 200  # a big run's table lists the tasks that moved or failed first
+
+
+def _task_rows(trace: Trace) -> list[list[str]]:
+    """Per task: attempts, where each ran, why it moved (the error the manager gave, or the verdict on
+    the device it left), and how it ended. Tasks that moved or failed first."""
+    deaths: dict[str, list[tuple[float, str]]] = {}
+    for e in trace.of("proplet"):
+        if not e.data.get("alive"):
+            deaths.setdefault(trace.device_of(e.subject), []).append((e.t, str(e.data.get("reason") or "")))
+    rows: list[tuple[int, list[str]]] = []
+    for name, task in trace.tasks().items():
+        runs = task.runs
+        where = [trace.task_device(e) or "?" for e in runs]
+        why: list[str] = []
+        for prev, nxt in itertools.pairwise(runs):
+            device = trace.task_device(prev)
+            errors = [str(e.data["error"]) for e in task.events
+                      if prev.t <= e.t <= nxt.t and e.data.get("error")]  # fmt: skip
+            died = [r for t, r in deaths.get(device, []) if prev.t <= t <= nxt.t]
+            if died:
+                why.append(f"{device} marked dead ({died[0]})" if died[0] else f"{device} marked dead")
+            elif errors:
+                why.append(f"{device}: {errors[-1]}")
+            else:
+                why.append(f"left {device}")
+        attempts = max([int(e.data.get("attempt") or 0) for e in task.events] + [len(runs)])
+        end = task.final_state + (f": {task.error}" if task.error and task.final_state != "Completed" else "")
+        moved = len(set(where)) > 1 or task.final_state != "Completed"
+        rows.append((0 if moved else 1, [name, str(attempts), " → ".join(where) or "—", "; ".join(why) or "—",
+                                         end]))  # fmt: skip
+    rows.sort(key=lambda r: r[0])
+    return [r for _, r in rows]
+
+
+def _detection_rows(trace: Trace) -> list[list[str]]:
+    return [[d.device, d.fault, f"{d.start:.2f}",
+             "never" if d.verdict_at is None else f"{d.verdict_at:.2f}",
+             "—" if d.delay is None else f"{d.delay:.2f} s", d.reason or "—"]
+            for d in detections(trace)]  # fmt: skip
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -219,13 +308,20 @@ def _console_section(trace: Trace) -> str:
 def render_html(result: ScenarioResult) -> str:
     s = result.scenario
     esc = html.escape
-    verdict = "PASS" if result.passed else "FAIL"
+    verdict = result.status
     rows = "".join(
         f'<tr class="{"ok" if v.passed else "bad"}"><td>{esc(v.name)}</td>'
         f'<td class="v">{"pass" if v.passed else "FAIL"}</td><td>{esc(v.detail)}</td></tr>'
         for v in result.verdicts
     )
     error = f'<p class="fail verdict">run failed: {esc(result.error)}</p>' if result.error else ""
+    fidelity = result.fidelity
+    if fidelity is not None:
+        lag = (f"host lag p99: loop {fidelity.loop_p99_s * 1e3:.1f} ms, "
+               f"simulation {fidelity.sim_p99_s * 1e3:.1f} ms (budget {fidelity.budget_s * 1e3:.0f} ms)")
+        error += (f'<p class="fidelity">{esc(lag)}'
+                  + (f" — <b>inconclusive</b>: {esc(result.inconclusive)}" if result.inconclusive else "")
+                  + "</p>")  # fmt: skip
     png = base64.b64encode(timeline_png(result)).decode("ascii")
     devices = device_order(result)
     if len(devices) <= LANE_LIMIT:
@@ -239,6 +335,15 @@ def render_html(result: ScenarioResult) -> str:
     tasks = result.trace.tasks()
     finals = Counter(t.final_state for t in tasks.values())
     task_rows = [[state, str(finals[state])] for state in TASK_STATES if finals[state]]
+    per_task = _task_rows(result.trace)
+    more = (f"<p>{len(per_task) - TASK_ROWS} more tasks (completed where they were placed) in the trace.</p>"
+            if len(per_task) > TASK_ROWS else "")  # fmt: skip
+    head = ["task", "attempts", "ran on", "why it moved", "end"]
+    task_table = '<h2 id="tasks">Tasks</h2>' + _table(head, per_task[:TASK_ROWS]) + more
+    detected = _detection_rows(result.trace)
+    head = ["device", "fault", "at (s)", "verdict at (s)", "delay", "manager's reason"]
+    detection = ('<h2 id="detection">Detection: fault → manager verdict</h2>' + _table(head, detected)
+                 if detected else "")  # fmt: skip
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(s.name)}: {verdict}</title>
 <style>{CSS}</style></head><body>
@@ -253,6 +358,8 @@ def render_html(result: ScenarioResult) -> str:
 <img alt="timeline of devices, faults and tasks" src="data:image/png;base64,{png}">
 <h2>Tasks by final state</h2>
 {_table(["state", "tasks"], task_rows)}
+{detection}
+{task_table}
 {per_device}
 {_console_section(result.trace)}
 </body></html>

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
+from twin.devices.esp32s3 import Esp32S3Spec
+from twin.devices.profiles import load_profile
 from twin.scenario.faults_schema import FAULT_KINDS, read_fault, to_fault_mapping
 from twin.scenario.yamlread import Issue, Reader, ScenarioError, compose
 
@@ -106,6 +108,7 @@ class FleetGroup:
     cpu_mhz: float | None = None
     max_instances: int | None = None
     port: str | None = None  # board: serial port (or rig name)
+    profile: Esp32S3Spec | None = None  # esp32s3: a named or calibrated model (twin/devices/esp32s3.py)
 
     def names(self) -> list[str]:
         """Device names of this group: ``prefix`` + 1-based index (``esp-1``, ``esp-2``...)."""
@@ -286,7 +289,7 @@ def _scenario(r: Reader, root: Node, source: str, base: Path) -> Scenario | None
     broker = r.string(top["broker"], "broker", BROKERS) if "broker" in top else "embedded"
     manager = _manager(r, top["manager"]) if "manager" in top else ManagerSpec()
     timers = _timers(r, top["timers"]) if "timers" in top else Timers()
-    fleet = _fleet(r, top["fleet"]) if "fleet" in top else ()
+    fleet = _fleet(r, top["fleet"], base) if "fleet" in top else ()
     devices = [DeviceRef(n, g.kind, i, g.tags) for i, g in enumerate(fleet) for n in g.names()]
     _unique_names(r, top.get("fleet"), devices)
     # A broken fleet group would make every later reference to its devices look wrong: skip those checks.
@@ -359,10 +362,25 @@ def _timers(r: Reader, node: Node) -> Timers:
 
 FLEET_KEYS = (
     "kind", "count", "prefix", "link", "tags", "memory", "psram", "cpu_mhz", "max_instances", "port",
+    "profile",
 )  # fmt: skip
+EMBEDDED_KINDS = ("esp32s3", "upstream-firmware", "board")
 
 
-def _fleet(r: Reader, node: Node) -> tuple[FleetGroup, ...]:
+def _profile(r: Reader, node: Node, path: str, base: Path) -> Esp32S3Spec | None:
+    """A profile name (``esp32s3``, ``esp32s3-esp-idf``, ...) or a profile file that ``propeller hil
+    calibrate --write`` made (relative to the scenario file)."""
+    name = r.string(node, path)
+    if name is None:
+        return None
+    try:
+        return load_profile(name, base)
+    except ValueError as exc:
+        r.error(node, path, str(exc))
+        return None
+
+
+def _fleet(r: Reader, node: Node, base: Path = Path(".")) -> tuple[FleetGroup, ...]:
     items = r.sequence(node, "fleet")
     if items is None:
         return ()
@@ -388,11 +406,14 @@ def _fleet(r: Reader, node: Node) -> tuple[FleetGroup, ...]:
             else None
         )
         port = r.string(m["port"], f"{path}.port") if "port" in m else None
+        profile = _profile(r, m["profile"], f"{path}.profile", base) if "profile" in m else None
+        if profile is not None and kind not in EMBEDDED_KINDS:
+            r.error(m["profile"], f"{path}.profile", f"a {kind} device takes no esp32s3 profile")
         if kind == "board" and port is None and "kind" in m:
             r.error(item, path, "a board needs 'port' (its serial port or rig name)")
         if kind is None or count is None or prefix is None or tags is None:
             continue
-        groups.append(FleetGroup(kind, count, prefix, link, tags, memory, psram, cpu, inst, port))
+        groups.append(FleetGroup(kind, count, prefix, link, tags, memory, psram, cpu, inst, port, profile))
     return tuple(groups)
 
 
