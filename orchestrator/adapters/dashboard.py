@@ -33,6 +33,7 @@ HERE = Path(__file__).parent
 STATIC_PREFIX = "/static/"
 TOKEN_COOKIE = "propeller_token"
 TASK_PAGE = 50
+SETTLE_S = 5.0  # seconds a finished task's page keeps refreshing (its last timeline events)
 
 
 def browser_token(scope: dict[str, Any]) -> bytes | None:
@@ -276,7 +277,10 @@ def mount(app: FastAPI, manager: ManagerService) -> None:
             return HTMLResponse(f"<p>{html.escape(err.message)}</p>", status_code=404)
         # The recorded timeline; with recording off (--no-timeline), the history the task's fields tell.
         events = await timeline(manager, "task", task.id)
-        return page(request, "task.html", task=task, history=history(task), events=events)
+        # Keep refreshing a few seconds past the end: the result's timeline event is written just after.
+        done_at = task.finish_time or task.updated_at or 0.0
+        live = not task.state.is_terminal or time.time() - done_at < SETTLE_S
+        return page(request, "task.html", task=task, history=history(task), events=events, live=live)
 
     @router.get("/reports")
     async def reports_page(request: Request) -> HTMLResponse:

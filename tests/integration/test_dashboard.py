@@ -244,6 +244,11 @@ def test_dashboard_follows_a_task_and_a_proplet_death(
     expect(page.locator("#events")).to_contain_text("created")
     expect(page.locator("#events")).to_contain_text("on host-1")
     expect(page.locator("#events")).to_contain_text("start published")
+    expect(page.locator("#events")).to_contain_text("Completed on host-1", timeout=WAIT_MS)
+    # Enrolled proplets sign receipts; the manager verified this one.
+    expect(page.locator("#task-receipt")).to_contain_text("verified")
+    expect(page.locator("#task-receipt")).not_to_contain_text("NOT")
+    expect(page.locator(f'#task-receipt a[href="/tasks/{task_id}/receipt"]')).to_be_visible()
     _shot(page, "task")
 
     # The proplet it ran on, one click away, lists it.
