@@ -188,6 +188,7 @@ class ManagerSettings:
     mqtt_key: str | None = _opt(None, "client key for mutual TLS")
     mqtt_insecure: bool = _opt(False, "do not verify the broker's certificate")
     timeline: bool = _opt(True, "record each task's and proplet's timeline (GET /tasks/{id}/events)")
+    reports_dir: str = _opt("", "directory of scenario HTML reports listed by the dashboard (/ui/reports)")
     # Trust (docs/trust.md): the embedded broker is closed unless broker_open.
     broker_open: bool = _opt(
         False, "DEBUG ONLY: the embedded broker admits anonymous and unknown clients, with no topic rules"

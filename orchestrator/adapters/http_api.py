@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from orchestrator.adapters import dashboard
 from orchestrator.adapters.store import StoreError
 from orchestrator.core.errors import Conflict, EngineError, NotFound, PayloadTooLarge, ValidationError
 from orchestrator.core.model import Task, TaskState
@@ -267,7 +268,8 @@ class _BearerAuth:
     Two scopes: a ``read`` token may GET (and HEAD) anything; an ``admin`` token may do everything,
     and nothing that changes state is allowed without one. Tokens are compared in constant time
     (``hmac.compare_digest``, against every configured token). ``/health`` and the API docs are open;
-    ``/metrics`` too when ``metrics_public``.
+    ``/metrics`` too when ``metrics_public``. The dashboard's pages also take the token from its cookie
+    (``dashboard.browser_token``: GETs under ``/ui/`` only).
     """
 
     OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json"})
@@ -290,9 +292,15 @@ class _BearerAuth:
         return found
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.open_paths:
+        if (
+            scope["type"] == "http"
+            and scope["path"] not in self.open_paths
+            and not dashboard.open_path(scope["path"])
+        ):
             headers = dict(scope.get("headers") or [])
-            granted = self.scope_of(headers.get(b"authorization", b""))
+            browser = dashboard.browser_token(scope)  # ?token= or cookie, dashboard GETs only
+            header = headers.get(b"authorization") or (b"Bearer " + browser if browser else b"")
+            granted = self.scope_of(header)
             if granted is None:
                 response = JSONResponse(
                     {"error": "missing or invalid bearer token"},
@@ -316,7 +324,13 @@ def api_tokens(settings: Any) -> dict[str, str]:
 
 
 def create_app(manager: ManagerService) -> FastAPI:
-    app = FastAPI(title="Propeller manager", version=VERSION, description="WebAssembly orchestrator API")
+    app = FastAPI(
+        title="Propeller manager",
+        version=VERSION,
+        description="WebAssembly orchestrator API",
+        docs_url=None,  # served offline by the dashboard module (vendored Swagger UI and ReDoc)
+        redoc_url=None,
+    )
     instance_id = str(uuid.uuid4())
     started = time.time()
 
@@ -704,6 +718,8 @@ def create_app(manager: ManagerService) -> FastAPI:
         from orchestrator.adapters.prometheus import render
 
         return PlainTextResponse(render(manager), media_type="text/plain; version=0.0.4")
+
+    dashboard.mount(app, manager)  # /ui/, /static/, /docs, /redoc
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
     async def not_found(path: str) -> JSONResponse:

@@ -165,6 +165,16 @@ def declared_memory(wasm: bytes) -> int:
     return min_pages * 65536
 
 
+def _looks_like_wat(data: bytes) -> bool:
+    """WAT sent where a binary belongs: text starting with ``(module``, ``(component`` or ``;;``.
+
+    Binary modules start with ``\\0asm``; encrypted modules are opaque bytes, so only text that reads
+    as WAT is refused here (the full format check happens at placement and on the proplet).
+    """
+    head = data[:256].lstrip()
+    return not data.startswith(b"\0asm") and head.startswith((b"(module", b"(component", b";;"))
+
+
 def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: int = 3) -> Task:
     """``default_max_attempts``: the manager's ``--max-attempts``, used when the spec sets none."""
     if not isinstance(spec, dict):
@@ -189,6 +199,12 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
         wasm = base64.b64decode(raw_file, validate=True) if raw_file else b""
     except (binascii.Error, ValueError) as err:
         raise ValidationError(f"file is not valid base64: {err}", "file") from None
+    if _looks_like_wat(wasm):
+        raise ValidationError(
+            "file is WebAssembly text (WAT); only binary wasm is accepted: compile it first "
+            "(wat2wasm, or `propeller task create --file x.wat`, which compiles it)",
+            "file",
+        )
     proplet_id = _expect(spec, "proplet_id", str, "a string") or ""
     broadcast = bool(_expect(spec, "broadcast", bool, "a boolean"))
     if broadcast and proplet_id:
