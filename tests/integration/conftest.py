@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import secrets
 import time
@@ -13,11 +14,20 @@ from typing import Any
 
 import httpx
 import pytest
+import wasmtime
 
 from orchestrator.adapters.mqtt import MqttClient, parse_broker_url
 from orchestrator.core.identity import new_enrollment
 from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent, with_identity
+
+# The smallest real task module, `add(a, b)`, as bytes and as the base64 a task's `file` carries.
+ADD_WASM = bytes(
+    wasmtime.wat2wasm(
+        '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+    )
+)
+ADD_B64 = base64.b64encode(ADD_WASM).decode()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

@@ -11,7 +11,6 @@ Residual risks on Mosquitto (documented in docs/trust.md) are asserted as what t
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import queue
@@ -28,22 +27,17 @@ from typing import Any
 import httpx
 import paho.mqtt.client as paho
 import pytest
-import wasmtime
 from paho.mqtt.enums import CallbackAPIVersion
 
 from orchestrator.adapters.mqtt import BrokerUrl, MqttClient, MqttError
 from orchestrator.enrollment import enroll_into_store
 from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent, with_identity
-from tests.integration.conftest import eventually
+from tests.integration.conftest import ADD_B64, eventually
 
 pytestmark = pytest.mark.timeout(120)
 
-ADD = base64.b64encode(
-    wasmtime.wat2wasm(
-        '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
-    )
-).decode()
+ADD = ADD_B64
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 )

@@ -22,20 +22,15 @@ from typing import Any
 
 import httpx
 import pytest
-import wasmtime
 
 from orchestrator import wire
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient
 from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent
-from tests.integration.conftest import eventually
+from tests.integration.conftest import ADD_WASM, eventually
 
-ADD = bytes(
-    wasmtime.wat2wasm(
-        '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
-    )
-)
+ADD = ADD_WASM
 
 
 class Recorder:

@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import wasmtime
 
 from orchestrator import wire
 from orchestrator.adapters.broker import EmbeddedBroker
@@ -31,13 +30,9 @@ from orchestrator.core import receipts
 from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent
 from proplets.runtime import CancelToken, RunOutcome, RunRequest, WasmtimeRuntime
-from tests.integration.conftest import eventually
+from tests.integration.conftest import ADD_WASM, eventually
 
-ADD = bytes(
-    wasmtime.wat2wasm(
-        '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
-    )
-)
+ADD = ADD_WASM
 
 
 class GatedRuntime:

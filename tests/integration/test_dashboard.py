@@ -9,7 +9,6 @@ With PROPELLER_SCREENSHOTS=1 the test also writes a screenshot of each page into
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import signal
@@ -23,9 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-import wasmtime
 
 from tests.conftest import free_port, services_required
+from tests.integration.conftest import ADD_B64
 
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 
@@ -39,11 +38,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-ADD = base64.b64encode(
-    wasmtime.wat2wasm(
-        '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
-    )
-).decode()
+ADD = ADD_B64
 WAIT_MS = 60_000  # generous: the machine is shared
 
 

@@ -8,7 +8,6 @@ service are tested as the last line of defence."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import subprocess
@@ -20,20 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
-import wasmtime
 
 from orchestrator.adapters.store import Store
 from orchestrator.core.model import Task, TaskState
 from orchestrator.service import StoreRefused
 from tests.conftest import free_port
 from tests.fixtures.store import PgSchema
-from tests.integration.conftest import Cluster, close_cluster, eventually, make_cluster
+from tests.integration.conftest import ADD_B64, Cluster, close_cluster, eventually, make_cluster
 
-ADD = base64.b64encode(
-    wasmtime.wat2wasm(
-        '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
-    )
-).decode()
+ADD = ADD_B64
 
 
 def nested(depth: int) -> Any:

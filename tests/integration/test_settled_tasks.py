@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
-import wasmtime
+from tests.integration.conftest import ADD_B64, close_cluster, make_cluster
 
-from tests.integration.conftest import close_cluster, make_cluster
-
-ADD = base64.b64encode(
-    wasmtime.wat2wasm(
-        '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
-    )
-).decode()
+ADD = ADD_B64
 
 
 async def test_a_task_settled_out_of_memory_is_read_restarted_and_deleted_through_the_store(
