@@ -16,7 +16,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +32,7 @@ from orchestrator.adapters.mqtt import BrokerUrl, MqttClient, MqttError
 from orchestrator.enrollment import enroll_into_store
 from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent, with_identity
+from tests.conftest import free_port
 from tests.integration.conftest import ADD_B64, eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -42,12 +42,6 @@ MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 )
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _true(value: bool) -> bool:
@@ -211,7 +205,7 @@ async def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             "--out", str(tmp_path / "mosq"), cwd=str(REPO),
         )  # fmt: skip
         assert await cli.wait() == 0
-        port = _free_port()
+        port = free_port()
         mosquitto = await _start_mosquitto(tmp_path, port)
         ident = manager_id.identity
         settings.broker = f"mqtt://{ident.username}:{manager_id.password}@127.0.0.1:{port}"

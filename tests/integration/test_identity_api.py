@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from orchestrator.adapters.mqtt import BrokerUrl, MqttClient, MqttError
 from orchestrator.adapters.store import Store
 from orchestrator.enrollment import enroll_into_store
+from tests.conftest import free_port
 from tests.integration.conftest import Cluster, close_cluster, make_cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,7 +120,7 @@ async def test_standalone_broker_admits_the_databases_identities_and_drops_revok
 ) -> None:
     db = str(tmp_path / "m.db")
     p1 = await enroll_into_store(db, "proplet", "p1", wall=time.time())
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "orchestrator.cli", "--log-level", "warning", "broker",
         "--listen", f"127.0.0.1:{port}", "--db", db, "--refresh", "0.2",
@@ -158,12 +158,6 @@ async def test_standalone_broker_admits_the_databases_identities_and_drops_revok
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 15)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_broker_open_admits_anyone_including_enrolled_clients(tmp_path: Path) -> None:
