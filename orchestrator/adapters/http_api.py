@@ -13,14 +13,27 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from orchestrator.adapters import api_models as m
 from orchestrator.adapters import dashboard
+from orchestrator.adapters.api_models import described
 from orchestrator.adapters.store import StoreError
 from orchestrator.core.errors import Conflict, EngineError, NotFound, PayloadTooLarge, ValidationError
 from orchestrator.core.model import Task, TaskState
-from orchestrator.core.validation import MAX_DEPTH
+from orchestrator.core.validation import (
+    MAX_DEPTH,
+    MAX_ID_CHARS,
+    MAX_INT,
+    MAX_METADATA_BYTES,
+    MAX_NAME_CHARS,
+    check_text,
+    check_value,
+)
 from orchestrator.views import proplet_view, receipt_view, redacted_module, task_view
 
 if TYPE_CHECKING:
@@ -43,17 +56,27 @@ def _uuid(value: str, what: str) -> str:
     return value
 
 
-def _page(request: Request, *, max_limit: int | None = None) -> tuple[int, int]:
-    def number(key: str, default: int) -> int:
-        raw = request.query_params.get(key)
-        if raw is None or raw == "":
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValidationError(f"{key} must be an integer, got {raw!r}", key) from None
+def _query_int(request: Request, key: str, default: int) -> int:
+    """An integer query parameter; a 64-bit bound (the store's) besides the caller's own."""
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{key} must be an integer, got {raw[:64]!r}", key) from None
+    if abs(value) > MAX_INT:
+        raise ValidationError(f"{key} is outside the 64-bit integer range", key)
+    return value
 
-    offset, limit = number("offset", 0), number("limit", 100)
+
+def _query_text(request: Request, key: str, max_chars: int) -> str:
+    """A text query parameter every store can compare against: no NUL, no lone surrogate, bounded."""
+    return check_text(request.query_params.get(key, ""), key, max_chars)
+
+
+def _page(request: Request, *, max_limit: int | None = None) -> tuple[int, int]:
+    offset, limit = _query_int(request, "offset", 0), _query_int(request, "limit", 100)
     if offset < 0:
         raise ValidationError("offset must be >= 0", "offset")
     if limit < 1 or (max_limit is not None and limit > max_limit):
@@ -71,14 +94,14 @@ def _start_flag(body: Any) -> bool:
 
 def _state_filter(raw: str) -> int:
     """A task state given by number (upstream) or by name, case-insensitive."""
-    if raw.isdigit() and int(raw) in TaskState._value2member_map_:
+    if raw.isascii() and raw.isdigit() and int(raw) in TaskState._value2member_map_:
         return int(raw)
     try:
         return int(TaskState[raw.upper()])
     except KeyError:
         names = ", ".join(s.name.lower() for s in TaskState)
         raise ValidationError(
-            f"state must be a state number or one of {names}, got {raw!r}", "state"
+            f"state must be a state number or one of {names}, got {raw[:64]!r}", "state"
         ) from None
 
 
@@ -108,13 +131,7 @@ LOG_PAGE = 1000  # log rows per answer; ``next`` pages on
 
 
 def _int_param(request: Request, key: str, default: int, *, lo: int) -> int:
-    raw = request.query_params.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(f"{key} must be an integer, got {raw!r}", key) from None
+    value = _query_int(request, key, default)
     if value < lo:
         raise ValidationError(f"{key} must be >= {lo}, got {value}", key)
     return value
@@ -334,12 +351,24 @@ def create_app(manager: ManagerService) -> FastAPI:
     instance_id = str(uuid.uuid4())
     started = time.time()
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = m.finish_openapi(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(EngineError)
     async def _engine_error(_: Request, err: EngineError) -> JSONResponse:
         body: dict[str, Any] = {"error": err.message}
         if err.field:
             body["field"] = err.field
         return JSONResponse(body, status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (405, a malformed form) in the API's error shape, not {"detail"}.
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(StoreError)
     async def _store_error(_: Request, err: StoreError) -> JSONResponse:
@@ -353,7 +382,10 @@ def create_app(manager: ManagerService) -> FastAPI:
     if tokens:
         app.add_middleware(_BearerAuth, tokens=tokens, metrics_public=manager.settings.metrics_public)
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        **described(m.Health, bodies={503: m.Health}, open_route=True, summary="200 pass, 503 fail"),
+    )
     async def health() -> JSONResponse:
         # "fail" (503) while the manager's own broker session is down: it can neither dispatch nor hear.
         # A standby (--ha) has no broker session until it leads; that is its healthy state.
@@ -373,14 +405,19 @@ def create_app(manager: ManagerService) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if link_up else 503)
 
-    @app.post("/tasks", status_code=201)
+    @app.post("/tasks", **described(m.TaskView, status=201, errors=(404, 409), body=m.TaskSpec))
     async def create_task(request: Request) -> JSONResponse:
         spec = await _json_body(request)
         start = _start_flag(spec)
         task = await manager.create_task(spec, start=start)
         return JSONResponse(task_view(task), status_code=201, headers={"Location": f"/tasks/{task.id}"})
 
-    @app.post("/tasks/batch")
+    @app.post(
+        "/tasks/batch",
+        **described(
+            m.BatchResult, status=201, bodies={207: m.BatchResult, 400: m.BATCH_400}, body=m.TaskBatch
+        ),
+    )
     async def create_tasks(request: Request) -> JSONResponse:
         body = await _json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
@@ -406,21 +443,21 @@ def create_app(manager: ManagerService) -> FastAPI:
             status_code=status,
         )
 
-    @app.get("/tasks")
+    @app.get("/tasks", **described(m.TaskPage, query=m.TaskQuery))
     async def list_tasks(request: Request) -> dict[str, Any]:
         offset, limit = _page(request, max_limit=MAX_TASK_PAGE)
         query = request.query_params
         filters: dict[str, Any] = {}
         if query.get("state"):
             filters["state"] = _state_filter(query["state"])
-        for key in ("proplet_id", "name"):
-            if query.get(key):
+        for key, bound in (("proplet_id", MAX_ID_CHARS), ("name", MAX_NAME_CHARS)):
+            if _query_text(request, key, bound):
                 filters[key] = query[key]
-        raw_filter = query.get("metadata")
+        raw_filter = _query_text(request, "metadata", MAX_METADATA_BYTES)
         if raw_filter:
             try:
                 wanted = json.loads(raw_filter)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise ValidationError("metadata must be a JSON object", "metadata") from None
             if not isinstance(wanted, dict) or not all(
                 isinstance(v, str | int | float | bool) for v in wanted.values()
@@ -428,6 +465,7 @@ def create_app(manager: ManagerService) -> FastAPI:
                 raise ValidationError(
                     "metadata must be a JSON object of strings, numbers or booleans", "metadata"
                 )
+            check_value(wanted, "metadata")  # what a stored task's metadata may hold, no more
             filters["metadata"] = wanted
         assert manager.store is not None
         page = await manager.store.list_tasks(offset, limit, **filters)
@@ -440,21 +478,24 @@ def create_app(manager: ManagerService) -> FastAPI:
             views.append(view)
         return {"offset": offset, "limit": limit, "total": page.total, "tasks": views}
 
-    @app.get("/tasks/{task_id}")
+    @app.get("/tasks/{task_id}", **described(m.TaskView, errors=(404,)))
     async def get_task(task_id: str) -> dict[str, Any]:
         return task_view(await manager.find_task(_uuid(task_id, "task_id")))
 
-    @app.put("/tasks/{task_id}")
+    @app.put("/tasks/{task_id}", **described(m.TaskView, errors=(404, 409), body=m.TaskUpdate))
     async def update_task(task_id: str, request: Request) -> dict[str, Any]:
         spec = await _json_body(request)
         return task_view(await manager.update_task(_uuid(task_id, "task_id"), spec))
 
-    @app.put("/tasks/{task_id}/upload")
+    @app.put("/tasks/{task_id}/upload", **described(m.TaskView, errors=(404, 409), multipart=m.Upload))
     async def upload_module(task_id: str, request: Request) -> dict[str, Any]:
         _uuid(task_id, "task_id")
         if "multipart/form-data" not in request.headers.get("content-type", ""):
             raise ValidationError("upload must be multipart/form-data with a 'file' field")
-        form = await request.form()
+        try:
+            form = await request.form()
+        except StarletteHTTPException as err:  # Starlette's multipart parser: a malformed form
+            raise ValidationError(f"upload is not valid multipart/form-data: {err.detail}", "file") from None
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise ValidationError("multipart field 'file' is missing", "file")
@@ -466,22 +507,31 @@ def create_app(manager: ManagerService) -> FastAPI:
         spec = {"file": base64.b64encode(data).decode()}
         return task_view(await manager.update_task(task_id, spec))
 
-    @app.delete("/tasks/{task_id}", status_code=204)
+    @app.delete("/tasks/{task_id}", **described(status=204, errors=(403, 404, 409)))
     async def delete_task(task_id: str) -> Response:
         await manager.delete_task(_uuid(task_id, "task_id"))
         return Response(status_code=204)
 
-    @app.post("/tasks/{task_id}/start")
+    @app.post("/tasks/{task_id}/start", **described(m.Started, errors=(403, 404, 409)))
     async def start_task(task_id: str) -> dict[str, Any]:
         await manager.start_task(_uuid(task_id, "task_id"))
         return {"started": True}
 
-    @app.post("/tasks/{task_id}/stop")
+    @app.post("/tasks/{task_id}/stop", **described(m.Stopped, errors=(403, 404, 409)))
     async def stop_task(task_id: str) -> dict[str, Any]:
         await manager.stop_task(_uuid(task_id, "task_id"))
         return {"stopped": True}
 
-    @app.post("/tasks/{task_id}/invoke")
+    @app.post(
+        "/tasks/{task_id}/invoke",
+        **described(
+            m.Invoked,
+            bodies={502: m.Invoked, 504: m.Invoked},
+            errors=(404, 409),
+            body=m.InvokeRequest,
+            body_optional=True,
+        ),
+    )
     async def invoke_task(task_id: str, request: Request) -> JSONResponse:
         body = await _json_body(request, optional=True)
         if not isinstance(body, dict):
@@ -494,7 +544,10 @@ def create_app(manager: ManagerService) -> FastAPI:
             )
         return JSONResponse({"invoked": True, "results": outcome.results, "verified": outcome.verified})
 
-    @app.get("/tasks/{task_id}/results")
+    @app.get(
+        "/tasks/{task_id}/results",
+        **described(errors=(404, 409), query=m.ResultsQuery, media=m.RESULTS_MEDIA),
+    )
     async def task_results(task_id: str, request: Request) -> Response:
         task = await manager.find_task(_uuid(task_id, "task_id"))
         fmt = request.query_params.get("format", "")
@@ -504,7 +557,7 @@ def create_app(manager: ManagerService) -> FastAPI:
             return Response(status_code=200)
         return result_response(task, fmt)
 
-    @app.get("/tasks/{task_id}/logs")
+    @app.get("/tasks/{task_id}/logs", **described(m.Logs, errors=(404,), query=m.LogsQuery))
     async def task_logs(task_id: str, request: Request) -> dict[str, Any]:
         task = await manager.find_task(_uuid(task_id, "task_id"))
         attempt = _int_param(request, "attempt", task.attempt, lo=0)
@@ -519,12 +572,12 @@ def create_app(manager: ManagerService) -> FastAPI:
             rows = await store.list_task_logs(task.id, attempt, after=after, limit=page, final=False)
         return logs_body(task, attempt, after, rows[:LOG_PAGE], more=len(rows) > LOG_PAGE)
 
-    @app.get("/tasks/{task_id}/receipt")
+    @app.get("/tasks/{task_id}/receipt", **described(m.Receipt, errors=(404,)))
     async def task_receipt(task_id: str) -> dict[str, Any]:
         task = await manager.find_task(_uuid(task_id, "task_id"))
         return receipt_view(task, manager.engine.keys)
 
-    @app.get("/proplets")
+    @app.get("/proplets", **described(m.PropletPage, query=m.StatusQuery))
     async def list_proplets(request: Request) -> dict[str, Any]:
         offset, limit = _page(request)
         status = request.query_params.get("status", "")
@@ -536,7 +589,10 @@ def create_app(manager: ManagerService) -> FastAPI:
             views = [v for v in views if v["alive"] == (status == "active")]
         return _page_body(offset, limit, "proplets", views)
 
-    @app.post("/proplets/enroll", status_code=201)
+    @app.post(
+        "/proplets/enroll",
+        **described(m.IdentityFile, status=201, errors=(409,), body=m.EnrollRequest, body_optional=True),
+    )
     async def enroll_proplet(request: Request) -> JSONResponse:
         body = await _json_body(request, optional=True) or {}
         if not isinstance(body, dict):
@@ -554,32 +610,34 @@ def create_app(manager: ManagerService) -> FastAPI:
         doc = enrollment.identity_file(manager.broker_url or None)
         return JSONResponse(doc, status_code=201, headers={"Cache-Control": "no-store"})
 
-    @app.get("/proplets/identities")
+    @app.get("/proplets/identities", **described(m.IdentityPage, query=m.PageQuery))
     async def list_identities(request: Request) -> dict[str, Any]:
         offset, limit = _page(request)
         views = [i.view() for i in manager.identities.all() if i.kind != "manager"]
         return _page_body(offset, limit, "identities", views)
 
-    @app.post("/proplets/{proplet_id}/revoke")
+    @app.post("/proplets/{proplet_id}/revoke", **described(m.IdentityView, errors=(403, 404, 409)))
     async def revoke_proplet(proplet_id: str) -> dict[str, Any]:
         return (await manager.revoke(proplet_id)).view()
 
-    @app.delete("/proplets/{proplet_id}/identity", status_code=204)
+    @app.delete("/proplets/{proplet_id}/identity", **described(status=204, errors=(403, 404, 409)))
     async def revoke_proplet_identity(proplet_id: str) -> Response:
         await manager.revoke(proplet_id)
         return Response(status_code=204)
 
-    @app.get("/proplets/{proplet_id}")
+    @app.get("/proplets/{proplet_id}", **described(m.PropletView, errors=(404,)))
     async def get_proplet(proplet_id: str) -> dict[str, Any]:
         proplet = manager.engine.get_proplet(proplet_id)
         return proplet_view(proplet, manager.proplet_alive(proplet))
 
-    @app.delete("/proplets/{proplet_id}", status_code=204)
+    @app.delete("/proplets/{proplet_id}", **described(status=204, errors=(403, 404, 409)))
     async def delete_proplet(proplet_id: str) -> Response:
         await manager.delete_proplet(proplet_id)
         return Response(status_code=204)
 
-    @app.get("/proplets/{proplet_id}/alive-history")
+    @app.get(
+        "/proplets/{proplet_id}/alive-history", **described(m.AliveHistory, errors=(404,), query=m.PageQuery)
+    )
     async def alive_history(proplet_id: str, request: Request) -> dict[str, Any]:
         from orchestrator.views import rfc3339
 
@@ -588,7 +646,9 @@ def create_app(manager: ManagerService) -> FastAPI:
         history = [rfc3339(t) for t in reversed(proplet.alive_history)]
         return _page_body(offset, limit, "history", history)
 
-    @app.post("/workflows", status_code=201)
+    @app.post(
+        "/workflows", **described(m.WorkflowCreated, status=201, errors=(404, 409), body=m.WorkflowRequest)
+    )
     async def create_workflow(request: Request) -> JSONResponse:
         body = await _json_body(request)
         if not isinstance(body, dict):
@@ -596,7 +656,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         tasks = await manager.create_workflow(body.get("tasks"))
         return JSONResponse({"tasks": [task_view(t) for t in tasks]}, status_code=201)
 
-    @app.post("/jobs", status_code=201)
+    @app.post("/jobs", **described(m.JobCreated, status=201, errors=(404, 409), body=m.JobRequest))
     async def create_job(request: Request) -> JSONResponse:
         body = await _json_body(request)
         if not isinstance(body, dict):
@@ -614,7 +674,7 @@ def create_app(manager: ManagerService) -> FastAPI:
             headers={"Location": f"/jobs/{job.id}"},
         )
 
-    @app.get("/jobs")
+    @app.get("/jobs", **described(m.JobPage, query=m.JobQuery))
     async def list_jobs(request: Request) -> dict[str, Any]:
         offset, limit = _page(request)
         status = request.query_params.get("status", "")
@@ -626,22 +686,24 @@ def create_app(manager: ManagerService) -> FastAPI:
             summaries = [j for j in summaries if j["state"] == status]
         return _page_body(offset, limit, "jobs", summaries)
 
-    @app.get("/jobs/{job_id}")
+    @app.get("/jobs/{job_id}", **described(m.JobDetail, errors=(404,)))
     async def get_job(job_id: str) -> dict[str, Any]:
         tasks = manager.engine.job_tasks(job_id)
         return {**job_summary(manager, job_id), "tasks": [task_view(t) for t in tasks]}
 
-    @app.post("/jobs/{job_id}/start")
+    @app.post("/jobs/{job_id}/start", **described(m.JobAction, errors=(403, 404, 409)))
     async def start_job(job_id: str) -> dict[str, Any]:
         await manager.start_job(job_id)
         return {"message": "job started", "job_id": job_id}
 
-    @app.post("/jobs/{job_id}/stop")
+    @app.post("/jobs/{job_id}/stop", **described(m.JobAction, errors=(403, 404, 409)))
     async def stop_job(job_id: str) -> dict[str, Any]:
         await manager.stop_job(job_id)
         return {"message": "job stopped", "job_id": job_id}
 
-    @app.get("/proplets/{proplet_id}/metrics")
+    @app.get(
+        "/proplets/{proplet_id}/metrics", **described(m.PropletMetricsPage, errors=(404,), query=m.PageQuery)
+    )
     async def proplet_metrics(proplet_id: str, request: Request) -> dict[str, Any]:
         from orchestrator.views import rfc3339
 
@@ -665,7 +727,7 @@ def create_app(manager: ManagerService) -> FastAPI:
             ],
         }
 
-    @app.get("/tasks/{task_id}/metrics")
+    @app.get("/tasks/{task_id}/metrics", **described(m.TaskMetricsPage, errors=(404,), query=m.PageQuery))
     async def task_metrics(task_id: str, request: Request) -> dict[str, Any]:
         from orchestrator.views import rfc3339
 
@@ -698,7 +760,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         ]
         return {f"{subject}_id": subject_id, "total": len(events), "events": events}
 
-    @app.get("/tasks/{task_id}/events")
+    @app.get("/tasks/{task_id}/events", **described(m.TaskEvents, errors=(404,)))
     async def task_events(task_id: str) -> dict[str, Any]:
         """The task's timeline, oldest first: created, queued, waiting (why), placed, start published,
         refused, proplet died, requeued, stopped, result, failed, receipt rejected."""
@@ -706,14 +768,21 @@ def create_app(manager: ManagerService) -> FastAPI:
         assert manager.store is not None
         return _events_body("task", task_id, await manager.store.list_events("task", task_id))
 
-    @app.get("/proplets/{proplet_id}/events")
+    @app.get("/proplets/{proplet_id}/events", **described(m.PropletEvents, errors=(404,)))
     async def proplet_events(proplet_id: str) -> dict[str, Any]:
         """The proplet's timeline, oldest first: joined, died (cause), back."""
         manager.engine.get_proplet(proplet_id)
         assert manager.store is not None
         return _events_body("proplet", proplet_id, await manager.store.list_events("proplet", proplet_id))
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        **described(
+            media={"text/plain": {"schema": {"type": "string"}}},
+            open_route=True,
+            summary="Prometheus exposition",
+        ),
+    )
     async def metrics() -> PlainTextResponse:
         from orchestrator.adapters.prometheus import render
 
@@ -722,7 +791,14 @@ def create_app(manager: ManagerService) -> FastAPI:
     dashboard.mount(app, manager)  # /ui/, /static/, /docs, /redoc
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
-    async def not_found(path: str) -> JSONResponse:
+    async def not_found(path: str, request: Request) -> JSONResponse:
+        allowed = sorted(
+            {method for route in app.router.routes if isinstance(route, APIRoute) and route.methods
+             and route.matches(request.scope)[0] == Match.PARTIAL for method in route.methods}
+        )  # fmt: skip
+        if allowed:  # a known path, another method
+            raise HTTPException(405, f"{request.method} /{path} is not allowed; use {', '.join(allowed)}",
+                                headers={"Allow": ", ".join(allowed)})  # fmt: skip
         raise NotFound(f"no route for /{path}")
 
     return app

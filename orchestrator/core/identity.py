@@ -47,7 +47,7 @@ KINDS: tuple[Kind, ...] = ("proplet", "upstream", "manager")
 
 PBKDF2_ITERATIONS = 101  # Mosquitto 2.0's default for `$7$`
 SALT_BYTES = 12
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 MAX_PASSWORD = 256
 # create/alive/metrics bodies are small; anything bigger is refused without parsing (a 5 MB id).
 MAX_ANNOUNCE_BYTES = 64 * 1024
@@ -82,7 +82,7 @@ def _suffix(topic: str, known: Iterable[str]) -> str | None:
 
 def check_id(value: object, field: str) -> str:
     """A proplet id / client id / user name: 1..128 of [A-Za-z0-9._:@-], not starting with a symbol."""
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
         raise ValidationError(
             f"{field} must be 1..128 characters of A-Z a-z 0-9 . _ : @ - (starting with a letter or "
             f"digit), got {str(value)[:80]!r}",

@@ -56,7 +56,7 @@ MAX_MODULE_BYTES = 7 * 1024 * 1024
 # Default bound on a request body (ManagerSettings.api_max_body, --api-max-body): it holds a job or
 # workflow of several tasks with inline modules of the largest size.
 MAX_BODY_BYTES = 64 * 1024 * 1024
-_MAX_INT = (1 << 63) - 1
+MAX_INT = (1 << 63) - 1  # integers a store holds (64-bit)
 _SHORT_FIELDS = {"id": MAX_ID_CHARS, "proplet_id": MAX_ID_CHARS, "workflow_id": MAX_ID_CHARS}
 _SHORT_FIELDS |= {"job_id": MAX_ID_CHARS, "depends_on": MAX_ID_CHARS, "name": MAX_NAME_CHARS}
 _SHORT_FIELDS |= {"kind": 64, "timezone": 64, "run_if": 64, "sha256": 80, "mode": 64}
@@ -87,7 +87,7 @@ def check_value(value: Any, field: str, max_chars: int = MAX_TEXT_CHARS, depth: 
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int):
-        if not -_MAX_INT - 1 <= value <= _MAX_INT:
+        if not -MAX_INT - 1 <= value <= MAX_INT:
             raise ValidationError(f"{field} is outside the 64-bit integer range", field)
     elif isinstance(value, float):
         if not math.isfinite(value):

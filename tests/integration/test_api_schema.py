@@ -1,0 +1,148 @@
+"""The REST API against its own OpenAPI spec: schemathesis over every operation of a real manager.
+
+A real ``propeller manager`` (SQLite store in a temp dir, the closed embedded broker) with one enrolled
+proplet that has run a task, so the routes answer about real objects as well as unknown ids. Every
+operation gets schemathesis's phases (explicit examples, coverage of boundaries and invalid values,
+fuzzing; positive and negative inputs) with a bounded number of examples, and each answer must be no
+server error, a status its description lists, with the content type and body schema it documents.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import free_port
+from tests.integration.conftest import ADD_B64
+from tests.support.procs import Manager, Proplet, wait_for
+
+pytestmark = pytest.mark.slow
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+MAX_EXAMPLES = 12  # per operation and phase: the whole run stays well under a minute
+PROPLET = "schema-p1"
+# Ids of real objects, substituted for generated path parameters in half the cases (the seed sets them).
+KNOWN: dict[str, list[str]] = {"task_id": [], "proplet_id": [PROPLET], "job_id": []}
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
+    tmp = tmp_path_factory.mktemp("api-schema")
+    domain = f"d-{uuid.uuid4().hex[:8]}"
+    manager = Manager(tmp, f"embedded://127.0.0.1:{free_port()}", domain, "--heartbeat-interval", "0.5")
+    proplet: Proplet | None = None
+    manager.start()
+    try:
+        api = httpx.Client(base_url=manager.url, timeout=10)
+        enrolled = api.post("/proplets/enroll", json={"id": PROPLET})
+        assert enrolled.status_code == 201, enrolled.text
+        identity = tmp / "identity.json"
+        identity.write_text(json.dumps(enrolled.json()))
+        broker = enrolled.json()["broker"]
+        proplet = Proplet(tmp, broker, domain, PROPLET, "--identity", str(identity))
+        proplet.start()
+        wait_for(lambda: api.get(f"/proplets/{PROPLET}").status_code == 200, 30, "the proplet to join")
+        KNOWN["task_id"].extend(_seed_tasks(api))
+        job = api.post("/jobs", json={"name": "schema-job", "tasks": [{"name": "add", "file": ADD_B64}]})
+        assert job.status_code == 201, job.text
+        KNOWN["job_id"].append(job.json()["job_id"])
+        yield manager
+    finally:
+        if proplet is not None:
+            proplet.stop()
+        manager.stop()
+
+
+def _seed_tasks(api: httpx.Client) -> list[str]:
+    """A finished task (results, logs, receipt, events) and a pending one."""
+    done = api.post("/tasks", json={"name": "add", "file": ADD_B64, "inputs": [2, 40], "start": True})
+    assert done.status_code == 201, done.text
+    pending = api.post("/tasks", json={"name": "add", "file": ADD_B64, "metadata": {"team": "a"}})
+    assert pending.status_code == 201, pending.text
+    done_id = done.json()["id"]
+    wait_for(lambda: api.get(f"/tasks/{done_id}").json()["state"] == 3, 30, "the seeded task to complete")
+    assert api.get(f"/tasks/{done_id}/results").json()["results"] == "42"
+    return [done_id, pending.json()["id"]]
+
+
+def _spec() -> dict[str, Any]:
+    """The spec the manager serves, built from the same code without starting one (schemathesis
+    collects its tests at import time; ``test_the_served_spec_is_the_tested_one`` holds them equal)."""
+    from orchestrator.adapters.http_api import create_app
+    from orchestrator.service import ManagerService, ManagerSettings
+
+    return create_app(ManagerService(ManagerSettings())).openapi()
+
+
+SPEC = _spec()
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "generation": {"max-examples": MAX_EXAMPLES, "mode": "all"},
+        "phases": {"stateful": {"enabled": False}},
+    }
+)
+schema = schemathesis.openapi.from_dict(SPEC, config=CONFIG)
+
+
+@schemathesis.hook
+def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> Any:
+    """Half the cases address a real task, proplet or job instead of a generated id."""
+    known = {key: KNOWN[key] for key in path_parameters or {} if KNOWN.get(key)}
+    if not known:
+        return st.just(path_parameters)
+    real = st.fixed_dictionaries({key: st.sampled_from(ids) for key, ids in known.items()})
+    return st.one_of(st.just(path_parameters), real.map(lambda ids: {**path_parameters, **ids}))
+
+
+@schema.parametrize()
+def test_every_operation_answers_as_documented(case: Any, manager: Manager) -> None:
+    response = case.call_and_validate(base_url=manager.url, checks=CHECKS)
+    import os
+    with open(os.environ.get("SEEN_LOG", "/dev/null"), "a") as f:
+        f.write(f"{case.operation.label} {response.status_code} {case.query!r:.80} {str(case.body)!r:.80} {case.meta.generation.mode.value if case.meta else 'x'} {response.text[:150]!r}\n")
+
+
+def test_the_served_spec_is_the_tested_one(manager: Manager) -> None:
+    assert httpx.get(f"{manager.url}/openapi.json").json() == json.loads(json.dumps(SPEC))
+
+
+def test_every_route_is_documented(manager: Manager) -> None:
+    """Each operation lists its request body (when it takes one), its success body and its errors."""
+    spec = httpx.get(f"{manager.url}/openapi.json").json()
+    takes_body = {("post", "/tasks"), ("put", "/tasks/{task_id}"), ("post", "/tasks/batch"),
+                  ("post", "/workflows"), ("post", "/jobs"), ("post", "/proplets/enroll"),
+                  ("post", "/tasks/{task_id}/invoke"), ("put", "/tasks/{task_id}/upload")}  # fmt: skip
+    operations = [(m, p, op) for p, item in spec["paths"].items() for m, op in item.items()]
+    assert len(operations) >= 33
+    for method, path, op in operations:
+        codes = set(op["responses"])
+        assert codes & {"200", "201", "204"}, (method, path)
+        assert {"400", "503"} <= codes and "422" not in codes, (method, path, codes)
+        assert ("requestBody" in op) == ((method, path) in takes_body), (method, path)
+        for code, response in op["responses"].items():
+            if code != "204":
+                assert response.get("content"), (method, path, code)
+    assert spec["paths"]["/tasks"]["get"]["parameters"], "GET /tasks documents its filters"
+    task = spec["components"]["schemas"]["TaskView"]
+    assert {"state", "state_name"} <= set(task["required"])
+
+
+def test_docs_pages_load_the_spec_from_local_assets(manager: Manager) -> None:
+    for page in ("/docs", "/redoc"):
+        r = httpx.get(f"{manager.url}{page}")
+        assert r.status_code == 200 and "/openapi.json" in r.text, page
+        assert "cdn." not in r.text and "unpkg" not in r.text, page
+
