@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -82,6 +83,11 @@ def _page(request: Request, *, max_limit: int | None = None) -> tuple[int, int]:
     if limit < 1 or (max_limit is not None and limit > max_limit):
         raise ValidationError(f"limit must be between 1 and {max_limit or 'infinity'}", "limit")
     return offset, limit
+
+
+def _location(collection: str, item_id: str) -> str:
+    """A created item's ``Location``: ids are user text, a header is Latin-1 (a UUID is unchanged)."""
+    return f"/{collection}/{quote(item_id, safe='')}"
 
 
 def _start_flag(body: Any) -> bool:
@@ -410,7 +416,9 @@ def create_app(manager: ManagerService) -> FastAPI:
         spec = await _json_body(request)
         start = _start_flag(spec)
         task = await manager.create_task(spec, start=start)
-        return JSONResponse(task_view(task), status_code=201, headers={"Location": f"/tasks/{task.id}"})
+        return JSONResponse(
+            task_view(task), status_code=201, headers={"Location": _location("tasks", task.id)}
+        )
 
     @app.post(
         "/tasks/batch",
@@ -671,7 +679,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         return JSONResponse(
             {"job_id": job.id, "tasks": [task_view(t) for t in tasks]},
             status_code=201,
-            headers={"Location": f"/jobs/{job.id}"},
+            headers={"Location": _location("jobs", job.id)},
         )
 
     @app.get("/jobs", **described(m.JobPage, query=m.JobQuery))
