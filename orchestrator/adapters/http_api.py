@@ -275,7 +275,13 @@ class _LeaderOnly:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         manager = self.manager
-        if scope["type"] == "http" and not manager.serving and scope["path"] not in self.OPEN_PATHS:
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and not manager.serving
+            and path not in self.OPEN_PATHS
+            and not dashboard.open_path(path)  # /redoc and the docs' vendored assets, like /docs
+        ):
             body: dict[str, Any] = {"error": f"this manager is not the leader (role {manager.role})"}
             if manager.lease is not None:
                 body |= {**manager.lease.status(), "role": manager.role}
