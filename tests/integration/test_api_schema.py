@@ -50,19 +50,19 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
     proplet: Proplet | None = None
     manager.start()
     try:
-        api = httpx.Client(base_url=manager.url, timeout=10)
-        enrolled = api.post("/proplets/enroll", json={"id": PROPLET})
-        assert enrolled.status_code == 201, enrolled.text
-        identity = tmp / "identity.json"
-        identity.write_text(json.dumps(enrolled.json()))
-        broker = enrolled.json()["broker"]
-        proplet = Proplet(tmp, broker, domain, PROPLET, "--identity", str(identity))
-        proplet.start()
-        wait_for(lambda: api.get(f"/proplets/{PROPLET}").status_code == 200, 30, "the proplet to join")
-        KNOWN["task_id"].extend(_seed_tasks(api))
-        job = api.post("/jobs", json={"name": "schema-job", "tasks": [{"name": "add", "file": ADD_B64}]})
-        assert job.status_code == 201, job.text
-        KNOWN["job_id"].append(job.json()["job_id"])
+        with httpx.Client(base_url=manager.url, timeout=10) as api:
+            enrolled = api.post("/proplets/enroll", json={"id": PROPLET})
+            assert enrolled.status_code == 201, enrolled.text
+            identity = tmp / "identity.json"
+            identity.write_text(json.dumps(enrolled.json()))
+            broker = enrolled.json()["broker"]
+            proplet = Proplet(tmp, broker, domain, PROPLET, "--identity", str(identity))
+            proplet.start()
+            wait_for(lambda: api.get(f"/proplets/{PROPLET}").status_code == 200, 30, "the proplet to join")
+            KNOWN["task_id"].extend(_seed_tasks(api))
+            job = api.post("/jobs", json={"name": "schema-job", "tasks": [{"name": "add", "file": ADD_B64}]})
+            assert job.status_code == 201, job.text
+            KNOWN["job_id"].append(job.json()["job_id"])
         yield manager
     finally:
         if proplet is not None:
@@ -102,7 +102,7 @@ CONFIG = schemathesis.Config.from_dict(
 schema = schemathesis.openapi.from_dict(SPEC, config=CONFIG)
 
 
-@schemathesis.hook
+@schema.hook
 def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> Any:
     """Half the cases address a real task, proplet or job instead of a generated id."""
     known = {key: KNOWN[key] for key in path_parameters or {} if KNOWN.get(key)}
