@@ -448,8 +448,12 @@ class PropletAgent:
             raise TaskInputError(str(err)) from None
         extra = {"PROPLET_ID": self.settings.proplet_id}
         if start.parent_results:
-            # workflow children see their parents' results: {parent_task_id: results} as JSON
+            # workflow children see their parents' results as upstream sends them: {parent_task_id:
+            # results text} as JSON; and, from our manager, how to read each text (json/text/binary)
             extra["PARENT_RESULTS"] = json.dumps(dict(start.parent_results), separators=(",", ":"))
+            if start.parent_result_types:
+                types = dict(start.parent_result_types)
+                extra["PARENT_RESULT_TYPES"] = json.dumps(types, separators=(",", ":"))
         return RunRequest(
             task_id=start.id,
             wasm=wasm,

@@ -205,7 +205,7 @@ def test_manager_keeps_the_result_type_and_the_final_logs_with_the_attempt() -> 
     assert engine.tasks[task_id].result_type == "json"
 
 
-def test_a_json_result_reaches_the_workflow_child_as_json() -> None:
+def test_a_json_result_reaches_the_workflow_child_as_upstream_text_with_its_type_beside() -> None:
     engine = make_engine()
     heartbeat(engine, "p1", 0.0)
     engine.create_workflow([spec("a"), spec("b", "a")], 0)
@@ -215,7 +215,9 @@ def test_a_json_result_reaches_the_workflow_child_as_json() -> None:
     result["result_type"] = "json"
     send(engine, T.results, result, 2.0)
     (start,) = publishes(engine.take_commands(), T.start)
-    assert start["parent_results"] == {"a": {"loss": 0.25}}
+    # upstream sends each parent's results as stored (text); the type travels in our extension
+    assert start["parent_results"] == {"a": '{"loss": 0.25}\n'}
+    assert start["parent_result_types"] == {"a": "json"}
 
 
 def test_binary_results_stay_base64_text() -> None:
