@@ -145,6 +145,18 @@ def test_proplet_streams_output_in_numbered_pieces_whole_characters_only() -> No
     assert _sent(engine, T.logs) == []
 
 
+def test_proplet_keeps_each_streams_split_character_apart() -> None:
+    engine = _proplet()
+    e_acute = "\u00e9".encode()
+    engine.task_output("t1", b"out " + e_acute[:1], "stdout")  # a daemon's stdout, cut inside "é"
+    engine.task_output("t1", b"err\n", "stderr")
+    engine.task_output("t1", e_acute[1:] + b"\n", "stdout")
+    pieces = _sent(engine, T.logs)
+    assert [(p["stream"], p["data"]) for p in pieces] == [
+        ("stdout", "out "), ("stderr", "err\n"), ("stdout", "\u00e9\n"),
+    ]  # fmt: skip
+
+
 def test_proplet_splits_a_burst_into_pieces() -> None:
     engine = _proplet()
     engine.task_output("t1", b"x" * (LOG_PIECE_CHARS * 2 + 5))
