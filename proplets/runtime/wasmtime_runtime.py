@@ -420,6 +420,13 @@ class WasmtimeRuntime:
         watch: _Watch,
         notes: list[str],
     ) -> tuple[RunKind, str, int | None]:
+        http = sorted(n for n in component.type.imports(self.engine) if n.startswith("wasi:http/"))
+        if http:
+            raise _RunError(
+                f"component cannot be instantiated on this proplet: it imports {', '.join(http)}, and "
+                "wasi:http (outgoing HTTP) is not offered: wasmtime-py's wasi:http cannot check each "
+                "request against the host allow-list (--fetch-allow); elastic:hal/sockets is checked"
+            )
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
         store.set_wasi(_wasi_config(req, io))
