@@ -51,7 +51,9 @@ class ErrorBody(Model):
     """Every refusal: what was wrong, and the input field to blame when there is one."""
 
     error: str
-    field: str | None = Field(None, description="Path of the offending field, e.g. metadata, inputs[2]")
+    field: str | SkipJsonSchema[None] = Field(
+        None, description="Path of the offending field, e.g. metadata, inputs[2]"
+    )
 
 
 # ---- tasks ----------------------------------------------------------------------------------------
@@ -180,31 +182,31 @@ class TaskView(Model):
     attempt: int
     max_attempts: int
     verified: bool = Field(description="The result's receipt verified against the enrolled key")
-    image_url: str | None = None
-    file: str | None = Field(None, description="The module's base64, redacted in the middle")
-    inputs: list[str] | None = None
-    env: dict[str, str] | None = None
-    latent: bool | None = None
-    proplet_id: str | None = None
-    depends_on: list[str] | None = None
-    run_if: str | None = None
-    workflow_id: str | None = None
-    job_id: str | None = None
-    kbs_resource_path: str | None = None
-    monitoring_profile: dict[str, Any] | None = None
-    hal_storage_path: str | None = None
+    image_url: str | SkipJsonSchema[None] = None
+    file: str | SkipJsonSchema[None] = Field(None, description="The module's base64, redacted in the middle")
+    inputs: list[str] | SkipJsonSchema[None] = None
+    env: dict[str, str] | SkipJsonSchema[None] = None
+    latent: bool | SkipJsonSchema[None] = None
+    proplet_id: str | SkipJsonSchema[None] = None
+    depends_on: list[str] | SkipJsonSchema[None] = None
+    run_if: str | SkipJsonSchema[None] = None
+    workflow_id: str | SkipJsonSchema[None] = None
+    job_id: str | SkipJsonSchema[None] = None
+    kbs_resource_path: str | SkipJsonSchema[None] = None
+    monitoring_profile: dict[str, Any] | SkipJsonSchema[None] = None
+    hal_storage_path: str | SkipJsonSchema[None] = None
     results: Any = None
-    result_type: Literal["json", "text", "binary"] | None = None
-    error: str | None = None
-    priority: int | None = None
-    broadcast: bool | None = None
-    metadata: dict[str, Any] | None = None
-    schedule: str | None = None
-    timezone: str | None = None
-    is_recurring: bool | None = None
-    sha256: str | None = None
-    memory_bytes: int | None = None
-    limits: dict[str, float] | None = None
+    result_type: Literal["json", "text", "binary"] | SkipJsonSchema[None] = None
+    error: str | SkipJsonSchema[None] = None
+    priority: int | SkipJsonSchema[None] = None
+    broadcast: bool | SkipJsonSchema[None] = None
+    metadata: dict[str, Any] | SkipJsonSchema[None] = None
+    schedule: str | SkipJsonSchema[None] = None
+    timezone: str | SkipJsonSchema[None] = None
+    is_recurring: bool | SkipJsonSchema[None] = None
+    sha256: str | SkipJsonSchema[None] = None
+    memory_bytes: int | SkipJsonSchema[None] = None
+    limits: dict[str, float] | SkipJsonSchema[None] = None
 
 
 class Page(Model):
@@ -220,9 +222,9 @@ class TaskPage(Page):
 class BatchItem(Model):
     index: int
     status: int = Field(description="201, or the status the task alone would have got")
-    task: TaskView | None = None
-    error: str | None = None
-    field: str | None = None
+    task: TaskView | SkipJsonSchema[None] = None
+    error: str | SkipJsonSchema[None] = None
+    field: str | SkipJsonSchema[None] = None
 
 
 class BatchResult(Model):
@@ -251,15 +253,17 @@ class Invoked(Model):
     invoked: bool
     results: Any = None
     verified: bool | None = None
-    error: str | None = Field(None, description="Why the invocation failed (502, or 504 on timeout)")
+    error: str | SkipJsonSchema[None] = Field(
+        None, description="Why the invocation failed (502, or 504 on timeout)"
+    )
 
 
 class Results(Model):
     """``GET /tasks/{id}/results`` (and ``format=json``). ``format=raw`` answers the stored bytes."""
 
     results: Any
-    result_type: Literal["json", "text", "binary"] | None = None
-    encoding: Literal["base64"] | None = None
+    result_type: Literal["json", "text", "binary"] | SkipJsonSchema[None] = None
+    encoding: Literal["base64"] | SkipJsonSchema[None] = None
 
 
 class LogRow(Model):
@@ -289,9 +293,11 @@ class SignedReceipt(Model):
 class Receipt(Model):
     task_id: str
     verified: bool
-    receipt: dict[str, Any] | None = None
+    receipt: dict[str, Any] | SkipJsonSchema[None] = None
     public_key: str | None = None
-    receipts: dict[str, SignedReceipt] | None = Field(None, description="Broadcast tasks, by proplet id")
+    receipts: dict[str, SignedReceipt] | SkipJsonSchema[None] = Field(
+        None, description="Broadcast tasks, by proplet id"
+    )
 
 
 class TaskMetric(Model):
@@ -335,8 +341,8 @@ class PropletView(Model):
     task_count: int
     alive: bool
     metadata: dict[str, Any]
-    namespace: str | None = None
-    last_alive_at: Time | None = None
+    namespace: str | SkipJsonSchema[None] = None
+    last_alive_at: Time | SkipJsonSchema[None] = None
 
 
 class PropletPage(Page):
@@ -365,9 +371,9 @@ class IdentityFile(Model):
     username: str
     password: str
     kind: str
-    signing_key: str | None = None
-    public_key: str | None = None
-    broker: str | None = None
+    signing_key: str | SkipJsonSchema[None] = None
+    public_key: str | SkipJsonSchema[None] = None
+    broker: str | SkipJsonSchema[None] = None
 
 
 class IdentityView(Model):
