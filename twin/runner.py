@@ -129,7 +129,8 @@ class _Run:
         m, t = scenario.manager, scenario.timers
         self.session = TwinSession(
             SessionConfig(self.domain, t.heartbeat_interval, t.liveness_timeout, broker=scenario.broker,
-                          placement=m.placement, max_attempts=m.max_attempts, queue_timeout=m.queue_timeout),
+                          placement=m.placement, max_attempts=m.max_attempts, queue_timeout=m.queue_timeout,
+                          manager_settings=m.settings),
             trace, observer=self.observer, work_dir=work, env=self.env, clock=self.clock,
         )  # fmt: skip
         self.broker: Broker | None = None

@@ -56,6 +56,8 @@ class SessionConfig:
     placement: str = "round_robin"
     max_attempts: int = 3
     queue_timeout: float | None = None
+    # Live: the other ManagerSettings fields the scenario sets (twin.scenario.spec.ManagerSpec.settings).
+    manager_settings: tuple[tuple[str, Any], ...] = ()
     manager: bool = True  # start the manager too
     seed: int = 0  # virtual: the manager's task ids
     wasm_workers: int = 2  # live: threads running wasmtime
@@ -137,7 +139,7 @@ class TwinSession:
         await broker.start()
         if c.manager:
             opts = ManagerOptions(c.domain, c.heartbeat_interval, c.liveness_timeout, c.placement,
-                                  c.max_attempts, c.queue_timeout)  # fmt: skip
+                                  c.max_attempts, c.queue_timeout, settings=c.manager_settings)  # fmt: skip
             on_line = self.observer.on_line if self.observer is not None else None
             manager = self.manager = Manager(broker.url, opts, work, on_line, identity=manager_identity)
             self.trace.meta["manager_log"] = str(manager.process.log_path)
@@ -154,6 +156,10 @@ class TwinSession:
         broker = self.broker_model = BrokerModel(self.env, persistence=False, max_queued=MAX_QUEUED_MESSAGES)
         transport = VirtualTransport(self.env, broker, self.runtime)
         self.shared = Shared(self.env, self.clock, self.trace, self.runtime, None, transport)
+        if c.manager and c.manager_settings:
+            keys = ", ".join(f"manager.{k}" for k, _ in c.manager_settings)
+            raise ValueError(f"{keys}: the virtual manager models only placement, max_attempts and "
+                             "queue_timeout; run this scenario with --mode live")  # fmt: skip
         if c.manager:
             on_event = self.on_manager_event or (self.observer.on_event if self.observer else _ignore)
             mc = ManagerConfig(c.domain, c.heartbeat_interval, c.liveness_timeout, c.placement,

@@ -150,7 +150,7 @@ class VirtualRunner:
         config = SessionConfig(f"twin-virtual-{scenario.seed}", t.heartbeat_interval, t.liveness_timeout,
                                mode="virtual", broker=scenario.broker, placement=m.placement,
                                max_attempts=m.max_attempts, queue_timeout=m.queue_timeout,
-                               seed=scenario.seed)  # fmt: skip
+                               manager_settings=m.settings, seed=scenario.seed)  # fmt: skip
         try:
             async with TwinSession(config, trace, observer=observer, env=env) as session:
                 await _VirtualRun(scenario, trace, session, observer, self.hw_names).execute(progress)

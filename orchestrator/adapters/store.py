@@ -385,6 +385,15 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class WorkflowRow:
+    """A workflow (tasks sharing a ``workflow_id``): when its first task was created, tasks per state."""
+
+    workflow_id: str
+    created_at: float | None
+    states: dict[int, int]
+
+
+@dataclass(frozen=True)
 class TaskPage:
     """A page of tasks. Their ``file`` is left empty (b""); ``modules`` has the ends of each one."""
 
@@ -575,6 +584,8 @@ class Store:
         proplet_id: str | None = None,
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        workflow_id: str | None = None,
+        job_id: str | None = None,
     ) -> TaskPage:
         """(total, page) of the stored tasks in first-save order, filtered in SQL.
 
@@ -589,6 +600,10 @@ class Store:
             where.append(TASKS.c.proplet_id == proplet_id)
         if name is not None:
             where.append(TASKS.c.name == name)
+        if workflow_id is not None:
+            where.append(TASKS.c.workflow_id == workflow_id)
+        if job_id is not None:
+            where.append(TASKS.c.job_id == job_id)
         for key, value in (metadata or {}).items():
             where.append(_json_equals(TASKS.c.metadata[key], value, pg=self._engine.dialect.name != "sqlite"))
         # Not the modules themselves (a page of 100 tasks could be hundreds of MB): their length and
@@ -614,6 +629,30 @@ class Store:
             if size_:
                 modules[values["id"]] = ModuleEnds(int(size_), bytes(head), bytes(tail))
         return TaskPage(int(total or 0), tasks, modules)
+
+    async def list_workflows(self, offset: int = 0, limit: int = 100) -> tuple[int, list[WorkflowRow]]:
+        """(total, page) of the workflows, newest first: each with its tasks counted by state."""
+        grouped = TASKS.c.workflow_id != ""
+        first = sa.func.min(TASKS.c.seq).label("first")
+        heads_query = (
+            sa.select(TASKS.c.workflow_id, sa.func.min(TASKS.c.created_at).label("created"), first)
+            .where(grouped).group_by(TASKS.c.workflow_id).order_by(first.desc()).offset(offset).limit(limit)
+        )  # fmt: skip
+        async with self._read("list workflows") as conn:
+            count = sa.select(sa.func.count(sa.distinct(TASKS.c.workflow_id))).where(grouped)
+            total = await conn.scalar(count)
+            heads = (await conn.execute(heads_query)).all()
+            ids = [h.workflow_id for h in heads]
+            by_state = (
+                sa.select(TASKS.c.workflow_id, TASKS.c.state, sa.func.count())
+                .where(TASKS.c.workflow_id.in_(ids)).group_by(TASKS.c.workflow_id, TASKS.c.state)
+            )  # fmt: skip
+            counts = (await conn.execute(by_state)).all() if ids else []
+        states: dict[str, dict[int, int]] = {i: {} for i in ids}
+        for workflow_id, state, n in counts:
+            states[workflow_id][int(state)] = int(n)
+        rows = [WorkflowRow(h.workflow_id, h.created, states[h.workflow_id]) for h in heads]
+        return int(total or 0), rows
 
     # -- proplets ------------------------------------------------------------------------------------
 

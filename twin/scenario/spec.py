@@ -72,10 +72,32 @@ class Timers:
 
 @dataclass(frozen=True)
 class ManagerSpec:
+    """The scenario's ``manager:``: every key is a ``ManagerSettings`` field (orchestrator/settings.py),
+    except those the runner sets itself (``RUNNER_OWNED``), plus ``store``. The virtual manager models
+    placement, max_attempts and queue_timeout; the others (``settings``) reach the live manager only."""
+
     placement: str = "round_robin"
     max_attempts: int = 3
     queue_timeout: float | None = None
     store: str = "sqlite"
+    settings: tuple[tuple[str, Any], ...] = ()  # (field, value) of the other ManagerSettings fields
+
+
+# ManagerSettings fields a scenario may not set: the runner gives its manager these (its broker,
+# database, API port, domain, identity on the closed broker; heartbeat and liveness come from timers:).
+RUNNER_OWNED = frozenset({
+    "broker", "db", "api_host", "api_port", "domain", "channel", "client_id", "identity", "broker_open",
+    "heartbeat_interval", "liveness_timeout", "api_token", "api_token_read", "api_token_admin", "ha",
+    "lease_ttl", "mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_insecure", "reports_dir",
+})  # fmt: skip
+VIRTUAL_MANAGER_KEYS = ("placement", "max_attempts", "queue_timeout")
+
+
+def manager_keys() -> list[str]:
+    """The keys of a scenario's ``manager:``, derived from ManagerSettings."""
+    from orchestrator.settings import ManagerSettings, cli_fields
+
+    return ["store", *(f.name for f, _, _ in cli_fields(ManagerSettings) if f.name not in RUNNER_OWNED)]
 
 
 @dataclass(frozen=True)
@@ -324,21 +346,31 @@ class _Context:
 
 
 def _manager(r: Reader, node: Node) -> ManagerSpec:
-    m = r.mapping(node, "manager", ("placement", "max_attempts", "queue_timeout", "store"))
+    from orchestrator.settings import ManagerSettings, cli_fields
+
+    m = r.mapping(node, "manager", manager_keys())
     if m is None:
         return ManagerSpec()
-    placement = r.string(m["placement"], "manager.placement", PLACEMENTS) if "placement" in m else None
-    attempts = (
-        r.integer(m["max_attempts"], "manager.max_attempts", minimum=1) if "max_attempts" in m else None
-    )
-    qt = r.duration(m["queue_timeout"], "manager.queue_timeout") if "queue_timeout" in m else None
     store = r.string(m["store"], "manager.store", ("sqlite", "postgres")) if "store" in m else None
-    return ManagerSpec(
-        placement=placement or "round_robin",
-        max_attempts=attempts or 3,
-        queue_timeout=qt,
-        store=store or "sqlite",
-    )
+    values: dict[str, Any] = {}
+    for f, kind, optional in cli_fields(ManagerSettings):
+        if f.name not in m:
+            continue
+        value_node, path = m[f.name], f"manager.{f.name}"
+        if optional and r.plain(value_node) is None:
+            values[f.name] = None
+        elif f.name == "placement":  # scenarios spell the policies with underscores (round_robin)
+            values[f.name] = r.string(value_node, path, PLACEMENTS)
+        elif kind is bool:
+            values[f.name] = r.boolean(value_node, path)
+        elif kind is int:
+            values[f.name] = r.integer(value_node, path, minimum=1 if f.name == "max_attempts" else 0)
+        elif kind is float:
+            values[f.name] = r.duration(value_node, path)
+        else:
+            values[f.name] = r.string(value_node, path, f.metadata.get("choices"))
+    named = {k: values.pop(k) for k in VIRTUAL_MANAGER_KEYS if values.get(k) is not None}
+    return ManagerSpec(**named, store=store or "sqlite", settings=tuple(sorted(values.items())))
 
 
 def _timers(r: Reader, node: Node) -> Timers:
