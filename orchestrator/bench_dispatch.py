@@ -210,8 +210,8 @@ def _sizes(text: str) -> list[int]:
 def cmd_dispatch(args: argparse.Namespace) -> int:
     results = run(args.stored, args.ops, args.drain)
     print(format_table(results))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.output:
+        with open(args.output, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 
@@ -220,7 +220,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stored", type=_sizes, default=[1000, 100_000, 1_000_000], help="e.g. 1k,100k,1M")
     p.add_argument("--ops", type=int, default=2000, help="tasks created, dispatched and completed per size")
     p.add_argument("--drain", type=int, default=10_000, help="queued tasks for the drain rate (0: skip)")
-    p.add_argument("--json", default=None, help="also write the results to this file")
+    from orchestrator.cli_api import output_arg
+
+    output_arg(p)
     p.set_defaults(func=cmd_dispatch)
 
 

@@ -632,8 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker", default=None, help="mqtt[s]://HOST:PORT (default: the identity file's, else local 1883)"
     )
     p.add_argument("--id", default="", help="proplet id (default: proplet-HOST-PID)")
-    p.add_argument("--heartbeat-interval", type=float, default=10.0)
-    p.add_argument("--max-instances", type=int, default=16)
+    p.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds between heartbeats")
+    p.add_argument("--max-instances", type=int, default=16, help="tasks run at once")
     p.add_argument(
         "--cache-dir",
         default=str(Path.home() / ".cache" / "propeller" / "wasm"),
@@ -675,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_broker)
 
     d = sub.add_parser("demo", help="embedded broker + manager + proplets run a sample task")
-    d.add_argument("--proplets", type=int, default=3)
+    d.add_argument("--proplets", type=int, default=3, help="proplets started")
     d.add_argument("--db", default=None, help="keep the demo database at this path")
     d.set_defaults(func=cmd_demo)
 

@@ -70,6 +70,17 @@ def api_args(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         p.epilog = EXIT_CODES
 
 
+def output_arg(p: argparse.ArgumentParser, text: str = "also write the results (JSON) to FILE") -> None:
+    """``--output FILE`` of a command that writes a file; ``--json PATH`` (the old spelling) is refused
+    with the new one named, so that --json only ever means "print JSON"."""
+    p.add_argument("--output", "-o", metavar="FILE", default=None, help=text)
+    p.add_argument("--json", metavar="PATH", default=None, type=_renamed_json, help=argparse.SUPPRESS)
+
+
+def _renamed_json(value: str) -> str:
+    raise argparse.ArgumentTypeError(f"--json {value}: write files with --output {value}")
+
+
 def client(args: argparse.Namespace) -> Any:
     from orchestrator.client import ApiClient
 

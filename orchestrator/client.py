@@ -248,14 +248,13 @@ def cell(value: Any, today: str | None = None) -> str:
 def _table(headers: list[str], rows: list[list[str]], width: int | None = None) -> str:
     """Rows under headers, one line each, within ``width``: the other columns share what the ids and
     short columns leave, the longest cut first (with an ellipsis)."""
-    from rich import box
     from rich.table import Table
 
     width = width or terminal_width()
     cells = [[cell(c) for c in row] for row in rows]
     natural = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     fixed = [h in _WHOLE or n <= _SHORT for h, n in zip(headers, natural, strict=True)]
-    gaps = 3 * (len(headers) - 1)
+    gaps = 2 * (len(headers) - 1)
     room = width - gaps - sum(n for n, f in zip(natural, fixed, strict=True) if f)
     flexible = sorted((n, i) for i, (n, f) in enumerate(zip(natural, fixed, strict=True)) if not f)
     sizes = dict(enumerate(natural))
@@ -263,7 +262,7 @@ def _table(headers: list[str], rows: list[list[str]], width: int | None = None) 
         share = max(room // (len(flexible) - k), min(len(headers[i]), _SHORT))
         sizes[i] = min(n, share)
         room -= sizes[i]
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="")
+    table = Table(box=None, padding=(0, 2, 0, 0), pad_edge=False, header_style="")
     for i, h in enumerate(headers):
         table.add_column(h, no_wrap=True, overflow="ellipsis", min_width=sizes[i], max_width=sizes[i])
     for row in cells:

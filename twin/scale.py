@@ -463,7 +463,9 @@ def add_twin_subcommands(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--keepalive", type=float, default=30.0, help="MQTT keep-alive, s" + d)
     sc.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                     help="run each point in a fresh child process (default: on)")
-    sc.add_argument("--json", metavar="PATH", default=None, help="write every point's figures here")
+    from orchestrator.cli_api import output_arg
+
+    output_arg(sc, "write every point's figures (JSON) to FILE")
     sc.add_argument("--mode", default="live", choices=("live", "virtual"),
                     help="live: real broker and MQTT clients in wall-clock time, --duration is the steady "
                          "window; virtual: broker model, manager engine and devices on simpy's clock, "
@@ -490,8 +492,8 @@ def cmd_virtual_scale(args: Any) -> int:
         print(summary(r), flush=True)
         if r.profile:
             print(r.profile)
-    if args.json:
-        Path(args.json).write_text(json.dumps([as_dict(r) for r in results], indent=2), encoding="utf-8")
+    if args.output:
+        Path(args.output).write_text(json.dumps([as_dict(r) for r in results], indent=2), encoding="utf-8")
     return 0 if all(r.alive_at_end == r.devices for r in results) else 1
 
 
@@ -522,8 +524,8 @@ def cmd_scale(args: Any) -> int:
     for b in brokers:
         held = [r.devices for r in results if r.broker == b and r.holds]
         print(f"largest fleet held with {b}: {max(held) if held else 'none of those tried'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps([{**asdict(r), "delivery": r.delivery} for r in results],
+    if args.output:
+        Path(args.output).write_text(json.dumps([{**asdict(r), "delivery": r.delivery} for r in results],
                                               indent=2), encoding="utf-8")  # fmt: skip
     return 0 if len(results) == len(configs) and not any(r.error for r in results) else 1
 

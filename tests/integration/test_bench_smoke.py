@@ -19,7 +19,7 @@ def test_bench_e2e_one_proplet_embedded_prints_the_table(tmp_path: Path) -> None
     out = tmp_path / "e2e.json"
     run = propeller(
         "bench", "e2e", "--proplets", "1", "--tasks", "20", "--broker", "embedded",
-        "--rtt-messages", "500", "--no-celery", "--json", str(out),
+        "--rtt-messages", "500", "--no-celery", "--output", str(out),
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Celery + Redis comparison: skipped (--no-celery)" in run.stdout
@@ -44,7 +44,7 @@ def test_bench_e2e_batch_submit_beside_celery(tmp_path: Path) -> None:
     out = tmp_path / "e2e.json"
     run = propeller(
         "bench", "e2e", "--proplets", "1", "--tasks", "40", "--concurrency", "8", "--broker", "embedded",
-        "--submit", "batch", "--rtt-messages", "100", "--json", str(out), timeout=240,
+        "--submit", "batch", "--rtt-messages", "100", "--output", str(out), timeout=240,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads(out.read_text())
@@ -61,7 +61,7 @@ def test_bench_e2e_batch_submit_beside_celery(tmp_path: Path) -> None:
 
 def test_bench_registry_reports_rss_and_heartbeat_rate(tmp_path: Path) -> None:
     out = tmp_path / "reg.json"
-    run = propeller("bench", "registry", "--proplets", "100", "--rounds", "2", "--json", str(out))
+    run = propeller("bench", "registry", "--proplets", "100", "--rounds", "2", "--output", str(out))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "RSS per proplet" in run.stdout and "heartbeats processed" in run.stdout
     (reg,) = json.loads(out.read_text())["registry"]
