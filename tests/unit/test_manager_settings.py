@@ -136,7 +136,8 @@ def scenario_manager(manager_yaml: str, tmp_path: Path) -> ManagerSettings:
     """The settings of the manager a live scenario with this ``manager:`` starts (its child argv)."""
     from twin.scenario.spec import load_scenario_text
 
-    text = f"name: s\nduration: 1s\n{manager_yaml}\nfleet: [{{kind: host, count: 1}}]\nexpect: [{{tasks_lost: {{max: 0}}}}]\n"
+    fleet = "fleet: [{kind: host, count: 1}]\nexpect: [{tasks_lost: {max: 0}}]\n"
+    text = f"name: s\nduration: 1s\n{manager_yaml}\n{fleet}"
     m = load_scenario_text(text).manager
     opts = ManagerOptions("scn", 0.5, 1.5, m.placement, m.max_attempts, m.queue_timeout, settings=m.settings)
     argv = Manager("mqtt://127.0.0.1:1", opts, tmp_path).process.argv
@@ -148,7 +149,7 @@ def test_every_scenario_manager_key_is_a_setting_and_reaches_the_manager(tmp_pat
 
     keys = [k for k in manager_keys() if k != "store"]
     cli = {f.name for f in dataclasses.fields(ManagerSettings) if f.metadata.get("cli", True)}
-    assert set(keys) == cli - RUNNER_OWNED  # derived: a new setting is a scenario key unless the runner owns it
+    assert set(keys) == cli - RUNNER_OWNED  # a new setting is a scenario key unless the runner owns it
     yaml_values = {k: CHANGED[k] for k in keys}
     yaml_values["placement"] = CHANGED["placement"].replace("-", "_")  # scenarios spell it round_robin
     body = ", ".join(f"{k}: {'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
