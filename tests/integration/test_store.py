@@ -202,6 +202,24 @@ async def test_jobs(store: Store) -> None:
     assert await store.load_jobs() == [updated]
 
 
+async def test_workflows_listed_newest_first_with_their_states(store: Store) -> None:
+    def task(i: int, workflow: str, state: TaskState) -> Task:
+        return Task(id=f"t{i}", name="add", workflow_id=workflow, state=state, created_at=float(i))
+
+    await store.save_tasks([
+        task(1, "w-old", TaskState.COMPLETED), task(2, "w-old", TaskState.FAILED),
+        task(3, "", TaskState.PENDING), task(4, "w-new", TaskState.RUNNING),
+    ])  # fmt: skip
+    total, rows = await store.list_workflows()
+    assert total == 2 and [w.workflow_id for w in rows] == ["w-new", "w-old"]
+    assert rows[1].states == {int(TaskState.COMPLETED): 1, int(TaskState.FAILED): 1}
+    assert rows[1].created_at == 1.0
+    total, rows = await store.list_workflows(offset=1, limit=1)
+    assert total == 2 and [w.workflow_id for w in rows] == ["w-old"]
+    page = await store.list_tasks(workflow_id="w-old")
+    assert [t.id for t in page.tasks] == ["t1", "t2"]
+
+
 async def test_task_metrics_paging_newest_first(store: Store) -> None:
     for n in range(5):
         aggregated = {"avg_cpu_usage": n / 2} if n % 2 else None

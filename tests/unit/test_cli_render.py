@@ -140,3 +140,14 @@ def test_error_messages_are_the_bodys_message() -> None:
     assert got == "name is required (field name_x)"
     assert error_message(httpx.Response(502, text="bad gateway\n", request=request)) == "bad gateway"
     assert json.loads(error_message(httpx.Response(422, json={"detail": [1]}, request=request))) == [1]
+
+
+def test_files_are_written_with_output_and_the_old_json_path_is_refused_by_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parse = build_parser().parse_args
+    assert parse(["bench", "registry", "--output", "r.json"]).output == "r.json"
+    assert parse(["twin", "scale", "-o", "s.json"]).output == "s.json"
+    with pytest.raises(SystemExit):
+        parse(["bench", "dispatch", "--json", "d.json"])
+    assert "--json d.json: write files with --output d.json" in capsys.readouterr().err
