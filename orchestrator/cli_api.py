@@ -259,15 +259,23 @@ def add_job_parser(sub: Any) -> None:
     page_args(jl)
     api_args(jl)
     jl.set_defaults(func=run("job list", _job_list))
-    for name, fn, text in (
-        ("get", _job_get, "a job's summary and its tasks (GET /jobs/{id})"),
-        ("start", _job_start, "start a job's tasks (POST /jobs/{id}/start)"),
-        ("stop", _job_stop, "stop a job's running tasks (POST /jobs/{id}/stop)"),
-    ):
-        jp = jsub.add_parser(name, help=text)
-        jp.add_argument("id", help="job id")
-        api_args(jp)
-        jp.set_defaults(func=run(f"job {name}", fn))
+    id_command(jsub, "get", "a job's summary and its tasks (GET /jobs/{id})", "job", _job_get, prog="job")
+    id_command(jsub, "start", "start a job's tasks (POST /jobs/{id}/start)", "job", _job_start, prog="job")
+    id_command(
+        jsub, "stop", "stop a job's running tasks (POST /jobs/{id}/stop)", "job", _job_stop, prog="job"
+    )
+
+
+def id_command(sub: Any, name: str, text: str, noun: str, command: Command, *, paged: bool = False,
+               prog: str = "") -> argparse.ArgumentParser:  # fmt: skip
+    """A subcommand ``NAME ID`` of the API (``noun``: what the id names), paged if asked."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=text)
+    p.add_argument("id", help=f"{noun} id")
+    if paged:
+        page_args(p)
+    api_args(p)
+    p.set_defaults(func=run(f"{prog} {name}".strip(), command))
+    return p
 
 
 def page_args(p: argparse.ArgumentParser, limit: int = 100) -> None:
@@ -320,10 +328,8 @@ def add_workflow_parser(sub: Any) -> None:
     page_args(wl)
     api_args(wl)
     wl.set_defaults(func=run("workflow list", _workflow_list))
-    wg = wsub.add_parser("get", help="a workflow's state and its tasks (GET /workflows/{id})")
-    wg.add_argument("id", help="workflow id")
-    api_args(wg)
-    wg.set_defaults(func=run("workflow get", _workflow_get))
+    text = "a workflow's state and its tasks (GET /workflows/{id})"
+    id_command(wsub, "get", text, "workflow", _workflow_get, prog="workflow")
 
 
 # ---------------------------------------------------------------------- metrics
@@ -459,11 +465,8 @@ def add_task_extras(tsub: Any) -> None:
     tu.add_argument("file", help=".wasm file (a .wat is compiled first)")
     api_args(tu)
     tu.set_defaults(func=run("task upload", _task_upload))
-    tm = tsub.add_parser("metrics", help="the task's resource samples (GET /tasks/{id}/metrics)")
-    tm.add_argument("id", help="task id")
-    page_args(tm)
-    api_args(tm)
-    tm.set_defaults(func=run("task metrics", _task_metrics))
+    text = "the task's resource samples (GET /tasks/{id}/metrics)"
+    id_command(tsub, "metrics", text, "task", _task_metrics, paged=True, prog="task")
 
 
 def _proplet_alive(api: Any, args: argparse.Namespace) -> int:
@@ -481,15 +484,7 @@ def _proplet_metrics(api: Any, args: argparse.Namespace) -> int:
 
 
 def add_proplet_extras(psub: Any) -> None:
-    pa = psub.add_parser(
-        "alive", help="when the proplet was heard from, newest first (GET /proplets/{id}/alive-history)"
-    )
-    pa.add_argument("id", help="proplet id")
-    page_args(pa)
-    api_args(pa)
-    pa.set_defaults(func=run("proplets alive", _proplet_alive))
-    pm = psub.add_parser("metrics", help="the proplet's CPU and memory samples (GET /proplets/{id}/metrics)")
-    pm.add_argument("id", help="proplet id")
-    page_args(pm)
-    api_args(pm)
-    pm.set_defaults(func=run("proplets metrics", _proplet_metrics))
+    text = "when the proplet was heard from, newest first (GET /proplets/{id}/alive-history)"
+    id_command(psub, "alive", text, "proplet", _proplet_alive, paged=True, prog="proplets")
+    text = "the proplet's CPU and memory samples (GET /proplets/{id}/metrics)"
+    id_command(psub, "metrics", text, "proplet", _proplet_metrics, paged=True, prog="proplets")
