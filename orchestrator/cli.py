@@ -48,15 +48,6 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _fetch_allow(value: str) -> tuple[str, ...]:
-    from proplets.egress import EgressPolicy
-
-    try:
-        return EgressPolicy.parse(value).entries
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 async def _serve_until_signal(
     start: Callable[[], Any], stop: Callable[[], Any], done: asyncio.Event | None = None
 ) -> None:
@@ -166,58 +157,18 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def hal_args(p: argparse.ArgumentParser) -> None:
-    """The ELASTIC HAL's host side and TEE paths (docs/hal.md)."""
-    from proplets.runtime.hal.options import DEFAULT_QUOTA_BYTES, DEFAULT_TSM_ROOT
-
-    p.add_argument("--hal-root", default=os.environ.get("PROPELLER_HAL_ROOT", ""),
-                   help="directory holding tasks' HAL storage (hal_storage_path is taken inside it; "
-                   "default <tmp>/proplet/hal-storage; env PROPELLER_HAL_ROOT)")
-    p.add_argument("--hal-quota-bytes", type=int, default=DEFAULT_QUOTA_BYTES,
-                   help="most bytes one task's HAL storage may hold")
-    p.add_argument("--tsm-root", default=DEFAULT_TSM_ROOT,
-                   help="configfs-tsm report directory for HAL attestation (TDX/SEV-SNP guests)")
-    p.add_argument("--kbs-url", default=os.environ.get("PROPLET_KBS_URI", ""),
-                   help="key broker for encrypted tasks (env PROPLET_KBS_URI; see docs/hal.md)")  # fmt: skip
-
-
 def cmd_proplet(args: argparse.Namespace) -> int:
-    from proplets.agent import AgentSettings, PropletAgent, default_proplet_id, with_identity
+    from orchestrator.settings import PropletSettings, from_args
 
-    broker = args.broker
-    if broker is None and args.identity:
-        with contextlib.suppress(ValueError):  # a bad file is reported below, naming the field
-            from orchestrator.enrollment import load_identity
-
-            broker = load_identity(args.identity).broker
-    settings = AgentSettings(
-        broker=broker or "mqtt://127.0.0.1:1883",
-        proplet_id=args.id or default_proplet_id(),
-        wait_for_broker=True,
-        domain=args.domain,
-        channel=args.channel,
-        heartbeat_interval=args.heartbeat_interval,
-        max_instances=args.max_instances,
-        cache_dir=args.cache_dir or None,
-        tags=[t for t in (args.tags or "").split(",") if t],
-        profile=args.profile,
-        metrics_interval=args.metrics_interval,
-        metrics_port=args.metrics_port,
-        heap_bytes=args.heap_bytes,
-        fetch_allow=args.fetch_allow,
-        hal_root=args.hal_root or None,
-        hal_quota_bytes=args.hal_quota_bytes,
-        tsm_root=args.tsm_root,
-        kbs_url=args.kbs_url,
-    )
-    if args.identity:
-        try:
-            settings = with_identity(settings, args.identity)
-        except ValueError as err:
-            print(f"propeller proplet: {err}", file=sys.stderr)
-            return EXIT_USAGE
+    try:
+        settings = agent_settings(from_args(PropletSettings, args))
+    except ValueError as err:
+        print(f"propeller proplet: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
     async def main() -> None:
+        from proplets.agent import PropletAgent
+
         agent = PropletAgent(settings)
         await _serve_until_signal(agent.start, agent.stop)
 
@@ -230,6 +181,45 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         print(f"propeller proplet: {err}{hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def agent_settings(s: Any) -> Any:
+    """The worker's ``AgentSettings`` from the command's ``PropletSettings`` (a ValueError names what
+    was wrong: a bad --fetch-allow entry, identity file, profile...)."""
+    from proplets.agent import AgentSettings, default_proplet_id, with_identity
+    from proplets.egress import EgressPolicy
+
+    broker = s.broker
+    if broker is None and s.identity:
+        with contextlib.suppress(ValueError):  # a bad file is reported below, naming the field
+            from orchestrator.enrollment import load_identity
+
+            broker = load_identity(s.identity).broker
+    try:
+        fetch_allow = EgressPolicy.parse(s.fetch_allow).entries
+    except ValueError as err:
+        raise ValueError(f"--fetch-allow: {err}") from None
+    settings = AgentSettings(
+        broker=broker or "mqtt://127.0.0.1:1883",
+        proplet_id=s.id or default_proplet_id(),
+        wait_for_broker=True,
+        domain=s.domain,
+        channel=s.channel,
+        heartbeat_interval=s.heartbeat_interval,
+        max_instances=s.max_instances,
+        cache_dir=s.cache_dir or None,
+        tags=[t for t in s.tags.split(",") if t],
+        profile=s.profile,
+        metrics_interval=s.metrics_interval,
+        metrics_port=s.metrics_port,
+        heap_bytes=s.heap_bytes,
+        fetch_allow=fetch_allow,
+        hal_root=s.hal_root or None,
+        hal_quota_bytes=s.hal_quota_bytes,
+        tsm_root=s.tsm_root,
+        kbs_url=s.kbs_url,
+    )
+    return with_identity(settings, s.identity) if s.identity else settings
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -611,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--domain", default="default", help="tenant/domain id in m/{domain}/c/{channel}")
         p.add_argument("--channel", default="default", help="channel id in m/{domain}/c/{channel}")
 
-    from orchestrator.settings import ManagerSettings, add_arguments
+    from orchestrator.settings import ManagerSettings, PropletSettings, add_arguments
 
     m = sub.add_parser(
         "manager",
@@ -628,36 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_manager)
 
     p = sub.add_parser("proplet", help="run a Wasm worker")
-    p.add_argument(
-        "--broker", default=None, help="mqtt[s]://HOST:PORT (default: the identity file's, else local 1883)"
-    )
-    p.add_argument("--id", default="", help="proplet id (default: proplet-HOST-PID)")
-    p.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds between heartbeats")
-    p.add_argument("--max-instances", type=int, default=16, help="tasks run at once")
-    p.add_argument(
-        "--cache-dir",
-        default=str(Path.home() / ".cache" / "propeller" / "wasm"),
-        help="directory of compiled modules, keyed by sha256 (default: ~/.cache/propeller/wasm; '' disables)",
-    )
-    p.add_argument("--tags", default="", help="comma-separated tags")
-    p.add_argument(
-        "--profile", default="host", choices=["host", "esp32s3"], help="esp32s3: act like the firmware"
-    )
-    p.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between metrics; 0 = off")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (upstream 9092)")
-    p.add_argument("--heap-bytes", type=int, default=None, help="embedded profile: WAMR heap size override")
-    p.add_argument(
-        "--fetch-allow",
-        type=_fetch_allow,
-        default=os.environ.get("PROPELLER_FETCH_ALLOW", "public"),
-        help="where HTTP(S) modules may come from: comma-separated 'public', HOST[:PORT], IP or CIDR "
-        "(default: public addresses only; link-local and metadata never; env PROPELLER_FETCH_ALLOW)",
-    )
-    p.add_argument(
-        "--identity", default=None, help="identity file from `propeller proplets enroll --out` (sets --id)"
-    )
-    hal_args(p)
-    channel_args(p)
+    add_arguments(p, PropletSettings)
     p.set_defaults(func=cmd_proplet)
 
     b = sub.add_parser("broker", help="run the embedded MQTT broker on its own (amqtt, keep-alive fixed)")
