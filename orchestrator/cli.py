@@ -382,10 +382,10 @@ def cmd_task(args: argparse.Namespace) -> int:
                 return _outcome_code(done)
         elif args.task_cmd == "start":
             client.start_task(args.id)
-            print(f"started {args.id}")
+            emit(args, {"id": args.id, "started": True}, lambda _: f"started {args.id}")
         elif args.task_cmd == "stop":
             client.stop_task(args.id)
-            print(f"stopped {args.id}")
+            emit(args, {"id": args.id, "stopped": True}, lambda _: f"stopped {args.id}")
         elif args.task_cmd == "get":
             task = client.get_task(args.id, with_module=args.with_module)
             emit(args, summarise_module(task, args.with_module), task_table)
@@ -395,11 +395,17 @@ def cmd_task(args: argparse.Namespace) -> int:
             emit(args, client.list_tasks(args.offset, args.limit, **filters), tasks_table)
         elif args.task_cmd == "results":
             if args.format == "raw":
-                sys.stdout.buffer.write(client.task_results_raw(args.id))
+                raw = client.task_results_raw(args.id)
+                if args.output:
+                    _write_bytes(args.output, raw)
+                sys.stdout.buffer.write(raw)
                 sys.stdout.flush()
             else:
-                indent = 2 if args.format == "json" else None
-                print(json.dumps(client.task_results(args.id, args.format or ""), indent=indent))
+                results = client.task_results(args.id, args.format or "")
+                if args.output:
+                    _write_bytes(args.output, (json.dumps(results, indent=2) + "\n").encode())
+                indent = 2 if args.format == "json" or args.json else None
+                print(json.dumps(results, indent=indent))
             task = client.get_task(args.id)
             if task.get("state") != 3:
                 print(
@@ -411,7 +417,7 @@ def cmd_task(args: argparse.Namespace) -> int:
             return _task_logs(client, args)
         elif args.task_cmd == "delete":
             client.delete_task(args.id)
-            print(f"deleted {args.id}")
+            emit(args, {"id": args.id, "deleted": True}, lambda _: f"deleted {args.id}")
     except ApiError as err:
         print(f"propeller task {args.task_cmd}: {err}", file=sys.stderr)
         return 1
@@ -419,6 +425,13 @@ def cmd_task(args: argparse.Namespace) -> int:
         print(f"propeller task {args.task_cmd}: {err}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as err:
+        raise ValueError(f"--output {path}: {err.strerror or err}") from None
 
 
 def _state_name(task: dict[str, Any]) -> str:
@@ -455,7 +468,12 @@ def _task_logs(client: Any, args: argparse.Namespace) -> int:
             break
         time.sleep(args.interval)
     # The record sent with the result: what was not streamed (runtime notes), or all of it.
-    final = client.task_logs(args.id, attempt=body["attempt"])["logs"]
+    record = client.task_logs(args.id, attempt=body["attempt"])
+    final = record["logs"]
+    if args.output:
+        from orchestrator.cli_api import write_output
+
+        write_output(args.output, json.dumps(record, indent=2) + "\n")
     live = body["attempt"] in streamed
     show([r for r in final if r["final"] and not (live and r["stream"] == "stderr")])
     return 0
@@ -517,8 +535,7 @@ def cmd_proplets(args: argparse.Namespace) -> int:
         if args.proplets_cmd == "list":
             emit(args, client.list_proplets(), proplets_table)
         elif args.proplets_cmd == "revoke":
-            client.revoke_proplet(args.id)
-            print(f"revoked {args.id}")
+            emit(args, client.revoke_proplet(args.id), lambda _: f"revoked {args.id}")
         elif args.proplets_cmd == "identities":
             emit(args, client.list_identities(), _identities_table)
         else:

@@ -28,7 +28,7 @@ async def propeller(*args: str, env: dict[str, str] | None = None) -> tuple[int,
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_task_lifecycle_through_the_cli(embedded_cluster: Cluster) -> None:
+async def test_task_lifecycle_through_the_cli(embedded_cluster: Cluster, tmp_path: Path) -> None:
     c = embedded_cluster
     await c.add_proplet("cli-p1")
     api = ["--api-url", f"http://127.0.0.1:{c.manager.api_port}"]
@@ -58,8 +58,8 @@ async def test_task_lifecycle_through_the_cli(embedded_cluster: Cluster) -> None
     assert "file" not in shown and shown["module"]["sha256"] == hashlib.sha256(module).hexdigest()
     code, out, _ = await propeller("task", "get", task_id, "--json", "--with-module", *api)
     assert base64.b64decode(json.loads(out)["file"]) == module
-    code, out, _ = await propeller("task", "results", task_id, *api)
-    assert code == 0 and json.loads(out) == "42"
+    code, out, _ = await propeller("task", "results", task_id, "--output", str(tmp_path / "r.json"), *api)
+    assert code == 0 and json.loads(out) == "42" and json.loads((tmp_path / "r.json").read_text()) == "42"
     code, out, _ = await propeller("proplets", "list", *api)
     assert code == 0 and "cli-p1" in out and "alive" in out
 
