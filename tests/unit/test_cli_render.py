@@ -41,6 +41,7 @@ def test_help_shows_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) 
         build_parser().parse_args(["task", "list", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--limit LIMIT show at most this many (default: 100)" in out
+    assert "--offset OFFSET skip this many (default: 0)" in out  # a zero default is shown too
     assert "env PROPELLER_API_URL; default: http://127.0.0.1:7070" in out
     assert "exit codes: 0 success; 1 the manager answered with an error or could not be reached" in out
     with pytest.raises(SystemExit):
