@@ -315,6 +315,19 @@ class PropletEngine:
             self._publish(self.topics.alive, plain)
         self._next_heartbeat = now + self.config.heartbeat_interval
 
+    def steady_heartbeat(self) -> float | None:
+        """When the next heartbeat is due, if that is all this engine will do until a message arrives
+        (connected, nothing running or held, no metrics): a driver may then send its heartbeats in bulk
+        (twin.cohort) and hand back with ``resume_heartbeats``. None otherwise."""
+        if not self.connected or self.running or self._outbox or self._next_metrics is not None:
+            return None
+        return self._next_heartbeat
+
+    def resume_heartbeats(self, next_at: float) -> None:
+        """The driver sent the heartbeats until now; the next one is due at ``next_at``."""
+        if self.connected:
+            self._next_heartbeat = next_at
+
     def next_deadline(self) -> float | None:
         if not self.connected:
             return None

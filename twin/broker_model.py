@@ -195,6 +195,13 @@ class BrokerModel:
     def connected_clients(self) -> list[str]:
         return [cid for cid, c in self._conns.items() if c.alive]
 
+    def subscribers(self, topic: str) -> dict[str, int]:
+        """Who gets a message published on ``topic``: client id -> subscription QoS."""
+        routes = self._routes.get(topic)
+        if routes is None:
+            routes = self._routes[topic] = self._tree.match(topic)
+        return routes
+
     def session_queue_length(self, client_id: str) -> int:
         s = self._sessions.get(client_id)
         return len(s.queue) if s else 0
@@ -559,6 +566,10 @@ class ModelClient:
             self._expire_later()
         self._auto = False
         self._close_locally()
+
+    def heard_at(self, t: float) -> None:
+        """The client's last packet left at ``t`` (heartbeats sent in bulk: twin.cohort)."""
+        self._last_out = max(self._last_out, t)
 
     def silence(self) -> None:
         if self.silenced:

@@ -214,6 +214,10 @@ class VirtualManager:
         if topic == engine.topics.alive:
             self.heartbeats += 1
         engine.handle(MessageReceived(topic, payload), self.now, self.wall)
+        self.after_messages()
+
+    def after_messages(self) -> None:
+        """What the timer loop and the store do after the engine handled messages."""
         if self.config.timer_on_message:
             self._poke()
         self.flush()
