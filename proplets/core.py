@@ -593,7 +593,7 @@ class PropletEngine:
             pages, _ = memory_requirements(wasm)
         except WasmFormatError as err:
             return f"invalid wasm module: {err}"
-        outcome = self.budget.admit(len(wasm), pages)
+        outcome = self.budget.admit(len(wasm), pages, module_key=entry.module_sha256)
         if not isinstance(outcome, Admission):
             self._count("admissions_refused")
             if outcome.reason.startswith("instance limit"):
