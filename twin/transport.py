@@ -245,6 +245,7 @@ class VirtualTransport:
             client_id, keepalive=max(1, round(keepalive)), will=will, reconnect=reconnect,
             backoff_min=backoff_min, backoff_max=backoff_max, rng=rng, link=link.profile if link else CLEAN,
             on_message=on_message, on_connect=on_connect, on_disconnect=on_disconnect,
+            username=username, password=password,
         )  # fmt: skip
         if link is not None:
             link.attach(client)
