@@ -169,7 +169,7 @@ class E2EResult:
 def e2e_table(results: Iterable[E2EResult]) -> str:
     head = (
         "broker     proplets  tasks  conc  tasks/s   p50ms   p90ms   p99ms   maxms  errors"
-        "  mgr-p50<=  mgr-p99<=  mgr-cpu/task-ms  proplets-cpu/task-ms  client-cpu/task-ms"
+        "  mgr-p50<=  mgr-p99<=  mgr-cpu/task-ms  proplet-procs  proplets-cpu/task-ms  client-cpu/task-ms"
         "  qos1-rtt msg/s  rtt-p50ms"
     )
     rows = [head, "-" * len(head)]
@@ -179,12 +179,11 @@ def e2e_table(results: Iterable[E2EResult]) -> str:
         per_task = r.manager_cpu_s / r.completed if r.completed else float("nan")
         proplets_cpu = r.proplets_cpu_s / r.completed if r.completed else float("nan")
         client_cpu = r.client_cpu_s / r.completed if r.completed else float("nan")
-        procs = f"{r.proplets}/{r.proplet_procs}p"
         rows.append(
-            f"{r.broker:<10} {procs:>8} {r.tasks:>6} {r.concurrency:>5} {r.tasks_per_s:>8.1f}"
+            f"{r.broker:<10} {r.proplets:>8} {r.tasks:>6} {r.concurrency:>5} {r.tasks_per_s:>8.1f}"
             f" {_ms(s['p50_s']):>7} {_ms(s['p90_s']):>7} {_ms(s['p99_s']):>7} {_ms(s['max_s']):>7}"
             f" {r.errors:>7} {_ms(r.manager_p50_le_s):>10} {_ms(r.manager_p99_le_s):>10}"
-            f" {_ms(per_task):>16} {_ms(proplets_cpu):>21} {_ms(client_cpu):>19}"
+            f" {_ms(per_task):>16} {r.proplet_procs:>14} {_ms(proplets_cpu):>21} {_ms(client_cpu):>19}"
             f" {rtt.rate if rtt else 0:>15.0f} {_ms(rtt.p50_s) if rtt else '-':>10}"
         )
     return "\n".join(rows)

@@ -1,9 +1,10 @@
 """`WasmRuntime` on wasmtime-py: core modules, WASI preview 1 commands, components; limits on every run.
 
 One Engine (fuel + epoch interruption + component model) is shared by every run, so cached artifacts
-fit every Store. One ticker thread bumps the epoch every `tick_s`; each Store's deadline is one tick
-and an epoch callback decides, every tick, whether to go on: it stops the guest on cancel, wall-time
-or output overflow (stack-notes §3b). One Store per run makes runs thread-safe; wasm runs with the
+fit every Store. One ticker thread bumps the epoch every `tick_s` while a run is in progress (it
+sleeps while the runtime is idle); each Store's deadline is one tick and an epoch callback decides,
+every tick, whether to go on: it stops the guest on cancel, wall-time or output overflow
+(stack-notes §3b). One Store per run makes runs thread-safe; wasm runs with the
 GIL released, so runs on threads use every core (§3g). Never fork after importing this (§3g).
 """
 
@@ -182,15 +183,34 @@ class WasmtimeRuntime:
         self.hal_bus = hal.MessageBus()  # HAL `communication` between this runtime's running tasks
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
         self._stop = threading.Event()
+        # The ticker sleeps while no run is in progress (an idle proplet costs no wake-ups).
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._busy = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
         self._ticker.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        while True:
+            self._busy.wait()
+            if self._stop.wait(self.tick_s):
+                return
             self.engine.increment_epoch()
+
+    def _started(self) -> None:
+        with self._active_lock:
+            self._active += 1
+            self._busy.set()
+
+    def _ended(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+            if self._active == 0:
+                self._busy.clear()
 
     def close(self) -> None:
         self._stop.set()
+        self._busy.set()
         if self._ticker.is_alive() and self._ticker is not threading.current_thread():
             self._ticker.join()
 
@@ -264,9 +284,11 @@ class WasmtimeRuntime:
             while not self._slots.acquire(timeout=0.05):
                 if cancel is not None and cancel.cancelled:
                     return RunOutcome("", "stopped", duration_s=time.monotonic() - start)
+        self._started()
         try:
             return self._run(request, cancel, start)
         finally:
+            self._ended()
             if self._slots is not None:
                 self._slots.release()
 
