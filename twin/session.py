@@ -35,13 +35,13 @@ from twin.clock import AsyncSimClock
 from twin.cohort import HeartbeatCohort
 from twin.device import Shared
 from twin.fleet import Fleet
-from twin.identities import TwinIdentities
+from twin.identities import TwinIdentities, VirtualIdentities
 from twin.observer import ManagerObserver
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace
 from twin.services import MAX_QUEUED_MESSAGES, Broker, Manager, ManagerOptions
 from twin.transport import VirtualTransport
-from twin.vmanager import ManagerConfig, VirtualManager
+from twin.vmanager import WALL_EPOCH, ManagerConfig, VirtualManager
 
 MODES = ("live", "virtual")
 OnEvent = Callable[[Mapping[str, Any], float], None]
@@ -67,6 +67,9 @@ class SessionConfig:
     manager_live_timers: bool = True
     # Virtual: steady devices' heartbeats reach the manager in bulk (twin.cohort); same verdicts.
     cohort: bool = False
+    # Virtual: the broker model admits anyone (the fleet-scale benchmark's bare devices); by default it
+    # is closed like live mode's broker, and the session enrolls the manager and every device.
+    broker_open: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -97,6 +100,7 @@ class TwinSession:
         self.runtime: Any = None
         self.shared: Shared | None = None
         self.identities: TwinIdentities | None = None  # live: the run's enrolled identities
+        self.virtual_identities: VirtualIdentities | None = None  # virtual, closed: in memory, seeded
 
     @property
     def virtual(self) -> bool:
@@ -155,8 +159,14 @@ class TwinSession:
 
     def _start_virtual(self) -> None:
         c = self.config
+        # A closed broker model, like live mode's broker: the manager and every device are enrolled in
+        # memory, their secrets drawn from the seed.
+        ids = None if c.broker_open else VirtualIdentities(c.seed, WALL_EPOCH)
+        self.virtual_identities = ids
         # Sessions and retained messages do not survive a restart: the live runner's brokers keep none.
-        broker = self.broker_model = BrokerModel(self.env, persistence=False, max_queued=MAX_QUEUED_MESSAGES)
+        registry = ids.registry if ids is not None else None
+        broker = self.broker_model = BrokerModel(self.env, persistence=False, max_queued=MAX_QUEUED_MESSAGES,
+                                                 identities=registry)  # fmt: skip
         transport = VirtualTransport(self.env, broker, self.runtime)
         self.shared = Shared(self.env, self.clock, self.trace, self.runtime, None, transport)
         if c.manager and c.manager_settings:
@@ -170,6 +180,9 @@ class TwinSession:
                                timer_cap=None if c.manager_live_timers else 0)  # fmt: skip
             rng = random.Random(f"{c.seed}:manager")
             vm = self.virtual_manager = VirtualManager(self.env, broker, mc, on_event, rng)
+            if ids is not None:
+                creds = ids.manager(vm.client_id)
+                vm.credentials = (creds.username, creds.password)
             vm.start()
             self.stack.callback(vm.kill, 15)
             if c.cohort:
@@ -191,6 +204,8 @@ class TwinSession:
         host, port = self.broker_address
         if self.virtual:
             options.setdefault("boards_as_devices", True)
+            if self.virtual_identities is not None:
+                options.setdefault("credentials", self.virtual_identities.device)
         elif self.identities is not None:
             options.setdefault("credentials", self.identities.device)
             options.setdefault("before_power_on", self.commit_identities)

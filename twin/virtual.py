@@ -224,6 +224,8 @@ class _VirtualRun:
             "broker": {"publishes": b.publishes, "deliveries": b.deliveries, "wills": b.wills,
                        "expiries": b.expiries, "queued": b.queued, "dropped": b.dropped,
                        "refused": b.refused},
+            # The closed broker model's refusals: (simulated time, client id, why), the first 20.
+            "refusals": [[round(t, 3), cid, why] for t, cid, why in self.broker.refusals[:20]],
             "manager_starts": self.manager.starts,
             "manager_messages": self.manager.messages,
             "faults_injected": self.fleet.faults_injected,

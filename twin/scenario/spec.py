@@ -131,6 +131,9 @@ class FleetGroup:
     max_instances: int | None = None
     port: str | None = None  # board: serial port (or rig name)
     profile: Esp32S3Spec | None = None  # esp32s3: a named or calibrated model (twin/devices/esp32s3.py)
+    # False: the run does not enroll these devices; they dial the closed broker with credentials it
+    # does not know, are refused at CONNECT and never reach the manager (``refused_at_connect``).
+    enrolled: bool = True
 
     def names(self) -> list[str]:
         """Device names of this group: ``prefix`` + 1-based index (``esp-1``, ``esp-2``...)."""
@@ -258,6 +261,10 @@ class Scenario:
 
     def devices(self) -> list[DeviceRef]:
         return [DeviceRef(name, g.kind, i, g.tags) for i, g in enumerate(self.fleet) for name in g.names()]
+
+    def unenrolled(self) -> list[str]:
+        """Devices of groups with ``enrolled: false``: the run gives them credentials nobody enrolled."""
+        return [name for g in self.fleet if not g.enrolled for name in g.names()]
 
     def device_kinds(self) -> dict[str, str]:
         return {d.name: d.kind for d in self.devices()}
@@ -394,7 +401,7 @@ def _timers(r: Reader, node: Node) -> Timers:
 
 FLEET_KEYS = (
     "kind", "count", "prefix", "link", "tags", "memory", "psram", "cpu_mhz", "max_instances", "port",
-    "profile",
+    "profile", "enrolled",
 )  # fmt: skip
 EMBEDDED_KINDS = ("esp32s3", "upstream-firmware", "board")
 
@@ -441,11 +448,15 @@ def _fleet(r: Reader, node: Node, base: Path = Path(".")) -> tuple[FleetGroup, .
         profile = _profile(r, m["profile"], f"{path}.profile", base) if "profile" in m else None
         if profile is not None and kind not in EMBEDDED_KINDS:
             r.error(m["profile"], f"{path}.profile", f"a {kind} device takes no esp32s3 profile")
+        enrolled = r.boolean(m["enrolled"], f"{path}.enrolled") if "enrolled" in m else True
+        if enrolled is False and kind == "board":
+            r.error(m["enrolled"], f"{path}.enrolled", "boards are always enrolled (the run provisions them)")
         if kind == "board" and port is None and "kind" in m:
             r.error(item, path, "a board needs 'port' (its serial port or rig name)")
         if kind is None or count is None or prefix is None or tags is None:
             continue
-        groups.append(FleetGroup(kind, count, prefix, link, tags, memory, psram, cpu, inst, port, profile))
+        groups.append(FleetGroup(kind, count, prefix, link, tags, memory, psram, cpu, inst, port, profile,
+                                 enrolled is not False))
     return tuple(groups)
 
 
