@@ -2,7 +2,7 @@
 
 The engine keeps authoritative state in memory and emits ``PersistTask`` / ``PersistProplet``; the
 service awaits the matching ``save_*`` before publishing anything, and on (re)start rebuilds the engine
-from ``load_tasks()`` / ``load_proplets()``. So the contract is: once ``save_*`` returns, the row survives
+from ``load_live_tasks()`` / ``load_proplets()`` (finished tasks stay in the store). So the contract is: once ``save_*`` returns, the row survives
 a SIGKILL of the process.
 
 Choices, and why:
@@ -25,7 +25,7 @@ Choices, and why:
   reported by id and the rest of the batch is still written. On SQLite the whole transaction runs in
   one call to a dedicated writer thread over a plain ``sqlite3`` connection, not one aiosqlite thread
   hand-off per statement.
-- ``load_tasks()`` returns tasks in first-save order (a ``seq`` column), since sequential jobs start
+- ``load_tasks()`` and ``load_live_tasks()`` return tasks in first-save order (a ``seq`` column), since sequential jobs start
   their roots in list order.
 - PostgreSQL may be given a ``schema=``: it is created if missing and put on ``search_path``, so every
   table (and ``alembic_version``) lives there; tests use one schema each.
@@ -185,6 +185,8 @@ TASKS = sa.Table(
     sa.Column("monitoring_profile", sa.JSON(), nullable=True),
     sa.Column("kbs_resource_path", sa.Text(), nullable=False, server_default=""),
     sa.Column("hal_storage_path", sa.Text(), nullable=True),
+    # 0007_mgr_restore
+    sa.Index("ix_tasks_next_run", "next_run"),
 )
 PROPLETS = sa.Table(
     "proplets",
@@ -564,6 +566,31 @@ class Store:
         """Every task, in the order each was first saved."""
         async with self._read("load tasks") as conn:
             rows = (await conn.execute(sa.select(TASKS).order_by(TASKS.c.seq, TASKS.c.id))).all()
+        return [self._task_from_row(r._mapping) for r in rows]
+
+    async def load_live_tasks(self) -> list[Task]:
+        """What a (re)starting manager's engine needs, in first-save order; not the finished history.
+
+        Unfinished tasks; cron tasks (``next_run`` set) and job tasks, which start again; and every
+        task of a workflow that still has an unfinished one (its parents' results feed the rest).
+        Each arm is an index range, so the cost follows the live work, not the stored history.
+        """
+        live = TASKS.c.state.in_([int(s) for s in TaskState if not s.is_terminal])
+        running_workflows = sa.select(TASKS.c.workflow_id).where(live, TASKS.c.workflow_id > "")
+        query = (
+            sa.select(TASKS)
+            .where(
+                sa.or_(
+                    live,
+                    TASKS.c.next_run.is_not(None),
+                    TASKS.c.job_id > "",
+                    TASKS.c.workflow_id.in_(running_workflows),
+                )
+            )
+            .order_by(TASKS.c.seq, TASKS.c.id)
+        )
+        async with self._read("load live tasks") as conn:
+            rows = (await conn.execute(query)).all()
         return [self._task_from_row(r._mapping) for r in rows]
 
     async def list_tasks(
