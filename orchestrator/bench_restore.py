@@ -67,8 +67,12 @@ async def fill(url: str, schema: str | None, stored: int, queued: int) -> float:
         await store.save_task(template)
         t0 = time.perf_counter()
         async with store.sa_engine.begin() as conn:
-            await conn.execute(_bulk_insert(conn.dialect.name, "hist-", stored, TaskState.COMPLETED, 0))
-            await conn.execute(_bulk_insert(conn.dialect.name, "queued-", queued, TaskState.SCHEDULED, stored))
+            for prefix, n, state, first_seq in (
+                ("hist-", stored, TaskState.COMPLETED, 0),
+                ("queued-", queued, TaskState.SCHEDULED, stored),
+            ):
+                if n:
+                    await conn.execute(_bulk_insert(conn.dialect.name, prefix, n, state, first_seq))
             await conn.execute(sa.delete(TASKS).where(TASKS.c.id == "template"))
             if conn.dialect.name != "sqlite":
                 await conn.execute(sa.text("ANALYZE tasks"))
@@ -83,7 +87,7 @@ def _bulk_insert(dialect: str, prefix: str, n: int, state: TaskState, first_seq:
         "id": f"'{prefix}' || CAST(s.i AS TEXT)",
         "seq": f"s.i + {first_seq}",
         "state": str(int(state)),
-        "proplet_id": "'old-' || CAST(s.i % 50 AS TEXT)" if not state is TaskState.SCHEDULED else "''",
+        "proplet_id": "''" if state is TaskState.SCHEDULED else "'old-' || CAST(s.i % 50 AS TEXT)",
         "created_at": f"{WALL0} + s.i",
         "updated_at": f"{WALL0} + s.i",
     }
@@ -98,7 +102,8 @@ def _bulk_insert(dialect: str, prefix: str, n: int, state: TaskState, first_seq:
     else:
         series = ""
         source = f"tasks t CROSS JOIN generate_series(1, {n}) AS s(i)"
-    return sa.text(f"INSERT INTO tasks ({names}) {series}SELECT {values} FROM {source} WHERE t.id = 'template'")
+    select = f"SELECT {values} FROM {source} WHERE t.id = 'template'"
+    return sa.text(f"INSERT INTO tasks ({names}) {series}{select}")
 
 
 # -------------------------------------------------------------------------------------- measuring
@@ -250,12 +255,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stored", type=_sizes, default=[1000, 100_000, 1_000_000], help="e.g. 1k,100k,1M")
-    p.add_argument("--backend", default="sqlite,pg", help="sqlite, pg or both (PostgreSQL from "
-                   "PROPELLER_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432/test)")
-    p.add_argument("--queued", type=int, default=10_000, help="waiting tasks stored beside the history")
+    p.add_argument(
+        "--backend",
+        default="sqlite,pg",
+        help="sqlite, pg or both (PostgreSQL from "
+        "PROPELLER_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432/test)",
+    )
+    p.add_argument("--queued", type=int, default=100, help="waiting tasks stored beside the history")
     p.add_argument("--ops", type=int, default=2000, help="tasks dispatched through the restored engine")
-    p.add_argument("--full-max", type=_sizes_one, default=100_000,
-                   help="also time the pre-issue-10 full load up to this many stored tasks (0: never)")
+    p.add_argument(
+        "--full-max",
+        type=_sizes_one,
+        default=100_000,
+        help="also time the pre-issue-10 full load up to this many stored tasks (0: never)",
+    )
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.set_defaults(func=cmd_restore)
 

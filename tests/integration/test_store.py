@@ -329,7 +329,7 @@ async def test_load_live_tasks_leaves_the_finished_history_in_the_store(store: S
         Task(id="job-member", name="x", state=done, job_id="j"),
         # A workflow still running keeps its finished parents (their results feed the rest) ...
         Task(id="wf-parent", name="x", state=done, workflow_id="w-live"),
-        Task(id="wf-child", name="x", state=TaskState.PENDING, workflow_id="w-live", depends_on=["wf-parent"]),
+        Task(id="wf-child", name="x", state=TaskState.PENDING, workflow_id="w-live", depends_on=["wf-x"]),
         # ... a finished one keeps nothing.
         Task(id="wf-done-1", name="x", state=done, workflow_id="w-done"),
         Task(id="wf-done-2", name="x", state=TaskState.SKIPPED, workflow_id="w-done"),
