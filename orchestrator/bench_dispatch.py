@@ -179,13 +179,11 @@ def run(sizes: list[int], ops: int, queued: int) -> dict[str, Any]:
     return results
 
 
-def _child(args: list[str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.bench_dispatch", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _child(args: list[str], module: str = "orchestrator.bench_dispatch") -> dict[str, Any]:
+    """Run ``python -m module args`` and return the JSON object of its last output line."""
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench child {module} {args} failed:\n{done.stderr[-2000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 

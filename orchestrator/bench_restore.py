@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.adapters.store import TASKS, Store
-from orchestrator.bench_dispatch import WALL0, _announce, _rss_mb, _sizes, _started, cycles
+from orchestrator.bench_dispatch import WALL0, _announce, _child, _rss_mb, _sizes, _started, cycles
 from orchestrator.core.engine import Engine, EngineConfig
 from orchestrator.core.model import Task, TaskState
 from orchestrator.settings import ManagerSettings
@@ -206,21 +205,12 @@ def run(backends: list[str], sizes: list[int], queued: int, ops: int, full_max: 
                     row: dict[str, Any] = {"backend": backend, "stored": n, "queued": queued}
                     row["fill_s"] = round(fill_s, 1)
                     where = ["--url", url] + (["--schema", schema] if schema else [])
-                    row.update(_child([*where, "--ops", str(ops)]))
+                    row.update(_child([*where, "--ops", str(ops)], "orchestrator.bench_restore"))
                     if n <= full_max:
-                        row.update(_child([*where, "--full"]))
+                        row.update(_child([*where, "--full"], "orchestrator.bench_restore"))
                     rows.append(row)
                     print(format_row(row), file=sys.stderr, flush=True)
     return rows
-
-
-def _child(args: list[str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.bench_restore", *args], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench child {args} failed:\n{done.stderr[-2000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 HEADER = (

@@ -580,7 +580,9 @@ class Store:
         live = TASKS.c.state.in_(sorted(_LIVE))
         rows: dict[str, Any] = {}
         async with self._read("load live tasks") as conn:
-            for where in (live, TASKS.c.next_run.is_not(None), TASKS.c.job_id > ""):
+            # next_run as a range: SQLite answers ``IS NOT NULL`` with a scan of the table.
+            cron = TASKS.c.next_run >= -sys.float_info.max
+            for where in (live, cron, TASKS.c.job_id > ""):
                 for r in (await conn.execute(sa.select(TASKS).where(where))).all():
                     rows[r.id] = r
             workflows = sorted({r.workflow_id for r in rows.values() if r.workflow_id and r.state in _LIVE})
