@@ -228,12 +228,8 @@ def format_row(r: dict[str, Any]) -> str:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    backends = [b for b in args.backend.split(",") if b]
-    unknown = sorted(set(backends) - {"sqlite", "pg"})
-    if unknown:
-        raise SystemExit(f"--backend: unknown {', '.join(unknown)}; use sqlite, pg or sqlite,pg")
     print(HEADER, file=sys.stderr)
-    rows = run(backends, args.stored, args.queued, args.ops, args.full_max)
+    rows = run(args.backend, args.stored, args.queued, args.ops, args.full_max)
     print(HEADER)
     for r in rows:
         print(format_row(r))
@@ -247,6 +243,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stored", type=_sizes, default=[1000, 100_000, 1_000_000], help="e.g. 1k,100k,1M")
     p.add_argument(
         "--backend",
+        type=_backends,
         default="sqlite,pg",
         help="sqlite, pg or both (PostgreSQL from "
         "PROPELLER_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432/test)",
@@ -261,6 +258,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.set_defaults(func=cmd_restore)
+
+
+def _backends(text: str) -> list[str]:
+    backends = [b for b in text.split(",") if b]
+    unknown = sorted(set(backends) - {"sqlite", "pg"})
+    if unknown or not backends:
+        named = ", ".join(unknown) or "empty"
+        raise argparse.ArgumentTypeError(f"unknown {named}: use sqlite, pg or sqlite,pg")
+    return backends
 
 
 def _sizes_one(text: str) -> int:
