@@ -1043,6 +1043,10 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
 
     add_dispatch_arguments(bsub.add_parser("dispatch", help="engine cost per dispatch vs stored history"))
 
+    from orchestrator.bench_restore import add_arguments as add_restore_arguments
+
+    add_restore_arguments(bsub.add_parser("restore", help="manager restore time and RSS vs stored history"))
+
     p = bsub.add_parser("proplets", help="run N Python proplets in one process (load for e2e)")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     p.add_argument("--count", type=_positive, required=True, help="proplets to run")

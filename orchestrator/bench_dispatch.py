@@ -88,6 +88,19 @@ def one_size(stored: int, ops: int) -> dict[str, Any]:
     restore_s = time.perf_counter() - t0
     gc.collect()
     rss = _rss_mb()
+    return {
+        "stored": stored,
+        "restore_s": round(restore_s, 2),
+        "rss_mb": round(rss, 1),
+        "engine_rss_mb": round(rss - base, 1),
+        "resident_tasks": len(engine.tasks.live),
+        "cached_tasks": len(engine.tasks.recent),
+        **cycles(engine, ops),
+    }
+
+
+def cycles(engine: Engine, ops: int) -> dict[str, float]:
+    """Two proplets announce themselves, then ``ops`` tasks are created, dispatched and completed."""
     for pid in ("p1", "p2"):
         _announce(engine, pid, 0.0)
     engine.take_commands()
@@ -105,12 +118,6 @@ def one_size(stored: int, ops: int) -> dict[str, Any]:
         engine.take_commands()
         cycle.append(time.perf_counter() - c0)
     return {
-        "stored": stored,
-        "restore_s": round(restore_s, 2),
-        "rss_mb": round(rss, 1),
-        "engine_rss_mb": round(rss - base, 1),
-        "resident_tasks": len(engine.tasks.live),
-        "cached_tasks": len(engine.tasks.recent),
         "dispatch_us_p50": round(statistics.median(dispatch) * 1e6, 1),
         "dispatch_us_mean": round(statistics.fmean(dispatch) * 1e6, 1),
         "cycle_us_p50": round(statistics.median(cycle) * 1e6, 1),
@@ -172,13 +179,11 @@ def run(sizes: list[int], ops: int, queued: int) -> dict[str, Any]:
     return results
 
 
-def _child(args: list[str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.bench_dispatch", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _child(args: list[str], module: str = "orchestrator.bench_dispatch") -> dict[str, Any]:
+    """Run ``python -m module args`` and return the JSON object of its last output line."""
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench child {module} {args} failed:\n{done.stderr[-2000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 

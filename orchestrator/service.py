@@ -159,7 +159,9 @@ class ManagerService:
 
     async def _restore(self) -> None:
         assert self.store is not None
-        tasks = await self.store.load_tasks()
+        # Only what the engine needs: finished tasks stay in the store (the API reads them there), so a
+        # restart or a standby's takeover costs what is live, not the history (issue 10).
+        tasks = await self.store.load_live_tasks()
         proplets = await self.store.load_proplets()
         jobs = await self.store.load_jobs()
         self.engine.restore(tasks, proplets, self.now(), time.time(), jobs)

@@ -2,8 +2,8 @@
 
 The engine keeps authoritative state in memory and emits ``PersistTask`` / ``PersistProplet``; the
 service awaits the matching ``save_*`` before publishing anything, and on (re)start rebuilds the engine
-from ``load_tasks()`` / ``load_proplets()``. So the contract is: once ``save_*`` returns, the row survives
-a SIGKILL of the process.
+from ``load_live_tasks()`` / ``load_proplets()`` (finished tasks stay in the store). So the contract
+is: once ``save_*`` returns, the row survives a SIGKILL of the process.
 
 Choices, and why:
 - SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a crash of the
@@ -25,8 +25,8 @@ Choices, and why:
   reported by id and the rest of the batch is still written. On SQLite the whole transaction runs in
   one call to a dedicated writer thread over a plain ``sqlite3`` connection, not one aiosqlite thread
   hand-off per statement.
-- ``load_tasks()`` returns tasks in first-save order (a ``seq`` column), since sequential jobs start
-  their roots in list order.
+- ``load_tasks()`` and ``load_live_tasks()`` return tasks in first-save order (a ``seq`` column),
+  since sequential jobs start their roots in list order.
 - PostgreSQL may be given a ``schema=``: it is created if missing and put on ``search_path``, so every
   table (and ``alembic_version``) lives there; tests use one schema each.
 """
@@ -185,6 +185,8 @@ TASKS = sa.Table(
     sa.Column("monitoring_profile", sa.JSON(), nullable=True),
     sa.Column("kbs_resource_path", sa.Text(), nullable=False, server_default=""),
     sa.Column("hal_storage_path", sa.Text(), nullable=True),
+    # 0007_mgr_restore
+    sa.Index("ix_tasks_next_run", "next_run"),
 )
 PROPLETS = sa.Table(
     "proplets",
@@ -294,6 +296,7 @@ _json_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 # JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper
 # value could be written but not read back (a store that cannot be loaded at restart).
 MAX_JSON_DEPTH = 100
+_LIVE = frozenset(int(s) for s in TaskState if not s.is_terminal)
 # Rows this process last wrote (fingerprints), kept to write only changed columns next time (LRU).
 WRITTEN_ROWS_CACHE = 10_000
 
@@ -574,6 +577,30 @@ class Store:
         async with self._read("load tasks") as conn:
             rows = (await conn.execute(sa.select(TASKS).order_by(TASKS.c.seq, TASKS.c.id))).all()
         return [self._task_from_row(r._mapping) for r in rows]
+
+    async def load_live_tasks(self) -> list[Task]:
+        """What a (re)starting manager's engine needs, in first-save order; not the finished history.
+
+        Unfinished tasks; cron tasks (``next_run`` set) and job tasks, which start again; and every
+        task of a workflow that still has an unfinished one (its parents' results feed the rest).
+        One query per kind, each an index range (an ``OR`` of them makes PostgreSQL scan every
+        row), so the cost follows the live work, not the stored history.
+        """
+        live = TASKS.c.state.in_(sorted(_LIVE))
+        rows: dict[str, Any] = {}
+        async with self._read("load live tasks") as conn:
+            # next_run as a range: SQLite answers ``IS NOT NULL`` with a scan of the table.
+            cron = TASKS.c.next_run >= -sys.float_info.max
+            for where in (live, cron, TASKS.c.job_id > ""):
+                for r in (await conn.execute(sa.select(TASKS).where(where))).all():
+                    rows[r.id] = r
+            workflows = sorted({r.workflow_id for r in rows.values() if r.workflow_id and r.state in _LIVE})
+            for i in range(0, len(workflows), 500):
+                chunk = TASKS.c.workflow_id.in_(workflows[i : i + 500])
+                for r in (await conn.execute(sa.select(TASKS).where(chunk))).all():
+                    rows[r.id] = r
+        ordered = sorted(rows.values(), key=lambda r: (r.seq, r.id))
+        return [self._task_from_row(r._mapping) for r in ordered]
 
     async def list_tasks(
         self,

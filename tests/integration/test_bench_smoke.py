@@ -69,8 +69,24 @@ def test_bench_registry_reports_rss_and_heartbeat_rate(tmp_path: Path) -> None:
     assert reg["rss_before"] > 0 and reg["rss_after_heartbeats"] > 0
 
 
+def test_bench_restore_fills_a_store_and_restores_only_the_queued_tasks(tmp_path: Path) -> None:
+    out = tmp_path / "restore.json"
+    run = propeller(
+        "bench", "restore", "--backend", "sqlite", "--stored", "2k", "--queued", "30", "--ops", "50",
+        "--full-max", "2k", "--json", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "restore s" in run.stdout and "full load s" in run.stdout
+    (row,) = json.loads(out.read_text())
+    assert row["backend"] == "sqlite" and row["stored"] == 2000
+    assert row["resident_tasks"] == 30 and row["drained"] == 30  # the history stayed in the store
+    assert row["rss_mb"] > 0 and row["full_restore_s"] >= 0
+
+
 def test_bench_rejects_bad_arguments_by_name() -> None:
     run = propeller("bench", "e2e", "--proplets", "1,0", timeout=30)
     assert run.returncode == 2 and "--proplets" in run.stderr and "positive" in run.stderr
     run = propeller("bench", "e2e", "--broker", "rabbit", timeout=30)
     assert run.returncode == 2 and "--broker" in run.stderr
+    run = propeller("bench", "restore", "--backend", "mysql", timeout=30)
+    assert run.returncode == 2 and "--backend" in run.stderr and "mysql" in run.stderr
