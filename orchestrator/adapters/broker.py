@@ -65,7 +65,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
-from orchestrator.core.identity import Identity, IdentityRegistry
+from orchestrator.core.identity import WILL_REFUSED, Identity, IdentityRegistry
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,31 @@ __all__ = ["BrokerGuard", "BrokerStartError", "BrokerThread", "EmbeddedBroker"]
 
 class BrokerStartError(RuntimeError):
     """The embedded broker could not start (the message names host:port and the cause)."""
+
+
+# --- amqtt's unacknowledged-delivery traceback ----------------------------------------------------
+
+
+class _UnackedDeliveryLog(logging.Filter):
+    """Turn amqtt's traceback for a subscriber that never acknowledged a QoS 1/2 delivery into one line.
+
+    amqtt waits 5 s for PUBACK/PUBREC/PUBCOMP, raises TimeoutError, and its broadcast loop logs the
+    whole traceback ("Task failed and will be skipped"). For an operator that is a slow or stuck
+    subscriber, not a broker bug: say that, once, as a warning.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TimeoutError) and "Timeout waiting for PUB" in str(exc):
+            record.msg = "a subscriber did not acknowledge a QoS delivery in time (%s); dropped for it"
+            record.args = (exc,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_UNACKED_LOG = _UnackedDeliveryLog()
 
 
 # --- the keep-alive fix ------------------------------------------------------------------------------
@@ -134,16 +159,15 @@ class BrokerGuard:
 
     def admit(self, session: Session) -> str | None:
         """None if the CONNECT in ``session`` is admitted, else why it is refused."""
-        verdict = self.registry.authenticate(session.client_id or "", session.username, session.password)
+        will = session.will_flag and session.will_topic is not None
+        verdict = self.registry.connect_verdict(
+            session.client_id or "", session.username, session.password,
+            session.will_topic if will else None, bytes(session.will_message or b""),
+        )  # fmt: skip
         if verdict.identity is None:
-            return verdict.reason
-        if session.will_flag and session.will_topic is not None:
-            reason = self.registry.publish_verdict(
-                verdict.identity, session.will_topic, bytes(session.will_message or b"")
-            )
-            if reason is not None:
+            if verdict.reason.startswith(WILL_REFUSED):
                 self.counters["will_refused"] += 1
-                return f"last will refused: {reason}"
+            return verdict.reason
         return None
 
     def identity(self, session: Session) -> Identity | None:
@@ -406,6 +430,7 @@ class EmbeddedBroker:
         if self._broker is not None:
             raise RuntimeError(f"embedded broker on {self.host}:{self._port} is already running")
         _install_keepalive_fix()
+        logging.getLogger("amqtt.broker").addFilter(_UNACKED_LOG)  # idempotent: a set of filters
         port = self._port if self._port is not None else self._requested_port
         broker = _Broker(self._config(port))
         broker.keepalive_factor = self._keepalive_factor

@@ -1,9 +1,10 @@
 """`WasmRuntime` on wasmtime-py: core modules, WASI preview 1 commands, components; limits on every run.
 
 One Engine (fuel + epoch interruption + component model) is shared by every run, so cached artifacts
-fit every Store. One ticker thread bumps the epoch every `tick_s`; each Store's deadline is one tick
-and an epoch callback decides, every tick, whether to go on: it stops the guest on cancel, wall-time
-or output overflow (stack-notes §3b). One Store per run makes runs thread-safe; wasm runs with the
+fit every Store. One ticker thread bumps the epoch every `tick_s` while a run is in progress (it
+sleeps while the runtime is idle); each Store's deadline is one tick and an epoch callback decides,
+every tick, whether to go on: it stops the guest on cancel, wall-time or output overflow
+(stack-notes §3b). One Store per run makes runs thread-safe; wasm runs with the
 GIL released, so runs on threads use every core (§3g). Never fork after importing this (§3g).
 """
 
@@ -14,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,32 +63,52 @@ class _Watch:
     fds: tuple[int, ...] = ()
     reason: str | None = None
     callback: Any = field(default=None, repr=False)
-    on_stderr: Any = field(default=None, repr=False)
-    streamed: int = 0  # bytes of stderr already handed to on_stderr
-    next_stream: float = 0.0
+    on_output: Any = field(default=None, repr=False)
+    live_stdout: bool = False
+    streamed: list[int] = field(default_factory=lambda: [0, 0])  # stdout, stderr bytes handed over
+    streamer: threading.Thread | None = field(default=None, repr=False)
+    stream_done: threading.Event = field(default_factory=threading.Event, repr=False)
 
-    def stream(self, final: bool = False) -> None:
-        """Hand stderr written since the last call to ``on_stderr`` (at most ``output_cap`` in all)."""
-        if self.on_stderr is None or len(self.fds) < 2:
+    def stream(self) -> None:
+        """Hand output written since the last call to ``on_output`` (at most ``output_cap`` a stream)."""
+        if self.on_output is None or len(self.fds) < 2:
             return
-        now = time.monotonic()
-        if not final and now < self.next_stream:
+        for index, name in enumerate(("stdout", "stderr")):
+            if name == "stdout" and not self.live_stdout:
+                continue
+            want = self.output_cap - self.streamed[index]
+            chunk = os.pread(self.fds[index], want, self.streamed[index]) if want > 0 else b""
+            if not chunk:
+                continue
+            self.streamed[index] += len(chunk)
+            try:
+                self.on_output(name, chunk)
+            except Exception:  # a driver's bug must not stop the guest; the final logs still hold it
+                self.on_output = None
+                return
+
+    def start_streaming(self) -> None:
+        """Stream from a thread of our own: the epoch callback does not run while the guest sleeps in
+        a host call (WASI poll_oneoff), and a daemon that prints then sleeps must still be seen."""
+        if self.on_output is None or self.streamer is not None:
             return
-        self.next_stream = now + STREAM_INTERVAL_S
-        want = self.output_cap - self.streamed
-        if want <= 0:
-            return
-        chunk = os.pread(self.fds[1], want, self.streamed)
-        if not chunk:
-            return
-        self.streamed += len(chunk)
-        try:
-            self.on_stderr(chunk)
-        except Exception:  # a driver's bug must not stop the guest; the final logs still hold it
-            self.on_stderr = None
+
+        def loop() -> None:
+            while not self.stream_done.wait(STREAM_INTERVAL_S):
+                self.stream()
+
+        self.streamer = threading.Thread(target=loop, name="wasm-output", daemon=True)
+        self.streamer.start()
+
+    def finish_streaming(self) -> None:
+        """Stop the streaming thread and hand over what is left (idempotent)."""
+        self.stream_done.set()
+        if self.streamer is not None:
+            self.streamer.join()
+            self.streamer = None
+            self.stream()
 
     def check(self) -> str | None:
-        self.stream()
         if self.cancel is not None and self.cancel.cancelled:
             return "stopped"
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -136,6 +158,17 @@ class _Io:
         return head(self.stdout), head(self.stderr)
 
 
+@dataclass(frozen=True)
+class _PreparedCore:
+    """A compiled core module and what each run of it needs, resolved once (cached by sha256)."""
+
+    module: wasmtime.Module
+    wasi: bool  # imports WASI preview 1: runs get stdio files, args, env
+    pre: wasmtime.InstancePre | None  # None: an import is undefined (instantiate names it)
+    funcs: dict[str, tuple[list[str], list[str]]]  # export -> (param types, result types)
+    memories: tuple[str, ...]  # exported memories (limit diagnostics)
+
+
 class WasmtimeRuntime:
     def __init__(
         self,
@@ -160,19 +193,44 @@ class WasmtimeRuntime:
         entries = memory_cache_entries
         self.modules: ArtifactCache[wasmtime.Module] = ArtifactCache(namespace, cache_dir, entries)
         self.components: ArtifactCache[cm.Component] = ArtifactCache(namespace, cache_dir, entries)
+        self._prepared: OrderedDict[str, _PreparedCore] = OrderedDict()
+        self._prepared_lock = threading.Lock()
+        # Linkers are immutable after this and shared by every run (WASI state lives in each Store).
+        self._core_linker = wasmtime.Linker(self.engine)
+        self._wasi_linker = wasmtime.Linker(self.engine)
+        self._wasi_linker.define_wasi()
         self.tick_s = tick_s
         self.hal_bus = hal.MessageBus()  # HAL `communication` between this runtime's running tasks
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
         self._stop = threading.Event()
+        # The ticker sleeps while no run is in progress (an idle proplet costs no wake-ups).
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._busy = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
         self._ticker.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        while True:
+            self._busy.wait()
+            if self._stop.wait(self.tick_s):
+                return
             self.engine.increment_epoch()
+
+    def _started(self) -> None:
+        with self._active_lock:
+            self._active += 1
+            self._busy.set()
+
+    def _ended(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+            if self._active == 0:
+                self._busy.clear()
 
     def close(self) -> None:
         self._stop.set()
+        self._busy.set()
         if self._ticker.is_alive() and self._ticker is not threading.current_thread():
             self._ticker.join()
 
@@ -184,14 +242,48 @@ class WasmtimeRuntime:
 
     # -- compile (cached) ----------------------------------------------------------------------------
 
-    def compile_module(self, wasm: bytes) -> wasmtime.Module:
+    def compile_module(self, wasm: bytes, key: str | None = None) -> wasmtime.Module:
         return self.modules.get(
             wasm,
             "module",
             lambda b: wasmtime.Module(self.engine, b),
             lambda m: bytes(m.serialize()),
             lambda b: wasmtime.Module.deserialize(self.engine, b),
+            key=key,
         )
+
+    def _prepare_core(self, wasm: bytes) -> _PreparedCore:
+        """The module and what every run of it needs (imports resolved once: an InstancePre on the
+        shared linker; its exports), cached by the sha256 of ``wasm`` like the compiled module.
+        Only compiled code is shared between runs: every run gets a fresh Store and instance."""
+        key = self.modules.key(wasm, "module")
+        with self._prepared_lock:
+            hit = self._prepared.get(key)
+            if hit is not None:
+                self._prepared.move_to_end(key)
+                self.modules.count_memory_hit()
+                return hit
+        module = self.compile_module(wasm, key)
+        wasi = any(i.module.startswith(("wasi_snapshot_preview1", "wasi_unstable")) for i in module.imports)
+        linker = self._wasi_linker if wasi else self._core_linker
+        try:
+            pre: wasmtime.InstancePre | None = linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError:
+            pre = None  # an import nothing defines: instantiate says which, run by run
+        funcs: dict[str, tuple[list[str], list[str]]] = {}
+        memories: list[str] = []
+        for export in module.exports:
+            kind = export.type
+            if isinstance(kind, wasmtime.FuncType):
+                funcs[export.name] = ([str(p) for p in kind.params], [str(r) for r in kind.results])
+            elif isinstance(kind, wasmtime.MemoryType):
+                memories.append(export.name)
+        prepared = _PreparedCore(module, wasi, pre, funcs, tuple(memories))
+        with self._prepared_lock:
+            self._prepared[key] = prepared
+            while len(self._prepared) > self.modules.max_entries:
+                self._prepared.popitem(last=False)
+        return prepared
 
     def compile_component(self, wasm: bytes) -> cm.Component:
         return self.components.get(
@@ -212,9 +304,11 @@ class WasmtimeRuntime:
             while not self._slots.acquire(timeout=0.05):
                 if cancel is not None and cancel.cancelled:
                     return RunOutcome("", "stopped", duration_s=time.monotonic() - start)
+        self._started()
         try:
             return self._run(request, cancel, start)
         finally:
+            self._ended()
             if self._slots is not None:
                 self._slots.release()
 
@@ -224,35 +318,47 @@ class WasmtimeRuntime:
             return RunOutcome("", "stopped", kind=kind, duration_s=time.monotonic() - start)
         if not is_wasm(req.wasm):
             return RunOutcome("", "not a WebAssembly binary (missing \\0asm header)", kind=kind)
-        lim = req.limits
-        with tempfile.TemporaryDirectory(prefix=f"wasm-{_safe(req.task_id)}-") as tmp:
-            io = _open_io(Path(tmp), req.stdin)
-            try:
-                watch = _Watch(
-                    cancel,
-                    None if lim.timeout_s is None else start + lim.timeout_s,
-                    lim.timeout_s,
-                    lim.output_bytes,
-                    io.fds,
-                    on_stderr=req.on_stderr,
-                )
-                return self._execute(req, kind, watch, io, start)
-            finally:
-                for fd in io.fds:
-                    os.close(fd)
-
-    def _execute(self, req: RunRequest, kind: RunKind, watch: _Watch, io: _Io, start: float) -> RunOutcome:
-        lim = req.limits
         cache = self.components if kind == "component" else self.modules
         try:
             artifact: Any = (
-                self.compile_component(req.wasm) if kind == "component" else self.compile_module(req.wasm)
+                self.compile_component(req.wasm) if kind == "component" else self._prepare_core(req.wasm)
             )
         except wasmtime.WasmtimeError as e:
             return RunOutcome(
                 "", f"invalid wasm {kind}: {_cause(e)}", kind=kind, duration_s=time.monotonic() - start
             )
         notes = [f"{kind} {cache.last_source()}" if cache.last_source() else kind]
+        lim = req.limits
+        deadline = None if lim.timeout_s is None else start + lim.timeout_s
+        if isinstance(artifact, _PreparedCore) and not artifact.wasi:
+            # No WASI imports: the module cannot see stdio, files, args or env, so none are set up
+            # (and there is no output to stream).
+            watch = _Watch(cancel, deadline, lim.timeout_s, lim.output_bytes)
+            return self._execute(req, kind, artifact, notes, watch, None, start)
+        with tempfile.TemporaryDirectory(prefix=f"wasm-{_safe(req.task_id)}-", dir=_IO_DIR) as tmp:
+            io = _open_io(Path(tmp), req.stdin)
+            watch = _Watch(
+                cancel, deadline, lim.timeout_s, lim.output_bytes, io.fds,
+                on_output=req.on_output, live_stdout=req.live_stdout,
+            )  # fmt: skip
+            try:
+                return self._execute(req, kind, artifact, notes, watch, io, start)
+            finally:
+                watch.finish_streaming()  # before the fds it reads are closed
+                for fd in io.fds:
+                    os.close(fd)
+
+    def _execute(
+        self,
+        req: RunRequest,
+        kind: RunKind,
+        artifact: Any,
+        notes: list[str],
+        watch: _Watch,
+        io: _Io | None,
+        start: float,
+    ) -> RunOutcome:
+        lim = req.limits
         store = wasmtime.Store(self.engine)
         fuel = FUEL_UNLIMITED if lim.fuel is None else lim.fuel
         memories: list[wasmtime.Memory] = []
@@ -262,7 +368,9 @@ class WasmtimeRuntime:
             store.set_limits(**_store_limits(lim))
             store.set_fuel(fuel)
             watch.install(store)
+            watch.start_streaming()
             if kind == "component":
+                assert io is not None
                 kind, results, exit_code = self._call_component(req, artifact, store, io, watch, notes)
             else:
                 kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories, notes)
@@ -283,10 +391,10 @@ class WasmtimeRuntime:
         except wasmtime.WasmtimeError:
             consumed = None
         store.close()
-        stdout, stderr = io.read(lim.output_bytes)
-        watch.stream(final=True)
-        stdout_total = _size(io.stdout)
-        overflow = max(stdout_total, _size(io.stderr)) > lim.output_bytes
+        stdout, stderr = io.read(lim.output_bytes) if io is not None else (b"", b"")
+        watch.finish_streaming()
+        stdout_total = _size(io.stdout) if io is not None else 0
+        overflow = io is not None and max(stdout_total, _size(io.stderr)) > lim.output_bytes
         if error is None and watch.reason is None and overflow:
             watch.reason = f"output exceeded {lim.output_bytes} bytes"
         if error is None and watch.reason is not None:
@@ -344,32 +452,33 @@ class WasmtimeRuntime:
     def _call_core(
         self,
         req: RunRequest,
-        module: wasmtime.Module,
+        prepared: _PreparedCore,
         store: wasmtime.Store,
-        io: _Io,
+        io: _Io | None,
         memories: list[wasmtime.Memory],
         notes: list[str],
     ) -> tuple[RunKind, str, tuple[float, ...], int | None]:
-        linker = wasmtime.Linker(self.engine)
-        if any(i.module.startswith(("wasi_snapshot_preview1", "wasi_unstable")) for i in module.imports):
-            linker.define_wasi()
+        if prepared.wasi:
+            assert io is not None
             store.set_wasi(_wasi_config(req, io))
-        instance = linker.instantiate(store, module)
+        if prepared.pre is not None:
+            instance = prepared.pre.instantiate(store)
+        else:  # fails naming the import no linker defines
+            linker = self._wasi_linker if prepared.wasi else self._core_linker
+            instance = linker.instantiate(store, prepared.module)
         exports = instance.exports(store)
-        for export in module.exports:
-            if isinstance(export.type, wasmtime.MemoryType):
-                memory = exports[export.name]
-                if isinstance(memory, wasmtime.Memory):
-                    memories.append(memory)
-        names = [e.name for e in module.exports if isinstance(e.type, wasmtime.FuncType)]
-        name, why = _entry_point(req.function, names, req.wasm)
+        for memory_name in prepared.memories:
+            memory = exports[memory_name]
+            if isinstance(memory, wasmtime.Memory):
+                memories.append(memory)
+        name, why = _entry_point(req.function, list(prepared.funcs), req.wasm)
         notes.append(why)
-        init = _safe_get(exports, "_initialize")
-        if isinstance(init, wasmtime.Func) and name != "_initialize":
+        if "_initialize" in prepared.funcs and name != "_initialize":
+            init = exports["_initialize"]
+            assert isinstance(init, wasmtime.Func)
             init(store)
         func = exports[name]
         assert isinstance(func, wasmtime.Func)
-        ftype = func.type(store)
         if name == "_start":
             # a WASI command: argv/env/stdin in, stdout out; a normal return is exit code 0
             try:
@@ -377,12 +486,12 @@ class WasmtimeRuntime:
             except wasmtime.ExitTrap as e:
                 return "wasi", "", (), e.code
             return "wasi", "", (), 0
-        args = convert_inputs(name, [str(p) for p in ftype.params], req.inputs)
+        params, result_types = prepared.funcs[name]
+        args = convert_inputs(name, params, req.inputs)
         raw = func(store, *args)
         values: tuple[int | float, ...] = (
             tuple(raw) if isinstance(raw, list | tuple) else (() if raw is None else (raw,))
         )
-        result_types = [str(r) for r in ftype.results]
         results = format_value(values[0], result_types[0]) if values else ""
         return "core", results, values, None
 
@@ -397,6 +506,13 @@ class WasmtimeRuntime:
         watch: _Watch,
         notes: list[str],
     ) -> tuple[RunKind, str, int | None]:
+        http = sorted(n for n in component.type.imports(self.engine) if n.startswith("wasi:http/"))
+        if http:
+            raise _RunError(
+                f"component cannot be instantiated on this proplet: it imports {', '.join(http)}, and "
+                "wasi:http (outgoing HTTP) is not offered: wasmtime-py's wasi:http cannot check each "
+                "request against the host allow-list (--fetch-allow); elastic:hal/sockets is checked"
+            )
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
         store.set_wasi(_wasi_config(req, io))
@@ -586,6 +702,16 @@ def _store_limits(lim: Limits) -> dict[str, int]:
         "tables": n(lim.max_tables),
         "memories": n(lim.max_memories),
     }
+
+
+def _io_dir() -> str | None:
+    """Where runs' stdio files live: RAM (/dev/shm) when there is one, else the temp dir. Each file is
+    capped by the output limit; on a busy disk, creating and removing them cost milliseconds per run."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
+_IO_DIR = _io_dir()
 
 
 def _open_io(tmp: Path, stdin: bytes) -> _Io:
