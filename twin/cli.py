@@ -12,7 +12,9 @@ def add_scenario_subcommands(sub: argparse._SubParsersAction) -> None:
     ssub = sc.add_subparsers(dest="scenario_cmd", required=True)
 
     run = ssub.add_parser(
-        "run", help="run scenarios and judge their expectations (exit 0 pass, 1 fail, 2 invalid)"
+        "run",
+        help="run scenarios and judge their expectations (exit 0 pass, 1 fail, 2 invalid, "
+        "3 inconclusive: a live run whose host lagged behind its timers)",
     )
     run.add_argument("files", nargs="+", metavar="FILE", help="scenario YAML files")
     run.add_argument("--seed", type=int, default=None, help="override every file's seed")

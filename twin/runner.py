@@ -46,6 +46,7 @@ import simpy
 from hil import esp32sim
 from hil.rig import BoardSpec, load_map
 from hil.scenario_boards import ScenarioBoards
+from orchestrator.adapters.aio import cancel_and_wait
 from twin.clock import AsyncSimClock, LoopLagProbe
 from twin.fleet import Fleet
 from twin.observer import ManagerObserver
@@ -354,9 +355,7 @@ class _Run:
         """Stop everything this run started, whatever happened; never raises."""
         self.observer.closed = True
         for jobs in (self.fleet_jobs, self.submissions):
-            for job in list(jobs):
-                job.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
+            await cancel_and_wait(list(jobs), "scenario teardown")
         if self.boards is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.boards.close)

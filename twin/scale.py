@@ -41,6 +41,7 @@ import psutil
 import simpy
 
 from orchestrator import wire
+from orchestrator.adapters.aio import cancel_and_wait
 from orchestrator.adapters.mqtt import BrokerUrl, MqttClient
 from proplets.core import Publish
 from twin.clock import AsyncSimClock
@@ -226,9 +227,7 @@ class LoopLagProbe:
             self.samples.append(max(0.0, loop.time() - t - PROBE_S))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task], "loop lag probe stop")
 
 
 class _Usage:
@@ -377,9 +376,7 @@ class _Point:
                         "max": round(lag.max_s * 1e3, 2)}  # fmt: skip
         r.loop_lag_ms = percentiles(self.probe.samples)
         # Freeze the simulation (no more heartbeats), let the in-flight ones arrive, then count.
-        if self.clock_task is not None:
-            self.clock_task.cancel()
-            await asyncio.gather(self.clock_task, return_exceptions=True)
+        await cancel_and_wait([self.clock_task], "twin scale: simulation clock")
         await asyncio.sleep(cfg.drain)
         r.hb_sent = sum(d.heartbeats_sent for d in self.devices)
         r.hb_received = self.received
@@ -399,9 +396,7 @@ class _Point:
     async def teardown(self) -> None:
         """Stop everything this point started, whatever happened; never raises."""
         await self.probe.stop()
-        if self.clock_task is not None:
-            self.clock_task.cancel()
-            await asyncio.gather(self.clock_task, return_exceptions=True)
+        await cancel_and_wait([self.clock_task], "twin scale: simulation clock")
         shutdown_all(list(self.devices))
         if self.monitor is not None:
             self.monitor.abort()

@@ -17,7 +17,6 @@ failed ``__aenter__``) stops exactly what was started, last first; callers add t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import signal
@@ -30,6 +29,7 @@ from typing import Any
 
 import simpy
 
+from orchestrator.adapters.aio import cancel_and_wait
 from twin.broker_model import BrokerModel
 from twin.clock import AsyncSimClock
 from twin.cohort import HeartbeatCohort
@@ -226,6 +226,4 @@ async def _close_fleet(fleet: Fleet) -> None:
 
 
 async def _cancel_jobs(shared: Shared) -> None:
-    for job in list(shared.jobs):
-        job.cancel()
-    await asyncio.gather(*shared.jobs, return_exceptions=True)
+    await cancel_and_wait(list(shared.jobs), "twin session: device jobs")
