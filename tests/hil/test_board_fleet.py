@@ -34,7 +34,7 @@ from twin.scenario.spec import Timers
 from twin.scenario.trace import Trace
 from twin.workload import load_module
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 @dataclass

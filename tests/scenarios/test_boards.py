@@ -44,7 +44,7 @@ def console(result: ScenarioResult, board: str) -> Counter[str]:
                    if e.subject == board and e.data.get("kind") == "event")  # fmt: skip
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_the_boards_scenario_passes(outcome: Outcome) -> None:
     result, _, before, threads = outcome
     left = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()} - before

@@ -31,7 +31,7 @@ expect:
 """
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(300)
 def test_impossible_expectation_fails_with_exit_1_and_says_why(tmp_path: Path) -> None:
     scenario = tmp_path / "impossible_lwt.yaml"
     scenario.write_text(IMPOSSIBLE, encoding="utf-8")

@@ -52,7 +52,7 @@ def test_an_enrolled_device_fails_refused_at_connect(scenario_runner) -> None:
     assert "the manager listed rogue-1" in failed[0].detail
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_unenrolled_device_is_refused_live(scenario_runner) -> None:
     result = scenario_runner.run(UNENROLLED.replace("ENROLLED", "false"))
     scenario_runner.assert_passed(result)

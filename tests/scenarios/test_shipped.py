@@ -15,7 +15,7 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SHIPPED = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_scenario_passes_live(name: str, scenario_runner) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
