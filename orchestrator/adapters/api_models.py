@@ -163,6 +163,11 @@ class TaskBatch(Strict):
     start: bool = False
 
 
+class ModuleSummary(Model):
+    size: int
+    sha256: str
+
+
 class TaskView(Model):
     """A task in upstream's shape. Fields after ``verified`` are left out when empty."""
 
@@ -207,6 +212,9 @@ class TaskView(Model):
     sha256: str | SkipJsonSchema[None] = None
     memory_bytes: int | SkipJsonSchema[None] = None
     limits: dict[str, float] | SkipJsonSchema[None] = None
+    module: ModuleSummary | SkipJsonSchema[None] = Field(
+        None, description="The inline module's size and digest"
+    )
 
 
 class Page(Model):
@@ -418,6 +426,27 @@ class WorkflowCreated(Model):
     tasks: list[TaskView]
 
 
+GroupState = Literal["pending", "running", "completed", "failed"]
+
+
+class WorkflowSummary(Model):
+    workflow_id: str
+    state: GroupState
+    tasks: int
+    created_at: Time
+
+
+class WorkflowPage(Page):
+    workflows: list[WorkflowSummary]
+
+
+class WorkflowDetail(Model):
+    workflow_id: str
+    state: GroupState
+    created_at: Time
+    tasks: list[TaskView]
+
+
 class JobRequest(Strict):
     name: str = Field("", max_length=1024)
     execution_mode: Literal["", "parallel", "sequential", "configurable"] | None = Field(
@@ -488,8 +517,16 @@ class TaskQuery(BaseModel):
     state: str | None = Field(None, description="A state number or name (case-insensitive)")
     proplet_id: str | None = Field(None, max_length=255)
     name: str | None = Field(None, max_length=1024)
+    workflow_id: str | None = Field(None, max_length=255)
+    job_id: str | None = Field(None, max_length=255)
     metadata: str | None = Field(
         None, description='Metadata that must match, a JSON object of scalars: {"team":"a"}'
+    )
+
+
+class TaskGetQuery(BaseModel):
+    module: Literal["", "0", "1", "true", "false"] = Field(
+        "", description="1: the whole module (base64) in file instead of upstream's redaction"
     )
 
 

@@ -65,7 +65,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
-from orchestrator.core.identity import Identity, IdentityRegistry
+from orchestrator.core.identity import WILL_REFUSED, Identity, IdentityRegistry
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +159,15 @@ class BrokerGuard:
 
     def admit(self, session: Session) -> str | None:
         """None if the CONNECT in ``session`` is admitted, else why it is refused."""
-        verdict = self.registry.authenticate(session.client_id or "", session.username, session.password)
+        will = session.will_flag and session.will_topic is not None
+        verdict = self.registry.connect_verdict(
+            session.client_id or "", session.username, session.password,
+            session.will_topic if will else None, bytes(session.will_message or b""),
+        )  # fmt: skip
         if verdict.identity is None:
-            return verdict.reason
-        if session.will_flag and session.will_topic is not None:
-            reason = self.registry.publish_verdict(
-                verdict.identity, session.will_topic, bytes(session.will_message or b"")
-            )
-            if reason is not None:
+            if verdict.reason.startswith(WILL_REFUSED):
                 self.counters["will_refused"] += 1
-                return f"last will refused: {reason}"
+            return verdict.reason
         return None
 
     def identity(self, session: Session) -> Identity | None:
@@ -198,6 +197,20 @@ class _Broker(Broker):
         # client id -> (session, handler) of its latest connection. amqtt forgets a clean session's
         # old connection when the id connects again, so we keep our own reference to take it over.
         self._latest: dict[str, tuple[Session, BrokerProtocolHandler]] = {}
+
+    def force_close(self) -> None:
+        """Abort every listener and client socket and cancel the broker's own loops (see stop())."""
+        for server in self._servers.values():
+            if server.instance is not None:
+                server.instance.close()
+        for _session, handler in self._latest.values():
+            writer = getattr(handler.writer, "_writer", None)  # amqtt's StreamWriterAdapter
+            if writer is not None:
+                writer.transport.abort()
+        self._latest.clear()
+        for task in (self._broadcast_task, self._session_monitor_task):
+            if task is not None:
+                task.cancel()
 
     async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> tuple[Any, Session]:
         if self.guard is None:
@@ -461,11 +474,24 @@ class EmbeddedBroker:
             self.guard.counters["revoked_dropped"] += 1
         return dropped
 
-    async def stop(self) -> None:
-        """Close the listener and every client connection; sessions and retained messages are lost."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every client connection; sessions and retained messages are lost.
+
+        Bounded: amqtt 0.12.1's shutdown can wait forever on a client handler whose reader never
+        reports stopped (seen under CPU load with a proplet connected). After ``timeout`` seconds the
+        listener and every client socket are closed by force and the broker's loops cancelled.
+        """
         broker, self._broker = self._broker, None
-        if broker is not None:
-            await broker.shutdown()
+        if broker is None:
+            return
+        try:
+            await asyncio.wait_for(broker.shutdown(), timeout)
+        except TimeoutError:
+            log.warning(
+                "embedded broker on %s:%s: amqtt's shutdown did not finish in %.0f s; closing %d client "
+                "connection(s) by force", self.host, self._port, timeout, len(broker._latest),
+            )  # fmt: skip
+            broker.force_close()
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()
