@@ -47,6 +47,7 @@ from orchestrator.core.errors import Conflict, EngineError, NotFound, NotLeader,
 from orchestrator.core.identity import Enrollment, Identity, IdentityRegistry
 from orchestrator.core.lease import LeaseConfig, LeaseCore
 from orchestrator.core.model import Job, Proplet, Task
+from orchestrator.core.observations import parse_events
 from orchestrator.core.placement import make_policy
 from orchestrator.core.receipts import KeyLookup, ProverKey
 from orchestrator.enrollment import enroll as enroll_identity
@@ -86,6 +87,7 @@ class ManagerService:
                 attempt_timeout=settings.attempt_timeout,
                 terminal_cache=settings.terminal_cache,
                 timeline=settings.timeline,
+                observations_per_task=settings.timeline_observations,
             ),
             policy=make_policy(settings.placement),
             keys=keys,
@@ -813,6 +815,22 @@ class ManagerService:
         task = await self.store.get_task(task_id)
         if task is not None and self.engine.find_task(task_id) is None:
             self.engine.readmit(task)
+
+    async def report_events(self, subject: str, subject_id: str, body: Any) -> dict[str, Any]:
+        """``POST /tasks|proplets/{id}/events``: events seen from outside (console lines, twin faults)
+        join the timelines (orchestrator/core/observations.py); returns what was recorded where."""
+        events = parse_events(body, time.time())
+        if not self.engine.config.timeline:
+            raise Conflict("the manager records no timelines (started with --no-timeline)")
+        if subject == "task":
+            await self.find_task(subject_id)
+            kept = self.engine.observations.report_on_task(subject_id, events)
+            joined = {subject_id: kept} if kept else {}
+        else:
+            self.engine.get_proplet(subject_id)
+            joined = self.engine.observations.report_on_proplet(subject_id, events)
+        await self._durable()
+        return {"recorded": len(events), "tasks": joined}
 
     async def delete_proplet(self, proplet_id: str) -> None:
         self.engine.delete_proplet(proplet_id)

@@ -188,6 +188,9 @@ class ManagerSettings:
     mqtt_key: str | None = _opt(None, "client key for mutual TLS")
     mqtt_insecure: bool = _opt(False, "do not verify the broker's certificate")
     timeline: bool = _opt(True, "record each task's and proplet's timeline (GET /tasks/{id}/events)")
+    timeline_observations: int = _opt(
+        100, "console lines and faults reported from outside (POST /tasks/{id}/events) kept per task"
+    )
     reports_dir: str = _opt("", "directory of scenario HTML reports listed by the dashboard (/ui/reports)")
     # Trust (docs/trust.md): the embedded broker is closed unless broker_open.
     broker_open: bool = _opt(
