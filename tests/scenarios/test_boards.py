@@ -96,8 +96,8 @@ def test_board_console_lines_join_the_timeline_of_the_task_they_ran(outcome: Out
 
     result, work = outcome[0], outcome[1]
     trace = result.trace
-    on_board = {name: history for name, history in trace.tasks().items()
-                if history.final_state == "Completed" and trace.task_device(history.runs[-1]) in BOARDS}  # fmt: skip
+    on_board = {name: h for name, h in trace.tasks().items()
+                if h.final_state == "Completed" and trace.task_device(h.runs[-1]) in BOARDS}  # fmt: skip
     assert on_board, "no task completed on a board"
 
     async def timelines() -> dict[str, list[Any]]:
