@@ -112,7 +112,11 @@ def cmd_manager(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"propeller manager: {err}", file=sys.stderr)
             return EXIT_USAGE
-    service = ManagerService(settings)
+    try:
+        service = ManagerService(settings)
+    except ValueError as err:  # --otel without the otel extra, ...
+        print(f"propeller manager: {err}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         run_loop(_serve_until_signal(service.start, service.stop, service.finished), args.loop)
     except (OSError, ValueError) as err:
@@ -194,6 +198,7 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         hal_quota_bytes=args.hal_quota_bytes,
         tsm_root=args.tsm_root,
         kbs_url=args.kbs_url,
+        otel=args.otel,
     )
     if args.identity:
         try:
@@ -663,6 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--identity", default=None, help="identity file from `propeller proplets enroll --out` (sets --id)"
     )
+    p.add_argument(
+        "--otel", action=argparse.BooleanOptionalAction,
+        default=os.environ.get("PROPELLER_OTEL", "").strip().lower() in ("1", "true", "yes", "on"),
+        help="OpenTelemetry execute spans, children of the manager's dispatch span (the otel extra; "
+        "env PROPELLER_OTEL; exporter: OTEL_TRACES_EXPORTER=otlp|console|none)",
+    )  # fmt: skip
     hal_args(p)
     channel_args(p)
     p.set_defaults(func=cmd_proplet)

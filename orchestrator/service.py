@@ -20,9 +20,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from orchestrator import wire
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.lease import LeaseKeeper, PgLease
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
+from orchestrator.adapters.otel import Tracing
 from orchestrator.adapters.store import Refusals, Store, StoreError, TaskLogBatch, WriteBatch
 from orchestrator.chunk_server import ChunkServer
 from orchestrator.core.commands import (
@@ -92,6 +94,7 @@ class ManagerService:
             policy=make_policy(settings.placement),
             keys=keys,
         )
+        self.tracing = Tracing(settings.otel, "propeller-manager")  # --otel: spans (adapters/otel.py)
         self.broker: EmbeddedBroker | None = None
         self.store: Store | None = None
         self.mqtt: MqttClient | None = None
@@ -409,9 +412,36 @@ class ManagerService:
                     return
                 self._drop_unenrolled(topic, reason)
                 return
+        if self.tracing.enabled and topic == self.engine.topics.results:
+            self._trace_result(payload)
         self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
         self._wake.set()
         self._kick()
+
+    # ------------------------------------------------------------------ --otel spans (adapters/otel.py)
+
+    def _traced_start(self, payload: bytes) -> tuple[bytes, Any]:
+        """The start with the dispatch span's context in it (``traceparent``), and the span."""
+        try:
+            body = json.loads(payload)
+            attributes = {"task_id": body.get("id"), "task_name": body.get("name"),
+                          "proplet_id": body.get("proplet_id"), "attempt": body.get("attempt")}  # fmt: skip
+            span = self.tracing.start("propeller.dispatch", attributes, kind="producer")
+            traceparent = self.tracing.traceparent(span)
+            return (wire.with_traceparent(payload, traceparent) if traceparent else payload), span
+        except (ValueError, AttributeError, wire.CodecError):  # tracing never stops a start
+            return payload, None
+
+    def _trace_result(self, payload: bytes) -> None:
+        try:
+            body = json.loads(payload)
+            error = body.get("error") or body.get("refused")
+            attributes = {"task_id": body.get("task_id"), "proplet_id": body.get("proplet_id"),
+                          "attempt": body.get("attempt"), "refused": body.get("refused")}  # fmt: skip
+            span = self.tracing.start("propeller.result", attributes, body.get("traceparent"))
+        except (ValueError, AttributeError, TypeError):
+            return
+        self.tracing.end(span, str(error) if error else None)
 
     def _drop_unenrolled(self, topic: str, reason: str) -> None:
         suffix = self.engine.topics.suffix(topic) or topic
@@ -660,13 +690,17 @@ class ManagerService:
                     continue
                 if dropped and _message_task_id(command.payload) in dropped:
                     continue
+                payload, span = command.payload, None
+                if self.tracing.enabled and command.topic == self.engine.topics.start:
+                    payload, span = self._traced_start(payload)
                 if self.mqtt is not None:
                     try:
-                        self.mqtt.publish(command.topic, command.payload, command.qos)
+                        self.mqtt.publish(command.topic, payload, command.qos)
                     except Exception as err:  # the broker may be away; the task stays recoverable
                         log.warning(
                             json.dumps({"event": "publish_failed", "topic": command.topic, "error": str(err)})
                         )
+                self.tracing.end(span)
             elif isinstance(command, InvocationFinished):
                 waiter = self._invocations.pop(command.invocation_id, None)
                 if waiter is not None and not waiter.done():

@@ -188,6 +188,10 @@ class ManagerSettings:
     mqtt_key: str | None = _opt(None, "client key for mutual TLS")
     mqtt_insecure: bool = _opt(False, "do not verify the broker's certificate")
     timeline: bool = _opt(True, "record each task's and proplet's timeline (GET /tasks/{id}/events)")
+    otel: bool = _opt(
+        False, "OpenTelemetry spans: dispatch, execute on the proplet, result (the otel extra; exporter: "
+        "OTEL_TRACES_EXPORTER=otlp|console|none)"
+    )
     timeline_observations: int = _opt(
         100, "console lines and faults reported from outside (POST /tasks/{id}/events) kept per task"
     )
