@@ -100,15 +100,26 @@ def test_board_console_lines_join_the_timeline_of_the_task_they_ran(outcome: Out
                 if h.final_state == "Completed" and trace.task_device(h.runs[-1]) in BOARDS}  # fmt: skip
     assert on_board, "no task completed on a board"
 
-    async def timelines() -> dict[str, list[Any]]:
+    pids = {e.subject: str(e.data["proplet_id"]) for e in trace.of("device") if "proplet_id" in e.data}
+
+    async def timelines() -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
         store = await Store.open(str(work / "logs" / "hil_boards" / "manager.db"))
         try:
             ids = {name: str(h.events[0].data["task_id"]) for name, h in on_board.items()}
-            return {name: await store.list_events("task", tid) for name, tid in ids.items()}
+            tasks = {name: await store.list_events("task", tid) for name, tid in ids.items()}
+            boards = {board: await store.list_events("proplet", pids[board]) for board in BOARDS}
+            return tasks, boards
         finally:
             await store.close()
 
-    for name, events in asyncio.run(timelines()).items():
+    tasks, boards = asyncio.run(timelines())
+    # The scripted board faults are on the boards' own timelines, before the manager's verdict.
+    for board, fault in (("board-a1", "reset"), ("board-b1", "unplug")):
+        kinds = [(e.kind, e.cause) for e in boards[board]]
+        assert ("fault", fault) in kinds, (board, kinds)
+        after = [k for k, _ in kinds[kinds.index(("fault", fault)) :]]
+        assert "died" in after, (board, kinds)
+    for name, events in tasks.items():
         board = trace.task_device(on_board[name].runs[-1])
         kinds = [e.kind for e in events]
         lines = [e for e in events if e.kind == "console"]
