@@ -20,28 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from hil.scenario_boards import console_report
 from orchestrator.core.observations import MAX_EVENTS
 from twin.scenario.trace import TraceEvent
 
 SOURCE = "twin"
 BATCH_S = 0.1  # events reported together: one manager transaction for a burst of console lines
-
-
-def _task_id(data: Any) -> str | None:
-    fields = data.get("fields") if isinstance(data, dict) else None
-    raw = fields.get("id") if isinstance(fields, dict) else None
-    if not isinstance(raw, str):
-        return None
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        return None
 
 
 class TimelineFeed:
@@ -75,17 +64,10 @@ class TimelineFeed:
             self._queue("proplets", pid, {"kind": "fault", "cause": cause, "at": at, "source": SOURCE,
                                           "fields": fields})  # fmt: skip
         elif event.kind == "console" and data.get("kind") not in ("prompt", "echo"):
-            task_id = _task_id(data)
-            fields = {"device": event.subject}
-            if data.get("event"):
-                fields["event"] = str(data["event"])
-            item = {"kind": "console", "cause": str(data.get("line", ""))[:1024], "at": at,
-                    "source": "console", "fields": fields}  # fmt: skip
+            path, task_id, item = console_report(event.subject, dict(data), at)
             if task_id is not None:
-                item["fields"] = {**fields, "proplet_id": pid}
-                self._queue("tasks", task_id, item)
-            else:
-                self._queue("proplets", pid, item)
+                item["fields"]["proplet_id"] = pid
+            self._queue(path, task_id or pid, item)
 
     def _queue(self, path: str, subject_id: str, item: dict[str, Any]) -> None:
         self.pending.append((path, subject_id, item))
