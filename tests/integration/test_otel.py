@@ -7,6 +7,9 @@ Spans are collected with the SDK's in-memory exporter."""
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.conftest import free_port
 from tests.integration.conftest import Cluster, _async, close_cluster, eventually, make_cluster
 
 ADD = base64.b64encode(
@@ -92,3 +96,14 @@ async def test_a_proplet_without_tracing_still_runs_a_traced_start(
     assert not named(spans, "propeller.execute", task["id"])
     assert result.parent is None and dispatch.context is not None
     assert result.context is not None and result.context.trace_id != dispatch.context.trace_id
+
+
+def test_a_bad_exporter_choice_is_refused_with_its_name(tmp_path: Path) -> None:
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "zipkinn", "PROPELLER_OTEL": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "manager", "--db", str(tmp_path / "m.db"),
+         "--broker", "embedded://127.0.0.1:0", "--api", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "OTEL_TRACES_EXPORTER must be otlp, console or none, got 'zipkinn'" in run.stderr
