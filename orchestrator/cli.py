@@ -464,22 +464,21 @@ def _task_logs(client: Any, args: argparse.Namespace) -> int:
         body = client.task_logs(args.id, attempt=args.attempt)
         _print(body, args.json, lambda b: log_text(b["logs"]).rstrip("\n"))
         return 0
-    after, streamed = 0, set[int]()  # attempts whose stderr was shown live
+    after, streamed = 0, set[tuple[int, str]]()  # (attempt, stream) shown live: stderr, a daemon's stdout
     while True:
         body = client.task_logs(args.id, attempt=args.attempt, after=after, live=True)
         if body["logs"]:
-            if streamed and body["attempt"] not in streamed:  # the task was placed again
+            if streamed and all(a != body["attempt"] for a, _ in streamed):  # the task was placed again
                 sys.stdout.write(f"[propeller: attempt {body['attempt']}]\n")
             show(body["logs"])
-            streamed.add(body["attempt"])
+            streamed.update((body["attempt"], r["stream"]) for r in body["logs"])
         after = body["next"]
         if body["done"]:
             break
         time.sleep(args.interval)
     # The record sent with the result: what was not streamed (runtime notes), or all of it.
     final = client.task_logs(args.id, attempt=body["attempt"])["logs"]
-    live = body["attempt"] in streamed
-    show([r for r in final if r["final"] and not (live and r["stream"] == "stderr")])
+    show([r for r in final if r["final"] and (body["attempt"], r["stream"]) not in streamed])
     return 0
 
 

@@ -525,6 +525,8 @@ class ManagerService:
                     log.warning(
                         json.dumps({"event": "registry_pull_failed", "app_name": app, "error": str(err)})
                     )
+                    # The user sees the proplet's failure, so it must carry the real cause.
+                    replies = [wire.RegistryChunk.refusal(app, f"the manager could not pull it: {err}")]
         assert self.mqtt is not None
         for reply in replies or self.chunks.handle_request(app):
             self.mqtt.publish(self.engine.topics.registry_server, encode_reply(reply), 1)

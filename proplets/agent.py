@@ -452,8 +452,12 @@ class PropletAgent:
             raise TaskInputError(str(err)) from None
         extra = {"PROPLET_ID": self.settings.proplet_id}
         if start.parent_results:
-            # workflow children see their parents' results: {parent_task_id: results} as JSON
+            # workflow children see their parents' results as upstream sends them: {parent_task_id:
+            # results text} as JSON; and, from our manager, how to read each text (json/text/binary)
             extra["PARENT_RESULTS"] = json.dumps(dict(start.parent_results), separators=(",", ":"))
+            if start.parent_result_types:
+                types = dict(start.parent_result_types)
+                extra["PARENT_RESULT_TYPES"] = json.dumps(types, separators=(",", ":"))
         return RunRequest(
             task_id=start.id,
             wasm=wasm,
@@ -477,21 +481,22 @@ class PropletAgent:
         )
         return outcome.results, outcome.error
 
-    def _output_seen(self, task_id: str, data: bytes) -> None:
-        self.engine.task_output(task_id, data)
+    def _output_seen(self, task_id: str, stream: str, data: bytes) -> None:
+        self.engine.task_output(task_id, data, stream)
         self._execute()
 
     async def _run_with_output(
-        self, request: RunRequest, token: CancelToken, notes: list[str]
+        self, request: RunRequest, token: CancelToken, notes: list[str], *, daemon: bool = False
     ) -> tuple[str, str | None, TaskOutput]:
-        """Run ``request`` streaming its stderr live; the typed result and logs come back with it."""
+        """Run ``request`` streaming its stderr live (and its stdout, for a daemon, whose output never
+        ends in a result); the typed result and logs come back with it."""
         loop = asyncio.get_running_loop()
         task_id = request.task_id
 
-        def on_stderr(chunk: bytes) -> None:  # on the wasm thread: hand over to the loop
-            loop.call_soon_threadsafe(self._output_seen, task_id, chunk)
+        def on_output(stream: str, chunk: bytes) -> None:  # on the run's thread: hand over to the loop
+            loop.call_soon_threadsafe(self._output_seen, task_id, stream, chunk)
 
-        request = replace(request, on_stderr=on_stderr)
+        request = replace(request, on_output=on_output, live_stdout=daemon)
 
         def run() -> tuple[str | None, TaskOutput]:  # typing a 1 MiB result is work: off the loop too
             outcome = self.runtime.run(request, token)
@@ -531,7 +536,9 @@ class PropletAgent:
                 return
             else:
                 request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
-                results, error, output = await self._run_with_output(request, token, notes)
+                results, error, output = await self._run_with_output(
+                    request, token, notes, daemon=start.daemon
+                )
         except (DeliveryError, TaskInputError) as err:
             if isinstance(err, FetchRefused):
                 self.stats.fetch_refused += 1

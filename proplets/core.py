@@ -188,7 +188,7 @@ class _Running:
     last_metrics: float | None = None  # when task_metrics were last published (monitoring_profile)
     log_seq: int = 0  # live output pieces published (control/proplet/logs)
     log_bytes: int = 0
-    log_tail: bytes = b""  # an incomplete UTF-8 character held for the next piece
+    log_tails: dict[str, bytes] = field(default_factory=dict)  # per stream: an incomplete UTF-8 character
 
 
 class PropletEngine:
@@ -605,9 +605,9 @@ class PropletEngine:
             return
         fresh = data[:room]
         entry.log_bytes += len(fresh)
-        data = entry.log_tail + fresh
+        data = entry.log_tails.get(stream, b"") + fresh
         cut = _utf8_boundary(data)
-        text, entry.log_tail = data[:cut].decode("utf-8", "replace"), data[cut:]
+        text, entry.log_tails[stream] = data[:cut].decode("utf-8", "replace"), data[cut:]
         if entry.log_bytes >= self.config.live_log_bytes:
             text += f"\n[propeller: live output stops after {self.config.live_log_bytes} bytes]\n"
         if not text:

@@ -76,6 +76,31 @@ class BrokerStartError(RuntimeError):
     """The embedded broker could not start (the message names host:port and the cause)."""
 
 
+# --- amqtt's unacknowledged-delivery traceback ----------------------------------------------------
+
+
+class _UnackedDeliveryLog(logging.Filter):
+    """Turn amqtt's traceback for a subscriber that never acknowledged a QoS 1/2 delivery into one line.
+
+    amqtt waits 5 s for PUBACK/PUBREC/PUBCOMP, raises TimeoutError, and its broadcast loop logs the
+    whole traceback ("Task failed and will be skipped"). For an operator that is a slow or stuck
+    subscriber, not a broker bug: say that, once, as a warning.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TimeoutError) and "Timeout waiting for PUB" in str(exc):
+            record.msg = "a subscriber did not acknowledge a QoS delivery in time (%s); dropped for it"
+            record.args = (exc,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_UNACKED_LOG = _UnackedDeliveryLog()
+
+
 # --- the keep-alive fix ------------------------------------------------------------------------------
 
 _PATCH_MARK = "_propeller_keepalive_fix"
@@ -406,6 +431,7 @@ class EmbeddedBroker:
         if self._broker is not None:
             raise RuntimeError(f"embedded broker on {self.host}:{self._port} is already running")
         _install_keepalive_fix()
+        logging.getLogger("amqtt.broker").addFilter(_UNACKED_LOG)  # idempotent: a set of filters
         port = self._port if self._port is not None else self._requested_port
         broker = _Broker(self._config(port))
         broker.keepalive_factor = self._keepalive_factor

@@ -41,7 +41,6 @@ from orchestrator.core.latent import Latent
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
 from orchestrator.core.observations import Observations
 from orchestrator.core.placement import PlacementPolicy, RoundRobin
-from orchestrator.core.results import parsed
 from orchestrator.core.states import Trigger
 from orchestrator.core.tasktable import TaskTable
 from orchestrator.core.validation import build_task, printable
@@ -1332,19 +1331,25 @@ class Engine:
             hal_storage_path=task.hal_storage_path,
             proplet_id=proplet_id,
             parent_results=self._parent_results(task),
+            parent_result_types=self._parent_result_types(task),
             sha256=task.sha256,
             attempt=task.attempt,
             limits=dict(task.limits) or None,
         )
 
+    def _completed_parents(self, task: Task) -> list[Task]:
+        found = (self.tasks.find(d) for d in task.depends_on)
+        return [
+            p for p in found if p is not None and p.state is TaskState.COMPLETED and p.results is not None
+        ]
+
     def _parent_results(self, task: Task) -> dict[str, Any] | None:
-        # A JSON result goes to the children as JSON, not as text they would have to parse again.
-        parents: dict[str, Any] = {}
-        for d in task.depends_on:
-            parent = self.tasks.find(d)
-            if parent is not None and parent.state is TaskState.COMPLETED and parent.results is not None:
-                parents[d] = parsed(parent)
-        return parents or None
+        # Upstream's value: each parent's results as stored (a proplet's text, "42"), never re-typed
+        return {p.id: p.results for p in self._completed_parents(task)} or None
+
+    def _parent_result_types(self, task: Task) -> dict[str, str] | None:
+        # Our extension: how to read each parent's text (json/text/binary), for proplets that know it
+        return {p.id: p.result_type for p in self._completed_parents(task) if p.result_type} or None
 
     def _publish_stop(self, task: Task) -> None:
         self._emit_stop(task.id, task.name, "" if task.broadcast else task.proplet_id, 0, task.broadcast)

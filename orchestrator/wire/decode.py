@@ -145,6 +145,7 @@ def _start(o: Obj) -> m.StartTask:
         proplet_id=o.text("proplet_id"),
         hal_storage_path=o.opt_text("hal_storage_path"),
         parent_results=o.any_map("parent_results"),
+        parent_result_types=o.text_map("parent_result_types") or None,
         sha256=sha256.lower(),
         attempt=o.integer("attempt", hi=I32_MAX),
         limits=None if lim is None else limits(lim),

@@ -223,6 +223,8 @@ def _start(msg: m.StartTask, profile: Profile) -> dict[str, Any]:
         out["hal_storage_path"] = _need_text(msg.hal_storage_path, "hal_storage_path")
     if msg.parent_results is not None:
         out["parent_results"] = dict(msg.parent_results)
+    if msg.parent_result_types:
+        out["parent_result_types"] = _text_map(msg.parent_result_types, "parent_result_types")
     if _need_text(msg.sha256, "sha256"):
         if not SHA256_RE.fullmatch(msg.sha256):
             raise _fail("sha256", "must be 64 hexadecimal digits")

@@ -108,7 +108,9 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class StartTask:
-    """``control/manager/start`` (§2.3); ``sha256``, ``attempt`` and ``limits`` are our extensions."""
+    """``control/manager/start`` (§2.3); ``sha256``, ``attempt``, ``limits`` and
+    ``parent_result_types`` (how to read each of ``parent_results``: json, text, binary) are our
+    extensions."""
 
     id: str
     name: str
@@ -127,6 +129,7 @@ class StartTask:
     proplet_id: str = ""
     hal_storage_path: str | None = None
     parent_results: Mapping[str, Any] | None = None
+    parent_result_types: Mapping[str, str] | None = None
     sha256: str = ""
     attempt: int = 0
     limits: Mapping[str, int | float] | None = None
@@ -138,7 +141,7 @@ class StartTask:
         _set(self, "inputs", tuple(self.inputs))
         _set(self, "cli_args", tuple(self.cli_args))
         _set(self, "env", _frozen(self.env))
-        for name in ("monitoring_profile", "parent_results", "limits"):
+        for name in ("monitoring_profile", "parent_results", "parent_result_types", "limits"):
             value = getattr(self, name)
             if value is not None:
                 _set(self, name, _frozen(value))

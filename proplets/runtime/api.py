@@ -85,8 +85,10 @@ class RunRequest:
     `function` is the task name: the export to call. Core modules fall back to `main`, `run`,
     `_start`; components without a custom export run as `wasi:cli/run` commands (upstream §8.3).
     `cli_args` become argv[1:] for WASI modules (upstream's Rust proplet drops them; we pass them).
-    `on_stderr`, when set, receives stderr as the module writes it (called on the running thread, at
-    most every `STREAM_INTERVAL_S`), so a driver can stream a long task's progress.
+    `on_output`, when set, receives ``(stream, bytes)`` as the module writes them: its stderr, and
+    its stdout too with `live_stdout` (a daemon's stdout is its running output, not a result to
+    come). It is called from a streaming thread of the run about every `STREAM_INTERVAL_S`, also
+    while the guest sleeps in a host call, so a driver can stream a long task's progress.
     """
 
     task_id: str
@@ -100,7 +102,8 @@ class RunRequest:
     dirs: tuple[Preopen, ...] = ()
     # Components may import the ELASTIC HAL (proplets/runtime/hal); None: a per-task temp root.
     hal: HalOptions | None = None
-    on_stderr: Callable[[bytes], None] | None = field(default=None, compare=False, repr=False)
+    on_output: Callable[[str, bytes], None] | None = field(default=None, compare=False, repr=False)
+    live_stdout: bool = False
 
 
 STREAM_INTERVAL_S = 0.2

@@ -61,32 +61,52 @@ class _Watch:
     fds: tuple[int, ...] = ()
     reason: str | None = None
     callback: Any = field(default=None, repr=False)
-    on_stderr: Any = field(default=None, repr=False)
-    streamed: int = 0  # bytes of stderr already handed to on_stderr
-    next_stream: float = 0.0
+    on_output: Any = field(default=None, repr=False)
+    live_stdout: bool = False
+    streamed: list[int] = field(default_factory=lambda: [0, 0])  # stdout, stderr bytes handed over
+    streamer: threading.Thread | None = field(default=None, repr=False)
+    stream_done: threading.Event = field(default_factory=threading.Event, repr=False)
 
-    def stream(self, final: bool = False) -> None:
-        """Hand stderr written since the last call to ``on_stderr`` (at most ``output_cap`` in all)."""
-        if self.on_stderr is None or len(self.fds) < 2:
+    def stream(self) -> None:
+        """Hand output written since the last call to ``on_output`` (at most ``output_cap`` a stream)."""
+        if self.on_output is None or len(self.fds) < 2:
             return
-        now = time.monotonic()
-        if not final and now < self.next_stream:
+        for index, name in enumerate(("stdout", "stderr")):
+            if name == "stdout" and not self.live_stdout:
+                continue
+            want = self.output_cap - self.streamed[index]
+            chunk = os.pread(self.fds[index], want, self.streamed[index]) if want > 0 else b""
+            if not chunk:
+                continue
+            self.streamed[index] += len(chunk)
+            try:
+                self.on_output(name, chunk)
+            except Exception:  # a driver's bug must not stop the guest; the final logs still hold it
+                self.on_output = None
+                return
+
+    def start_streaming(self) -> None:
+        """Stream from a thread of our own: the epoch callback does not run while the guest sleeps in
+        a host call (WASI poll_oneoff), and a daemon that prints then sleeps must still be seen."""
+        if self.on_output is None or self.streamer is not None:
             return
-        self.next_stream = now + STREAM_INTERVAL_S
-        want = self.output_cap - self.streamed
-        if want <= 0:
-            return
-        chunk = os.pread(self.fds[1], want, self.streamed)
-        if not chunk:
-            return
-        self.streamed += len(chunk)
-        try:
-            self.on_stderr(chunk)
-        except Exception:  # a driver's bug must not stop the guest; the final logs still hold it
-            self.on_stderr = None
+
+        def loop() -> None:
+            while not self.stream_done.wait(STREAM_INTERVAL_S):
+                self.stream()
+
+        self.streamer = threading.Thread(target=loop, name="wasm-output", daemon=True)
+        self.streamer.start()
+
+    def finish_streaming(self) -> None:
+        """Stop the streaming thread and hand over what is left (idempotent)."""
+        self.stream_done.set()
+        if self.streamer is not None:
+            self.streamer.join()
+            self.streamer = None
+            self.stream()
 
     def check(self) -> str | None:
-        self.stream()
         if self.cancel is not None and self.cancel.cancelled:
             return "stopped"
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -227,17 +247,19 @@ class WasmtimeRuntime:
         lim = req.limits
         with tempfile.TemporaryDirectory(prefix=f"wasm-{_safe(req.task_id)}-") as tmp:
             io = _open_io(Path(tmp), req.stdin)
+            watch = _Watch(
+                cancel,
+                None if lim.timeout_s is None else start + lim.timeout_s,
+                lim.timeout_s,
+                lim.output_bytes,
+                io.fds,
+                on_output=req.on_output,
+                live_stdout=req.live_stdout,
+            )
             try:
-                watch = _Watch(
-                    cancel,
-                    None if lim.timeout_s is None else start + lim.timeout_s,
-                    lim.timeout_s,
-                    lim.output_bytes,
-                    io.fds,
-                    on_stderr=req.on_stderr,
-                )
                 return self._execute(req, kind, watch, io, start)
             finally:
+                watch.finish_streaming()  # before the fds it reads are closed
                 for fd in io.fds:
                     os.close(fd)
 
@@ -262,6 +284,7 @@ class WasmtimeRuntime:
             store.set_limits(**_store_limits(lim))
             store.set_fuel(fuel)
             watch.install(store)
+            watch.start_streaming()
             if kind == "component":
                 kind, results, exit_code = self._call_component(req, artifact, store, io, watch, notes)
             else:
@@ -284,7 +307,7 @@ class WasmtimeRuntime:
             consumed = None
         store.close()
         stdout, stderr = io.read(lim.output_bytes)
-        watch.stream(final=True)
+        watch.finish_streaming()
         stdout_total = _size(io.stdout)
         overflow = max(stdout_total, _size(io.stderr)) > lim.output_bytes
         if error is None and watch.reason is None and overflow:
@@ -397,6 +420,13 @@ class WasmtimeRuntime:
         watch: _Watch,
         notes: list[str],
     ) -> tuple[RunKind, str, int | None]:
+        http = sorted(n for n in component.type.imports(self.engine) if n.startswith("wasi:http/"))
+        if http:
+            raise _RunError(
+                f"component cannot be instantiated on this proplet: it imports {', '.join(http)}, and "
+                "wasi:http (outgoing HTTP) is not offered: wasmtime-py's wasi:http cannot check each "
+                "request against the host allow-list (--fetch-allow); elastic:hal/sockets is checked"
+            )
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
         store.set_wasi(_wasi_config(req, io))

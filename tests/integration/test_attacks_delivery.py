@@ -195,6 +195,21 @@ async def test_a_url_planted_on_registry_proplet_is_refused_and_never_fetched(
     assert await setup.counter("registry_requests_refused") == 1
 
 
+async def test_a_module_the_manager_cannot_pull_is_refused_with_the_real_cause(setup: Setup) -> None:
+    # A task names an image reference without a registry host: the manager's pull fails, and the
+    # refusal the proplet receives (and reports as the task's error) says why, not "not registered".
+    created = await setup.api.post("/tasks", json={"name": "add", "image_url": "app-without-host"})
+    assert created.status_code == 201, created.text
+    setup.observer.publish(
+        setup.topics.registry_request, json.dumps({"app_name": "app-without-host"}).encode(), 1
+    )
+    await eventually(lambda: _now(bool(setup.chunks("app-without-host"))), 20, "the manager's refusal")
+    (refusal,) = setup.chunks("app-without-host")
+    assert refusal["total_chunks"] == 0
+    assert refusal["error"].startswith("the manager could not pull it: ")
+    assert "has no registry host" in refusal["error"], refusal["error"]
+
+
 async def test_a_loopback_module_url_fails_on_a_default_proplet_naming_the_rule(
     setup: Setup, recorder: Recorder
 ) -> None:

@@ -173,3 +173,35 @@ def test_broker_thread_reports_start_failure() -> None:
         port = squatter.getsockname()[1]
         with pytest.raises(BrokerStartError, match="address already in use"):
             BrokerThread("127.0.0.1", port).start()
+
+
+async def test_a_subscriber_that_never_acks_gets_one_warning_line_not_a_traceback(
+    embedded_broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="amqtt")
+    reader, writer = await asyncio.open_connection("127.0.0.1", embedded_broker.port)
+    publisher = MqttClient(embedded_broker.url, "publisher")
+    try:
+        writer.write(raw_connect_packet("mute-sub", 60, "dev/mute/will", b"offline"))
+        body = struct.pack("!H", 1) + _utf8("mute/in") + b"\x01"  # SUBSCRIBE id 1, QoS 1
+        writer.write(bytes([0x82, len(body)]) + body)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x20\x02\x00\x00"  # CONNACK
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x90\x03\x00\x01\x01"  # SUBACK
+        await publisher.connect()
+        publisher.publish("mute/in", b"hello", 1)
+        # the delivery arrives and is never acknowledged; amqtt gives up after its 5 s PUBACK wait
+        assert (await asyncio.wait_for(reader.read(1), 5))[0] >> 4 == 3  # PUBLISH
+        def logged(text: str) -> bool:
+            return any(text in r.getMessage() for r in caplog.records)
+
+        await eventually(lambda: logged("Timeout waiting for PUBACK"), 20)
+        publisher.publish("other/topic", b"next", 1)  # amqtt collects the failed delivery at its next one
+        await eventually(lambda: logged("did not acknowledge"), 20)
+        amqtt_records = [r for r in caplog.records if r.name.startswith("amqtt")]
+        assert not [r for r in amqtt_records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
+        (warning,) = [r for r in amqtt_records if "did not acknowledge" in r.getMessage()]
+        assert warning.levelname == "WARNING" and "PUBACK" in warning.getMessage()
+    finally:
+        writer.close()
+        await publisher.disconnect()

@@ -110,6 +110,36 @@ async def test_follow_streams_a_running_tasks_stderr_until_it_ends(embedded_clus
     assert stream(final, "stderr").startswith("tick\n") and "entry: _start" in stream(final, "runtime")
 
 
+async def test_a_daemon_streams_its_stdout_while_it_runs_until_stopped(embedded_cluster: Cluster) -> None:
+    c = embedded_cluster
+    await c.add_proplet("out-d1")
+    api = ["--api-url", f"http://127.0.0.1:{c.manager.api_port}"]
+    spec = {"name": "daemon", "file": module("daemon_sleep.wat"), "daemon": True}
+    task_id = (await c.api.post("/tasks", json=spec)).json()["id"]
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", "task", "logs", task_id, "--follow", "--interval", "0.1",
+        *api, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        assert (await c.api.post(f"/tasks/{task_id}/start")).status_code == 200
+        # it prints a line, then sleeps in a host call: the line is streamed while it sleeps
+        assert await asyncio.wait_for(follower.stdout.readline(), 30) == b"first line\n"
+        running = await logs(c, task_id)
+        assert running["state"] == 2 and not running["done"]
+        assert stream(running, "stdout").startswith("first line\n")
+        code, _, err = await propeller("task", "stop", task_id, *api)
+        assert code == 0, err
+        stopped = await c.wait_terminal(task_id, timeout=30)
+        assert stopped["state"] != 2 and "wall-time" not in stopped.get("error", "")
+        _, err_bytes = await asyncio.wait_for(follower.communicate(), 30)
+        assert follower.returncode == 0, err_bytes
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+
+
 async def test_reactor_and_command_shapes_run_the_way_their_toolchains_expect(
     embedded_cluster: Cluster,
 ) -> None:
@@ -165,13 +195,14 @@ def test_runtime_streams_stderr_while_the_module_runs_and_cuts_a_flood_with_a_ma
     cancel = CancelToken()
     pieces: list[bytes] = []
 
-    def seen(chunk: bytes) -> None:
+    def seen(stream: str, chunk: bytes) -> None:
+        assert stream == "stderr"  # stdout is streamed only when asked (daemons)
         pieces.append(chunk)
         if b"".join(pieces).count(b"tick") >= 3:
             cancel.cancel()  # stopping from the callback proves the pieces came during the run
 
     with WasmtimeRuntime() as rt:
-        ticked = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=60), on_stderr=seen), cancel)
+        ticked = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=60), on_output=seen), cancel)
         assert ticked.error == "stopped" and b"".join(pieces) == ticked.stderr
         flood = base64.b64decode(module("wasi_flood.wat"))
         out = rt.run(RunRequest("t", flood, limits=Limits(output_bytes=1000, timeout_s=30)))

@@ -42,9 +42,12 @@ async def test_workflow_child_sees_its_parents_results(embedded_cluster: Cluster
     done = await c.wait_terminal(child, timeout=30)
     assert done["state"] == 3, done
     line = next(x for x in done["results"].splitlines() if x.startswith("PARENT_RESULTS="))
-    seen = json.loads(line.split("=", 1)[1])
-    # the engine keeps typed results since task-output (42, the API shows "42"); either is the parent's
-    assert {k: str(v) for k, v in seen.items()} == {root: "42"}
+    # upstream's value: the parent's results text, not a re-typed 42; the type comes beside it
+    assert json.loads(line.split("=", 1)[1]) == {root: "42"}
+    types = next(x for x in done["results"].splitlines() if x.startswith("PARENT_RESULT_TYPES="))
+    assert json.loads(types.split("=", 1)[1]) == {root: "json"}
+    parent = (await c.api.get(f"/tasks/{root}/results", params={"format": "json"})).json()
+    assert (parent["results"], parent["result_type"]) == (42, "json")
 
 
 async def test_a_wrong_export_name_fails_the_task_naming_it(embedded_cluster: Cluster) -> None:

@@ -145,6 +145,18 @@ def test_proplet_streams_output_in_numbered_pieces_whole_characters_only() -> No
     assert _sent(engine, T.logs) == []
 
 
+def test_proplet_keeps_each_streams_split_character_apart() -> None:
+    engine = _proplet()
+    e_acute = "\u00e9".encode()
+    engine.task_output("t1", b"out " + e_acute[:1], "stdout")  # a daemon's stdout, cut inside "é"
+    engine.task_output("t1", b"err\n", "stderr")
+    engine.task_output("t1", e_acute[1:] + b"\n", "stdout")
+    pieces = _sent(engine, T.logs)
+    assert [(p["stream"], p["data"]) for p in pieces] == [
+        ("stdout", "out "), ("stderr", "err\n"), ("stdout", "\u00e9\n"),
+    ]  # fmt: skip
+
+
 def test_proplet_splits_a_burst_into_pieces() -> None:
     engine = _proplet()
     engine.task_output("t1", b"x" * (LOG_PIECE_CHARS * 2 + 5))
@@ -205,7 +217,7 @@ def test_manager_keeps_the_result_type_and_the_final_logs_with_the_attempt() -> 
     assert engine.tasks[task_id].result_type == "json"
 
 
-def test_a_json_result_reaches_the_workflow_child_as_json() -> None:
+def test_a_json_result_reaches_the_workflow_child_as_upstream_text_with_its_type_beside() -> None:
     engine = make_engine()
     heartbeat(engine, "p1", 0.0)
     engine.create_workflow([spec("a"), spec("b", "a")], 0)
@@ -215,7 +227,9 @@ def test_a_json_result_reaches_the_workflow_child_as_json() -> None:
     result["result_type"] = "json"
     send(engine, T.results, result, 2.0)
     (start,) = publishes(engine.take_commands(), T.start)
-    assert start["parent_results"] == {"a": {"loss": 0.25}}
+    # upstream sends each parent's results as stored (text); the type travels in our extension
+    assert start["parent_results"] == {"a": '{"loss": 0.25}\n'}
+    assert start["parent_result_types"] == {"a": "json"}
 
 
 def test_binary_results_stay_base64_text() -> None:

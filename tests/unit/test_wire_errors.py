@@ -112,6 +112,7 @@ def test_decode_payload_with_known_suffix() -> None:
         ({"limits": {"fuel": "many"}}, "limits.fuel"),
         ({"limits": {"fuel": -5}}, "limits.fuel"),
         ({"parent_results": "x"}, "parent_results"),
+        ({"parent_result_types": {"dep": 1}}, "parent_result_types.dep"),
         ({"hal_storage_path": 3}, "hal_storage_path"),
     ],
 )

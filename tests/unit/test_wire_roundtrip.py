@@ -83,6 +83,7 @@ RUST_ONLY: list[Message] = [
         proplet_id="p-1",
         hal_storage_path="/var/hal",
         parent_results={"dep-1": "5", "dep-2": {"round": 1}},
+        parent_result_types={"dep-1": "json"},
         sha256="ab" * 32,
         attempt=2,
         limits={"fuel": 10**9, "memory_bytes": 2**26, "timeout_s": 2.5},

@@ -1,4 +1,4 @@
-"""Build the guest with componentize-py, cached by the digest of its sources (tests call `build`)."""
+"""Build Python guests with componentize-py, cached by the digest of their sources (tests call `build`)."""
 
 from __future__ import annotations
 
@@ -24,21 +24,27 @@ def _hal_package() -> str:
     return text[: text.index("world elastic-hal")]
 
 
-def build() -> Path:
-    sources = [HERE / "app.py", HERE / "wit" / "world.wit"]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + _hal_package().encode()).hexdigest()
-    out = CACHE / "guests" / f"hal_guest_py-{digest[:16]}.wasm"
+def build(here: Path = HERE, world: str = "hal-test") -> Path:
+    """The component of the guest in ``here`` (``app.py`` and ``wit/world.wit``), world ``world``; a
+    world importing ``elastic:hal`` gets our hal.wit in its deps."""
+    sources = [here / "app.py", here / "wit" / "world.wit"]
+    hal = "elastic:hal/" in sources[1].read_text()
+    digest = hashlib.sha256(
+        b"".join(p.read_bytes() for p in sources) + (_hal_package().encode() if hal else b"")
+    ).hexdigest()
+    out = CACHE / "guests" / f"{here.name}-{digest[:16]}.wasm"
     if out.exists():
         return out
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        shutil.copytree(HERE / "wit", work / "wit")
-        (work / "wit" / "deps" / "hal").mkdir(parents=True)
-        (work / "wit" / "deps" / "hal" / "hal.wit").write_text(_hal_package())
-        shutil.copy(HERE / "app.py", work / "app.py")
+        shutil.copytree(here / "wit", work / "wit")
+        if hal:
+            (work / "wit" / "deps" / "hal").mkdir(parents=True)
+            (work / "wit" / "deps" / "hal" / "hal.wit").write_text(_hal_package())
+        shutil.copy(here / "app.py", work / "app.py")
         built = work / "guest.wasm"
         subprocess.run(
-            [sys.executable, "-c", _CLI, "-d", "wit", "-w", "hal-test", "componentize", "app",
+            [sys.executable, "-c", _CLI, "-d", "wit", "-w", world, "componentize", "app",
              "-o", str(built)],
             cwd=work, check=True, capture_output=True, timeout=600,
         )  # fmt: skip
