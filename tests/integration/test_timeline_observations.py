@@ -30,7 +30,7 @@ async def test_console_lines_of_the_attempt_join_the_tasks_timeline(embedded_clu
 
     # Reported late (a serial log read after the fact): it still finds the attempt it was printed in;
     # a line printed after the attempt ended joins no task.
-    late = {**line, "cause": "<inf> prop: still spinning", "at": during + 0.001}
+    late = {**line, "cause": "<inf> prop: still spinning", "at": during}
     after = {**line, "cause": "<inf> prop: idle", "at": time.time() + 1}
     reply = await c.api.post("/proplets/obs-a/events", json={"events": [late, after]})
     assert reply.json() == {"recorded": 2, "tasks": {task_id: 1}}
