@@ -138,8 +138,9 @@ class E2EResult:
     manager_p50_le_s: float = float("nan")
     manager_p99_le_s: float = float("nan")
     manager_cpu_s: float = 0.0
-    proplets_cpu_s: float = 0.0
+    proplets_cpu_s: float = 0.0  # all proplet processes (split layout)
     client_cpu_s: float = 0.0
+    proplet_procs: int = 1
     broker_rtt: RoundTrip | None = None
     error_samples: list[str] = field(default_factory=list)
 
@@ -168,18 +169,22 @@ class E2EResult:
 def e2e_table(results: Iterable[E2EResult]) -> str:
     head = (
         "broker     proplets  tasks  conc  tasks/s   p50ms   p90ms   p99ms   maxms  errors"
-        "  mgr-p50<=  mgr-p99<=  mgr-cpu/task-ms  qos1-rtt msg/s  rtt-p50ms"
+        "  mgr-p50<=  mgr-p99<=  mgr-cpu/task-ms  proplet-procs  proplets-cpu/task-ms  client-cpu/task-ms"
+        "  qos1-rtt msg/s  rtt-p50ms"
     )
     rows = [head, "-" * len(head)]
     for r in results:
         s = r.summary()
         rtt = r.broker_rtt
         per_task = r.manager_cpu_s / r.completed if r.completed else float("nan")
+        proplets_cpu = r.proplets_cpu_s / r.completed if r.completed else float("nan")
+        client_cpu = r.client_cpu_s / r.completed if r.completed else float("nan")
         rows.append(
             f"{r.broker:<10} {r.proplets:>8} {r.tasks:>6} {r.concurrency:>5} {r.tasks_per_s:>8.1f}"
             f" {_ms(s['p50_s']):>7} {_ms(s['p90_s']):>7} {_ms(s['p99_s']):>7} {_ms(s['max_s']):>7}"
             f" {r.errors:>7} {_ms(r.manager_p50_le_s):>10} {_ms(r.manager_p99_le_s):>10}"
-            f" {_ms(per_task):>16} {rtt.rate if rtt else 0:>15.0f} {_ms(rtt.p50_s) if rtt else '-':>10}"
+            f" {_ms(per_task):>16} {r.proplet_procs:>14} {_ms(proplets_cpu):>21} {_ms(client_cpu):>19}"
+            f" {rtt.rate if rtt else 0:>15.0f} {_ms(rtt.p50_s) if rtt else '-':>10}"
         )
     return "\n".join(rows)
 
@@ -237,10 +242,10 @@ def rss_bytes(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-async def _until(check: Any, timeout: float, what: str, child: Child | None = None) -> None:
+async def _until(check: Any, timeout: float, what: str, *children: Child) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if child is not None:
+        for child in children:
             child.check(what)
         with contextlib.suppress(httpx.HTTPError):
             if await check():
@@ -262,14 +267,22 @@ class Cluster:
     domain: str
     channel: str
     manager_pid: int
-    proplets_pid: int
+    proplets_pids: tuple[int, ...]  # the process(es) running the proplets
 
 
 @contextlib.asynccontextmanager
 async def cluster(
-    broker: str, proplets: int, layout: str, tmp: Path, heartbeat: float = 1.0, profile: str | None = None
+    broker: str,
+    proplets: int,
+    layout: str,
+    tmp: Path,
+    heartbeat: float = 1.0,
+    profile: str | None = None,
+    procs: int = 1,
 ) -> AsyncIterator[Cluster]:
-    """Manager (+ embedded broker) and ``proplets`` Python proplets, all alive, on a fresh domain."""
+    """Manager (+ embedded broker) and ``proplets`` Python proplets, all alive, on a fresh domain.
+    ``split``: the proplets run in ``procs`` processes (as evenly as they divide), like the worker
+    processes of a Celery pool, so they can use every core."""
     if broker not in ("embedded", "mosquitto"):
         raise ValueError(f"broker must be 'embedded' or 'mosquitto', got {broker!r}")
     if layout not in ("split", "inprocess"):
@@ -298,18 +311,22 @@ async def cluster(
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
             )
             await _until(lambda: _ok(api.get("/health")), 30, "the manager to serve /health", manager)
-            manager_pid, proplets_pid, guard = manager.pid, manager.pid, manager
-            if proplets > 0:
+            manager_pid, guards = manager.pid, [manager]
+            proplets_pids: tuple[int, ...] = (manager.pid,)
+            pools = []
+            for first, count in proplet_shares(proplets, procs):
                 pool = Child(
                     _cli(
-                        "bench", "proplets", "--broker", client_broker, "--count", str(proplets),
-                        "--prefix", prefix, "--domain", domain, "--channel", channel,
+                        "bench", "proplets", "--broker", client_broker, "--count", str(count),
+                        "--first", str(first), "--prefix", prefix, "--domain", domain, "--channel", channel,
                         "--heartbeat-interval", str(heartbeat), "--cache-dir", str(tmp / "cache"),
                     ),
-                    tmp / "proplets.log",
+                    tmp / f"proplets-{first}.log",
                 )  # fmt: skip
                 stack.callback(pool.stop)
-                proplets_pid, guard = pool.pid, pool
+                pools.append(pool)
+            if pools:
+                proplets_pids, guards = tuple(p.pid for p in pools), pools
         else:
             from orchestrator.service import ManagerService, ManagerSettings
 
@@ -328,15 +345,29 @@ async def cluster(
             )
             agents = await start_proplets(client_broker, proplets, prefix, domain, channel, heartbeat, tmp)
             stack.push_async_callback(stop_proplets, agents)
-            manager_pid = proplets_pid = os.getpid()
-            guard = None
+            manager_pid, proplets_pids = os.getpid(), (os.getpid(),)
+            guards = []
 
         async def all_alive() -> bool:
             page = (await api.get("/proplets", params={"limit": 10_000})).json()
             return sum(1 for p in page["proplets"] if p["alive"] and p["id"].startswith(prefix)) >= proplets
 
-        await _until(all_alive, 30 + proplets * 0.5, f"{proplets} proplets to be alive", guard)
-        yield Cluster(api, client_broker, domain, channel, manager_pid, proplets_pid)
+        await _until(all_alive, 30 + proplets * 0.5, f"{proplets} proplets to be alive", *guards)
+        yield Cluster(api, client_broker, domain, channel, manager_pid, proplets_pids)
+
+
+def proplet_shares(proplets: int, procs: int) -> list[tuple[int, int]]:
+    """``(first index, count)`` of each proplet process: ``proplets`` split over ``procs`` (at most one
+    process per proplet)."""
+    if procs < 1:
+        raise ValueError(f"proplet processes must be >= 1, got {procs}")
+    procs = min(procs, proplets)
+    out, first = [], 0
+    for k in range(procs):
+        count = proplets // procs + (1 if k < proplets % procs else 0)
+        out.append((first, count))
+        first += count
+    return out
 
 
 async def _ok(request: Any) -> bool:
@@ -344,12 +375,19 @@ async def _ok(request: Any) -> bool:
 
 
 async def start_proplets(
-    broker: str, count: int, prefix: str, domain: str, channel: str, heartbeat: float, tmp: Path
+    broker: str,
+    count: int,
+    prefix: str,
+    domain: str,
+    channel: str,
+    heartbeat: float,
+    tmp: Path,
+    first: int = 0,
 ) -> list[Any]:
     from proplets.agent import AgentSettings, PropletAgent
 
     agents = []
-    for i in range(count):
+    for i in range(first, first + count):
         agent = PropletAgent(
             AgentSettings(
                 broker=broker, proplet_id=f"{prefix}{i}", domain=domain, channel=channel,
@@ -572,6 +610,7 @@ async def run_e2e(
     submit: str = "start",
     profile: str | None = None,
     py_spy: str | None = None,
+    proplet_procs: int = 1,
 ) -> E2EResult:
     if proplets < 1 or tasks < 1 or concurrency < 1:
         raise ValueError(
@@ -580,20 +619,24 @@ async def run_e2e(
     result = E2EResult(broker, proplets, layout, tasks, concurrency, submit)
     module = add_module_b64()
     with tempfile.TemporaryDirectory(prefix="propeller-bench-") as tmp:
-        async with cluster(broker, proplets, layout, Path(tmp), profile=profile) as c:
+        async with cluster(broker, proplets, layout, Path(tmp), profile=profile, procs=proplet_procs) as c:
             await warm_up(c, proplets, module)
             if rtt_messages > 0:
                 topic = f"bench-rtt/{c.domain}/echo"
                 result.broker_rtt = await broker_roundtrip(c.broker_url, topic, rtt_messages)
             before = (await c.api.get("/metrics")).text
-            pids = (c.manager_pid, c.proplets_pid, os.getpid())
-            spy = _start_py_spy(c.manager_pid, py_spy) if py_spy else None
+            pids = (c.manager_pid, os.getpid(), *c.proplets_pids)
+            spies = []
+            if py_spy:  # the manager, and the proplets' process(es) when they are separate ones
+                spies.append(_start_py_spy(c.manager_pid, py_spy))
+                for k, pid in enumerate(p for p in c.proplets_pids if p != c.manager_pid):
+                    spies.append(_start_py_spy(pid, py_spy.replace("manager-", f"proplets{k}-")))
             cpu0 = [cpu_seconds(p) for p in pids]
             cpu1: list[float] = []
 
             def settled() -> None:
                 cpu1.extend(cpu_seconds(p) for p in pids)
-                if spy is not None:
+                for spy in spies:
                     _stop_py_spy(spy)
 
             await run_load(c, result, module, settled)
@@ -606,8 +649,9 @@ async def run_e2e(
     result.manager_p50_le_s = histogram_quantile(h0, h1, 0.5)
     result.manager_p99_le_s = histogram_quantile(h0, h1, 0.99)
     result.manager_cpu_s = cpu1[0] - cpu0[0]
-    result.proplets_cpu_s = cpu1[1] - cpu0[1]
-    result.client_cpu_s = cpu1[2] - cpu0[2]
+    result.client_cpu_s = cpu1[1] - cpu0[1]
+    result.proplets_cpu_s = sum(cpu1[2:]) - sum(cpu0[2:])  # inprocess: the whole process
+    result.proplet_procs = len(c.proplets_pids)
     return result
 
 
@@ -851,6 +895,9 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     celery: dict[int, Any] = {}
     print(f"conditions: {_conditions()}", flush=True)
     why_not = "skipped (--no-celery)" if args.no_celery else bench_celery.available()
+    for out_dir in (args.profile, args.py_spy):
+        if out_dir:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
     try:
         for broker in _brokers(args.broker):
             for n in args.proplets:
@@ -859,7 +906,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
                 r = asyncio.run(
                     run_e2e(
                         broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages,
-                        args.submit, profile, spy,
+                        args.submit, profile, spy, args.proplet_procs or os.cpu_count() or 1,
                     )
                 )  # fmt: skip
                 results.append(r)
@@ -880,7 +927,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     else:
         print(f"\nCelery + Redis comparison: {why_not}")
     if args.py_spy:
-        for raw in sorted(Path(args.py_spy).glob("manager-*.txt")):
+        for raw in sorted(Path(args.py_spy).glob("*.txt")):
             print(f"\npy-spy {raw} (share of samples, inclusive):")
             print(py_spy_top(raw, 40))
     if args.profile:
@@ -935,8 +982,9 @@ def cmd_proplets(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, done.set)
         tmp = Path(args.cache_dir or tempfile.mkdtemp(prefix="propeller-bench-cache-"))
         agents = await start_proplets(
-            args.broker, args.count, args.prefix, args.domain, args.channel, args.heartbeat_interval, tmp
-        )
+            args.broker, args.count, args.prefix, args.domain, args.channel, args.heartbeat_interval, tmp,
+            args.first,
+        )  # fmt: skip
         print(f"propeller bench proplets: {len(agents)} proplets running", flush=True)
         try:
             await done.wait()
@@ -967,9 +1015,16 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
         help="start: POST /tasks with start:true (default); two: POST /tasks then POST /tasks/{id}/start;"
         " batch: POST /tasks/batch of concurrency/4 tasks whenever that many slots are free",
     )  # fmt: skip
+    e.add_argument(
+        "--proplet-procs", type=_positive, default=None,
+        help="processes the proplets of a row are spread over (default: one per core, at most one per"
+        " proplet; Celery's prefork pool runs one process per worker)",
+    )  # fmt: skip
     e.add_argument("--no-celery", action="store_true", help="skip the Celery + Redis comparison")
     e.add_argument("--profile", default=None, help="directory: cProfile the manager (split layout) into it")
-    e.add_argument("--py-spy", default=None, help="directory: py-spy samples of the manager during the load")
+    e.add_argument(
+        "--py-spy", default=None, help="directory: py-spy samples of the manager and proplets during the load"
+    )
     e.add_argument("--json", default=None, help="also write the results to this file")
     e.set_defaults(func=cmd_e2e)
 
@@ -988,6 +1043,7 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--broker", required=True)
     p.add_argument("--count", type=_positive, required=True)
     p.add_argument("--prefix", default="bench-p")
+    p.add_argument("--first", type=int, default=0, help="index of the first proplet (ids PREFIX<index>)")
     p.add_argument("--domain", default="default")
     p.add_argument("--channel", default="default")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)

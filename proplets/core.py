@@ -315,6 +315,19 @@ class PropletEngine:
             self._publish(self.topics.alive, plain)
         self._next_heartbeat = now + self.config.heartbeat_interval
 
+    def steady_heartbeat(self) -> float | None:
+        """When the next heartbeat is due, if that is all this engine will do until a message arrives
+        (connected, nothing running or held, no metrics): a driver may then send its heartbeats in bulk
+        (twin.cohort) and hand back with ``resume_heartbeats``. None otherwise."""
+        if not self.connected or self.running or self._outbox or self._next_metrics is not None:
+            return None
+        return self._next_heartbeat
+
+    def resume_heartbeats(self, next_at: float) -> None:
+        """The driver sent the heartbeats until now; the next one is due at ``next_at``."""
+        if self.connected:
+            self._next_heartbeat = next_at
+
     def next_deadline(self) -> float | None:
         if not self.connected:
             return None
@@ -430,6 +443,10 @@ class PropletEngine:
                 )
                 self._result(start_id, "", error, None)
             return
+        if suffix == "control/manager/start" and self._for_another(payload):
+            # Every proplet of a channel receives every start: skip the full decode of the others'.
+            self._count("starts_for_others")
+            return
         try:
             message = wire.decode(self.topics, topic, payload)
         except wire.CodecError as err:
@@ -504,6 +521,23 @@ class PropletEngine:
             task_id, invocation_id, self.config.proplet_id, results, error or None, receipt
         )
         self._publish(self.topics.invoke_results, message)
+
+    def _for_another(self, payload: bytes) -> bool:
+        """A start that names another proplet and is not a broadcast (``_on_start`` would ignore it)."""
+        if not self.config.filter_target:
+            return False
+        try:
+            data = json.loads(payload)
+        except (ValueError, RecursionError):
+            return False  # the full decode says what is wrong
+        if not isinstance(data, dict):
+            return False
+        target = data.get("proplet_id")
+        return (
+            isinstance(target, str)
+            and target not in ("", self.config.proplet_id)
+            and data.get("broadcast") is not True
+        )
 
     def _targets_me(self, payload: bytes) -> bool:
         if not self.config.filter_target:
@@ -580,7 +614,7 @@ class PropletEngine:
             pages, _ = memory_requirements(wasm)
         except WasmFormatError as err:
             return f"invalid wasm module: {err}"
-        outcome = self.budget.admit(len(wasm), pages)
+        outcome = self.budget.admit(len(wasm), pages, module_key=entry.module_sha256)
         if not isinstance(outcome, Admission):
             self._count("admissions_refused")
             if outcome.reason.startswith("instance limit"):

@@ -47,6 +47,7 @@ from typing import Any
 import simpy
 
 from orchestrator.adapters.mqtt import MqttError, Will
+from orchestrator.core.identity import Identity, IdentityRegistry
 from orchestrator.wire.mqtt_names import check_filter, check_topic
 from twin.link_profile import LinkProfile
 
@@ -143,7 +144,9 @@ class BrokerStats:
     dropped: int = 0  # QoS 1 messages dropped because a session queue was full
     wills: int = 0
     expiries: int = 0  # keep-alive expiries
-    refused: int = 0  # connects refused while the broker was down
+    refused: int = 0  # connects refused (the broker was down, or a closed broker's identity check)
+    publish_dropped: int = 0  # closed broker: publishes the sender's identity may not make (acked)
+    subscribe_refused: int = 0  # closed broker: subscriptions the identity may not hold
 
 
 @dataclass
@@ -166,7 +169,7 @@ class _Conn:
 class BrokerModel:
     def __init__(
         self, env: simpy.Environment, *, connect_delay: float = 0.0, max_queued: int = 1000,
-        persistence: bool = True,
+        persistence: bool = True, identities: IdentityRegistry | None = None,
     ) -> None:  # fmt: skip
         if connect_delay < 0 or max_queued < 0:
             raise ValueError(f"connect_delay and max_queued must be >= 0, got {connect_delay}, {max_queued}")
@@ -174,6 +177,10 @@ class BrokerModel:
         self.connect_delay = connect_delay
         self.max_queued = max_queued
         self.persistence = persistence  # sessions and retained messages survive a restart
+        # A closed broker: connects, publishes and subscriptions decided by the identity rules, the
+        # same core calls the embedded broker makes (orchestrator/core/identity.py). None: open.
+        self.identities = identities
+        self.refusals: list[tuple[float, str, str]] = []  # (time, client id, why), closed broker
         self.up = True
         self.stats = BrokerStats()
         self.retained: dict[str, tuple[bytes, int]] = {}
@@ -194,6 +201,13 @@ class BrokerModel:
     @property
     def connected_clients(self) -> list[str]:
         return [cid for cid, c in self._conns.items() if c.alive]
+
+    def subscribers(self, topic: str) -> dict[str, int]:
+        """Who gets a message published on ``topic``: client id -> subscription QoS."""
+        routes = self._routes.get(topic)
+        if routes is None:
+            routes = self._routes[topic] = self._tree.match(topic)
+        return routes
 
     def session_queue_length(self, client_id: str) -> int:
         s = self._sessions.get(client_id)
@@ -237,6 +251,17 @@ class BrokerModel:
             client._down(client._on_refused, epoch)
             return
         cid = client.client_id
+        if self.identities is not None:
+            will = client.will
+            verdict = self.identities.connect_verdict(
+                cid, client.username, client.password,
+                will.topic if will is not None else None, will.payload if will is not None else b"",
+            )  # fmt: skip
+            if verdict.identity is None:
+                self.stats.refused += 1
+                self.refusals.append((float(self.env.now), cid, f"connect refused: {verdict.reason}"))
+                client._down(client._on_refused, epoch)
+                return
         old = self._conns.get(cid)
         if old is not None and old.alive:  # session takeover (§3.1.4): the old link is closed
             self._drop(old, fire_will=True)
@@ -269,6 +294,11 @@ class BrokerModel:
             return
         if qos == 1:
             client._down(client._on_puback, epoch, mid)
+        reason = self._denied(client, lambda ids, who: ids.publish_verdict(who, topic, payload))
+        if reason is not None:  # acked and dropped, as the embedded broker does: the client stays on
+            self.stats.publish_dropped += 1
+            self.refusals.append((float(self.env.now), client.client_id, f"publish dropped: {reason}"))
+            return
         self.publish(topic, payload, qos, retain)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
@@ -294,12 +324,24 @@ class BrokerModel:
         conn = self._live(client, epoch)
         if conn is None:
             return
+        reason = self._denied(client, lambda ids, who: ids.subscribe_verdict(who, topic_filter))
+        if reason is not None:
+            self.stats.subscribe_refused += 1
+            self.refusals.append((float(self.env.now), client.client_id, f"subscribe refused: {reason}"))
+            return
         conn.session.subs[topic_filter] = qos
         self._tree.add(topic_filter, client.client_id, qos)
         self._routes.clear()
         for topic, (payload, r_qos) in self.retained.items():
             if topic_matches(topic_filter, topic):
                 self._deliver(conn, topic, payload, min(qos, r_qos))
+
+    def _denied(self, client: ModelClient,
+                verdict: Callable[[IdentityRegistry, Identity], str | None]) -> str | None:  # fmt: skip
+        if self.identities is None:
+            return None
+        who = self.identities.owner_of_client(client.client_id)
+        return "identity revoked" if who is None else verdict(self.identities, who)
 
     def _on_unsubscribe(self, client: ModelClient, epoch: int, topic_filter: str) -> None:
         conn = self._live(client, epoch)
@@ -417,9 +459,11 @@ class ModelClient:
         "on_connect",
         "on_disconnect",
         "on_message",
+        "password",
         "reconnect_enabled",
         "rng",
         "silenced",
+        "username",
         "will",
     )  # fmt: skip
 
@@ -440,6 +484,8 @@ class ModelClient:
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
         rng: random.Random | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not isinstance(client_id, str) or not client_id:
             raise ValueError(f"client_id must be a non-empty string, got {client_id!r}")
@@ -449,6 +495,7 @@ class ModelClient:
             raise ValueError(f"backoff needs 0 < backoff_min <= backoff_max, got {backoff_min}/{backoff_max}")
         self.broker, self.env, self.client_id = broker, broker.env, client_id
         self.keepalive, self.will, self.clean_session = keepalive, will, clean_session
+        self.username, self.password = username, password  # a closed broker's credentials
         self.on_message, self.on_connect, self.on_disconnect = on_message, on_connect, on_disconnect
         self.reconnect_enabled = reconnect
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
@@ -559,6 +606,10 @@ class ModelClient:
             self._expire_later()
         self._auto = False
         self._close_locally()
+
+    def heard_at(self, t: float) -> None:
+        """The client's last packet left at ``t`` (heartbeats sent in bulk: twin.cohort)."""
+        self._last_out = max(self._last_out, t)
 
     def silence(self) -> None:
         if self.silenced:

@@ -38,7 +38,7 @@ import random
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import simpy
 
@@ -60,6 +60,7 @@ from proplets.core import (
 from proplets.output import TaskOutput, task_output
 from proplets.runtime import CancelToken, Limits, RunOutcome, RunRequest, WasmRuntime
 from proplets.runtime.wasmbin import PAGE_BYTES, WasmFormatError, memory_requirements
+from twin.broker_model import ModelClient
 from twin.clock import AsyncSimClock
 from twin.devices.esp32s3 import (
     ESP32S3,
@@ -77,6 +78,9 @@ from twin.devices.host import HOST, HostSpec
 from twin.scenario.spec import FleetGroup, Timers
 from twin.scenario.trace import Trace
 from twin.transport import LiveTransport, MqttLink, Transport
+
+if TYPE_CHECKING:
+    from twin.cohort import HeartbeatCohort
 
 HOST_RESTART_S = 0.5  # a host proplet is a process: it restarts in well under a second (inference)
 TWIN_IP = "192.168.4.23"  # what a board's console shows for wifi_up; the twin has no real station
@@ -175,6 +179,8 @@ class Shared:
     executor: Executor | None  # the live transport's thread pool for wasmtime; None in virtual time
     transport: Transport | None = None
     jobs: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Virtual time: steady devices' heartbeats sent in bulk (twin.cohort); None: every one as a message.
+    cohort: HeartbeatCohort | None = None
 
     def __post_init__(self) -> None:
         if self.transport is None:
@@ -223,6 +229,8 @@ class SimDevice:
         self._state = ""
         self._free = -1
         self._heartbeats = 0
+        self._last_heartbeat: tuple[bytes, float] | None = None  # payload, when
+        self._in_cohort = False
         # A board's console (twin.board_device) listens to what the firmware would log; None: nobody.
         self.listener: Listener | None = None
         self.trace.emit(
@@ -271,12 +279,14 @@ class SimDevice:
     def power_loss(self, off_for: float | None, state: str = "dead") -> None:
         """Cut power: the connection goes silent (the broker fires the will at keep-alive expiry, or
         at a takeover by the next boot), tasks are lost; power is back after ``off_for``."""
+        self.leave_cohort()
         self.gen += 1
         self._kill_link(silent=True)
         self._power_off(off_for, state)
 
     def clean_shutdown(self, off_for: float | None) -> None:
         """An orderly power-off: ``offline`` is announced, then DISCONNECT (the broker drops the will)."""
+        self.leave_cohort()
         engine, client = self.engine, self.mqtt
         self.gen += 1
         self.mqtt = None
@@ -311,6 +321,7 @@ class SimDevice:
 
     def shutdown(self) -> None:
         """End of the run: drop the link and ignore everything still in flight."""
+        self.leave_cohort()
         self.gen += 1
         self._kill_link()
         for ghost in self._ghosts:
@@ -452,6 +463,7 @@ class SimDevice:
         self._pump()
 
     def _on_disconnected(self) -> None:
+        self.leave_cohort()
         if self.engine is not None:
             self._tell("mqtt_disconnected", reason="wifi_down" if self.wifi_down else "link_lost")
             self.engine.on_disconnected(self.now)
@@ -459,6 +471,7 @@ class SimDevice:
 
     def wifi_drop(self, duration: float) -> None:
         """The radio goes silent for ``duration``: half-open TCP, only keep-alive can tell."""
+        self.leave_cohort()
         gen = self.gen
         self.wifi_down += 1
         if self.mqtt is not None:
@@ -479,6 +492,7 @@ class SimDevice:
 
     # ------------------------------------------------------------------ engine plumbing
     def _on_message(self, topic: str, payload: bytes) -> None:
+        self.leave_cohort()
         if self.engine is None:
             return
         if self._blocked:  # upstream: the callback is busy running a module; this waits in the socket
@@ -508,6 +522,7 @@ class SimDevice:
                 client.publish(command.topic, command.payload, command.qos)
                 if command.topic == engine.topics.alive:
                     self._heartbeats += 1
+                    self._last_heartbeat = (command.payload, self.now)
                     self._tell("heartbeat", seq=self._heartbeats)
             except MqttError:
                 engine.publish_failed(command.topic, command.payload)
@@ -542,8 +557,44 @@ class SimDevice:
             if self.engine is not None and not self._blocked:
                 self.engine.on_timer(self.now)
                 self._pump()
+                self._join_cohort()
 
         self.env.timeout(max(0.0, deadline - self.now)).callbacks.append(fire)
+
+    # ------------------------------------------------------------------ bulk heartbeats
+    def _join_cohort(self) -> None:
+        """Steady (online, idle, unfaulted, unobserved, just heartbeated): the cohort sends the next ones."""
+        cohort, engine, hb, client = self.shared.cohort, self.engine, self._last_heartbeat, self.mqtt
+        if cohort is None or engine is None or hb is None or client is None or self._in_cohort:
+            return
+        if hb[1] != self.now or self.listener is not None or self.jobs or self._blocked or self.wifi_down:
+            return
+        if not client.connected or client.silenced or not engine.config.reconnect:
+            return
+        next_at = engine.steady_heartbeat()
+        if next_at is None or engine.next_deadline() != next_at:
+            return
+        if cohort.join(self, hb[0], hb[1], next_at):
+            self._in_cohort = True
+            self._timer_token += 1  # the cohort keeps the time now
+            self._timer_at = None
+
+    def leave_cohort(self) -> None:
+        if self._in_cohort and self.shared.cohort is not None:
+            self.shared.cohort.leave(self)
+
+    def resume_heartbeats(self, last_at: float, next_at: float, sent: int) -> None:
+        """Back from the cohort, which sent ``sent`` heartbeats, the last at ``last_at``."""
+        self._in_cohort = False
+        self._heartbeats += sent
+        if self.engine is None:
+            return
+        if self._last_heartbeat is not None:
+            self._last_heartbeat = (self._last_heartbeat[0], last_at)
+        if isinstance(self.mqtt, ModelClient):
+            self.mqtt.heard_at(last_at)
+        self.engine.resume_heartbeats(next_at)
+        self._arm_timer()
 
     # ------------------------------------------------------------------ tasks
     def _tell_end(self, task_id: str, results: str, error: str | None, job: _Job) -> None:
@@ -712,6 +763,7 @@ class SimDevice:
     # ------------------------------------------------------------------ faults the fleet injects
     def out_of_memory(self, reserve: int | None, duration: float | None) -> int:
         """A leak takes ``reserve`` bytes (None: all free heap); given back after ``duration``."""
+        self.leave_cohort()
         if self.memory is None:
             return 0
         gen = self.gen

@@ -200,6 +200,9 @@ class Fleet:
                 device = self.devices[name] = SimDevice(config, self.shared, s.rng(f"device:{name}"))
                 if name in self.links:
                     device.cut = self.links[name].sever
+                    link = self.links[name]
+                    if hasattr(link, "on_change"):  # a ModelLink: a fault on it ends bulk heartbeats
+                        link.on_change = device.leave_cohort
         self._check_board_faults()
         if self.before_power_on is not None:
             await self.before_power_on()

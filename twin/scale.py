@@ -469,6 +469,9 @@ def add_twin_subcommands(sub: argparse._SubParsersAction) -> None:
                          "window; virtual: broker model, manager engine and devices on simpy's clock, "
                          "--duration is simulated time" + d)
     sc.add_argument("--profile", action="store_true", help="virtual mode: print the 25 hottest functions")
+    sc.add_argument("--cohort", action=argparse.BooleanOptionalAction, default=True,
+                    help="virtual mode: steady devices' heartbeats reach the manager's engine in bulk, "
+                         "one batch per simulated second (twin/cohort.py; same verdicts)" + d)
     sc.set_defaults(func=cmd_scale)  # fmt: skip
 
 
@@ -476,7 +479,8 @@ def cmd_virtual_scale(args: Any) -> int:
     from twin.virtual_scale import VirtualScaleConfig, as_dict, run_virtual_point, summary
 
     try:
-        configs = [VirtualScaleConfig(n, args.duration, args.heartbeat, args.keepalive, profile=args.profile)
+        configs = [VirtualScaleConfig(n, args.duration, args.heartbeat, args.keepalive, profile=args.profile,
+                                      cohort=args.cohort)
                    for n in parse_devices(args.devices)]  # fmt: skip
     except ValueError as exc:
         print(f"propeller twin scale: {exc}", file=sys.stderr)

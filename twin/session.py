@@ -33,6 +33,7 @@ import simpy
 
 from twin.broker_model import BrokerModel
 from twin.clock import AsyncSimClock
+from twin.cohort import HeartbeatCohort
 from twin.device import Shared
 from twin.fleet import Fleet
 from twin.identities import TwinIdentities
@@ -64,6 +65,8 @@ class SessionConfig:
     # Virtual: the manager's timer loop as the live one (woken by every message, at least every
     # min(1 s, liveness / 10)), or only at the engine's deadlines (fleet-scale runs).
     manager_live_timers: bool = True
+    # Virtual: steady devices' heartbeats reach the manager in bulk (twin.cohort); same verdicts.
+    cohort: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -172,6 +175,9 @@ class TwinSession:
             vm = self.virtual_manager = VirtualManager(self.env, broker, mc, on_event, rng)
             vm.start()
             self.stack.callback(vm.kill, 15)
+            if c.cohort:
+                self.shared.cohort = HeartbeatCohort(self.env, broker, vm, c.heartbeat_interval,
+                                                     c.liveness_timeout)  # fmt: skip
 
     async def commit_identities(self) -> None:
         """Write the identities enrolled since the last commit; returns once the broker admits them."""

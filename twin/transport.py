@@ -159,6 +159,7 @@ class ModelLink:
         self.profile = profile
         self.client: ModelClient | None = None  # the device's current life
         self._blackholed = False
+        self.on_change: Callable[[], None] | None = None  # told before a fault acts on the link
 
     def attach(self, client: ModelClient) -> None:
         self.client = client
@@ -168,6 +169,8 @@ class ModelLink:
             self._hole(True)
 
     def set_profile(self, profile: LinkProfile) -> None:
+        if self.on_change is not None:
+            self.on_change()
         self.profile = profile
         if self.client is not None:
             self.client.link = profile
@@ -192,6 +195,8 @@ class ModelLink:
     def sever(self) -> int:
         """The device vanished (power loss): its connection goes mute towards the broker, which notices
         at keep-alive expiry and then fires the will (``LinkProxy.sever``); returns how many were cut."""
+        if self.on_change is not None:
+            self.on_change()
         client = self.client
         if client is None or not client.connected:
             return 0
@@ -200,6 +205,8 @@ class ModelLink:
 
     def reset(self) -> int:
         """RST to both sides: the broker sees the close (will at once), the client reconnects."""
+        if self.on_change is not None:
+            self.on_change()
         client = self.client
         if client is None or not client.connected:
             return 0
@@ -238,6 +245,7 @@ class VirtualTransport:
             client_id, keepalive=max(1, round(keepalive)), will=will, reconnect=reconnect,
             backoff_min=backoff_min, backoff_max=backoff_max, rng=rng, link=link.profile if link else CLEAN,
             on_message=on_message, on_connect=on_connect, on_disconnect=on_disconnect,
+            username=username, password=password,
         )  # fmt: skip
         if link is not None:
             link.attach(client)

@@ -33,6 +33,7 @@ fixed epoch plus simulated time, so a seed gives the same trace, event for event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import time
@@ -130,9 +131,12 @@ class VirtualSubmitter:
 class VirtualRunner:
     """Runs a scenario in virtual time (see the module docstring)."""
 
-    def __init__(self, hil_map: str | Path | None = None, **_options: Any) -> None:
+    def __init__(self, hil_map: str | Path | None = None, cohort: bool = False, **_options: Any) -> None:
         """``hil_map`` (default ``$PROPELLER_HIL_MAP``) says which board ports are real hardware, which
-        virtual time refuses; other options of the live runner (``log_dir``) are ignored."""
+        virtual time refuses; ``cohort``: steady devices' heartbeats reach the manager in bulk
+        (``twin.cohort``: the same trace, faster for large fleets); other options of the live runner
+        (``log_dir``) are ignored."""
+        self.cohort = cohort
         from hil.rig import load_map
 
         given = hil_map if hil_map is not None else os.environ.get(HIL_MAP_ENV) or None
@@ -150,7 +154,7 @@ class VirtualRunner:
         config = SessionConfig(f"twin-virtual-{scenario.seed}", t.heartbeat_interval, t.liveness_timeout,
                                mode="virtual", broker=scenario.broker, placement=m.placement,
                                max_attempts=m.max_attempts, queue_timeout=m.queue_timeout,
-                               seed=scenario.seed)  # fmt: skip
+                               seed=scenario.seed, cohort=self.cohort)  # fmt: skip
         try:
             async with TwinSession(config, trace, observer=observer, env=env) as session:
                 await _VirtualRun(scenario, trace, session, observer, self.hw_names).execute(progress)
@@ -226,6 +230,9 @@ class _VirtualRun:
             "tasks_run_on_devices": sum(d.stats.tasks_run for d in devices),
             "instances_refused": sum(d.stats.refused for d in devices),
         }  # fmt: skip
+        cohort = self.session.shared.cohort if self.session.shared is not None else None
+        if cohort is not None:
+            self.trace.meta["virtual"]["cohort"] = dataclasses.asdict(cohort.stats)
 
     # ------------------------------------------------------------------ fleet-wide faults, modelled
     def _mark(self, subject: str, fault: str, phase: str, params: Mapping[str, Any]) -> None:

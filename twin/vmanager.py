@@ -102,11 +102,13 @@ class VirtualManager:
     def __init__(
         self, env: simpy.Environment, broker: BrokerModel, config: ManagerConfig,
         on_event: Callable[[Mapping[str, Any], float], None], rng: random.Random,
+        username: str | None = None, password: str | None = None,
     ) -> None:  # fmt: skip
         if config.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {config.placement!r}")
         self.env, self.broker, self.config, self.on_event = env, broker, config, on_event
         self.rng = rng
+        self.credentials = (username, password)  # its enrolled identity, for a closed broker model
         self.new_id = seeded_ids(random.Random(rng.random()))
         self.store = MemoryStore()
         self.engine: Engine | None = None
@@ -151,7 +153,7 @@ class VirtualManager:
         will = Will(topics.alive, json.dumps({"status": "offline", "proplet_id": self.client_id}).encode(), 0)
         client = self.client = self.broker.client(
             self.client_id, keepalive=MANAGER_KEEPALIVE_S, will=will, clean_session=False,
-            rng=random.Random(self.rng.random()),
+            rng=random.Random(self.rng.random()), username=self.credentials[0], password=self.credentials[1],
             on_message=lambda tp, pl: self._if_life(life, self._on_message, tp, pl),
             on_connect=lambda: self._if_life(life, self._on_connect),
             on_disconnect=lambda: self._if_life(life, self._on_disconnect),
@@ -214,6 +216,10 @@ class VirtualManager:
         if topic == engine.topics.alive:
             self.heartbeats += 1
         engine.handle(MessageReceived(topic, payload), self.now, self.wall)
+        self.after_messages()
+
+    def after_messages(self) -> None:
+        """What the timer loop and the store do after the engine handled messages."""
         if self.config.timer_on_message:
             self._poke()
         self.flush()

@@ -65,7 +65,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
-from orchestrator.core.identity import Identity, IdentityRegistry
+from orchestrator.core.identity import WILL_REFUSED, Identity, IdentityRegistry
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +159,15 @@ class BrokerGuard:
 
     def admit(self, session: Session) -> str | None:
         """None if the CONNECT in ``session`` is admitted, else why it is refused."""
-        verdict = self.registry.authenticate(session.client_id or "", session.username, session.password)
+        will = session.will_flag and session.will_topic is not None
+        verdict = self.registry.connect_verdict(
+            session.client_id or "", session.username, session.password,
+            session.will_topic if will else None, bytes(session.will_message or b""),
+        )  # fmt: skip
         if verdict.identity is None:
-            return verdict.reason
-        if session.will_flag and session.will_topic is not None:
-            reason = self.registry.publish_verdict(
-                verdict.identity, session.will_topic, bytes(session.will_message or b"")
-            )
-            if reason is not None:
+            if verdict.reason.startswith(WILL_REFUSED):
                 self.counters["will_refused"] += 1
-                return f"last will refused: {reason}"
+            return verdict.reason
         return None
 
     def identity(self, session: Session) -> Identity | None:

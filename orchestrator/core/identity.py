@@ -217,6 +217,9 @@ def new_enrollment(
     return Enrollment(identity, password, signing_key)
 
 
+WILL_REFUSED = "last will refused"
+
+
 @dataclass(frozen=True)
 class AuthVerdict:
     identity: Identity | None
@@ -337,6 +340,20 @@ class IdentityRegistry:
                 None, f"identity {pid!r} must connect with its client id {identity.client_id!r}"
             )
         return AuthVerdict(identity)
+
+    def connect_verdict(
+        self, client_id: str, username: str | None, password: str | None,
+        will_topic: str | None = None, will_payload: bytes = b"",
+    ) -> AuthVerdict:  # fmt: skip
+        """A closed broker's decision on a CONNECT: the credentials (``authenticate``), then the Last
+        Will, which must be a message the identity may publish. Any broker (the embedded one, the
+        twin's broker model) decides through this."""
+        verdict = self.authenticate(client_id, username, password)
+        if verdict.identity is not None and will_topic is not None:
+            reason = self.publish_verdict(verdict.identity, will_topic, will_payload)
+            if reason is not None:
+                return AuthVerdict(None, f"{WILL_REFUSED}: {reason}")
+        return verdict
 
     def publish_verdict(self, identity: Identity, topic: str, payload: bytes) -> str | None:
         """None if ``identity`` may publish ``payload`` on ``topic``, else the reason it may not."""

@@ -55,8 +55,10 @@ class ArtifactCache(Generic[T]):
         compile_: Callable[[bytes], T],
         serialize: Callable[[T], bytes],
         deserialize: Callable[[bytes], T],
+        key: str | None = None,
     ) -> T:
-        key = self.key(wasm, kind)
+        """The artifact of ``wasm`` (``key``: its ``self.key(wasm, kind)`` when the caller has it)."""
+        key = key or self.key(wasm, kind)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
@@ -78,6 +80,12 @@ class ArtifactCache(Generic[T]):
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return artifact
+
+    def count_memory_hit(self) -> None:
+        """A caller served this thread from its own in-memory cache keyed by ``key`` (counted as ours)."""
+        with self._lock:
+            self.stats.memory_hits += 1
+        self._local.last = "memory cache hit"
 
     def last_source(self) -> str:
         """How the calling thread's last ``get`` was served: memory/disk cache hit, or compiled."""

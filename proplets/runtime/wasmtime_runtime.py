@@ -1,9 +1,10 @@
 """`WasmRuntime` on wasmtime-py: core modules, WASI preview 1 commands, components; limits on every run.
 
 One Engine (fuel + epoch interruption + component model) is shared by every run, so cached artifacts
-fit every Store. One ticker thread bumps the epoch every `tick_s`; each Store's deadline is one tick
-and an epoch callback decides, every tick, whether to go on: it stops the guest on cancel, wall-time
-or output overflow (stack-notes §3b). One Store per run makes runs thread-safe; wasm runs with the
+fit every Store. One ticker thread bumps the epoch every `tick_s` while a run is in progress (it
+sleeps while the runtime is idle); each Store's deadline is one tick and an epoch callback decides,
+every tick, whether to go on: it stops the guest on cancel, wall-time or output overflow
+(stack-notes §3b). One Store per run makes runs thread-safe; wasm runs with the
 GIL released, so runs on threads use every core (§3g). Never fork after importing this (§3g).
 """
 
@@ -14,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,17 @@ class _Io:
         return head(self.stdout), head(self.stderr)
 
 
+@dataclass(frozen=True)
+class _PreparedCore:
+    """A compiled core module and what each run of it needs, resolved once (cached by sha256)."""
+
+    module: wasmtime.Module
+    wasi: bool  # imports WASI preview 1: runs get stdio files, args, env
+    pre: wasmtime.InstancePre | None  # None: an import is undefined (instantiate names it)
+    funcs: dict[str, tuple[list[str], list[str]]]  # export -> (param types, result types)
+    memories: tuple[str, ...]  # exported memories (limit diagnostics)
+
+
 class WasmtimeRuntime:
     def __init__(
         self,
@@ -180,19 +193,44 @@ class WasmtimeRuntime:
         entries = memory_cache_entries
         self.modules: ArtifactCache[wasmtime.Module] = ArtifactCache(namespace, cache_dir, entries)
         self.components: ArtifactCache[cm.Component] = ArtifactCache(namespace, cache_dir, entries)
+        self._prepared: OrderedDict[str, _PreparedCore] = OrderedDict()
+        self._prepared_lock = threading.Lock()
+        # Linkers are immutable after this and shared by every run (WASI state lives in each Store).
+        self._core_linker = wasmtime.Linker(self.engine)
+        self._wasi_linker = wasmtime.Linker(self.engine)
+        self._wasi_linker.define_wasi()
         self.tick_s = tick_s
         self.hal_bus = hal.MessageBus()  # HAL `communication` between this runtime's running tasks
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
         self._stop = threading.Event()
+        # The ticker sleeps while no run is in progress (an idle proplet costs no wake-ups).
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._busy = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
         self._ticker.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        while True:
+            self._busy.wait()
+            if self._stop.wait(self.tick_s):
+                return
             self.engine.increment_epoch()
+
+    def _started(self) -> None:
+        with self._active_lock:
+            self._active += 1
+            self._busy.set()
+
+    def _ended(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+            if self._active == 0:
+                self._busy.clear()
 
     def close(self) -> None:
         self._stop.set()
+        self._busy.set()
         if self._ticker.is_alive() and self._ticker is not threading.current_thread():
             self._ticker.join()
 
@@ -204,14 +242,48 @@ class WasmtimeRuntime:
 
     # -- compile (cached) ----------------------------------------------------------------------------
 
-    def compile_module(self, wasm: bytes) -> wasmtime.Module:
+    def compile_module(self, wasm: bytes, key: str | None = None) -> wasmtime.Module:
         return self.modules.get(
             wasm,
             "module",
             lambda b: wasmtime.Module(self.engine, b),
             lambda m: bytes(m.serialize()),
             lambda b: wasmtime.Module.deserialize(self.engine, b),
+            key=key,
         )
+
+    def _prepare_core(self, wasm: bytes) -> _PreparedCore:
+        """The module and what every run of it needs (imports resolved once: an InstancePre on the
+        shared linker; its exports), cached by the sha256 of ``wasm`` like the compiled module.
+        Only compiled code is shared between runs: every run gets a fresh Store and instance."""
+        key = self.modules.key(wasm, "module")
+        with self._prepared_lock:
+            hit = self._prepared.get(key)
+            if hit is not None:
+                self._prepared.move_to_end(key)
+                self.modules.count_memory_hit()
+                return hit
+        module = self.compile_module(wasm, key)
+        wasi = any(i.module.startswith(("wasi_snapshot_preview1", "wasi_unstable")) for i in module.imports)
+        linker = self._wasi_linker if wasi else self._core_linker
+        try:
+            pre: wasmtime.InstancePre | None = linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError:
+            pre = None  # an import nothing defines: instantiate says which, run by run
+        funcs: dict[str, tuple[list[str], list[str]]] = {}
+        memories: list[str] = []
+        for export in module.exports:
+            kind = export.type
+            if isinstance(kind, wasmtime.FuncType):
+                funcs[export.name] = ([str(p) for p in kind.params], [str(r) for r in kind.results])
+            elif isinstance(kind, wasmtime.MemoryType):
+                memories.append(export.name)
+        prepared = _PreparedCore(module, wasi, pre, funcs, tuple(memories))
+        with self._prepared_lock:
+            self._prepared[key] = prepared
+            while len(self._prepared) > self.modules.max_entries:
+                self._prepared.popitem(last=False)
+        return prepared
 
     def compile_component(self, wasm: bytes) -> cm.Component:
         return self.components.get(
@@ -232,9 +304,11 @@ class WasmtimeRuntime:
             while not self._slots.acquire(timeout=0.05):
                 if cancel is not None and cancel.cancelled:
                     return RunOutcome("", "stopped", duration_s=time.monotonic() - start)
+        self._started()
         try:
             return self._run(request, cancel, start)
         finally:
+            self._ended()
             if self._slots is not None:
                 self._slots.release()
 
@@ -244,37 +318,47 @@ class WasmtimeRuntime:
             return RunOutcome("", "stopped", kind=kind, duration_s=time.monotonic() - start)
         if not is_wasm(req.wasm):
             return RunOutcome("", "not a WebAssembly binary (missing \\0asm header)", kind=kind)
-        lim = req.limits
-        with tempfile.TemporaryDirectory(prefix=f"wasm-{_safe(req.task_id)}-") as tmp:
-            io = _open_io(Path(tmp), req.stdin)
-            watch = _Watch(
-                cancel,
-                None if lim.timeout_s is None else start + lim.timeout_s,
-                lim.timeout_s,
-                lim.output_bytes,
-                io.fds,
-                on_output=req.on_output,
-                live_stdout=req.live_stdout,
-            )
-            try:
-                return self._execute(req, kind, watch, io, start)
-            finally:
-                watch.finish_streaming()  # before the fds it reads are closed
-                for fd in io.fds:
-                    os.close(fd)
-
-    def _execute(self, req: RunRequest, kind: RunKind, watch: _Watch, io: _Io, start: float) -> RunOutcome:
-        lim = req.limits
         cache = self.components if kind == "component" else self.modules
         try:
             artifact: Any = (
-                self.compile_component(req.wasm) if kind == "component" else self.compile_module(req.wasm)
+                self.compile_component(req.wasm) if kind == "component" else self._prepare_core(req.wasm)
             )
         except wasmtime.WasmtimeError as e:
             return RunOutcome(
                 "", f"invalid wasm {kind}: {_cause(e)}", kind=kind, duration_s=time.monotonic() - start
             )
         notes = [f"{kind} {cache.last_source()}" if cache.last_source() else kind]
+        lim = req.limits
+        deadline = None if lim.timeout_s is None else start + lim.timeout_s
+        if isinstance(artifact, _PreparedCore) and not artifact.wasi:
+            # No WASI imports: the module cannot see stdio, files, args or env, so none are set up
+            # (and there is no output to stream).
+            watch = _Watch(cancel, deadline, lim.timeout_s, lim.output_bytes)
+            return self._execute(req, kind, artifact, notes, watch, None, start)
+        with tempfile.TemporaryDirectory(prefix=f"wasm-{_safe(req.task_id)}-", dir=_IO_DIR) as tmp:
+            io = _open_io(Path(tmp), req.stdin)
+            watch = _Watch(
+                cancel, deadline, lim.timeout_s, lim.output_bytes, io.fds,
+                on_output=req.on_output, live_stdout=req.live_stdout,
+            )  # fmt: skip
+            try:
+                return self._execute(req, kind, artifact, notes, watch, io, start)
+            finally:
+                watch.finish_streaming()  # before the fds it reads are closed
+                for fd in io.fds:
+                    os.close(fd)
+
+    def _execute(
+        self,
+        req: RunRequest,
+        kind: RunKind,
+        artifact: Any,
+        notes: list[str],
+        watch: _Watch,
+        io: _Io | None,
+        start: float,
+    ) -> RunOutcome:
+        lim = req.limits
         store = wasmtime.Store(self.engine)
         fuel = FUEL_UNLIMITED if lim.fuel is None else lim.fuel
         memories: list[wasmtime.Memory] = []
@@ -286,6 +370,7 @@ class WasmtimeRuntime:
             watch.install(store)
             watch.start_streaming()
             if kind == "component":
+                assert io is not None
                 kind, results, exit_code = self._call_component(req, artifact, store, io, watch, notes)
             else:
                 kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories, notes)
@@ -306,10 +391,10 @@ class WasmtimeRuntime:
         except wasmtime.WasmtimeError:
             consumed = None
         store.close()
-        stdout, stderr = io.read(lim.output_bytes)
+        stdout, stderr = io.read(lim.output_bytes) if io is not None else (b"", b"")
         watch.finish_streaming()
-        stdout_total = _size(io.stdout)
-        overflow = max(stdout_total, _size(io.stderr)) > lim.output_bytes
+        stdout_total = _size(io.stdout) if io is not None else 0
+        overflow = io is not None and max(stdout_total, _size(io.stderr)) > lim.output_bytes
         if error is None and watch.reason is None and overflow:
             watch.reason = f"output exceeded {lim.output_bytes} bytes"
         if error is None and watch.reason is not None:
@@ -367,32 +452,33 @@ class WasmtimeRuntime:
     def _call_core(
         self,
         req: RunRequest,
-        module: wasmtime.Module,
+        prepared: _PreparedCore,
         store: wasmtime.Store,
-        io: _Io,
+        io: _Io | None,
         memories: list[wasmtime.Memory],
         notes: list[str],
     ) -> tuple[RunKind, str, tuple[float, ...], int | None]:
-        linker = wasmtime.Linker(self.engine)
-        if any(i.module.startswith(("wasi_snapshot_preview1", "wasi_unstable")) for i in module.imports):
-            linker.define_wasi()
+        if prepared.wasi:
+            assert io is not None
             store.set_wasi(_wasi_config(req, io))
-        instance = linker.instantiate(store, module)
+        if prepared.pre is not None:
+            instance = prepared.pre.instantiate(store)
+        else:  # fails naming the import no linker defines
+            linker = self._wasi_linker if prepared.wasi else self._core_linker
+            instance = linker.instantiate(store, prepared.module)
         exports = instance.exports(store)
-        for export in module.exports:
-            if isinstance(export.type, wasmtime.MemoryType):
-                memory = exports[export.name]
-                if isinstance(memory, wasmtime.Memory):
-                    memories.append(memory)
-        names = [e.name for e in module.exports if isinstance(e.type, wasmtime.FuncType)]
-        name, why = _entry_point(req.function, names, req.wasm)
+        for memory_name in prepared.memories:
+            memory = exports[memory_name]
+            if isinstance(memory, wasmtime.Memory):
+                memories.append(memory)
+        name, why = _entry_point(req.function, list(prepared.funcs), req.wasm)
         notes.append(why)
-        init = _safe_get(exports, "_initialize")
-        if isinstance(init, wasmtime.Func) and name != "_initialize":
+        if "_initialize" in prepared.funcs and name != "_initialize":
+            init = exports["_initialize"]
+            assert isinstance(init, wasmtime.Func)
             init(store)
         func = exports[name]
         assert isinstance(func, wasmtime.Func)
-        ftype = func.type(store)
         if name == "_start":
             # a WASI command: argv/env/stdin in, stdout out; a normal return is exit code 0
             try:
@@ -400,12 +486,12 @@ class WasmtimeRuntime:
             except wasmtime.ExitTrap as e:
                 return "wasi", "", (), e.code
             return "wasi", "", (), 0
-        args = convert_inputs(name, [str(p) for p in ftype.params], req.inputs)
+        params, result_types = prepared.funcs[name]
+        args = convert_inputs(name, params, req.inputs)
         raw = func(store, *args)
         values: tuple[int | float, ...] = (
             tuple(raw) if isinstance(raw, list | tuple) else (() if raw is None else (raw,))
         )
-        result_types = [str(r) for r in ftype.results]
         results = format_value(values[0], result_types[0]) if values else ""
         return "core", results, values, None
 
@@ -616,6 +702,16 @@ def _store_limits(lim: Limits) -> dict[str, int]:
         "tables": n(lim.max_tables),
         "memories": n(lim.max_memories),
     }
+
+
+def _io_dir() -> str | None:
+    """Where runs' stdio files live: RAM (/dev/shm) when there is one, else the temp dir. Each file is
+    capped by the output limit; on a busy disk, creating and removing them cost milliseconds per run."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
+_IO_DIR = _io_dir()
 
 
 def _open_io(tmp: Path, stdin: bytes) -> _Io:

@@ -13,6 +13,8 @@ import math
 import uuid
 from typing import Any
 
+import pytest
+
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.bench import (
     E2EResult,
@@ -23,6 +25,7 @@ from orchestrator.bench import (
     parse_histogram,
     parse_sample,
     percentile,
+    proplet_shares,
     run_e2e,
 )
 
@@ -92,3 +95,12 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
     assert percentile([3.0], 99) == 3.0
     assert math.isnan(percentile([], 50))
+
+
+def test_proplets_are_spread_evenly_over_processes_with_contiguous_ids() -> None:
+    assert proplet_shares(10, 2) == [(0, 5), (5, 5)]
+    assert proplet_shares(5, 2) == [(0, 3), (3, 2)]
+    assert proplet_shares(1, 2) == [(0, 1)]  # never an empty process
+    assert proplet_shares(0, 2) == []
+    with pytest.raises(ValueError, match="proplet processes must be >= 1"):
+        proplet_shares(4, 0)

@@ -30,7 +30,7 @@ def test_bench_e2e_one_proplet_embedded_prints_the_table(tmp_path: Path) -> None
     assert row[:4] == ["embedded", "1", "20", "16"]
     data = json.loads(out.read_text())
     (e2e,) = data["e2e"]
-    assert e2e["completed"] == 20 and e2e["errors"] == 0
+    assert e2e["completed"] == 20 and e2e["errors"] == 0 and e2e["proplet_procs"] == 1
     assert e2e["p50_s"] <= e2e["p99_s"] <= e2e["max_s"]
     assert e2e["broker_rtt"]["messages"] == 500
     assert data["conditions"]["cpus"] >= 1

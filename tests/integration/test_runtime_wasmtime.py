@@ -134,6 +134,29 @@ def test_stop_from_another_thread_mid_run(rt: WasmtimeRuntime, core: bytes) -> N
     assert rt.run(req(core, "add", 1, 1), cancel).error == "stopped"  # cancelled before start
 
 
+COUNTER_WAT = """(module
+  (global $n (mut i32) (i32.const 0))
+  (func (export "bump") (result i32) (global.set $n (i32.add (global.get $n) (i32.const 1))) (global.get $n))
+  (func (export "spin") (loop $l (br $l))))"""
+
+
+def test_a_cached_module_gets_a_fresh_instance_and_its_limits_on_every_run(rt: WasmtimeRuntime) -> None:
+    counter = bytes(wasmtime.wat2wasm(COUNTER_WAT))
+    compiles = rt.modules.stats.compiles
+    # instance state never carries over: every run starts from the module's initial globals
+    assert [rt.run(req(counter, "bump")).results for _ in range(3)] == ["1", "1", "1"]
+    assert rt.modules.stats.compiles == compiles + 1  # compiled once, from the cache afterwards
+    cancel = CancelToken()
+    stopper = threading.Timer(0.05, cancel.cancel)
+    stopper.start()
+    assert rt.run(req(counter, "spin", limits=Limits(timeout_s=30)), cancel).error == "stopped"
+    timed_out = rt.run(req(counter, "spin", limits=Limits(timeout_s=0.1)))
+    assert timed_out.error == "wall-time limit of 0.1 s exceeded"
+    out_of_fuel = rt.run(req(counter, "spin", limits=Limits(fuel=10_000)))
+    assert out_of_fuel.error == "CPU budget exhausted (fuel 10000)"
+    assert rt.run(req(counter, "bump")).results == "1"  # after a stopped and a timed-out run
+
+
 # -- WASI -------------------------------------------------------------------------------------------
 
 

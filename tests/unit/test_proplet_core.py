@@ -66,8 +66,22 @@ def test_start_for_another_proplet_is_ignored_but_untargeted_runs() -> None:
     e.take_commands()
     e.handle(T.start, start("other", target="someone-else"), 1.0)
     e.handle(T.start, start("mine", target=""), 1.0)
+    broadcast = {**json.loads(start("everyone", target="someone-else")), "broadcast": True}
+    e.handle(T.start, json.dumps(broadcast).encode(), 1.0)
     runs = [c.start.id for c in e.take_commands() if isinstance(c, RunTask)]
-    assert runs == ["mine"]
+    assert runs == ["mine", "everyone"]
+    assert e.counters["starts_for_others"] == 1 and "other" not in e.running
+
+
+def test_a_malformed_start_for_me_still_fails_with_the_reason() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.take_commands()
+    bad = {**json.loads(start("t1")), "inputs": "not a list"}
+    e.handle(T.start, json.dumps(bad).encode(), 1.0)
+    (result,) = published(e.take_commands(), T.results)
+    assert result["task_id"] == "t1" and "invalid start request" in result["error"]
+    assert "inputs" in result["error"]
 
 
 def test_upstream_firmware_configuration_runs_every_start_and_ignores_stops() -> None:

@@ -161,7 +161,7 @@ def test_memory_parser_rejects_garbage_with_offsets() -> None:
 
 
 def test_budget_admits_until_heap_is_full_and_release_frees() -> None:
-    budget = DeviceBudget(ESP32S3_ZEPHYR_BENCH)  # 192 KiB arena, 12 KiB per instance + module + memory
+    budget = DeviceBudget(ESP32S3_ZEPHYR_BENCH)  # 182 KiB, 6 KiB per instance + memory (+ module once)
     first = budget.admit(module_bytes=300, memory_pages=1)
     second = budget.admit(module_bytes=300, memory_pages=1)
     third = budget.admit(module_bytes=300, memory_pages=1)

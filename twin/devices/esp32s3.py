@@ -37,7 +37,16 @@ from types import MappingProxyType
 from typing import Any
 
 from orchestrator.wire import refusals
-from proplets.runtime.budget import Admission, BudgetConfig, DeviceBudget, Refusal
+from proplets.runtime.budget import (
+    ESP32S3_ZEPHYR_BENCH,
+    WAMR_BASELINE_BYTES,
+    WAMR_EXEC_ENV_BYTES,
+    WAMR_INSTANCE_BYTES,
+    ZEPHYR_BENCH_ARENA_BYTES,
+    BudgetConfig,
+    DeviceBudget,
+    Refusal,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -63,6 +72,9 @@ WORKLOAD_MODULE_BYTES = 200  # a workload's module as wat2wasm makes it: ~100-30
 DIVERSE = ("add", "mul", "fib", "checksum", "popcount")  # §10 experiment 6, in sets of five
 
 
+_BENCH = ESP32S3_ZEPHYR_BENCH
+
+
 @dataclass(frozen=True)
 class Esp32S3Spec:
     """Every constant of the model, with its source. "(inference)" marks what no source states.
@@ -71,24 +83,19 @@ class Esp32S3Spec:
     sram_bytes: int = 512 * KiB  # Espressif ESP32-S3 datasheet: 512 KB internal SRAM
     psram_bytes: int = 0  # datasheet: optional in-package PSRAM, 2 MB or 8 MB (N8R8 devkits: 8 MB)
     wamr_heap_in_psram: bool = False  # WAMR's allocator on PSRAM instead of internal DRAM (option)
-    free_dram_bytes: int = 192 * KiB  # §10: the Zephyr benchmark's malloc arena, 196608 bytes, which
-    # WAMR allocates from (Alloc_With_Allocator over malloc); the "heap" its log prints
-    wamr_baseline_bytes: int = 10 * KiB  # WAMR runtime init + native symbol tables (inference)
-    wasm_stack_bytes: int = 4 * KiB  # §10: WASM_STACK_KB 4, the exec env's wasm stack. (The stack
-    # passed to wasm_runtime_instantiate serves only a temporary exec env, freed at once: inference)
-    exec_env_bytes: int = 1 * KiB  # the WASMExecEnv structure and its bookkeeping (inference)
-    instance_overhead_bytes: int = 1 * KiB  # module instance: globals, tables, function instances
-    # (inference)
-    app_heap_bytes: int = 0  # §10: WASM_HEAP_KB 8 is set but never passed; heap 0 is used
-    thread_stack_bytes: int = 0  # §10: BENCH_THREAD_STACK_SIZE 4 KiB per instance, but static
-    # (K_THREAD_STACK_ARRAY_DEFINE): not from the arena
-    shared_module: bool = True  # §10: MODE_SHARED_MODULE, the module loaded once for every instance
-    module_load_factor: float = 2.0  # a loaded module costs its bytes × this: the malloc'd copy plus
-    # WAMR's loaded form (inference)
-    spawn_transient_bytes: int = 4 * KiB + 512  # needed during instantiation only and freed at once:
-    # the temporary exec env that wasm_runtime_instantiate creates with its 4 KiB stack (inference;
-    # the benchmark log's heap − min shows it)
-    max_instances: int = 24  # §10: MAX_INSTANCES 24 in bench.c
+    # The memory constants come from the proplet engine's budget (`proplets.runtime.budget`,
+    # `ESP32S3_ZEPHYR_BENCH`, where each is sourced); they stay fields so a profile can override them.
+    free_dram_bytes: int = ZEPHYR_BENCH_ARENA_BYTES  # §10: the benchmark's malloc arena (WAMR's heap)
+    wamr_baseline_bytes: int = WAMR_BASELINE_BYTES  # WAMR runtime init + native symbol tables
+    wasm_stack_bytes: int = _BENCH.wasm_stack_bytes  # §10: WASM_STACK_KB 4, the exec env's wasm stack
+    exec_env_bytes: int = WAMR_EXEC_ENV_BYTES  # the WASMExecEnv structure and its bookkeeping
+    instance_overhead_bytes: int = WAMR_INSTANCE_BYTES  # module instance: globals, tables, functions
+    app_heap_bytes: int = _BENCH.app_heap_bytes  # §10: WASM_HEAP_KB is never passed: heap 0
+    thread_stack_bytes: int = _BENCH.thread_stack_bytes  # §10: static thread stacks, not from the arena
+    shared_module: bool = _BENCH.shared_module  # §10: MODE_SHARED_MODULE, one module for every instance
+    module_load_factor: float = _BENCH.module_load_percent / 100  # a loaded module: its bytes × this
+    spawn_transient_bytes: int = _BENCH.spawn_transient_bytes  # a temporary exec env while instantiating
+    max_instances: int = _BENCH.max_instances  # §10: MAX_INSTANCES 24 in bench.c
     cpu_hz: int = 240_000_000  # datasheet: Xtensa LX7 up to 240 MHz
     cores: int = 2  # datasheet: dual-core
     interpreter_cycles_per_op: float = 10.0  # WAMR fast interpreter on Xtensa, cycles per Wasm op
@@ -119,7 +126,8 @@ class Esp32S3Spec:
         return self.psram_bytes if self.wamr_heap_in_psram else self.free_dram_bytes
 
     def budget_config(self) -> BudgetConfig:
-        """The same numbers as `proplets.runtime.budget`'s config, so there is one cost formula."""
+        """This profile as the proplet engine's budget (`proplets.runtime.budget`), which does every
+        admission: the default profile gives exactly `ESP32S3_ZEPHYR_BENCH`."""
         return BudgetConfig(
             heap_bytes=max(0, self.heap_bytes - self.wamr_baseline_bytes),
             wasm_stack_bytes=self.wasm_stack_bytes,
@@ -127,16 +135,18 @@ class Esp32S3Spec:
             exec_env_bytes=self.exec_env_bytes + self.instance_overhead_bytes,
             thread_stack_bytes=self.thread_stack_bytes,
             max_instances=self.max_instances,
+            spawn_transient_bytes=self.spawn_transient_bytes,
+            shared_module=self.shared_module,
+            module_load_percent=round(self.module_load_factor * 100),
         )
 
     def instance_cost(self, module_bytes: int, memory_pages: int) -> int:
         """Bytes one instance takes (a shared module's bytes are charged once, `module_cost`)."""
-        module = 0 if self.shared_module else module_bytes
-        return self.budget_config().instance_cost(module, memory_pages)
+        return self.budget_config().instance_cost(module_bytes, memory_pages)
 
     def module_cost(self, module_bytes: int) -> int:
         """Bytes a shared module takes once loaded, while any instance of it lives (0 when not shared)."""
-        return math.ceil(module_bytes * self.module_load_factor) if self.shared_module else 0
+        return self.budget_config().module_cost(module_bytes)
 
 
 ESP32S3 = Esp32S3Spec()
@@ -224,16 +234,15 @@ class Instance:
 
 
 class MemoryModel:
-    """Admits and releases Wasm instances against the device heap. Delegates the arithmetic to
-    `proplets.runtime.budget.DeviceBudget`, so the twin and the embedded Python proplet agree."""
+    """Admits and releases Wasm instances against the device heap: the proplet engine's
+    `proplets.runtime.budget.DeviceBudget` with this spec's `budget_config()` (for the default profile,
+    exactly `ESP32S3_ZEPHYR_BENCH`), so the twin and the embedded proplet admit the same instances.
+    Refusals are worded as `orchestrator.wire.refusals` (the manager re-places a refused task without
+    spending an attempt)."""
 
     def __init__(self, spec: Esp32S3Spec = ESP32S3) -> None:
         self.spec = spec
         self._budget = DeviceBudget(spec.budget_config())
-        self._reserved = 0  # bytes taken by an injected out-of-memory fault (a leak)
-        # shared modules loaded now: key -> [instances using it, bytes]; instance id -> its module key
-        self._modules: dict[str, list[int]] = {}
-        self._module_of: dict[int, str] = {}
 
     @property
     def total_bytes(self) -> int:
@@ -241,7 +250,7 @@ class MemoryModel:
 
     @property
     def free_bytes(self) -> int:
-        return self._budget.free_bytes - self._reserved - sum(b for _, b in self._modules.values())
+        return self._budget.free_bytes
 
     @property
     def used_bytes(self) -> int:
@@ -252,38 +261,19 @@ class MemoryModel:
         return self._budget.instances
 
     def admit(self, module_bytes: int, memory_pages: int, module_key: str | None = None) -> Instance | str:
-        """An `Instance`, or the refusal reason, in the words of `orchestrator.wire.refusals` (the
-        manager re-places a refused task without spending an attempt): "out of memory: need N bytes,
-        free M bytes", or "proplet busy: N/M instances running". With a
-        shared module (the profile's `shared_module`), `module_key` names the module: its bytes are
-        charged when its first instance is admitted and given back with its last."""
-        key = module_key if module_key is not None else f"<{module_bytes} bytes>"
-        load = self.spec.module_cost(module_bytes) if key not in self._modules else 0
-        cost = self.spec.instance_cost(module_bytes, memory_pages) + load
-        if self.instances >= self.spec.max_instances:
-            return refusals.busy_error(self.instances, self.spec.max_instances)
-        if cost + self.spec.spawn_transient_bytes > self.free_bytes:
-            return refusals.out_of_memory_error(cost, self.free_bytes)
-        result = self._budget.admit(0 if self.spec.shared_module else module_bytes, memory_pages)
+        """An `Instance`, or the refusal reason: "out of memory: need N bytes, free M bytes", or
+        "proplet busy: N/M instances running". With a shared module (the profile's `shared_module`),
+        `module_key` names the module: its bytes are charged when its first instance is admitted and
+        given back with its last."""
+        result = self._budget.admit(module_bytes, memory_pages, module_key)
         if isinstance(result, Refusal):
             if "instance limit" in result.reason:
                 return refusals.busy_error(self.instances, self.spec.max_instances)
             return refusals.out_of_memory_error(result.cost_bytes, result.free_bytes)
-        assert isinstance(result, Admission)
-        if self.spec.shared_module:
-            entry = self._modules.setdefault(key, [0, load])
-            entry[0] += 1
-            self._module_of[result.instance_id] = key
-        return Instance(result.instance_id, result.cost_bytes + load)
+        return Instance(result.instance_id, result.cost_bytes)
 
     def release(self, instance: Instance) -> None:
         self._budget.release(instance.instance_id)
-        key = self._module_of.pop(instance.instance_id, None)
-        if key is not None:
-            entry = self._modules[key]
-            entry[0] -= 1
-            if entry[0] == 0:
-                del self._modules[key]
 
     def reserve(self, nbytes: int | None = None) -> int:
         """Take `nbytes` (default: all that is free) away from instances, as a leak would; returns
@@ -291,11 +281,11 @@ class MemoryModel:
         take = self.free_bytes if nbytes is None else min(nbytes, self.free_bytes)
         if take < 0:
             raise ValueError(f"reserve needs a non-negative byte count, got {nbytes}")
-        self._reserved += take
+        self._budget.reserved_bytes += take
         return take
 
     def unreserve(self) -> None:
-        self._reserved = 0
+        self._budget.reserved_bytes = 0
 
     def capacity(self, module_bytes: int, memory_pages: int) -> int:
         """How many more instances of this module would fit now, its module already loaded (for

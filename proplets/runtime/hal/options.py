@@ -5,6 +5,8 @@ Plain data (no wasmtime) so `RunRequest` can carry it and the agent can build it
 
 from __future__ import annotations
 
+import functools
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +47,19 @@ def task_storage_dir(root: Path, task_id: str, requested: str | None) -> Path:
     rel = requested.strip().lstrip("/") if requested else _safe(task_id)
     if not rel:
         rel = _safe(task_id)
-    base = root.resolve()
-    target = (base / rel).resolve()
+    base = _resolved(root)
+    target = base / rel
+    if "/" in rel or rel in (".", "..") or os.path.islink(target):
+        target = target.resolve()  # else one plain name under a resolved root is its own real path
     if target != base and base not in target.parents:
         raise StoragePathError(f"hal_storage_path {requested!r} leaves the proplet's HAL storage root")
     return target
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(root: Path) -> Path:
+    """The real path of a HAL root (resolved once per root: this runs for every task)."""
+    return root.resolve()
 
 
 def _safe(task_id: str) -> str:

@@ -1,0 +1,104 @@
+"""``Engine.heartbeat_batch`` decides what ``handle`` decides, heartbeat by heartbeat.
+
+Two engines see the same fleet: one gets every heartbeat as a message at its time, the other gets them
+in one-second batches (each with its own time, delivered up to a second late), as the twin's bulk
+heartbeats send them. Proplets go silent, come back, get a task, and one was never announced; both
+engines must declare the same deaths at the same instants and hold the same proplets alive.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from orchestrator import wire
+from orchestrator.core.commands import LogEvent, MessageReceived
+from orchestrator.core.engine import Engine, EngineConfig
+
+T = wire.Topics("hb", "default")
+WALL = 1_000_000.0
+
+
+def _engine() -> Engine:
+    ids = (f"task-{i}" for i in range(1000))
+    config = EngineConfig(domain="hb", heartbeat_interval=1.0, liveness_timeout=3.0)
+    return Engine(config, new_id=lambda: next(ids))
+
+
+def _decisions(engine: Engine, now: float) -> list[tuple[float, str, str]]:
+    out = []
+    for c in engine.take_commands():
+        if isinstance(c, LogEvent) and c.name in ("proplet_dead", "proplet_alive", "discovery_requested"):
+            out.append((round(now, 9), c.name, str(dict(c.fields).get("proplet_id"))))
+    return out
+
+
+def test_batched_heartbeats_give_the_same_liveness_decisions_as_messages() -> None:
+    rng = random.Random(7)
+    pids = [f"p{i}" for i in range(30)]
+    phase = {p: rng.uniform(0, 1) for p in pids}
+    silent = {p: (rng.uniform(5, 20), rng.uniform(1, 8)) for p in rng.sample(pids, 10)}  # from, for
+    # (time, proplet, heartbeat): every proplet announces itself (but p0) and heartbeats every second
+    events: list[tuple[float, str, bytes]] = []
+    for p in pids:
+        t = phase[p]
+        if p != "p0":
+            events.append((t - 1e-3, p, wire.encode(wire.Discovery(p, "default", {"total_memory_bytes": 1}))))
+        while t < 40:
+            start, length = silent.get(p, (math.inf, 0))
+            if not start <= t < start + length:
+                events.append((t, p, wire.encode(wire.Heartbeat(p, "alive"))))
+            t += 1.0
+    events.sort()
+    per_message, batched = _engine(), _engine()
+    a: list[tuple[float, str, str]] = []
+    b: list[tuple[float, str, str]] = []
+    task = per_message.create_task({"name": "t", "file": "AGFzbQEAAAA="}, WALL)
+    batched.create_task({"name": "t", "file": "AGFzbQEAAAA="}, WALL)
+
+    clock = {id(per_message): 0.0, id(batched): 0.0}  # each engine's time only moves forward
+
+    def timers(engine: Engine, until: float, log: list[tuple[float, str, str]]) -> None:
+        while (d := engine.next_deadline()) is not None and d <= until:
+            d = clock[id(engine)] = max(d, clock[id(engine)])
+            engine.on_timer(d, WALL + d)
+            log += _decisions(engine, d)
+        clock[id(engine)] = max(until, clock[id(engine)])
+
+    pending: list[tuple[float, wire.Heartbeat]] = []
+    for t, _p, payload in events:
+        topic = T.alive if b"alive" in payload else T.create
+        timers(per_message, t, a)
+        per_message.handle(MessageReceived(topic, payload), t, WALL + t)
+        a += _decisions(per_message, t)
+        if t >= 12 and task.state.name == "PENDING":  # a task lands on someone mid-run
+            per_message.start_task(task.id, t, WALL + t)
+            batched.start_task(task.id, t, WALL + t)
+        # the batched engine: discoveries as messages, heartbeats at the end of their second
+        while pending and pending[0][0] < math.floor(t):
+            timers(batched, math.floor(pending[0][0]) + 1.0, b)
+            due = [x for x in pending if math.floor(x[0]) == math.floor(pending[0][0])]
+            pending = pending[len(due):]
+            now = math.floor(due[0][0]) + 1.0
+            batched.heartbeat_batch([h for _, h in due], [s for s, _ in due], now, WALL + now)
+            b += _decisions(batched, now)
+        if topic == T.alive:
+            pending.append((t, wire.decode(T, topic, payload)))  # type: ignore[arg-type]
+        else:
+            timers(batched, t, b)
+            batched.handle(MessageReceived(topic, payload), t, WALL + t)
+            b += _decisions(batched, t)
+    timers(per_message, 40.0, a)
+    if pending:
+        timers(batched, 40.0, b)
+        batched.heartbeat_batch([h for _, h in pending], [s for s, _ in pending], 40.0, WALL + 40.0)
+        b += _decisions(batched, 40.0)
+    deaths_a = [x for x in a if x[1] == "proplet_dead"]
+    deaths_b = [x for x in b if x[1] == "proplet_dead"]
+    assert len(deaths_a) >= 5, a  # the silences long enough to be noticed were
+    assert sorted(deaths_b) == sorted(deaths_a)
+    # the rest (back alive, discovery asked of p0) is logged when the batch arrives: same facts
+    rest_a = sorted(x[1:] for x in a if x[1] != "proplet_dead")
+    assert sorted(x[1:] for x in b if x[1] != "proplet_dead") == rest_a
+    alive = {p.id for p in per_message.proplets.values() if per_message.is_alive(p, 39.0)}
+    assert alive == {p.id for p in batched.proplets.values() if batched.is_alive(p, 39.0)}

@@ -1,0 +1,194 @@
+"""Steady devices advanced in bulk, in virtual time: the fleet-scale fast path for heartbeats.
+
+A device that is online, idle, unfaulted and on a clean link does one thing: every heartbeat interval it
+publishes the same heartbeat, which the broker routes to the manager alone, whose engine refreshes the
+proplet's liveness. ``HeartbeatCohort`` does that for all such devices at once: one simpy event per
+``tick`` for the whole cohort, and each tick's heartbeats reach the SAME manager engine as one batch
+(``Engine.heartbeat_batch``), each with the exact time the device would have sent it. The device's own
+timer, its MQTT client and the broker model are skipped for those messages only.
+
+A device leaves the cohort before anything else happens to it — a message for it (a start, a stop, a
+discovery request), a fault (power loss, Wi-Fi drop, reset, out of memory), a disconnect, the end of the
+run — and runs the full per-message path from then on (``SimDevice`` rejoins when it is steady again).
+On leaving, a heartbeat that fell due within the current tick is delivered with its own time first, the
+device's proplet engine resumes at its next heartbeat time, and its client's last packet is the last
+heartbeat (what the broker's keep-alive check reads). The whole cohort dissolves (every device back to
+the per-message path) when the manager is not there to receive: killed, its link down or silent, or the
+broker down, or when anybody else subscribes to the heartbeat topic.
+
+Why the verdicts are the same: the manager's engine sees each heartbeat with its true time, decides with
+the same code (``heartbeat_batch`` falls back to the per-message handling for anything not routine), and
+a heartbeat reaches it at most ``tick`` late, which is far less than the slack between the heartbeat
+interval and the liveness timeout (``tick`` must be below that slack; checked). ``tests/unit/
+test_twin_cohort.py`` runs the same fleet and faults with the cohort on and off and compares the traces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import simpy
+
+from orchestrator import wire
+
+if TYPE_CHECKING:
+    from twin.broker_model import BrokerModel
+    from twin.device import SimDevice
+    from twin.vmanager import VirtualManager
+
+
+@dataclass(eq=False)
+class _Member:
+    device: SimDevice
+    next_at: float
+    heartbeat: wire.Heartbeat
+    last_at: float  # its last heartbeat (sent as itself, or by the cohort)
+    sent: int = 0
+    active: bool = True
+
+
+@dataclass
+class CohortStats:
+    joins: int = 0
+    leaves: int = 0
+    dissolved: int = 0
+    heartbeats: int = 0
+    batches: int = 0
+
+
+class HeartbeatCohort:
+    def __init__(self, env: simpy.Environment, broker: BrokerModel, manager: VirtualManager,
+                 interval: float, timeout: float, tick: float | None = None) -> None:  # fmt: skip
+        if tick is None:  # at most 1 s and half the slack, and a whole fraction of the interval
+            tick = interval / math.ceil(interval / min(1.0, (timeout - interval) / 2))
+        if not 0 < tick < timeout - interval:
+            raise ValueError(
+                f"cohort tick must be > 0 and below liveness timeout - heartbeat interval "
+                f"({timeout - interval:g} s), got {tick!r}"
+            )
+        self.env, self.broker, self.manager = env, broker, manager
+        self.interval, self.tick = interval, tick
+        self.stats = CohortStats()
+        self._buckets: dict[int, list[_Member]] = {}
+        self._member_of: dict[SimDevice, _Member] = {}
+        self._running = False
+        self._k = 0  # the tick being waited for
+        # Buckets from one heartbeat to the next, when the interval is a whole number of ticks (a
+        # bucket then moves as a whole; rounding can make a member due at most at the tick it is sent).
+        steps = interval / tick
+        self._step = round(steps) if abs(steps - round(steps)) < 1e-9 else 0
+
+    def __len__(self) -> int:
+        return len(self._member_of)
+
+    # ------------------------------------------------------------------ membership
+    def _receivable(self, topic: str) -> bool:
+        """Only the manager subscribes to the heartbeat topic, and it is there to receive now."""
+        m, client = self.manager, self.manager.client
+        if not self.broker.up or m.engine is None or client is None:
+            return False
+        if not client.connected or client.silenced or not _clean(client):
+            return False
+        return set(self.broker.subscribers(topic)) == {m.client_id}
+
+    def join(self, device: SimDevice, payload: bytes, sent_at: float, next_at: float) -> bool:
+        """``device`` just sent heartbeat ``payload`` at ``sent_at`` and is steady: the cohort sends
+        its next ones from ``next_at`` on. False if the manager could not receive them this way."""
+        engine, client = self.manager.engine, device.mqtt
+        if engine is None or device in self._member_of or not self._receivable(engine.topics.alive):
+            return False
+        if client is None or not _clean(client):  # its link's delays and draws are per packet
+            return False
+        message = wire.decode(engine.topics, engine.topics.alive, payload)
+        assert isinstance(message, wire.Heartbeat)
+        member = _Member(device, next_at, message, sent_at)
+        self._member_of[device] = member
+        self._file(member)
+        self.stats.joins += 1
+        if not self._running:
+            self._running = True
+            self.env.process(self._run())
+        return True
+
+    def leave(self, device: SimDevice) -> None:
+        """``device`` runs the per-message path again from now on."""
+        member = self._member_of.pop(device, None)
+        if member is None:
+            return
+        member.active = False
+        self.stats.leaves += 1
+        engine = self.manager.engine
+        if member.next_at <= self.env.now and engine is not None and self._receivable(engine.topics.alive):
+            self._deliver([member])  # due within this tick: it was sent before whatever happens now
+        device.resume_heartbeats(member.last_at, member.next_at, member.sent)
+
+    def unreported(self) -> int:
+        """Heartbeats sent for devices still in the cohort (not yet counted by the devices)."""
+        return sum(m.sent for m in self._member_of.values())
+
+    def dissolve(self) -> None:
+        self.stats.dissolved += 1
+        for device in list(self._member_of):
+            self.leave(device)
+
+    # ------------------------------------------------------------------ the tick
+    def _file(self, member: _Member) -> None:
+        k = max(math.floor(member.next_at / self.tick), self._k)
+        self._buckets.setdefault(k, []).append(member)
+
+    def _run(self) -> Any:
+        env, tick = self.env, self.tick
+        self._k = math.floor(env.now / tick)
+        while self._member_of:
+            k = self._k
+            yield env.timeout(max(0.0, (k + 1) * tick - env.now))
+            self._k = k + 1
+            bucket = self._buckets.pop(k, None)
+            if not bucket:
+                continue
+            engine = self.manager.engine
+            if engine is None or not self._receivable(engine.topics.alive):
+                self._buckets[k] = bucket  # their heartbeats are due: leaving sends them as they would
+                self.dissolve()
+                self._buckets.clear()
+                break
+            live = [m for m in bucket if m.active]
+            self._deliver(live)
+            if self._step:  # their next heartbeats, one interval on: `step` buckets later
+                self._buckets.setdefault(k + self._step, []).extend(live)
+            else:
+                for m in live:
+                    self._file(m)
+        self._running = False
+
+    def _deliver(self, members: list[_Member]) -> None:
+        manager, engine = self.manager, self.manager.engine
+        assert engine is not None
+        interval = self.interval
+        heartbeats: list[wire.Heartbeat] = []
+        times: list[float] = []
+        hb_append, t_append = heartbeats.append, times.append
+        for m in members:
+            t = m.next_at
+            hb_append(m.heartbeat)
+            t_append(t)
+            m.last_at = t
+            m.next_at = t + interval
+            m.sent += 1
+        engine.heartbeat_batch(heartbeats, times, float(self.env.now), manager.wall)
+        n = len(heartbeats)
+        manager.heartbeats += n
+        manager.messages += n
+        self.stats.heartbeats += n
+        self.stats.batches += 1
+        manager.after_messages()
+
+
+def _clean(client: Any) -> bool:
+    link = client.link
+    return not (link.latency_s or link.jitter_s or link.loss or link.blackhole)
+
+
+__all__ = ["CohortStats", "HeartbeatCohort"]
