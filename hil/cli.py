@@ -198,10 +198,10 @@ def add_hil_subcommands(subparsers: Any) -> None:
     d = sub.add_parser("discover", help="list attached ESP32-S3 boards and write a hardware map")
     d.add_argument("--write", metavar="MAP", help="write a hardware map YAML")
     d.add_argument("--force", action="store_true", help="overwrite an existing map")
-    d.add_argument("--platform", default="esp32s3_devkitc")
+    d.add_argument("--platform", default="esp32s3_devkitc", help="board platform the ports are checked for")
     d.set_defaults(func=cmd_discover)
     c = sub.add_parser("calibrate", help="fit the twin's esp32s3 profile from the Zephyr benchmark's output")
-    c.add_argument("logs", nargs="+", metavar="LOG")
+    c.add_argument("logs", nargs="+", metavar="LOG", help="board console logs to calibrate from")
     c.add_argument("--arena", type=int, metavar="BYTES",
                    help=f"the benchmark's malloc arena (default {ARENA_BYTES}, its prj.conf)")
     c.add_argument("--write", metavar="FILE.yaml",
@@ -210,7 +210,7 @@ def add_hil_subcommands(subparsers: Any) -> None:
     f = sub.add_parser("flash", help="flash a board with esptool or west")
     _board_args(f)
     f.add_argument("--image", help="firmware image (esptool runner)")
-    f.add_argument("--runner", choices=("esptool", "west"))
+    f.add_argument("--runner", choices=("esptool", "west"), help="flashing tool (default: the first found)")
     f.add_argument("--build-dir", help="Zephyr build directory (west runner)")
     f.set_defaults(func=cmd_flash)
     o = sub.add_parser("console", help="watch a board's console (and send shell commands)")

@@ -935,7 +935,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
             print(f"\nprofile {prof} (top 25 by own time):")
             print(profile_top(prof, 25))
     _write_json(
-        args.json,
+        args.output,
         {
             "conditions": _conditions(),
             "e2e": [r.summary() for r in results],
@@ -970,7 +970,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, TimeoutError, ValueError) as err:
         print(f"propeller bench registry: {err}", file=sys.stderr)
         return 1
-    _write_json(args.json, {"conditions": _conditions(), "registry": out})
+    _write_json(args.output, {"conditions": _conditions(), "registry": out})
     return 0
 
 
@@ -1000,15 +1000,18 @@ def cmd_proplets(args: argparse.Namespace) -> int:
 
 
 def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
+    from orchestrator.cli_api import output_arg
+
     bench = sub.add_parser("bench", help="measure end-to-end throughput/latency and manager memory")
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
 
     e = bsub.add_parser("e2e", help="tasks/s and latency, API submit -> result stored")
     e.add_argument("--proplets", type=_int_list, default=[1, 10, 50], help="comma-separated counts")
-    e.add_argument("--broker", choices=["embedded", "mosquitto", "both"], default="both")
-    e.add_argument("--tasks", type=_positive, default=500)
+    e.add_argument("--broker", choices=["embedded", "mosquitto", "both"], default="both", help="broker(s)")
+    e.add_argument("--tasks", type=_positive, default=500, help="tasks per measurement")
     e.add_argument("--concurrency", type=_positive, default=16, help="tasks in flight at once")
-    e.add_argument("--layout", choices=["split", "inprocess"], default="split")
+    e.add_argument("--layout", choices=["split", "inprocess"], default="split",
+                   help="split: manager and proplets in processes of their own; inprocess: one process")
     e.add_argument("--rtt-messages", type=int, default=5000, help="raw QoS 1 round trips (0: skip)")
     e.add_argument(
         "--submit", choices=["start", "two", "batch"], default="start",
@@ -1025,27 +1028,32 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--py-spy", default=None, help="directory: py-spy samples of the manager and proplets during the load"
     )
-    e.add_argument("--json", default=None, help="also write the results to this file")
+    output_arg(e)
     e.set_defaults(func=cmd_e2e)
 
     r = bsub.add_parser("registry", help="manager RSS with many registered proplets")
-    r.add_argument("--proplets", type=_positive, default=1000)
+    r.add_argument("--proplets", type=_positive, default=1000, help="proplets registered")
     r.add_argument("--rounds", type=_positive, default=5, help="heartbeats per proplet")
-    r.add_argument("--broker", choices=["embedded", "mosquitto", "both"], default="embedded")
-    r.add_argument("--json", default=None)
+    r.add_argument("--broker", choices=["embedded", "mosquitto", "both"], default="embedded",
+                   help="broker(s) to measure")
+    output_arg(r)
     r.set_defaults(func=cmd_registry)
 
     from orchestrator.bench_dispatch import add_arguments as add_dispatch_arguments
 
     add_dispatch_arguments(bsub.add_parser("dispatch", help="engine cost per dispatch vs stored history"))
 
+    from orchestrator.bench_restore import add_arguments as add_restore_arguments
+
+    add_restore_arguments(bsub.add_parser("restore", help="manager restore time and RSS vs stored history"))
+
     p = bsub.add_parser("proplets", help="run N Python proplets in one process (load for e2e)")
-    p.add_argument("--broker", required=True)
-    p.add_argument("--count", type=_positive, required=True)
-    p.add_argument("--prefix", default="bench-p")
+    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    p.add_argument("--count", type=_positive, required=True, help="proplets to run")
+    p.add_argument("--prefix", default="bench-p", help="proplet ids are PREFIX<index>")
     p.add_argument("--first", type=int, default=0, help="index of the first proplet (ids PREFIX<index>)")
-    p.add_argument("--domain", default="default")
-    p.add_argument("--channel", default="default")
-    p.add_argument("--heartbeat-interval", type=float, default=1.0)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--domain", default="default", help="tenant/domain id in m/{domain}/c/{channel}")
+    p.add_argument("--channel", default="default", help="channel id in m/{domain}/c/{channel}")
+    p.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds between heartbeats")
+    p.add_argument("--cache-dir", default=None, help="directory of compiled modules (default: none)")
     p.set_defaults(func=cmd_proplets)

@@ -88,6 +88,19 @@ def one_size(stored: int, ops: int) -> dict[str, Any]:
     restore_s = time.perf_counter() - t0
     gc.collect()
     rss = _rss_mb()
+    return {
+        "stored": stored,
+        "restore_s": round(restore_s, 2),
+        "rss_mb": round(rss, 1),
+        "engine_rss_mb": round(rss - base, 1),
+        "resident_tasks": len(engine.tasks.live),
+        "cached_tasks": len(engine.tasks.recent),
+        **cycles(engine, ops),
+    }
+
+
+def cycles(engine: Engine, ops: int) -> dict[str, float]:
+    """Two proplets announce themselves, then ``ops`` tasks are created, dispatched and completed."""
     for pid in ("p1", "p2"):
         _announce(engine, pid, 0.0)
     engine.take_commands()
@@ -105,12 +118,6 @@ def one_size(stored: int, ops: int) -> dict[str, Any]:
         engine.take_commands()
         cycle.append(time.perf_counter() - c0)
     return {
-        "stored": stored,
-        "restore_s": round(restore_s, 2),
-        "rss_mb": round(rss, 1),
-        "engine_rss_mb": round(rss - base, 1),
-        "resident_tasks": len(engine.tasks.live),
-        "cached_tasks": len(engine.tasks.recent),
         "dispatch_us_p50": round(statistics.median(dispatch) * 1e6, 1),
         "dispatch_us_mean": round(statistics.fmean(dispatch) * 1e6, 1),
         "cycle_us_p50": round(statistics.median(cycle) * 1e6, 1),
@@ -172,13 +179,11 @@ def run(sizes: list[int], ops: int, queued: int) -> dict[str, Any]:
     return results
 
 
-def _child(args: list[str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.bench_dispatch", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _child(args: list[str], module: str = "orchestrator.bench_dispatch") -> dict[str, Any]:
+    """Run ``python -m module args`` and return the JSON object of its last output line."""
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench child {module} {args} failed:\n{done.stderr[-2000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -210,8 +215,8 @@ def _sizes(text: str) -> list[int]:
 def cmd_dispatch(args: argparse.Namespace) -> int:
     results = run(args.stored, args.ops, args.drain)
     print(format_table(results))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.output:
+        with open(args.output, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 
@@ -220,7 +225,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stored", type=_sizes, default=[1000, 100_000, 1_000_000], help="e.g. 1k,100k,1M")
     p.add_argument("--ops", type=int, default=2000, help="tasks created, dispatched and completed per size")
     p.add_argument("--drain", type=int, default=10_000, help="queued tasks for the drain rate (0: skip)")
-    p.add_argument("--json", default=None, help="also write the results to this file")
+    from orchestrator.cli_api import output_arg
+
+    output_arg(p)
     p.set_defaults(func=cmd_dispatch)
 
 

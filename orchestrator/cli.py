@@ -14,6 +14,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli_api import (
+    EXIT_CODES,
+    Parser,
+    add_job_parser,
+    add_metrics_parser,
+    add_proplet_extras,
+    add_task_extras,
+    add_workflow_parser,
+    api_args,
+    emit,
+    key_values,
+    page_args,
+    summarise_module,
+)
+
 EXIT_USAGE = 2
 EXIT_DEPOSED = 3  # --ha: this manager lost its lease to another (restart it; it comes back as a standby)
 
@@ -31,15 +46,6 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
-
-
-def _fetch_allow(value: str) -> tuple[str, ...]:
-    from proplets.egress import EgressPolicy
-
-    try:
-        return EgressPolicy.parse(value).entries
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 async def _serve_until_signal(
@@ -155,59 +161,18 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def hal_args(p: argparse.ArgumentParser) -> None:
-    """The ELASTIC HAL's host side and TEE paths (docs/hal.md)."""
-    from proplets.runtime.hal.options import DEFAULT_QUOTA_BYTES, DEFAULT_TSM_ROOT
-
-    p.add_argument("--hal-root", default=os.environ.get("PROPELLER_HAL_ROOT", ""),
-                   help="directory holding tasks' HAL storage (hal_storage_path is taken inside it; "
-                   "default <tmp>/proplet/hal-storage; env PROPELLER_HAL_ROOT)")
-    p.add_argument("--hal-quota-bytes", type=int, default=DEFAULT_QUOTA_BYTES,
-                   help="most bytes one task's HAL storage may hold")
-    p.add_argument("--tsm-root", default=DEFAULT_TSM_ROOT,
-                   help="configfs-tsm report directory for HAL attestation (TDX/SEV-SNP guests)")
-    p.add_argument("--kbs-url", default=os.environ.get("PROPLET_KBS_URI", ""),
-                   help="key broker for encrypted tasks (env PROPLET_KBS_URI; see docs/hal.md)")  # fmt: skip
-
-
 def cmd_proplet(args: argparse.Namespace) -> int:
-    from proplets.agent import AgentSettings, PropletAgent, default_proplet_id, with_identity
+    from orchestrator.settings import PropletSettings, from_args
 
-    broker = args.broker
-    if broker is None and args.identity:
-        with contextlib.suppress(ValueError):  # a bad file is reported below, naming the field
-            from orchestrator.enrollment import load_identity
-
-            broker = load_identity(args.identity).broker
-    settings = AgentSettings(
-        broker=broker or "mqtt://127.0.0.1:1883",
-        proplet_id=args.id or default_proplet_id(),
-        wait_for_broker=True,
-        domain=args.domain,
-        channel=args.channel,
-        heartbeat_interval=args.heartbeat_interval,
-        max_instances=args.max_instances,
-        cache_dir=args.cache_dir or None,
-        tags=[t for t in (args.tags or "").split(",") if t],
-        profile=args.profile,
-        metrics_interval=args.metrics_interval,
-        metrics_port=args.metrics_port,
-        heap_bytes=args.heap_bytes,
-        fetch_allow=args.fetch_allow,
-        hal_root=args.hal_root or None,
-        hal_quota_bytes=args.hal_quota_bytes,
-        tsm_root=args.tsm_root,
-        kbs_url=args.kbs_url,
-        otel=args.otel,
-    )
-    if args.identity:
-        try:
-            settings = with_identity(settings, args.identity)
-        except ValueError as err:
-            print(f"propeller proplet: {err}", file=sys.stderr)
-            return EXIT_USAGE
+    try:
+        settings = agent_settings(from_args(PropletSettings, args))
+    except ValueError as err:
+        print(f"propeller proplet: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
     async def main() -> None:
+        from proplets.agent import PropletAgent
+
         agent = PropletAgent(settings)
         await _serve_until_signal(agent.start, agent.stop)
 
@@ -220,6 +185,46 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         print(f"propeller proplet: {err}{hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def agent_settings(s: Any) -> Any:
+    """The worker's ``AgentSettings`` from the command's ``PropletSettings`` (a ValueError names what
+    was wrong: a bad --fetch-allow entry, identity file, profile...)."""
+    from proplets.agent import AgentSettings, default_proplet_id, with_identity
+    from proplets.egress import EgressPolicy
+
+    broker = s.broker
+    if broker is None and s.identity:
+        with contextlib.suppress(ValueError):  # a bad file is reported below, naming the field
+            from orchestrator.enrollment import load_identity
+
+            broker = load_identity(s.identity).broker
+    try:
+        fetch_allow = EgressPolicy.parse(s.fetch_allow).entries
+    except ValueError as err:
+        raise ValueError(f"--fetch-allow: {err}") from None
+    settings = AgentSettings(
+        broker=broker or "mqtt://127.0.0.1:1883",
+        proplet_id=s.id or default_proplet_id(),
+        wait_for_broker=True,
+        domain=s.domain,
+        channel=s.channel,
+        heartbeat_interval=s.heartbeat_interval,
+        max_instances=s.max_instances,
+        cache_dir=s.cache_dir or None,
+        tags=[t for t in s.tags.split(",") if t],
+        profile=s.profile,
+        metrics_interval=s.metrics_interval,
+        metrics_port=s.metrics_port,
+        heap_bytes=s.heap_bytes,
+        fetch_allow=fetch_allow,
+        hal_root=s.hal_root or None,
+        hal_quota_bytes=s.hal_quota_bytes,
+        tsm_root=s.tsm_root,
+        kbs_url=s.kbs_url,
+        otel=s.otel,
+    )
+    return with_identity(settings, s.identity) if s.identity else settings
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -335,24 +340,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from orchestrator.client import ApiClient
+    from orchestrator.cli_api import client
 
-    return ApiClient(args.api_url, token=args.api_token)
-
-
-def _unset_times(data: Any) -> Any:
-    """Upstream's zero time (``0001-01-01T00:00:00Z``, the API's "not set") shown as null."""
-    from orchestrator.views import ZERO_TIME
-
-    if isinstance(data, dict):
-        return {k: None if v == ZERO_TIME else _unset_times(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_unset_times(v) for v in data]
-    return data
-
-
-def _print(data: Any, as_json: bool, table: Callable[[Any], str]) -> None:
-    print(json.dumps(_unset_times(data), indent=2) if as_json else table(data))
+    return client(args)
 
 
 # Exit codes of `task results` / `task create --wait`: the task's own outcome, not the HTTP call's.
@@ -390,28 +380,37 @@ def cmd_task(args: argparse.Namespace) -> int:
             if args.start or args.wait is not None:
                 client.start_task(created["id"])
             if args.wait is None:
-                _print(created, args.json, task_table)
+                emit(args, created, task_table)
             else:
                 done = _wait_for_task(client, created["id"], args.wait)
-                _print(done, args.json, task_table)
+                emit(args, done, task_table)
                 return _outcome_code(done)
         elif args.task_cmd == "start":
             client.start_task(args.id)
-            print(f"started {args.id}")
+            emit(args, {"id": args.id, "started": True}, lambda _: f"started {args.id}")
         elif args.task_cmd == "stop":
             client.stop_task(args.id)
-            print(f"stopped {args.id}")
+            emit(args, {"id": args.id, "stopped": True}, lambda _: f"stopped {args.id}")
         elif args.task_cmd == "get":
-            _print(client.get_task(args.id), args.json, task_table)
+            task = client.get_task(args.id, with_module=args.with_module)
+            emit(args, summarise_module(task, args.with_module), task_table)
         elif args.task_cmd == "list":
-            _print(client.list_tasks(args.offset, args.limit), args.json, tasks_table)
+            filters = {"state": args.state, "proplet_id": args.proplet, "name": args.name,
+                       "workflow_id": args.workflow, "job_id": args.job}  # fmt: skip
+            emit(args, client.list_tasks(args.offset, args.limit, **filters), tasks_table)
         elif args.task_cmd == "results":
             if args.format == "raw":
-                sys.stdout.buffer.write(client.task_results_raw(args.id))
+                raw = client.task_results_raw(args.id)
+                if args.output:
+                    _write_bytes(args.output, raw)
+                sys.stdout.buffer.write(raw)
                 sys.stdout.flush()
             else:
-                indent = 2 if args.format == "json" else None
-                print(json.dumps(client.task_results(args.id, args.format or ""), indent=indent))
+                results = client.task_results(args.id, args.format or "")
+                if args.output:
+                    _write_bytes(args.output, (json.dumps(results, indent=2) + "\n").encode())
+                indent = 2 if args.format == "json" or args.json else None
+                print(json.dumps(results, indent=indent))
             task = client.get_task(args.id)
             if task.get("state") != 3:
                 print(
@@ -423,7 +422,7 @@ def cmd_task(args: argparse.Namespace) -> int:
             return _task_logs(client, args)
         elif args.task_cmd == "delete":
             client.delete_task(args.id)
-            print(f"deleted {args.id}")
+            emit(args, {"id": args.id, "deleted": True}, lambda _: f"deleted {args.id}")
     except ApiError as err:
         print(f"propeller task {args.task_cmd}: {err}", file=sys.stderr)
         return 1
@@ -433,21 +432,18 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_bytes(path: str, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as err:
+        raise ValueError(f"--output {path}: {err.strerror or err}") from None
+
+
 def _state_name(task: dict[str, Any]) -> str:
     from orchestrator.client import STATE_NAMES
 
     state = task.get("state")
     return STATE_NAMES[state] if isinstance(state, int) and 0 <= state < len(STATE_NAMES) else str(state)
-
-
-def _key_values(items: list[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
-        out[key] = value
-    return out
 
 
 def _task_logs(client: Any, args: argparse.Namespace) -> int:
@@ -462,7 +458,7 @@ def _task_logs(client: Any, args: argparse.Namespace) -> int:
 
     if not args.follow:
         body = client.task_logs(args.id, attempt=args.attempt)
-        _print(body, args.json, lambda b: log_text(b["logs"]).rstrip("\n"))
+        emit(args, body, lambda b: log_text(b["logs"]).rstrip("\n"))
         return 0
     after, streamed = 0, set[tuple[int, str]]()  # (attempt, stream) shown live: stderr, a daemon's stdout
     while True:
@@ -477,7 +473,12 @@ def _task_logs(client: Any, args: argparse.Namespace) -> int:
             break
         time.sleep(args.interval)
     # The record sent with the result: what was not streamed (runtime notes), or all of it.
-    final = client.task_logs(args.id, attempt=body["attempt"])["logs"]
+    record = client.task_logs(args.id, attempt=body["attempt"])
+    final = record["logs"]
+    if args.output:
+        from orchestrator.cli_api import write_output
+
+        write_output(args.output, json.dumps(record, indent=2) + "\n")
     show([r for r in final if r["final"] and (body["attempt"], r["stream"]) not in streamed])
     return 0
 
@@ -506,14 +507,16 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.inputs:
         spec["inputs"] = [v for item in args.inputs for v in item.split(",") if v != ""]
     if args.env:
-        spec["env"] = _key_values(args.env, "--env")
+        spec["env"] = key_values(args.env, "--env")
     if args.arg:
         spec["cli_args"] = list(args.arg)
     if args.daemon:
         spec["daemon"] = True
+    if args.latent:
+        spec["latent"] = True
     if args.limits:
         limits: dict[str, Any] = {}
-        for key, value in _key_values(args.limits, "--limits").items():
+        for key, value in key_values(args.limits, "--limits").items():
             try:
                 limits[key] = json.loads(value)
             except ValueError:
@@ -534,14 +537,13 @@ def cmd_proplets(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
         if args.proplets_cmd == "list":
-            _print(client.list_proplets(), args.json, proplets_table)
+            emit(args, client.list_proplets(), proplets_table)
         elif args.proplets_cmd == "revoke":
-            client.revoke_proplet(args.id)
-            print(f"revoked {args.id}")
+            emit(args, client.revoke_proplet(args.id), lambda _: f"revoked {args.id}")
         elif args.proplets_cmd == "identities":
-            _print(client.list_identities(), args.json, _identities_table)
+            emit(args, client.list_identities(), _identities_table)
         else:
-            _print(client.get_proplet(args.id), args.json, proplet_table)
+            emit(args, client.get_proplet(args.id), proplet_table)
     except ApiError as err:
         print(f"propeller proplets {args.proplets_cmd}: {err}", file=sys.stderr)
         return 1
@@ -549,12 +551,11 @@ def cmd_proplets(args: argparse.Namespace) -> int:
 
 
 def _identities_table(page: Any) -> str:
-    rows = [f"{'ID':<32} {'KIND':<9} {'CLIENT ID':<32} REVOKED"]
-    for i in page.get("identities", []):
-        rows.append(
-            f"{i['proplet_id']:<32} {i['kind']:<9} {i['client_id']:<32} {'yes' if i['revoked'] else ''}"
-        )
-    return "\n".join(rows)
+    from orchestrator.client import _table
+
+    rows = [[i["proplet_id"], i["kind"], i["client_id"], "yes" if i["revoked"] else ""]
+            for i in page.get("identities", [])]  # fmt: skip
+    return _table(["ID", "KIND", "CLIENT ID", "REVOKED"], rows)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -610,9 +611,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="propeller", description="WebAssembly orchestrator for the continuum"
-    )
+    description = "WebAssembly orchestrator for the continuum"
+    parser = Parser(prog="propeller", description=description, epilog=EXIT_CODES)
     parser.add_argument(
         "--log-level", default=None, help="debug, info, warning (default: info; demo: warning)"
     )
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--domain", default="default", help="tenant/domain id in m/{domain}/c/{channel}")
         p.add_argument("--channel", default="default", help="channel id in m/{domain}/c/{channel}")
 
-    from orchestrator.settings import ManagerSettings, add_arguments
+    from orchestrator.settings import ManagerSettings, PropletSettings, add_arguments
 
     m = sub.add_parser(
         "manager",
@@ -639,42 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_manager)
 
     p = sub.add_parser("proplet", help="run a Wasm worker")
-    p.add_argument(
-        "--broker", default=None, help="mqtt[s]://HOST:PORT (default: the identity file's, else local 1883)"
-    )
-    p.add_argument("--id", default="", help="proplet id (default: proplet-HOST-PID)")
-    p.add_argument("--heartbeat-interval", type=float, default=10.0)
-    p.add_argument("--max-instances", type=int, default=16)
-    p.add_argument(
-        "--cache-dir",
-        default=str(Path.home() / ".cache" / "propeller" / "wasm"),
-        help="directory of compiled modules, keyed by sha256 (default: ~/.cache/propeller/wasm; '' disables)",
-    )
-    p.add_argument("--tags", default="", help="comma-separated tags")
-    p.add_argument(
-        "--profile", default="host", choices=["host", "esp32s3"], help="esp32s3: act like the firmware"
-    )
-    p.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between metrics; 0 = off")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (upstream 9092)")
-    p.add_argument("--heap-bytes", type=int, default=None, help="embedded profile: WAMR heap size override")
-    p.add_argument(
-        "--fetch-allow",
-        type=_fetch_allow,
-        default=os.environ.get("PROPELLER_FETCH_ALLOW", "public"),
-        help="where HTTP(S) modules may come from: comma-separated 'public', HOST[:PORT], IP or CIDR "
-        "(default: public addresses only; link-local and metadata never; env PROPELLER_FETCH_ALLOW)",
-    )
-    p.add_argument(
-        "--identity", default=None, help="identity file from `propeller proplets enroll --out` (sets --id)"
-    )
-    p.add_argument(
-        "--otel", action=argparse.BooleanOptionalAction,
-        default=os.environ.get("PROPELLER_OTEL", "").strip().lower() in ("1", "true", "yes", "on"),
-        help="OpenTelemetry execute spans, children of the manager's dispatch span (the otel extra; "
-        "env PROPELLER_OTEL; exporter: OTEL_TRACES_EXPORTER=otlp|console|none)",
-    )  # fmt: skip
-    hal_args(p)
-    channel_args(p)
+    add_arguments(p, PropletSettings)
     p.set_defaults(func=cmd_proplet)
 
     b = sub.add_parser("broker", help="run the embedded MQTT broker on its own (amqtt, keep-alive fixed)")
@@ -692,26 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_broker)
 
     d = sub.add_parser("demo", help="embedded broker + manager + proplets run a sample task")
-    d.add_argument("--proplets", type=int, default=3)
+    d.add_argument("--proplets", type=int, default=3, help="proplets started")
     d.add_argument("--db", default=None, help="keep the demo database at this path")
     d.set_defaults(func=cmd_demo)
 
-    def api_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--api-url",
-            default=os.environ.get("PROPELLER_API_URL", "http://127.0.0.1:7070"),
-            help="the manager's REST API (env PROPELLER_API_URL; default: %(default)s)",
-        )
-        p.add_argument(
-            "--api-token",
-            default=os.environ.get("PROPELLER_API_TOKEN"),
-            help="bearer token (env PROPELLER_API_TOKEN)",
-        )
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
     t = sub.add_parser("task", help="create, start, stop and inspect tasks")
     tsub = t.add_subparsers(dest="task_cmd", required=True)
-    tc = tsub.add_parser("create")
+    tc = tsub.add_parser("create", help="create a task (POST /tasks)")
     tc.add_argument("name", help="task name = the export to call")
     tc.add_argument("stray", nargs="*", help=argparse.SUPPRESS)  # old `--inputs 2 40`: a clear error
     tc.add_argument("--file", help=".wasm or .wat file sent inline")
@@ -731,45 +683,60 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--limits", action="append", default=[], metavar="KEY=VALUE",
                     help="resource limit, e.g. timeout_s=30 (repeat)")  # fmt: skip
     tc.add_argument("--daemon", action="store_true", help="a long-running task (no result expected)")
+    tc.add_argument("--latent", action="store_true",
+                    help="a latent task: `task start` deploys it, `task invoke ID` runs it")  # fmt: skip
     tc.add_argument("--start", action="store_true", help="start the task once created")
     tc.add_argument("--wait", type=float, nargs="?", const=300.0, default=None, metavar="SECONDS",
                     help="start it and wait for its end (default 300 s); exit code: 0 Completed, "
                     f"{EXIT_TASK_FAILED} Failed/Interrupted/Skipped, "
                     f"{EXIT_TASK_NOT_DONE} not finished")  # fmt: skip
     tc.add_argument("--proplet", help="pin to this proplet id")
-    tc.add_argument("--priority", type=int)
+    tc.add_argument("--priority", type=int, help="higher runs first among queued tasks (default: 0)")
     api_args(tc)
-    for name in ("start", "stop", "get", "delete"):
-        tp = tsub.add_parser(name)
-        tp.add_argument("id")
+    for name, text in (
+        ("start", "start a task (POST /tasks/{id}/start)"),
+        ("stop", "stop a running task (POST /tasks/{id}/stop)"),
+        ("get", "one task: state, times, result, error, module size and sha256 (GET /tasks/{id})"),
+        ("delete", "delete a task (DELETE /tasks/{id})"),
+    ):
+        tp = tsub.add_parser(name, help=text)
+        tp.add_argument("id", help="task id")
+        if name == "get":
+            whole = "include the whole module (base64 'file'), not only its size and sha256"
+            tp.add_argument("--with-module", action="store_true", help=whole)
         api_args(tp)
     tr = tsub.add_parser("results", help="the task's result (JSON-encoded; --format json parses it)")
-    tr.add_argument("id")
+    tr.add_argument("id", help="task id")
     tr.add_argument(
         "--format", choices=["json", "raw"], default=None,
         help="json: the result parsed as JSON; raw: the bytes the module wrote (stdout) or returned",
     )  # fmt: skip
     api_args(tr)
     tlog = tsub.add_parser("logs", help="the task's stderr and runtime notes, kept apart from its result")
-    tlog.add_argument("id")
+    tlog.add_argument("id", help="task id")
     tlog.add_argument("--follow", "-f", action="store_true", help="stream the logs of a running task")
     tlog.add_argument("--attempt", type=int, default=None, help="which attempt (default: the latest)")
     tlog.add_argument("--interval", type=float, default=0.5, help="--follow: seconds between polls")
     api_args(tlog)
-    tl = tsub.add_parser("list")
-    tl.add_argument("--offset", type=int, default=0)
-    tl.add_argument("--limit", type=int, default=100)
+    tl = tsub.add_parser("list", help="the tasks, oldest first (GET /tasks)")
+    tl.add_argument("--state", default=None, help="only tasks in this state (e.g. Failed, or its number)")
+    tl.add_argument("--proplet", default=None, help="only tasks placed on this proplet")
+    tl.add_argument("--name", default=None, help="only tasks of this name")
+    tl.add_argument("--workflow", default=None, help="only tasks of this workflow id")
+    tl.add_argument("--job", default=None, help="only tasks of this job id")
+    page_args(tl)
     api_args(tl)
     t.set_defaults(func=cmd_task)
     from orchestrator.receipt_verify import add_verify_parser
 
     add_verify_parser(tsub, api_args)  # `task verify`: its own module, its own command function
+    add_task_extras(tsub)  # `task invoke`, `task upload`, `task metrics`: orchestrator/cli_api.py
 
     pr = sub.add_parser("proplets", help="list and inspect proplets")
     psub = pr.add_subparsers(dest="proplets_cmd", required=True)
-    api_args(psub.add_parser("list"))
-    ps = psub.add_parser("show")
-    ps.add_argument("id")
+    api_args(psub.add_parser("list", help="the proplets the manager knows, alive or dead (GET /proplets)"))
+    ps = psub.add_parser("show", help="one proplet (GET /proplets/{id})")
+    ps.add_argument("id", help="proplet id")
     api_args(ps)
     pe = psub.add_parser("enroll", help="enroll a proplet identity (credentials + signing key)")
     pe.add_argument("--id", default="", help="proplet id (default: proplet-<random>; upstream: --client-id)")
@@ -777,18 +744,23 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--manager", action="store_true", help="the manager's identity for an external broker")
     pe.add_argument("--client-id", default=None, help="MQTT client id = user name (upstream: its entity id)")
     pe.add_argument("--key", default=None, help="password (upstream: its API key); default: random")
-    pe.add_argument("--out", default=None, help="write the identity file here (0600); default: stdout")
+    pe.add_argument("--output", "-o", "--out", dest="out", metavar="FILE", default=None,
+                    help="write the identity file here (0600); default: print it")  # fmt: skip
     pe.add_argument("--broker", default=None, help="broker URL to record in the identity file")
     pe.add_argument("--db", default=None, help="enroll straight into the manager's database (offline)")
-    api_args(pe)
+    api_args(pe, output=False)
     pv = psub.add_parser("revoke", help="revoke an identity: disconnected and refused from now on")
-    pv.add_argument("id")
+    pv.add_argument("id", help="proplet id")
     api_args(pv)
     api_args(psub.add_parser("identities", help="list enrolled identities"))
     pr.set_defaults(func=cmd_proplets)
     from orchestrator.trace import add_trace_parsers
 
     add_trace_parsers(tsub, psub, api_args)  # `task trace`, `proplets trace`: orchestrator/trace.py
+    add_proplet_extras(psub)  # `proplets alive`, `proplets metrics`
+    add_job_parser(sub)
+    add_workflow_parser(sub)
+    add_metrics_parser(sub)
 
     _add_optional_subcommands(sub)
     return parser
@@ -821,7 +793,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging(args.log_level or ("warning" if args.command == "demo" else "info"))
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:  # `propeller task list | head`: the reader has all it wanted
+        sys.stderr.close()
+        return 0
     return result
 
 

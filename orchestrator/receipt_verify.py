@@ -142,9 +142,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"propeller task verify: {err}", file=sys.stderr)
         return EXIT_USAGE
     bad = [f for f in findings if not f.ok]
+    checks = [{"check": f.check, "ok": f.ok, "detail": f.detail} for f in findings]
+    report = json.dumps({"task_id": args.id, "verified": not bad, "checks": checks}, indent=2)
+    if getattr(args, "output", None):
+        from orchestrator.cli_api import write_output
+
+        try:
+            write_output(args.output, report + "\n")
+        except ValueError as err:
+            print(f"propeller task verify: {err}", file=sys.stderr)
+            return EXIT_USAGE
     if args.json:
-        checks = [{"check": f.check, "ok": f.ok, "detail": f.detail} for f in findings]
-        print(json.dumps({"task_id": args.id, "verified": not bad, "checks": checks}, indent=2))
+        print(report)
     else:
         width = max(len(f.check) for f in findings)
         for f in findings:

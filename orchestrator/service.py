@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator import wire
+from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.lease import LeaseKeeper, PgLease
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
@@ -164,7 +165,9 @@ class ManagerService:
 
     async def _restore(self) -> None:
         assert self.store is not None
-        tasks = await self.store.load_tasks()
+        # Only what the engine needs: finished tasks stay in the store (the API reads them there), so a
+        # restart or a standby's takeover costs what is live, not the history (issue 10).
+        tasks = await self.store.load_live_tasks()
         proplets = await self.store.load_proplets()
         jobs = await self.store.load_jobs()
         self.engine.restore(tasks, proplets, self.now(), time.time(), jobs)
@@ -353,20 +356,16 @@ class ManagerService:
         self.engine.shutting_down = True
         if self._api_server is not None:
             self._api_server.should_exit = True
-        for t in self._tasks:
-            if t.get_name() != "manager-api":
-                t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 5)
+        api = [t for t in self._tasks if t.get_name() == "manager-api"]
+        await cancel_and_wait([t for t in self._tasks if t not in api], "manager stop")
+        if api:  # uvicorn ends on should_exit once its connections close; cancelled if they do not
+            _done, slow = await asyncio.wait(api, timeout=CANCEL_GRACE_S)
+            await cancel_and_wait(slow, "manager stop (API)")
         if self.lease is not None:
             await self.lease.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 10)  # the flusher finishes what is queued
-        if self._flusher is not None:
-            self._flusher.cancel()  # idle now: waiting for the next window
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._flusher
+        await cancel_and_wait([self._flusher], "manager stop")  # idle now: waiting for the next window
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await self.mqtt.disconnect()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from orchestrator.core.validation import MAX_BODY_BYTES
+from proplets.runtime.hal.options import DEFAULT_QUOTA_BYTES, DEFAULT_TSM_ROOT
 
 T = TypeVar("T")
 ENV_PREFIX = "PROPELLER_"
@@ -206,3 +207,51 @@ class ManagerSettings:
     # Drop proplet messages that claim an id that is not an enrolled, active proplet. On by itself with
     # the closed embedded broker; --identity (an external broker) turns it on too.
     enrolled_only: bool = _opt(False, "drop messages from ids that are not enrolled proplets", cli=False)
+
+
+def _default_cache_dir() -> str:
+    from pathlib import Path
+
+    return str(Path.home() / ".cache" / "propeller" / "wasm")
+
+
+@dataclass
+class PropletSettings:
+    """Every setting of ``propeller proplet``, defined once: its flags and ``PROPELLER_*`` variables are
+    derived from these fields (``proplets.agent.AgentSettings`` is built from them in the CLI)."""
+
+    broker: str | None = _opt(None, "mqtt[s]://HOST:PORT (none: the identity file's, else 127.0.0.1:1883)")
+    id: str = _opt("", "proplet id (empty: the identity file's, else proplet-HOST-PID)")
+    identity: str | None = _opt(None, "identity file from `propeller proplets enroll --out` (sets --id)")
+    domain: str = _opt("default", "tenant/domain id in m/{domain}/c/{channel}")
+    channel: str = _opt("default", "channel id in m/{domain}/c/{channel}")
+    heartbeat_interval: float = _opt(10.0, "seconds between heartbeats")
+    max_instances: int = _opt(16, "tasks run at once")
+    cache_dir: str = dataclasses.field(
+        default_factory=_default_cache_dir,
+        metadata={"help": "directory of compiled modules, keyed by sha256 ('' disables)"},
+    )
+    tags: str = _opt("", "comma-separated tags (placement: requires.tags)")
+    profile: str = _opt("host", "esp32s3: act like the firmware", choices=["host", "esp32s3"])
+    metrics_interval: float = _opt(10.0, "seconds between metrics; 0 = off")
+    metrics_port: int | None = _opt(None, "Prometheus /metrics port (upstream 9092; none = off)")
+    heap_bytes: int | None = _opt(None, "embedded profile: WAMR heap size override (bytes)")
+    fetch_allow: str = _opt(
+        "public",
+        "where HTTP(S) modules may come from: comma-separated 'public', HOST[:PORT], IP or CIDR "
+        "(public: public addresses only; link-local and metadata never)",
+    )
+    # The ELASTIC HAL's host side and TEE paths (docs/hal.md).
+    hal_root: str = _opt(
+        "", "directory of tasks' HAL storage (hal_storage_path is inside it; empty: <tmp>/proplet/...)"
+    )
+    hal_quota_bytes: int = _opt(DEFAULT_QUOTA_BYTES, "most bytes one task's HAL storage may hold")
+    tsm_root: str = _opt(DEFAULT_TSM_ROOT, "configfs-tsm report directory for HAL attestation (TDX/SEV-SNP)")
+    kbs_url: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("PROPLET_KBS_URI", ""),
+        metadata={"help": "key broker for encrypted tasks (also env PROPLET_KBS_URI; see docs/hal.md)"},
+    )
+    otel: bool = _opt(
+        False, "OpenTelemetry execute spans, children of the manager's dispatch span (the otel extra; "
+        "exporter: OTEL_TRACES_EXPORTER=otlp|console|none)"
+    )

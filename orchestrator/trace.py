@@ -73,11 +73,13 @@ def format_trace(subject: str, subject_id: str, events: list[dict[str, Any]], ti
 
 
 def add_trace_parsers(tsub: Any, psub: Any, api_args: Any) -> None:
-    tt = tsub.add_parser("trace", help="the task's timeline: what happened to it, in order, and why")
+    text = "the task's timeline: what happened to it, in order, and why (GET /tasks/{id}/events)"
+    tt = tsub.add_parser("trace", aliases=["events"], help=text)
     tt.add_argument("id", help="task id")
     api_args(tt)
     tt.set_defaults(func=cmd_trace, subject="task")
-    pt = psub.add_parser("trace", help="the proplet's timeline: joins, deaths with their cause, returns")
+    pt = psub.add_parser("trace", aliases=["events"], help="the proplet's timeline: joins, deaths with their "
+                         "cause, returns (GET /proplets/{id}/events)")  # fmt: skip
     pt.add_argument("id", help="proplet id")
     api_args(pt)
     pt.set_defaults(func=cmd_trace, subject="proplet")
@@ -99,8 +101,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return 1
     finally:
         client.close()
-    if args.json:
-        print(json.dumps(body, indent=2))
-    else:
-        print(format_trace(args.subject, args.id, body.get("events", []), title))
+    from orchestrator.cli_api import emit
+
+    try:
+        emit(args, body, lambda b: format_trace(args.subject, args.id, b.get("events", []), title))
+    except ValueError as err:
+        print(f"propeller {args.subject} trace: {err}", file=sys.stderr)
+        return 2
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 from typing import Any
 
 from orchestrator.core.errors import NotFound
@@ -83,6 +84,8 @@ def task_view(task: Task) -> dict[str, Any]:
     for key, value in optional.items():
         if value not in ("", None, [], {}, False, 0):
             out[key] = value
+    if task.file:  # our extension: what the redacted ``file`` cannot tell (GET /tasks/{id}?module=1 has it)
+        out["module"] = {"size": len(task.file), "sha256": hashlib.sha256(task.file).hexdigest()}
     if task.schedule:
         out["timezone"] = task.timezone
     return out

@@ -31,6 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from orchestrator import wire
+from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will, parse_broker_url
 from orchestrator.adapters.otel import Tracing
 from proplets import egress
@@ -317,15 +318,11 @@ class PropletAgent:
         behind (the wasm workers and the epoch ticker are joined)."""
         for token in self._cancels.values():
             token.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+        await cancel_and_wait([self._timer], f"proplet {self.settings.proplet_id} stop")
         if self._jobs:
-            _done, pending = await asyncio.wait(list(self._jobs), timeout=5)
-            for job in pending:  # e.g. a fetch waiting for chunks that will never come
-                job.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            _done, pending = await asyncio.wait(list(self._jobs), timeout=CANCEL_GRACE_S)
+            # e.g. a fetch waiting for chunks that will never come
+            await cancel_and_wait(pending, f"proplet {self.settings.proplet_id} stop")
         if clean:
             self.engine.shutting_down(self._clock())
             with contextlib.suppress(Exception):

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from orchestrator.adapters.aio import cancel_and_wait
 from proplets.core import ProcessSample
 
 _CGROUP_FILES = (
@@ -187,9 +188,7 @@ class MetricsServer:
         if server is None:
             return
         server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
+        await cancel_and_wait(list(self._clients), "proplet metrics server stop")
         with contextlib.suppress(Exception):
             await server.wait_closed()
 

@@ -12,9 +12,11 @@ def add_scenario_subcommands(sub: argparse._SubParsersAction) -> None:
     ssub = sc.add_subparsers(dest="scenario_cmd", required=True)
 
     run = ssub.add_parser(
-        "run", help="run scenarios and judge their expectations (exit 0 pass, 1 fail, 2 invalid)"
+        "run",
+        help="run scenarios and judge their expectations (exit 0 pass, 1 fail, 2 invalid, "
+        "3 inconclusive: a live run whose host lagged behind its timers)",
     )
-    run.add_argument("files", nargs="+", metavar="FILE")
+    run.add_argument("files", nargs="+", metavar="FILE", help="scenario YAML files")
     run.add_argument("--seed", type=int, default=None, help="override every file's seed")
     run.add_argument("--junit", metavar="PATH", default=None, help="write JUnit XML here")
     run.add_argument(
@@ -38,7 +40,7 @@ def add_scenario_subcommands(sub: argparse._SubParsersAction) -> None:
     val = ssub.add_parser(
         "validate", help="check scenario files without running them (exit 0 valid, 2 invalid)"
     )
-    val.add_argument("files", nargs="+", metavar="FILE")
+    val.add_argument("files", nargs="+", metavar="FILE", help="scenario YAML files")
     val.set_defaults(func=cmd_validate)
     __import__("twin.scale").scale.add_twin_subcommands(sub)  # `propeller twin scale`
 

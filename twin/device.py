@@ -362,6 +362,7 @@ class SimDevice:
         else:
             yield self.env.timeout(HOST_RESTART_S * self.rng.uniform(0.5, 1.5))
         backoff = Backoff(self.config.timers.reconnect_min, self.config.timers.reconnect_max, self.rng)
+        refused = False
         while gen == self.gen:
             while self.wifi_down and gen == self.gen:
                 yield self.env.timeout(0.1)
@@ -372,6 +373,9 @@ class SimDevice:
             ok = yield done
             if ok or gen != self.gen:
                 return
+            if not refused:  # once a boot: the broker is down, or a closed broker does not know it
+                refused = True
+                self.trace.emit(self.now, "device", self.name, connect="refused")
             # The first connection failed (broker down): upstream retries every 5 s, ours backs off.
             if self.flags.no_reconnect and isinstance(self.config.spec, Esp32S3Spec):
                 yield self.env.timeout(self.config.spec.mqtt_retry_s)

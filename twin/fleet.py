@@ -97,6 +97,9 @@ def random_faults(spec: FaultSpec, population: Sequence[str], rng: random.Random
     return picks
 
 
+NOT_ENROLLED_PASSWORD = "not-enrolled"  # what an ``enrolled: false`` device dials the closed broker with
+
+
 def proplet_id(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
@@ -142,9 +145,11 @@ class Fleet:
         """Device name -> proplet id, boards included: what the workload pins tasks with."""
         return {name: pid for pid, name in self.proplet_names.items()}
 
-    def _with_credentials(self, config: DeviceConfig) -> DeviceConfig:
+    def _with_credentials(self, config: DeviceConfig, enrolled: bool = True) -> DeviceConfig:
         if self.credentials is None:
             return config
+        if not enrolled:  # ``enrolled: false``: a user name and password the closed broker never saw
+            return replace(config, username=config.proplet_id, password=NOT_ENROLLED_PASSWORD)
         creds = self.credentials(config.kind, config.proplet_id)
         return replace(config, username=creds.username, password=creds.password,
                        signing_key=creds.signing_key)  # fmt: skip
@@ -196,7 +201,7 @@ class Fleet:
                 spec = esp_spec(group) if kind != "host" else HOST
                 config = DeviceConfig(name, kind, proplet_id(ids), self.domain, host, port, s.timers,
                                       spec, group.tags)  # fmt: skip
-                config = self._with_credentials(config)
+                config = self._with_credentials(config, group.enrolled)
                 device = self.devices[name] = SimDevice(config, self.shared, s.rng(f"device:{name}"))
                 if name in self.links:
                     device.cut = self.links[name].sever

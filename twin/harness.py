@@ -39,6 +39,7 @@ from typing import Any, NoReturn
 import httpx
 import simpy
 
+from orchestrator.adapters.aio import cancel_and_wait
 from orchestrator.core.model import TaskState
 from twin.clock import AsyncSimClock, LoopLagProbe
 from twin.device import DeviceConfig, Shared, SimDevice, esp_spec
@@ -167,9 +168,7 @@ class TwinCluster:
         if self.fleet is not None:
             with contextlib.suppress(Exception):
                 await self.fleet.close()
-        if self._clock_task is not None:
-            self._clock_task.cancel()
-            await asyncio.gather(self._clock_task, return_exceptions=True)
+        await cancel_and_wait([self._clock_task], f"twin cluster {self.name} close")
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await self._api.aclose()

@@ -34,6 +34,7 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orchestrator.adapters.aio import cancel_and_wait
 from twin.link_profile import CLEAN, LinkProfile
 
 HIGH_WATER = 256 * 1024  # bytes queued in a direction before we stop reading its source
@@ -357,8 +358,7 @@ class LinkProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._dials):
-            task.cancel()
+        await cancel_and_wait(list(self._dials), "link proxy close")
         for conn in list(self._conns):
             conn.close(rst=True)
         if self._server is not None:

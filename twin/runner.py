@@ -46,6 +46,7 @@ import simpy
 from hil import esp32sim
 from hil.rig import BoardSpec, load_map
 from hil.scenario_boards import ScenarioBoards
+from orchestrator.adapters.aio import cancel_and_wait
 from twin.clock import AsyncSimClock, LoopLagProbe
 from twin.fleet import Fleet
 from twin.observer import ManagerObserver
@@ -129,7 +130,8 @@ class _Run:
         m, t = scenario.manager, scenario.timers
         self.session = TwinSession(
             SessionConfig(self.domain, t.heartbeat_interval, t.liveness_timeout, broker=scenario.broker,
-                          placement=m.placement, max_attempts=m.max_attempts, queue_timeout=m.queue_timeout),
+                          placement=m.placement, max_attempts=m.max_attempts, queue_timeout=m.queue_timeout,
+                          manager_settings=m.settings),
             trace, observer=self.observer, work_dir=work, env=self.env, clock=self.clock,
         )  # fmt: skip
         self.broker: Broker | None = None
@@ -353,9 +355,7 @@ class _Run:
         """Stop everything this run started, whatever happened; never raises."""
         self.observer.closed = True
         for jobs in (self.fleet_jobs, self.submissions):
-            for job in list(jobs):
-                job.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
+            await cancel_and_wait(list(jobs), "scenario teardown")
         if self.boards is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.boards.close)

@@ -41,6 +41,7 @@ import psutil
 import simpy
 
 from orchestrator import wire
+from orchestrator.adapters.aio import cancel_and_wait
 from orchestrator.adapters.mqtt import BrokerUrl, MqttClient
 from proplets.core import Publish
 from twin.clock import AsyncSimClock
@@ -226,9 +227,7 @@ class LoopLagProbe:
             self.samples.append(max(0.0, loop.time() - t - PROBE_S))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task], "loop lag probe stop")
 
 
 class _Usage:
@@ -377,9 +376,7 @@ class _Point:
                         "max": round(lag.max_s * 1e3, 2)}  # fmt: skip
         r.loop_lag_ms = percentiles(self.probe.samples)
         # Freeze the simulation (no more heartbeats), let the in-flight ones arrive, then count.
-        if self.clock_task is not None:
-            self.clock_task.cancel()
-            await asyncio.gather(self.clock_task, return_exceptions=True)
+        await cancel_and_wait([self.clock_task], "twin scale: simulation clock")
         await asyncio.sleep(cfg.drain)
         r.hb_sent = sum(d.heartbeats_sent for d in self.devices)
         r.hb_received = self.received
@@ -399,9 +396,7 @@ class _Point:
     async def teardown(self) -> None:
         """Stop everything this point started, whatever happened; never raises."""
         await self.probe.stop()
-        if self.clock_task is not None:
-            self.clock_task.cancel()
-            await asyncio.gather(self.clock_task, return_exceptions=True)
+        await cancel_and_wait([self.clock_task], "twin scale: simulation clock")
         shutdown_all(list(self.devices))
         if self.monitor is not None:
             self.monitor.abort()
@@ -463,7 +458,9 @@ def add_twin_subcommands(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--keepalive", type=float, default=30.0, help="MQTT keep-alive, s" + d)
     sc.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                     help="run each point in a fresh child process (default: on)")
-    sc.add_argument("--json", metavar="PATH", default=None, help="write every point's figures here")
+    from orchestrator.cli_api import output_arg
+
+    output_arg(sc, "write every point's figures (JSON) to FILE")
     sc.add_argument("--mode", default="live", choices=("live", "virtual"),
                     help="live: real broker and MQTT clients in wall-clock time, --duration is the steady "
                          "window; virtual: broker model, manager engine and devices on simpy's clock, "
@@ -494,8 +491,8 @@ def cmd_virtual_scale(args: Any) -> int:
         print(summary(r), flush=True)
         if r.profile:
             print(r.profile)
-    if args.json:
-        Path(args.json).write_text(json.dumps([as_dict(r) for r in results], indent=2), encoding="utf-8")
+    if args.output:
+        Path(args.output).write_text(json.dumps([as_dict(r) for r in results], indent=2), encoding="utf-8")
     return 0 if all(r.alive_at_end == r.devices for r in results) else 1
 
 
@@ -526,8 +523,8 @@ def cmd_scale(args: Any) -> int:
     for b in brokers:
         held = [r.devices for r in results if r.broker == b and r.holds]
         print(f"largest fleet held with {b}: {max(held) if held else 'none of those tried'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps([{**asdict(r), "delivery": r.delivery} for r in results],
+    if args.output:
+        Path(args.output).write_text(json.dumps([{**asdict(r), "delivery": r.delivery} for r in results],
                                               indent=2), encoding="utf-8")  # fmt: skip
     return 0 if len(results) == len(configs) and not any(r.error for r in results) else 1
 

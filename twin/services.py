@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -225,6 +226,7 @@ class ManagerOptions:
     max_attempts: int = 3
     queue_timeout: float | None = None
     db: str = ""
+    settings: tuple[tuple[str, Any], ...] = ()  # other ManagerSettings fields (a scenario's manager:)
 
 
 class Manager:
@@ -245,6 +247,7 @@ class Manager:
             queue_timeout=opts.queue_timeout,
             identity=str(identity) if identity is not None else None,  # its identity on the closed broker
         )  # fmt: skip
+        settings = dataclasses.replace(settings, **dict(opts.settings))
         # Derived from the one settings source: every field reaches the child's argparse unchanged.
         argv = [sys.executable, "-m", "orchestrator.cli", "--log-level", "info", "manager"]
         argv += to_argv(settings)

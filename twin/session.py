@@ -17,7 +17,6 @@ failed ``__aenter__``) stops exactly what was started, last first; callers add t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import signal
@@ -31,19 +30,20 @@ from typing import Any
 
 import simpy
 
+from orchestrator.adapters.aio import cancel_and_wait
 from twin.broker_model import BrokerModel
 from twin.clock import AsyncSimClock
 from twin.cohort import HeartbeatCohort
 from twin.device import Shared
 from twin.fleet import Fleet
-from twin.identities import TwinIdentities
+from twin.identities import TwinIdentities, VirtualIdentities
 from twin.observer import ManagerObserver
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace
 from twin.services import MAX_QUEUED_MESSAGES, Broker, Manager, ManagerOptions
 from twin.timeline_feed import TimelineFeed
 from twin.transport import VirtualTransport
-from twin.vmanager import ManagerConfig, VirtualManager
+from twin.vmanager import WALL_EPOCH, ManagerConfig, VirtualManager
 
 MODES = ("live", "virtual")
 OnEvent = Callable[[Mapping[str, Any], float], None]
@@ -59,6 +59,8 @@ class SessionConfig:
     placement: str = "round_robin"
     max_attempts: int = 3
     queue_timeout: float | None = None
+    # Live: the other ManagerSettings fields the scenario sets (twin.scenario.spec.ManagerSpec.settings).
+    manager_settings: tuple[tuple[str, Any], ...] = ()
     manager: bool = True  # start the manager too
     seed: int = 0  # virtual: the manager's task ids
     wasm_workers: int = 2  # live: threads running wasmtime
@@ -67,6 +69,9 @@ class SessionConfig:
     manager_live_timers: bool = True
     # Virtual: steady devices' heartbeats reach the manager in bulk (twin.cohort); same verdicts.
     cohort: bool = False
+    # Virtual: the broker model admits anyone (the fleet-scale benchmark's bare devices); by default it
+    # is closed like live mode's broker, and the session enrolls the manager and every device.
+    broker_open: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -98,6 +103,7 @@ class TwinSession:
         self.shared: Shared | None = None
         self.identities: TwinIdentities | None = None  # live: the run's enrolled identities
         self.feed: TimelineFeed | None = None  # live: reports faults and console lines to the manager
+        self.virtual_identities: VirtualIdentities | None = None  # virtual, closed: in memory, seeded
 
     @property
     def virtual(self) -> bool:
@@ -143,7 +149,7 @@ class TwinSession:
         await broker.start()
         if c.manager:
             opts = ManagerOptions(c.domain, c.heartbeat_interval, c.liveness_timeout, c.placement,
-                                  c.max_attempts, c.queue_timeout)  # fmt: skip
+                                  c.max_attempts, c.queue_timeout, settings=c.manager_settings)  # fmt: skip
             on_line = self.observer.on_line if self.observer is not None else None
             manager = self.manager = Manager(broker.url, opts, work, on_line, identity=manager_identity)
             self.trace.meta["manager_log"] = str(manager.process.log_path)
@@ -162,10 +168,20 @@ class TwinSession:
 
     def _start_virtual(self) -> None:
         c = self.config
+        # A closed broker model, like live mode's broker: the manager and every device are enrolled in
+        # memory, their secrets drawn from the seed.
+        ids = None if c.broker_open else VirtualIdentities(c.seed, WALL_EPOCH)
+        self.virtual_identities = ids
         # Sessions and retained messages do not survive a restart: the live runner's brokers keep none.
-        broker = self.broker_model = BrokerModel(self.env, persistence=False, max_queued=MAX_QUEUED_MESSAGES)
+        registry = ids.registry if ids is not None else None
+        broker = self.broker_model = BrokerModel(self.env, persistence=False, max_queued=MAX_QUEUED_MESSAGES,
+                                                 identities=registry)  # fmt: skip
         transport = VirtualTransport(self.env, broker, self.runtime)
         self.shared = Shared(self.env, self.clock, self.trace, self.runtime, None, transport)
+        if c.manager and c.manager_settings:
+            keys = ", ".join(f"manager.{k}" for k, _ in c.manager_settings)
+            raise ValueError(f"{keys}: the virtual manager models only placement, max_attempts and "
+                             "queue_timeout; run this scenario with --mode live")  # fmt: skip
         if c.manager:
             on_event = self.on_manager_event or (self.observer.on_event if self.observer else _ignore)
             mc = ManagerConfig(c.domain, c.heartbeat_interval, c.liveness_timeout, c.placement,
@@ -173,6 +189,9 @@ class TwinSession:
                                timer_cap=None if c.manager_live_timers else 0)  # fmt: skip
             rng = random.Random(f"{c.seed}:manager")
             vm = self.virtual_manager = VirtualManager(self.env, broker, mc, on_event, rng)
+            if ids is not None:
+                creds = ids.manager(vm.client_id)
+                vm.credentials = (creds.username, creds.password)
             vm.start()
             self.stack.callback(vm.kill, 15)
             if c.cohort:
@@ -194,6 +213,8 @@ class TwinSession:
         host, port = self.broker_address
         if self.virtual:
             options.setdefault("boards_as_devices", True)
+            if self.virtual_identities is not None:
+                options.setdefault("credentials", self.virtual_identities.device)
         elif self.identities is not None:
             options.setdefault("credentials", self.identities.device)
             options.setdefault("before_power_on", self.commit_identities)
@@ -220,6 +241,4 @@ async def _close_fleet(fleet: Fleet) -> None:
 
 
 async def _cancel_jobs(shared: Shared) -> None:
-    for job in list(shared.jobs):
-        job.cancel()
-    await asyncio.gather(*shared.jobs, return_exceptions=True)
+    await cancel_and_wait(list(shared.jobs), "twin session: device jobs")

@@ -154,7 +154,8 @@ class VirtualRunner:
         config = SessionConfig(f"twin-virtual-{scenario.seed}", t.heartbeat_interval, t.liveness_timeout,
                                mode="virtual", broker=scenario.broker, placement=m.placement,
                                max_attempts=m.max_attempts, queue_timeout=m.queue_timeout,
-                               seed=scenario.seed, cohort=self.cohort)  # fmt: skip
+                               manager_settings=m.settings, seed=scenario.seed,
+                               cohort=self.cohort)  # fmt: skip
         try:
             async with TwinSession(config, trace, observer=observer, env=env) as session:
                 await _VirtualRun(scenario, trace, session, observer, self.hw_names).execute(progress)
@@ -223,6 +224,8 @@ class _VirtualRun:
             "broker": {"publishes": b.publishes, "deliveries": b.deliveries, "wills": b.wills,
                        "expiries": b.expiries, "queued": b.queued, "dropped": b.dropped,
                        "refused": b.refused},
+            # The closed broker model's refusals: (simulated time, client id, why), the first 20.
+            "refusals": [[round(t, 3), cid, why] for t, cid, why in self.broker.refusals[:20]],
             "manager_starts": self.manager.starts,
             "manager_messages": self.manager.messages,
             "faults_injected": self.fleet.faults_injected,

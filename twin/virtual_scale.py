@@ -105,8 +105,10 @@ async def run_virtual_point(cfg: VirtualScaleConfig) -> VirtualScaleResult:
         if event.get("event") == "proplet_dead":
             deaths.append(str(event.get("proplet_id")))
 
+    # An open broker model: the benchmark measures the transport and the manager, not enrollment
+    # (its bare devices carry no credentials).
     config = SessionConfig(domain, cfg.heartbeat, 3 * cfg.heartbeat, mode="virtual", seed=cfg.seed,
-                           manager_live_timers=False, cohort=cfg.cohort)  # fmt: skip
+                           manager_live_timers=False, cohort=cfg.cohort, broker_open=True)  # fmt: skip
     trace = Trace(f"virtual-scale-{cfg.devices}")
     async with TwinSession(config, trace, env=env, on_manager_event=on_event) as session:
         shared, manager = session.shared, session.virtual_manager

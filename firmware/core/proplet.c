@@ -7,12 +7,15 @@
 #include "console.h"
 #include "wasm_info.h"
 
-enum { T_CREATE, T_ALIVE, T_RESULTS, T_START, T_STOP, T_REG_REQ, T_REG_SRV };
+enum { T_CREATE, T_ALIVE, T_RESULTS, T_START, T_STOP, T_REG_REQ, T_REG_SRV, T_DISCOVER, T_COUNT };
 
-static const char *const topic_suffix[7] = {
+static const char *const topic_suffix[T_COUNT] = {
     "control/proplet/create", "control/proplet/alive", "control/proplet/results",
     "control/manager/start",  "control/manager/stop",  "registry/proplet",
     "registry/server",
+    /* Our manager's extension: "announce yourself again" (it started after us, or lost its registry).
+     * Upstream managers never publish there, so subscribing costs nothing on their wire. */
+    "control/manager/discover",
 };
 
 #define QOS 1
@@ -227,7 +230,7 @@ uint32_t prop_backoff_ms(const prop_config_t *cfg, uint32_t attempt, uint32_t ra
 
 static void build_topics(prop_t *p)
 {
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < T_COUNT; i++) {
         snprintf(p->topics[i], sizeof p->topics[i], "m/%s/c/%s/%s", p->cfg.domain, p->cfg.channel,
                  topic_suffix[i]);
     }
@@ -510,6 +513,7 @@ void prop_mqtt_connected(prop_t *p, uint64_t now_ms)
         (void)p->ops.subscribe(p->ops.ctx, p->topics[T_START], QOS);
         (void)p->ops.subscribe(p->ops.ctx, p->topics[T_STOP], QOS);
         (void)p->ops.subscribe(p->ops.ctx, p->topics[T_REG_SRV], QOS);
+        (void)p->ops.subscribe(p->ops.ctx, p->topics[T_DISCOVER], QOS);
     }
     send_discovery(p);
     /* Heartbeat at once (upstream waits a full interval): the manager marks us alive sooner. */
@@ -710,6 +714,23 @@ static void log_rejected(prop_t *p, const char *what, const char *reason)
     emit(p, PROP_LOG_WRN, &l);
 }
 
+/* Reads the optional `attempt` (our manager's extension, a non-negative i32; absent or null = 0,
+ * unknown). Returns 0, or -1 when it is present but not such an integer. */
+static int read_attempt(const pj_doc_t *d, uint32_t *attempt)
+{
+    int t = pj_find(d, 0, "attempt");
+    int64_t v = 0;
+    *attempt = 0;
+    if (t < 0 || pj_is_null(d, t)) {
+        return 0;
+    }
+    if (pj_int(d, t, &v) != 0 || v < 0 || v > INT32_MAX) {
+        return -1;
+    }
+    *attempt = (uint32_t)v;
+    return 0;
+}
+
 /* Reads `id`; returns 0 or -1 (then logs why: without an id there is nobody to answer). */
 static int read_id(prop_t *p, const pj_doc_t *d, const char *what, char *id)
 {
@@ -863,6 +884,11 @@ static void handle_start(prop_t *p, uint64_t now, const char *payload, size_t le
         memset(s, 0, sizeof *s);
         return;
     }
+    if (read_attempt(&d, &s->attempt) != 0) {
+        refuse(p, id, "attempt: expected a non-negative integer");
+        memset(s, 0, sizeof *s);
+        return;
+    }
     int file = pj_find(&d, 0, "file");
     int url = pj_find(&d, 0, "image_url");
     if (file >= 0 && !pj_is_null(&d, file) && d.toks[file].end > d.toks[file].start) {
@@ -952,8 +978,20 @@ static void handle_stop(prop_t *p, const char *payload, size_t len)
     if (read_id(p, &d, "stop", id) != 0 || not_for_us(p, &d)) {
         return;
     }
+    uint32_t attempt;
+    if (read_attempt(&d, &attempt) != 0) {
+        log_rejected(p, "stop", "attempt: expected a non-negative integer");
+        return;
+    }
     prop_slot_t *s = find_slot(p, id);
     if (s == NULL) {
+        return;
+    }
+    /* A stop naming another attempt of this task than the one we run (the manager gave up on ours
+     * while we were away, or ours is newer) is stale: not ours to act on. Either side unknown (0):
+     * stop, as upstream does. The Python proplet applies the same rule. */
+    if (attempt != 0 && s->attempt != 0 && attempt != s->attempt) {
+        log_ignored(p, id, "stale_attempt");
         return;
     }
     con_line_t l;
@@ -970,6 +1008,33 @@ static void handle_stop(prop_t *p, const char *payload, size_t len)
         if (p->ops.cancel_task != NULL) {
             p->ops.cancel_task(p->ops.ctx, slot_index(p, s));
         }
+    }
+}
+
+/* control/manager/discover: {"proplet_id": ID or ""} (empty = everyone). Ours → announce again. */
+static void handle_discover(prop_t *p, const char *payload, size_t len, size_t total)
+{
+    pj_doc_t d;
+    if (total >= PROP_PAYLOAD_MAX || len < total) {
+        log_rejected(p, "discover", "payload larger than the receive buffer");
+        return;
+    }
+    if (pj_parse(&d, payload, len, p->toks, PROP_TOK_MAX) < 0 || d.toks[0].type != PJ_OBJECT) {
+        log_rejected(p, "discover", "not a JSON object");
+        return;
+    }
+    int t = pj_find(&d, 0, "proplet_id");
+    if (t >= 0 && !pj_is_null(&d, t)) {
+        if (d.toks[t].type != PJ_STRING) {
+            log_rejected(p, "discover", "proplet_id: expected a string");
+            return;
+        }
+        if (d.toks[t].end > d.toks[t].start && !pj_str_eq(&d, t, p->cfg.proplet_id)) {
+            return; /* asked of another proplet */
+        }
+    }
+    if (p->conn == PROP_ONLINE) {
+        send_discovery(p);
     }
 }
 
@@ -992,6 +1057,8 @@ void prop_message(prop_t *p, uint64_t now_ms, const char *topic, const char *pay
         handle_stop(p, payload, len);
     } else if (strcmp(topic, p->topics[T_REG_SRV]) == 0) {
         handle_chunk(p, now_ms, payload, len, total_len);
+    } else if (strcmp(topic, p->topics[T_DISCOVER]) == 0) {
+        handle_discover(p, payload, len, total_len);
     }
 }
 

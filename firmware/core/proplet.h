@@ -136,6 +136,7 @@ typedef enum { SLOT_FREE, SLOT_FETCHING, SLOT_RUNNING } prop_slot_state_t;
 typedef struct {
     prop_slot_state_t state;
     int stopping;
+    uint32_t attempt; /* the start's `attempt` (our manager's extension); 0 = not given */
     char id[PROP_ID_MAX];
     char name[PROP_NAME_MAX];
     char entry[PROP_NAME_MAX];
@@ -172,7 +173,7 @@ typedef struct {
     prop_slot_t slots[PROP_MAX_SLOTS];
     prop_msg_t outbox[PROP_OUTBOX];
     uint8_t outbox_len;
-    char topics[7][PROP_TOPIC_MAX]; /* see topic_index in proplet.c */
+    char topics[8][PROP_TOPIC_MAX]; /* see topic_suffix in proplet.c */
     char will[160];
     char scratch[PROP_PAYLOAD_MAX];
     pj_tok_t toks[PROP_TOK_MAX];

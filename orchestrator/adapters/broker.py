@@ -198,6 +198,20 @@ class _Broker(Broker):
         # old connection when the id connects again, so we keep our own reference to take it over.
         self._latest: dict[str, tuple[Session, BrokerProtocolHandler]] = {}
 
+    def force_close(self) -> None:
+        """Abort every listener and client socket and cancel the broker's own loops (see stop())."""
+        for server in self._servers.values():
+            if server.instance is not None:
+                server.instance.close()
+        for _session, handler in self._latest.values():
+            writer = getattr(handler.writer, "_writer", None)  # amqtt's StreamWriterAdapter
+            if writer is not None:
+                writer.transport.abort()
+        self._latest.clear()
+        for task in (self._broadcast_task, self._session_monitor_task):
+            if task is not None:
+                task.cancel()
+
     async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> tuple[Any, Session]:
         if self.guard is None:
             handler, session = await super()._initialize_client_session(*args, **kwargs)
@@ -460,11 +474,24 @@ class EmbeddedBroker:
             self.guard.counters["revoked_dropped"] += 1
         return dropped
 
-    async def stop(self) -> None:
-        """Close the listener and every client connection; sessions and retained messages are lost."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every client connection; sessions and retained messages are lost.
+
+        Bounded: amqtt 0.12.1's shutdown can wait forever on a client handler whose reader never
+        reports stopped (seen under CPU load with a proplet connected). After ``timeout`` seconds the
+        listener and every client socket are closed by force and the broker's loops cancelled.
+        """
         broker, self._broker = self._broker, None
-        if broker is not None:
-            await broker.shutdown()
+        if broker is None:
+            return
+        try:
+            await asyncio.wait_for(broker.shutdown(), timeout)
+        except TimeoutError:
+            log.warning(
+                "embedded broker on %s:%s: amqtt's shutdown did not finish in %.0f s; closing %d client "
+                "connection(s) by force", self.host, self._port, timeout, len(broker._latest),
+            )  # fmt: skip
+            broker.force_close()
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 VERSION = "0.1.0"
 MAX_TASK_PAGE = 100
+MAX_WORKFLOW_TASKS = 10_000  # GET /workflows/{id} returns at most this many of its tasks
 MAX_BATCH = 1000  # tasks per POST /tasks/batch
 
 
@@ -413,7 +414,7 @@ def create_app(manager: ManagerService) -> FastAPI:
         filters: dict[str, Any] = {}
         if query.get("state"):
             filters["state"] = _state_filter(query["state"])
-        for key in ("proplet_id", "name"):
+        for key in ("proplet_id", "name", "workflow_id", "job_id"):
             if query.get(key):
                 filters[key] = query[key]
         raw_filter = query.get("metadata")
@@ -441,8 +442,14 @@ def create_app(manager: ManagerService) -> FastAPI:
         return {"offset": offset, "limit": limit, "total": page.total, "tasks": views}
 
     @app.get("/tasks/{task_id}")
-    async def get_task(task_id: str) -> dict[str, Any]:
-        return task_view(await manager.find_task(_uuid(task_id, "task_id")))
+    async def get_task(task_id: str, request: Request) -> dict[str, Any]:
+        """The task. Our extension: with ``?module=1`` its whole module (base64) in ``file`` instead
+        of upstream's redaction (``module`` always says its size and sha256)."""
+        task = await manager.find_task(_uuid(task_id, "task_id"))
+        view = task_view(task)
+        if task.file and request.query_params.get("module", "") in ("1", "true"):
+            view["file"] = base64.b64encode(task.file).decode()
+        return view
 
     @app.put("/tasks/{task_id}")
     async def update_task(task_id: str, request: Request) -> dict[str, Any]:
@@ -595,6 +602,46 @@ def create_app(manager: ManagerService) -> FastAPI:
             raise ValidationError("body must be a JSON object with a 'tasks' list")
         tasks = await manager.create_workflow(body.get("tasks"))
         return JSONResponse({"tasks": [task_view(t) for t in tasks]}, status_code=201)
+
+    @app.get("/workflows")
+    async def list_workflows(request: Request) -> dict[str, Any]:
+        """The workflows (tasks created together by ``POST /workflows``), newest first."""
+        from orchestrator.core.workflow import group_state
+        from orchestrator.views import rfc3339
+
+        offset, limit = _page(request)
+        assert manager.store is not None
+        total, rows = await manager.store.list_workflows(offset, limit)
+        views = [
+            {
+                "workflow_id": w.workflow_id,
+                "state": group_state([TaskState(s) for s in w.states]),
+                "tasks": sum(w.states.values()),
+                "created_at": rfc3339(w.created_at),
+            }
+            for w in rows
+        ]
+        return {"offset": offset, "limit": limit, "total": total, "workflows": views}
+
+    @app.get("/workflows/{workflow_id}")
+    async def get_workflow(workflow_id: str) -> dict[str, Any]:
+        from orchestrator.core.workflow import job_state
+        from orchestrator.views import rfc3339
+
+        assert manager.store is not None
+        page = await manager.store.list_tasks(0, MAX_WORKFLOW_TASKS, workflow_id=workflow_id)
+        if not page.tasks:
+            raise NotFound(f"workflow {workflow_id} not found")
+        views = []
+        for task in page.tasks:
+            view = task_view(task)
+            ends = page.modules.get(task.id)
+            if ends is not None:
+                view["file"] = redacted_module(ends.size, ends.head, ends.tail)
+            views.append(view)
+        created = min((t.created_at for t in page.tasks if t.created_at), default=None)
+        return {"workflow_id": workflow_id, "state": job_state(page.tasks), "created_at": rfc3339(created),
+                "tasks": views}  # fmt: skip
 
     @app.post("/jobs", status_code=201)
     async def create_job(request: Request) -> JSONResponse:

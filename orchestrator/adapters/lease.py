@@ -37,6 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from orchestrator.adapters.aio import cancel_and_wait
 from orchestrator.adapters.store import Store, StoreError
 from orchestrator.core.lease import Action, LeaseCore, Role
 
@@ -238,11 +239,7 @@ class LeaseKeeper:
 
     async def close(self) -> None:
         """Cancel a statement or a takeover still running (the service is stopping)."""
-        for task in (self._statement_task, self._leading_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait([self._statement_task, self._leading_task], "lease close")
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.core.role.value, "holder": self.lease.holder}

@@ -50,6 +50,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from orchestrator.adapters.aio import cancel_and_wait
 from orchestrator.adapters.broker_url import BrokerUrl, parse_broker_url
 from orchestrator.wire.mqtt_names import check_filter, check_topic
 from proplets.backoff import Backoff
@@ -492,9 +493,7 @@ class MqttClient:
 
     async def _cancel_reconnect(self) -> None:
         task, self._reconnect_task = self._reconnect_task, None
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait([task], f"{self.client_id}: reconnect loop")
 
     def _kill_socket(self) -> None:
         """Close the link without DISCONNECT; paho notices EOF at once and reports the loss."""

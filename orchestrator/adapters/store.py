@@ -2,8 +2,8 @@
 
 The engine keeps authoritative state in memory and emits ``PersistTask`` / ``PersistProplet``; the
 service awaits the matching ``save_*`` before publishing anything, and on (re)start rebuilds the engine
-from ``load_tasks()`` / ``load_proplets()``. So the contract is: once ``save_*`` returns, the row survives
-a SIGKILL of the process.
+from ``load_live_tasks()`` / ``load_proplets()`` (finished tasks stay in the store). So the contract
+is: once ``save_*`` returns, the row survives a SIGKILL of the process.
 
 Choices, and why:
 - SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a crash of the
@@ -25,8 +25,8 @@ Choices, and why:
   reported by id and the rest of the batch is still written. On SQLite the whole transaction runs in
   one call to a dedicated writer thread over a plain ``sqlite3`` connection, not one aiosqlite thread
   hand-off per statement.
-- ``load_tasks()`` returns tasks in first-save order (a ``seq`` column), since sequential jobs start
-  their roots in list order.
+- ``load_tasks()`` and ``load_live_tasks()`` return tasks in first-save order (a ``seq`` column),
+  since sequential jobs start their roots in list order.
 - PostgreSQL may be given a ``schema=``: it is created if missing and put on ``search_path``, so every
   table (and ``alembic_version``) lives there; tests use one schema each.
 """
@@ -185,6 +185,8 @@ TASKS = sa.Table(
     sa.Column("monitoring_profile", sa.JSON(), nullable=True),
     sa.Column("kbs_resource_path", sa.Text(), nullable=False, server_default=""),
     sa.Column("hal_storage_path", sa.Text(), nullable=True),
+    # 0007_mgr_restore
+    sa.Index("ix_tasks_next_run", "next_run"),
 )
 PROPLETS = sa.Table(
     "proplets",
@@ -294,6 +296,7 @@ _json_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 # JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper
 # value could be written but not read back (a store that cannot be loaded at restart).
 MAX_JSON_DEPTH = 100
+_LIVE = frozenset(int(s) for s in TaskState if not s.is_terminal)
 # Rows this process last wrote (fingerprints), kept to write only changed columns next time (LRU).
 WRITTEN_ROWS_CACHE = 10_000
 
@@ -382,6 +385,15 @@ class EventRecord:
     kind: str
     cause: str
     fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkflowRow:
+    """A workflow (tasks sharing a ``workflow_id``): when its first task was created, tasks per state."""
+
+    workflow_id: str
+    created_at: float | None
+    states: dict[int, int]
 
 
 @dataclass(frozen=True)
@@ -566,6 +578,30 @@ class Store:
             rows = (await conn.execute(sa.select(TASKS).order_by(TASKS.c.seq, TASKS.c.id))).all()
         return [self._task_from_row(r._mapping) for r in rows]
 
+    async def load_live_tasks(self) -> list[Task]:
+        """What a (re)starting manager's engine needs, in first-save order; not the finished history.
+
+        Unfinished tasks; cron tasks (``next_run`` set) and job tasks, which start again; and every
+        task of a workflow that still has an unfinished one (its parents' results feed the rest).
+        One query per kind, each an index range (an ``OR`` of them makes PostgreSQL scan every
+        row), so the cost follows the live work, not the stored history.
+        """
+        live = TASKS.c.state.in_(sorted(_LIVE))
+        rows: dict[str, Any] = {}
+        async with self._read("load live tasks") as conn:
+            # next_run as a range: SQLite answers ``IS NOT NULL`` with a scan of the table.
+            cron = TASKS.c.next_run >= -sys.float_info.max
+            for where in (live, cron, TASKS.c.job_id > ""):
+                for r in (await conn.execute(sa.select(TASKS).where(where))).all():
+                    rows[r.id] = r
+            workflows = sorted({r.workflow_id for r in rows.values() if r.workflow_id and r.state in _LIVE})
+            for i in range(0, len(workflows), 500):
+                chunk = TASKS.c.workflow_id.in_(workflows[i : i + 500])
+                for r in (await conn.execute(sa.select(TASKS).where(chunk))).all():
+                    rows[r.id] = r
+        ordered = sorted(rows.values(), key=lambda r: (r.seq, r.id))
+        return [self._task_from_row(r._mapping) for r in ordered]
+
     async def list_tasks(
         self,
         offset: int = 0,
@@ -575,6 +611,8 @@ class Store:
         proplet_id: str | None = None,
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        workflow_id: str | None = None,
+        job_id: str | None = None,
     ) -> TaskPage:
         """(total, page) of the stored tasks in first-save order, filtered in SQL.
 
@@ -589,6 +627,10 @@ class Store:
             where.append(TASKS.c.proplet_id == proplet_id)
         if name is not None:
             where.append(TASKS.c.name == name)
+        if workflow_id is not None:
+            where.append(TASKS.c.workflow_id == workflow_id)
+        if job_id is not None:
+            where.append(TASKS.c.job_id == job_id)
         for key, value in (metadata or {}).items():
             where.append(_json_equals(TASKS.c.metadata[key], value, pg=self._engine.dialect.name != "sqlite"))
         # Not the modules themselves (a page of 100 tasks could be hundreds of MB): their length and
@@ -614,6 +656,30 @@ class Store:
             if size_:
                 modules[values["id"]] = ModuleEnds(int(size_), bytes(head), bytes(tail))
         return TaskPage(int(total or 0), tasks, modules)
+
+    async def list_workflows(self, offset: int = 0, limit: int = 100) -> tuple[int, list[WorkflowRow]]:
+        """(total, page) of the workflows, newest first: each with its tasks counted by state."""
+        grouped = TASKS.c.workflow_id != ""
+        first = sa.func.min(TASKS.c.seq).label("first")
+        heads_query = (
+            sa.select(TASKS.c.workflow_id, sa.func.min(TASKS.c.created_at).label("created"), first)
+            .where(grouped).group_by(TASKS.c.workflow_id).order_by(first.desc()).offset(offset).limit(limit)
+        )  # fmt: skip
+        async with self._read("list workflows") as conn:
+            count = sa.select(sa.func.count(sa.distinct(TASKS.c.workflow_id))).where(grouped)
+            total = await conn.scalar(count)
+            heads = (await conn.execute(heads_query)).all()
+            ids = [h.workflow_id for h in heads]
+            by_state = (
+                sa.select(TASKS.c.workflow_id, TASKS.c.state, sa.func.count())
+                .where(TASKS.c.workflow_id.in_(ids)).group_by(TASKS.c.workflow_id, TASKS.c.state)
+            )  # fmt: skip
+            counts = (await conn.execute(by_state)).all() if ids else []
+        states: dict[str, dict[int, int]] = {i: {} for i in ids}
+        for workflow_id, state, n in counts:
+            states[workflow_id][int(state)] = int(n)
+        rows = [WorkflowRow(h.workflow_id, h.created, states[h.workflow_id]) for h in heads]
+        return int(total or 0), rows
 
     # -- proplets ------------------------------------------------------------------------------------
 

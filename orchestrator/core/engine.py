@@ -201,8 +201,10 @@ class Engine:
 
         Proplets are not alive until they heartbeat again, but one that had running tasks keeps
         them for one liveness timeout: if it heartbeats, its results still count; if not, its
-        tasks are re-dispatched like a death. Terminal tasks that nothing needs go to the bounded
-        cache only (the store keeps them all), so memory does not grow with the history.
+        tasks are re-dispatched like a death. ``tasks`` need only be what the engine keeps
+        (``Store.load_live_tasks``: unfinished, cron, job and running-workflow tasks); terminal tasks
+        that nothing needs, if given, go to the bounded cache only, so memory does not grow with the
+        history.
         """
         for p in proplets:
             p.alive = False

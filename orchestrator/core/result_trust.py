@@ -133,8 +133,9 @@ class _Digests:
             task_id=task.id,
             proplet_id=owner,
             result_sha256=receipts.result_digest(self.results, self.error),
-            # The embedded profile does not send attempts: the proplet saw attempt 0.
-            attempt=0 if embedded else task.attempt,
+            # Every profile sends the attempt in the start (the embedded one since the firmware
+            # matches stops against it), so the proplet signed the attempt it ran.
+            attempt=task.attempt,
             module_sha256=module,
             inputs_sha256=inputs_digest(self.inputs, embedded),
         )

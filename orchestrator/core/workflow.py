@@ -58,7 +58,12 @@ def decide(task: Task, deps: Mapping[str, Task]) -> str:
 
 def job_state(tasks: Sequence[Task]) -> str:
     """Upstream's ComputeJobState (reference §3.4)."""
-    states = [t.state for t in tasks]
+    return group_state([t.state for t in tasks])
+
+
+def group_state(states: Sequence[TaskState]) -> str:
+    """The state of a group (job or workflow) of tasks in these states: failed, running, completed or
+    pending."""
     if any(s in (TaskState.FAILED, TaskState.INTERRUPTED) for s in states):
         return "failed"
     if any(s in (TaskState.RUNNING, TaskState.SCHEDULED) for s in states):

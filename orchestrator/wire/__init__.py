@@ -59,7 +59,8 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
     seconds (what the Rust proplet reads; Go's nanosecond Duration is a known upstream quirk).
 11. Our extensions in start: ``sha256`` (64 hex digits, lower-cased), ``attempt`` (omitted when 0) and
     ``limits`` (a map of non-negative numbers, e.g. ``fuel``, ``memory_bytes``, ``timeout_s``; keys are
-    not restricted so that runtimes can add limits). They are never sent in the embedded profile.
+    not restricted so that runtimes can add limits). Only ``attempt`` is sent in the embedded profile
+    (the firmware matches it against a stop's; upstream firmware ignores unknown keys).
 12. Registry chunks: ``0 <= chunk_idx < total_chunks`` and ``total_chunks >= 1`` on both sides; the
     embedded profile also requires ``total_chunks == 1`` (the firmware assembles one chunk only).
     A refusal (our extension) is a ``RegistryChunk`` with ``error`` set, sent as ``chunk_idx`` 0,
@@ -72,7 +73,8 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
 15. Our delivery extensions: results may carry ``refused`` (``"busy"`` | ``"out_of_memory"``, see
     ``refusals``: nothing ran, the attempt is not spent); stop may carry ``attempt`` (stop only that
     attempt); ``control/manager/discover`` ``{"proplet_id"}`` asks a proplet to re-send its discovery.
-    None is sent in the embedded profile except the stop's ``attempt`` (the firmware ignores it).
+    The embedded profile sends the stop's ``attempt`` (our firmware ignores a stop naming another
+    attempt than the one it runs) and ``discover`` (our firmware answers with its discovery).
 16. Tracing (``--otel``, docs/timelines.md): start and result may carry ``traceparent``, a W3C trace
     context (``00-<32 hex>-<16 hex>-<2 hex>``). Omitted when tracing is off (payloads byte-identical),
     never added to embedded-profile starts (``with_traceparent`` leaves them unchanged); upstream

@@ -204,6 +204,9 @@ def _start(msg: m.StartTask, profile: Profile) -> dict[str, Any]:
         # proplet_id is ignored by upstream firmware but lets ours drop starts meant for others.
         if _need_text(msg.proplet_id, "proplet_id"):
             out["proplet_id"] = msg.proplet_id
+        # Ours too: the firmware then ignores a stop aimed at another attempt (upstream ignores it).
+        if check_int(msg.attempt, "", "attempt", lo=0, hi=I32_MAX):
+            out["attempt"] = msg.attempt
         return out
     # Always a list: Rust takes [] or null, Go takes both, the firmware ignores the key.
     out["cli_args"] = [_need_text(a, f"cli_args[{i}]") for i, a in enumerate(msg.cli_args)]

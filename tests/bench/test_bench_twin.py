@@ -19,7 +19,7 @@ import pytest
 
 from twin.scale import ScaleConfig, ScaleResult, run_point
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_bench_twin_200_devices_heartbeats(benchmark: Any, tmp_path: Path) -> None:

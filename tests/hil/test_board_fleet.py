@@ -24,6 +24,7 @@ import simpy
 
 from hil.board import Provisioning, SerialBoard, ShellError
 from hil.virtual_board import PtyBoard
+from orchestrator.adapters.aio import cancel_and_wait
 from proplets.runtime import WasmtimeRuntime
 from tests.integration.conftest import Cluster, close_cluster, eventually, make_cluster
 from twin.board_device import BoardDevice, parse_broker
@@ -33,7 +34,7 @@ from twin.scenario.spec import Timers
 from twin.scenario.trace import Trace
 from twin.workload import load_module
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 @dataclass
@@ -76,8 +77,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await asyncio.to_thread(board.close)
         pty.close()
         device.device.shutdown()
-        driver.cancel()
-        await asyncio.gather(driver, *shared.jobs, return_exceptions=True)
+        await cancel_and_wait([driver, *shared.jobs], "board rig teardown")  # bounded, names a stuck one
         executor.shutdown(wait=True)
         runtime.close()
         await close_cluster(cluster)

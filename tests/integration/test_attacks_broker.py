@@ -35,7 +35,7 @@ from proplets.agent import AgentSettings, PropletAgent, with_identity
 from tests.conftest import free_port
 from tests.integration.conftest import ADD_B64, eventually
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 ADD = ADD_B64
 MOSQUITTO = shutil.which("mosquitto") or (

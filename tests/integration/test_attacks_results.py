@@ -281,4 +281,4 @@ async def test_an_embedded_profile_proplet_signs_firmware_shaped_results_that_ve
     task = await trusted.task(task_id)
     assert task["results"] == "42" and task["verified"] is True
     signed = (await trusted.api.get(f"/tasks/{task_id}/receipt")).json()
-    assert signed["receipt"]["attempt"] == 0  # the embedded profile is not sent attempts
+    assert signed["receipt"]["attempt"] == 1  # the embedded profile is sent its attempt too

@@ -19,7 +19,7 @@ def test_bench_e2e_one_proplet_embedded_prints_the_table(tmp_path: Path) -> None
     out = tmp_path / "e2e.json"
     run = propeller(
         "bench", "e2e", "--proplets", "1", "--tasks", "20", "--broker", "embedded",
-        "--rtt-messages", "500", "--no-celery", "--json", str(out),
+        "--rtt-messages", "500", "--no-celery", "--output", str(out),
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Celery + Redis comparison: skipped (--no-celery)" in run.stdout
@@ -44,7 +44,7 @@ def test_bench_e2e_batch_submit_beside_celery(tmp_path: Path) -> None:
     out = tmp_path / "e2e.json"
     run = propeller(
         "bench", "e2e", "--proplets", "1", "--tasks", "40", "--concurrency", "8", "--broker", "embedded",
-        "--submit", "batch", "--rtt-messages", "100", "--json", str(out), timeout=240,
+        "--submit", "batch", "--rtt-messages", "100", "--output", str(out), timeout=240,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     data = json.loads(out.read_text())
@@ -61,7 +61,7 @@ def test_bench_e2e_batch_submit_beside_celery(tmp_path: Path) -> None:
 
 def test_bench_registry_reports_rss_and_heartbeat_rate(tmp_path: Path) -> None:
     out = tmp_path / "reg.json"
-    run = propeller("bench", "registry", "--proplets", "100", "--rounds", "2", "--json", str(out))
+    run = propeller("bench", "registry", "--proplets", "100", "--rounds", "2", "--output", str(out))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "RSS per proplet" in run.stdout and "heartbeats processed" in run.stdout
     (reg,) = json.loads(out.read_text())["registry"]
@@ -69,8 +69,24 @@ def test_bench_registry_reports_rss_and_heartbeat_rate(tmp_path: Path) -> None:
     assert reg["rss_before"] > 0 and reg["rss_after_heartbeats"] > 0
 
 
+def test_bench_restore_fills_a_store_and_restores_only_the_queued_tasks(tmp_path: Path) -> None:
+    out = tmp_path / "restore.json"
+    run = propeller(
+        "bench", "restore", "--backend", "sqlite", "--stored", "2k", "--queued", "30", "--ops", "50",
+        "--full-max", "2k", "--json", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "restore s" in run.stdout and "full load s" in run.stdout
+    (row,) = json.loads(out.read_text())
+    assert row["backend"] == "sqlite" and row["stored"] == 2000
+    assert row["resident_tasks"] == 30 and row["drained"] == 30  # the history stayed in the store
+    assert row["rss_mb"] > 0 and row["full_restore_s"] >= 0
+
+
 def test_bench_rejects_bad_arguments_by_name() -> None:
     run = propeller("bench", "e2e", "--proplets", "1,0", timeout=30)
     assert run.returncode == 2 and "--proplets" in run.stderr and "positive" in run.stderr
     run = propeller("bench", "e2e", "--broker", "rabbit", timeout=30)
     assert run.returncode == 2 and "--broker" in run.stderr
+    run = propeller("bench", "restore", "--backend", "mysql", timeout=30)
+    assert run.returncode == 2 and "--backend" in run.stderr and "mysql" in run.stderr

@@ -205,3 +205,30 @@ async def test_a_subscriber_that_never_acks_gets_one_warning_line_not_a_tracebac
     finally:
         writer.close()
         await publisher.disconnect()
+
+
+async def test_stop_is_bounded_when_amqtt_never_finishes_a_client_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # amqtt 0.12.1 can wait forever in a handler's stop(); stand in for that bug with a stop that never
+    # returns, and check that our stop() still ends, closes the client's socket and frees the port.
+    async def never_stops(self: BrokerProtocolHandler) -> None:
+        await asyncio.Event().wait()
+
+    broker = EmbeddedBroker("127.0.0.1", 0)
+    await broker.start()
+    port = broker.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw_connect_packet("stuck-client", 60, "dev/stuck/will", b"offline"))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x20\x02\x00\x00"
+        monkeypatch.setattr(BrokerProtocolHandler, "stop", never_stops)
+        await asyncio.wait_for(broker.stop(timeout=0.5), 30)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the client's connection was closed
+    finally:
+        writer.close()
+    monkeypatch.undo()
+    again = EmbeddedBroker("127.0.0.1", port)  # the listener is gone: the same port binds again
+    await again.start()
+    await again.stop()

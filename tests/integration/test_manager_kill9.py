@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +19,7 @@ import wasmtime
 
 from proplets.agent import AgentSettings, PropletAgent, with_identity
 from tests.conftest import free_port
+from tests.support.procs import Manager
 
 pytestmark = pytest.mark.slow
 
@@ -38,64 +35,9 @@ WORK = base64.b64encode(
 TASKS = 120
 
 
-class ManagerProcess:
-    def __init__(self, broker: str, db: Path, domain: str, log: Path) -> None:
-        self.api_port = free_port()
-        self.args = [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "manager",
-            "--broker",
-            broker,
-            "--db",
-            str(db),
-            "--api",
-            f"127.0.0.1:{self.api_port}",
-            "--domain",
-            domain,
-            "--heartbeat-interval",
-            "0.5",
-        ]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"manager exited: {self.log.read_text()[-2000:]}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"manager did not come up: {self.log.read_text()[-2000:]}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture
-def manager_factory(tmp_path: Path) -> Iterator[list[ManagerProcess]]:
-    started: list[ManagerProcess] = []
+def manager_factory(tmp_path: Path) -> Iterator[list[Manager]]:
+    started: list[Manager] = []
     yield started
     for m in started:
         m.stop()
@@ -103,7 +45,7 @@ def manager_factory(tmp_path: Path) -> Iterator[list[ManagerProcess]]:
 
 @pytest.mark.parametrize("broker_kind", ["mosquitto", "embedded"])
 async def test_kill9_under_load_loses_no_task(
-    broker_kind: str, request: pytest.FixtureRequest, tmp_path: Path, manager_factory: list[ManagerProcess]
+    broker_kind: str, request: pytest.FixtureRequest, tmp_path: Path, manager_factory: list[Manager]
 ) -> None:
     domain = f"k9-{uuid.uuid4().hex[:8]}"
     if broker_kind == "mosquitto":
@@ -111,9 +53,9 @@ async def test_kill9_under_load_loses_no_task(
     else:
         port = free_port()
         broker_for_manager, broker_for_proplets = f"embedded://127.0.0.1:{port}", f"mqtt://127.0.0.1:{port}"
-    manager = ManagerProcess(broker_for_manager, tmp_path / "m.db", domain, tmp_path / "manager.log")
+    manager = Manager(tmp_path, broker_for_manager, domain, "--heartbeat-interval", "0.5")
     manager_factory.append(manager)
-    manager.start()
+    await asyncio.to_thread(manager.start)
     agents = []
     for i in range(3):
         settings = AgentSettings(
@@ -146,7 +88,10 @@ async def test_kill9_under_load_loses_no_task(
                     break
         accepted = list(ids)
         await asyncio.sleep(0.5)
-        manager.start()
+        # In a thread: on a loaded host the start takes seconds, and the proplets in this loop must
+        # keep heartbeating and answering the broker's keep-alive meanwhile (a blocked loop let the
+        # broker drop them, which is not what this test is about).
+        await asyncio.to_thread(manager.start)
         async with httpx.AsyncClient(base_url=manager.url, timeout=10) as api:
             for i in range(len(accepted), TASKS):
                 r = await api.post("/tasks", json={"name": "work", "file": WORK, "inputs": [20_000 + i]})

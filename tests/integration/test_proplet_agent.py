@@ -21,6 +21,7 @@ from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient
 from proplets.agent import AgentSettings, PropletAgent
 from tests.fixtures.mqtt import eventually
+from twin.links import LinkProxy
 
 WASM = bytes(
     wasmtime.wat2wasm("""
@@ -108,25 +109,36 @@ async def started(made: list[PropletAgent], s: AgentSettings) -> PropletAgent:
 async def test_reconnects_reannounces_resubscribes_and_delivers_a_result_finished_offline(
     broker: EmbeddedBroker, observer: Observer, agents: list[PropletAgent]
 ) -> None:
-    # Backoff pinned to 1 s, the observer's to 0.1 s: after the restart the observer is subscribed
-    # again well before the proplet comes back, so it sees the proplet's re-announcement.
-    agent = await started(agents, settings(broker.url))
-    await eventually(lambda: len(observer.on(observer.topics.create)) == 1, 5)
-    observer.send_start("slow", "spin", [], limits={"timeout_s": 0.6})
-    await eventually(lambda: "slow" in agent.engine.running, 5)
-    await broker.stop()
-    await eventually(lambda: not agent.mqtt.connected, 5)
-    await eventually(lambda: "slow" not in agent.engine.running, 5)  # finished while the link is down
-    await broker.start()
-    await eventually(lambda: observer.client.connected, 5)
-    await eventually(lambda: len(observer.on(observer.topics.create)) == 2, 10)
-    await eventually(lambda: bool(observer.results("slow")), 5)
-    (held,) = observer.results("slow")
-    assert held["proplet_id"] == "p1" and "wall-time limit of 0.6 s exceeded" in held["error"]
-    observer.send_start("after", "add", ["2", "3"])  # runs only if the proplet subscribed again
-    await eventually(lambda: bool(observer.results("after")), 10)
-    assert observer.results("after")[0]["results"] == "5"
-    assert agent.stats.reconnects == 1
+    # The proplet reaches the broker through a proxy that stays shut until the observer has
+    # subscribed again after the restart: otherwise, on a busy host, the proplet (retrying every 1 s)
+    # could reconnect and re-announce before the observer is back, and the announcement would be lost.
+    # Waits are for positive signals; 10 s is ten of the proplet's 1 s reconnect periods.
+    link = await LinkProxy(broker.host, broker.port).start()
+    try:
+        agent = await started(agents, settings(f"mqtt://127.0.0.1:{link.port}"))
+        await eventually(lambda: len(observer.on(observer.topics.create)) == 1, 10)
+        observer.send_start("slow", "spin", [], limits={"timeout_s": 0.6})
+        await eventually(lambda: "slow" in agent.engine.running, 10)
+        await broker.stop()
+        await eventually(lambda: not agent.mqtt.connected, 10)
+        port = link.port
+        await link.close()  # the proplet's reconnect attempts are refused until the gate opens
+        await eventually(lambda: "slow" not in agent.engine.running, 10)  # finished while the link is down
+        await broker.start()
+        await eventually(lambda: observer.client.connected, 10)
+        await observer.client.subscribe_and_wait(observer.topics.all)  # SUBACK: subscribed again
+        assert len(observer.on(observer.topics.create)) == 1 and not observer.results("slow")
+        await link.start(port)
+        await eventually(lambda: len(observer.on(observer.topics.create)) == 2, 10)
+        await eventually(lambda: bool(observer.results("slow")), 10)
+        (held,) = observer.results("slow")
+        assert held["proplet_id"] == "p1" and "wall-time limit of 0.6 s exceeded" in held["error"]
+        observer.send_start("after", "add", ["2", "3"])  # runs only if the proplet subscribed again
+        await eventually(lambda: bool(observer.results("after")), 10)
+        assert observer.results("after")[0]["results"] == "5"
+        assert agent.stats.reconnects == 1
+    finally:
+        await link.close()
 
 
 async def test_heartbeats_keep_flowing_while_a_module_spins(

@@ -202,6 +202,24 @@ async def test_jobs(store: Store) -> None:
     assert await store.load_jobs() == [updated]
 
 
+async def test_workflows_listed_newest_first_with_their_states(store: Store) -> None:
+    def task(i: int, workflow: str, state: TaskState) -> Task:
+        return Task(id=f"t{i}", name="add", workflow_id=workflow, state=state, created_at=float(i))
+
+    await store.save_tasks([
+        task(1, "w-old", TaskState.COMPLETED), task(2, "w-old", TaskState.FAILED),
+        task(3, "", TaskState.PENDING), task(4, "w-new", TaskState.RUNNING),
+    ])  # fmt: skip
+    total, rows = await store.list_workflows()
+    assert total == 2 and [w.workflow_id for w in rows] == ["w-new", "w-old"]
+    assert rows[1].states == {int(TaskState.COMPLETED): 1, int(TaskState.FAILED): 1}
+    assert rows[1].created_at == 1.0
+    total, rows = await store.list_workflows(offset=1, limit=1)
+    assert total == 2 and [w.workflow_id for w in rows] == ["w-old"]
+    page = await store.list_tasks(workflow_id="w-old")
+    assert [t.id for t in page.tasks] == ["t1", "t2"]
+
+
 async def test_task_metrics_paging_newest_first(store: Store) -> None:
     for n in range(5):
         aggregated = {"avg_cpu_usage": n / 2} if n % 2 else None
@@ -315,3 +333,30 @@ async def test_schema_option_is_postgres_only(tmp_path: Path) -> None:
 async def test_bad_schema_name_is_refused(postgres_url: str) -> None:
     with pytest.raises(StoreError, match="schema name 'x; drop table'"):
         await Store.open(postgres_url, schema="x; drop table")
+
+
+async def test_load_live_tasks_leaves_the_finished_history_in_the_store(store: Store) -> None:
+    done, failed = TaskState.COMPLETED, TaskState.FAILED
+    tasks = [
+        Task(id="old-1", name="x", state=done),
+        Task(id="queued", name="x", state=TaskState.SCHEDULED),
+        Task(id="old-2", name="x", state=failed),
+        Task(id="running", name="x", state=TaskState.RUNNING, proplet_id="p"),
+        Task(id="created", name="x", state=TaskState.PENDING),
+        Task(id="cron", name="x", state=done, schedule="* * * * *", next_run=1e9),
+        Task(id="job-member", name="x", state=done, job_id="j"),
+        # A workflow still running keeps its finished parents (their results feed the rest) ...
+        Task(id="wf-parent", name="x", state=done, workflow_id="w-live"),
+        Task(id="wf-child", name="x", state=TaskState.PENDING, workflow_id="w-live", depends_on=["wf-x"]),
+        # ... a finished one keeps nothing.
+        Task(id="wf-done-1", name="x", state=done, workflow_id="w-done"),
+        Task(id="wf-done-2", name="x", state=TaskState.SKIPPED, workflow_id="w-done"),
+        Task(id="stopped", name="x", state=TaskState.INTERRUPTED),
+    ]
+    await store.save_tasks(tasks)
+    live = await store.load_live_tasks()
+    assert [t.id for t in live] == [
+        "queued", "running", "created", "cron", "job-member", "wf-parent", "wf-child",
+    ]  # fmt: skip
+    assert live[0] == tasks[1]  # whole rows
+    assert len(await store.load_tasks()) == len(tasks)  # the history is all still there

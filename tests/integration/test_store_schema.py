@@ -26,6 +26,7 @@ REVISIONS = (
     "trust_identity",
     "mgr_standby",
     "hal",
+    "mgr_restore",
 )
 HEAD = REVISIONS[-1]
 

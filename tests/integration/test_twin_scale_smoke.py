@@ -28,11 +28,11 @@ def propeller(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 
 @needs_mosquitto
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_scale_50_devices_against_mosquitto_prints_the_table(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     run = propeller("twin", "scale", "--devices", "50", "--duration", "3", "--broker", "mosquitto",
-                    "--json", str(out))  # fmt: skip
+                    "--output", str(out))  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("broker"))

@@ -1,4 +1,5 @@
-"""`propeller scenario run` on a scenario that expects the impossible: exit 1, the reason, and a report."""
+"""`propeller scenario run` on a scenario that expects the impossible: exit 1 (exit 3, inconclusive, on a
+host that lagged the timers), the reason, and a report."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ expect:
 """
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(300)
 def test_impossible_expectation_fails_with_exit_1_and_says_why(tmp_path: Path) -> None:
     scenario = tmp_path / "impossible_lwt.yaml"
     scenario.write_text(IMPOSSIBLE, encoding="utf-8")
@@ -39,12 +40,17 @@ def test_impossible_expectation_fails_with_exit_1_and_says_why(tmp_path: Path) -
         [sys.executable, "-m", "orchestrator.cli", "scenario", "run", str(scenario), "--report", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=80,
     )  # fmt: skip
-    if proc.returncode == 3:  # the host could not keep up: the verdict is inconclusive, by design
-        pytest.skip(proc.stdout.strip().splitlines()[0])
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAIL impossible_lwt" in proc.stdout
-    assert "dead_within" in proc.stdout and "esp-1 was marked dead" in proc.stdout, proc.stdout
-    assert "bound 0.0001 s" in proc.stdout
+    if proc.returncode == 3:
+        # The host could not keep up with the timers (e.g. CPU hogs beside the run): by design the
+        # verdict is then inconclusive, exit 3, with the lag figures; it still names what failed and
+        # writes the report, which is what the rest of this test checks.
+        assert "INCONCLUSIVE impossible_lwt" in proc.stdout, proc.stdout + proc.stderr
+        assert "could not keep up" in proc.stdout and "lag p99" in proc.stdout, proc.stdout
+    else:
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "FAIL impossible_lwt" in proc.stdout
+        assert "esp-1 was marked dead" in proc.stdout and "bound 0.0001 s" in proc.stdout, proc.stdout
+    assert "dead_within" in proc.stdout, proc.stdout
     html = (report / "impossible_lwt.html").read_text(encoding="utf-8")
     assert "data:image/png;base64," in html
     assert (report / "impossible_lwt.trace.jsonl").is_file()

@@ -18,7 +18,7 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SHIPPED = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_same_trace_with_and_without_bulk_heartbeats(name: str, scenario_runner) -> None:
     path = SCENARIOS / f"{name}.yaml"

@@ -58,7 +58,7 @@ def _meta(report: Path) -> dict[str, object]:
     return Trace.read(report / "starved.trace.jsonl").meta
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_a_starved_run_is_inconclusive_with_the_lag_figures(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     scenario = tmp_path / "starved.yaml"
@@ -76,7 +76,7 @@ def test_a_starved_run_is_inconclusive_with_the_lag_figures(tmp_path: Path,
     assert "INCONCLUSIVE" in (report / "starved.html").read_text()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_the_same_failure_on_a_host_that_keeps_up_is_a_failure(tmp_path: Path) -> None:
     scenario = tmp_path / "starved.yaml"
     scenario.write_text(SCENARIO)

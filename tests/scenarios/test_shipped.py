@@ -15,18 +15,20 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SHIPPED = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_scenario_passes_live(name: str, scenario_runner) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     result = scenario_runner.run(SCENARIOS / f"{name}.yaml")
+    left = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()} - before
+    assert not left, f"processes left behind by {name}: {left}"  # whatever the verdict
+    # A run whose host lagged behind the scenario's timers and failed is skipped as inconclusive, with
+    # the lag figures (e.g. reconnect_storm's 500 devices on a busy host); a faithful failure fails.
     scenario_runner.assert_passed(result)
     # The run records what it did: real devices came online and the manager's view was observed.
     live = result.trace.meta["live"]
     assert live["devices_online_once"] == live["devices"]
     assert result.trace.of("proplet"), "no manager event was observed"
-    left = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()} - before
-    assert not left, f"processes left behind by {name}: {left}"
 
 
 def test_shipped_list_is_complete() -> None:

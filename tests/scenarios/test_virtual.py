@@ -22,7 +22,7 @@ SCENARIOS = ROOT / "scenarios"
 SHIPPED = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_scenario_passes_in_virtual_time(name: str, scenario_runner) -> None:
     result = scenario_runner.run(SCENARIOS / f"{name}.yaml", runner=get_runner("virtual"))

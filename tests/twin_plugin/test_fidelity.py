@@ -25,7 +25,7 @@ async def test_kept_up(twin_cluster):
 """
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_starved_cluster_test_is_skipped_with_the_figures(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(USER_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "asyncio_mode=auto", "-rsf")

@@ -132,3 +132,50 @@ def test_compatible_forms_keep_working() -> None:
     )
     with pytest.raises(SystemExit):
         parse_manager(["--placement", "random"])  # choices still enforced
+
+
+def scenario_manager(manager_yaml: str, tmp_path: Path) -> ManagerSettings:
+    """The settings of the manager a live scenario with this ``manager:`` starts (its child argv)."""
+    from twin.scenario.spec import load_scenario_text
+
+    fleet = "fleet: [{kind: host, count: 1}]\nexpect: [{tasks_lost: {max: 0}}]\n"
+    text = f"name: s\nduration: 1s\n{manager_yaml}\n{fleet}"
+    m = load_scenario_text(text).manager
+    opts = ManagerOptions("scn", 0.5, 1.5, m.placement, m.max_attempts, m.queue_timeout, settings=m.settings)
+    argv = Manager("mqtt://127.0.0.1:1", opts, tmp_path).process.argv
+    return parse_manager(list(argv)[argv.index("manager") + 1 :])
+
+
+def test_every_scenario_manager_key_is_a_setting_and_reaches_the_manager(tmp_path: Path) -> None:
+    from twin.scenario.spec import RUNNER_OWNED, manager_keys
+
+    keys = [k for k in manager_keys() if k != "store"]
+    cli = {f.name for f in dataclasses.fields(ManagerSettings) if f.metadata.get("cli", True)}
+    assert set(keys) == cli - RUNNER_OWNED  # a new setting is a scenario key unless the runner owns it
+    yaml_values = {k: CHANGED[k] for k in keys}
+    yaml_values["placement"] = CHANGED["placement"].replace("-", "_")  # scenarios spell it round_robin
+    body = ", ".join(f"{k}: {'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                     for k, v in yaml_values.items())  # fmt: skip
+    got = scenario_manager(f"manager: {{{body}}}", tmp_path)
+    for key in keys:
+        assert getattr(got, key) == CHANGED[key], key
+
+
+def test_a_scenario_files_queue_timeout_reaches_the_manager(tmp_path: Path) -> None:
+    from twin.scenario.spec import load_scenario
+
+    root = Path(__file__).resolve().parents[2]
+    m = load_scenario(root / "scenarios" / "memory_envelope.yaml").manager
+    opts = ManagerOptions("scn", 0.5, 1.5, m.placement, m.max_attempts, m.queue_timeout, settings=m.settings)
+    argv = Manager("mqtt://127.0.0.1:1", opts, tmp_path).process.argv
+    got = parse_manager(list(argv)[argv.index("manager") + 1 :])
+    assert (got.queue_timeout, got.max_attempts, got.placement) == (15.0, 2, "memory-aware")
+
+
+def test_a_runner_owned_or_unknown_manager_key_is_refused_by_name(tmp_path: Path) -> None:
+    from twin.scenario.yamlread import ScenarioError
+
+    with pytest.raises(ScenarioError, match=r"manager.api_port.*unknown key"):
+        scenario_manager("manager: {api_port: 9000}", tmp_path)
+    with pytest.raises(ScenarioError, match=r"manager.attempt_grace.*must be a positive number"):
+        scenario_manager("manager: {attempt_grace: soon}", tmp_path)

@@ -360,7 +360,8 @@ def test_an_embedded_proplet_signs_firmware_shaped_results_that_verify() -> None
                                               "metadata": {"wasm_runtime": "wamr"}}).encode()), 0, 0,
     )  # fmt: skip
     task_id, start = dispatch(engine, ("esp-1",), inputs=["2", "40.0"])
-    assert "attempt" not in json.loads(start) and json.loads(start)["inputs"] == [2, 40.0]
+    # The embedded profile: numbers as inputs; the attempt too (the firmware matches stops against it).
+    assert json.loads(start)["attempt"] == 1 and json.loads(start)["inputs"] == [2, 40.0]
     device = proplet(KEY, "esp-1", profile=wire.Profile.EMBEDDED, namespace="embedded")
     deliver(engine, run_on(device, start))
     task = engine.tasks[task_id]

@@ -127,3 +127,16 @@ async def test_plugin_fixture_in_async_test(scenario_runner: ScenarioRunner) -> 
     assert result.passed and len(result.trace) == len(lwt_trace())
     with pytest.raises(RuntimeError, match=r"use await scenario_runner\.arun"):
         scenario_runner.run(LWT, runner=ReplayRunner(lwt_trace()))
+
+
+def test_a_manager_setting_the_virtual_manager_does_not_model_fails_the_run_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "grace.yaml"
+    spec.write_text(
+        "name: grace\nduration: 1s\nmanager: {attempt_grace: 4}\n"
+        "fleet: [{kind: host, count: 1}]\nexpect: [{tasks_lost: {max: 0}}]\n"
+    )
+    assert main(["scenario", "run", "--mode", "virtual", str(spec), "--report", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "manager.attempt_grace: the virtual manager models only placement" in out

@@ -169,6 +169,7 @@ def test_all_errors_are_collected_in_line_order() -> None:
         ),
         ("tasks_lost: 0", "tasks_lost: {max: 0, min: 1}", "x.yaml:14: expect[1].tasks_lost.min: unknown key"),
         ("memory: 96KiB", "memory: lots", "x.yaml:6: fleet[0].memory: must be a positive size in bytes"),
+        ("memory: 96KiB", "enrolled: maybe", "x.yaml:6: fleet[0].enrolled: must be true or false"),
     ],
 )
 def test_bad_values_name_file_line_and_key(old: str, new: str, expected: str) -> None:
@@ -198,3 +199,13 @@ def test_fault_converts_to_twin_faults_object() -> None:
     fault = s.faults[0].to_fault("esp-1")
     assert type(fault).__name__ == "PowerLoss"
     assert fault.off_for == 3.0 and fault.at == 2.0 and fault.target.device == "esp-1"
+
+
+def test_enrolled_false_marks_a_group_unenrolled() -> None:
+    s = load_scenario_text(GOOD.replace("{kind: host, count: 1}", "{kind: host, count: 2, enrolled: false}"),
+                           "x.yaml")  # fmt: skip
+    assert [g.enrolled for g in s.fleet] == [True, False]
+    assert s.unenrolled() == ["host-1", "host-2"]
+    board = "{kind: board, port: virtual, enrolled: false}"
+    got = errors(GOOD.replace("{kind: host, count: 1}", board))
+    assert any("fleet[1].enrolled: boards are always enrolled" in g for g in got), got

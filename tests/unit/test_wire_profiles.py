@@ -72,6 +72,7 @@ def test_embedded_profile_sends_numbers_and_only_what_the_firmware_reads() -> No
         "inputs": [7, 8, -2.5, 3.0],
         "env": {"ROUND_ID": "r1"},
         "proplet_id": "esp-1",
+        "attempt": 2,  # so the firmware can tell a stale stop (our extension)
     }
 
 

@@ -402,6 +402,35 @@ class FailedMax(_Base):
         return self.verdict(True, f"{len(failed)} tasks failed (max {self.max})")
 
 
+@dataclass(frozen=True)
+class RefusedAtConnect(_Base):
+    """Each device (default: every ``enrolled: false`` device) was refused at CONNECT by the closed
+    broker, the manager never listed it, and no task ran on it."""
+
+    NAME = "refused_at_connect"
+    PARAMS: ClassVar[Params] = {"devices": ("selector", False)}
+    devices: Selector | None = None
+
+    def evaluate(self, trace: Trace, scenario: Scenario) -> Verdict:
+        names = sorted(_selected(self.devices, scenario)) if self.devices else scenario.unenrolled()
+        if not names:
+            return self.verdict(False, "no device selected, no 'enrolled: false' group: nothing to check")
+        refused = {e.subject for e in trace.of("device") if e.data.get("connect") == "refused"}
+        listed = {trace.device_of(e.subject) for e in trace.of("proplet")}
+        ran = {trace.task_device(e) for t in trace.tasks().values() for e in t.runs}
+        bad = []
+        for name in names:
+            if name not in refused:
+                bad.append(f"{name} was never refused at CONNECT")
+            if name in listed:
+                bad.append(f"the manager listed {name}")
+            if name in ran:
+                bad.append(f"a task ran on {name}")
+        if bad:
+            return self.verdict(False, _list(bad))
+        return self.verdict(True, f"{len(names)} refused at CONNECT, never listed, ran nothing")
+
+
 EXPECTATIONS: dict[str, type[_Base]] = {
     c.NAME: c
     for c in (
@@ -414,6 +443,7 @@ EXPECTATIONS: dict[str, type[_Base]] = {
         NoOomWhileRoom,
         MaxRedispatches,
         FailedMax,
+        RefusedAtConnect,
     )
 }
 

@@ -72,10 +72,32 @@ class Timers:
 
 @dataclass(frozen=True)
 class ManagerSpec:
+    """The scenario's ``manager:``: every key is a ``ManagerSettings`` field (orchestrator/settings.py),
+    except those the runner sets itself (``RUNNER_OWNED``), plus ``store``. The virtual manager models
+    placement, max_attempts and queue_timeout; the others (``settings``) reach the live manager only."""
+
     placement: str = "round_robin"
     max_attempts: int = 3
     queue_timeout: float | None = None
     store: str = "sqlite"
+    settings: tuple[tuple[str, Any], ...] = ()  # (field, value) of the other ManagerSettings fields
+
+
+# ManagerSettings fields a scenario may not set: the runner gives its manager these (its broker,
+# database, API port, domain, identity on the closed broker; heartbeat and liveness come from timers:).
+RUNNER_OWNED = frozenset({
+    "broker", "db", "api_host", "api_port", "domain", "channel", "client_id", "identity", "broker_open",
+    "heartbeat_interval", "liveness_timeout", "api_token", "api_token_read", "api_token_admin", "ha",
+    "lease_ttl", "mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_insecure", "reports_dir",
+})  # fmt: skip
+VIRTUAL_MANAGER_KEYS = ("placement", "max_attempts", "queue_timeout")
+
+
+def manager_keys() -> list[str]:
+    """The keys of a scenario's ``manager:``, derived from ManagerSettings."""
+    from orchestrator.settings import ManagerSettings, cli_fields
+
+    return ["store", *(f.name for f, _, _ in cli_fields(ManagerSettings) if f.name not in RUNNER_OWNED)]
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,9 @@ class FleetGroup:
     max_instances: int | None = None
     port: str | None = None  # board: serial port (or rig name)
     profile: Esp32S3Spec | None = None  # esp32s3: a named or calibrated model (twin/devices/esp32s3.py)
+    # False: the run does not enroll these devices; they dial the closed broker with credentials it
+    # does not know, are refused at CONNECT and never reach the manager (``refused_at_connect``).
+    enrolled: bool = True
 
     def names(self) -> list[str]:
         """Device names of this group: ``prefix`` + 1-based index (``esp-1``, ``esp-2``...)."""
@@ -237,6 +262,10 @@ class Scenario:
     def devices(self) -> list[DeviceRef]:
         return [DeviceRef(name, g.kind, i, g.tags) for i, g in enumerate(self.fleet) for name in g.names()]
 
+    def unenrolled(self) -> list[str]:
+        """Devices of groups with ``enrolled: false``: the run gives them credentials nobody enrolled."""
+        return [name for g in self.fleet if not g.enrolled for name in g.names()]
+
     def device_kinds(self) -> dict[str, str]:
         return {d.name: d.kind for d in self.devices()}
 
@@ -324,21 +353,31 @@ class _Context:
 
 
 def _manager(r: Reader, node: Node) -> ManagerSpec:
-    m = r.mapping(node, "manager", ("placement", "max_attempts", "queue_timeout", "store"))
+    from orchestrator.settings import ManagerSettings, cli_fields
+
+    m = r.mapping(node, "manager", manager_keys())
     if m is None:
         return ManagerSpec()
-    placement = r.string(m["placement"], "manager.placement", PLACEMENTS) if "placement" in m else None
-    attempts = (
-        r.integer(m["max_attempts"], "manager.max_attempts", minimum=1) if "max_attempts" in m else None
-    )
-    qt = r.duration(m["queue_timeout"], "manager.queue_timeout") if "queue_timeout" in m else None
     store = r.string(m["store"], "manager.store", ("sqlite", "postgres")) if "store" in m else None
-    return ManagerSpec(
-        placement=placement or "round_robin",
-        max_attempts=attempts or 3,
-        queue_timeout=qt,
-        store=store or "sqlite",
-    )
+    values: dict[str, Any] = {}
+    for f, kind, optional in cli_fields(ManagerSettings):
+        if f.name not in m:
+            continue
+        value_node, path = m[f.name], f"manager.{f.name}"
+        if optional and r.plain(value_node) is None:
+            values[f.name] = None
+        elif f.name == "placement":  # scenarios spell the policies with underscores (round_robin)
+            values[f.name] = r.string(value_node, path, PLACEMENTS)
+        elif kind is bool:
+            values[f.name] = r.boolean(value_node, path)
+        elif kind is int:
+            values[f.name] = r.integer(value_node, path, minimum=1 if f.name == "max_attempts" else 0)
+        elif kind is float:
+            values[f.name] = r.duration(value_node, path)
+        else:
+            values[f.name] = r.string(value_node, path, f.metadata.get("choices"))
+    named = {k: values.pop(k) for k in VIRTUAL_MANAGER_KEYS if values.get(k) is not None}
+    return ManagerSpec(**named, store=store or "sqlite", settings=tuple(sorted(values.items())))
 
 
 def _timers(r: Reader, node: Node) -> Timers:
@@ -362,7 +401,7 @@ def _timers(r: Reader, node: Node) -> Timers:
 
 FLEET_KEYS = (
     "kind", "count", "prefix", "link", "tags", "memory", "psram", "cpu_mhz", "max_instances", "port",
-    "profile",
+    "profile", "enrolled",
 )  # fmt: skip
 EMBEDDED_KINDS = ("esp32s3", "upstream-firmware", "board")
 
@@ -409,11 +448,15 @@ def _fleet(r: Reader, node: Node, base: Path = Path(".")) -> tuple[FleetGroup, .
         profile = _profile(r, m["profile"], f"{path}.profile", base) if "profile" in m else None
         if profile is not None and kind not in EMBEDDED_KINDS:
             r.error(m["profile"], f"{path}.profile", f"a {kind} device takes no esp32s3 profile")
+        enrolled = r.boolean(m["enrolled"], f"{path}.enrolled") if "enrolled" in m else True
+        if enrolled is False and kind == "board":
+            r.error(m["enrolled"], f"{path}.enrolled", "boards are always enrolled (the run provisions them)")
         if kind == "board" and port is None and "kind" in m:
             r.error(item, path, "a board needs 'port' (its serial port or rig name)")
         if kind is None or count is None or prefix is None or tags is None:
             continue
-        groups.append(FleetGroup(kind, count, prefix, link, tags, memory, psram, cpu, inst, port, profile))
+        groups.append(FleetGroup(kind, count, prefix, link, tags, memory, psram, cpu, inst, port, profile,
+                                 enrolled is not False))
     return tuple(groups)
 
 

@@ -38,7 +38,8 @@ static const char *const corpus[] = {
     "[\"\\u00e9\\ud83d\\ude00\",1e5,-0.5,true,false,null,{\"a\":[[[]]]}]",
 };
 static const char *const topics[] = {PREFIX "control/manager/start", PREFIX "control/manager/stop",
-                                     PREFIX "registry/server", PREFIX "control/other"};
+                                     PREFIX "registry/server", PREFIX "control/manager/discover",
+                                     PREFIX "control/other"};
 
 static size_t mutate(char *buf, size_t cap, size_t len)
 {
@@ -190,7 +191,7 @@ int main(int argc, char **argv)
         if (next() % 16 == 0) {
             total = len + 1 + next() % 4096; /* the platform's buffer cut a longer message */
         }
-        prop_message(&p, now, topics[next() % 4], in, given, total);
+        prop_message(&p, now, topics[next() % 5], in, given, total);
         free(in);
         now += next() % 3000;
         uint32_t ev = next() % 32;

@@ -95,10 +95,11 @@ static void connect_subscribes_announces_and_beats_at_once(void)
     prop_wifi_up(&P, 0, "10.0.0.7", -60);
     prop_mqtt_connected(&P, 500);
     CHECK(fake_find_line(&F, "mqtt_connected broker=10.0.0.2:1884") >= 0);
-    CHECK_INT(F.nsubs, 3);
+    CHECK_INT(F.nsubs, 4);
     CHECK_STR(F.subs[0], PREFIX "control/manager/start");
     CHECK_STR(F.subs[1], PREFIX "control/manager/stop");
     CHECK_STR(F.subs[2], PREFIX "registry/server");
+    CHECK_STR(F.subs[3], PREFIX "control/manager/discover");
     int d = fake_last_pub(&F, "control/proplet/create");
     CHECK(d >= 0);
     if (d >= 0) {
@@ -179,7 +180,7 @@ static void disconnect_reconnects_with_capped_jittered_backoff(void)
     CHECK_INT(last, 30000); /* cap 60000, jittered down to half */
     CHECK(fake_find_line(&F, "mqtt_reconnect attempt=10 backoff_ms=30000") >= 0);
     prop_mqtt_connected(&P, now);
-    CHECK_INT(F.nsubs, 3); /* subscriptions renewed on the new session */
+    CHECK_INT(F.nsubs, 4); /* subscriptions renewed on the new session */
     prop_mqtt_disconnected(&P, now + 5, "keepalive");
     CHECK(fake_find_line(&F, "mqtt_reconnect attempt=1 backoff_ms=500") >= 0);
 }
@@ -326,6 +327,60 @@ static void stop_for_another_proplet_or_unknown_task_is_ignored(void)
     stop(10, "[1,2");
     CHECK_INT(F.ncancels, 0);
     CHECK(fake_find_line(&F, "message_rejected topic=stop reason=\"missing id\"") >= 0);
+}
+
+static void stop_of_another_attempt_is_ignored_as_stale(void)
+{
+    online(0);
+    start(0, "{\"id\":\"t1\",\"file\":\"" B64_ADD_MAIN "\",\"attempt\":2}");
+    CHECK_INT(F.nruns, 1);
+    /* the manager stopping attempt 1 (superseded while we were away) must not touch attempt 2 */
+    stop(10, "{\"id\":\"t1\",\"proplet_id\":\"dev-1\",\"broadcast\":false,\"attempt\":1}");
+    CHECK_INT(F.ncancels, 0);
+    CHECK(fake_find_line(&F, "task_ignored id=t1 reason=stale_attempt") >= 0);
+    CHECK_INT(fake_find_line(&F, "task_stop id=t1"), -1);
+    stop(20, "{\"id\":\"t1\",\"attempt\":\"2\"}"); /* not an integer: rejected, naming the field */
+    CHECK_INT(F.ncancels, 0);
+    CHECK(fake_find_line(&F, "message_rejected topic=stop reason=\"attempt: expected a non-negative integer\"") >= 0);
+    stop(30, "{\"id\":\"t1\",\"proplet_id\":\"dev-1\",\"attempt\":2}"); /* the attempt we run */
+    CHECK_INT(F.ncancels, 1);
+    CHECK(fake_find_line(&F, "task_stop id=t1") >= 0);
+    /* a start without attempt (an upstream manager): any stop stops it */
+    start(40, "{\"id\":\"t2\",\"file\":\"" B64_ADD_MAIN "\"}");
+    stop(50, "{\"id\":\"t2\",\"attempt\":7}");
+    CHECK_INT(F.ncancels, 2);
+    prop_outcome_t o = {0, NULL, 0, "terminated by user"};
+    prop_task_done(&P, 55, F.runs[0].slot, &o);
+    prop_task_done(&P, 55, F.runs[1].slot, &o);
+    /* a start whose attempt is not a non-negative integer gets an error result naming the field */
+    start(60, "{\"id\":\"t3\",\"file\":\"" B64_ADD_MAIN "\",\"attempt\":-1}");
+    CHECK_CONTAINS(last_result(), "\"task_id\":\"t3\"");
+    CHECK_CONTAINS(last_result(), "\"error\":\"attempt: expected a non-negative integer\"");
+}
+
+static void discover_request_is_answered_with_a_fresh_discovery(void)
+{
+    online(0);
+    const char *topic = PREFIX "control/manager/discover";
+    const char *everyone = "{\"proplet_id\":\"\"}";
+    const char *mine = "{\"proplet_id\":\"dev-1\"}";
+    const char *other = "{\"proplet_id\":\"dev-2\"}";
+    prop_message(&P, 10, topic, other, strlen(other), strlen(other));
+    CHECK_INT(fake_count_pub(&F, "control/proplet/create"), 0);
+    prop_message(&P, 20, topic, mine, strlen(mine), strlen(mine));
+    CHECK_INT(fake_count_pub(&F, "control/proplet/create"), 1);
+    prop_message(&P, 30, topic, everyone, strlen(everyone), strlen(everyone));
+    CHECK_INT(fake_count_pub(&F, "control/proplet/create"), 2);
+    int d = fake_last_pub(&F, "control/proplet/create");
+    CHECK(d >= 0);
+    if (d >= 0) {
+        CHECK_CONTAINS(F.pub_payload[d], "{\"proplet_id\":\"dev-1\",\"namespace\":\"embedded\",\"metadata\":{");
+        CHECK_CONTAINS(F.pub_payload[d], "\"max_instances\":2");
+    }
+    CHECK_INT(fake_count_lines(&F, "discovery_sent proplet_id=dev-1"), 2);
+    prop_message(&P, 40, topic, "[1", 2, 2);
+    CHECK(fake_find_line(&F, "message_rejected topic=discover reason=\"not a JSON object\"") >= 0);
+    CHECK_INT(fake_count_pub(&F, "control/proplet/create"), 2);
 }
 
 static void oversize_start_gets_an_error_result(void)
@@ -501,6 +556,8 @@ void run_proplet_tests(void)
     RUN(failed_task_publishes_error);
     RUN(manager_stop_with_only_id_cancels_the_task);
     RUN(stop_for_another_proplet_or_unknown_task_is_ignored);
+    RUN(stop_of_another_attempt_is_ignored_as_stale);
+    RUN(discover_request_is_answered_with_a_fresh_discovery);
     RUN(oversize_start_gets_an_error_result);
     RUN(memory_admission_refuses_with_oom);
     RUN(instance_limit_and_duplicates);
