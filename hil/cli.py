@@ -4,6 +4,8 @@ code; errors print one line naming what was wrong and return 2 (usage/input) or 
 from __future__ import annotations
 
 import argparse
+import os
+import queue
 import sys
 import tempfile
 import time
@@ -24,6 +26,8 @@ from hil.rig import (
     resolve_port,
     specs_from_ports,
 )
+from hil.scenario_boards import console_data, console_report
+from orchestrator.core.observations import MAX_EVENTS
 from twin.devices.profiles import write_profile
 
 
@@ -92,13 +96,66 @@ def cmd_flash(args: argparse.Namespace) -> int:
     return 0
 
 
+class ConsoleReporter:
+    """``--report-to``: the board's console lines join the manager's timelines (docs/timelines.md):
+    a line naming a task on that task, the others on ``proplet_id`` (the tasks running there then)."""
+
+    def __init__(self, api_url: str, proplet_id: str, token: str | None, device: str) -> None:
+        from orchestrator.client import ApiClient
+
+        self.client = ApiClient(api_url, token=token)
+        self.proplet_id, self.device = proplet_id, device
+        self.pending: queue.SimpleQueue[tuple[str, str, dict[str, Any]]] = queue.SimpleQueue()
+        self.sent = self.dropped = 0
+
+    def on_item(self, item: Any) -> None:
+        """From the serial reader's thread: queue the line (``flush`` sends it)."""
+        data = console_data(item)
+        if data.get("kind") in ("prompt", "echo"):
+            return
+        path, task_id, event = console_report(self.device, data, time.time())
+        if task_id is not None:
+            event["fields"]["proplet_id"] = self.proplet_id
+        self.pending.put((path, task_id or self.proplet_id, event))
+
+    def flush(self) -> None:
+        from orchestrator.client import ApiError
+
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        while not self.pending.empty():
+            path, subject_id, event = self.pending.get()
+            groups.setdefault((path, subject_id), []).append(event)
+        for (path, subject_id), events in groups.items():
+            for i in range(0, len(events), MAX_EVENTS):
+                chunk = events[i : i + MAX_EVENTS]
+                try:
+                    self.client.report_events(path, subject_id, chunk)
+                    self.sent += len(chunk)
+                except ApiError as err:  # the manager away or refusing: the console goes on
+                    self.dropped += len(chunk)
+                    print(f"propeller hil: console lines not reported: {err}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.flush()
+        self.client.close()
+
+
 def cmd_console(args: argparse.Namespace) -> int:
+    reporter: ConsoleReporter | None = None
+    if getattr(args, "report_to", None) and not getattr(args, "proplet_id", None):
+        return _fail("--report-to needs --proplet-id (the proplet the board runs as)")
+
+    def on_item(_name: str, item: Any) -> None:
+        print(item.raw if isinstance(item, ConsoleEvent) else item.text, flush=True)
+        if reporter is not None:
+            reporter.on_item(item)
+
     try:
         spec = _spec(args)
         port = resolve_port(spec)
-        board = SerialBoard(spec.name, port, Path(args.run_dir), baud=spec.baud,
-                            on_item=lambda _n, item: print(
-                                item.raw if isinstance(item, ConsoleEvent) else item.text, flush=True))
+        if getattr(args, "report_to", None):
+            reporter = ConsoleReporter(args.report_to, args.proplet_id, args.api_token, spec.name)
+        board = SerialBoard(spec.name, port, Path(args.run_dir), baud=spec.baud, on_item=on_item)
     except (MapError, ValueError) as exc:
         return _fail(str(exc))
     except (BoardError, PortBusy) as exc:
@@ -111,12 +168,18 @@ def cmd_console(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.seconds if args.seconds else None
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.1)
+            if reporter is not None:
+                reporter.flush()
     except KeyboardInterrupt:
         pass
     except BoardError as exc:
         return _fail(str(exc), 1)
     finally:
         board.close()
+        if reporter is not None:
+            reporter.close()
+            sent, dropped = reporter.sent, reporter.dropped
+            print(f"console lines reported: {sent}, not reported: {dropped}", file=sys.stderr)
         print(f"console log: {board.log_path}", file=sys.stderr)
     return 0
 
@@ -155,4 +218,11 @@ def add_hil_subcommands(subparsers: Any) -> None:
     o.add_argument("--reset", action="store_true", help="reset the board first")
     o.add_argument("--send", action="append", metavar="CMD", help="shell command to run (repeatable)")
     o.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C)")
+    o.add_argument("--report-to", metavar="API_URL",
+                   help="report the console lines to this manager: they join the timelines of the tasks "
+                   "the board runs (docs/timelines.md; needs --proplet-id, and an admin --api-token if "
+                   "the manager has tokens)")
+    o.add_argument("--proplet-id", help="the proplet id the board runs as (with --report-to)")
+    o.add_argument("--api-token", default=os.environ.get("PROPELLER_API_TOKEN"),
+                   help="admin bearer token for --report-to (env PROPELLER_API_TOKEN)")  # fmt: skip
     o.set_defaults(func=cmd_console)

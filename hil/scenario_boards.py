@@ -36,6 +36,30 @@ def console_data(item: Item) -> dict[str, Any]:
     return {"line": item.text, "kind": item.kind}
 
 
+def task_of(data: dict[str, Any]) -> str | None:
+    """The task a console item names (``task_start id=...``, ``task_end id=...``, ``oom id=...``)."""
+    fields = data.get("fields")
+    raw = fields.get("id") if isinstance(fields, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        return None
+
+
+def console_report(device: str, data: dict[str, Any], at: float) -> tuple[str, str | None, dict[str, Any]]:
+    """A console item (``console_data``) as a timeline report (docs/timelines.md): ``("tasks", id,
+    event)`` when it names a task, else ``("proplets", None, event)`` for the board's proplet."""
+    fields: dict[str, Any] = {"device": device}
+    if data.get("event"):
+        fields["event"] = str(data["event"])
+    event = {"kind": "console", "cause": str(data.get("line", ""))[:1024], "at": round(at, 6),
+             "source": "console", "fields": fields}  # fmt: skip
+    task_id = task_of(data)
+    return ("tasks", task_id, event) if task_id is not None else ("proplets", None, event)
+
+
 class ScenarioBoards:
     def __init__(self, run_dir: Path, *, hw_map: list[BoardSpec] | None = None,
                  on_console: OnConsole | None = None, t0: float | None = None,

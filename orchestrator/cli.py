@@ -118,7 +118,11 @@ def cmd_manager(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"propeller manager: {err}", file=sys.stderr)
             return EXIT_USAGE
-    service = ManagerService(settings)
+    try:
+        service = ManagerService(settings)
+    except ValueError as err:  # --otel without the otel extra, ...
+        print(f"propeller manager: {err}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         run_loop(_serve_until_signal(service.start, service.stop, service.finished), args.loop)
     except (OSError, ValueError) as err:
@@ -218,6 +222,7 @@ def agent_settings(s: Any) -> Any:
         hal_quota_bytes=s.hal_quota_bytes,
         tsm_root=s.tsm_root,
         kbs_url=s.kbs_url,
+        otel=s.otel,
     )
     return with_identity(settings, s.identity) if s.identity else settings
 

@@ -185,6 +185,10 @@ class ApiClient:
         """The timeline of a task or a proplet (``subject``: "tasks" or "proplets")."""
         return dict(self._call("GET", f"/{subject}/{subject_id}/events"))
 
+    def report_events(self, subject: str, subject_id: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Events seen from outside (console lines, faults) join the timelines (admin token)."""
+        return dict(self._call("POST", f"/{subject}/{subject_id}/events", {"events": events}))
+
 
 def log_text(rows: list[dict[str, Any]]) -> str:
     """Log rows as a terminal shows them: output as written, runtime notes marked ``[runtime]``."""

@@ -20,10 +20,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from orchestrator import wire
 from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.lease import LeaseKeeper, PgLease
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
+from orchestrator.adapters.otel import Tracing
 from orchestrator.adapters.store import Refusals, Store, StoreError, TaskLogBatch, WriteBatch
 from orchestrator.chunk_server import ChunkServer
 from orchestrator.core.commands import (
@@ -48,6 +50,7 @@ from orchestrator.core.errors import Conflict, EngineError, NotFound, NotLeader,
 from orchestrator.core.identity import Enrollment, Identity, IdentityRegistry
 from orchestrator.core.lease import LeaseConfig, LeaseCore
 from orchestrator.core.model import Job, Proplet, Task
+from orchestrator.core.observations import parse_events
 from orchestrator.core.placement import make_policy
 from orchestrator.core.receipts import KeyLookup, ProverKey
 from orchestrator.enrollment import enroll as enroll_identity
@@ -87,10 +90,12 @@ class ManagerService:
                 attempt_timeout=settings.attempt_timeout,
                 terminal_cache=settings.terminal_cache,
                 timeline=settings.timeline,
+                observations_per_task=settings.timeline_observations,
             ),
             policy=make_policy(settings.placement),
             keys=keys,
         )
+        self.tracing = Tracing(settings.otel, "propeller-manager")  # --otel: spans (adapters/otel.py)
         self.broker: EmbeddedBroker | None = None
         self.store: Store | None = None
         self.mqtt: MqttClient | None = None
@@ -406,9 +411,36 @@ class ManagerService:
                     return
                 self._drop_unenrolled(topic, reason)
                 return
+        if self.tracing.enabled and topic == self.engine.topics.results:
+            self._trace_result(payload)
         self.engine.handle(MessageReceived(topic, payload), self.now(), time.time())
         self._wake.set()
         self._kick()
+
+    # ------------------------------------------------------------------ --otel spans (adapters/otel.py)
+
+    def _traced_start(self, payload: bytes) -> tuple[bytes, Any]:
+        """The start with the dispatch span's context in it (``traceparent``), and the span."""
+        try:
+            body = json.loads(payload)
+            attributes = {"task_id": body.get("id"), "task_name": body.get("name"),
+                          "proplet_id": body.get("proplet_id"), "attempt": body.get("attempt")}  # fmt: skip
+            span = self.tracing.start("propeller.dispatch", attributes, kind="producer")
+            traceparent = self.tracing.traceparent(span)
+            return (wire.with_traceparent(payload, traceparent) if traceparent else payload), span
+        except (ValueError, AttributeError, wire.CodecError):  # tracing never stops a start
+            return payload, None
+
+    def _trace_result(self, payload: bytes) -> None:
+        try:
+            body = json.loads(payload)
+            error = body.get("error") or body.get("refused")
+            attributes = {"task_id": body.get("task_id"), "proplet_id": body.get("proplet_id"),
+                          "attempt": body.get("attempt"), "refused": body.get("refused")}  # fmt: skip
+            span = self.tracing.start("propeller.result", attributes, body.get("traceparent"))
+        except (ValueError, AttributeError, TypeError):
+            return
+        self.tracing.end(span, str(error) if error else None)
 
     def _drop_unenrolled(self, topic: str, reason: str) -> None:
         suffix = self.engine.topics.suffix(topic) or topic
@@ -659,13 +691,17 @@ class ManagerService:
                     continue
                 if dropped and _message_task_id(command.payload) in dropped:
                     continue
+                payload, span = command.payload, None
+                if self.tracing.enabled and command.topic == self.engine.topics.start:
+                    payload, span = self._traced_start(payload)
                 if self.mqtt is not None:
                     try:
-                        self.mqtt.publish(command.topic, command.payload, command.qos)
+                        self.mqtt.publish(command.topic, payload, command.qos)
                     except Exception as err:  # the broker may be away; the task stays recoverable
                         log.warning(
                             json.dumps({"event": "publish_failed", "topic": command.topic, "error": str(err)})
                         )
+                self.tracing.end(span)
             elif isinstance(command, InvocationFinished):
                 waiter = self._invocations.pop(command.invocation_id, None)
                 if waiter is not None and not waiter.done():
@@ -814,6 +850,22 @@ class ManagerService:
         task = await self.store.get_task(task_id)
         if task is not None and self.engine.find_task(task_id) is None:
             self.engine.readmit(task)
+
+    async def report_events(self, subject: str, subject_id: str, body: Any) -> dict[str, Any]:
+        """``POST /tasks|proplets/{id}/events``: events seen from outside (console lines, twin faults)
+        join the timelines (orchestrator/core/observations.py); returns what was recorded where."""
+        events = parse_events(body, time.time())
+        if not self.engine.config.timeline:
+            raise Conflict("the manager records no timelines (started with --no-timeline)")
+        if subject == "task":
+            await self.find_task(subject_id)
+            kept = self.engine.observations.report_on_task(subject_id, events)
+            joined = {subject_id: kept} if kept else {}
+        else:
+            self.engine.get_proplet(subject_id)
+            joined = self.engine.observations.report_on_proplet(subject_id, events)
+        await self._durable()
+        return {"recorded": len(events), "tasks": joined}
 
     async def delete_proplet(self, proplet_id: str) -> None:
         self.engine.delete_proplet(proplet_id)

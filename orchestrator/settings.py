@@ -189,6 +189,13 @@ class ManagerSettings:
     mqtt_key: str | None = _opt(None, "client key for mutual TLS")
     mqtt_insecure: bool = _opt(False, "do not verify the broker's certificate")
     timeline: bool = _opt(True, "record each task's and proplet's timeline (GET /tasks/{id}/events)")
+    otel: bool = _opt(
+        False, "OpenTelemetry spans: dispatch, execute on the proplet, result (the otel extra; exporter: "
+        "OTEL_TRACES_EXPORTER=otlp|console|none)"
+    )
+    timeline_observations: int = _opt(
+        100, "console lines and faults reported from outside (POST /tasks/{id}/events) kept per task"
+    )
     reports_dir: str = _opt("", "directory of scenario HTML reports listed by the dashboard (/ui/reports)")
     # Trust (docs/trust.md): the embedded broker is closed unless broker_open.
     broker_open: bool = _opt(
@@ -243,4 +250,8 @@ class PropletSettings:
     kbs_url: str = dataclasses.field(
         default_factory=lambda: os.environ.get("PROPLET_KBS_URI", ""),
         metadata={"help": "key broker for encrypted tasks (also env PROPLET_KBS_URI; see docs/hal.md)"},
+    )
+    otel: bool = _opt(
+        False, "OpenTelemetry execute spans, children of the manager's dispatch span (the otel extra; "
+        "exporter: OTEL_TRACES_EXPORTER=otlp|console|none)"
     )

@@ -24,6 +24,7 @@ LABELS = {
     "start_published": "start published",
     "proplet_died": "proplet died",
     "receipt_rejected": "receipt rejected",
+    "observations_capped": "capped",
 }
 
 
@@ -50,6 +51,12 @@ def _describe(event: dict[str, Any]) -> str:
         return f"{state}{where} (attempt {f.get('attempt')}{verified}){detail}"
     if kind == "broadcast":
         return f"to {f.get('targets')} proplets"
+    if kind in ("fault", "console", "note"):  # reported from outside (POST .../events)
+        where = f.get("device") or proplet
+        source = f" [{f['source']}]" if f.get("source") else ""
+        if kind == "fault":
+            return f"{cause} on {where}{source}" if where else f"{cause}{source}"
+        return f"{where}: {cause}" if where else f"{cause}{source}"
     return cause
 
 

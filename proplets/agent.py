@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from orchestrator import wire
 from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will, parse_broker_url
+from orchestrator.adapters.otel import Tracing
 from proplets import egress
 from proplets import profile as embedded
 from proplets.backoff import Backoff
@@ -129,6 +130,8 @@ class AgentSettings:
     tee_root: str = "/"
     # Key broker for encrypted tasks (docs/hal.md); empty: encrypted tasks are refused.
     kbs_url: str = ""
+    # OpenTelemetry execute spans, children of the manager's dispatch span (orchestrator/adapters/otel.py).
+    otel: bool = False
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -240,6 +243,7 @@ class PropletAgent:
         self.settings = settings
         self._tee = tee.detect(settings.tee_root)  # announced in discovery metadata (host_metadata)
         self.engine = PropletEngine(engine_config(settings))
+        self.tracing = Tracing(settings.otel, "propeller-proplet")  # --otel: execute spans
         self.runtime = runtime or WasmtimeRuntime(
             cache_dir=Path(settings.cache_dir) if settings.cache_dir else None
         )
@@ -501,6 +505,9 @@ class PropletAgent:
     async def _run(self, start: wire.StartTask) -> None:
         token = CancelToken()
         self._cancels[start.id] = token
+        attributes = {"task_id": start.id, "task_name": start.name, "proplet_id": self.settings.proplet_id,
+                      "attempt": start.attempt}  # fmt: skip
+        span = self.tracing.start("propeller.execute", attributes, start.traceparent or None)
         results, error = "", None
         output: TaskOutput | None = None
         notes: list[str] = []
@@ -522,6 +529,7 @@ class PropletAgent:
             elif start.latent:
                 self._deployed[start.id] = wasm
                 self.engine.deployed(start.id)
+                self.tracing.end(span)
                 return
             else:
                 request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
@@ -539,7 +547,9 @@ class PropletAgent:
         finally:
             self._cancels.pop(start.id, None)
         if start.id not in self._deployed:
-            self.engine.task_finished(start.id, results, error, self._clock(), time.time(), output=output)
+            self.engine.task_finished(start.id, results, error, self._clock(), time.time(), output=output,
+                                      traceparent=self.tracing.traceparent(span))  # fmt: skip
+        self.tracing.end(span, error)
         self._execute()
 
     async def _run_embedded(

@@ -662,10 +662,12 @@ class PropletEngine:
         wall: float | None = None,
         *,
         output: TaskOutput | None = None,
+        traceparent: str | None = None,
     ) -> None:
         """The run of ``task_id`` ended. ``wall`` (UNIX seconds) dates the receipt; without it the
         receipt's times are on the driver's ``now`` axis. ``output`` (typed result and logs) replaces
-        ``results`` when given (not in the embedded profile, whose results are the firmware's)."""
+        ``results`` when given (not in the embedded profile, whose results are the firmware's).
+        ``traceparent``: the driver's execute span (``--otel``), carried opaquely in the result."""
         self._clock = now
         entry = self.running.pop(task_id, None)
         if entry is None:
@@ -684,7 +686,8 @@ class PropletEngine:
         else:
             output = None
         proof = _Proof(entry.start, entry.since, now, wall, entry.module_sha256)
-        self._result(task_id, results, error, entry.start.attempt or None, proof, output=output)
+        self._result(task_id, results, error, entry.start.attempt or None, proof, output=output,
+                     traceparent=traceparent)  # fmt: skip
         self._commands.append(
             LogEvent(
                 "task_finished", {"task_id": task_id, "ok": not error, "seconds": round(now - entry.since, 6)}
@@ -707,8 +710,9 @@ class PropletEngine:
         *,
         refused: str | None = None,
         output: TaskOutput | None = None,
+        traceparent: str | None = None,
     ) -> None:
-        payload = self._encode_result(task_id, results, error, attempt, proof, refused, output)
+        payload = self._encode_result(task_id, results, error, attempt, proof, refused, output, traceparent)
         if payload is None:
             self._count("results_dropped")
             return
@@ -732,6 +736,7 @@ class PropletEngine:
         proof: _Proof | None,
         refused: str | None = None,
         output: TaskOutput | None = None,
+        traceparent: str | None = None,
     ) -> bytes | None:
         """The result payload; one that does not fit (embedded 1023 bytes) becomes an error that does."""
         pid = self.config.proplet_id
@@ -741,6 +746,8 @@ class PropletEngine:
             logs = tuple((line.stream, line.data) for line in output.logs)
             kind = output.result_type
             message = replace(message, result_type=kind, logs=logs)
+        if traceparent and not self.embedded:
+            message = replace(message, traceparent=traceparent)
         try:
             return wire.encode(message, self.config.profile)
         except wire.CodecError as err:

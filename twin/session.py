@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import random
 import signal
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from twin.observer import ManagerObserver
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace
 from twin.services import MAX_QUEUED_MESSAGES, Broker, Manager, ManagerOptions
+from twin.timeline_feed import TimelineFeed
 from twin.transport import VirtualTransport
 from twin.vmanager import WALL_EPOCH, ManagerConfig, VirtualManager
 
@@ -100,6 +102,7 @@ class TwinSession:
         self.runtime: Any = None
         self.shared: Shared | None = None
         self.identities: TwinIdentities | None = None  # live: the run's enrolled identities
+        self.feed: TimelineFeed | None = None  # live: reports faults and console lines to the manager
         self.virtual_identities: VirtualIdentities | None = None  # virtual, closed: in memory, seeded
 
     @property
@@ -152,6 +155,12 @@ class TwinSession:
             self.trace.meta["manager_log"] = str(manager.process.log_path)
             self.stack.push_async_callback(_stop, manager)
             await manager.start()
+            # Faults and console lines join the manager's task timelines (twin/timeline_feed.py).
+            clock = self.clock
+            feed = self.feed = TimelineFeed(manager.api_url, lambda t: time.time() - (clock.target() - t))
+            self.trace.listeners.append(feed.on_event)
+            await feed.start()
+            self.stack.push_async_callback(_close_feed, self.trace, feed)  # before the manager stops
         executor = ThreadPoolExecutor(max_workers=c.wasm_workers, thread_name_prefix="twin-wasm")
         self.stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         shared = self.shared = Shared(self.env, self.clock, self.trace, self.runtime, executor)
@@ -214,6 +223,12 @@ class TwinSession:
         if start:
             await fleet.start()
         return fleet
+
+
+async def _close_feed(trace: Trace, feed: TimelineFeed) -> None:
+    trace.listeners.remove(feed.on_event)
+    await feed.close()
+    trace.meta["timeline_feed"] = {"sent": feed.sent, "dropped": feed.dropped}
 
 
 def _ignore(_event: Any, _t: float) -> None:

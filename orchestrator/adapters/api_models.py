@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, create_model
 from pydantic.json_schema import SkipJsonSchema
 
+from orchestrator.core import observations as obs
 from orchestrator.core.identity import ID_RE
 from orchestrator.core.model import TaskState
 from orchestrator.core.validation import MAX_DEPTH
@@ -338,6 +339,29 @@ class PropletEvents(Model):
     proplet_id: str
     total: int
     events: list[Event]
+
+
+class ReportedEvent(Strict):
+    kind: Literal["fault", "console", "note"]
+    cause: str = Field("", max_length=obs.MAX_CAUSE_CHARS, description="What happened, one line")
+    at: float | None = Field(
+        None, ge=0, description="UNIX seconds; the manager's time when absent; at most 300 s ahead of it"
+    )
+    source: str = Field("", max_length=obs.MAX_SOURCE_CHARS, description="Who saw it (twin, board, ...)")
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description=f"At most {obs.MAX_FIELDS_BYTES} bytes of JSON"
+    )
+
+
+class EventReport(Strict):
+    """Events seen from outside the manager: twin faults, board console lines, operator notes."""
+
+    events: list[ReportedEvent] = Field(..., min_length=1, max_length=obs.MAX_EVENTS)
+
+
+class EventsRecorded(Model):
+    recorded: int = Field(..., description="Events accepted")
+    tasks: dict[str, int] = Field(..., description="Task id -> events that joined its timeline")
 
 
 # ---- proplets ---------------------------------------------------------------------------------------

@@ -840,6 +840,26 @@ def create_app(manager: ManagerService) -> FastAPI:
         assert manager.store is not None
         return _events_body("proplet", proplet_id, await manager.store.list_events("proplet", proplet_id))
 
+    @app.post(
+        "/tasks/{task_id}/events",
+        **described(m.EventsRecorded, status=201, errors=(403, 404, 409), body=m.EventReport),
+    )
+    async def report_task_events(task_id: str, request: Request) -> dict[str, Any]:
+        """Events seen from outside join the task's timeline (admin): ``{"events": [{"kind":
+        "fault"|"console"|"note", "cause", "at"?, "source"?, "fields"?}]}`` (docs/api.md)."""
+        body = await _json_body(request)
+        return await manager.report_events("task", _uuid(task_id, "task_id"), body)
+
+    @app.post(
+        "/proplets/{proplet_id}/events",
+        **described(m.EventsRecorded, status=201, errors=(403, 404, 409), body=m.EventReport),
+    )
+    async def report_proplet_events(proplet_id: str, request: Request) -> dict[str, Any]:
+        """Events seen on a proplet's device (a twin fault, a board's console line) join its timeline
+        and the timeline of every task whose attempt was there at the event's time (admin)."""
+        body = await _json_body(request)
+        return await manager.report_events("proplet", proplet_id, body)
+
     @app.get(
         "/metrics",
         **described(

@@ -845,6 +845,9 @@ class Store:
             for window in reversed(rows)
             for e in window
         ]
+        # In time order: events reported from outside (a twin fault, a console line) may arrive after
+        # the manager's own later ones. Stable: the events of one instant keep their recorded order.
+        out.sort(key=lambda e: e.at)
         return out[-limit:] if limit else []
 
     async def add_proplet_metrics(

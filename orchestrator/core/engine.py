@@ -39,6 +39,7 @@ from orchestrator.core.errors import Conflict, NotFound, ShuttingDown, Validatio
 from orchestrator.core.groups import Groups
 from orchestrator.core.latent import Latent
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
+from orchestrator.core.observations import Observations
 from orchestrator.core.placement import PlacementPolicy, RoundRobin
 from orchestrator.core.states import Trigger
 from orchestrator.core.tasktable import TaskTable
@@ -71,6 +72,8 @@ class EngineConfig:
     drain_scan_limit: int = 256
     # Record each task's and proplet's timeline (RecordTaskEvent / RecordPropletEvent commands).
     timeline: bool = True
+    # Events reported from outside (console lines, twin faults: core/observations.py) kept per task.
+    observations_per_task: int = 100
 
     @property
     def timeout(self) -> float:
@@ -150,6 +153,7 @@ class Engine:
         self._liveness_seq = 0
         self.groups = Groups(self)
         self.latent = Latent(self)
+        self.observations = Observations(self, self.config.observations_per_task)
 
     # ------------------------------------------------------------------ commands
 
@@ -293,13 +297,15 @@ class Engine:
         if task.memory_bytes:
             self._reserved_bytes[proplet.id] = self._reserved_bytes.get(proplet.id, 0) + task.memory_bytes
 
-    def _vacate(self, task: Task) -> None:
-        """``task`` no longer holds a slot on its proplet (idempotent)."""
+    def _vacate(self, task: Task, wall: float | None = None) -> None:
+        """``task`` no longer holds a slot on its proplet (idempotent); ``wall``: when its attempt ended."""
         self._deadline_of.pop(task.id, None)
         self._seen_running.discard(task.id)
         running = self._running_on.get(task.proplet_id)
         if running is None or running.pop(task.id, None) is None:
             return
+        if wall is not None:
+            self.observations.ended(task, wall)
         if not running:
             del self._running_on[task.proplet_id]
         proplet = self.proplets.get(task.proplet_id)
@@ -727,7 +733,7 @@ class Engine:
         else:
             states.apply(task, Trigger.FAIL)
             task.error = printable(msg.error or "")
-        self._vacate(task)
+        self._vacate(task, wall)
         started = self._dispatched_at.pop(task.id, None)
         if started is not None:
             self.dispatch_latencies.append(now - started)
@@ -785,7 +791,7 @@ class Engine:
         self.counters[f"starts_refused_{kind}"] += 1
         if kind == "lost":
             self._supersede(task, proplet.id)  # if it ran after all, its late result still counts
-        self._vacate(task)
+        self._vacate(task, wall)
         self._dispatched_at.pop(task.id, None)
         verdict = ""
         if kind == wire.refusals.OUT_OF_MEMORY and not self._running_on.get(proplet.id):
@@ -1105,7 +1111,7 @@ class Engine:
         self._drain_queue(now, wall)
 
     def _requeue_or_fail(self, task: Task, proplet: Proplet, why: str, now: float, wall: float) -> None:
-        self._vacate(task)
+        self._vacate(task, wall)
         self._dispatched_at.pop(task.id, None)
         if task.attempt >= task.max_attempts:
             self._fail(
@@ -1221,7 +1227,7 @@ class Engine:
         if task.state is TaskState.RUNNING:
             self._publish_stop(task)
             if not task.broadcast:
-                self._vacate(task)
+                self._vacate(task, wall)
         # Attempts superseded while their proplet was away may still run there: stop them too.
         for proplet_id, stale in self._stale.items():
             if task.id in stale:
@@ -1288,6 +1294,7 @@ class Engine:
         del self.proplets[proplet_id]
         for table in (self._stale, self._asked_discovery, self._grace):
             table.pop(proplet_id, None)
+        self.observations.forget_proplet(proplet_id)
         self._busy.discard(proplet_id)
         self._emit(DeleteProplet(proplet_id))
 
@@ -1449,7 +1456,7 @@ class Engine:
 
     def _fail(self, task: Task, reason: str, wall: float, *, already_released: bool = False) -> None:
         if task.state is TaskState.RUNNING and not already_released:
-            self._vacate(task)
+            self._vacate(task, wall)
         self._dequeue(task.id)
         self._broadcasts.pop(task.id, None)
         states.apply(task, Trigger.FAIL)

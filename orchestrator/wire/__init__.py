@@ -75,6 +75,11 @@ Where the reference is ambiguous or upstream components disagree, this codec cho
     attempt); ``control/manager/discover`` ``{"proplet_id"}`` asks a proplet to re-send its discovery.
     The embedded profile sends the stop's ``attempt`` (our firmware ignores a stop naming another
     attempt than the one it runs) and ``discover`` (our firmware answers with its discovery).
+16. Tracing (``--otel``, docs/timelines.md): start and result may carry ``traceparent``, a W3C trace
+    context (``00-<32 hex>-<16 hex>-<2 hex>``). Omitted when tracing is off (payloads byte-identical),
+    never added to embedded-profile starts (``with_traceparent`` leaves them unchanged); upstream
+    proplets and managers ignore the key. Decoding is tolerant: a malformed value is dropped, the
+    message kept.
 
 Decoding never raises anything but ``CodecError``: bytes that are not UTF-8, invalid JSON, NaN or
 Infinity, numbers that overflow, JSON nested deeper than 64 levels, unpaired surrogate escapes, a
@@ -90,6 +95,7 @@ from orchestrator.wire.encode import (
     encode,
     suffix_of,
     topic_for,
+    with_traceparent,
 )
 from orchestrator.wire.errors import CodecError
 from orchestrator.wire.fields import DEFAULT_MAX_PAYLOAD_BYTES
@@ -141,4 +147,5 @@ __all__ = [
     "refusals",
     "suffix_of",
     "topic_for",
+    "with_traceparent",
 ]

@@ -23,6 +23,8 @@ from orchestrator.wire.fields import (
 from orchestrator.wire.topics import Topics
 
 SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+# A W3C trace context (version 00): our optional ``traceparent`` extension in start and result.
+TRACEPARENT_RE = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
@@ -147,7 +149,15 @@ def _start(o: Obj) -> m.StartTask:
         sha256=sha256.lower(),
         attempt=o.integer("attempt", hi=I32_MAX),
         limits=None if lim is None else limits(lim),
+        traceparent=traceparent(o) or "",
     )
+
+
+def traceparent(o: Obj) -> str | None:
+    """Our ``traceparent`` extension (a W3C trace context), or None. Tolerant: a value that is not
+    one is ignored, never a reason to drop the message (tracing is an aid)."""
+    value = o.raw("traceparent")
+    return value if isinstance(value, str) and TRACEPARENT_RE.fullmatch(value) else None
 
 
 def _stop(o: Obj) -> m.StopTask:
@@ -208,6 +218,7 @@ def _result(o: Obj) -> m.TaskResult:
         refused=o.opt_text("refused") or None,
         result_type=_result_type(o),
         logs=_log_lines(o),
+        traceparent=traceparent(o),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.wire import messages as m
 from orchestrator.wire import topics as t
-from orchestrator.wire.decode import MAX_UNIX_SECONDS, SHA256_RE
+from orchestrator.wire.decode import MAX_UNIX_SECONDS, SHA256_RE, TRACEPARENT_RE
 from orchestrator.wire.errors import CodecError
 from orchestrator.wire.fields import I32_MAX, U32_MAX, U64_MAX, b64encode, check_float, check_int
 from orchestrator.wire.messages import Profile
@@ -236,6 +236,8 @@ def _start(msg: m.StartTask, profile: Profile) -> dict[str, Any]:
         out["attempt"] = msg.attempt
     if msg.limits is not None:
         out["limits"] = _limits(msg.limits)
+    if msg.traceparent:
+        out["traceparent"] = _traceparent(msg.traceparent)
     return out
 
 
@@ -296,7 +298,27 @@ def _result(msg: m.TaskResult, profile: Profile) -> dict[str, Any]:
             }
             for i, (stream, data) in enumerate(msg.logs)
         ]
+    if msg.traceparent is not None:
+        out["traceparent"] = _traceparent(msg.traceparent)
     return out
+
+
+def _traceparent(value: object) -> str:
+    if not isinstance(value, str) or not TRACEPARENT_RE.fullmatch(value):
+        raise _fail("traceparent", "must be a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)")
+    return value
+
+
+def with_traceparent(payload: bytes, traceparent: str) -> bytes:
+    """An encoded start (Rust profile) with our ``traceparent`` extension added (``--otel``: the
+    manager's dispatch span, made by an adapter after the engine encoded the start). An embedded-profile
+    start (no ``state`` key: the firmware's tight buffer and parser) is returned unchanged."""
+    body = json.loads(payload)
+    if not isinstance(body, dict) or "state" not in body:
+        return payload
+    body["traceparent"] = _traceparent(traceparent)
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8")
 
 
 def _logs(msg: m.TaskLogs, profile: Profile) -> dict[str, Any]:

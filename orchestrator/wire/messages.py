@@ -133,6 +133,9 @@ class StartTask:
     sha256: str = ""
     attempt: int = 0
     limits: Mapping[str, int | float] | None = None
+    # Our extension: the W3C trace context of the manager's dispatch span (``--otel``); omitted when
+    # empty and in the embedded profile, so starts are byte-identical with tracing off.
+    traceparent: str = ""
 
     def __post_init__(self) -> None:
         _set(self, "inputs", tuple(self.inputs))
@@ -189,6 +192,8 @@ class TaskResult:
     # and the run's logs, kept apart from the result. None = the sender does not say (upstream).
     result_type: str | None = None
     logs: LogLines | None = None
+    # Our extension: the W3C trace context of the proplet's execute span (``--otel``), omitted when None.
+    traceparent: str | None = None
 
     def __post_init__(self) -> None:
         if self.receipt is not None:

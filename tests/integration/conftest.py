@@ -53,7 +53,8 @@ class Cluster:
         """The manager runs a closed embedded broker: clients need an enrolled identity."""
         return self.manager.broker is not None and self.manager.broker.guard is not None
 
-    async def add_proplet(self, proplet_id: str) -> PropletAgent:
+    async def add_proplet(self, proplet_id: str, **overrides: Any) -> PropletAgent:
+        """A started in-process proplet; ``overrides``: AgentSettings fields (e.g. ``otel=True``)."""
         s = self.manager.settings
         settings = AgentSettings(
             broker=self.broker_url,
@@ -64,6 +65,7 @@ class Cluster:
             keepalive=2,
             cache_dir=str(self.tmp / "cache"),
         )
+        settings = dataclasses.replace(settings, **overrides)
         if self.closed:
             enrollment = await self.manager.enroll("proplet", proplet_id)
             settings = with_identity(settings, enrollment.identity_file())

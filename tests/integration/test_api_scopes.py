@@ -59,6 +59,7 @@ async def test_a_read_token_reads_everything_and_changes_nothing(api: httpx.Asyn
         ("PUT", f"/tasks/{task['id']}"),
         ("DELETE", f"/tasks/{task['id']}"),
         ("POST", "/jobs"),
+        ("POST", f"/tasks/{task['id']}/events"),
     ]:
         refused = await api.request(method, path, json=SPEC, headers=bearer(READ))
         assert refused.status_code == 403, (method, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -89,6 +90,51 @@ def test_the_report_shows_the_boards_consoles(outcome: Outcome) -> None:
         assert f"<td>{board}</td><td>task_start</td>" in html
     for board in BOARDS:
         assert (work / "logs" / "hil_boards" / "boards" / board / "console.log").stat().st_size > 0
+
+
+def test_board_console_lines_join_the_timeline_of_the_task_they_ran(outcome: Outcome) -> None:
+    import asyncio
+
+    from orchestrator.adapters.store import Store
+
+    result, work = outcome[0], outcome[1]
+    trace = result.trace
+    on_board = {name: h for name, h in trace.tasks().items()
+                if h.final_state == "Completed" and trace.task_device(h.runs[-1]) in BOARDS}  # fmt: skip
+    assert on_board, "no task completed on a board"
+
+    pids = {e.subject: str(e.data["proplet_id"]) for e in trace.of("device") if "proplet_id" in e.data}
+
+    async def timelines() -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+        store = await Store.open(str(work / "logs" / "hil_boards" / "manager.db"))
+        try:
+            ids = {name: str(h.events[0].data["task_id"]) for name, h in on_board.items()}
+            tasks = {name: await store.list_events("task", tid) for name, tid in ids.items()}
+            boards = {board: await store.list_events("proplet", pids[board]) for board in BOARDS}
+            return tasks, boards
+        finally:
+            await store.close()
+
+    tasks, boards = asyncio.run(timelines())
+    # The scripted board faults are on the boards' own timelines, before the manager's verdict.
+    for board, fault in (("board-a1", "reset"), ("board-b1", "unplug")):
+        kinds = [(e.kind, e.cause) for e in boards[board]]
+        assert ("fault", fault) in kinds, (board, kinds)
+        after = [k for k, _ in kinds[kinds.index(("fault", fault)) :]]
+        assert "died" in after, (board, kinds)
+    for name, events in tasks.items():
+        board = trace.task_device(on_board[name].runs[-1])
+        kinds = [e.kind for e in events]
+        lines = [e for e in events if e.kind == "console"]
+        seen = {e.fields.get("event") for e in lines}
+        assert {"task_start", "task_end"} <= seen, (name, [(e.kind, e.cause) for e in events])
+        assert all(e.fields["device"] in BOARDS for e in lines)
+        start = next(e for e in lines if e.fields.get("event") == "task_start")
+        assert start.fields["device"] == board and "<inf> prop: task_start" in start.cause
+        # After the manager published the start it answers (the board printed it on receipt).
+        last_start = max(i for i, k in enumerate(kinds) if k == "start_published")
+        assert events.index(start) > last_start, [(e.kind, e.cause) for e in events]
+    assert trace.meta["timeline_feed"]["sent"] > 0
 
 
 def test_board_ports_resolve_through_the_hardware_map_only(tmp_path: Path) -> None:

@@ -43,6 +43,8 @@ CHANGED: dict[str, Any] = {
     "mqtt_key": "/k.pem",
     "mqtt_insecure": True,
     "timeline": False,
+    "timeline_observations": 7,
+    "otel": True,
     "reports_dir": "/srv/reports",
     "broker_open": True,
     "identity": "/etc/propeller/manager.json",

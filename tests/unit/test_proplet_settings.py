@@ -31,6 +31,7 @@ CHANGED: dict[str, Any] = {
     "hal_quota_bytes": 1024,
     "tsm_root": "/tmp/tsm",
     "kbs_url": "https://kbs.example",
+    "otel": True,
 }
 SET = {k: v for k, v in CHANGED.items() if v is not None}
 

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
     "asyncio", "simpy", "paho", "serial", "sqlalchemy", "time", "socket", "threading", "wasmtime",
     "httpx", "amqtt", "fastapi", "uvicorn", "subprocess", "selectors", "aiosqlite", "psycopg",
+    "opentelemetry",  # spans are made by the adapters (orchestrator/adapters/otel.py)
 }  # fmt: skip
 SANS_IO = [
     "orchestrator/wire",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,9 @@ class Trace:
         self.meta: dict[str, Any] = dict(meta or {})
         self.events: list[TraceEvent] = []
         self._proplets: dict[str, str] = {}
+        # Called with every event appended (twin.timeline_feed reports faults and console lines to
+        # the manager's timelines); not part of the trace's data.
+        self.listeners: list[Callable[[TraceEvent], None]] = []
 
     # ------------------------------------------------------------------ recording
     def append(self, event: TraceEvent) -> TraceEvent:
@@ -146,6 +149,8 @@ class Trace:
             self.events.append(event)
         if event.kind == "device" and "proplet_id" in event.data:
             self._proplets[str(event.data["proplet_id"])] = event.subject
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def emit(self, t: float, kind: str, subject: str, **data: Any) -> TraceEvent:
