@@ -126,7 +126,8 @@ def test_every_route_is_documented(manager: Manager) -> None:
     spec = httpx.get(f"{manager.url}/openapi.json").json()
     takes_body = {("post", "/tasks"), ("put", "/tasks/{task_id}"), ("post", "/tasks/batch"),
                   ("post", "/workflows"), ("post", "/jobs"), ("post", "/proplets/enroll"),
-                  ("post", "/tasks/{task_id}/invoke"), ("put", "/tasks/{task_id}/upload")}  # fmt: skip
+                  ("post", "/tasks/{task_id}/invoke"), ("put", "/tasks/{task_id}/upload"),
+                  ("post", "/tasks/{task_id}/events"), ("post", "/proplets/{proplet_id}/events")}  # fmt: skip
     operations = [(m, p, op) for p, item in spec["paths"].items() for m, op in item.items()]
     assert len(operations) >= 33
     for method, path, op in operations:
