@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from twin.vmanager import VirtualManager
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Member:
     device: SimDevice
     next_at: float
@@ -167,13 +167,9 @@ class HeartbeatCohort:
         manager, engine = self.manager, self.manager.engine
         assert engine is not None
         interval = self.interval
-        heartbeats: list[wire.Heartbeat] = []
-        times: list[float] = []
-        hb_append, t_append = heartbeats.append, times.append
-        for m in members:
-            t = m.next_at
-            hb_append(m.heartbeat)
-            t_append(t)
+        heartbeats = [m.heartbeat for m in members]
+        times = [m.next_at for m in members]
+        for m, t in zip(members, times):
             m.last_at = t
             m.next_at = t + interval
             m.sent += 1

@@ -15,6 +15,7 @@ import heapq
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +152,11 @@ class Engine:
         # they surface, so a timer wake costs O(expiring), not O(proplets).
         self._liveness: list[tuple[Any, ...]] = []
         self._liveness_seq = 0
+        # Which batch entry holds each batched proplet's current deadline (proplet id -> seq), and how
+        # many proplets each batch entry still holds (seq -> count). A batch entry that holds none is
+        # dropped without a walk; one that holds all its members has its earliest deadline exact.
+        self._owner: dict[str, int] = {}
+        self._owned: dict[int, int] = {}
         self.groups = Groups(self)
         self.latent = Latent(self)
         self.observations = Observations(self, self.config.observations_per_task)
@@ -562,8 +568,15 @@ class Engine:
                 latest = t
         if fast:
             self._liveness_seq += 1
-            entry = (first + timeout, self._liveness_seq, tuple(fast), latest + timeout)
-            heapq.heappush(self._liveness, entry)
+            seq = self._liveness_seq
+            members = tuple(dict.fromkeys(fast))  # C-level from here on: no per-heartbeat Python
+            owner, owned = self._owner, self._owned
+            for prev, n in Counter(map(owner.get, members)).items():
+                if prev is not None:
+                    owned[prev] -= n
+            owner.update(zip(members, repeat(seq)))
+            owned[seq] = len(members)
+            heapq.heappush(self._liveness, (first + timeout, seq, members, latest + timeout))
 
     def _ask_discovery(self, proplet: Proplet, now: float) -> None:
         """A proplet we only know from heartbeats (it started before us): ask it to announce itself."""
@@ -953,13 +966,21 @@ class Engine:
     # ------------------------------------------------------------------ liveness
 
     def _watch(self, proplet_id: str, deadline: float) -> None:
+        self._disown(proplet_id)
         self._liveness_seq += 1
         heapq.heappush(self._liveness, (deadline, self._liveness_seq, proplet_id))
 
+    def _disown(self, proplet_id: str) -> None:
+        """``proplet_id``'s deadline is no longer the one its batch entry filed (heard again, dead, gone)."""
+        seq = self._owner.pop(proplet_id, None)
+        if seq is not None:
+            self._owned[seq] -= 1
+
     def _prune_liveness(self) -> None:
         """Drop stale entries from the top of the liveness heap until the top is a live proplet's
-        current deadline; a batch entry at the top is split into one entry per member still due then."""
-        heap, timeout, proplets = self._liveness, self.config.timeout, self.proplets
+        current deadline, or a batch entry holding all its members (its deadline is then the earliest
+        of theirs); a batch entry holding some is split into one entry per member it still holds."""
+        heap, timeout, proplets, owned = self._liveness, self.config.timeout, self.proplets, self._owned
         while heap:
             top = heap[0]
             if len(top) == 3:
@@ -968,14 +989,22 @@ class Engine:
                     return
                 heapq.heappop(heap)
                 continue
-            heapq.heappop(heap)
-            latest = top[3]
-            for pid in top[2]:
-                p = proplets.get(pid)
-                if p is not None and p.alive and p.last_seen is not None:
-                    due = p.last_seen + timeout
-                    if due <= latest:  # not heard from since that batch
-                        self._watch(pid, due)
+            held = owned.get(top[1], 0)
+            if held == len(top[2]):
+                return
+            self._split(heapq.heappop(heap))
+
+    def _split(self, entry: tuple[Any, ...]) -> None:
+        """A batch entry taken off the heap: one entry for each member whose deadline it still holds."""
+        seq, timeout = entry[1], self.config.timeout
+        if self._owned.pop(seq, 0):
+            owner, proplets = self._owner, self.proplets
+            for pid in entry[2]:
+                if owner.get(pid) == seq:
+                    del owner[pid]
+                    p = proplets.get(pid)
+                    if p is not None and p.alive and p.last_seen is not None:
+                        self._watch(pid, p.last_seen + timeout)
 
     def next_deadline(self) -> float | None:
         deadlines: list[float] = []
@@ -1036,7 +1065,11 @@ class Engine:
             self._prune_liveness()
             if not self._liveness or self._liveness[0][0] > now:
                 break
-            expired.append(self.proplets[heapq.heappop(self._liveness)[2]])
+            top = heapq.heappop(self._liveness)
+            if len(top) == 3:
+                expired.append(self.proplets[top[2]])
+            else:  # a batch whose earliest member is due: each member it holds gets its own entry
+                self._split(top)
         if len(expired) > 1:  # in registry order, as a walk over every proplet would find them
             due = {p.id for p in expired}
             expired = [p for p in self.proplets.values() if p.id in due]
@@ -1086,6 +1119,7 @@ class Engine:
         self._busy.discard(proplet.id)
         if proplet.alive:
             proplet.alive = False
+            self._disown(proplet.id)
             self.counters["proplets_died"] += 1
             self._log("proplet_dead", "warning", proplet_id=proplet.id, reason=reason)
             self._proplet_event(
@@ -1292,6 +1326,7 @@ class Engine:
         if proplet.task_count > 0:
             raise Conflict(f"proplet {proplet_id} has {proplet.task_count} running tasks")
         del self.proplets[proplet_id]
+        self._disown(proplet_id)
         for table in (self._stale, self._asked_discovery, self._grace):
             table.pop(proplet_id, None)
         self.observations.forget_proplet(proplet_id)
