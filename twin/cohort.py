@@ -169,7 +169,7 @@ class HeartbeatCohort:
         interval = self.interval
         heartbeats = [m.heartbeat for m in members]
         times = [m.next_at for m in members]
-        for m, t in zip(members, times):
+        for m, t in zip(members, times, strict=True):
             m.last_at = t
             m.next_at = t + interval
             m.sent += 1

@@ -15,8 +15,8 @@ import heapq
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from orchestrator import wire

@@ -78,7 +78,7 @@ def test_batched_heartbeats_give_the_same_liveness_decisions_as_messages() -> No
         while pending and pending[0][0] < math.floor(t):
             timers(batched, math.floor(pending[0][0]) + 1.0, b)
             due = [x for x in pending if math.floor(x[0]) == math.floor(pending[0][0])]
-            pending = pending[len(due):]
+            pending = pending[len(due) :]
             now = math.floor(due[0][0]) + 1.0
             batched.heartbeat_batch([h for _, h in due], [s for s, _ in due], now, WALL + now)
             b += _decisions(batched, now)
@@ -102,3 +102,36 @@ def test_batched_heartbeats_give_the_same_liveness_decisions_as_messages() -> No
     assert sorted(x[1:] for x in b if x[1] != "proplet_dead") == rest_a
     alive = {p.id for p in per_message.proplets.values() if per_message.is_alive(p, 39.0)}
     assert alive == {p.id for p in batched.proplets.values() if batched.is_alive(p, 39.0)}
+
+
+def test_a_steady_batched_fleet_keeps_one_liveness_entry_per_batch_and_still_sees_a_silence() -> None:
+    engine = _engine()
+    pids = [f"q{i}" for i in range(200)]
+    for p in pids:
+        announce = wire.encode(wire.Discovery(p, "default", {"total_memory_bytes": 1}))
+        engine.handle(MessageReceived(T.create, announce), 0.0, WALL)
+    engine.take_commands()
+    deaths: list[tuple[float, str, str]] = []
+    silent, will = "q7", "q9"
+    for k in range(1, 60):  # one batch a second, every proplet once, at k - 0.5 + i/1000
+        hbs = [
+            wire.Heartbeat(p, "alive")
+            for p in pids
+            if not (p == silent and k > 20) and not (p == will and k > 30)
+        ]
+        engine.heartbeat_batch(hbs, [k - 0.5 + i / 1000 for i in range(len(hbs))], float(k), WALL + k)
+        if k == 30:  # q9's last will: dead at once, while a batch entry still holds its deadline
+            engine.handle(MessageReceived(T.alive, wire.encode(wire.Heartbeat(will, "offline"))), k, WALL + k)
+            deaths += _decisions(engine, float(k))
+        while (d := engine.next_deadline()) is not None and d <= k:
+            engine.on_timer(d, WALL + d)
+            deaths += _decisions(engine, d)
+        # heard every second, each proplet is held by the latest batch: the heap does not grow with them
+        # (the batch the will left holding all but one is split into one entry each, once)
+        assert len(engine._liveness) < 10 or k == 30
+    t7 = 20 - 0.5 + pids.index(silent) / 1000 + 3.0  # its last heartbeat + the 3 s timeout
+    assert [x for x in deaths if x[1] == "proplet_dead"] == [
+        (round(t7, 9), "proplet_dead", silent),
+        (30.0, "proplet_dead", will),
+    ]
+    assert sum(engine.is_alive(p, 59.0) for p in engine.proplets.values()) == 198
