@@ -19,8 +19,9 @@ broker down, or when anybody else subscribes to the heartbeat topic.
 Why the verdicts are the same: the manager's engine sees each heartbeat with its true time, decides with
 the same code (``heartbeat_batch`` falls back to the per-message handling for anything not routine), and
 a heartbeat reaches it at most ``tick`` late, which is far less than the slack between the heartbeat
-interval and the liveness timeout (``tick`` must be below that slack; checked). ``tests/unit/
-test_twin_cohort.py`` runs the same fleet and faults with the cohort on and off and compares the traces.
+interval and the liveness timeout (``tick`` must be below that slack; checked). ``tests/scenarios/
+test_cohort.py`` runs every shipped scenario with the cohort on and off and compares the trace hashes;
+``tests/unit/test_engine_heartbeat_batch.py`` compares the engine's batched and per-message decisions.
 """
 
 from __future__ import annotations
