@@ -233,8 +233,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     print(HEADER)
     for r in rows:
         print(format_row(r))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.output:
+        with open(args.output, "w") as f:
             json.dump(rows, f, indent=2)
     return 0
 
@@ -256,7 +256,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=100_000,
         help="also time the pre-issue-10 full load up to this many stored tasks (0: never)",
     )
-    p.add_argument("--json", default=None, help="also write the results to this file")
+    from orchestrator.cli_api import output_arg
+
+    output_arg(p)
     p.set_defaults(func=cmd_restore)
 
 

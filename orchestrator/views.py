@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 from orchestrator.core.errors import NotFound
@@ -18,6 +19,16 @@ def rfc3339(unix: float | None) -> str:
     if unix is None:
         return ZERO_TIME
     return dt.datetime.fromtimestamp(unix, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def events_view(subject: str, subject_id: str,
+                rows: Iterable[tuple[float, str, str, dict[str, Any]]]) -> dict[str, Any]:  # fmt: skip
+    """``GET /tasks|proplets/{id}/events`` of a timeline's (at, kind, cause, fields) rows, oldest first."""
+    events = [
+        {"at": rfc3339(at), "at_unix": at, "kind": kind, "cause": cause, "fields": fields}
+        for at, kind, cause, fields in rows
+    ]
+    return {f"{subject}_id": subject_id, "total": len(events), "events": events}
 
 
 def redact(b64: str) -> str:

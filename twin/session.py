@@ -21,7 +21,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from twin.observer import ManagerObserver
 from twin.scenario.spec import FaultSpec, Scenario
 from twin.scenario.trace import Trace
 from twin.services import MAX_QUEUED_MESSAGES, Broker, Manager, ManagerOptions
-from twin.timeline_feed import TimelineFeed
+from twin.timeline_feed import ApiSink, EngineSink, TimelineFeed
 from twin.transport import VirtualTransport
 from twin.vmanager import WALL_EPOCH, ManagerConfig, VirtualManager
 
@@ -102,7 +102,7 @@ class TwinSession:
         self.runtime: Any = None
         self.shared: Shared | None = None
         self.identities: TwinIdentities | None = None  # live: the run's enrolled identities
-        self.feed: TimelineFeed | None = None  # live: reports faults and console lines to the manager
+        self.feed: TimelineFeed | None = None  # reports faults and console lines to the manager
         self.virtual_identities: VirtualIdentities | None = None  # virtual, closed: in memory, seeded
 
     @property
@@ -157,10 +157,13 @@ class TwinSession:
             await manager.start()
             # Faults and console lines join the manager's task timelines (twin/timeline_feed.py).
             clock = self.clock
-            feed = self.feed = TimelineFeed(manager.api_url, lambda t: time.time() - (clock.target() - t))
+            sink = ApiSink(manager.api_url)
+            feed = self.feed = TimelineFeed(lambda t: time.time() - (clock.target() - t), sink)
             self.trace.listeners.append(feed.on_event)
-            await feed.start()
-            self.stack.push_async_callback(_close_feed, self.trace, feed)  # before the manager stops
+            await sink.start()
+            self.stack.push_async_callback(
+                _close_feed, self.trace, feed, sink.close
+            )  # before the manager stops
         executor = ThreadPoolExecutor(max_workers=c.wasm_workers, thread_name_prefix="twin-wasm")
         self.stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         shared = self.shared = Shared(self.env, self.clock, self.trace, self.runtime, executor)
@@ -194,6 +197,10 @@ class TwinSession:
                 vm.credentials = (creds.username, creds.password)
             vm.start()
             self.stack.callback(vm.kill, 15)
+            # Faults and console lines join the task timelines, as in live runs, at the simulated time.
+            feed = self.feed = TimelineFeed(lambda t: WALL_EPOCH + t, EngineSink(vm))
+            self.trace.listeners.append(feed.on_event)
+            self.stack.push_async_callback(_close_feed, self.trace, feed, None)  # before the manager stops
             if c.cohort:
                 self.shared.cohort = HeartbeatCohort(self.env, broker, vm, c.heartbeat_interval,
                                                      c.liveness_timeout)  # fmt: skip
@@ -225,9 +232,10 @@ class TwinSession:
         return fleet
 
 
-async def _close_feed(trace: Trace, feed: TimelineFeed) -> None:
+async def _close_feed(trace: Trace, feed: TimelineFeed, close: Callable[[], Awaitable[None]] | None) -> None:
     trace.listeners.remove(feed.on_event)
-    await feed.close()
+    if close is not None:
+        await close()
     trace.meta["timeline_feed"] = {"sent": feed.sent, "dropped": feed.dropped}
 
 

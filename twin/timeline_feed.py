@@ -14,6 +14,10 @@ docs/api.md "Timelines from outside"), stamped with the wall time they happened 
 Reports go in batches from one background task; a report the manager refuses or cannot take (it is
 being restarted by a ``manager_kill`` fault) is dropped and counted in ``dropped``: the timeline is an
 aid, the scenario's verdict never depends on it.
+
+One feed, two sinks: a live run's ``ApiSink`` posts the reports to the manager process; a virtual run's
+``EngineSink`` hands the same reports to the in-process engine (``twin.vmanager``) at the simulated
+instant they happen, through the same parsing and ``Engine.observations`` the API route uses.
 """
 
 from __future__ import annotations
@@ -21,30 +25,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from hil.scenario_boards import console_report
-from orchestrator.core.observations import MAX_EVENTS
+from orchestrator.core.errors import NotFound, ValidationError
+from orchestrator.core.observations import MAX_EVENTS, parse_events
 from twin.scenario.trace import TraceEvent
+
+if TYPE_CHECKING:
+    from twin.vmanager import VirtualManager
 
 SOURCE = "twin"
 BATCH_S = 0.1  # events reported together: one manager transaction for a burst of console lines
 
 
+class Sink(Protocol):
+    """Where the feed's reports go: ``deliver`` one event on ``/{path}/{subject_id}/events``."""
+
+    sent: int
+    dropped: int
+
+    def deliver(self, path: str, subject_id: str, item: dict[str, Any]) -> None: ...
+
+
 class TimelineFeed:
-    def __init__(self, api_url: str, wall_of: Callable[[float], float], token: str = "") -> None:
+    def __init__(self, wall_of: Callable[[float], float], sink: Sink) -> None:
         """``wall_of``: UNIX seconds of a trace time (seconds since the run started)."""
-        self.api_url, self.wall_of = api_url, wall_of
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.wall_of, self.sink = wall_of, sink
         self.pids: dict[str, str] = {}  # device name -> proplet id (from the trace's device events)
-        self.pending: list[tuple[str, str, dict[str, Any]]] = []  # (subject path, id, event)
-        self.sent = 0
-        self.dropped = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def sent(self) -> int:
+        return self.sink.sent
+
+    @property
+    def dropped(self) -> int:
+        return self.sink.dropped
 
     def on_event(self, event: TraceEvent) -> None:
         """A trace listener (called in the event loop's thread)."""
@@ -61,15 +79,29 @@ class TimelineFeed:
             params = dict(data.get("params") or {})
             cause = fault if phase == "start" else f"{fault} ended"
             fields = {"fault": fault, "phase": phase, "device": event.subject, "params": params}
-            self._queue("proplets", pid, {"kind": "fault", "cause": cause, "at": at, "source": SOURCE,
-                                          "fields": fields})  # fmt: skip
+            self.sink.deliver("proplets", pid, {"kind": "fault", "cause": cause, "at": at, "source": SOURCE,
+                                                "fields": fields})  # fmt: skip
         elif event.kind == "console" and data.get("kind") not in ("prompt", "echo"):
             path, task_id, item = console_report(event.subject, dict(data), at)
             if task_id is not None:
                 item["fields"]["proplet_id"] = pid
-            self._queue(path, task_id or pid, item)
+            self.sink.deliver(path, task_id or pid, item)
 
-    def _queue(self, path: str, subject_id: str, item: dict[str, Any]) -> None:
+
+class ApiSink:
+    """Live: the reports go to the manager process's API, in batches, from one background task."""
+
+    def __init__(self, api_url: str, token: str = "") -> None:
+        self.api_url = api_url
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.pending: list[tuple[str, str, dict[str, Any]]] = []  # (subject path, id, event)
+        self.sent = 0
+        self.dropped = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def deliver(self, path: str, subject_id: str, item: dict[str, Any]) -> None:
         self.pending.append((path, subject_id, item))
         self._wake.set()
 
@@ -119,3 +151,39 @@ class TimelineFeed:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
             self._client = None
+
+
+class EngineSink:
+    """Virtual: the reports go to the virtual manager's engine, as ``POST .../events`` would take them
+    (``parse_events``, then ``Engine.observations``), one simulated instant later than they happened:
+    never in the middle of the engine's own handling, in the same order for the same seed. A report the
+    manager cannot take (killed by ``manager_kill``, an unknown task or proplet) is dropped."""
+
+    def __init__(self, manager: VirtualManager) -> None:
+        self.manager = manager
+        self.sent = 0
+        self.dropped = 0
+
+    def deliver(self, path: str, subject_id: str, item: dict[str, Any]) -> None:
+        self.manager.env.timeout(0).callbacks.append(lambda _ev: self._report(path, subject_id, item))
+
+    def _report(self, path: str, subject_id: str, item: dict[str, Any]) -> None:
+        vm = self.manager
+        engine = vm.engine
+        if engine is None or not engine.config.timeline:
+            self.dropped += 1
+            return
+        try:
+            events = parse_events({"events": [item]}, vm.wall)
+            if path == "tasks":
+                if engine.find_task(subject_id) is None and subject_id not in vm.store.tasks:
+                    raise NotFound(f"task {subject_id!r} not found")
+                engine.observations.report_on_task(subject_id, events)
+            else:
+                engine.get_proplet(subject_id)
+                engine.observations.report_on_proplet(subject_id, events)
+        except (NotFound, ValidationError):
+            self.dropped += 1
+            return
+        self.sent += 1
+        vm.flush()

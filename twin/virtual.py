@@ -142,6 +142,9 @@ class VirtualRunner:
         given = hil_map if hil_map is not None else os.environ.get(HIL_MAP_ENV) or None
         self.hw_names = {b.name for b in load_map(Path(given))} if given else set()
         self.last: dict[str, Any] = {}
+        # The last run's manager, stopped: its store holds the tasks and their timelines
+        # (``manager.store.events("task", task_id)``, as ``GET /tasks/{id}/events``).
+        self.manager: VirtualManager | None = None
 
     async def run(self, scenario: Scenario, trace: Trace, progress: Callable[[float], None]) -> None:
         from twin.session import SessionConfig, TwinSession
@@ -158,6 +161,7 @@ class VirtualRunner:
                                cohort=self.cohort)  # fmt: skip
         try:
             async with TwinSession(config, trace, observer=observer, env=env) as session:
+                self.manager = session.virtual_manager
                 await _VirtualRun(scenario, trace, session, observer, self.hw_names).execute(progress)
         finally:
             observer.closed = True
@@ -180,8 +184,9 @@ class _VirtualRun:
         trace.meta.update({"runner": "virtual", "seed": s.seed, "domain": self.domain})
         started, cpu0 = time.monotonic(), time.process_time()
         real = self.hw_names
-        fleet = self.fleet = await self.session.fleet(s, self._fleet_fault,
-                                                      real_port=lambda port: is_real_port(port, real))
+        fleet = self.fleet = await self.session.fleet(
+            s, self._fleet_fault, real_port=lambda port: is_real_port(port, real)
+        )
         self.observer.proplet_names = fleet.proplet_names
         submitter = VirtualSubmitter(env, self.manager, self.observer, s.devices(), fleet.proplet_ids,
                                      s.rng("workload"), s.manager.max_attempts)  # fmt: skip

@@ -32,11 +32,13 @@ from orchestrator.core.commands import (
     PersistProplet,
     PersistTask,
     Publish,
+    RecordPropletEvent,
+    RecordTaskEvent,
 )  # fmt: skip
 from orchestrator.core.engine import Engine, EngineConfig
 from orchestrator.core.model import Job, Proplet, Task
 from orchestrator.core.placement import make_policy
-from orchestrator.views import task_view
+from orchestrator.views import events_view, task_view
 from twin.broker_model import BrokerModel, ModelClient
 from twin.services import PLACEMENTS
 
@@ -57,6 +59,11 @@ class MemoryStore:
     tasks: dict[str, Task] = field(default_factory=dict)
     proplets: dict[str, Proplet] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
+    # Timelines: ("task"|"proplet", id) -> (at, kind, cause, fields), in recorded order. Bounded as the
+    # store's: the engine records each kind once per transition and caps reported events per task.
+    timelines: dict[tuple[str, str], list[tuple[float, str, str, dict[str, Any]]]] = field(
+        default_factory=dict
+    )
 
     def apply(self, command: Any) -> bool:
         if isinstance(command, PersistTask):
@@ -69,9 +76,23 @@ class MemoryStore:
             self.tasks.pop(command.task_id, None)
         elif isinstance(command, DeleteProplet):
             self.proplets.pop(command.proplet_id, None)
+        elif isinstance(command, RecordTaskEvent):
+            self._record(("task", command.task_id), command)
+        elif isinstance(command, RecordPropletEvent):
+            self._record(("proplet", command.proplet_id), command)
         else:
             return False
         return True
+
+    def _record(self, key: tuple[str, str], command: RecordTaskEvent | RecordPropletEvent) -> None:
+        row = (float(command.at_wall), command.kind, command.cause, dict(command.fields))
+        self.timelines.setdefault(key, []).append(row)
+
+    def events(self, subject: str, subject_id: str) -> dict[str, Any]:
+        """``GET /tasks|proplets/{id}/events`` (``subject``: task or proplet): in time order, the events
+        of one instant in their recorded order, as the store serves them."""
+        rows = sorted(self.timelines.get((subject, subject_id), []), key=lambda row: row[0])
+        return events_view(subject, subject_id, rows)
 
     def load(self) -> tuple[list[Task], list[Proplet], list[Job]]:
         tasks = [copy.deepcopy(t) for t in self.tasks.values()]

@@ -817,13 +817,9 @@ def create_app(manager: ManagerService) -> FastAPI:
         }
 
     def _events_body(subject: str, subject_id: str, rows: list[Any]) -> dict[str, Any]:
-        from orchestrator.views import rfc3339
+        from orchestrator.views import events_view
 
-        events = [
-            {"at": rfc3339(r.at), "at_unix": r.at, "kind": r.kind, "cause": r.cause, "fields": r.fields}
-            for r in rows
-        ]
-        return {f"{subject}_id": subject_id, "total": len(events), "events": events}
+        return events_view(subject, subject_id, [(r.at, r.kind, r.cause, r.fields) for r in rows])
 
     @app.get("/tasks/{task_id}/events", **described(m.TaskEvents, errors=(404,)))
     async def task_events(task_id: str) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def test_bench_restore_fills_a_store_and_restores_only_the_queued_tasks(tmp_path
     out = tmp_path / "restore.json"
     run = propeller(
         "bench", "restore", "--backend", "sqlite", "--stored", "2k", "--queued", "30", "--ops", "50",
-        "--full-max", "2k", "--json", str(out),
+        "--full-max", "2k", "--output", str(out),
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "restore s" in run.stdout and "full load s" in run.stdout

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from orchestrator.core.model import TaskState
+from tests.support.timelines import moved_by_power_loss, steps
 from twin.harness import Timers
 from twin.pytest_plugin import ClusterFactory
 
@@ -50,16 +51,7 @@ async def test_a_power_loss_is_in_the_moved_tasks_timeline_in_order(
             break
         await asyncio.sleep(0.1)
         timeline = await events(c, task)
-    steps = [(e["kind"], e["fields"].get("proplet_id"), e["cause"]) for e in timeline
-             if e["kind"] in ("placed", "fault", "proplet_died", "requeued", "result")]  # fmt: skip
-    assert steps == [
-        ("placed", victim_id, "round-robin"),
-        ("fault", victim_id, "power_loss"),
-        ("proplet_died", victim_id, "last will: offline"),
-        ("requeued", victim_id, f"proplet {victim_id} died (last will: offline)"),
-        ("placed", other, "round-robin"),
-        ("result", other, "Completed"),
-    ], timeline
+    assert steps(timeline) == moved_by_power_loss(victim_id, other), timeline
     hit = next(e for e in timeline if e["kind"] == "fault")
     assert hit["fields"]["device"] == victim and hit["fields"]["source"] == "twin"
     assert hit["fields"]["attempt"] == 1
