@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator import wire
-from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait
+from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait, wait_event
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.lease import LeaseKeeper, PgLease
 from orchestrator.adapters.mqtt import MqttClient, TlsOptions, Will, parse_broker_url
@@ -537,8 +537,7 @@ class ManagerService:
             deadline = self.engine.next_deadline()
             delay = cap if deadline is None else min(cap, max(0.0, deadline - self.now()))
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_event(self._wake, delay)
             self.engine.on_timer(self.now(), time.time())
             self._kick()
 

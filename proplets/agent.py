@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from orchestrator import wire
-from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait
+from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait, wait_event
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will, parse_broker_url
 from orchestrator.adapters.otel import Tracing
 from proplets import egress
@@ -366,8 +366,7 @@ class PropletAgent:
             deadline = self.engine.next_deadline()
             delay = 0.5 if deadline is None else max(0.0, deadline - self._clock())
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(delay, 0.5))
+            await wait_event(self._wake, min(delay, 0.5))
             self.engine.on_timer(self._clock())
             self._execute()
 

@@ -55,3 +55,19 @@ def _where(future: asyncio.Future[Any]) -> str:
         return "?"
     frame = stack[-1]
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; True if it was set.
+
+    Not ``asyncio.wait_for(event.wait(), timeout)``: on Python 3.11 that returns normally when the
+    event is set in the same loop iteration as the caller is cancelled, swallowing the cancellation,
+    so a timer loop built on it may never stop (seen as a manager stop waiting out CANCEL_GRACE_S).
+    ``asyncio.timeout`` counts cancellations and always re-raises an outside one.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True

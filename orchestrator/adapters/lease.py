@@ -37,7 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.adapters.aio import cancel_and_wait
+from orchestrator.adapters.aio import cancel_and_wait, wait_event
 from orchestrator.adapters.store import Store, StoreError
 from orchestrator.core.lease import Action, LeaseCore, Role
 
@@ -179,8 +179,7 @@ class LeaseKeeper:
             deadline = self.core.next_deadline()
             delay = 0.5 if deadline is None else min(0.5, max(0.0, deadline - self.now()))
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_event(self._wake, delay)
 
     async def _statement(self, action: Action) -> None:
         core, ttl = self.core, self.core.config.ttl
