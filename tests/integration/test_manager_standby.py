@@ -237,9 +237,10 @@ async def wait_all_terminal(api: httpx.AsyncClient, ids: list[str], timeout: flo
     raise AssertionError(f"not terminal: {[(t, tasks.get(t, {}).get('state_name')) for t in ids][:10]}")
 
 
-async def test_leader_killed_standby_takes_over_every_task_completes_once(
+async def leader_and_standby(
     ha: tuple[str, str, str, list[Manager]], tmp_path: Path
-) -> None:
+) -> tuple[Manager, Manager]:
+    """Manager A leading and manager B standing by on the same broker and database."""
     broker, db, domain, managers = ha
     a = Manager("A", broker, db, domain, tmp_path / "a.log")
     managers.append(a)
@@ -247,6 +248,14 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
     b = Manager("B", broker, db, domain, tmp_path / "b.log")
     managers.append(b)
     await b.wait_role("standby")
+    return a, b
+
+
+async def test_leader_killed_standby_takes_over_every_task_completes_once(
+    ha: tuple[str, str, str, list[Manager]], tmp_path: Path
+) -> None:
+    broker, _db, domain, _managers = ha
+    a, b = await leader_and_standby(ha, tmp_path)
     async with httpx.AsyncClient(timeout=5) as client:
         refused = await client.get(f"{b.url}/tasks")
     assert refused.status_code == 503 and refused.json()["leader"]["epoch"] == (await a.health())["epoch"]
@@ -323,12 +332,7 @@ async def test_a_frozen_leader_is_replaced_and_exits_on_waking_without_publishin
     ha: tuple[str, str, str, list[Manager]], tmp_path: Path
 ) -> None:
     broker, db, domain, managers = ha
-    a = Manager("A", broker, db, domain, tmp_path / "a.log")
-    managers.append(a)
-    await a.wait_role("leader")
-    b = Manager("B", broker, db, domain, tmp_path / "b.log")
-    managers.append(b)
-    await b.wait_role("standby")
+    a, b = await leader_and_standby(ha, tmp_path)
     watch = Wire(broker, domain)
     await watch.start()
     agents = await start_proplets(broker, domain, 2)
