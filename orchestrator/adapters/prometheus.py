@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from orchestrator.service import ManagerService
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _counters(name: str, text: str, label: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """One counter family with a sample per key of ``counts``, in key order."""
+    family = CounterMetricFamily(name, text, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
 
 
 class _EngineCollector(Collector):
@@ -43,42 +51,30 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily(
             "propeller_tasks_queued", "Tasks waiting for capacity", value=len(engine.queued())
         )
-        dropped = CounterMetricFamily(
-            "propeller_messages_malformed", "Malformed messages dropped, by topic", labels=["topic"]
+        yield _counters(
+            "propeller_messages_malformed", "Malformed messages dropped, by topic", "topic", engine.malformed
         )
-        for suffix, count in sorted(engine.malformed.items()):
-            dropped.add_metric([suffix], count)
-        yield dropped
-        rejected = CounterMetricFamily(
+        yield _counters(
             "propeller_results_rejected",
             "Results refused by the sender and receipt checks (forged, unsigned, unknown sender), by reason",
-            labels=["reason"],
+            "reason",
+            engine.results_rejected,
         )
-        for reason, count in sorted(engine.results_rejected.items()):
-            rejected.add_metric([reason], count)
-        yield rejected
-        events = CounterMetricFamily("propeller_engine_events", "Engine event counters", labels=["event"])
-        for name, count in sorted(engine.counters.items()):
-            events.add_metric([name], count)
-        yield events
-        unenrolled = CounterMetricFamily(
+        yield _counters("propeller_engine_events", "Engine event counters", "event", engine.counters)
+        yield _counters(
             "propeller_messages_unenrolled",
             "Proplet messages dropped because the id they claim is not an enrolled, active proplet",
-            labels=["topic"],
+            "topic",
+            self.manager.unenrolled,
         )
-        for suffix, count in sorted(self.manager.unenrolled.items()):
-            unenrolled.add_metric([suffix], count)
-        yield unenrolled
         guard = self.manager.broker.guard if self.manager.broker is not None else None
         if guard is not None:
-            refused = CounterMetricFamily(
+            yield _counters(
                 "propeller_broker_refused",
                 "Embedded broker: refused CONNECTs and SUBSCRIBEs, dropped PUBLISHes and wills, by kind",
-                labels=["what"],
+                "what",
+                guard.counters,
             )
-            for what, count in sorted(guard.counters.items()):
-                refused.add_metric([what], count)
-            yield refused
         samples = engine.dispatch_latencies
         buckets = [(str(b), float(sum(1 for s in samples if s <= b))) for b in LATENCY_BUCKETS]
         buckets.append(("+Inf", float(len(samples))))
