@@ -48,6 +48,24 @@ class _Member:
     last_at: float  # its last heartbeat (sent as itself, or by the cohort)
     sent: int = 0
     active: bool = True
+    # While it sits in its bucket's lists, its times are there (``_sync`` brings them back here):
+    bucket: _Bucket | None = None
+    index: int = 0  # in the bucket's lists
+    base: int = 0  # the bucket's rounds when its times were last here
+
+
+@dataclass(eq=False, slots=True)
+class _Bucket:
+    """The members whose heartbeats fall in one tick. While its members stay the same, a round is O(1)
+    Python work: their next times are one list (shifted by the interval at C level), the heartbeats one
+    list the manager's engine recognises again (``Engine.heartbeat_batch``'s ``key``)."""
+
+    members: list[_Member]
+    changed: bool = True  # members joined or left: rebuild the lists before the next round
+    heartbeats: list[wire.Heartbeat] | None = None
+    times: list[float] | None = None  # each member's next heartbeat
+    last: list[float] | None = None  # each member's last heartbeat, once a round was sent
+    rounds: int = 0
 
 
 @dataclass
@@ -72,7 +90,7 @@ class HeartbeatCohort:
         self.env, self.broker, self.manager = env, broker, manager
         self.interval, self.tick = interval, tick
         self.stats = CohortStats()
-        self._buckets: dict[int, list[_Member]] = {}
+        self._buckets: dict[int, _Bucket] = {}
         self._member_of: dict[SimDevice, _Member] = {}
         self._running = False
         self._k = 0  # the tick being waited for
@@ -118,15 +136,21 @@ class HeartbeatCohort:
         member = self._member_of.pop(device, None)
         if member is None:
             return
+        self._sync(member)
         member.active = False
+        if member.bucket is not None:
+            member.bucket.changed = True
+            member.bucket = None
         self.stats.leaves += 1
         engine = self.manager.engine
         if member.next_at <= self.env.now and engine is not None and self._receivable(engine.topics.alive):
-            self._deliver([member])  # due within this tick: it was sent before whatever happens now
+            self._deliver_one(member)  # due within this tick: it was sent before whatever happens now
         device.resume_heartbeats(member.last_at, member.next_at, member.sent)
 
     def unreported(self) -> int:
         """Heartbeats sent for devices still in the cohort (not yet counted by the devices)."""
+        for m in self._member_of.values():
+            self._sync(m)
         return sum(m.sent for m in self._member_of.values())
 
     def dissolve(self) -> None:
@@ -137,7 +161,39 @@ class HeartbeatCohort:
     # ------------------------------------------------------------------ the tick
     def _file(self, member: _Member) -> None:
         k = max(math.floor(member.next_at / self.tick), self._k)
-        self._buckets.setdefault(k, []).append(member)
+        bucket = self._buckets.get(k)
+        if bucket is None:
+            self._buckets[k] = _Bucket([member])
+        else:
+            bucket.members.append(member)
+            bucket.changed = True
+
+    @staticmethod
+    def _sync(member: _Member) -> None:
+        """Bring the rounds its bucket sent since ``member.base`` into the member's own fields."""
+        bucket = member.bucket
+        if bucket is not None and bucket.rounds != member.base:
+            assert bucket.times is not None and bucket.last is not None
+            member.next_at, member.last_at = bucket.times[member.index], bucket.last[member.index]
+            member.sent += bucket.rounds - member.base
+            member.base = bucket.rounds
+
+    def _rebuild(self, bucket: _Bucket) -> None:
+        for m in bucket.members:
+            self._sync(m)
+        live = bucket.members = [m for m in bucket.members if m.active]
+        for i, m in enumerate(live):
+            m.bucket, m.index, m.base = bucket, i, bucket.rounds
+        bucket.heartbeats = [m.heartbeat for m in live]  # a new list: the engine sees the change
+        bucket.times, bucket.last = [m.next_at for m in live], None
+        bucket.changed = False
+
+    def _detach(self, bucket: _Bucket) -> list[_Member]:
+        """Its members, each with its own times again (the bucket's lists are dropped)."""
+        for m in bucket.members:
+            self._sync(m)
+            m.bucket = None
+        return [m for m in bucket.members if m.active]
 
     def _run(self) -> Any:
         env, tick = self.env, self.tick
@@ -147,7 +203,7 @@ class HeartbeatCohort:
             yield env.timeout(max(0.0, (k + 1) * tick - env.now))
             self._k = k + 1
             bucket = self._buckets.pop(k, None)
-            if not bucket:
+            if bucket is None:
                 continue
             engine = self.manager.engine
             if engine is None or not self._receivable(engine.topics.alive):
@@ -155,26 +211,41 @@ class HeartbeatCohort:
                 self.dissolve()
                 self._buckets.clear()
                 break
-            live = [m for m in bucket if m.active]
-            self._deliver(live)
-            if self._step:  # their next heartbeats, one interval on: `step` buckets later
-                self._buckets.setdefault(k + self._step, []).extend(live)
-            else:
-                for m in live:
+            if bucket.changed:
+                self._rebuild(bucket)
+            if not bucket.members:
+                continue
+            self._deliver(bucket)
+            if not self._step:
+                for m in self._detach(bucket):
                     self._file(m)
+                continue
+            # their next heartbeats, one interval on: `step` buckets later (after any that joined there)
+            later = self._buckets.get(k + self._step)
+            if later is None:
+                self._buckets[k + self._step] = bucket
+            else:
+                later.members.extend(self._detach(bucket))
+                later.changed = True
         self._running = False
 
-    def _deliver(self, members: list[_Member]) -> None:
+    def _deliver(self, bucket: _Bucket) -> None:
+        times, heartbeats = bucket.times, bucket.heartbeats
+        assert times is not None and heartbeats is not None
+        bucket.last, bucket.times = times, list(map(self.interval.__add__, times))
+        bucket.rounds += 1
+        self._send(heartbeats, times, bucket)
+
+    def _deliver_one(self, member: _Member) -> None:
+        t = member.next_at
+        member.last_at, member.next_at = t, t + self.interval
+        member.sent += 1
+        self._send([member.heartbeat], [t], None)
+
+    def _send(self, heartbeats: list[wire.Heartbeat], times: list[float], key: _Bucket | None) -> None:
         manager, engine = self.manager, self.manager.engine
         assert engine is not None
-        interval = self.interval
-        heartbeats = [m.heartbeat for m in members]
-        times = [m.next_at for m in members]
-        for m, t in zip(members, times, strict=True):
-            m.last_at = t
-            m.next_at = t + interval
-            m.sent += 1
-        engine.heartbeat_batch(heartbeats, times, float(self.env.now), manager.wall)
+        engine.heartbeat_batch(heartbeats, times, float(self.env.now), manager.wall, key)
         n = len(heartbeats)
         manager.heartbeats += n
         manager.messages += n

@@ -14,8 +14,8 @@ import dataclasses
 import heapq
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Iterable, Sequence
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
@@ -79,6 +79,21 @@ class EngineConfig:
     @property
     def timeout(self) -> float:
         return self.liveness_timeout if self.liveness_timeout is not None else 3 * self.heartbeat_interval
+
+
+@dataclass(eq=False, slots=True)
+class _HeardTogether:
+    """The liveness of the proplets one heartbeat batch held routine: member ``pid``'s last-seen time is
+    ``times[index[pid]]`` and its newest alive-history entries are ``times[index[pid]] + offset`` for
+    each of ``rounds``, rather than on its Proplet, until ``Engine._disown`` writes them back."""
+
+    index: dict[str, int]  # member -> its position in ``times``
+    source: Sequence[wire.Heartbeat] | None  # the heartbeats it was made from, if all were routine
+    times: Sequence[float]
+    rounds: deque[tuple[Sequence[float], float]]  # (times, wall - now) of the rounds since it was made
+    held: int  # members whose liveness it holds
+    seq: int  # of its latest liveness entry
+    key: object | None = field(default=None)
 
 
 class Engine:
@@ -147,16 +162,15 @@ class Engine:
         self._link_lost_at: float | None = None
         self._quiet_until = 0.0  # no "lost start" verdicts before this (just back on the broker)
         # Liveness deadlines, a lazy heap: (deadline, seq, proplet id) for one heartbeat, or
-        # (earliest deadline, seq, proplet ids, latest deadline) for a batch (heartbeat_batch). An
-        # entry is stale once its proplet heartbeats again, dies or goes; stale ones are dropped when
-        # they surface, so a timer wake costs O(expiring), not O(proplets).
+        # (earliest deadline, seq, batch, latest deadline) for a batch (heartbeat_batch). An entry is
+        # stale once its proplet heartbeats again, dies or goes; stale ones are dropped when they
+        # surface, so a timer wake costs O(expiring), not O(proplets).
         self._liveness: list[tuple[Any, ...]] = []
         self._liveness_seq = 0
-        # Which batch entry holds each batched proplet's current deadline (proplet id -> seq), and how
-        # many proplets each batch entry still holds (seq -> count). A batch entry that holds none is
-        # dropped without a walk; one that holds all its members has its earliest deadline exact.
-        self._owner: dict[str, int] = {}
-        self._owned: dict[int, int] = {}
+        # Which batch holds each batched proplet's last-seen time (and newest alive history), instead of
+        # its Proplet; a batch repeated with the same members (``key``) is found again in ``_batches``.
+        self._owner: dict[str, _HeardTogether] = {}
+        self._batches: dict[object, _HeardTogether] = {}
         self.groups = Groups(self)
         self.latent = Latent(self)
         self.observations = Observations(self, self.config.observations_per_task)
@@ -486,6 +500,7 @@ class Engine:
         self, proplet_id: str, now: float, wall: float, metadata: PropletMetadata | None = None
     ) -> tuple[Proplet, bool]:
         """Record that ``proplet_id`` is alive now; returns the proplet and whether it was new."""
+        self._disown(proplet_id)  # before its fields change: its batch may hold them
         proplet = self.proplets.get(proplet_id)
         created = proplet is None
         if proplet is None:
@@ -529,22 +544,53 @@ class Engine:
             self._room(proplet, now, wall)
 
     def heartbeat_batch(
-        self, heartbeats: Sequence[wire.Heartbeat], times: Sequence[float], now: float, wall: float
+        self,
+        heartbeats: Sequence[wire.Heartbeat],
+        times: Sequence[float],
+        now: float,
+        wall: float,
+        key: object | None = None,
     ) -> None:
         """Many heartbeats at once (a virtual-time fleet's steady devices): ``heartbeats[i]`` was
         received at ``times[i]`` (each <= ``now``). Decides exactly what ``handle`` would for each, in
         order; a proplet that is alive, announced, idle and in good standing (the common case) costs a
-        field update, and the whole batch files one liveness entry."""
+        field update, and the whole batch files one liveness entry.
+
+        ``key`` names a batch that comes back every heartbeat interval: when it comes back as the same
+        ``heartbeats`` object (same members, same messages; the caller makes a new one when they change)
+        and all of them are still routine, the round costs O(1) Python work: the batch keeps the
+        members' last-seen ``times`` and its last rounds (for their alive histories) and files one
+        liveness entry; a member's own fields are written back when anything else touches it
+        (``_disown``). ``times`` is kept, not copied: the caller must not change it afterwards."""
         offset = wall - now
         self._wall_offset = offset
+        timeout = self.config.timeout
+        known = self._batches.get(key) if key is not None else None
+        if known is not None and known.source is heartbeats and known.held == len(known.index):
+            special = {k for k, v in self._running_on.items() if v}
+            special.update(self._stale, self._busy, self._grace)
+            if known.index.keys().isdisjoint(special):
+                self._liveness_seq += 1
+                known.seq, known.times = self._liveness_seq, times
+                known.rounds.append((times, offset))
+                heapq.heappush(self._liveness, (min(times) + timeout, known.seq, known, max(times) + timeout))
+                return
+        if known is not None:  # its members are heard one by one below, or no longer in it
+            del self._batches[key]
+            self._release(known, {h.proplet_id for h in heartbeats})
+        self._heartbeat_each(heartbeats, times, offset, key)
+
+    def _heartbeat_each(
+        self, heartbeats: Sequence[wire.Heartbeat], times: Sequence[float], offset: float, key: object | None
+    ) -> None:
         timeout, limit = self.config.timeout, self.config.history_limit
-        proplets = self.proplets
+        proplets, owner = self.proplets, self._owner
         # Proplets with anything on them (tasks, stale attempts, busy, restored): the full handling.
         special = {k for k, v in self._running_on.items() if v}
         special.update(self._stale, self._busy, self._grace)
         empty = PropletMetadata()
         fast: list[str] = []
-        first, latest = float("inf"), float("-inf")
+        fast_times: list[float] = []
         for msg, t in zip(heartbeats, times, strict=True):
             pid = msg.proplet_id
             p = proplets.get(pid)
@@ -556,27 +602,29 @@ class Engine:
                 self._event_wall = t + offset
                 self._on_heartbeat(msg, t, t + offset)
                 continue
+            if pid in owner:
+                self._disown(pid)
             p.last_seen = t
             history = p.alive_history
             history.append(t + offset)
             if len(history) > limit:
                 del history[0]
             fast.append(pid)
-            if t < first:
-                first = t
-            if t > latest:
-                latest = t
-        if fast:
-            self._liveness_seq += 1
-            seq = self._liveness_seq
-            members = tuple(dict.fromkeys(fast))  # C-level from here on: no per-heartbeat Python
-            owner, owned = self._owner, self._owned
-            for prev, n in Counter(map(owner.get, members)).items():
-                if prev is not None:
-                    owned[prev] -= n
-            owner.update(zip(members, repeat(seq)))
-            owned[seq] = len(members)
-            heapq.heappush(self._liveness, (first + timeout, seq, members, latest + timeout))
+            fast_times.append(t)
+        if not fast:
+            return
+        self._liveness_seq += 1
+        index = dict(zip(fast, range(len(fast)), strict=True))  # heard twice: the last one counts
+        routine = len(index) == len(fast) == len(heartbeats)
+        batch = _HeardTogether(
+            index, heartbeats if routine else None, fast_times, deque(maxlen=limit), len(index),
+            self._liveness_seq, key if routine else None,
+        )  # fmt: skip
+        owner.update(zip(index, repeat(batch)))
+        if batch.key is not None:
+            self._batches[batch.key] = batch
+        entry = (min(fast_times) + timeout, batch.seq, batch, max(fast_times) + timeout)
+        heapq.heappush(self._liveness, entry)
 
     def _ask_discovery(self, proplet: Proplet, now: float) -> None:
         """A proplet we only know from heartbeats (it started before us): ask it to announce itself."""
@@ -946,6 +994,7 @@ class Engine:
             outage = now - self._link_lost_at if self._link_lost_at is not None else 0.0
             back_by = now + min(max(outage, 0.0), _RECONNECT_ALLOWANCE_CAP)
             for proplet in self.proplets.values():
+                self._disown(proplet.id)
                 if proplet.alive and proplet.last_seen is not None:
                     proplet.last_seen = max(proplet.last_seen, back_by)
                     self._watch(proplet.id, proplet.last_seen + self.config.timeout)
@@ -971,40 +1020,73 @@ class Engine:
         heapq.heappush(self._liveness, (deadline, self._liveness_seq, proplet_id))
 
     def _disown(self, proplet_id: str) -> None:
-        """``proplet_id``'s deadline is no longer the one its batch entry filed (heard again, dead, gone)."""
-        seq = self._owner.pop(proplet_id, None)
-        if seq is not None:
-            self._owned[seq] -= 1
+        """``proplet_id``'s liveness is no longer its batch's (heard alone, dead, gone): its last-seen
+        time and alive history go back on its Proplet, from where the batch kept them."""
+        batch = self._owner.pop(proplet_id, None)
+        if batch is None:
+            return
+        batch.held -= 1
+        proplet = self.proplets.get(proplet_id)
+        if proplet is None:
+            return
+        i = batch.index[proplet_id]
+        proplet.last_seen = batch.times[i]
+        if batch.rounds:
+            history = proplet.alive_history
+            history.extend(times[i] + offset for times, offset in batch.rounds)
+            del history[: -self.config.history_limit]
+
+    def _release(self, batch: _HeardTogether, keep: Container[str] = ()) -> None:
+        """Every proplet ``batch`` still holds gets its own liveness entry (but those in ``keep``, about
+        to be heard again)."""
+        owner, proplets, timeout = self._owner, self.proplets, self.config.timeout
+        for pid in batch.index:
+            if owner.get(pid) is batch:
+                self._disown(pid)
+                p = proplets.get(pid)
+                if pid not in keep and p is not None and p.alive and p.last_seen is not None:
+                    self._watch(pid, p.last_seen + timeout)
+
+    def settle_liveness(self) -> None:
+        """Write every batched proplet's last-seen time and alive history back on its Proplet (for a
+        caller that reads them directly; the engine's own decisions do not need it)."""
+        for batch in {id(b): b for b in self._owner.values()}.values():
+            self._release(batch)
+        self._batches.clear()
+
+    def last_seen(self, proplet: Proplet) -> float | None:
+        batch = self._owner.get(proplet.id)
+        return batch.times[batch.index[proplet.id]] if batch is not None else proplet.last_seen
 
     def _prune_liveness(self) -> None:
         """Drop stale entries from the top of the liveness heap until the top is a live proplet's
-        current deadline, or a batch entry holding all its members (its deadline is then the earliest
-        of theirs); a batch entry holding some is split into one entry per member it still holds."""
-        heap, timeout, proplets, owned = self._liveness, self.config.timeout, self.proplets, self._owned
+        current deadline, or a batch's latest entry while it holds all its members (its deadline is
+        then the earliest of theirs); a batch holding some is split into one entry per member it holds."""
+        heap, timeout, proplets, owner = self._liveness, self.config.timeout, self.proplets, self._owner
         while heap:
             top = heap[0]
             if len(top) == 3:
                 p = proplets.get(top[2])
-                if p is not None and p.alive and p.last_seen is not None and p.last_seen + timeout == top[0]:
+                if (
+                    p is not None and p.alive and p.last_seen is not None and top[2] not in owner
+                    and p.last_seen + timeout == top[0]
+                ):  # fmt: skip
                     return
                 heapq.heappop(heap)
                 continue
-            held = owned.get(top[1], 0)
-            if held == len(top[2]):
+            batch = top[2]
+            if batch.seq == top[1] and batch.held == len(batch.index):
                 return
             self._split(heapq.heappop(heap))
 
     def _split(self, entry: tuple[Any, ...]) -> None:
         """A batch entry taken off the heap: one entry for each member whose deadline it still holds."""
-        seq, timeout = entry[1], self.config.timeout
-        if self._owned.pop(seq, 0):
-            owner, proplets = self._owner, self.proplets
-            for pid in entry[2]:
-                if owner.get(pid) == seq:
-                    del owner[pid]
-                    p = proplets.get(pid)
-                    if p is not None and p.alive and p.last_seen is not None:
-                        self._watch(pid, p.last_seen + timeout)
+        batch: _HeardTogether = entry[2]
+        if batch.seq != entry[1] or not batch.held:
+            return  # the batch was heard again since (a later entry), or holds nobody
+        if batch.key is not None and self._batches.get(batch.key) is batch:
+            del self._batches[batch.key]
+        self._release(batch)
 
     def next_deadline(self) -> float | None:
         deadlines: list[float] = []
@@ -1544,9 +1626,8 @@ class Engine:
         return None
 
     def is_alive(self, proplet: Proplet, now: float) -> bool:
-        return (
-            proplet.alive and proplet.last_seen is not None and now - proplet.last_seen < self.config.timeout
-        )
+        last_seen = self.last_seen(proplet)
+        return proplet.alive and last_seen is not None and now - last_seen < self.config.timeout
 
     def queued(self) -> list[str]:
         return list(self._queue)

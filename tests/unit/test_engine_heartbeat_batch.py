@@ -135,3 +135,83 @@ def test_a_steady_batched_fleet_keeps_one_liveness_entry_per_batch_and_still_see
         (30.0, "proplet_dead", will),
     ]
     assert sum(engine.is_alive(p, 59.0) for p in engine.proplets.values()) == 198
+
+
+def test_a_batch_repeated_by_key_leaves_the_same_engine_state_as_messages() -> None:
+    """Keyed batches (the cohort's buckets, sent again every interval as the same list) keep their
+    members' last-seen times in the batch: after ``settle_liveness`` every proplet's fields, the deaths
+    and their instants are those of the per-message engine. A member goes silent, one sends its last
+    will, one gets a task, one is deleted: each leaves the batch and the rest stay batched."""
+    pids = [f"r{i}" for i in range(50)]
+    per_message, batched = _engine(), _engine()
+    for engine in (per_message, batched):
+        for p in pids:
+            announce = wire.encode(wire.Discovery(p, "default", {"total_memory_bytes": 1}))
+            engine.handle(MessageReceived(T.create, announce), 0.0, WALL)
+        engine.take_commands()
+    task = per_message.create_task({"name": "t", "file": "AGFzbQEAAAA="}, WALL)
+    batched.create_task({"name": "t", "file": "AGFzbQEAAAA="}, WALL)
+    silent, will, gone = "r7", "r9", "r11"
+    a: list[tuple[float, str, str]] = []
+    b: list[tuple[float, str, str]] = []
+    buckets = [pids[:25], pids[25:]]  # two buckets, heard at k - 0.7 + i/100 and k - 0.3 + i/100
+    sent: list[list[wire.Heartbeat]] = [[], []]
+    times: list[list[float]] = [[], []]
+    fast_rounds = 0
+
+    def timers(engine: Engine, until: float, log: list[tuple[float, str, str]]) -> None:
+        while (d := engine.next_deadline()) is not None and d <= until:
+            engine.on_timer(d, WALL + d)
+            log += _decisions(engine, d)
+
+    for k in range(1, 40):
+        for j, members in enumerate(buckets):
+            members = [p for p in members if not (p == silent and k > 12) and not (p == will and k > 20)]
+            members = [p for p in members if not (p == gone and k > 25)]
+            if [h.proplet_id for h in sent[j]] != members:  # a new list: the engine sees the change
+                sent[j] = [wire.Heartbeat(p, "alive") for p in members]
+            else:
+                fast_rounds += 1
+            times[j] = [k - 0.7 + 0.4 * j + i / 100 for i in range(len(members))]
+            for h, t in zip(sent[j], times[j], strict=True):
+                timers(per_message, t, a)
+                per_message.handle(MessageReceived(T.alive, wire.encode(h)), t, WALL + t)
+                a += _decisions(per_message, t)
+            now = k - 0.6 + 0.4 * j
+            timers(batched, now, b)
+            batched.heartbeat_batch(sent[j], times[j], now, WALL + now, key=j)
+            b += _decisions(batched, now)
+        if k == 20:  # r9's last will
+            offline = MessageReceived(T.alive, wire.encode(wire.Heartbeat(will, "offline")))
+            for engine, log in ((per_message, a), (batched, b)):
+                engine.handle(offline, float(k), WALL + k)
+                log += _decisions(engine, float(k))
+        if k == 15:  # a task lands on one member: its heartbeats go the full way from then on
+            per_message.start_task(task.id, float(k), WALL + k)
+            batched.start_task(task.id, float(k), WALL + k)
+        if k == 25:
+            per_message.delete_proplet(gone)
+            batched.delete_proplet(gone)
+        if k == 33:  # mid-run, while batched (the next rounds make the batches again)
+            _same_proplets(batched, per_message)
+    # read while batched: the batch's time, not the Proplet's stale field
+    assert batched.is_alive(batched.proplets["r1"], 39.0) and per_message.is_alive(
+        per_message.proplets["r1"], 39.0
+    )
+    timers(per_message, 45.0, a)
+    timers(batched, 45.0, b)
+    assert fast_rounds > 40  # most rounds took the keyed path
+    assert len(batched._liveness) < 20  # one entry per batch round, not one per heartbeat
+    deaths = [x for x in b if x[1] == "proplet_dead"]
+    assert deaths == [x for x in a if x[1] == "proplet_dead"]
+    assert {x[2] for x in deaths} == set(pids) - {gone}  # r7 and r9 early; at the end, everyone left
+    assert sorted(x[1:] for x in b) == sorted(x[1:] for x in a)
+    _same_proplets(batched, per_message)
+
+
+def _same_proplets(batched: Engine, per_message: Engine) -> None:
+    batched.settle_liveness()
+    assert batched.proplets.keys() == per_message.proplets.keys()
+    for pid, p in per_message.proplets.items():
+        q = batched.proplets[pid]
+        assert (q.alive, q.last_seen, q.alive_history) == (p.alive, p.last_seen, p.alive_history), pid
