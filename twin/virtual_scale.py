@@ -26,7 +26,7 @@ import pstats
 import random
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,7 +94,11 @@ class _CountingEnv(simpy.Environment):
         super().step()
 
 
-async def run_virtual_point(cfg: VirtualScaleConfig) -> VirtualScaleResult:
+async def run_virtual_point(
+    cfg: VirtualScaleConfig, before_run: Callable[[TwinSession, list[SimDevice]], None] | None = None
+) -> VirtualScaleResult:
+    """One point. ``before_run`` (tests) sees the session and the powered-on fleet before the clock runs
+    (to schedule faults) and may read the session after this returns."""
     t0 = time.monotonic()
     result = VirtualScaleResult(cfg.devices, cfg.duration, cfg.heartbeat)
     env = _CountingEnv()
@@ -124,6 +128,8 @@ async def run_virtual_point(cfg: VirtualScaleConfig) -> VirtualScaleResult:
             device = SimDevice(dc, shared, random.Random(rng.random()))
             device.power_on(rng.uniform(0.0, cfg.heartbeat))
             devices.append(device)
+        if before_run is not None:
+            before_run(session, devices)
         result.setup_s = round(time.monotonic() - t0, 3)
         # CPU time, not wall: on a shared host a wall-clock profile charges whoever was descheduled.
         profiler = cProfile.Profile(time.process_time) if cfg.profile else None
