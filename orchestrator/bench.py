@@ -374,9 +374,17 @@ async def cluster(
         yield Cluster(api, client_broker, domain, channel, manager_pid, proplets_pids, broker_config)
 
 
+# The Mosquitto settings that change these figures, with Mosquitto 2.0's defaults.
+MOSQUITTO_SETTINGS = {
+    "set_tcp_nodelay": "false",
+    "max_inflight_messages": "20",
+    "max_queued_messages": "1000",
+}
+
+
 def describe_mosquitto(url: str) -> str:
     """Which configuration the Mosquitto serving ``url`` runs with, as far as this machine shows it:
-    the process listening there, its ``-c`` file and that file's ``set_tcp_nodelay``."""
+    the process listening there, its ``-c`` file and that file's ``MOSQUITTO_SETTINGS``."""
     import psutil
 
     port = url.rsplit(":", 1)[-1].strip("/")
@@ -390,9 +398,11 @@ def describe_mosquitto(url: str) -> str:
         except OSError:
             continue
         if any(words[:2] == ["listener", port] for words in lines):
-            nodelay = next((w[1] for w in lines if len(w) > 1 and w[0] == "set_tcp_nodelay"), None)
-            said = f"set_tcp_nodelay {nodelay}" if nodelay else "set_tcp_nodelay not set (default: false)"
-            return f"mosquitto at {url}, pid {proc.pid}, {conf}: {said}"
+            said = []
+            for name, default in MOSQUITTO_SETTINGS.items():
+                value = next((w[1] for w in lines if len(w) > 1 and w[0] == name), None)
+                said.append(f"{name} {value}" if value else f"{name} {default} (default)")
+            return f"mosquitto at {url}, pid {proc.pid}, {conf}: {', '.join(said)}"
     return f"mosquitto at {url}: configuration not visible from here (set_tcp_nodelay unknown)"
 
 
