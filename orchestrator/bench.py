@@ -392,10 +392,10 @@ def describe_mosquitto(url: str) -> str:
         cmdline = proc.info["cmdline"] or []
         if proc.info["name"] != "mosquitto" or "-c" not in cmdline[:-1]:
             continue
-        conf = Path(cmdline[cmdline.index("-c") + 1])
         try:
+            conf = Path(proc.cwd()) / cmdline[cmdline.index("-c") + 1]  # as given: maybe relative
             lines = [line.split() for line in conf.read_text(errors="replace").splitlines()]
-        except OSError:
+        except (OSError, psutil.Error):
             continue
         if any(words[:2] == ["listener", port] for words in lines):
             said = []
