@@ -109,8 +109,8 @@ class TlsOptions:
                 raise ValueError(f"TLS options: {name} {path!r} does not exist")
 
 
-def _ack_now(sock: socket.socket | None) -> None:
-    """ACK what we have read at once instead of after the kernel's delayed-ACK timer (module docstring)."""
+def _ack_now(sock: Any) -> None:
+    """ACK what ``sock`` (paho's socket, TLS or not) has read at once, not after the delayed-ACK timer."""
     if sock is None or _TCP_QUICKACK is None:
         return
     with contextlib.suppress(OSError):  # a socket closed by this very read
