@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -24,7 +25,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime import component as cm
 
-from proplets.runtime import wave
+from proplets.runtime import wasip1_poll, wave
 from proplets.runtime.api import STREAM_INTERVAL_S, CancelToken, Limits, RunKind, RunOutcome, RunRequest
 from proplets.runtime.cache import ArtifactCache
 from proplets.runtime.component import UnsupportedComponentType, lift, lower, to_wave_type
@@ -46,6 +47,8 @@ _EpochCallback = ctypes.CFUNCTYPE(
 )
 _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _NO_FINALIZER = _Finalizer(lambda _p: None)
+_WASI_P1 = "wasi_snapshot_preview1"
+_MAX_WAIT_S = 3600.0  # one wait of a host-call sleep (threading waits overflow on huge timeouts)
 
 
 class _RunError(Exception):
@@ -63,6 +66,7 @@ class _Watch:
     fds: tuple[int, ...] = ()
     reason: str | None = None
     callback: Any = field(default=None, repr=False)
+    wasi_origin_ns: int = 0  # the guest's CLOCK_MONOTONIC zero (time.monotonic_ns() at set_wasi)
     on_output: Any = field(default=None, repr=False)
     live_stdout: bool = False
     streamed: list[int] = field(default_factory=lambda: [0, 0])  # stdout, stderr bytes handed over
@@ -123,6 +127,22 @@ class _Watch:
         reason = self.check()
         if reason is not None and self.reason is None:
             self.reason = reason
+        return reason
+
+    def sleep_until(self, end: float) -> str | None:
+        """Sleep in a host call until `end` (time.monotonic()), cut short by a stop or the wall-time
+        limit: epoch interruption never reaches a host call. Returns the reason the run must end
+        (recorded as for `poll`), or None when the time came."""
+        while (reason := self.poll()) is None:
+            now = time.monotonic()
+            if now >= end:
+                return None
+            wake = end if self.deadline is None else min(end, self.deadline)
+            wait = min(max(wake - now, 0.0), _MAX_WAIT_S)
+            if self.cancel is not None:
+                self.cancel.wait(wait)  # set by a stop: wakes at once
+            else:
+                time.sleep(wait)
         return reason
 
     def install(self, store: wasmtime.Store) -> None:
@@ -199,6 +219,19 @@ class WasmtimeRuntime:
         self._core_linker = wasmtime.Linker(self.engine)
         self._wasi_linker = wasmtime.Linker(self.engine)
         self._wasi_linker.define_wasi()
+        # Our poll_oneoff (and the clock it measures against) replaces wasmtime's, so that a stop or
+        # the wall-time limit ends a guest sleeping in it (wasip1_poll says what it does).
+        self._wasi_linker.allow_shadowing = True
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        self._wasi_linker.define_func(
+            _WASI_P1, "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]), self._poll_oneoff, access_caller=True
+        )
+        self._wasi_linker.define_func(
+            _WASI_P1, "clock_time_get", wasmtime.FuncType([i32, i64, i32], [i32]), self._clock_time_get,
+            access_caller=True,
+        )  # fmt: skip
+        self._wasi_linker.allow_shadowing = False
+        self._wasi_watches: dict[int, _Watch] = {}  # running WASI p1 stores by context address
         self.tick_s = tick_s
         self.hal_bus = hal.MessageBus()  # HAL `communication` between this runtime's running tasks
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
@@ -239,6 +272,53 @@ class WasmtimeRuntime:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    # -- WASI preview 1 host functions that a stop can interrupt ---------------------------------------
+
+    def _wasi_watch(self, caller: wasmtime.Caller) -> _Watch:
+        watch = self._wasi_watches.get(_context_address(caller))
+        if watch is None:  # every WASI run registers its store before instantiating
+            raise wasmtime.Trap("internal error: a WASI host call from a store that is not running")
+        return watch
+
+    def _poll_oneoff(
+        self, caller: wasmtime.Caller, subs_ptr: int, events_ptr: int, count: int, nevents_ptr: int
+    ) -> int:
+        watch = self._wasi_watch(caller)
+        memory = _GuestMemory(caller)
+        count &= 0xFFFFFFFF
+        if count == 0:
+            return wasip1_poll.ERRNO_INVAL
+        raw = memory.read(subs_ptr, count * wasip1_poll.SUBSCRIPTION_SIZE, wasip1_poll.ALIGN)
+        try:
+            subs = wasip1_poll.decode_subscriptions(raw)
+        except wasip1_poll.PollError as e:
+            return e.errno
+        now = time.monotonic_ns()
+        due = wasip1_poll.deadlines(subs, now, time.time_ns(), watch.wasi_origin_ns)
+        wake = min(due)
+        if wake > now and watch.sleep_until(wake / 1e9) is not None:
+            # Stopped or out of time: the guest's next epoch check (a call or loop) ends the run with
+            # the reason, as for a guest busy in wasm code; EINTR is all it sees before that.
+            ffi.wasmtime_context_set_epoch_deadline(caller._context(), 0)
+            return wasip1_poll.ERRNO_INTR
+        events = wasip1_poll.ready_events(subs, due, time.monotonic_ns())
+        memory.write(events_ptr, wasip1_poll.encode_events(events), wasip1_poll.ALIGN)
+        memory.write(nevents_ptr, struct.pack("<I", len(events)), 4)
+        return wasip1_poll.ERRNO_SUCCESS
+
+    def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, _precision: int, out_ptr: int) -> int:
+        watch = self._wasi_watch(caller)
+        try:
+            value = wasip1_poll.clock_now(
+                clock_id & 0xFFFFFFFF, time.monotonic_ns(), time.time_ns(), watch.wasi_origin_ns
+            )
+        except wasip1_poll.PollError as e:
+            return e.errno
+        except wasip1_poll.InvalidClock as e:
+            raise wasmtime.Trap(str(e)) from None
+        _GuestMemory(caller).write(out_ptr, struct.pack("<Q", value), 8)
+        return wasip1_poll.ERRNO_SUCCESS
 
     # -- compile (cached) ----------------------------------------------------------------------------
 
@@ -364,6 +444,7 @@ class WasmtimeRuntime:
         memories: list[wasmtime.Memory] = []
         results, exit_code, error = "", None, None
         values: tuple[float, ...] = ()
+        store_address = _context_address(store)
         try:
             store.set_limits(**_store_limits(lim))
             store.set_fuel(fuel)
@@ -373,7 +454,10 @@ class WasmtimeRuntime:
                 assert io is not None
                 kind, results, exit_code = self._call_component(req, artifact, store, io, watch, notes)
             else:
-                kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories, notes)
+                self._wasi_watches[store_address] = watch
+                kind, results, values, exit_code = self._call_core(
+                    req, artifact, store, io, watch, memories, notes
+                )
         except _RunError as e:
             error = str(e)
         except InputError as e:
@@ -386,6 +470,8 @@ class WasmtimeRuntime:
             exit_code = e.code
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             error = self._describe(e, watch, lim, fuel, store, memories)
+        finally:
+            self._wasi_watches.pop(store_address, None)
         try:
             consumed: int | None = fuel - store.get_fuel()
         except wasmtime.WasmtimeError:
@@ -455,11 +541,13 @@ class WasmtimeRuntime:
         prepared: _PreparedCore,
         store: wasmtime.Store,
         io: _Io | None,
+        watch: _Watch,
         memories: list[wasmtime.Memory],
         notes: list[str],
     ) -> tuple[RunKind, str, tuple[float, ...], int | None]:
         if prepared.wasi:
             assert io is not None
+            watch.wasi_origin_ns = time.monotonic_ns()  # where wasmtime's WASI clock starts too
             store.set_wasi(_wasi_config(req, io))
         if prepared.pre is not None:
             instance = prepared.pre.instantiate(store)
@@ -734,6 +822,40 @@ def _wasi_config(req: RunRequest, io: _Io) -> wasmtime.WasiConfig:
     for d in req.dirs:
         w.preopen_dir(d.host_path, d.guest_path)
     return w
+
+
+def _context_address(store: wasmtime.Store | wasmtime.Caller) -> int:
+    """The address of a store's context: the same for the Store and for a Caller inside it."""
+    return ctypes.addressof(store._context().contents)
+
+
+class _GuestMemory:
+    """The calling module's `memory`, read and written the way wasmtime's WASI does: a pointer out
+    of bounds or misaligned traps the guest (it is not an errno)."""
+
+    def __init__(self, caller: wasmtime.Caller) -> None:
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise wasmtime.Trap("missing required memory export")
+        self.caller = caller
+        self.memory = memory
+
+    def _check(self, ptr: int, size: int, align: int) -> int:
+        ptr &= 0xFFFFFFFF
+        if ptr % align:
+            raise wasmtime.Trap(f"Pointer not aligned to {align}: Region {{ start: {ptr}, len: {size} }}")
+        if ptr + size > self.memory.data_len(self.caller):
+            raise wasmtime.Trap(f"Pointer out of bounds: Region {{ start: {ptr}, len: {size} }}")
+        return ptr
+
+    def read(self, ptr: int, size: int, align: int) -> bytes:
+        start = self._check(ptr, size, align)
+        return bytes(self.memory.read(self.caller, start, start + size))
+
+    def write(self, ptr: int, data: bytes, align: int) -> None:
+        start = self._check(ptr, len(data), align)
+        if data:
+            self.memory.write(self.caller, data, start)
 
 
 def _cause(e: Exception) -> str:
