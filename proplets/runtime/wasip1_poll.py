@@ -27,6 +27,10 @@ ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
 ERRNO_INTR = 27
 ERRNO_INVAL = 28
+ERRNO_NOMEM = 48
+
+# wasmtime 50 answers ENOMEM to more subscriptions than this, before reading any (found by probing it).
+MAX_SUBSCRIPTIONS = 2**21
 
 CLOCK_REALTIME = 0
 CLOCK_MONOTONIC = 1
@@ -53,6 +57,10 @@ class PollError(Exception):
     def __init__(self, errno: int) -> None:
         super().__init__(f"errno {errno}")
         self.errno = errno
+
+
+class Truncated(Exception):
+    """The subscriptions run past the end of guest memory: wasmtime traps the guest."""
 
 
 class InvalidClock(Exception):
@@ -87,13 +95,23 @@ class Event:
     error: int = ERRNO_SUCCESS
 
 
-def decode_subscriptions(raw: bytes) -> list[Subscription]:
-    """`len(raw) // SUBSCRIPTION_SIZE` subscriptions, checked in order as wasmtime does; the first
-    bad one raises `PollError`."""
-    if not raw:
+def check_count(count: int) -> None:
+    """What wasmtime checks before reading any subscription."""
+    if count == 0:
         raise PollError(ERRNO_INVAL)
+    if count > MAX_SUBSCRIPTIONS:
+        raise PollError(ERRNO_NOMEM)
+
+
+def decode_subscriptions(raw: bytes, count: int) -> list[Subscription]:
+    """`count` subscriptions from `raw` (guest memory from the array's start to at most its end),
+    checked one by one in order as wasmtime reads them: the first bad one raises `PollError`, and
+    running out of `raw` before a bad one raises `Truncated`."""
+    check_count(count)
     subs: list[Subscription] = []
-    for at in range(0, len(raw) - SUBSCRIPTION_SIZE + 1, SUBSCRIPTION_SIZE):
+    for at in range(0, count * SUBSCRIPTION_SIZE, SUBSCRIPTION_SIZE):
+        if at + SUBSCRIPTION_SIZE > len(raw):
+            raise Truncated(f"Pointer out of bounds: subscription {at // SUBSCRIPTION_SIZE} of {count}")
         userdata, tag = _HEAD.unpack_from(raw, at)
         if tag == EVENTTYPE_CLOCK:
             clock_id, timeout, precision, flags = _CLOCK.unpack_from(raw, at + 16)

@@ -224,7 +224,11 @@ class WasmtimeRuntime:
         self._wasi_linker.allow_shadowing = True
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
         self._wasi_linker.define_func(
-            _WASI_P1, "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]), self._poll_oneoff, access_caller=True
+            _WASI_P1,
+            "poll_oneoff",
+            wasmtime.FuncType([i32] * 4, [i32]),
+            self._poll_oneoff,
+            access_caller=True,
         )
         self._wasi_linker.define_func(
             _WASI_P1, "clock_time_get", wasmtime.FuncType([i32, i64, i32], [i32]), self._clock_time_get,
@@ -287,13 +291,14 @@ class WasmtimeRuntime:
         watch = self._wasi_watch(caller)
         memory = _GuestMemory(caller)
         count &= 0xFFFFFFFF
-        if count == 0:
-            return wasip1_poll.ERRNO_INVAL
-        raw = memory.read(subs_ptr, count * wasip1_poll.SUBSCRIPTION_SIZE, wasip1_poll.ALIGN)
         try:
-            subs = wasip1_poll.decode_subscriptions(raw)
+            wasip1_poll.check_count(count)
+            raw = memory.read_upto(subs_ptr, count * wasip1_poll.SUBSCRIPTION_SIZE, wasip1_poll.ALIGN)
+            subs = wasip1_poll.decode_subscriptions(raw, count)
         except wasip1_poll.PollError as e:
             return e.errno
+        except wasip1_poll.Truncated as e:
+            raise wasmtime.Trap(str(e)) from None
         now = time.monotonic_ns()
         due = wasip1_poll.deadlines(subs, now, time.time_ns(), watch.wasi_origin_ns)
         wake = min(due)
@@ -848,8 +853,9 @@ class _GuestMemory:
             raise wasmtime.Trap(f"Pointer out of bounds: Region {{ start: {ptr}, len: {size} }}")
         return ptr
 
-    def read(self, ptr: int, size: int, align: int) -> bytes:
-        start = self._check(ptr, size, align)
+    def read_upto(self, ptr: int, size: int, align: int) -> bytes:
+        """At most `size` bytes from `ptr`: fewer where memory ends (the caller decides if that traps)."""
+        start = self._check(ptr, 0, align)
         return bytes(self.memory.read(self.caller, start, start + size))
 
     def write(self, ptr: int, data: bytes, align: int) -> None:
