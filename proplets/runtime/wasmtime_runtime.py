@@ -477,6 +477,10 @@ class WasmtimeRuntime:
             error = self._describe(e, watch, lim, fuel, store, memories)
         finally:
             self._wasi_watches.pop(store_address, None)
+        if error is None and watch.reason is None:
+            # A stop or the deadline that came while the guest slept in a host call nothing can cut
+            # short (a component's wasi:io pollable.block): it ended late, but it was stopped.
+            watch.poll()
         try:
             consumed: int | None = fuel - store.get_fuel()
         except wasmtime.WasmtimeError:

@@ -104,6 +104,23 @@ def test_runtime_stop_and_wall_time_cut_a_sleep_and_report_as_for_busy_code() ->
                 assert stopped.stdout == timed.stdout == b"first line\n"
 
 
+def test_a_component_asleep_in_pollable_block_reports_the_stop_when_it_returns() -> None:
+    """WASI p2 cannot be cut short (wasmtime's own host blocks; docs/hal.md says why): the stop
+    takes effect when the sleep returns, and the run reports it instead of success."""
+    component = wasmtime.wat2wasm((WASM_DIR / "p2_sleep.component.wat").read_text())
+    with WasmtimeRuntime() as rt:
+        assert rt.run(RunRequest("t", component, limits=Limits(timeout_s=60))).error is None
+        cancel = CancelToken()
+        timer = threading.Timer(0.3, cancel.cancel)  # mid-sleep
+        timer.start()
+        stopped = rt.run(RunRequest("t", component, limits=Limits(timeout_s=60)), cancel)
+        timer.join()
+        assert stopped.error == "stopped" and "limit hit: stopped" in stopped.notes
+        timed = rt.run(RunRequest("t", component, limits=Limits(timeout_s=0.5)))
+        assert timed.error == "wall-time limit of 0.5 s exceeded"
+        assert "limit hit: wall-time limit of 0.5 s exceeded" in timed.notes
+
+
 # --- our poll_oneoff against wasmtime's own ----------------------------------------------------------
 
 # Reads a 16-byte header (subscriptions, events, count, nevents pointers) and the subscriptions from
