@@ -130,9 +130,9 @@ class _Watch:
         return reason
 
     def sleep_until(self, end: float) -> str | None:
-        """Sleep in a host call until `end` (time.monotonic()), cut short by a stop or the wall-time
-        limit: epoch interruption never reaches a host call. Returns the reason the run must end
-        (recorded as for `poll`), or None when the time came."""
+        """Sleep in a host call (WASI p1 poll_oneoff, HAL sleep) until `end` (time.monotonic()), cut
+        short by a stop or the wall-time limit: epoch interruption never reaches a host call. Returns
+        the reason the run must end (recorded as for `poll`), or None when the time came."""
         while (reason := self.poll()) is None:
             now = time.monotonic()
             if now >= end:
@@ -616,7 +616,9 @@ class WasmtimeRuntime:
         hal_run = None
         if hal.imports_hal(component, self.engine):
             options = req.hal or HalOptions(str(default_root() / _safe(req.task_id)))
-            hal_run = hal.HalRun(req.task_id, options, self.hal_bus, watch.poll, req.limits.memory_bytes)
+            hal_run = hal.HalRun(
+                req.task_id, options, self.hal_bus, watch.sleep_until, req.limits.memory_bytes
+            )
         try:
             if hal_run is not None:
                 hal.link(linker, component, self.engine, hal_run)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import wasmtime
 
-from proplets.runtime import CancelToken, Limits, RunRequest
+from proplets.runtime import CancelToken, Limits, RunOutcome, RunRequest
 from proplets.runtime import wasip1_poll as p1
 from proplets.runtime.wasmtime_runtime import WasmtimeRuntime
 from tests.integration.conftest import Cluster, eventually
@@ -88,37 +88,35 @@ async def test_the_wall_time_limit_ends_a_daemon_asleep_in_poll_oneoff(embedded_
     assert "wall-time limit of 2 s exceeded" in str(timed_out.get("error"))
 
 
+def stopped_then_timed_out(rt: WasmtimeRuntime, wasm: bytes) -> tuple[RunOutcome, RunOutcome]:
+    """One run stopped 0.3 s in, one run with a 0.5 s wall-time limit; both end with that reason."""
+    cancel = CancelToken()
+    timer = threading.Timer(0.3, cancel.cancel)
+    timer.start()
+    stopped = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=60)), cancel)
+    timer.join()
+    assert stopped.error == "stopped" and "limit hit: stopped" in stopped.notes
+    timed = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=0.5)))
+    assert timed.error == "wall-time limit of 0.5 s exceeded"
+    assert "limit hit: wall-time limit of 0.5 s exceeded" in timed.notes
+    return stopped, timed
+
+
 def test_runtime_stop_and_wall_time_cut_a_sleep_and_report_as_for_busy_code() -> None:
     with WasmtimeRuntime() as rt:
-        for wasm in (SLEEPER, FOREVER):
-            cancel = CancelToken()
-            timer = threading.Timer(0.3, cancel.cancel)
-            timer.start()
-            stopped = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=60)), cancel)
-            timer.join()
-            assert stopped.error == "stopped" and "limit hit: stopped" in stopped.notes
-            timed = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=0.5)))
-            assert timed.error == "wall-time limit of 0.5 s exceeded"
-            assert "limit hit: wall-time limit of 0.5 s exceeded" in timed.notes
-            if wasm is SLEEPER:  # ended mid-sleep: it never woke to print "tick"
-                assert stopped.stdout == timed.stdout == b"first line\n"
+        stopped_then_timed_out(rt, FOREVER)
+        stopped, timed = stopped_then_timed_out(rt, SLEEPER)
+    # ended mid-sleep: it never woke to print "tick"
+    assert stopped.stdout == timed.stdout == b"first line\n"
 
 
 def test_a_component_asleep_in_pollable_block_reports_the_stop_when_it_returns() -> None:
-    """WASI p2 cannot be cut short (wasmtime's own host blocks; docs/hal.md says why): the stop
-    takes effect when the sleep returns, and the run reports it instead of success."""
+    """WASI p2 cannot be cut short (wasmtime's own host blocks; docs/hal.md says why): the stop or
+    the deadline takes effect when the 2 s sleep returns, and the run reports it instead of success."""
     component = wasmtime.wat2wasm((WASM_DIR / "p2_sleep.component.wat").read_text())
     with WasmtimeRuntime() as rt:
         assert rt.run(RunRequest("t", component, limits=Limits(timeout_s=60))).error is None
-        cancel = CancelToken()
-        timer = threading.Timer(0.3, cancel.cancel)  # mid-sleep
-        timer.start()
-        stopped = rt.run(RunRequest("t", component, limits=Limits(timeout_s=60)), cancel)
-        timer.join()
-        assert stopped.error == "stopped" and "limit hit: stopped" in stopped.notes
-        timed = rt.run(RunRequest("t", component, limits=Limits(timeout_s=0.5)))
-        assert timed.error == "wall-time limit of 0.5 s exceeded"
-        assert "limit hit: wall-time limit of 0.5 s exceeded" in timed.notes
+        stopped_then_timed_out(rt, component)
 
 
 # --- our poll_oneoff against wasmtime's own ----------------------------------------------------------
