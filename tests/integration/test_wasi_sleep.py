@@ -12,6 +12,7 @@ import base64
 import struct
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,19 @@ async def start(c: Cluster, spec: dict[str, Any]) -> str:
     return task_id
 
 
+async def final_runtime_notes(c: Cluster, task_id: str) -> str:
+    """The runtime notes of the proplet's final record for the task's run."""
+    rows: list[dict[str, Any]] = []
+
+    async def final() -> bool:
+        nonlocal rows
+        rows = (await c.api.get(f"/tasks/{task_id}/logs")).json()["logs"]
+        return any(row["final"] for row in rows)
+
+    await eventually(final, 20, f"the final record of {task_id}")
+    return "".join(row["data"] for row in rows if row["stream"] == "runtime")
+
+
 def outcome(task: dict[str, Any]) -> tuple[Any, Any]:
     return task["state"], task.get("error")
 
@@ -58,7 +72,7 @@ async def test_a_stop_ends_a_daemon_asleep_in_poll_oneoff_as_it_ends_a_busy_one(
     embedded_cluster: Cluster,
 ) -> None:
     c = embedded_cluster
-    await c.add_proplet("sleep-p1")
+    proplet = await c.add_proplet("sleep-p1")
     sleeper = await start(c, {"name": "daemon", "file": b64(SLEEPER), "daemon": True})
     busy = await start(c, {"name": "main", "file": b64(FOREVER)})
     await started_and_printed(c, sleeper)
@@ -69,11 +83,17 @@ async def test_a_stop_ends_a_daemon_asleep_in_poll_oneoff_as_it_ends_a_busy_one(
     await eventually(running, 30, "the busy task to run")
     for task_id in (sleeper, busy):
         assert (await c.api.post(f"/tasks/{task_id}/stop")).status_code == 200
-    # The sleep is 30 s long; generous timeouts, no timing asserts (a loaded machine is slow).
-    stopped = await c.wait_terminal(sleeper, timeout=25)
-    stopped_busy = await c.wait_terminal(busy, timeout=25)
+
+    async def released() -> bool:  # the manager marks a stop at once; the proplet's run must end too
+        return sleeper not in proplet.engine.running and busy not in proplet.engine.running
+
+    # Within 20 s, while the 30 s sleep would still go on (generous, not a timing assert).
+    await eventually(released, 20, "the proplet to end both runs")
+    stopped = await c.wait_terminal(sleeper, timeout=20)
+    stopped_busy = await c.wait_terminal(busy, timeout=20)
     assert outcome(stopped) == outcome(stopped_busy)
-    assert "wall-time" not in str(stopped.get("error"))
+    for task_id in (sleeper, busy):  # the run's own record: ended by the stop, not by anything else
+        assert "limit hit: stopped" in await final_runtime_notes(c, task_id)
 
 
 async def test_the_wall_time_limit_ends_a_daemon_asleep_in_poll_oneoff(embedded_cluster: Cluster) -> None:
@@ -82,21 +102,26 @@ async def test_the_wall_time_limit_ends_a_daemon_asleep_in_poll_oneoff(embedded_
     limits = {"timeout_s": 2}
     sleeper = await start(c, {"name": "daemon", "file": b64(SLEEPER), "daemon": True, "limits": limits})
     busy = await start(c, {"name": "main", "file": b64(FOREVER), "limits": limits})
-    timed_out = await c.wait_terminal(sleeper, timeout=25)
-    timed_out_busy = await c.wait_terminal(busy, timeout=25)
+    # Within 20 s, while the 30 s sleep would still go on (generous, not a timing assert).
+    timed_out = await c.wait_terminal(sleeper, timeout=20)
+    timed_out_busy = await c.wait_terminal(busy, timeout=20)
     assert outcome(timed_out) == outcome(timed_out_busy)
     assert "wall-time limit of 2 s exceeded" in str(timed_out.get("error"))
+    for task_id in (sleeper, busy):
+        assert "limit hit: wall-time limit of 2 s exceeded" in await final_runtime_notes(c, task_id)
 
 
 def stopped_then_timed_out(rt: WasmtimeRuntime, wasm: bytes) -> tuple[RunOutcome, RunOutcome]:
-    """One run stopped 0.3 s in, one run with a 0.5 s wall-time limit; both end with that reason."""
+    """One run stopped 0.3 s in, one run with a 0.5 s wall-time limit; both end with that reason,
+    within 20 s (the sleeper's sleep is 30 s: generous, not a timing assert)."""
     cancel = CancelToken()
     timer = threading.Timer(0.3, cancel.cancel)
     timer.start()
-    stopped = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=60)), cancel)
+    with ThreadPoolExecutor(1) as pool:
+        stopped = pool.submit(rt.run, RunRequest("t", wasm, limits=Limits(timeout_s=60)), cancel).result(20)
+        timed = pool.submit(rt.run, RunRequest("t", wasm, limits=Limits(timeout_s=0.5))).result(20)
     timer.join()
     assert stopped.error == "stopped" and "limit hit: stopped" in stopped.notes
-    timed = rt.run(RunRequest("t", wasm, limits=Limits(timeout_s=0.5)))
     assert timed.error == "wall-time limit of 0.5 s exceeded"
     assert "limit hit: wall-time limit of 0.5 s exceeded" in timed.notes
     return stopped, timed
