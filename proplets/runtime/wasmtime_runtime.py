@@ -219,23 +219,8 @@ class WasmtimeRuntime:
         self._core_linker = wasmtime.Linker(self.engine)
         self._wasi_linker = wasmtime.Linker(self.engine)
         self._wasi_linker.define_wasi()
-        # Our poll_oneoff (and the clock it measures against) replaces wasmtime's, so that a stop or
-        # the wall-time limit ends a guest sleeping in it (wasip1_poll says what it does).
-        self._wasi_linker.allow_shadowing = True
-        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        self._wasi_linker.define_func(
-            _WASI_P1,
-            "poll_oneoff",
-            wasmtime.FuncType([i32] * 4, [i32]),
-            self._poll_oneoff,
-            access_caller=True,
-        )
-        self._wasi_linker.define_func(
-            _WASI_P1, "clock_time_get", wasmtime.FuncType([i32, i64, i32], [i32]), self._clock_time_get,
-            access_caller=True,
-        )  # fmt: skip
-        self._wasi_linker.allow_shadowing = False
-        self._wasi_watches: dict[int, _Watch] = {}  # running WASI p1 stores by context address
+        self._wasi_p1 = _WasiP1Host()
+        self._wasi_p1.shadow(self._wasi_linker)
         self.tick_s = tick_s
         self.hal_bus = hal.MessageBus()  # HAL `communication` between this runtime's running tasks
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
@@ -276,54 +261,6 @@ class WasmtimeRuntime:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-    # -- WASI preview 1 host functions that a stop can interrupt ---------------------------------------
-
-    def _wasi_watch(self, caller: wasmtime.Caller) -> _Watch:
-        watch = self._wasi_watches.get(_context_address(caller))
-        if watch is None:  # every WASI run registers its store before instantiating
-            raise wasmtime.Trap("internal error: a WASI host call from a store that is not running")
-        return watch
-
-    def _poll_oneoff(
-        self, caller: wasmtime.Caller, subs_ptr: int, events_ptr: int, count: int, nevents_ptr: int
-    ) -> int:
-        watch = self._wasi_watch(caller)
-        memory = _GuestMemory(caller)
-        count &= 0xFFFFFFFF
-        try:
-            wasip1_poll.check_count(count)
-            raw = memory.read_upto(subs_ptr, count * wasip1_poll.SUBSCRIPTION_SIZE, wasip1_poll.ALIGN)
-            subs = wasip1_poll.decode_subscriptions(raw, count)
-        except wasip1_poll.PollError as e:
-            return e.errno
-        except wasip1_poll.Truncated as e:
-            raise wasmtime.Trap(str(e)) from None
-        now = time.monotonic_ns()
-        due = wasip1_poll.deadlines(subs, now, time.time_ns(), watch.wasi_origin_ns)
-        wake = min(due)
-        if wake > now and watch.sleep_until(wake / 1e9) is not None:
-            # Stopped or out of time: the guest's next epoch check (a call or loop) ends the run with
-            # the reason, as for a guest busy in wasm code; EINTR is all it sees before that.
-            ffi.wasmtime_context_set_epoch_deadline(caller._context(), 0)
-            return wasip1_poll.ERRNO_INTR
-        events = wasip1_poll.ready_events(subs, due, time.monotonic_ns())
-        memory.write(events_ptr, wasip1_poll.encode_events(events), wasip1_poll.ALIGN)
-        memory.write(nevents_ptr, struct.pack("<I", len(events)), 4)
-        return wasip1_poll.ERRNO_SUCCESS
-
-    def _clock_time_get(self, caller: wasmtime.Caller, clock_id: int, _precision: int, out_ptr: int) -> int:
-        watch = self._wasi_watch(caller)
-        try:
-            value = wasip1_poll.clock_now(
-                clock_id & 0xFFFFFFFF, time.monotonic_ns(), time.time_ns(), watch.wasi_origin_ns
-            )
-        except wasip1_poll.PollError as e:
-            return e.errno
-        except wasip1_poll.InvalidClock as e:
-            raise wasmtime.Trap(str(e)) from None
-        _GuestMemory(caller).write(out_ptr, struct.pack("<Q", value), 8)
-        return wasip1_poll.ERRNO_SUCCESS
 
     # -- compile (cached) ----------------------------------------------------------------------------
 
@@ -459,7 +396,7 @@ class WasmtimeRuntime:
                 assert io is not None
                 kind, results, exit_code = self._call_component(req, artifact, store, io, watch, notes)
             else:
-                self._wasi_watches[store_address] = watch
+                self._wasi_p1.watches[store_address] = watch
                 kind, results, values, exit_code = self._call_core(
                     req, artifact, store, io, watch, memories, notes
                 )
@@ -476,7 +413,7 @@ class WasmtimeRuntime:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             error = self._describe(e, watch, lim, fuel, store, memories)
         finally:
-            self._wasi_watches.pop(store_address, None)
+            self._wasi_p1.watches.pop(store_address, None)
         if error is None and watch.reason is None:
             # A stop or the deadline that came while the guest slept in a host call nothing can cut
             # short (a component's wasi:io pollable.block): it ended late, but it was stopped.
@@ -833,6 +770,75 @@ def _wasi_config(req: RunRequest, io: _Io) -> wasmtime.WasiConfig:
     for d in req.dirs:
         w.preopen_dir(d.host_path, d.guest_path)
     return w
+
+
+class _WasiP1Host:
+    """Our WASI p1 `poll_oneoff` (and `clock_time_get`, the clock it measures against), shadowing
+    wasmtime's so that a stop or the wall-time limit ends a guest sleeping in it (wasip1_poll says
+    what they do). A class of its own, not runtime methods: the linker keeps these functions alive
+    for as long as the process, and they must not keep a closed runtime and its caches alive too."""
+
+    def __init__(self) -> None:
+        self.watches: dict[int, _Watch] = {}  # running stores by context address (`_context_address`)
+
+    def shadow(self, linker: wasmtime.Linker) -> None:
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.allow_shadowing = True
+        linker.define_func(
+            _WASI_P1, "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]), self.poll_oneoff,
+            access_caller=True,
+        )  # fmt: skip
+        linker.define_func(
+            _WASI_P1, "clock_time_get", wasmtime.FuncType([i32, i64, i32], [i32]), self.clock_time_get,
+            access_caller=True,
+        )  # fmt: skip
+        linker.allow_shadowing = False
+
+    def watch(self, caller: wasmtime.Caller) -> _Watch:
+        watch = self.watches.get(_context_address(caller))
+        if watch is None:  # every WASI run registers its store before instantiating
+            raise wasmtime.Trap("internal error: a WASI host call from a store that is not running")
+        return watch
+
+    def poll_oneoff(
+        self, caller: wasmtime.Caller, subs_ptr: int, events_ptr: int, count: int, nevents_ptr: int
+    ) -> int:
+        watch = self.watch(caller)
+        memory = _GuestMemory(caller)
+        count &= 0xFFFFFFFF
+        try:
+            wasip1_poll.check_count(count)
+            raw = memory.read_upto(subs_ptr, count * wasip1_poll.SUBSCRIPTION_SIZE, wasip1_poll.ALIGN)
+            subs = wasip1_poll.decode_subscriptions(raw, count)
+        except wasip1_poll.PollError as e:
+            return e.errno
+        except wasip1_poll.Truncated as e:
+            raise wasmtime.Trap(str(e)) from None
+        now = time.monotonic_ns()
+        due = wasip1_poll.deadlines(subs, now, time.time_ns(), watch.wasi_origin_ns)
+        wake = min(due)
+        if wake > now and watch.sleep_until(wake / 1e9) is not None:
+            # Stopped or out of time: the guest's next epoch check (a call or loop) ends the run with
+            # the reason, as for a guest busy in wasm code; EINTR is all it sees before that.
+            ffi.wasmtime_context_set_epoch_deadline(caller._context(), 0)
+            return wasip1_poll.ERRNO_INTR
+        events = wasip1_poll.ready_events(subs, due, max(wake, time.monotonic_ns()))
+        memory.write(events_ptr, wasip1_poll.encode_events(events), wasip1_poll.ALIGN)
+        memory.write(nevents_ptr, struct.pack("<I", len(events)), 4)
+        return wasip1_poll.ERRNO_SUCCESS
+
+    def clock_time_get(self, caller: wasmtime.Caller, clock_id: int, _precision: int, out_ptr: int) -> int:
+        watch = self.watch(caller)
+        try:
+            value = wasip1_poll.clock_now(
+                clock_id & 0xFFFFFFFF, time.monotonic_ns(), time.time_ns(), watch.wasi_origin_ns
+            )
+        except wasip1_poll.PollError as e:
+            return e.errno
+        except wasip1_poll.InvalidClock as e:
+            raise wasmtime.Trap(str(e)) from None
+        _GuestMemory(caller).write(out_ptr, struct.pack("<Q", value), 8)
+        return wasip1_poll.ERRNO_SUCCESS
 
 
 def _context_address(store: wasmtime.Store | wasmtime.Caller) -> int:
