@@ -25,7 +25,8 @@ import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime import component as cm
 
-from proplets.runtime import wasip1_poll, wave
+from proplets import egress
+from proplets.runtime import wasi_http, wasip1_poll, wave
 from proplets.runtime.api import STREAM_INTERVAL_S, CancelToken, Limits, RunKind, RunOutcome, RunRequest
 from proplets.runtime.cache import ArtifactCache
 from proplets.runtime.component import UnsupportedComponentType, lift, lower, to_wave_type
@@ -215,6 +216,7 @@ class WasmtimeRuntime:
         self.components: ArtifactCache[cm.Component] = ArtifactCache(namespace, cache_dir, entries)
         self._prepared: OrderedDict[str, _PreparedCore] = OrderedDict()
         self._prepared_lock = threading.Lock()
+        self._http_gate_component: cm.Component | None = None  # built on the first wasi:http guest
         # Linkers are immutable after this and shared by every run (WASI state lives in each Store).
         self._core_linker = wasmtime.Linker(self.engine)
         self._wasi_linker = wasmtime.Linker(self.engine)
@@ -531,6 +533,12 @@ class WasmtimeRuntime:
 
     # -- components ----------------------------------------------------------------------------------
 
+    def _http_gate(self) -> cm.Component:
+        with self._prepared_lock:
+            if self._http_gate_component is None:
+                self._http_gate_component = wasi_http.compile_gate(self.engine)
+            return self._http_gate_component
+
     def _call_component(
         self,
         req: RunRequest,
@@ -540,16 +548,15 @@ class WasmtimeRuntime:
         watch: _Watch,
         notes: list[str],
     ) -> tuple[RunKind, str, int | None]:
-        http = sorted(n for n in component.type.imports(self.engine) if n.startswith("wasi:http/"))
-        if http:
-            raise _RunError(
-                f"component cannot be instantiated on this proplet: it imports {', '.join(http)}, and "
-                "wasi:http (outgoing HTTP) is not offered: wasmtime-py's wasi:http cannot check each "
-                "request against the host allow-list (--fetch-allow); elastic:hal/sockets is checked"
-            )
+        imports = list(component.type.imports(self.engine))
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
         store.set_wasi(_wasi_config(req, io))
+        if any(n.startswith("wasi:http/") for n in imports):
+            egress_entries = req.hal.egress if req.hal is not None else egress.DEFAULT_ENTRIES
+            policy = egress.EgressPolicy(egress_entries)
+            gate = wasi_http.HttpGate(self.engine, self._http_gate(), policy, notes.append, watch.deadline)
+            gate.link(linker, store, imports)
         hal_run = None
         if hal.imports_hal(component, self.engine):
             options = req.hal or HalOptions(str(default_root() / _safe(req.task_id)))
