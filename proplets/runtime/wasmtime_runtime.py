@@ -343,6 +343,7 @@ class WasmtimeRuntime:
         if not is_wasm(req.wasm):
             return RunOutcome("", "not a WebAssembly binary (missing \\0asm header)", kind=kind)
         cache = self.components if kind == "component" else self.modules
+        compile_start = time.monotonic()
         try:
             artifact: Any = (
                 self.compile_component(req.wasm) if kind == "component" else self._prepare_core(req.wasm)
@@ -352,6 +353,9 @@ class WasmtimeRuntime:
                 "", f"invalid wasm {kind}: {_cause(e)}", kind=kind, duration_s=time.monotonic() - start
             )
         notes = [f"{kind} {cache.last_source()}" if cache.last_source() else kind]
+        compile_s = time.monotonic() - compile_start
+        if compile_s >= 1.0:  # the wall-time limit counts it: say where the time went
+            notes[0] += f" in {compile_s:.1f} s"
         lim = req.limits
         deadline = None if lim.timeout_s is None else start + lim.timeout_s
         if isinstance(artifact, _PreparedCore) and not artifact.wasi:
