@@ -282,7 +282,9 @@ class ManagerService:
         self.store.fence = self.lease.lease.fence(epoch)
         await self.store.refresh_seq()
         await self._restore()
+        restored = self.now()
         await self._connect_broker()
+        connected = self.now()
         if not self.lease.is_leader():
             return  # lost it while restoring; _deposed has run
         self.serving = True
@@ -295,6 +297,8 @@ class ManagerService:
                     "epoch": epoch,
                     "tasks": len(self.engine.tasks),
                     "took_s": round(self.now() - started, 3),
+                    "restore_s": round(restored - started, 3),
+                    "connect_s": round(connected - restored, 3),
                 }
             )
         )
