@@ -9,7 +9,6 @@ The broker is a private Mosquitto (so it outlives both managers), the schema is 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import json
@@ -29,7 +28,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import wasmtime
 
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttClient
@@ -37,17 +35,10 @@ from orchestrator.bench_restore import fill
 from proplets.agent import AgentSettings, PropletAgent
 from tests.conftest import free_port
 from tests.fixtures.store import PgSchema
+from tests.integration.conftest import WORK
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-WORK = base64.b64encode(
-    wasmtime.wat2wasm("""
-(module (func (export "work") (param i32) (result i32) (local i32)
-  (loop (local.set 1 (i32.add (local.get 1) (i32.const 1)))
-        (br_if 0 (i32.lt_u (local.get 1) (local.get 0))))
-  (local.get 1)))
-""")
-).decode()
 TTL = float(
     os.environ.get("PROPELLER_TEST_LEASE_TTL", "2")
 )  # --lease-ttl of the test managers: takeover within about TTL + TTL/10 + restore
