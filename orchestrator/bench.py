@@ -131,6 +131,7 @@ class E2EResult:
     tasks: int
     concurrency: int
     submit: str = "start"  # start: POST /tasks with start:true; two: + POST /start; batch: /tasks/batch
+    broker_config: str = ""
     completed: int = 0
     errors: int = 0
     seconds: float = 0.0
@@ -268,6 +269,7 @@ class Cluster:
     channel: str
     manager_pid: int
     proplets_pids: tuple[int, ...]  # the process(es) running the proplets
+    broker_config: str = ""  # which broker configuration the run used (describe_mosquitto)
 
 
 @contextlib.asynccontextmanager
@@ -279,22 +281,38 @@ async def cluster(
     heartbeat: float = 1.0,
     profile: str | None = None,
     procs: int = 1,
+    mosquitto: str = "shared",
 ) -> AsyncIterator[Cluster]:
     """Manager (+ embedded broker) and ``proplets`` Python proplets, all alive, on a fresh domain.
     ``split``: the proplets run in ``procs`` processes (as evenly as they divide), like the worker
-    processes of a Celery pool, so they can use every core."""
+    processes of a Celery pool, so they can use every core. ``mosquitto``: ``shared`` is the broker at
+    ``MOSQUITTO_URL`` as it is configured; ``private`` starts one for this run on an ephemeral port with
+    the recommended configuration (``MOSQUITTO_TUNING``)."""
     if broker not in ("embedded", "mosquitto"):
         raise ValueError(f"broker must be 'embedded' or 'mosquitto', got {broker!r}")
     if layout not in ("split", "inprocess"):
         raise ValueError(f"layout must be 'split' or 'inprocess', got {layout!r}")
+    if mosquitto not in ("shared", "private"):
+        raise ValueError(f"mosquitto must be 'shared' or 'private', got {mosquitto!r}")
     domain, channel = f"bench-{uuid.uuid4().hex[:10]}", "c"  # Mosquitto is shared: a domain per run
-    if broker == "embedded":
-        port = free_port() if layout == "split" else 0
-        manager_broker, client_broker = f"embedded://127.0.0.1:{port}", f"mqtt://127.0.0.1:{port}"
-    else:
-        manager_broker = client_broker = MOSQUITTO_URL
     prefix = f"{domain}-p"
     async with contextlib.AsyncExitStack() as stack:
+        if broker == "embedded":
+            port = free_port() if layout == "split" else 0
+            manager_broker, client_broker = f"embedded://127.0.0.1:{port}", f"mqtt://127.0.0.1:{port}"
+            broker_config = "embedded (amqtt in the manager's process; asyncio sets TCP_NODELAY)"
+        elif mosquitto == "private":
+            from orchestrator.enrollment import MOSQUITTO_TUNING
+            from twin.services import Broker
+
+            private = Broker("mosquitto", tmp, tuning=MOSQUITTO_TUNING)
+            await private.start()
+            stack.push_async_callback(private.stop, signal.SIGTERM)
+            manager_broker = client_broker = private.url
+            broker_config = describe_mosquitto(private.url)
+        else:
+            manager_broker = client_broker = MOSQUITTO_URL
+            broker_config = describe_mosquitto(MOSQUITTO_URL)
         if layout == "split":
             api_port = free_port()
             manager = Child(
@@ -353,7 +371,39 @@ async def cluster(
             return sum(1 for p in page["proplets"] if p["alive"] and p["id"].startswith(prefix)) >= proplets
 
         await _until(all_alive, 30 + proplets * 0.5, f"{proplets} proplets to be alive", *guards)
-        yield Cluster(api, client_broker, domain, channel, manager_pid, proplets_pids)
+        yield Cluster(api, client_broker, domain, channel, manager_pid, proplets_pids, broker_config)
+
+
+# The Mosquitto settings that change these figures, with Mosquitto 2.0's defaults.
+MOSQUITTO_SETTINGS = {
+    "set_tcp_nodelay": "false",
+    "max_inflight_messages": "20",
+    "max_queued_messages": "1000",
+}
+
+
+def describe_mosquitto(url: str) -> str:
+    """Which configuration the Mosquitto serving ``url`` runs with, as far as this machine shows it:
+    the process listening there, its ``-c`` file and that file's ``MOSQUITTO_SETTINGS``."""
+    import psutil
+
+    port = url.rsplit(":", 1)[-1].strip("/")
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] != "mosquitto" or "-c" not in cmdline[:-1]:
+            continue
+        try:
+            conf = Path(proc.cwd()) / cmdline[cmdline.index("-c") + 1]  # as given: maybe relative
+            lines = [line.split() for line in conf.read_text(errors="replace").splitlines()]
+        except (OSError, psutil.Error):
+            continue
+        if any(words[:2] == ["listener", port] for words in lines):
+            said = []
+            for name, default in MOSQUITTO_SETTINGS.items():
+                value = next((w[1] for w in lines if len(w) > 1 and w[0] == name), None)
+                said.append(f"{name} {value}" if value else f"{name} {default} (default)")
+            return f"mosquitto at {url}, pid {proc.pid}, {conf}: {', '.join(said)}"
+    return f"mosquitto at {url}: configuration not visible from here (set_tcp_nodelay unknown)"
 
 
 def proplet_shares(proplets: int, procs: int) -> list[tuple[int, int]]:
@@ -611,6 +661,7 @@ async def run_e2e(
     profile: str | None = None,
     py_spy: str | None = None,
     proplet_procs: int = 1,
+    mosquitto: str = "shared",
 ) -> E2EResult:
     if proplets < 1 or tasks < 1 or concurrency < 1:
         raise ValueError(
@@ -619,7 +670,10 @@ async def run_e2e(
     result = E2EResult(broker, proplets, layout, tasks, concurrency, submit)
     module = add_module_b64()
     with tempfile.TemporaryDirectory(prefix="propeller-bench-") as tmp:
-        async with cluster(broker, proplets, layout, Path(tmp), profile=profile, procs=proplet_procs) as c:
+        async with cluster(
+            broker, proplets, layout, Path(tmp), profile=profile, procs=proplet_procs, mosquitto=mosquitto
+        ) as c:
+            result.broker_config = c.broker_config
             await warm_up(c, proplets, module)
             if rtt_messages > 0:
                 topic = f"bench-rtt/{c.domain}/echo"
@@ -906,7 +960,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
                 r = asyncio.run(
                     run_e2e(
                         broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages,
-                        args.submit, profile, spy, args.proplet_procs or os.cpu_count() or 1,
+                        args.submit, profile, spy, args.proplet_procs or os.cpu_count() or 1, args.mosquitto,
                     )
                 )  # fmt: skip
                 results.append(r)
@@ -920,6 +974,8 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, TimeoutError, ValueError) as err:
         print(f"propeller bench e2e: {err}", file=sys.stderr)
         return 1
+    for config in dict.fromkeys(r.broker_config for r in results):
+        print(f"broker: {config}")
     print(e2e_table(results))
     if celery:
         print()
@@ -1008,6 +1064,12 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     e = bsub.add_parser("e2e", help="tasks/s and latency, API submit -> result stored")
     e.add_argument("--proplets", type=_int_list, default=[1, 10, 50], help="comma-separated counts")
     e.add_argument("--broker", choices=["embedded", "mosquitto", "both"], default="both", help="broker(s)")
+    e.add_argument(
+        "--mosquitto", choices=["shared", "private"], default="shared",
+        help="shared: the Mosquitto at PROPELLER_BENCH_MOSQUITTO as configured (the output says how, when"
+        " it can see); private: one started for the run on an ephemeral port with the recommended"
+        " configuration (set_tcp_nodelay true)",
+    )  # fmt: skip
     e.add_argument("--tasks", type=_positive, default=500, help="tasks per measurement")
     e.add_argument("--concurrency", type=_positive, default=16, help="tasks in flight at once")
     e.add_argument("--layout", choices=["split", "inprocess"], default="split",

@@ -287,11 +287,13 @@ class PropletEngine:
 
     def shutting_down(self, now: float) -> None:
         """An orderly shutdown, before the driver's DISCONNECT (which makes the broker discard the
-        will): announce ``offline`` as the will would have, so the manager knows at once rather than
-        at its liveness timeout (design §7, clean shutdown)."""
+        will): announce ``offline`` as the will would have (marked ``leaving``), so the manager knows at
+        once rather than at its liveness timeout (design §7, clean shutdown)."""
         if self.connected:
-            topic, payload = self.last_will()
-            self._commands.append(Publish(topic, payload, self.config.qos))
+            hb = wire.Heartbeat(self.config.proplet_id, "offline", self.config.namespace, leaving=True)
+            self._commands.append(
+                Publish(self.topics.alive, wire.encode(hb, self.config.profile), self.config.qos)
+            )
         self.on_disconnected(now)
 
     def on_disconnected(self, now: float) -> None:

@@ -73,7 +73,7 @@ class ManagerObserver:
 
     def on_event(self, event: Mapping[str, Any], t: float) -> None:
         name = event["event"]
-        if name in ("proplet_alive", "proplet_dead"):
+        if name in ("proplet_alive", "proplet_dead", "proplet_left"):  # left: a clean stop
             device = self.device(str(event.get("proplet_id", "")))
             alive = name == "proplet_alive"
             self._alive[device] = alive

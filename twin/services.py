@@ -159,10 +159,11 @@ class Broker:
 
     def __init__(
         self, kind: str, work_dir: Path, host: str = "127.0.0.1", port: int | None = None,
-        identities: Path | None = None,
+        identities: Path | None = None, tuning: str = "",
     ) -> None:  # fmt: skip
         """``identities``: the run's manager database, whose enrolled identities the (closed) broker
-        admits (twin/identities.py); None runs an OPEN broker."""
+        admits (twin/identities.py); None runs an OPEN broker. ``tuning``: more mosquitto.conf lines
+        (``propeller bench e2e --mosquitto private`` adds the recommended ``MOSQUITTO_TUNING``)."""
         if kind not in ("embedded", "mosquitto"):
             raise ValueError(f"broker must be 'embedded' or 'mosquitto', got {kind!r}")
         self.kind, self.host = kind, host
@@ -188,7 +189,7 @@ class Broker:
                 f"listener {self.port} {host}\n{access}"
                 f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
                 "max_inflight_messages 100\npersistence false\nmax_keepalive 65535\n"
-                "log_dest stdout\nlog_type error\nlog_type warning\n",
+                f"log_dest stdout\nlog_type error\nlog_type warning\n{tuning}",
                 encoding="utf-8",
             )
             argv = [exe, "-c", str(conf)]

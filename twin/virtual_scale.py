@@ -106,7 +106,7 @@ async def run_virtual_point(
     deaths: list[str] = []
 
     def on_event(event: Mapping[str, Any], _t: float) -> None:  # the manager's view: only its deaths
-        if event.get("event") == "proplet_dead":
+        if event.get("event") in ("proplet_dead", "proplet_left"):
             deaths.append(str(event.get("proplet_id")))
 
     # An open broker model: the benchmark measures the transport and the manager, not enrollment

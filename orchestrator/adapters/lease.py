@@ -17,15 +17,15 @@ Why a lease row with an expiry, and not a session-level advisory lock on a dedic
 - It survives connection poolers (PgBouncer in transaction mode breaks session locks) and needs no
   connection pinned for the process's lifetime.
 
-The price is the takeover time after a kill -9: up to one ``ttl`` (default 5 s) plus a standby poll,
-instead of near zero; ``--lease-ttl`` trades it against tolerance of database hiccups. Expiry uses the
-database's clock only, so the managers' wall clocks need not agree.
+The price is the takeover time after a kill -9: up to one ``ttl`` (default 5 s) plus an acquire round
+trip (a standby tries again the moment the lease it saw expires), instead of near zero; ``--lease-ttl``
+trades it against tolerance of database hiccups. Expiry uses the database's clock only, so the
+managers' wall clocks need not agree.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -33,6 +33,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,9 +50,14 @@ _ENSURE = sa.text(
     "INSERT INTO leader_lease (name, holder, epoch, expires_at) VALUES (:name, '', 0, 0) "
     "ON CONFLICT (name) DO NOTHING"
 )
+# One statement both tries to take the lease and reads who holds it for how long (the row as it was
+# when the statement started): a refused standby learns when to try next without a second round trip.
 _ACQUIRE = sa.text(
+    "WITH acquired AS ("
     f"UPDATE leader_lease SET holder = :holder, epoch = epoch + 1, expires_at = {_NOW} + :ttl, "
-    f"acquired_at = {_NOW} WHERE name = :name AND expires_at < {_NOW} RETURNING epoch"
+    f"acquired_at = {_NOW} WHERE name = :name AND expires_at < {_NOW} RETURNING epoch) "
+    f"SELECT (SELECT epoch FROM acquired), holder, epoch, expires_at - {_NOW} "
+    "FROM leader_lease WHERE name = :name"
 )
 _RENEW = sa.text(
     f"UPDATE leader_lease SET expires_at = {_NOW} + :ttl "
@@ -72,6 +78,14 @@ def default_holder() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What one acquire statement found."""
+
+    epoch: int | None  # the new epoch if the lease is now ours
+    held: tuple[str, int, float]  # (holder, epoch, seconds it had left) as the statement found the row
+
+
 class PgLease:
     """The SQL of one lease row. ``ttl`` is sent with each statement; expiry is the database's clock."""
 
@@ -86,13 +100,15 @@ class PgLease:
         async with self.store.sa_engine.begin() as conn:
             await conn.execute(_ENSURE, {"name": self.name})
 
-    async def acquire(self, ttl: float) -> int | None:
-        """The new epoch if the lease was free (expired) and is now ours, else None."""
+    async def acquire(self, ttl: float) -> Attempt:
+        """Take the lease if it is free (expired); either way, who held it and for how long."""
         async with self.store.sa_engine.begin() as conn:
             row = (
                 await conn.execute(_ACQUIRE, {"name": self.name, "holder": self.holder, "ttl": ttl})
             ).first()
-        return None if row is None else int(row[0])
+        if row is None:  # ensure() was not run: nobody holds a lease that does not exist
+            return Attempt(None, ("", 0, 0.0))
+        return Attempt(None if row[0] is None else int(row[0]), (str(row[1]), int(row[2]), float(row[3])))
 
     async def renew(self, epoch: int, ttl: float) -> bool:
         params = {"name": self.name, "holder": self.holder, "epoch": epoch, "ttl": ttl}
@@ -186,13 +202,12 @@ class LeaseKeeper:
         was = core.role
         try:
             if action is Action.ACQUIRE:
-                epoch = await asyncio.wait_for(self.lease.acquire(ttl), ttl / 2)
-                if epoch is None:
-                    core.refused(self.now())
-                    with contextlib.suppress(Exception):
-                        self.leader_seen = await asyncio.wait_for(self.lease.current(), ttl / 2)
+                attempt = await asyncio.wait_for(self.lease.acquire(ttl), ttl / 2)
+                if attempt.epoch is None:
+                    self.leader_seen = attempt.held
+                    core.refused(self.now(), attempt.held[2])
                 else:
-                    core.granted(epoch, self.now())
+                    core.granted(attempt.epoch, self.now())
             else:
                 renewed = await asyncio.wait_for(self.lease.renew(core.epoch, ttl), ttl / 2)
                 if renewed:

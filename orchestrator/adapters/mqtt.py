@@ -16,6 +16,14 @@ embedded broker in the same loop, hundreds of back-to-back connects fill the bro
 runs inside paho, blocking for at most one round trip bounded by `connect_timeout` (the embedded broker
 does not serve TLS, so it cannot deadlock on itself).
 
+Why every read ends with ``TCP_QUICKACK`` (Linux): a broker that leaves Nagle's algorithm on (Mosquitto's
+default, ``set_tcp_nodelay false``) holds a small message for us while an earlier one it sent us is not
+yet ACKed at TCP level, and our kernel delays that ACK by up to 40 ms when we have nothing to send back.
+A result then reached the manager ~40 ms late (docs/benchmarks.md). Setting ``TCP_QUICKACK`` after each
+read sends a pending ACK at once, so the broker's next message leaves without waiting; our own sockets
+already set ``TCP_NODELAY``. A broker with ``set_tcp_nodelay true`` (recommended: docs/trust.md, "Mosquitto")
+needs neither, but other clients of the same broker (firmware, upstream proplets) still gain from it.
+
 Semantics a caller relies on:
 - `connect()` raises `MqttError` naming host:port and the reason (refused, not authorised, timeout).
   Automatic reconnection (capped, jittered exponential backoff from the injected rng) starts only after
@@ -59,6 +67,9 @@ __all__ = ["BrokerUrl", "MqttClient", "MqttError", "TlsOptions", "Will", "parse_
 
 log = logging.getLogger(__name__)
 
+# Linux only (see the module docstring); elsewhere reads just skip it.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
 
 class MqttError(Exception):
     """An MQTT operation failed; the message names the broker and the reason."""
@@ -98,6 +109,12 @@ class TlsOptions:
                 raise ValueError(f"TLS options: {name} {path!r} does not exist")
 
 
+def _ack_now(sock: Any) -> None:
+    """ACK what ``sock`` (paho's socket, TLS or not) has read at once, not after the delayed-ACK timer."""
+    if sock is None or _TCP_QUICKACK is None:
+        return
+    with contextlib.suppress(OSError):  # a socket closed by this very read
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
 def _check_qos(qos: int) -> None:
@@ -515,6 +532,7 @@ class MqttClient:
         try:
             self._paho.loop_read()
             sock = self._paho.socket()
+            _ack_now(sock)
             # TLS can hold decrypted bytes that epoll does not see; drain them now.
             while isinstance(sock, ssl.SSLSocket) and sock.pending() and not self._silenced:
                 self._paho.loop_read()

@@ -529,7 +529,8 @@ class Engine:
         if msg.status == "offline":
             proplet = self.proplets.get(msg.proplet_id)
             if proplet is not None:
-                self._mark_dead(proplet, "last will: offline", now, wall)
+                reason = LEFT_REASON if msg.leaving else "last will: offline"
+                self._mark_dead(proplet, reason, now, wall)
             return
         proplet, _ = self._sighting(msg.proplet_id, now, wall)
         if msg.namespace and proplet.namespace != msg.namespace:
@@ -1203,7 +1204,10 @@ class Engine:
             proplet.alive = False
             self._disown(proplet.id)
             self.counters["proplets_died"] += 1
-            self._log("proplet_dead", "warning", proplet_id=proplet.id, reason=reason)
+            if reason == LEFT_REASON:  # an orderly stop is news, not a warning
+                self._log("proplet_left", proplet_id=proplet.id, reason=reason)
+            else:
+                self._log("proplet_dead", "warning", proplet_id=proplet.id, reason=reason)
             self._proplet_event(
                 proplet.id, wall, "died", reason, running=len(self._running_on.get(proplet.id, {}))
             )
@@ -1635,6 +1639,8 @@ class Engine:
 
 # Our proplets send pieces of at most 64 KiB; anything far larger is not a live log piece.
 MAX_LOG_PIECE_CHARS = 256 * 1024
+# Why a proplet that stopped cleanly (its own ``offline``, marked ``leaving``) is no longer alive.
+LEFT_REASON = "left: clean shutdown"
 
 
 def snapshot(task: Task) -> Task:

@@ -14,8 +14,13 @@ it. After that instant, unless a renewal sent later succeeded, the leader stops 
 So two managers never both believe they lead; and writes carry the epoch, so even a leader paused for
 longer than the lease (a stopped process, a blocked loop) cannot commit after it was replaced.
 
-A standby tries to acquire every ``poll`` seconds; the takeover bound after the leader dies is
-``ttl + poll`` plus the time to restore from the store and connect to the broker.
+A standby tries to acquire every ``poll`` seconds, and also at the instant the lease it was refused
+expires: a refused attempt reports how long the holder's lease has left (by the database's clock), and
+the next attempt is due then if that is sooner than ``poll``. So after a leader dies (its last renewal
+at most ``renew_every`` before), the standby tries within one statement round trip of the expiry, not
+up to a whole ``poll`` later: the takeover bound is ``ttl`` plus one acquire round trip, plus the time
+to restore from the store and connect to the broker. ``poll`` still bounds the wait for a lease that was
+released early (a clean stop sets its expiry to 0).
 """
 
 from __future__ import annotations
@@ -56,6 +61,11 @@ class LeaseConfig:
     @property
     def poll(self) -> float:
         return max(0.05, self.ttl / 10)
+
+    @property
+    def retry_gap(self) -> float:
+        """The least time between a refusal and the next attempt (the expiry estimate may be early)."""
+        return min(self.poll, 0.01)
 
 
 class LeaseCore:
@@ -113,13 +123,20 @@ class LeaseCore:
         self._valid_until = sent_at + self.config.ttl - self.config.margin
         self._next_renew = sent_at + self.config.renew_every
 
-    def refused(self, now: float) -> None:
-        """The statement in flight found the lease held by another manager."""
-        self._take_sent(now)
+    def refused(self, now: float, expires_in: float | None = None) -> None:
+        """The statement in flight found the lease held by another manager.
+
+        ``expires_in``: how long that lease had left when the database ran the statement, if it said.
+        The statement ran after it was sent, so ``sent + expires_in`` is at or before the expiry on our
+        clock: trying then is at worst early by one round trip, and the refusal that answers it carries
+        the few milliseconds still left.
+        """
+        sent_at = self._take_sent(now)
         if self.role is Role.LEADER:
             self.step_down("another manager holds the lease")
         elif self.role is Role.STANDBY:
-            self._next_try = now + self.config.poll
+            wait = self.config.poll if expires_in is None else min(self.config.poll, expires_in)
+            self._next_try = max(sent_at + wait, now + self.config.retry_gap)
 
     def failed(self, now: float) -> None:
         """The statement in flight failed (database unreachable, timeout): try again soon."""

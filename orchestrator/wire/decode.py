@@ -58,7 +58,8 @@ def _heartbeat(o: Obj) -> m.Heartbeat:
     if status not in m.HEARTBEAT_STATUSES:
         o.fail("status", f"must be 'alive' or 'offline', got {status[:40]!r}")
     running = o.text_list("running") if o.raw("running") is not None else None
-    return m.Heartbeat(o.text("proplet_id", required=True), status, o.text("namespace"), running)  # type: ignore[arg-type]
+    pid, namespace, leaving = o.text("proplet_id", required=True), o.text("namespace"), o.flag("leaving")
+    return m.Heartbeat(pid, status, namespace, running, leaving)  # type: ignore[arg-type]
 
 
 def _inputs(o: Obj) -> tuple[str | int | float, ...]:

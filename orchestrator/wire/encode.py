@@ -145,6 +145,8 @@ def _heartbeat(msg: m.Heartbeat, profile: Profile) -> dict[str, Any]:
         out = {"proplet_id": pid, "status": msg.status, "namespace": ns}
     if msg.running is not None:
         out["running"] = [_need_text(r, "running", required=True) for r in msg.running]
+    if msg.leaving:
+        out["leaving"] = True
     return out
 
 

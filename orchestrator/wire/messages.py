@@ -100,6 +100,10 @@ class Heartbeat:
     # Our extension: ids of the tasks the proplet is running now (None = sender does not say), so the
     # manager can notice a task whose start or result was lost. Upstream managers ignore the key.
     running: tuple[str, ...] | None = None
+    # Our extension: true on the ``offline`` a proplet publishes itself at a clean stop (a broker's
+    # Last Will never carries it), so the manager can tell a shutdown from a death in its log and
+    # timelines. Either way the proplet is gone and its tasks move. Upstream managers ignore the key.
+    leaving: bool = False
 
     def __post_init__(self) -> None:
         if self.running is not None:

@@ -138,7 +138,8 @@ class RunOutcome:
 
 
 class CancelToken:
-    """Thread-safe stop flag. The runtime polls it on every epoch tick of a running module."""
+    """Thread-safe stop flag. The runtime polls it on every epoch tick of a running module, and waits
+    on it while the module sleeps in a host call (WASI p1 poll_oneoff, HAL sleep)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()

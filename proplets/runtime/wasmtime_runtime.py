@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -24,7 +25,8 @@ import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime import component as cm
 
-from proplets.runtime import wave
+from proplets import egress
+from proplets.runtime import wasi_http, wasip1_poll, wave
 from proplets.runtime.api import STREAM_INTERVAL_S, CancelToken, Limits, RunKind, RunOutcome, RunRequest
 from proplets.runtime.cache import ArtifactCache
 from proplets.runtime.component import UnsupportedComponentType, lift, lower, to_wave_type
@@ -46,6 +48,8 @@ _EpochCallback = ctypes.CFUNCTYPE(
 )
 _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _NO_FINALIZER = _Finalizer(lambda _p: None)
+_WASI_P1 = "wasi_snapshot_preview1"
+_MAX_WAIT_S = 3600.0  # one wait of a host-call sleep (threading waits overflow on huge timeouts)
 
 
 class _RunError(Exception):
@@ -63,6 +67,7 @@ class _Watch:
     fds: tuple[int, ...] = ()
     reason: str | None = None
     callback: Any = field(default=None, repr=False)
+    wasi_origin_ns: int = 0  # the guest's CLOCK_MONOTONIC zero (time.monotonic_ns() at set_wasi)
     on_output: Any = field(default=None, repr=False)
     live_stdout: bool = False
     streamed: list[int] = field(default_factory=lambda: [0, 0])  # stdout, stderr bytes handed over
@@ -123,6 +128,22 @@ class _Watch:
         reason = self.check()
         if reason is not None and self.reason is None:
             self.reason = reason
+        return reason
+
+    def sleep_until(self, end: float) -> str | None:
+        """Sleep in a host call (WASI p1 poll_oneoff, HAL sleep) until `end` (time.monotonic()), cut
+        short by a stop or the wall-time limit: epoch interruption never reaches a host call. Returns
+        the reason the run must end (recorded as for `poll`), or None when the time came."""
+        while (reason := self.poll()) is None:
+            now = time.monotonic()
+            if now >= end:
+                return None
+            wake = end if self.deadline is None else min(end, self.deadline)
+            wait = min(max(wake - now, 0.0), _MAX_WAIT_S)
+            if self.cancel is not None:
+                self.cancel.wait(wait)  # set by a stop: wakes at once
+            else:
+                time.sleep(wait)
         return reason
 
     def install(self, store: wasmtime.Store) -> None:
@@ -195,10 +216,13 @@ class WasmtimeRuntime:
         self.components: ArtifactCache[cm.Component] = ArtifactCache(namespace, cache_dir, entries)
         self._prepared: OrderedDict[str, _PreparedCore] = OrderedDict()
         self._prepared_lock = threading.Lock()
+        self._http_gate_component: cm.Component | None = None  # built on the first wasi:http guest
         # Linkers are immutable after this and shared by every run (WASI state lives in each Store).
         self._core_linker = wasmtime.Linker(self.engine)
         self._wasi_linker = wasmtime.Linker(self.engine)
         self._wasi_linker.define_wasi()
+        self._wasi_p1 = _WasiP1Host()
+        self._wasi_p1.shadow(self._wasi_linker)
         self.tick_s = tick_s
         self.hal_bus = hal.MessageBus()  # HAL `communication` between this runtime's running tasks
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
@@ -319,6 +343,7 @@ class WasmtimeRuntime:
         if not is_wasm(req.wasm):
             return RunOutcome("", "not a WebAssembly binary (missing \\0asm header)", kind=kind)
         cache = self.components if kind == "component" else self.modules
+        compile_start = time.monotonic()
         try:
             artifact: Any = (
                 self.compile_component(req.wasm) if kind == "component" else self._prepare_core(req.wasm)
@@ -328,6 +353,9 @@ class WasmtimeRuntime:
                 "", f"invalid wasm {kind}: {_cause(e)}", kind=kind, duration_s=time.monotonic() - start
             )
         notes = [f"{kind} {cache.last_source()}" if cache.last_source() else kind]
+        compile_s = time.monotonic() - compile_start
+        if compile_s >= 1.0:  # the wall-time limit counts it: say where the time went
+            notes[0] += f" in {compile_s:.1f} s"
         lim = req.limits
         deadline = None if lim.timeout_s is None else start + lim.timeout_s
         if isinstance(artifact, _PreparedCore) and not artifact.wasi:
@@ -364,6 +392,7 @@ class WasmtimeRuntime:
         memories: list[wasmtime.Memory] = []
         results, exit_code, error = "", None, None
         values: tuple[float, ...] = ()
+        store_address = _context_address(store)
         try:
             store.set_limits(**_store_limits(lim))
             store.set_fuel(fuel)
@@ -373,7 +402,10 @@ class WasmtimeRuntime:
                 assert io is not None
                 kind, results, exit_code = self._call_component(req, artifact, store, io, watch, notes)
             else:
-                kind, results, values, exit_code = self._call_core(req, artifact, store, io, memories, notes)
+                self._wasi_p1.watches[store_address] = watch
+                kind, results, values, exit_code = self._call_core(
+                    req, artifact, store, io, watch, memories, notes
+                )
         except _RunError as e:
             error = str(e)
         except InputError as e:
@@ -386,6 +418,12 @@ class WasmtimeRuntime:
             exit_code = e.code
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             error = self._describe(e, watch, lim, fuel, store, memories)
+        finally:
+            self._wasi_p1.watches.pop(store_address, None)
+        if error is None and watch.reason is None:
+            # A stop or the deadline that came while the guest slept in a host call nothing can cut
+            # short (a component's wasi:io pollable.block): it ended late, but it was stopped.
+            watch.poll()
         try:
             consumed: int | None = fuel - store.get_fuel()
         except wasmtime.WasmtimeError:
@@ -455,11 +493,13 @@ class WasmtimeRuntime:
         prepared: _PreparedCore,
         store: wasmtime.Store,
         io: _Io | None,
+        watch: _Watch,
         memories: list[wasmtime.Memory],
         notes: list[str],
     ) -> tuple[RunKind, str, tuple[float, ...], int | None]:
         if prepared.wasi:
             assert io is not None
+            watch.wasi_origin_ns = time.monotonic_ns()  # where wasmtime's WASI clock starts too
             store.set_wasi(_wasi_config(req, io))
         if prepared.pre is not None:
             instance = prepared.pre.instantiate(store)
@@ -497,6 +537,12 @@ class WasmtimeRuntime:
 
     # -- components ----------------------------------------------------------------------------------
 
+    def _http_gate(self) -> cm.Component:
+        with self._prepared_lock:
+            if self._http_gate_component is None:
+                self._http_gate_component = wasi_http.compile_gate(self.engine)
+            return self._http_gate_component
+
     def _call_component(
         self,
         req: RunRequest,
@@ -506,20 +552,21 @@ class WasmtimeRuntime:
         watch: _Watch,
         notes: list[str],
     ) -> tuple[RunKind, str, int | None]:
-        http = sorted(n for n in component.type.imports(self.engine) if n.startswith("wasi:http/"))
-        if http:
-            raise _RunError(
-                f"component cannot be instantiated on this proplet: it imports {', '.join(http)}, and "
-                "wasi:http (outgoing HTTP) is not offered: wasmtime-py's wasi:http cannot check each "
-                "request against the host allow-list (--fetch-allow); elastic:hal/sockets is checked"
-            )
+        imports = list(component.type.imports(self.engine))
         linker = cm.Linker(self.engine)
         linker.add_wasip2()
         store.set_wasi(_wasi_config(req, io))
+        if any(n.startswith("wasi:http/") for n in imports):
+            egress_entries = req.hal.egress if req.hal is not None else egress.DEFAULT_ENTRIES
+            policy = egress.EgressPolicy(egress_entries)
+            gate = wasi_http.HttpGate(self.engine, self._http_gate(), policy, notes.append, watch.deadline)
+            gate.link(linker, store, imports)
         hal_run = None
         if hal.imports_hal(component, self.engine):
             options = req.hal or HalOptions(str(default_root() / _safe(req.task_id)))
-            hal_run = hal.HalRun(req.task_id, options, self.hal_bus, watch.poll, req.limits.memory_bytes)
+            hal_run = hal.HalRun(
+                req.task_id, options, self.hal_bus, watch.sleep_until, req.limits.memory_bytes
+            )
         try:
             if hal_run is not None:
                 hal.link(linker, component, self.engine, hal_run)
@@ -734,6 +781,110 @@ def _wasi_config(req: RunRequest, io: _Io) -> wasmtime.WasiConfig:
     for d in req.dirs:
         w.preopen_dir(d.host_path, d.guest_path)
     return w
+
+
+class _WasiP1Host:
+    """Our WASI p1 `poll_oneoff` (and `clock_time_get`, the clock it measures against), shadowing
+    wasmtime's so that a stop or the wall-time limit ends a guest sleeping in it (wasip1_poll says
+    what they do). A class of its own, not runtime methods: the linker keeps these functions alive
+    for as long as the process, and they must not keep a closed runtime and its caches alive too."""
+
+    def __init__(self) -> None:
+        self.watches: dict[int, _Watch] = {}  # running stores by context address (`_context_address`)
+
+    def shadow(self, linker: wasmtime.Linker) -> None:
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.allow_shadowing = True
+        linker.define_func(
+            _WASI_P1, "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]), self.poll_oneoff,
+            access_caller=True,
+        )  # fmt: skip
+        linker.define_func(
+            _WASI_P1, "clock_time_get", wasmtime.FuncType([i32, i64, i32], [i32]), self.clock_time_get,
+            access_caller=True,
+        )  # fmt: skip
+        linker.allow_shadowing = False
+
+    def watch(self, caller: wasmtime.Caller) -> _Watch:
+        watch = self.watches.get(_context_address(caller))
+        if watch is None:  # every WASI run registers its store before instantiating
+            raise wasmtime.Trap("internal error: a WASI host call from a store that is not running")
+        return watch
+
+    def poll_oneoff(
+        self, caller: wasmtime.Caller, subs_ptr: int, events_ptr: int, count: int, nevents_ptr: int
+    ) -> int:
+        watch = self.watch(caller)
+        memory = _GuestMemory(caller)
+        count &= 0xFFFFFFFF
+        try:
+            wasip1_poll.check_count(count)
+            raw = memory.read_upto(subs_ptr, count * wasip1_poll.SUBSCRIPTION_SIZE, wasip1_poll.ALIGN)
+            subs = wasip1_poll.decode_subscriptions(raw, count)
+        except wasip1_poll.PollError as e:
+            return e.errno
+        except wasip1_poll.Truncated as e:
+            raise wasmtime.Trap(str(e)) from None
+        now = time.monotonic_ns()
+        due = wasip1_poll.deadlines(subs, now, time.time_ns(), watch.wasi_origin_ns)
+        wake = min(due)
+        if wake > now and watch.sleep_until(wake / 1e9) is not None:
+            # Stopped or out of time: the guest's next epoch check (a call or loop) ends the run with
+            # the reason, as for a guest busy in wasm code; EINTR is all it sees before that.
+            ffi.wasmtime_context_set_epoch_deadline(caller._context(), 0)
+            return wasip1_poll.ERRNO_INTR
+        events = wasip1_poll.ready_events(subs, due, max(wake, time.monotonic_ns()))
+        memory.write(events_ptr, wasip1_poll.encode_events(events), wasip1_poll.ALIGN)
+        memory.write(nevents_ptr, struct.pack("<I", len(events)), 4)
+        return wasip1_poll.ERRNO_SUCCESS
+
+    def clock_time_get(self, caller: wasmtime.Caller, clock_id: int, _precision: int, out_ptr: int) -> int:
+        watch = self.watch(caller)
+        try:
+            value = wasip1_poll.clock_now(
+                clock_id & 0xFFFFFFFF, time.monotonic_ns(), time.time_ns(), watch.wasi_origin_ns
+            )
+        except wasip1_poll.PollError as e:
+            return e.errno
+        except wasip1_poll.InvalidClock as e:
+            raise wasmtime.Trap(str(e)) from None
+        _GuestMemory(caller).write(out_ptr, struct.pack("<Q", value), 8)
+        return wasip1_poll.ERRNO_SUCCESS
+
+
+def _context_address(store: wasmtime.Store | wasmtime.Caller) -> int:
+    """The address of a store's context: the same for the Store and for a Caller inside it."""
+    return ctypes.addressof(store._context().contents)
+
+
+class _GuestMemory:
+    """The calling module's `memory`, read and written the way wasmtime's WASI does: a pointer out
+    of bounds or misaligned traps the guest (it is not an errno)."""
+
+    def __init__(self, caller: wasmtime.Caller) -> None:
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise wasmtime.Trap("missing required memory export")
+        self.caller = caller
+        self.memory = memory
+
+    def _check(self, ptr: int, size: int, align: int) -> int:
+        ptr &= 0xFFFFFFFF
+        if ptr % align:
+            raise wasmtime.Trap(f"Pointer not aligned to {align}: Region {{ start: {ptr}, len: {size} }}")
+        if ptr + size > self.memory.data_len(self.caller):
+            raise wasmtime.Trap(f"Pointer out of bounds: Region {{ start: {ptr}, len: {size} }}")
+        return ptr
+
+    def read_upto(self, ptr: int, size: int, align: int) -> bytes:
+        """At most `size` bytes from `ptr`: fewer where memory ends (the caller decides if that traps)."""
+        start = self._check(ptr, 0, align)
+        return bytes(self.memory.read(self.caller, start, start + size))
+
+    def write(self, ptr: int, data: bytes, align: int) -> None:
+        start = self._check(ptr, len(data), align)
+        if data:
+            self.memory.write(self.caller, data, start)
 
 
 def _cause(e: Exception) -> str:

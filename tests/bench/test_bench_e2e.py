@@ -9,8 +9,13 @@ Run the figures with ``pytest tests/bench/test_bench_e2e.py --benchmark-enable``
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import shutil
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +25,7 @@ from orchestrator.bench import (
     E2EResult,
     RoundTrip,
     broker_roundtrip,
+    describe_mosquitto,
     e2e_table,
     histogram_quantile,
     parse_histogram,
@@ -28,6 +34,8 @@ from orchestrator.bench import (
     proplet_shares,
     run_e2e,
 )
+from tests.conftest import free_port
+from tests.support.procs import PrivateMosquitto
 
 TASKS = 10
 
@@ -104,3 +112,32 @@ def test_proplets_are_spread_evenly_over_processes_with_contiguous_ids() -> None
     assert proplet_shares(0, 2) == []
     with pytest.raises(ValueError, match="proplet processes must be >= 1"):
         proplet_shares(4, 0)
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                    reason="needs the mosquitto binary")  # fmt: skip
+def test_private_mosquitto_run_names_the_recommended_config_it_used(tmp_path: Path) -> None:
+    """``--mosquitto private``: a broker of its own with set_tcp_nodelay, and the output says so."""
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "bench", "e2e", "--proplets", "1", "--broker", "mosquitto",
+         "--mosquitto", "private", "--tasks", "5", "--concurrency", "2", "--rtt-messages", "0", "--no-celery",
+         "--output", str(tmp_path / "e2e.json")],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = next(line for line in out.stdout.splitlines() if line.startswith("broker: mosquitto at"))
+    assert "set_tcp_nodelay true" in said and "127.0.0.1:1883" not in said
+    (row,) = json.loads((tmp_path / "e2e.json").read_text())["e2e"]
+    assert row["completed"] == 5 and row["broker_config"] == said.removeprefix("broker: ")
+
+
+def test_describe_mosquitto_reads_the_config_of_the_broker_on_that_port(tmp_path: Path) -> None:
+    broker = PrivateMosquitto(tmp_path)  # its conf leaves set_tcp_nodelay at Mosquitto's default
+    broker.start()
+    try:
+        said = describe_mosquitto(broker.url)
+    finally:
+        broker.stop()
+    assert f"pid {broker.pid}" in said and str(tmp_path / "mosquitto.conf") in said
+    assert "set_tcp_nodelay false (default)" in said and "max_queued_messages 100000" in said
+    assert "not visible" in describe_mosquitto(f"mqtt://127.0.0.1:{free_port()}")

@@ -28,6 +28,17 @@ ADD_WASM = bytes(
     )
 )
 ADD_B64 = base64.b64encode(ADD_WASM).decode()
+# A busy loop, `work(n)`, counting to n in wasm code (so epoch interruption reaches it), as the
+# base64 a task's `file` carries: large inputs keep it running for seconds, long enough for a kill,
+# a stop or a failover to land while it runs.
+WORK = base64.b64encode(
+    wasmtime.wat2wasm("""
+(module (func (export "work") (param i32) (result i32) (local i32)
+  (loop (local.set 1 (i32.add (local.get 1) (i32.const 1)))
+        (br_if 0 (i32.lt_u (local.get 1) (local.get 0))))
+  (local.get 1)))
+""")
+).decode()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

@@ -11,6 +11,7 @@ Residual risks on Mosquitto (documented in docs/trust.md) are asserted as what t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import queue
@@ -33,7 +34,7 @@ from orchestrator.enrollment import enroll_into_store
 from orchestrator.service import ManagerService, ManagerSettings
 from proplets.agent import AgentSettings, PropletAgent, with_identity
 from tests.conftest import free_port
-from tests.integration.conftest import ADD_B64, eventually
+from tests.integration.conftest import ADD_B64, Cluster, eventually
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,8 +49,14 @@ async def _true(value: bool) -> bool:
     return value
 
 
+# The task timeout of this file's fleets (more than Cluster's default: two brokers, enrolled identities).
+TASK_TIMEOUT = 20
+
+
 @dataclass
-class Fleet:
+class Fleet(Cluster):
+    """A ``Cluster`` whose proplets are enrolled through the API, on either broker."""
+
     kind: str  # embedded | mosquitto
     manager: ManagerService
     api: httpx.AsyncClient
@@ -102,7 +109,8 @@ class Fleet:
         doc = self.identities[proplet_id]
         return MqttClient(self.url(doc["username"], doc["password"]), client_id or doc["client_id"], **kw)
 
-    async def add_proplet(self, proplet_id: str) -> PropletAgent:
+    async def add_proplet(self, proplet_id: str, **overrides: Any) -> PropletAgent:
+        """Enrolled through the API; ``overrides``: AgentSettings fields."""
         doc = await self.enroll(proplet_id)
         s = self.manager.settings
         settings = AgentSettings(
@@ -111,7 +119,7 @@ class Fleet:
             heartbeat_interval=s.heartbeat_interval, keepalive=2, cache_dir=str(self.tmp / "cache"),
             wait_for_broker=True, reconnect_min=0.2, reconnect_max=1.0,
         )  # fmt: skip
-        agent = PropletAgent(with_identity(settings, doc))
+        agent = PropletAgent(with_identity(dataclasses.replace(settings, **overrides), doc))
         await agent.start()
         self.agents[proplet_id] = agent
         await eventually(lambda: self.alive(proplet_id), 20, f"{proplet_id} alive")
@@ -119,31 +127,11 @@ class Fleet:
 
     # ---------------------------------------------------------------- observations
 
-    async def alive(self, proplet_id: str, expected: bool = True) -> bool:
-        r = await self.api.get(f"/proplets/{proplet_id}")
-        return r.status_code == 200 and r.json()["alive"] is expected
-
-    async def run_task(self, spec: dict[str, Any], timeout: float = 20) -> dict[str, Any]:
-        created = await self.api.post("/tasks", json=spec)
-        assert created.status_code == 201, created.text
-        task_id = created.json()["id"]
-        started = await self.api.post(f"/tasks/{task_id}/start")
-        assert started.status_code == 200, started.text
-        task: dict[str, Any] = {}
-
-        async def done() -> bool:
-            nonlocal task
-            task = (await self.api.get(f"/tasks/{task_id}")).json()
-            return int(task["state"]) >= 3
-
-        await eventually(done, timeout, f"task {task_id} to finish")
-        return task
-
     async def legit_task_completes(self, on: str | None = None) -> None:
         spec: dict[str, Any] = {"name": "add", "file": ADD, "inputs": [2, 40]}
         if on is not None:
             spec["proplet_id"] = on
-        task = await self.run_task(spec)
+        task = await self.run_task(spec, TASK_TIMEOUT)
         assert (task["state"], task["results"]) == (3, "42"), task
         if on is not None:
             assert task["proplet_id"] == on
@@ -370,7 +358,7 @@ async def test_a_revoked_identity_is_disconnected_and_refused(fleet: Fleet) -> N
         assert fleet.manager.broker is not None and fleet.manager.broker.guard is not None
         assert fleet.manager.broker.guard.counters["revoked_dropped"] == 1
     for _ in range(3):
-        task = await fleet.run_task({"name": "add", "file": ADD, "inputs": [1, 2]})
+        task = await fleet.run_task({"name": "add", "file": ADD, "inputs": [1, 2]}, TASK_TIMEOUT)
         assert task["state"] == 3 and task["proplet_id"] == "p1"
 
 
@@ -509,7 +497,7 @@ async def test_upstream_proplets_enrolled_with_their_own_key_connect_and_work(
     try:
         await _served(raw, lambda: eventually(lambda: fleet.alive(entity), 15, f"{entity} alive"))
         task = await _served(raw, lambda: fleet.run_task({"name": "add", "file": ADD, "inputs": [2, 3],
-                                                          "proplet_id": entity}))  # fmt: skip
+                                                          "proplet_id": entity}, TASK_TIMEOUT))  # fmt: skip
         assert (task["state"], task["results"], task["proplet_id"]) == (3, "5", entity), task
     finally:
         await asyncio.to_thread(raw.stop)

@@ -20,18 +20,11 @@ import pytest
 import wasmtime
 
 from orchestrator import wire
+from tests.integration.conftest import WORK
 from tests.support.procs import Manager, PrivateMosquitto, Proc, Proplet, wait_for
 
 pytestmark = pytest.mark.slow
 
-WORK = base64.b64encode(
-    wasmtime.wat2wasm("""
-(module (func (export "work") (param i32) (result i32) (local i32)
-  (loop (local.set 1 (i32.add (local.get 1) (i32.const 1)))
-        (br_if 0 (i32.lt_u (local.get 1) (local.get 0))))
-  (local.get 1)))
-""")
-).decode()
 FOREVER = base64.b64encode(wasmtime.wat2wasm('(module (func (export "main") (loop (br 0))))')).decode()
 HB = "0.5"  # heartbeat interval of every process here: liveness timeout 1.5 s
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +15,14 @@ from proplets.runtime.hal.host import HalRun, MessageBus
 from proplets.runtime.hal.options import HalOptions
 
 
+def sleep_until(end: float) -> None:  # a run nobody stops
+    time.sleep(max(0.0, end - time.monotonic()))
+
+
 @pytest.fixture
 def run(tmp_path: Path) -> Iterator[HalRun]:
     r = HalRun(
-        "task-1", HalOptions(str(tmp_path / "root"), ("127.0.0.1",)), MessageBus(), lambda: None, 1 << 20
+        "task-1", HalOptions(str(tmp_path / "root"), ("127.0.0.1",)), MessageBus(), sleep_until, 1 << 20
     )
     yield r
     r.close()

@@ -24,9 +24,11 @@ async def test_one_holder_and_a_replaced_leader_cannot_write(pg_schema: PgSchema
         a, b = PgLease(store_a, holder="a"), PgLease(store_b, holder="b")
         await a.ensure()
         await b.ensure()
-        epoch_a = await a.acquire(0.5)
+        epoch_a = (await a.acquire(0.5)).epoch
         assert epoch_a == 1
-        assert await b.acquire(0.5) is None  # held
+        refused = await b.acquire(0.5)
+        assert refused.epoch is None  # held, and the refusal says by whom and for how long
+        assert refused.held[:2] == ("a", 1) and 0 < refused.held[2] <= 0.5
         store_a.fence = a.fence(epoch_a)
         await store_a.save_task(Task(id="t", name="by a"))
         # A stops renewing (paused, partitioned): once the lease expires B gets it with a new epoch.
@@ -34,7 +36,7 @@ async def test_one_holder_and_a_replaced_leader_cannot_write(pg_schema: PgSchema
         epoch_b = None
         while epoch_b is None:
             assert time.monotonic() < deadline, "b never acquired the expired lease"
-            epoch_b = await b.acquire(0.5)
+            epoch_b = (await b.acquire(0.5)).epoch
             await asyncio.sleep(0.05)
         assert epoch_b == 2
         assert await b.current() is not None and (await b.current())[:2] == ("b", 2)  # type: ignore[index]
@@ -46,7 +48,7 @@ async def test_one_holder_and_a_replaced_leader_cannot_write(pg_schema: PgSchema
         await store_b.save_task(Task(id="t", name="by b"))
         # A clean stop releases: the next acquire by anyone succeeds at once.
         await b.release(epoch_b)
-        assert await a.acquire(30) == 3
+        assert (await a.acquire(30)).epoch == 3
 
 
 async def test_the_lease_needs_postgresql(tmp_path: Path) -> None:
@@ -99,7 +101,7 @@ def test_a_manager_without_ha_refuses_a_database_an_ha_manager_leads(pg_schema: 
         async with await Store.open(pg_schema.url, schema=pg_schema.name) as store:
             lease = PgLease(store, holder="the-leader")
             await lease.ensure()
-            assert await lease.acquire(120) is not None
+            assert (await lease.acquire(120)).epoch is not None
 
     asyncio.run(hold())
     url = f"{pg_schema.url}?options=-csearch_path%3D{pg_schema.name}"

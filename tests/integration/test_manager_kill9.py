@@ -7,7 +7,6 @@ and on the embedded broker (which dies with it, so proplets must reconnect to th
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,22 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import wasmtime
 
 from proplets.agent import AgentSettings, PropletAgent, with_identity
 from tests.conftest import free_port
+from tests.integration.conftest import WORK
 from tests.support.procs import Manager
 
 pytestmark = pytest.mark.slow
 
-WORK = base64.b64encode(
-    wasmtime.wat2wasm("""
-(module (func (export "work") (param i32) (result i32) (local i32)
-  (loop (local.set 1 (i32.add (local.get 1) (i32.const 1)))
-        (br_if 0 (i32.lt_u (local.get 1) (local.get 0))))
-  (local.get 1)))
-""")
-).decode()
 
 TASKS = 120
 

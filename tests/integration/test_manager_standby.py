@@ -9,7 +9,8 @@ The broker is a private Mosquitto (so it outlives both managers), the schema is 
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
-import wasmtime
 
 from orchestrator import wire
 from orchestrator.adapters.mqtt import MqttClient
@@ -34,17 +35,10 @@ from orchestrator.bench_restore import fill
 from proplets.agent import AgentSettings, PropletAgent
 from tests.conftest import free_port
 from tests.fixtures.store import PgSchema
+from tests.integration.conftest import WORK
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-WORK = base64.b64encode(
-    wasmtime.wat2wasm("""
-(module (func (export "work") (param i32) (result i32) (local i32)
-  (loop (local.set 1 (i32.add (local.get 1) (i32.const 1)))
-        (br_if 0 (i32.lt_u (local.get 1) (local.get 0))))
-  (local.get 1)))
-""")
-).decode()
 TTL = float(
     os.environ.get("PROPELLER_TEST_LEASE_TTL", "2")
 )  # --lease-ttl of the test managers: takeover within about TTL + TTL/10 + restore
@@ -122,9 +116,12 @@ class Manager:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
         try:
-            async with httpx.AsyncClient(timeout=1) as client:
+            if client is None:
+                async with httpx.AsyncClient(timeout=1) as client:
+                    r = await client.get(f"{self.url}/health")
+            else:
                 r = await client.get(f"{self.url}/health")
             return dict(r.json()) if r.status_code == 200 else {}
         except httpx.HTTPError:
@@ -135,11 +132,12 @@ class Manager:
 
         Async: the proplets share this test's loop, and a blocked loop would miss their keep-alives."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{self.name} exited: {self.log.read_text()[-3000:]}"
-            if (await self.health()).get("role") == role:
-                return time.monotonic()
-            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(timeout=1) as client:  # one client: polls cost a request, not a setup
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"{self.name} exited: {self.log.read_text()[-3000:]}"
+                if (await self.health(client)).get("role") == role:
+                    return time.monotonic()
+                await asyncio.sleep(0.02)
         raise AssertionError(f"{self.name} not {role} after {timeout} s: {self.log.read_text()[-3000:]}")
 
     async def wait_exit(self, timeout: float = 30) -> int:
@@ -224,6 +222,26 @@ async def submit(api: httpx.AsyncClient, i: int, loops: int = 3_000_000) -> str:
     return task_id
 
 
+async def submit_across(urls: list[str], accepted: dict[str, list[str]]) -> None:
+    """Create-and-start tasks one at a time on the first manager that accepts (201), until cancelled.
+
+    A standby answers 503 and a killed leader does not answer: the client moves on to the next one,
+    as a client behind a load balancer would. Every id in ``accepted`` was acknowledged, so it must run.
+    """
+    async with httpx.AsyncClient(timeout=2) as client:
+        for i in itertools.count():
+            for url in urls:
+                body = {"name": "work", "file": WORK, "inputs": [1_000 + i], "start": True}
+                try:
+                    r = await client.post(f"{url}/tasks", json=body)
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 201:
+                    accepted[url].append(str(r.json()["id"]))
+                    break
+            await asyncio.sleep(0.05)
+
+
 async def wait_all_terminal(api: httpx.AsyncClient, ids: list[str], timeout: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     tasks: dict[str, Any] = {}
@@ -251,8 +269,18 @@ async def leader_and_standby(
     return a, b
 
 
+async def lease_expiry(schema: PgSchema) -> float:
+    """When the lease row expires, on this process's monotonic clock (read by the database's clock)."""
+    async with await psycopg.AsyncConnection.connect(schema.libpq_url, autocommit=True) as conn:
+        left = "expires_at - extract(epoch from clock_timestamp())::double precision"
+        cursor = await conn.execute(f'SELECT {left} FROM "{schema.name}".leader_lease'.encode())
+        row = await cursor.fetchone()
+    assert row is not None
+    return time.monotonic() + float(row[0])
+
+
 async def test_leader_killed_standby_takes_over_every_task_completes_once(
-    ha: tuple[str, str, str, list[Manager]], tmp_path: Path
+    ha: tuple[str, str, str, list[Manager]], pg_schema: PgSchema, tmp_path: Path
 ) -> None:
     broker, _db, domain, _managers = ha
     a, b = await leader_and_standby(ha, tmp_path)
@@ -284,12 +312,24 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
             assert cron.status_code == 201, cron.text
             for i in range(30):
                 ids.append(await submit(api, i))
+        # A client keeps submitting to whichever manager accepts, across the kill and the takeover.
+        accepted: dict[str, list[str]] = {a.url: [], b.url: []}
+        submitting = asyncio.create_task(submit_across([a.url, b.url], accepted))
+        while not accepted[a.url]:
+            await asyncio.sleep(0.01)
         # Kill the leader while those run: their results arrive while no manager is connected.
         killed = time.monotonic()
         os.kill(a.proc.pid, signal.SIGKILL)
         await a.wait_exit(10)
+        expires = await lease_expiry(pg_schema)  # dead: nothing renews it any more
         leading = await b.wait_role("leader", timeout=TTL * 10 + HISTORY / 10_000)
         handover = leading - killed
+        while len(accepted[b.url]) < 5:
+            await asyncio.sleep(0.01)
+        submitting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await submitting
+        ids += accepted[a.url] + accepted[b.url]
         async with httpx.AsyncClient(base_url=b.url, timeout=10) as api:
             for i in range(30, 60):
                 ids.append(await submit(api, i))
@@ -317,11 +357,21 @@ async def test_leader_killed_standby_takes_over_every_task_completes_once(
         # The lease passes no earlier than 0.8 TTL after the kill (last renewal + TTL), so a start seen
         # after TTL/2 is the new leader's (earlier ones were the dead leader's, still in flight).
         dispatching = min(t for t in watch.started_at if t > killed + TTL / 2) - killed
+        took = next(
+            json.loads(line[line.index("{") :])["took_s"]
+            for line in b.log.read_text().splitlines()
+            if '"manager_leading"' in line
+        )
+        load = os.getloadavg()[0]
         print(
             f"\nhandover with --lease-ttl {TTL:g}, {HISTORY} finished tasks stored: kill -9 to standby "
-            f"leading {handover:.2f} s, to its first start published {dispatching:.2f} s"
+            f"leading {handover:.2f} s (lease expired {expires - killed:.2f} s after the kill, standby "
+            f"leading {leading - expires:.2f} s after that, of which restore + connect {took:.2f} s), to its "
+            f"first start published {dispatching:.2f} s; load average {load:.1f}; submitted across it: "
+            f"{len(accepted[a.url])} accepted by the leader, {len(accepted[b.url])} by the new leader"
         )
-        (tmp_path / "handover.txt").write_text(f"{handover:.3f} {dispatching:.3f}\n")
+        figures = (handover, expires - killed, leading - expires, took, dispatching, load)
+        (tmp_path / "handover.txt").write_text(" ".join(f"{x:.3f}" for x in figures) + "\n")
     finally:
         for agent in agents:
             await agent.stop()

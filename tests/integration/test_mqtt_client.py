@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -61,6 +62,33 @@ async def test_publish_subscribe_round_trip(broker_url: str, unique_topic: str, 
     assert [p for _t, p in inbox.messages[:20]] == payloads
     assert inbox.messages[20] == (f"{unique_topic}/end/data", b"end")
     assert pub.callback_errors == 0 and sub.callback_errors == 0
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
+async def test_every_read_acks_at_once_so_a_nagling_broker_does_not_wait(
+    embedded_broker: EmbeddedBroker, unique_topic: str, clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mosquitto's default (Nagle on) holds a message while its previous one to us is un-ACKed; the
+    client ACKs what it read at once instead of after the kernel's 40 ms delayed-ACK timer."""
+    quickacks: list[int] = []
+    real = socket.socket.setsockopt
+
+    def spy(sock: socket.socket, level: int, option: int, value: object) -> None:
+        if (level, option) == (socket.IPPROTO_TCP, socket.TCP_QUICKACK):
+            quickacks.append(sock.fileno())
+        real(sock, level, option, value)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(socket.socket, "setsockopt", spy)
+    inbox = Inbox()
+    sub = clients(embedded_broker.url, "sub", on_message=inbox)
+    await sub.connect()
+    await sub.subscribe_and_wait(unique_topic, 1)
+    quickacks.clear()
+    pub = clients(embedded_broker.url, "pub")
+    await pub.connect()
+    await pub.publish_and_wait(unique_topic, b"result", 1)
+    await eventually(lambda: inbox.on(unique_topic) == [b"result"], timeout=5)
+    assert sub._paho.socket().fileno() in quickacks  # the read that brought the message ACKed it
 
 
 async def test_will_fires_on_abort_not_on_disconnect(broker_url: str, unique_topic: str, clients) -> None:

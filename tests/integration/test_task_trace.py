@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
@@ -12,21 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-import wasmtime
 
 from orchestrator.core.model import TaskState
+from tests.integration.conftest import WORK
 from tests.support.procs import Manager, PrivateMosquitto, Proc, Proplet, wait_for
 
 HB = "0.5"  # heartbeat interval of every process here: liveness timeout 1.5 s
-# Counts to its input: long enough (seconds) that the kill lands while it runs.
-WORK = base64.b64encode(
-    wasmtime.wat2wasm("""
-(module (func (export "work") (param i32) (result i32) (local i32)
-  (loop (local.set 1 (i32.add (local.get 1) (i32.const 1)))
-        (br_if 0 (i32.lt_u (local.get 1) (local.get 0))))
-  (local.get 1)))
-""")
-).decode()
 
 
 @pytest.fixture

@@ -80,4 +80,4 @@ async def test_clean_shutdown_announces_offline_without_a_will(twin_cluster: Twi
 
     # Keep-alive expiry would take 15 s and liveness 30 s: only its own offline message can tell.
     await c.wait_dead(host, within=12.0)
-    assert dead_reason(c, host) == "last will: offline"
+    assert dead_reason(c, host) == "left: clean shutdown"  # its own offline, marked leaving

@@ -126,6 +126,41 @@ def test_last_will_marks_dead_at_once_and_requeues_its_task_elsewhere() -> None:
     assert engine.tasks[task_id].state is TaskState.RUNNING
 
 
+def test_a_clean_leave_moves_its_task_at_once_and_is_logged_as_news_not_a_death() -> None:
+    from orchestrator.core.commands import LogEvent
+    from proplets.core import PropletEngine
+
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    task_id = submit(engine, 1.0)
+    heartbeat(engine, "p2", 1.5)
+    engine.take_commands()
+    # what a proplet publishes at a clean stop, from the proplet's own engine
+    [leave] = [c for c in _leave_commands(PropletEngine) if getattr(c, "topic", "") == T.alive]
+    assert json.loads(leave.payload)["leaving"] is True
+    engine.handle(MessageReceived(leave.topic, leave.payload), 2.0, 1_700_000_002.0)
+    assert not engine.proplets["p1"].alive
+    commands = engine.take_commands()
+    assert [(s["id"], s["proplet_id"]) for s in publishes(commands, T.start)] == [(task_id, "p2")]
+    logs = [(c.name, c.level, c.fields.get("reason")) for c in commands if isinstance(c, LogEvent)]
+    assert ("proplet_left", "info", "left: clean shutdown") in logs
+    assert not [entry for entry in logs if entry[0] == "proplet_dead"]
+    # the broker's will for the same proplet (no `leaving`) is still a death
+    heartbeat(engine, "p2", 3.0, status="offline")
+    logs = [(c.name, c.level) for c in engine.take_commands() if isinstance(c, LogEvent)]
+    assert ("proplet_dead", "warning") in logs
+
+
+def _leave_commands(engine_type: Any) -> list[Any]:
+    from proplets.core import PropletConfig
+
+    proplet = engine_type(PropletConfig(proplet_id="p1", domain="d1", channel="c1", namespace="default"))
+    proplet.on_connected(0.0)
+    proplet.take_commands()
+    proplet.shutting_down(1.0)
+    return list(proplet.take_commands())
+
+
 def test_silence_past_the_liveness_timeout_marks_dead_three_intervals_by_default() -> None:
     engine = make_engine()
     heartbeat(engine, "p1", 0.0)

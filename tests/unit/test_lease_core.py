@@ -24,8 +24,28 @@ def test_a_standby_acquires_at_once_and_polls_while_refused() -> None:
     assert core.due(0.1) is None  # one statement at a time
     core.refused(0.2)
     assert core.role is Role.STANDBY and core.due(0.3) is None
-    assert core.next_deadline() == pytest.approx(0.2 + core.config.poll)
-    assert core.due(0.2 + core.config.poll) is Action.ACQUIRE
+    # Every poll counted from when the attempt was sent: a slow statement does not stretch the period.
+    assert core.next_deadline() == pytest.approx(core.config.poll)
+    assert core.due(core.config.poll) is Action.ACQUIRE
+
+
+def test_a_standby_tries_again_when_the_lease_it_saw_expires_not_a_poll_later() -> None:
+    core = LeaseCore(LeaseConfig(TTL))
+    core.sent(10.0)
+    core.refused(10.05, expires_in=3.0)  # far off: poll meanwhile (a clean stop may release it early)
+    assert core.next_deadline() == pytest.approx(10.0 + core.config.poll)
+    core.sent(12.0)
+    core.refused(12.05, expires_in=0.2)  # expires before the next poll: try right then
+    assert core.next_deadline() == pytest.approx(12.2)
+    assert core.due(12.19) is None and core.due(12.2) is Action.ACQUIRE
+    # The estimate counts from when the statement was sent, so it can be early by a round trip; the
+    # refusal then says what is left, and the standby tries again after at least ``retry_gap``.
+    core.sent(12.2)
+    core.refused(12.25, expires_in=0.0)
+    assert core.next_deadline() == pytest.approx(12.25 + core.config.retry_gap)
+    core.sent(12.26)
+    core.granted(2, 12.27)
+    assert core.role is Role.LEADER and core.is_leader(12.27)
 
 
 def test_validity_counts_from_when_the_statement_was_sent_minus_the_margin() -> None:

@@ -112,12 +112,13 @@ def _record(**fields: Any) -> cm.Record:
 
 @dataclass
 class HalRun:
-    """One run's HAL state. `stop_reason` says why a sleep must end now (stop, wall-time limit)."""
+    """One run's HAL state. `sleep_until(end)` sleeps until `end` (time.monotonic()) unless a stop or
+    the wall-time limit cuts it short, and then returns why (the run's `_Watch.sleep_until`)."""
 
     task_id: str
     options: HalOptions
     bus: MessageBus
-    stop_reason: Callable[[], str | None]
+    sleep_until: Callable[[float], str | None]
     memory_limit: int | None = None
     started: float = field(default_factory=time.monotonic)
     _handles: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -280,15 +281,9 @@ class HalRun:
         return max(1, int(time.get_clock_info("monotonic").resolution * 1e9))
 
     def sleep(self, duration_ns: int) -> None:
-        end = time.monotonic() + duration_ns / 1e9
-        while True:
-            reason = self.stop_reason()
-            if reason is not None:
-                raise HalError(f"sleep interrupted: {reason}")
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.01))
+        reason = self.sleep_until(time.monotonic() + duration_ns / 1e9)
+        if reason is not None:
+            raise HalError(f"sleep interrupted: {reason}")
 
     def _length(self, length: int) -> int:
         if length > MAX_RANDOM_BYTES:

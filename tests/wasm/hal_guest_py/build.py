@@ -25,10 +25,10 @@ def _hal_package() -> str:
 
 
 def build(here: Path = HERE, world: str = "hal-test") -> Path:
-    """The component of the guest in ``here`` (``app.py`` and ``wit/world.wit``), world ``world``; a
-    world importing ``elastic:hal`` gets our hal.wit in its deps."""
-    sources = [here / "app.py", here / "wit" / "world.wit"]
-    hal = "elastic:hal/" in sources[1].read_text()
+    """The component of the guest in ``here`` (``app.py``, ``wit/world.wit`` and any ``wit/deps``),
+    world ``world``; a world importing ``elastic:hal`` gets our hal.wit in its deps."""
+    sources = [here / "app.py", *sorted((here / "wit").rglob("*.wit"))]
+    hal = "elastic:hal/" in (here / "wit" / "world.wit").read_text()
     digest = hashlib.sha256(
         b"".join(p.read_bytes() for p in sources) + (_hal_package().encode() if hal else b"")
     ).hexdigest()
