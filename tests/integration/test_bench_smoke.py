@@ -24,7 +24,8 @@ def test_bench_e2e_one_proplet_embedded_prints_the_table(tmp_path: Path) -> None
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Celery + Redis comparison: skipped (--no-celery)" in run.stdout
     lines = run.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("broker"))
+    assert any(line.startswith("broker: embedded") for line in lines)  # which broker, how configured
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["broker", "proplets"])
     assert "tasks/s" in lines[header] and "p99ms" in lines[header] and "qos1-rtt" in lines[header]
     row = lines[header + 2].split()
     assert row[:4] == ["embedded", "1", "20", "16"]
