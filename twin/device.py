@@ -587,10 +587,14 @@ class SimDevice:
         if self._in_cohort and self.shared.cohort is not None:
             self.shared.cohort.leave(self)
 
-    def resume_heartbeats(self, last_at: float, next_at: float, sent: int) -> None:
-        """Back from the cohort, which sent ``sent`` heartbeats, the last at ``last_at``."""
+    def count_cohort_heartbeats(self, sent: int) -> None:
+        """Out of the cohort at the end of a run, which sent ``sent`` heartbeats for it."""
         self._in_cohort = False
         self._heartbeats += sent
+
+    def resume_heartbeats(self, last_at: float, next_at: float, sent: int) -> None:
+        """Back from the cohort, which sent ``sent`` heartbeats, the last at ``last_at``."""
+        self.count_cohort_heartbeats(sent)
         if self.engine is None:
             return
         if self._last_heartbeat is not None:

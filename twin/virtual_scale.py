@@ -154,7 +154,7 @@ async def run_virtual_point(
         cohort = shared.cohort
         result.cohort = len(cohort) if cohort is not None else 0
         if cohort is not None:  # heartbeats due before the end, still in the last tick, are sent now
-            cohort.dissolve()
+            cohort.finish()
         result.heartbeats_sent = sum(d._heartbeats for d in devices)
         result.heartbeats_received = manager.heartbeats
         engine = manager.engine
