@@ -112,7 +112,7 @@ class EgressPolicy:
         else:
             self._nets.append(_NetRule(network, entry))
             return
-        host, port = _split_host_port(entry)
+        host, port = split_host_port(entry, "fetch allow-list entry", ", an IP or a CIDR")
         self._hosts.append(_HostRule(host, port, entry))
 
     def check(self, host: str, port: int, address: str) -> Verdict:
@@ -153,23 +153,25 @@ def _literal(host: str) -> IPAddress | None:
     return ip
 
 
-def _split_host_port(entry: str) -> tuple[str, int | None]:
-    text = entry.lower()
-    if any(c in text for c in "/@ ?#"):
-        raise ValueError(f"fetch allow-list entry {entry!r} is not HOST[:PORT], an IP or a CIDR")
-    if text.startswith("["):
-        host, closed, rest = text[1:].partition("]")
+def split_host_port(text: str, what: str, hint: str = "") -> tuple[str, int | None]:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``, lower case, without a trailing dot;
+    ValueError naming ``what`` (an allow-list entry, a request's authority) and the text."""
+    lowered = text.lower()
+    if any(c in lowered for c in "/@ ?#"):
+        raise ValueError(f"{what} {text!r} is not HOST[:PORT]{hint}")
+    if lowered.startswith("["):
+        host, closed, rest = lowered[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
         if not closed or (rest and not rest.startswith(":")):
-            raise ValueError(f"fetch allow-list entry {entry!r}: expected [IPv6]:PORT")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
+            raise ValueError(f"{what} {text!r}: expected [IPv6]:PORT")
+    elif lowered.count(":") == 1:
+        host, port_text = lowered.split(":")
     else:
-        host, port_text = text, ""
+        host, port_text = lowered, ""
     if not host:
-        raise ValueError(f"fetch allow-list entry {entry!r} is not HOST[:PORT], an IP or a CIDR")
+        raise ValueError(f"{what} {text!r} is not HOST[:PORT]{hint}")
     if not port_text:
         return host.rstrip("."), None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"fetch allow-list entry {entry!r}: port must be 1..65535")
+        raise ValueError(f"{what} {text!r}: port must be 1..65535")
     return host.rstrip("."), int(port_text)

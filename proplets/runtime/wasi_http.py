@@ -285,23 +285,8 @@ def request_target(scheme: Any, authority: str | None) -> Target:
         raise ValueError(f"scheme {getattr(scheme, 'payload', scheme)!r} is not http or https")
     if not authority:
         raise ValueError("the request has no authority (host)")
-    text = authority.rsplit("@", 1)[-1]  # userinfo is not part of where it goes
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"authority {authority!r} is not HOST[:PORT]")
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise ValueError(f"authority {authority!r} has no host")
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"authority {authority!r} has a bad port")
-        port = int(port_text)
-    else:
-        port = default_port
-    return Target(name, host.lower().rstrip("."), port)
+    host, port = egress.split_host_port(authority.rsplit("@", 1)[-1], "authority")  # userinfo: not where
+    return Target(name, host, default_port if port is None else port)
 
 
 def check_target(policy: egress.EgressPolicy, target: Target, addresses: list[str]) -> egress.Verdict:
@@ -354,7 +339,6 @@ class HttpGate:
         self.note = note
         self.deadline = deadline
         self.resolver = resolver
-        self.sent = 0
         self.denied = 0
         self._funcs: dict[str, cm.Func] = {}
 
@@ -402,7 +386,6 @@ class HttpGate:
                 current = self._call(store, f"get-{name}", options)
                 if current is None or current > cap:
                     self._call(store, f"set-{name}", options, cap)
-        self.sent += 1
         return self._call(store, "handle", request, options)
 
     def _deny(self, store: Any, request: Any, options: Any, why: str) -> cm.Variant:

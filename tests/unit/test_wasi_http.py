@@ -36,11 +36,12 @@ def test_the_target_of_a_request(scheme: object, authority: str, expected: Targe
         (cm.Variant("other", "ftp"), "example.com", "not http or https"),
         (HTTP, None, "no authority"),
         (HTTP, "", "no authority"),
-        (HTTP, ":80", "no host"),
-        (HTTP, "host:0", "bad port"),
-        (HTTP, "host:65536", "bad port"),
-        (HTTP, "host:8o", "bad port"),
-        (HTTP, "[::1]x", "not HOST[:PORT]"),
+        (HTTP, ":80", "is not HOST"),
+        (HTTP, "host:0", "port must be"),
+        (HTTP, "host:65536", "port must be"),
+        (HTTP, "host:8o", "port must be"),
+        (HTTP, "[::1]x", "expected [IPv6]:PORT"),
+        (HTTP, "[::1", "expected [IPv6]:PORT"),
     ],
 )
 def test_a_request_with_no_usable_target_is_refused_saying_why(
