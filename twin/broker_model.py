@@ -331,10 +331,20 @@ class BrokerModel:
             return
         conn.session.subs[topic_filter] = qos
         self._tree.add(topic_filter, client.client_id, qos)
-        self._routes.clear()
+        self._routes_changed(topic_filter)
         for topic, (payload, r_qos) in self.retained.items():
             if topic_matches(topic_filter, topic):
                 self._deliver(conn, topic, payload, min(qos, r_qos))
+
+    def _routes_changed(self, topic_filter: str) -> None:
+        """A subscription on ``topic_filter`` came or changed: forget the routes of the topics it
+        matches (only those: a fleet's devices subscribe while the others' heartbeats keep flowing)."""
+        routes = self._routes
+        if "+" not in topic_filter and "#" not in topic_filter:
+            routes.pop(topic_filter, None)  # a plain filter matches that one topic
+            return
+        for topic in [t for t in routes if topic_matches(topic_filter, t)]:
+            del routes[topic]
 
     def _denied(self, client: ModelClient,
                 verdict: Callable[[IdentityRegistry, Identity], str | None]) -> str | None:  # fmt: skip
@@ -440,6 +450,8 @@ class ModelClient:
         "_link_seed",
         "_mid",
         "_resumed_at",
+        "_rng",
+        "_rng_seed",
         "_silence_gen",
         "_state",
         "_subs",
@@ -461,7 +473,6 @@ class ModelClient:
         "on_message",
         "password",
         "reconnect_enabled",
-        "rng",
         "silenced",
         "username",
         "will",
@@ -483,10 +494,13 @@ class ModelClient:
         reconnect: bool = True,
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
-        rng: random.Random | None = None,
+        rng: random.Random | float | None = None,
         username: str | None = None,
         password: str | None = None,
     ) -> None:
+        """``rng``: the client's generator (reconnect jitter, link draws), or a seed to make it from when
+        it is first needed (most clients of a large fleet never draw: seeding one costs ~5 µs); None:
+        seeded from the client id."""
         if not isinstance(client_id, str) or not client_id:
             raise ValueError(f"client_id must be a non-empty string, got {client_id!r}")
         if keepalive < 0 or latency < 0:
@@ -499,14 +513,20 @@ class ModelClient:
         self.on_message, self.on_connect, self.on_disconnect = on_message, on_connect, on_disconnect
         self.reconnect_enabled = reconnect
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
-        self.rng = rng if rng is not None else random.Random(client_id)
+        self._rng: random.Random | None = None
+        self._rng_seed: float | str = client_id if rng is None else 0.0
         # The device's link (latency, jitter, loss as retransmission delay, bandwidth), as the live
         # LinkProxy applies it; `latency` alone is the same as LinkProfile(latency_s=latency).
         self.link = link if link is not None else LinkProfile(latency_s=latency)
-        # Drawn now, made into a generator only when the link first needs randomness (jitter, loss):
-        # a Random is 2.5 KiB, and most of a 100k fleet sits on clean links.
-        self._link_seed = self.rng.random()
+        # The client generator's first draw, made into a generator only when the link first needs
+        # randomness (jitter, loss): a Random is 2.5 KiB, and most of a 100k fleet sits on clean links.
+        self._link_seed: float | None = None
         self.link_rng: random.Random | None = None
+        if isinstance(rng, random.Random):
+            self._rng = rng
+            self._link_seed = rng.random()
+        elif rng is not None:
+            self._rng_seed = rng
         self.callback_errors = 0
         self.connects = 0  # CONNACKs received
         self._state = "idle"  # idle | connecting | connected
@@ -529,6 +549,13 @@ class ModelClient:
     @property
     def connected(self) -> bool:
         return self._state == "connected"
+
+    @property
+    def rng(self) -> random.Random:
+        if self._rng is None:
+            self._rng = random.Random(self._rng_seed)
+            self._link_seed = self._rng.random()  # its first draw, as when the generator is given
+        return self._rng
 
     @property
     def latency(self) -> float:
@@ -654,6 +681,8 @@ class ModelClient:
         if p.jitter_s or p.loss:
             rng = self.link_rng
             if rng is None:
+                if self._link_seed is None:
+                    self.rng  # noqa: B018  (makes the client's generator, whose first draw seeds this one)
                 rng = self.link_rng = random.Random(self._link_seed)
             if p.jitter_s:
                 delay = max(0.0, delay + rng.uniform(-p.jitter_s, p.jitter_s))

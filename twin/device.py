@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import random
 from collections.abc import Callable, Mapping
@@ -395,7 +394,7 @@ class SimDevice:
             cfg.name, cfg.host, cfg.port, cfg.proplet_id, keepalive=t.keepalive,
             username=cfg.username, password=cfg.password if cfg.username else None,
             will=Will(topic, payload, 1), reconnect=self.engine.config.reconnect,
-            backoff_min=t.reconnect_min, backoff_max=t.reconnect_max, rng=random.Random(self.rng.random()),
+            backoff_min=t.reconnect_min, backoff_max=t.reconnect_max, rng=self.rng.random(),
             on_message=lambda tp, pl: self._if_gen(gen, self._on_message, tp, pl),
             on_connect=lambda: self._if_gen(gen, self._on_connected),
             on_disconnect=lambda: self._if_gen(gen, self._on_disconnected),
@@ -403,7 +402,7 @@ class SimDevice:
 
     def _engine_config(self) -> PropletConfig:
         cfg = self.config
-        base = PropletConfig(
+        base: dict[str, Any] = dict(
             proplet_id=cfg.proplet_id, domain=cfg.domain, channel=cfg.channel,
             heartbeat_interval=cfg.timers.heartbeat_interval, metrics_interval=0.0,
             signing_key=cfg.signing_key,
@@ -417,10 +416,10 @@ class SimDevice:
                 max_instances=1 if self.flags.blocking_execution else cfg.spec.max_instances, tags=cfg.tags,
             )  # fmt: skip
             flags = self.flags
-            return replace(
-                base, namespace=embedded.NAMESPACE, metadata=metadata, profile=wire.Profile.EMBEDDED,
+            return PropletConfig(
+                **base, namespace=embedded.NAMESPACE, metadata=metadata, profile=wire.Profile.EMBEDDED,
                 # our firmware lists running tasks in its heartbeats; upstream's does not
-                report_running=not any(dataclasses.astuple(flags)), max_instances=limit,
+                report_running=flags == OUR_FIRMWARE, max_instances=limit,
                 filter_target=not flags.no_target_filter, honour_stop=not flags.rejects_stop,
                 blocking_execution=flags.blocking_execution, reconnect=not flags.no_reconnect,
             )  # fmt: skip
@@ -432,7 +431,7 @@ class SimDevice:
             "free_memory_bytes": spec.wasm_memory_budget_bytes, "max_instances": spec.max_instances,
             "proplet_version": "twin", "wasm_runtime": "wasmtime-python",
         }  # fmt: skip
-        return replace(base, metadata=metadata, max_instances=spec.max_instances)
+        return PropletConfig(**base, metadata=metadata, max_instances=spec.max_instances)
 
     def _connect(self, gen: int, done: simpy.Event) -> None:
         client = self.mqtt
@@ -459,9 +458,11 @@ class SimDevice:
         self.stats.connects += 1
         self._tell("mqtt_connected", broker=f"{self.config.host}:{self.config.port}")
         if self.memory is not None:  # announce the heap as it stands now, as the firmware does
-            md = dict(engine.config.metadata)
-            md["free_memory_bytes"] = max(0, self.memory.free_bytes)
-            engine.config = replace(engine.config, metadata=md)
+            free = max(0, self.memory.free_bytes)
+            if engine.config.metadata.get("free_memory_bytes") != free:  # unchanged since boot: as is
+                md = dict(engine.config.metadata)
+                md["free_memory_bytes"] = free
+                engine.config = replace(engine.config, metadata=md)
         engine.on_connected(self.now)
         self._tell("discovery_sent", proplet_id=self.config.proplet_id)
         self._pump()

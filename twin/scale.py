@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import resource
 import shutil
@@ -34,7 +35,7 @@ import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import psutil
@@ -469,6 +470,9 @@ def add_twin_subcommands(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--cohort", action=argparse.BooleanOptionalAction, default=True,
                     help="virtual mode: steady devices' heartbeats reach the manager's engine in bulk, "
                          "one batch per simulated second (twin/cohort.py; same verdicts)" + d)
+    sc.add_argument("--fast-exit", action=argparse.BooleanOptionalAction, default=True,
+                    help="virtual mode: once the figures are printed and written, end the process "
+                         "without freeing the fleet (os._exit)" + d)
     sc.set_defaults(func=cmd_scale)  # fmt: skip
 
 
@@ -483,17 +487,29 @@ def cmd_virtual_scale(args: Any) -> int:
         print(f"propeller twin scale: {exc}", file=sys.stderr)
         return 2
     results = []
-    for cfg in configs:
+    for i, cfg in enumerate(configs):
         print(f"running virtual N={cfg.devices} for {cfg.duration:g} simulated s ...", file=sys.stderr,
               flush=True)  # fmt: skip
-        r = asyncio.run(run_virtual_point(cfg))
+        last = i == len(configs) - 1
+        r = asyncio.run(run_virtual_point(cfg, restore_gc=not (args.fast_exit and last)))
         results.append(r)
         print(summary(r), flush=True)
         if r.profile:
             print(r.profile)
     if args.output:
         Path(args.output).write_text(json.dumps([as_dict(r) for r in results], indent=2), encoding="utf-8")
-    return 0 if all(r.alive_at_end == r.devices for r in results) else 1
+    code = 0 if all(r.alive_at_end == r.devices for r in results) else 1
+    if args.fast_exit:
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once everything printed is flushed, without tearing the heap down:
+    freeing a 100,000-device fleet object by object took longer than a third of the simulated hour."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_scale(args: Any) -> int:

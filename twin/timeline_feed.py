@@ -70,6 +70,8 @@ class TimelineFeed:
         if event.kind == "device" and "proplet_id" in data:
             self.pids[event.subject] = str(data["proplet_id"])
             return
+        if event.kind != "fault" and event.kind != "console":
+            return  # the rest (a device's state, its free memory, ...) is not reported
         pid = self.pids.get(event.subject)
         if pid is None:
             return

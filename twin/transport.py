@@ -73,10 +73,12 @@ class Transport(Protocol):
 
     def client(
         self, device: str, host: str, port: int, client_id: str, *, keepalive: float, will: Will,
-        reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random,
+        reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random | float,
         on_message: Callable[[str, bytes], None], on_connect: Callable[[], None],
         on_disconnect: Callable[[], None], username: str | None = None, password: str | None = None,
-    ) -> MqttLink: ...  # fmt: skip
+    ) -> MqttLink:  # fmt: skip
+        """A client for ``device``; ``rng``: its generator, or the seed to make it from."""
+        ...
 
     def connect(self, link: MqttLink, done: OnDone) -> None:
         """Start connecting ``link``; ``done(ok)`` runs in the simulation when it is known."""
@@ -112,13 +114,15 @@ class LiveTransport:
 
     def client(
         self, device: str, host: str, port: int, client_id: str, *, keepalive: float, will: Will,
-        reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random,
+        reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random | float,
         on_message: Callable[[str, bytes], None], on_connect: Callable[[], None],
         on_disconnect: Callable[[], None], username: str | None = None, password: str | None = None,
     ) -> MqttLink:  # fmt: skip
         inject = self.clock.inject
         # A closed broker: the device's enrolled credentials (twin/identities.py); None: anonymous.
         url = BrokerUrl("mqtt", host, port, username, password)
+        if not isinstance(rng, random.Random):
+            rng = random.Random(rng)
         return MqttClient(
             url, client_id, keepalive=max(1, round(keepalive)), will=will,
             reconnect=reconnect, backoff_min=backoff_min, backoff_max=backoff_max, rng=rng,
@@ -236,7 +240,7 @@ class VirtualTransport:
 
     def client(
         self, device: str, host: str, port: int, client_id: str, *, keepalive: float, will: Will,
-        reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random,
+        reconnect: bool, backoff_min: float, backoff_max: float, rng: random.Random | float,
         on_message: Callable[[str, bytes], None], on_connect: Callable[[], None],
         on_disconnect: Callable[[], None], username: str | None = None, password: str | None = None,
     ) -> MqttLink:  # fmt: skip

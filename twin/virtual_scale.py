@@ -19,18 +19,22 @@ decides the same deaths at the same instants.
 
 from __future__ import annotations
 
+import collections
 import cProfile
 import gc
 import io
+import itertools
 import pstats
 import random
 import resource
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from heapq import heappop, heappush
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL, EventPriority
 
 from twin.device import DeviceConfig, SimDevice
 from twin.devices.esp32s3 import ESP32S3
@@ -85,20 +89,91 @@ class VirtualScaleResult:
 
 
 class _CountingEnv(simpy.Environment):
-    """A simpy Environment that counts the events it processes."""
+    """A simpy Environment that keeps the events due at the current instant in a FIFO beside its heap,
+    and tells how many events it processed.
 
-    steps = 0
+    simpy processes events in (time, priority, id) order. Most of a booting fleet's events are due at
+    once (a zero-delay link: CONNECT, CONNACK, SUBSCRIBEs, PUBLISHes and their PUBACKs all happen at the
+    same simulated instant), and each costs a push and a pop on a heap of 100,000+ pending timers. Such
+    an event (delay 0, normal priority) goes to the FIFO instead: all of its entries are due now, their
+    ids grow, so its head is its least, and ``step`` takes whichever of the heap's head and the FIFO's
+    head comes first in that order. The order of events is exactly simpy's."""
+
+    def __init__(self, initial_time: float = 0) -> None:
+        super().__init__(initial_time)
+        self._due_now: collections.deque[tuple[int, simpy.events.Event]] = collections.deque()
+
+    def schedule(self, event: simpy.events.Event, priority: EventPriority = NORMAL, delay: float = 0) -> None:
+        if delay == 0 and priority == NORMAL:
+            self._due_now.append((next(self._eid), event))
+        else:
+            heappush(self._queue, (self._now + delay, priority, next(self._eid), event))
+
+    def peek(self) -> float:
+        return self._now if self._due_now else super().peek()
 
     def step(self) -> None:
-        self.steps += 1
-        super().step()
+        due, queue = self._due_now, self._queue
+        if due:
+            head = queue[0] if queue else None
+            # the heap's head first only if it is due now too and comes first by (priority, id)
+            if head is not None and head[0] == self._now and (head[1], head[2]) < (NORMAL, due[0][0]):
+                self._now, _, _, event = heappop(queue)
+            else:
+                event = due.popleft()[1]
+        else:
+            try:
+                self._now, _, _, event = heappop(queue)
+            except IndexError:
+                raise simpy.core.EmptySchedule from None
+        # From here on, simpy's Environment.step.
+        callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
+        try:
+            for callback in callbacks:
+                callback(event)
+        except simpy.core.StopSimulation:
+            event.callbacks = callbacks[callbacks.index(callback) + 1 :]
+            self.schedule(event, EventPriority(-1))
+            raise
+        if not event._ok and not hasattr(event, "_defused"):
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
+
+    @property
+    def steps(self) -> int:
+        # Every event scheduled took an id; those not waiting any more were processed. (Counting in
+        # step() cost a Python call per event: millions at fleet scale.)
+        issued = next(self._eid)  # ids 0..issued-1 were handed out
+        self._eid = itertools.count(issued)  # and the next one is still this one
+        return issued - len(self._queue) - len(self._due_now)
 
 
 async def run_virtual_point(
-    cfg: VirtualScaleConfig, before_run: Callable[[TwinSession, list[SimDevice]], None] | None = None
+    cfg: VirtualScaleConfig,
+    before_run: Callable[[TwinSession, list[SimDevice]], None] | None = None,
+    *,
+    restore_gc: bool = True,
 ) -> VirtualScaleResult:
     """One point. ``before_run`` (tests) sees the session and the powered-on fleet before the clock runs
-    (to schedule faults) and may read the session after this returns."""
+    (to schedule faults) and may read the session after this returns. ``restore_gc=False`` leaves the
+    garbage collector frozen and off afterwards: for a process that ends right after (``os._exit``), so
+    nothing walks or frees the fleet's millions of objects."""
+    # The fleet is millions of long-lived objects and makes few cycles: a collection while it is built
+    # or while it runs walks all of them (seconds each at 100k devices), so the collector stays off for
+    # the whole point and (``restore_gc``) is turned back on after.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return await _run_point(cfg, before_run)
+    finally:
+        if restore_gc and enabled:
+            gc.enable()
+
+
+async def _run_point(
+    cfg: VirtualScaleConfig, before_run: Callable[[TwinSession, list[SimDevice]], None] | None
+) -> VirtualScaleResult:
     t0 = time.monotonic()
     result = VirtualScaleResult(cfg.devices, cfg.duration, cfg.heartbeat)
     env = _CountingEnv()
@@ -136,16 +211,7 @@ async def run_virtual_point(
         cpu0, w0 = time.process_time(), time.monotonic()
         if profiler is not None:
             profiler.enable()
-        # The fleet is millions of long-lived objects and makes few cycles: a full collection walks all
-        # of them (seconds each at 100k devices), so the run freezes what exists and collects after.
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-        try:
-            env.run(until=cfg.duration)
-        finally:
-            gc.enable()
-            gc.unfreeze()
+        env.run(until=cfg.duration)
         if profiler is not None:
             profiler.disable()
         result.wall_s = round(time.monotonic() - w0, 3)
@@ -159,7 +225,8 @@ async def run_virtual_point(
         result.heartbeats_received = manager.heartbeats
         engine = manager.engine
         assert engine is not None
-        result.alive_at_end = sum(1 for p in engine.proplets.values() if engine.is_alive(p, float(env.now)))
+        now = float(env.now)
+        result.alive_at_end = sum(1 for p in engine.proplets.values() if engine.is_alive(p, now))
         result.deaths = len(deaths)
         result.sim_events = env.steps
         if profiler is not None:

@@ -47,6 +47,10 @@ MANAGER_KEEPALIVE_S = 30.0  # ManagerSettings.mqtt_keepalive
 MANAGER_RETRY_S = 0.5  # a restarted manager that finds the broker down tries again (the process would)
 
 
+# Types a JSON round trip gives back as they were (floats and containers still take the round trip).
+_JSON_SAME = frozenset({str, int, bool, type(None)})
+
+
 def seeded_ids(rng: random.Random) -> Callable[[], str]:
     """Task ids as uuid4 strings drawn from ``rng``: the same seed names the same tasks."""
     return lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -289,8 +293,12 @@ class VirtualManager:
             # Metrics and invocation answers have no reader in a scenario.
 
     def _log(self, event_name: str, /, **fields: Any) -> None:
-        # Through JSON, as the live manager's log line is, so the observer reads the same values.
-        event = json.loads(json.dumps({"event": event_name, **fields}, default=str))
+        # Through JSON, as the live manager's log line is, so the observer reads the same values. Plain
+        # strings, whole numbers, booleans and None come back from JSON as they went in: those skip the
+        # round trip (one per proplet announcement, ~5 µs each at fleet scale).
+        event = {"event": event_name, **fields}
+        if not all(type(v) in _JSON_SAME for v in fields.values()):
+            event = json.loads(json.dumps(event, default=str))
         self.on_event(event, self.now)
 
     def views(self) -> list[dict[str, Any]]:

@@ -471,14 +471,17 @@ def _json_default(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+# What json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=...) would
+# build on every call, built once (every wire message goes through it).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
+
+
 def encode(message: m.Message, profile: Profile = Profile.RUST) -> bytes:
     """Compact UTF-8 JSON for ``message`` as the ``profile`` receiver expects it."""
     suffix, encoder = _lookup(message)
     try:
         body = encoder(message, profile)
-        text = json.dumps(
-            body, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
-        )
+        text = _ENCODER.encode(body)
         payload = text.encode("utf-8")
     except CodecError as exc:
         raise CodecError(suffix, exc.field, exc.reason) from None

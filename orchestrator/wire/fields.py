@@ -34,6 +34,11 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# json.loads(text, parse_constant=..., parse_float=...) builds a new decoder on every call; this is it,
+# built once (every wire message goes through it).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_object(payload: object, topic: str, max_payload_bytes: int) -> dict[str, Any]:
     """Parse a payload that must be one JSON object of UTF-8 text."""
     if not isinstance(payload, bytes | bytearray | memoryview):
@@ -46,7 +51,9 @@ def parse_object(payload: object, topic: str, max_payload_bytes: int) -> dict[st
     except UnicodeDecodeError as exc:
         raise CodecError(topic, "", f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        data = _DECODER.decode(text)
     except RecursionError:
         raise CodecError(topic, "", "JSON is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, huge floats, over-long integers
