@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 CREATE = "control/proplet/create"
 ALIVE = "control/proplet/alive"
@@ -44,13 +45,17 @@ class Topics:
     def __post_init__(self) -> None:
         _check_segment("domain", self.domain)
         _check_segment("channel", self.channel)
+        # Built once, not a field: a device or the manager names a topic for every message it handles.
+        object.__setattr__(self, "_prefix", f"m/{self.domain}/c/{self.channel}/")
+
+    _prefix: ClassVar[str]  # set per instance in __post_init__
 
     @property
     def base(self) -> str:
-        return f"m/{self.domain}/c/{self.channel}"
+        return self._prefix[:-1]
 
     def topic(self, suffix: str) -> str:
-        return f"{self.base}/{suffix}"
+        return self._prefix + suffix
 
     # proplet -> manager
     @property
@@ -132,7 +137,7 @@ class Topics:
 
     def suffix(self, topic: str) -> str | None:
         """The part of ``topic`` after ``m/{domain}/c/{channel}/``, or None if it is outside the channel."""
-        prefix = self.base + "/"
+        prefix = self._prefix
         if not isinstance(topic, str) or not topic.startswith(prefix):
             return None
         return topic[len(prefix) :]
