@@ -91,7 +91,10 @@ class SubscriptionTree:
     def add(self, topic_filter: str, client_id: str, qos: int) -> None:
         node = self
         for level in topic_filter.split("/"):
-            node = node.children.setdefault(level, SubscriptionTree())
+            child = node.children.get(level)  # (setdefault would build a node per level every time)
+            if child is None:
+                child = node.children[level] = SubscriptionTree()
+            node = child
         node.subscribers[client_id] = qos
 
     def remove(self, topic_filter: str, client_id: str) -> None:

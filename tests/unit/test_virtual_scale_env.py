@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 import simpy
 
 from twin.virtual_scale import _CountingEnv
@@ -72,3 +73,24 @@ class _PlainCounting(simpy.Environment):
     def step(self) -> None:
         self.steps += 1
         super().step()
+
+
+def test_run_ends_as_simpy_run_does() -> None:
+    for make in (simpy.Environment, _CountingEnv):
+        env = make()
+        _workload(env, 1)
+        assert env.run() is None  # nothing left to do
+        done = env.event()
+
+        def finish(_ev: Any, done: simpy.Event = done) -> None:
+            done.succeed("value")
+
+        env.timeout(2.0).callbacks.append(finish)
+        assert env.run(until=done) == "value"
+        failing = env.event()
+        failing.fail(ValueError("boom"))
+        with pytest.raises(ValueError, match="boom"):
+            env.run()
+        never = env.event()
+        with pytest.raises(RuntimeError, match="was not triggered"):
+            env.run(until=never)
