@@ -300,12 +300,24 @@ def check_target(policy: egress.EgressPolicy, target: Target, addresses: list[st
     return verdict
 
 
+class HostUnresolved(Exception):
+    """The request's host has no address: the guest gets ``error-code.DNS-error`` with this text."""
+
+
 def resolve(target: Target) -> list[str]:
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except OSError:
-        return []
+    except OSError as e:
+        raise HostUnresolved(e.strerror or str(e)) from e
     return sorted({str(info[4][0]) for info in infos})
+
+
+def dns_error(rcode: str) -> cm.Variant:
+    """``error-code.DNS-error`` as wasmtime's own client reports a failed lookup (no info code)."""
+    payload = cm.Record()
+    setattr(payload, "rcode", rcode)  # noqa: B010 - cm.Record is untyped: its fields are set by name
+    setattr(payload, "info-code", None)  # a WIT field name, not a Python identifier
+    return cm.Variant("DNS-error", payload)
 
 
 def timeout_cap_ns(deadline: float | None, now: float) -> int | None:
@@ -340,6 +352,7 @@ class HttpGate:
         self.deadline = deadline
         self.resolver = resolver
         self.denied = 0
+        self.notes = 0
         self._funcs: dict[str, cm.Func] = {}
 
     def link(self, linker: cm.Linker, store: wasmtime.Store, imports: list[str]) -> None:
@@ -374,7 +387,15 @@ class HttpGate:
             target = request_target(scheme, self._call(store, "authority", request))
         except ValueError as e:
             return self._deny(store, request, options, f"wasi:http request refused: {e}")
-        verdict = check_target(self.policy, target, self.resolver(target))
+        try:
+            addresses = self.resolver(target)
+        except HostUnresolved as e:
+            request.drop(store)
+            if options is not None:
+                options.drop(store)
+            self._note(f"wasi:http request to {target.url()} failed: {target.host} does not resolve ({e})")
+            return dns_error(str(e))
+        verdict = check_target(self.policy, target, addresses)
         if not verdict.allowed:
             why = f"wasi:http request to {target.url()} refused: {verdict.rule}"
             return self._deny(store, request, options, why)
@@ -393,6 +414,10 @@ class HttpGate:
         if options is not None:
             options.drop(store)
         self.denied += 1
-        if self.denied <= 5:
-            self.note(why)
+        self._note(why)
         return cm.Variant("HTTP-request-denied")
+
+    def _note(self, why: str) -> None:
+        self.notes += 1
+        if self.notes <= 5:  # a guest retrying in a loop does not flood the run's notes
+            self.note(why)

@@ -136,3 +136,19 @@ async def test_a_request_that_hangs_ends_with_the_task_wall_time_limit(
     finally:
         silent.close()
         await close_cluster(c)
+
+
+async def test_a_host_that_does_not_resolve_gets_a_dns_error_naming_the_lookup(
+    tmp_path: Path, guest_url: str
+) -> None:
+    # .invalid never resolves (RFC 6761): allowed by name, it still has no address to check or use
+    allow = ("127.0.0.1", "nowhere.invalid")
+    c, _ = await _hal_cluster(tmp_path, fetch_allow=allow, cache_dir=str(CACHE / "artifacts"))
+    try:
+        task = await c.run_task(_fetch(guest_url, "http://nowhere.invalid/x"), timeout=600)
+        assert task["state"] == 3, task
+        assert task["results"] == '"refused: ErrorCode_DnsError"', task["results"]
+        logs = (await c.api.get(f"/tasks/{task['id']}/logs")).json()["logs"]
+        assert any("nowhere.invalid does not resolve (" in row["data"] for row in logs), logs
+    finally:
+        await close_cluster(c)
