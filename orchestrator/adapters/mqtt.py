@@ -122,20 +122,92 @@ def _check_qos(qos: int) -> None:
         raise ValueError(f"QoS must be 0, 1 or 2, got {qos!r}")
 
 
+# One recv() takes up to this much; the rest waits in _Paho's read buffer for the next packets.
+_READ_CHUNK = 64 * 1024
+
+
 class _Paho(paho.Client):
-    """paho client that takes an already-connected socket instead of connecting (see docstring)."""
+    """paho client that takes an already-connected socket instead of connecting (see docstring), reads
+    through a buffer and writes every queued packet with one send().
+
+    Why: paho reads a packet with three or more recv() calls (the command byte, each byte of the
+    remaining length, the body, then one more that finds nothing) and sends each packet with its own
+    send(). Each of those calls releases the GIL and must take it back, which in the manager means
+    waiting for the store-writer thread; most of the manager's samples were there (docs/benchmarks.md).
+    Here one recv() fills a buffer paho's reads are served from, and one send() carries all packets
+    queued in an event-loop turn. paho still does all the protocol work: the buffer and the joined send
+    only change how many system calls carry the same bytes, in the same order.
+    """
 
     preconnected: socket.socket | None = None
+    _rbuf: bytes = b""  # bytes read from the socket and not yet handed to paho, from _rpos on
+    _rpos = 0
+    _send_credit = -1  # >= 0 while paho accounts for bytes a joined send() already wrote
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes already read from the socket wait here (epoll will not report them again)."""
+        return self._rpos < len(self._rbuf)
 
     def _create_socket_connection(self) -> socket.socket:
         sock, self.preconnected = self.preconnected, None
         if sock is None:
             raise OSError("internal: no pre-connected socket for paho")
+        self._rbuf, self._rpos = b"", 0  # nothing read on an earlier connection carries over
         return sock
 
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos < len(buf):
+            self._rpos = pos + bufsize
+            return buf[pos : pos + bufsize]
+        data: bytes = super()._sock_recv(max(bufsize, _READ_CHUNK))
+        if len(data) <= bufsize:
+            self._rbuf, self._rpos = b"", 0
+            return data
+        self._rbuf, self._rpos = data, bufsize
+        return data[:bufsize]
 
-if not callable(getattr(paho.Client, "_create_socket_connection", None)):
-    raise RuntimeError("paho-mqtt internals changed: Client._create_socket_connection is gone (see mqtt.py)")
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+    def _packet_write(self) -> MQTTErrorCode:
+        queued = self._out_packet
+        if len(queued) < 2 or self._sock is None:
+            return super()._packet_write()
+        chunks = []
+        for packet in queued:
+            chunks.append(packet["packet"][packet["pos"] :])
+            if packet["command"] & 0xF0 == paho.DISCONNECT:
+                break  # paho closes the socket after a DISCONNECT: nothing behind it goes out
+        try:
+            sent = super()._sock_send(b"".join(chunks))
+        except Exception:
+            # paho's own path meets the same error on the first packet and handles it as it always has.
+            return super()._packet_write()
+        # paho now walks the queue as usual (completing QoS 0 publishes, closing after DISCONNECT),
+        # each _sock_send taking its share of `sent`; past it the socket is full (BlockingIOError).
+        self._send_credit = sent
+        try:
+            return super()._packet_write()
+        finally:
+            self._send_credit = -1
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        credit = self._send_credit
+        if credit < 0:
+            return super()._sock_send(buf)
+        if credit == 0:
+            raise BlockingIOError
+        taken = min(credit, len(buf))
+        self._send_credit = credit - taken
+        return taken
+
+
+for _internal in ("_create_socket_connection", "_sock_recv", "_sock_send", "_sock_close", "_packet_write"):
+    if not callable(getattr(paho.Client, _internal, None)):
+        raise RuntimeError(f"paho-mqtt internals changed: Client.{_internal} is gone (see mqtt.py)")
 
 
 class _Ticker:
@@ -234,6 +306,7 @@ class MqttClient:
         self._auto = False  # reconnect after an unexpected loss (set once connected)
         self._silenced = False
         self._write_wanted = False
+        self._write_soon_pending = False
         self._subs: dict[str, int] = {}
         self._connack: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -432,6 +505,8 @@ class MqttClient:
             self._loop.add_reader(sock, self._on_readable)
             if self._write_wanted:
                 self._loop.add_writer(sock, self._on_writable)
+            if self._paho.buffered:  # read before the silence: epoll will not report these bytes
+                self._loop.call_soon(self._on_readable)
 
     # --- connection attempts ----------------------------------------------------------------------
 
@@ -530,13 +605,16 @@ class MqttClient:
 
     def _on_readable(self) -> None:
         try:
-            self._paho.loop_read()
-            sock = self._paho.socket()
+            paho_client = self._paho
+            paho_client.loop_read()
+            sock = paho_client.socket()
             _ack_now(sock)
-            # TLS can hold decrypted bytes that epoll does not see; drain them now.
-            while isinstance(sock, ssl.SSLSocket) and sock.pending() and not self._silenced:
-                self._paho.loop_read()
-                sock = self._paho.socket()
+            # Our read buffer, and TLS, can hold bytes that epoll does not see; drain them now.
+            while sock is not None and not self._silenced:
+                if not paho_client.buffered and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                    break
+                paho_client.loop_read()
+                sock = paho_client.socket()
         except Exception:
             self._count_error("loop_read")
 
@@ -581,10 +659,23 @@ class MqttClient:
             self._loop.remove_writer(sock)
         self._write_wanted = False
 
-    def _want_write(self, _c: Any, _u: Any, sock: Any) -> None:
+    def _want_write(self, _c: Any, _u: Any, _sock: Any) -> None:
+        # Write once the loop has run this turn's callbacks, so every packet they queue leaves in one
+        # send(); the socket is almost always writable, so asking epoll first (add_writer, then
+        # remove_writer: two epoll_ctl calls per write) is only done once a send could not finish.
         self._write_wanted = True
-        if not self._silenced and self._loop is not None:
-            self._loop.add_writer(sock, self._on_writable)
+        if not self._silenced and self._loop is not None and not self._write_soon_pending:
+            self._write_soon_pending = True
+            self._loop.call_soon(self._write_soon)
+
+    def _write_soon(self) -> None:
+        self._write_soon_pending = False
+        if self._silenced or not self._write_wanted or self._loop is None:
+            return
+        self._on_writable()
+        sock = self._paho.socket()
+        if self._write_wanted and not self._silenced and sock is not None:
+            self._loop.add_writer(sock, self._on_writable)  # the socket is full: wait until it drains
 
     def _unwant_write(self, _c: Any, _u: Any, sock: Any) -> None:
         self._write_wanted = False

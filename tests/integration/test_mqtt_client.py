@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import os
 import random
+import shutil
 import socket
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, MqttError, TlsOptions, Will
+from tests.conftest import free_port
 from tests.fixtures.mqtt import eventually
 
 
@@ -89,6 +100,128 @@ async def test_every_read_acks_at_once_so_a_nagling_broker_does_not_wait(
     await pub.publish_and_wait(unique_topic, b"result", 1)
     await eventually(lambda: inbox.on(unique_topic) == [b"result"], timeout=5)
     assert sub._paho.socket().fileno() in quickacks  # the read that brought the message ACKed it
+
+
+async def test_packets_queued_in_one_turn_leave_in_one_send(
+    broker_url: str, unique_topic: str, clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paho sends each packet by itself; the client joins what one event-loop turn queued (fewer
+    system calls, so fewer GIL hand-offs in the manager) without changing what arrives, or in what order."""
+    inbox = Inbox()
+    sub = clients(broker_url, "sub", on_message=inbox)
+    pub = clients(broker_url, "pub")
+    await sub.connect()
+    await pub.connect()
+    await sub.subscribe_and_wait(unique_topic, 1)
+    sends: list[int] = []
+    real = socket.socket.send
+
+    def spy(sock: socket.socket, data: bytes, *flags: int) -> int:
+        sends.append(sock.fileno())
+        return real(sock, data, *flags)
+
+    monkeypatch.setattr(socket.socket, "send", spy)
+    payloads = [b"m%d" % i for i in range(20)]
+    for payload in payloads:  # one turn: no await in between
+        pub.publish(unique_topic, payload, qos=0)
+    await pub.publish_and_wait(unique_topic, b"end", qos=0)
+    assert sends.count(pub._paho.socket().fileno()) == 1
+    await eventually(lambda: len(inbox.on(unique_topic)) == 21, timeout=5)
+    assert inbox.on(unique_topic) == [*payloads, b"end"]
+
+
+async def test_a_turn_larger_than_the_socket_buffer_arrives_whole_and_in_order(
+    broker_url: str, unique_topic: str, clients
+) -> None:
+    """The joined send writes part of the queue when the socket is full; the rest follows once it
+    drains (and the reader's buffer hands paho bodies that span many reads)."""
+    inbox = Inbox()
+    sub = clients(broker_url, "sub", on_message=inbox)
+    pub = clients(broker_url, "pub", max_inflight=100)
+    await sub.connect()
+    await pub.connect()
+    await sub.subscribe_and_wait(unique_topic, 1)
+    payloads = [bytes([i]) * (200 * 1024 + i) for i in range(40)]  # ~8 MB in one turn
+    for payload in payloads:
+        pub.publish(unique_topic, payload, qos=1)
+    await pub.publish_and_wait(unique_topic, b"end", qos=1, timeout=30)
+    await eventually(lambda: len(inbox.on(unique_topic)) == 41, timeout=30)
+    assert inbox.on(unique_topic) == [*payloads, b"end"]
+    assert pub.callback_errors == 0 and sub.callback_errors == 0
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_mosquitto(tmp_path: Path) -> Iterator[str]:
+    """A Mosquitto of this test's own with a TLS listener (self-signed certificate)."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(binary):
+        pytest.skip("mosquitto is not installed")
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    # `user`: as root Mosquitto would drop to its own user, which cannot read pytest's tmp_path.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(
+        f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"certfile {cert}\nkeyfile {key}\nmax_inflight_messages 100\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "private mosquitto did not start"
+                time.sleep(0.05)
+        yield f"mqtts://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_tls_link_carries_large_and_small_messages_in_order(tls_mosquitto: str, clients) -> None:
+    """Over TLS a read returns at most one record: the reader's buffer and the TLS drain together
+    must still hand paho every byte, bodies spanning many records included."""
+    inbox = Inbox()
+    tls = TlsOptions(insecure=True)
+    sub = clients(tls_mosquitto, "sub", on_message=inbox, tls=tls)
+    pub = clients(tls_mosquitto, "pub", tls=tls, max_inflight=100)
+    await sub.connect()
+    await pub.connect()
+    await sub.subscribe_and_wait("t", 1)
+    payloads = [bytes([i]) * (i * 2_999 % 150_000) for i in range(40)] + [b"s%d" % i for i in range(200)]
+    for payload in payloads:
+        pub.publish("t", payload, qos=1)
+    await pub.publish_and_wait("t", b"end", qos=1, timeout=30)
+    await eventually(lambda: len(inbox.on("t")) == len(payloads) + 1, timeout=30)
+    assert inbox.on("t") == [*payloads, b"end"]
+    assert pub.callback_errors == 0 and sub.callback_errors == 0
 
 
 async def test_will_fires_on_abort_not_on_disconnect(broker_url: str, unique_topic: str, clients) -> None:
