@@ -34,7 +34,7 @@ from heapq import heappop, heappush
 from typing import Any
 
 import simpy
-from simpy.events import NORMAL, URGENT, EventPriority
+from simpy.events import NORMAL, EventPriority
 
 from twin.device import DeviceConfig, SimDevice
 from twin.devices.esp32s3 import ESP32S3
@@ -111,58 +111,6 @@ class _CountingEnv(simpy.Environment):
 
     def peek(self) -> float:
         return self._now if self._due_now else super().peek()
-
-    def run(self, until: float | simpy.events.Event | None = None) -> Any:
-        """simpy's ``Environment.run`` with ``step`` in its loop (a Python call less per event)."""
-        if until is not None:
-            if not isinstance(until, simpy.events.Event):
-                at = until if isinstance(until, int) else float(until)
-                if at <= self.now:
-                    raise ValueError(f"until ({at}) must be greater than the current simulation time")
-                until = simpy.events.Event(self)
-                until._ok = True
-                until._value = None
-                self.schedule(until, URGENT, at - self.now)
-            elif until.callbacks is None:
-                return until.value
-            assert until.callbacks is not None
-            until.callbacks.append(simpy.core.StopSimulation.callback)
-        due, queue = self._due_now, self._queue
-        try:
-            while True:
-                # as step() below, inlined
-                if due:
-                    head = queue[0] if queue else None
-                    if head is not None and head[0] == self._now and (head[1], head[2]) < (NORMAL, due[0][0]):
-                        self._now, _, _, event = heappop(queue)
-                    else:
-                        event = due.popleft()[1]
-                else:
-                    try:
-                        self._now, _, _, event = heappop(queue)
-                    except IndexError:
-                        raise simpy.core.EmptySchedule from None
-                callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
-                try:
-                    for callback in callbacks:
-                        callback(event)
-                except simpy.core.StopSimulation:
-                    event.callbacks = callbacks[callbacks.index(callback) + 1 :]
-                    self.schedule(event, EventPriority(-1))
-                    raise
-                if not event._ok and not hasattr(event, "_defused"):
-                    exc = type(event._value)(*event._value.args)
-                    exc.__cause__ = event._value
-                    raise exc
-        except simpy.core.StopSimulation as stop:
-            return stop.args[0]
-        except simpy.core.EmptySchedule:
-            if until is not None:
-                assert not until.triggered
-                raise RuntimeError(
-                    f'No scheduled events left but "until" event was not triggered: {until}'
-                ) from None
-        return None
 
     def step(self) -> None:
         due, queue = self._due_now, self._queue
