@@ -72,7 +72,11 @@ def _run_and_kill(path: Path, start: int, after_lines: int) -> tuple[set[int], s
             if len(lines) > after_lines:
                 break
         proc.send_signal(signal.SIGKILL)
-        rest, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        # Read the rest through the same file object: the loop above may have read ahead past the line
+        # it stopped at, and communicate() reads the raw pipe, losing what sits in that buffer.
+        assert proc.stderr is not None
+        rest, err = proc.stdout.read(), proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
