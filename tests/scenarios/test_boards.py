@@ -55,6 +55,8 @@ def test_the_boards_scenario_passes(outcome: Outcome) -> None:
     ScenarioRunner.assert_passed(result)  # skipped, with the lag figures, if the host could not keep up
     live = result.trace.meta["live"]
     assert live["boards"] == 2 and live["devices"] == 20
+    assert live["devices_online_once"] == live["devices"]
+    assert result.trace.of("proplet"), "no manager event was observed"
     # Tasks really ran on the boards' twin devices, and the manager saw them there.
     assert live["tasks_run_on_virtual_boards"] >= 6
     ran_on = {result.trace.task_device(e) for t in result.trace.tasks().values() for e in t.runs}
