@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ from orchestrator.bench_restore import fill
 from proplets.agent import AgentSettings, PropletAgent
 from tests.conftest import free_port
 from tests.fixtures.store import PgSchema
-from tests.integration.conftest import WORK, wait_for_listener
+from tests.integration.conftest import WORK
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -65,7 +66,14 @@ def private_broker(tmp_path: Path) -> Iterator[str]:
     log = (tmp_path / "mosquitto.log").open("wb")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_listener(proc, port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "private mosquitto did not start"
+                time.sleep(0.05)
         yield f"mqtt://127.0.0.1:{port}"
     finally:
         proc.terminate()
