@@ -84,6 +84,7 @@ def one_size(stored: int, ops: int) -> dict[str, Any]:
     engine = Engine(EngineConfig(domain="bench", channel="c"))
     t0 = time.perf_counter()
     engine.restore(_history(stored), [], now=0.0, wall=WALL0)
+    engine.link_restored(0.0, WALL0)  # on the broker, as a manager is after its restore
     engine.take_commands()
     restore_s = time.perf_counter() - t0
     gc.collect()

@@ -226,6 +226,11 @@ class Engine:
         that nothing needs, if given, go to the bounded cache only, so memory does not grow with the
         history.
         """
+        # Restored, not yet on the broker: what waits to hear from proplets (the grace below, lost
+        # starts, liveness, attempt deadlines) and dispatch start when link_restored says we are on it,
+        # so a slow connect (a standby's takeover under load) does not count as proplets' silence.
+        self.link_up = False
+        self._link_lost_at = None
         for p in proplets:
             p.alive = False
             p.last_seen = None
@@ -1003,14 +1008,19 @@ class Engine:
             # everyone to announce again and re-send recent results, and give them time before a
             # task a heartbeat does not list is taken for lost.
             self._quiet_until = now + 2 * self.config.heartbeat_interval
-            request = wire.DiscoveryRequest("")
-            self._emit(Publish(self.topics.discover, wire.encode(request), self.config.qos))
+            for proplet_id, deadline in self._grace.items():  # restored tasks' proplets: from now too
+                self._grace[proplet_id] = max(deadline, now + self.config.timeout)
             # Attempts that were running through the outage get their full deadline again.
             for running in self._running_on.values():
                 for task in running.values():
                     if self._deadline_of.get(task.id, now) < now + (self.attempt_deadline(task) or 0):
                         self._arm_deadline(task, now)
-            self._log("manager_link_restored")
+            if self._link_lost_at is not None:
+                request = wire.DiscoveryRequest("")
+                self._emit(Publish(self.topics.discover, wire.encode(request), self.config.qos))
+                self._log("manager_link_restored")
+            # else the first connect after a (re)start: our named session kept what was published to
+            # us meanwhile (a standby takes it over), so nothing is asked again.
         self._drain_queue(now, wall)
 
     # ------------------------------------------------------------------ liveness
@@ -1095,7 +1105,8 @@ class Engine:
             self._prune_liveness()
             if self._liveness:
                 deadlines.append(self._liveness[0][0])
-        deadlines.extend(self._grace.values())
+        if self.link_up:
+            deadlines.extend(self._grace.values())
         deadlines.extend(self.latent.deadlines())
         if self.config.queue_timeout is not None:
             self._prune_fifo()

@@ -19,6 +19,7 @@ from orchestrator.core.engine import Engine, EngineConfig
 def test_dispatch_with_history(benchmark: pytest.FixtureRequest, stored: int) -> None:
     engine = Engine(EngineConfig(domain="bench", channel="c", terminal_cache=1_000))
     engine.restore(_history(stored), [], now=0.0, wall=WALL0)
+    engine.link_restored(0.0, WALL0)  # on the broker, as a manager is after its restore
     _announce(engine, "p1", 0.0)
     engine.take_commands()
     clock = itertools.count(1)

@@ -291,12 +291,38 @@ def test_restore_gives_running_tasks_one_timeout_for_their_proplet_to_return() -
     a, b = submit(engine, 1.0), submit(engine, 1.0)
     restarted = make_engine()
     restarted.restore([engine.tasks[a], engine.tasks[b]], list(engine.proplets.values()), now=100.0)
-    heartbeat(restarted, "p1", 101.0)  # p1 survived the manager restart; p2 did not
+    restarted.link_restored(100.5, 0)
+    heartbeat(restarted, "p1", 110.0)  # p1 survived the manager restart; p2 did not
     restarted.take_commands()
-    restarted.on_timer(130.0, 0)
+    restarted.on_timer(131.0, 0)  # a timeout after the connect
     assert restarted.tasks[a].state is TaskState.RUNNING and restarted.tasks[a].proplet_id == "p1"
     starts = publishes(restarted.take_commands(), T.start)
     assert [(s["id"], s["proplet_id"]) for s in starts] == [(b, "p1")]
+
+
+def test_the_grace_after_restore_counts_from_the_broker_connect_not_the_restore() -> None:
+    # A standby's takeover under load: the store is read at 100 but the broker answers only at 150,
+    # after more than a liveness timeout (30 s). Proplets cannot be heard before the connect, so their
+    # tasks stay theirs until a timeout has passed since then.
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    heartbeat(engine, "p2", 0.0)
+    a, b = submit(engine, 1.0), submit(engine, 1.0)
+    restarted = make_engine()
+    restarted.restore([engine.tasks[a], engine.tasks[b]], list(engine.proplets.values()), now=100.0)
+    restarted.on_timer(149.0, 0)
+    assert not publishes(restarted.take_commands(), T.start)
+    restarted.link_restored(150.0, 0)
+    restarted.take_commands()
+    heartbeat(restarted, "p1", 150.2)
+    heartbeat(restarted, "p2", 150.3)
+    restarted.on_timer(151.0, 0)
+    assert not publishes(restarted.take_commands(), T.start)
+    assert {restarted.tasks[a].proplet_id, restarted.tasks[b].proplet_id} == {"p1", "p2"}
+    heartbeat(restarted, "p1", 170.0)
+    restarted.on_timer(181.0, 0)  # p2 silent for a timeout since its last heartbeat: its task moves
+    starts = publishes(restarted.take_commands(), T.start)
+    assert [s["proplet_id"] for s in starts] == ["p1"]
 
 
 def test_embedded_proplets_get_numeric_inputs() -> None:
