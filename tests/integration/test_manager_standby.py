@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from orchestrator.bench_restore import fill
 from proplets.agent import AgentSettings, PropletAgent
 from tests.conftest import free_port
 from tests.fixtures.store import PgSchema
-from tests.integration.conftest import WORK
+from tests.integration.conftest import WORK, wait_for_listener
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -66,14 +65,7 @@ def private_broker(tmp_path: Path) -> Iterator[str]:
     log = (tmp_path / "mosquitto.log").open("wb")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "private mosquitto did not start"
-                time.sleep(0.05)
+        wait_for_listener(proc, port)
         yield f"mqtt://127.0.0.1:{port}"
     finally:
         proc.terminate()

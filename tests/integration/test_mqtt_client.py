@@ -9,7 +9,6 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, MqttError, TlsOptions, Will
 from tests.conftest import free_port
 from tests.fixtures.mqtt import eventually
+from tests.integration.conftest import wait_for_listener
 
 
 def cid(name: str) -> str:
@@ -191,14 +191,7 @@ def tls_mosquitto(tmp_path: Path) -> Iterator[str]:
     )
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "private mosquitto did not start"
-                time.sleep(0.05)
+        wait_for_listener(proc, port)
         yield f"mqtts://127.0.0.1:{port}"
     finally:
         proc.terminate()
