@@ -49,6 +49,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import operator
 import re
 import sqlite3
 import sys
@@ -1424,26 +1425,41 @@ class _RawStatement:
 
     sql: str
     names: tuple[str, ...]  # the positional parameters, by bind name
-    constants: dict[str, Any]  # binds the statement itself fills (LIMIT/OFFSET values)
+    get: Callable[[dict[str, Any]], Sequence[Any]]  # a row's values in ``names`` order
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]
     stmt: Any  # held so that the cache key's id() stays this statement's
 
     def params(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
-        names, constants, processors = self.names, self.constants, self.processors
-        out: list[Any] = []
-        for group, row in enumerate(rows, 1):
-            try:
-                values = [constants[n] if n in constants else row[n] for n in names]
-            except KeyError as exc:
-                # What SQLAlchemy raises for a row missing a key the first row had (a data error).
-                message = (
-                    f"A value is required for bind parameter {exc.args[0]!r}, in parameter group {group}"
-                )
-                raise StatementError(message, self.sql, None, sa.exc.InvalidRequestError(message)) from None
-            for i, process in processors:
-                values[i] = process(values[i])
-            out.append(values)
-        return out
+        get, processors = self.get, self.processors
+        try:
+            if not processors:
+                return [get(row) for row in rows]
+            out: list[Any] = []
+            for row in rows:
+                values = list(get(row))
+                for i, process in processors:
+                    values[i] = process(values[i])
+                out.append(values)
+            return out
+        except KeyError as exc:
+            # What SQLAlchemy raises for a row missing a key the first row had (a data error).
+            group = next(i for i, row in enumerate(rows, 1) if not all(n in row for n in self.names))
+            message = f"A value is required for bind parameter {exc.args[0]!r}, in parameter group {group}"
+            raise StatementError(message, self.sql, None, sa.exc.InvalidRequestError(message)) from None
+
+
+def _row_getter(
+    names: tuple[str, ...], constants: dict[str, Any]
+) -> Callable[[dict[str, Any]], Sequence[Any]]:
+    pick: Callable[[dict[str, Any]], Sequence[Any]]
+    if len(names) == 1:  # itemgetter of one name returns the value, not a tuple
+        (name,) = names
+        pick = lambda row: (row[name],)  # noqa: E731
+    else:
+        pick = operator.itemgetter(*names) if names else lambda row: ()
+    if constants:  # a row's own value wins, as in SQLAlchemy
+        return lambda row: pick({**constants, **row})
+    return pick
 
 
 class _RawSqlite:
@@ -1523,7 +1539,7 @@ class _RawSqlite:
         ):  # fmt: skip
             raise sa.exc.CompileError(f"the raw SQLite path cannot run {compiled.string!r}")
         names = tuple(compiled.positiontup)
-        constants = {}
+        constants: dict[str, Any] = {}
         for name in names:
             if name not in row:
                 bind = compiled.binds[name]
@@ -1538,7 +1554,7 @@ class _RawSqlite:
             and name not in constants
             and not isinstance(compiled.binds[name].type, _CHECKED_BIND_TYPES)
         )
-        found = _RawStatement(compiled.string, names, constants, processors, stmt)
+        found = _RawStatement(compiled.string, names, _row_getter(names, constants), processors, stmt)
         self._compiled[key] = found
         return found
 
