@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 CREATE = "control/proplet/create"
 ALIVE = "control/proplet/alive"
@@ -48,7 +47,7 @@ class Topics:
         # Built once, not a field: a device or the manager names a topic for every message it handles.
         object.__setattr__(self, "_prefix", f"m/{self.domain}/c/{self.channel}/")
 
-    _prefix: ClassVar[str]  # set per instance in __post_init__
+    _prefix: str = field(init=False, repr=False, compare=False)  # set in __post_init__
 
     @property
     def base(self) -> str:

@@ -100,6 +100,10 @@ class Manager:
             domain,
             "--heartbeat-interval",
             "0.5",
+            # The proplets live in this test's loop: on a loaded machine it may stall longer than
+            # 3 heartbeats, and a proplet declared dead would rightly have its tasks run again.
+            "--liveness-timeout",
+            "5",
         ]
         self.log = log
         self.proc = subprocess.Popen(self.args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -211,7 +215,7 @@ async def start_proplets(broker: str, domain: str, n: int) -> list[PropletAgent]
                 proplet_id=f"{domain}-p{i}",
                 domain=domain,
                 heartbeat_interval=0.5,
-                keepalive=2,
+                keepalive=5,  # as the liveness timeout above: a stalled loop is not a death
                 max_instances=8,
                 metrics_interval=0,
             )
