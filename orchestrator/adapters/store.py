@@ -1505,7 +1505,8 @@ class _RawSqlite:
         try:
             yield
         except BaseException:
-            self._sql("ROLLBACK TO SAVEPOINT raw_row")
+            if self._fairy is not None:  # not when the error was a lost connection
+                self._sql("ROLLBACK TO SAVEPOINT raw_row")
             raise
         self._sql("RELEASE SAVEPOINT raw_row")
 
