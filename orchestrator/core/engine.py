@@ -1004,9 +1004,8 @@ class Engine:
                 if proplet.alive and proplet.last_seen is not None:
                     proplet.last_seen = max(proplet.last_seen, back_by)
                     self._watch(proplet.id, proplet.last_seen + self.config.timeout)
-            # What proplets published while we were away is gone with the broker's sessions: ask
-            # everyone to announce again and re-send recent results, and give them time before a
-            # task a heartbeat does not list is taken for lost.
+            # Give proplets time (their re-sent results too) before a task a heartbeat does not list
+            # is taken for lost.
             self._quiet_until = now + 2 * self.config.heartbeat_interval
             for proplet_id, deadline in self._grace.items():  # restored tasks' proplets: from now too
                 self._grace[proplet_id] = max(deadline, now + self.config.timeout)
@@ -1016,6 +1015,8 @@ class Engine:
                     if self._deadline_of.get(task.id, now) < now + (self.attempt_deadline(task) or 0):
                         self._arm_deadline(task, now)
             if self._link_lost_at is not None:
+                # What proplets published while we were away may be gone with the broker's sessions:
+                # ask everyone to announce again and re-send recent results.
                 request = wire.DiscoveryRequest("")
                 self._emit(Publish(self.topics.discover, wire.encode(request), self.config.qos))
                 self._log("manager_link_restored")

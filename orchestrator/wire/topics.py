@@ -44,7 +44,7 @@ class Topics:
     def __post_init__(self) -> None:
         _check_segment("domain", self.domain)
         _check_segment("channel", self.channel)
-        # Built once, not a field: a device or the manager names a topic for every message it handles.
+        # Built once (not an init field): a device or the manager names a topic for every message it handles.
         object.__setattr__(self, "_prefix", f"m/{self.domain}/c/{self.channel}/")
 
     _prefix: str = field(init=False, repr=False, compare=False)  # set in __post_init__
