@@ -448,7 +448,7 @@ class Store:
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer") if writer else None
         )
         # Group-commit windows skip SQLAlchemy's per-execute Python on it (see the module docstring).
-        self._raw = _RawSqlite(writer) if writer else None
+        self._raw = _RawSqlite(writer) if writer and _RawSqlite.supported() else None
         # Built once: constructing `excluded` costs about a millisecond, more than the write itself.
         # A task keeps its first `seq`: that is its place in load order.
         self._upserts = {
@@ -1417,6 +1417,11 @@ def _sqlite_writer(url: URL) -> sa.Engine:
 # a bool, which sqlite3 binds as the same 0/1; LargeBinary: bytes, bound as the same BLOB as the
 # processor's memoryview). Every other processor (``to_float`` of Double columns) still runs.
 _CHECKED_BIND_TYPES = (sa.JSON, sa.Boolean, sa.LargeBinary)
+# What _RawSqlite reads from a compiled statement beyond its public string (see ``supported``).
+_COMPILER_INTERNALS = (
+    "_bind_processors", "positiontup", "literal_execute_params", "post_compile_params",
+    "insert_prefetch", "update_prefetch",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -1472,6 +1477,13 @@ class _RawSqlite:
     (with no connection, cursor or context; return values ignored), so callers and statement hooks
     cannot tell the two paths apart. Used from the writer thread only.
     """
+
+    @staticmethod
+    def supported() -> bool:
+        """Whether this SQLAlchemy still has the compiler internals the raw path reads (checked on 2.0
+        and 2.1); if not, windows go through SQLAlchemy's execute as before, slower but the same."""
+        compiler = sa.sql.compiler.SQLCompiler
+        return all(hasattr(compiler, name) for name in _COMPILER_INTERNALS)
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine  # the writer engine: its "connect" hook sets the pragmas, autocommit

@@ -20,6 +20,7 @@ from orchestrator.adapters.store import (
     Store,
     TaskLogBatch,
     WriteBatch,
+    _RawSqlite,
 )
 from orchestrator.core.model import Job, Proplet, Task, TaskState
 
@@ -175,6 +176,11 @@ async def _write_all(tmp_path: Path, raw: bool) -> tuple[list[Refusals], list[st
         sa.event.remove(store._writer, "before_cursor_execute", capture)
         await store.close()
     return refusals, statements, path, reads
+
+
+def test_this_sqlalchemy_has_what_the_raw_path_reads() -> None:
+    # Otherwise the store silently falls back to SQLAlchemy's execute (correct, but slower): say so here.
+    assert _RawSqlite.supported(), "SQLAlchemy's compiler internals moved: see _COMPILER_INTERNALS"
 
 
 async def test_the_raw_path_writes_what_the_sqlalchemy_path_writes(tmp_path: Path) -> None:
