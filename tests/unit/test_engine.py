@@ -284,13 +284,19 @@ def test_stop_interrupts_and_sends_a_payload_both_proplet_kinds_accept() -> None
     assert engine.tasks[task_id].state is TaskState.INTERRUPTED
 
 
-def test_restore_gives_running_tasks_one_timeout_for_their_proplet_to_return() -> None:
+def restarted_with_two_running() -> tuple[Engine, str, str]:
+    """A manager restored at 100 from a store where tasks a and b run on p1 and p2."""
     engine = make_engine()
     heartbeat(engine, "p1", 0.0)
     heartbeat(engine, "p2", 0.0)
     a, b = submit(engine, 1.0), submit(engine, 1.0)
     restarted = make_engine()
     restarted.restore([engine.tasks[a], engine.tasks[b]], list(engine.proplets.values()), now=100.0)
+    return restarted, a, b
+
+
+def test_restore_gives_running_tasks_one_timeout_for_their_proplet_to_return() -> None:
+    restarted, a, b = restarted_with_two_running()
     restarted.link_restored(100.5, 0)
     heartbeat(restarted, "p1", 110.0)  # p1 survived the manager restart; p2 did not
     restarted.take_commands()
@@ -304,12 +310,7 @@ def test_the_grace_after_restore_counts_from_the_broker_connect_not_the_restore(
     # A standby's takeover under load: the store is read at 100 but the broker answers only at 150,
     # after more than a liveness timeout (30 s). Proplets cannot be heard before the connect, so their
     # tasks stay theirs until a timeout has passed since then.
-    engine = make_engine()
-    heartbeat(engine, "p1", 0.0)
-    heartbeat(engine, "p2", 0.0)
-    a, b = submit(engine, 1.0), submit(engine, 1.0)
-    restarted = make_engine()
-    restarted.restore([engine.tasks[a], engine.tasks[b]], list(engine.proplets.values()), now=100.0)
+    restarted, a, b = restarted_with_two_running()
     restarted.on_timer(149.0, 0)
     assert not publishes(restarted.take_commands(), T.start)
     restarted.link_restored(150.0, 0)
