@@ -6,8 +6,6 @@ import asyncio
 import base64
 import dataclasses
 import secrets
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -177,15 +175,3 @@ async def embedded_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 async def _async(value: bool) -> bool:
     return value
-
-
-def wait_for_listener(proc: subprocess.Popen[bytes], port: int, timeout: float = 10) -> None:
-    """Wait until the broker ``proc`` (a private Mosquitto a test started) accepts on ``port``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "private mosquitto did not start"
-            time.sleep(0.05)

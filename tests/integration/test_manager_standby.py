@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +33,8 @@ from orchestrator.bench_restore import fill
 from proplets.agent import AgentSettings, PropletAgent
 from tests.conftest import free_port
 from tests.fixtures.store import PgSchema
-from tests.integration.conftest import WORK, wait_for_listener
+from tests.integration.conftest import WORK
+from tests.support.procs import PrivateMosquitto
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -53,24 +53,12 @@ def manager_sessions(tmp_path: Path, domain: str) -> int:
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[str]:
     """A Mosquitto of this test's own (it outlives the managers; the shared one is never touched)."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(binary):
-        pytest.skip("mosquitto is not installed")
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
-        "max_queued_messages 100000\nmax_inflight_messages 100\n"
-    )
-    log = (tmp_path / "mosquitto.log").open("wb")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    broker = PrivateMosquitto(tmp_path, {"max_inflight_messages": "100", "log_dest": "stderr"})
+    broker.start()
     try:
-        wait_for_listener(proc, port)
-        yield f"mqtt://127.0.0.1:{port}"
+        yield broker.url
     finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+        broker.stop()
 
 
 def pg_url(schema: PgSchema) -> str:

@@ -6,9 +6,7 @@ import asyncio
 import datetime
 import os
 import random
-import shutil
 import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, MqttError, TlsOptions, Will
 from tests.conftest import free_port
 from tests.fixtures.mqtt import eventually
-from tests.integration.conftest import wait_for_listener
+from tests.support.procs import PrivateMosquitto
 
 
 def cid(name: str) -> str:
@@ -177,25 +175,16 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def tls_mosquitto(tmp_path: Path) -> Iterator[str]:
     """A Mosquitto of this test's own with a TLS listener (self-signed certificate)."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(binary):
-        pytest.skip("mosquitto is not installed")
     cert, key = _self_signed(tmp_path)
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    # `user`: as root Mosquitto would drop to its own user, which cannot read pytest's tmp_path.
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(
-        f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        f"certfile {cert}\nkeyfile {key}\nmax_inflight_messages 100\n"
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    settings = {"certfile": str(cert), "keyfile": str(key), "max_inflight_messages": "100"}
+    if os.geteuid() == 0:  # as root Mosquitto would drop to its own user, which cannot read tmp_path
+        settings["user"] = "root"
+    broker = PrivateMosquitto(tmp_path, settings)
+    broker.start()
     try:
-        wait_for_listener(proc, port)
-        yield f"mqtts://127.0.0.1:{port}"
+        yield f"mqtts://127.0.0.1:{broker.port}"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        broker.stop()
 
 
 async def test_tls_link_carries_large_and_small_messages_in_order(tls_mosquitto: str, clients) -> None:
@@ -243,6 +232,7 @@ async def test_will_fires_when_link_goes_silent(
     inbox = Inbox()
     loop = asyncio.get_running_loop()
     arrived: list[float] = []
+
     def on_message(topic: str, payload: bytes) -> None:
         inbox(topic, payload)
         arrived.append(loop.time())
@@ -327,8 +317,9 @@ async def test_abort_with_reconnect_comes_back(embedded_broker: EmbeddedBroker, 
 async def test_unsilence_before_timeout_keeps_the_session(embedded_broker: EmbeddedBroker, clients) -> None:
     inbox = Inbox()
     drops: list[int] = []
-    device = clients(embedded_broker.url, "device", keepalive=4, on_message=inbox,
-                     on_disconnect=lambda: drops.append(1))
+    device = clients(
+        embedded_broker.url, "device", keepalive=4, on_message=inbox, on_disconnect=lambda: drops.append(1)
+    )
     await device.connect()
     await device.subscribe_and_wait("echo/#")
     device.silence()
@@ -358,8 +349,6 @@ async def test_callback_exceptions_are_counted_not_fatal(embedded_broker: Embedd
 
 
 async def test_connect_refused_names_host_and_port(clients) -> None:
-    from tests.conftest import free_port
-
     port = free_port()
     client = clients(f"mqtt://127.0.0.1:{port}", "lonely")
     with pytest.raises(MqttError, match=rf"127\.0\.0\.1:{port}.*connection refused"):

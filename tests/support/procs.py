@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import free_port, tcp_reachable
 
@@ -75,17 +76,24 @@ class Proc:
 
 
 class PrivateMosquitto(Proc):
-    """``mosquitto -c conf`` on an ephemeral 127.0.0.1 port; can be killed and started again."""
+    """``mosquitto -c conf`` on an ephemeral 127.0.0.1 port; can be killed and started again.
 
-    def __init__(self, tmp: Path) -> None:
+    ``settings`` override or add configuration lines (``{"max_inflight_messages": "100"}``; TLS:
+    ``certfile``/``keyfile``, which apply to the listener since they come after it).
+    """
+
+    def __init__(self, tmp: Path, settings: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        lines = {
+            "allow_anonymous": "true",
+            "persistence": "false",
+            "max_queued_messages": "100000",
+            "max_inflight_messages": "0",
+            **(settings or {}),
+        }
         conf = tmp / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 100000\nmax_inflight_messages 0\n"
-        )
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        super().__init__([binary, "-c", str(conf)], tmp / "mosquitto.log")
+        conf.write_text(f"listener {self.port} 127.0.0.1\n" + "".join(f"{k} {v}\n" for k, v in lines.items()))
+        super().__init__([mosquitto_binary(), "-c", str(conf)], tmp / "mosquitto.log")
 
     @property
     def url(self) -> str:
@@ -93,7 +101,21 @@ class PrivateMosquitto(Proc):
 
     def start(self) -> None:
         super().start()
-        wait_for(lambda: tcp_reachable("127.0.0.1", self.port), 10, "private mosquitto to listen")
+
+        def listening() -> bool:
+            assert self.proc is not None
+            assert self.proc.poll() is None, f"private mosquitto exited: {self.log.read_text()[-2000:]}"
+            return tcp_reachable("127.0.0.1", self.port)
+
+        wait_for(listening, 10, "private mosquitto to listen")
+
+
+def mosquitto_binary() -> str:
+    """The installed ``mosquitto`` (Debian puts it in /usr/sbin, often not on PATH); skips without one."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(binary):
+        pytest.skip("mosquitto is not installed")
+    return binary
 
 
 class Manager(Proc):
