@@ -326,6 +326,24 @@ def test_the_grace_after_restore_counts_from_the_broker_connect_not_the_restore(
     assert [s["proplet_id"] for s in starts] == ["p1"]
 
 
+def test_after_restore_a_task_missing_from_heartbeats_is_lost_only_a_quiet_time_after_the_connect() -> None:
+    # Its result may still be in the session the broker kept for us: heartbeats that do not list the
+    # task right after the connect do not make it a lost start; two heartbeat intervals later they do.
+    restarted, a, b = restarted_with_two_running()
+    restarted.link_restored(150.0, 0)
+    restarted.take_commands()
+    for proplet_id in ("p1", "p2"):  # neither lists its task
+        send(restarted, T.alive, {"proplet_id": proplet_id, "status": "alive", "running": []}, 151.0)
+    assert not publishes(restarted.take_commands(), T.start)
+    assert restarted.tasks[a].state is TaskState.RUNNING and restarted.tasks[b].state is TaskState.RUNNING
+    (on_p1,) = restarted.running_on("p1")
+    attempt = on_p1.attempt
+    send(restarted, T.alive, {"proplet_id": "p1", "status": "alive", "running": []}, 171.0)
+    starts = publishes(restarted.take_commands(), T.start)
+    assert [s["id"] for s in starts] == [on_p1.id]  # its start was lost: sent again
+    assert restarted.tasks[on_p1.id].attempt == attempt  # without spending an attempt
+
+
 def test_embedded_proplets_get_numeric_inputs() -> None:
     engine = make_engine()
     send(
