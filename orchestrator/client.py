@@ -324,7 +324,7 @@ def task_table(task: dict[str, Any]) -> str:
         ("name", task["name"]),
         ("state", _state(task)),
         ("proplet", task.get("proplet_id")),
-        ("attempt", f"{task.get('attempt', 0)} of {task.get('max_attempts', '-')}"),
+        ("attempt", _attempt_text(task)),
         ("results", task.get("results")),
         ("error", task.get("error")),
         ("created", task.get("created_at")),
@@ -471,3 +471,11 @@ def metrics_table(page: dict[str, Any]) -> str:
         values = {k: v for k, v in m.items() if k not in ("timestamp", "task_id", "proplet_id", "namespace")}
         rows.append([m.get("timestamp", ""), json.dumps(values, separators=(",", ":"))])
     return f"{_table(['AT', 'METRICS'], rows)}\n({len(rows)} of {page.get('total', len(rows))})"
+
+
+def _attempt_text(task: dict[str, Any]) -> str:
+    """``2 of 3``, or ``2 of 3 (start #4)`` when refused or lost starts were not counted."""
+    number = task.get("attempt", 0)
+    counted = task.get("attempts_counted", number)
+    text = f"{counted} of {task.get('max_attempts', '-')}"
+    return text if counted == number else f"{text} (start #{number})"

@@ -63,6 +63,8 @@ def task_view(task: Task) -> dict[str, Any]:
         "next_run": rfc3339(task.next_run),
         "attempt": task.attempt,
         "max_attempts": task.max_attempts,
+        # Our extension: attempts that count against max_attempts (refused or lost starts do not).
+        "attempts_counted": task.attempts_counted,
         # Our extension: the result's receipt verified against the enrolled key (GET /tasks/{id}/receipt).
         "verified": task.verified,
     }

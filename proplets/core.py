@@ -555,9 +555,9 @@ class PropletEngine:
         if not mine and self.config.filter_target:
             self._count("starts_for_others")
             return
-        if start.id in self.running:
-            self._count("duplicate_starts")
-            self._commands.append(LogEvent("duplicate_start_ignored", {"task_id": start.id}))
+        entry = self.running.get(start.id)
+        if entry is not None:
+            self._start_while_running(entry, start, now)
             return
         limit = self._instance_limit()
         if limit and len(self.running) >= limit:
@@ -570,6 +570,30 @@ class PropletEngine:
         self._count("tasks_started")
         self._commands.append(RunTask(start))
         self._commands.append(LogEvent("task_started", {"task_id": start.id, "name": start.name}))
+
+    def _start_while_running(self, entry: _Running, start: wire.StartTask, now: float) -> None:
+        """A start for a task this proplet already runs: the same start again (a duplicate), or a new
+        attempt the manager placed here after giving up on the one we run (it thought the start lost).
+
+        The run in progress becomes the new attempt: one execution, whose result answers the attempt
+        the manager waits for. If that run is being stopped, the new attempt is refused (nothing
+        runs it; the manager places it again without counting it) rather than answered by the
+        stopped run's "stopped".
+        """
+        new_attempt = start.attempt and entry.start.attempt and start.attempt != entry.start.attempt
+        if not new_attempt:
+            self._count("duplicate_starts")
+            self._commands.append(LogEvent("duplicate_start_ignored", {"task_id": start.id}))
+            return
+        if entry.cancelled:
+            self._count("starts_refused_busy")
+            reason = f"proplet busy: still stopping attempt {entry.start.attempt} of this task"
+            self._refuse(wire.refusals.BUSY, start.id, reason, start.attempt or None, _Proof(start, now))
+            return
+        self._count("attempts_adopted")
+        adopted = {"task_id": start.id, "from": entry.start.attempt, "to": start.attempt}
+        self._commands.append(LogEvent("attempt_adopted", adopted))
+        entry.start = start
 
     def _on_stop(self, stop: wire.StopTask, now: float) -> None:
         if stop.proplet_id and stop.proplet_id != self.config.proplet_id:

@@ -185,8 +185,11 @@ class TaskView(Model):
     created_at: Time
     updated_at: Time
     next_run: Time
-    attempt: int
+    attempt: int = Field(description="Number of the task's latest start; never reused")
     max_attempts: int
+    attempts_counted: int = Field(
+        description="Attempts spent against max_attempts (starts refused or lost are not counted)"
+    )
     verified: bool = Field(description="The result's receipt verified against the enrolled key")
     image_url: str | SkipJsonSchema[None] = None
     file: str | SkipJsonSchema[None] = Field(None, description="The module's base64, redacted in the middle")

@@ -122,7 +122,8 @@ def history(task: Task) -> list[tuple[str, str]]:
     out = [(rfc3339(task.created_at), "created")]
     if task.start_time:
         where = f" on {task.proplet_id}" if task.proplet_id else ""
-        out.append((rfc3339(task.start_time), f"started{where} (attempt {task.attempt}/{task.max_attempts})"))
+        attempt = f"attempt {task.attempts_counted}/{task.max_attempts}"
+        out.append((rfc3339(task.start_time), f"started{where} ({attempt})"))
     if task.finish_time:
         out.append((rfc3339(task.finish_time), task.state.label.lower()))
     elif not task.start_time:

@@ -198,6 +198,8 @@ TASKS = sa.Table(
     sa.Column("hal_storage_path", sa.Text(), nullable=True),
     # 0007_mgr_restore
     sa.Index("ix_tasks_next_run", "next_run"),
+    # 0008_attempts
+    sa.Column("uncounted_attempts", sa.Integer(), nullable=False, server_default="0"),
 )
 PROPLETS = sa.Table(
     "proplets",

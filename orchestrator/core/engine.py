@@ -878,7 +878,9 @@ class Engine:
             if drain:
                 self._drain_queue(now, wall)
             return
-        task.attempt -= 1  # nothing ran: the attempt is not spent
+        # Nothing ran: the attempt does not count. Its number is not given back: a stop or a late
+        # result aimed at this attempt must never be taken for the next one's.
+        task.uncounted_attempts += 1
         states.apply(task, Trigger.REQUEUE)
         task.error = f"refused by {proplet.id} ({kind}): {reason}"
         if not task.metadata.get("pinned"):
@@ -1245,10 +1247,9 @@ class Engine:
     def _requeue_or_fail(self, task: Task, proplet: Proplet, why: str, now: float, wall: float) -> None:
         self._vacate(task, wall)
         self._dispatched_at.pop(task.id, None)
-        if task.attempt >= task.max_attempts:
-            self._fail(
-                task, f"{why} on attempt {task.attempt}/{task.max_attempts}", wall, already_released=True
-            )
+        if task.attempts_counted >= task.max_attempts:
+            counted = f"{task.attempts_counted}/{task.max_attempts}"
+            self._fail(task, f"{why} on attempt {counted}", wall, already_released=True)
             self._after_terminal(task, now, wall)
             return
         states.apply(task, Trigger.REQUEUE)
@@ -1311,7 +1312,7 @@ class Engine:
             self._admit(task)  # a settled task started again is resident until it settles again
         if task.state.is_terminal:
             states.apply(task, Trigger.RESET)
-            task.attempt = 0
+            task.uncounted_attempts = task.attempt  # a fresh run; its attempts still get new numbers
             task.results = None
             task.result_type = ""
             task.receipt, task.verified = None, False

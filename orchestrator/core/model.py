@@ -133,14 +133,23 @@ class Task:
     memory_bytes: int = 0
     # Per-run limits sent to the proplet: fuel, memory_bytes, timeout_s, output_bytes.
     limits: dict[str, float] = field(default_factory=dict)
+    # ``attempt`` numbers every start sent for the task, never reused (a stop or a result names the
+    # one it is about); ``uncounted_attempts`` of them do not count against ``max_attempts``: starts
+    # refused or lost (nothing ran), and every attempt of an earlier run of a task started again.
     attempt: int = 0
     max_attempts: int = 3
+    uncounted_attempts: int = 0
     # Broadcast: the proplets that were alive when it was sent; results are kept per proplet.
     targets: list[str] = field(default_factory=list)
     start_time: float | None = None
     finish_time: float | None = None
     created_at: float | None = None
     updated_at: float | None = None
+    @property
+    def attempts_counted(self) -> int:
+        """The attempts spent against ``max_attempts`` in this run of the task."""
+        return self.attempt - self.uncounted_attempts
+
     # Trust (orchestrator/core/receipts.py): the signed receipt of the accepted result (broadcast: one
     # per target, by proplet id) and whether it verified against the enrolled key.
     receipt: dict[str, Any] | None = None

@@ -26,6 +26,22 @@ pytestmark = pytest.mark.slow
 TASKS = 120
 
 
+def explain(manager: Manager, task_ids: list[str]) -> str:
+    """Each task that did not complete: its final record and every manager log line naming it."""
+    lines = []
+    with httpx.Client(base_url=manager.url, timeout=10) as api:
+        for task_id in task_ids:
+            task = api.get(f"/tasks/{task_id}").json()
+            lines.append(f"task {task_id}: state {task.get('state')} error {task.get('error')!r}")
+            counted, most = task.get("attempts_counted"), task.get("max_attempts")
+            where = task.get('proplet_id')
+            lines.append(f"  attempt {task.get('attempt')} ({counted} of {most}), on {where}")
+    log = manager.log.read_text(errors="replace").splitlines()
+    for task_id in task_ids:
+        lines += [f"  log: {line[:400]}" for line in log if task_id in line]
+    return "\n".join(lines)
+
+
 @pytest.fixture
 def manager_factory(tmp_path: Path) -> Iterator[list[Manager]]:
     started: list[Manager] = []
@@ -104,7 +120,8 @@ async def test_kill9_under_load_loses_no_task(
         unfinished = {t: states[t] for t in accepted if t in states and states[t] < 3}
         assert not missing, f"tasks lost across kill -9: {missing[:5]}"
         assert not unfinished, f"tasks not terminal 60 s after restart: {list(unfinished.items())[:5]}"
-        assert all(states[t] == 3 for t in accepted), {t: states[t] for t in accepted if states[t] != 3}
+        not_completed = [t for t in accepted if states[t] != 3]
+        assert not not_completed, explain(manager, not_completed[:3])
     finally:
         for agent in agents:
             await agent.stop()

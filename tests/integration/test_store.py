@@ -55,6 +55,7 @@ def full_task(i: int = 0) -> Task:
         limits={"fuel": 1e9, "timeout_s": 2.5, "memory_bytes": 65536.0},
         attempt=2,
         max_attempts=7,
+        uncounted_attempts=2,
         targets=["proplet-1", "proplet-2"],
         start_time=1.5,
         finish_time=2.25,

@@ -27,6 +27,7 @@ REVISIONS = (
     "mgr_standby",
     "hal",
     "mgr_restore",
+    "attempts",
 )
 HEAD = REVISIONS[-1]
 

@@ -337,11 +337,12 @@ def test_after_restore_a_task_missing_from_heartbeats_is_lost_only_a_quiet_time_
     assert not publishes(restarted.take_commands(), T.start)
     assert restarted.tasks[a].state is TaskState.RUNNING and restarted.tasks[b].state is TaskState.RUNNING
     (on_p1,) = restarted.running_on("p1")
-    attempt = on_p1.attempt
+    attempt, counted = on_p1.attempt, on_p1.attempts_counted
     send(restarted, T.alive, {"proplet_id": "p1", "status": "alive", "running": []}, 171.0)
     starts = publishes(restarted.take_commands(), T.start)
-    assert [s["id"] for s in starts] == [on_p1.id]  # its start was lost: sent again
-    assert restarted.tasks[on_p1.id].attempt == attempt  # without spending an attempt
+    assert [s["id"] for s in starts] == [on_p1.id]  # its start was lost: sent again, a new number
+    assert starts[0]["attempt"] == attempt + 1
+    assert restarted.tasks[on_p1.id].attempts_counted == counted  # without spending an attempt
 
 
 def test_embedded_proplets_get_numeric_inputs() -> None:
@@ -385,10 +386,11 @@ def test_a_task_its_proplet_no_longer_reports_is_redispatched_without_spending_a
     engine.take_commands()
     send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": []}, 25.0)
     (start,) = publishes(engine.take_commands(), T.start)
-    # The start was lost: nothing ran, so the attempt number is sent again.
-    assert start["id"] == task_id and start["attempt"] == 1
+    # The start was lost: nothing ran, so the attempt does not count; the new start has a new number.
+    assert start["id"] == task_id and start["attempt"] == 2
     send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": [task_id]}, 50.0)
-    assert engine.tasks[task_id].attempt == 1 and engine.tasks[task_id].state is TaskState.RUNNING
+    task = engine.tasks[task_id]
+    assert task.attempt == 2 and task.attempts_counted == 1 and task.state is TaskState.RUNNING
 
 
 def _module_with_pages(pages: int) -> str:
@@ -432,8 +434,9 @@ def test_out_of_memory_result_places_the_task_again_elsewhere() -> None:
         2.0,
     )
     task = engine.tasks[task_id]
-    # Nothing ran on the first proplet: placed elsewhere with the same attempt number.
-    assert task.state is TaskState.RUNNING and task.attempt == 1 and task.proplet_id != first
+    # Nothing ran on the first proplet: placed elsewhere; the attempt does not count.
+    assert task.state is TaskState.RUNNING and task.proplet_id != first
+    assert task.attempt == 2 and task.attempts_counted == 1
 
 
 def test_while_our_broker_link_is_down_nobody_is_declared_dead_and_nothing_dispatched() -> None:

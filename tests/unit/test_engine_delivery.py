@@ -47,16 +47,17 @@ def test_a_busy_refusal_requeues_without_spending_an_attempt_and_waits_for_room(
     engine.take_commands()
     refusal(engine, task_id, "p1", 1, wire.refusals.BUSY, 2.0)
     task = engine.tasks[task_id]
-    assert task.state is TaskState.SCHEDULED and task.attempt == 0
+    assert task.state is TaskState.SCHEDULED and task.attempts_counted == 0
     assert "busy" in task.error
     assert not publishes(engine.take_commands(), T.start)  # p1 is not chosen again yet
     running(engine, "p1", ["a", "b", "c", "d"], 3.0)  # still full
     assert not publishes(engine.take_commands(), T.start)
     running(engine, "p1", ["a", "b"], 4.0)  # room
     (start,) = publishes(engine.take_commands(), T.start)
-    assert start["id"] == task_id and start["attempt"] == 1
-    result(engine, task_id, "p1", 1, 5.0)
-    assert engine.tasks[task_id].state is TaskState.COMPLETED and engine.tasks[task_id].attempt == 1
+    assert start["id"] == task_id and start["attempt"] == 2  # a new number: a stop of 1 cannot end it
+    result(engine, task_id, "p1", 2, 5.0)
+    task = engine.tasks[task_id]
+    assert task.state is TaskState.COMPLETED and task.attempt == 2 and task.attempts_counted == 1
 
 
 def test_a_busy_proplet_is_skipped_while_another_has_room() -> None:
@@ -67,7 +68,7 @@ def test_a_busy_proplet_is_skipped_while_another_has_room() -> None:
     owner = engine.tasks[first].proplet_id
     refusal(engine, first, owner, 1, wire.refusals.BUSY, 2.0)
     other = {"p1": "p2", "p2": "p1"}[owner]
-    assert engine.tasks[first].proplet_id == other and engine.tasks[first].attempt == 1
+    assert engine.tasks[first].proplet_id == other and engine.tasks[first].attempts_counted == 1
     second = submit(engine, 3.0)
     assert engine.tasks[second].proplet_id == other
 
@@ -88,7 +89,7 @@ def test_refusals_are_bounded_then_the_task_fails_with_the_reason() -> None:
     announce(engine, "p1", 0.0, max_instances=4)
     task_id = submit(engine, 1.0)
     for i in range(3):  # refused as busy, then the proplet reports room and gets it again
-        refusal(engine, task_id, "p1", 1, wire.refusals.BUSY, 2.0 + i)
+        refusal(engine, task_id, "p1", engine.tasks[task_id].attempt, wire.refusals.BUSY, 2.0 + i)
         running(engine, "p1", [], 2.5 + i)
     task = engine.tasks[task_id]
     assert (
@@ -341,7 +342,7 @@ def test_out_of_memory_on_an_empty_proplet_fails_the_task_when_nowhere_else_is_l
     send(engine, T.results, {"task_id": task_id, "proplet_id": first, "results": "", "error": oom}, 2.0)
     task = engine.tasks[task_id]
     second = task.proplet_id
-    assert task.state is TaskState.RUNNING and second != first and task.attempt == 1
+    assert task.state is TaskState.RUNNING and second != first and task.attempts_counted == 1
     send(engine, T.results, {"task_id": task_id, "proplet_id": second, "results": "", "error": oom}, 3.0)
     assert task.state is TaskState.FAILED and task.error.startswith(oom) and second in task.error
 
@@ -361,3 +362,78 @@ def test_back_on_the_broker_the_manager_asks_for_announcements_and_waits_before_
     assert engine.tasks[task_id].state is TaskState.RUNNING
     result(engine, task_id, "p1", 1, 36.5)
     assert engine.tasks[task_id].state is TaskState.COMPLETED
+
+
+# ---------------------------------------------------------------------- attempt numbers
+
+
+def test_a_stop_for_a_superseded_attempt_never_ends_a_later_attempt_on_the_same_proplet() -> None:
+    """The manager (Engine) and a real proplet core (PropletEngine) with messages carried by hand.
+
+    p1's start is late, so the manager calls it lost and places the task on p2; p1 then runs the late
+    start and its heartbeat lists it, so the manager tells p1 to stop that superseded attempt; p2
+    refuses as busy and the task comes back to p1 before p1's run has ended. When a lost start gave
+    its number back, the new start had the stopped attempt's number: p1 took it for a duplicate, and
+    the stopped run's "stopped" answered the new attempt, failing a task that never failed.
+    """
+    from orchestrator.core.commands import Publish as ManagerPublish
+    from proplets.core import PropletConfig, PropletEngine, RunTask
+    from proplets.core import Publish as PropletPublish
+
+    manager = make_engine()
+    p1 = PropletEngine(PropletConfig(proplet_id="p1", domain="d1", channel="c1", heartbeat_interval=10.0))
+
+    def from_p1(now: float) -> list[Any]:
+        """Deliver what p1 published to the manager; return p1's other commands."""
+        rest = []
+        for command in p1.take_commands():
+            if isinstance(command, PropletPublish):
+                send(manager, command.topic, command.payload, now)
+            else:
+                rest.append(command)
+        return rest
+
+    def from_manager() -> list[Any]:
+        return [c for c in manager.take_commands() if isinstance(c, ManagerPublish)]
+
+    def to_p1(messages: list[Any], now: float) -> None:
+        for message in messages:
+            if message.topic in (T.start, T.stop):
+                p1.handle(message.topic, message.payload, now)
+
+    p1.on_connected(0.0)
+    from_p1(0.0)
+    task_id = submit(manager, 1.0)
+    late_start = from_manager()  # to p1, attempt 1, still in flight
+    assert [json.loads(m.payload)["proplet_id"] for m in late_start if m.topic == T.start] == ["p1"]
+    running(manager, "p2", [], 2.0)
+    p1.on_timer(25.0)  # its heartbeat does not list the task: the start is called lost
+    from_p1(25.0)
+    to_p2 = from_manager()
+    assert [json.loads(m.payload)["proplet_id"] for m in to_p2 if m.topic == T.start] == ["p2"]
+    to_p1(late_start, 26.0)  # the late start arrives: p1 runs it
+    assert [c.start.id for c in from_p1(26.0) if isinstance(c, RunTask)] == [task_id]
+    p1.on_timer(35.0)  # its heartbeat lists the task: the manager stops that superseded attempt
+    from_p1(35.0)
+    stop = from_manager()
+    assert [json.loads(m.payload)["id"] for m in stop if m.topic == T.stop] == [task_id]
+    refusal(manager, task_id, "p2", manager.tasks[task_id].attempt, wire.refusals.BUSY, 36.0)
+    again = from_manager()
+    assert [json.loads(m.payload)["proplet_id"] for m in again if m.topic == T.start] == ["p1"]
+    to_p1(stop + again, 37.0)  # in the order the manager sent them
+    from_p1(37.0)
+    p1.task_finished(task_id, "", "stopped", 38.0)  # the stopped run ends
+    from_p1(38.0)
+    task = manager.tasks[task_id]
+    assert task.state is not TaskState.FAILED, task.error
+    for now in (45.0, 55.0):  # p1 heartbeats with room; the task is placed again and runs
+        p1.on_timer(now)
+        to_p1(from_manager(), now)
+        for command in from_p1(now):
+            if isinstance(command, RunTask):
+                p1.task_finished(command.start.id, "42", None, now + 1)
+                from_p1(now + 1)
+        to_p1(from_manager(), now + 1)
+    task = manager.tasks[task_id]
+    assert task.state is TaskState.COMPLETED and task.results == "42"
+    assert task.attempts_counted == 1  # the lost start and the two refusals did not count

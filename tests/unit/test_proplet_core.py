@@ -261,3 +261,49 @@ def test_a_broadcast_discovery_request_re_sends_recent_results_too() -> None:
     commands = e.take_commands()
     assert [r["task_id"] for r in published(commands, T.results)] == ["t1"]
     assert published(commands, T.create)
+
+
+def _start(task_id: str, attempt: int) -> bytes:
+    return json.dumps({**json.loads(start(task_id)), "attempt": attempt}).encode()
+
+
+def test_a_new_attempt_of_a_task_running_here_is_answered_by_the_run_in_progress() -> None:
+    # The manager gave up on attempt 3 (it thought the start lost) and placed attempt 4 here: one run,
+    # whose result answers attempt 4; a stop still aimed at attempt 3 no longer ends it.
+    e = engine()
+    e.on_connected(0.0)
+    e.take_commands()
+    e.handle(T.start, _start("t1", 3), 1.0)
+    e.handle(T.start, _start("t1", 4), 2.0)
+    e.handle(T.stop, json.dumps({"id": "t1", "proplet_id": "me", "attempt": 3}).encode(), 3.0)
+    commands = e.take_commands()
+    assert [c.start.attempt for c in commands if isinstance(c, RunTask)] == [3]  # not run twice
+    assert not [c for c in commands if isinstance(c, CancelTask)]
+    e.task_finished("t1", "3", None, 4.0)
+    (result,) = published(e.take_commands(), T.results)
+    assert result["attempt"] == 4 and result["results"] == "3" and not result.get("error")
+
+
+def test_a_new_attempt_of_a_task_being_stopped_here_is_refused_not_answered_by_the_stop() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.take_commands()
+    e.handle(T.start, _start("t1", 3), 1.0)
+    e.handle(T.stop, json.dumps({"id": "t1", "proplet_id": "me", "attempt": 3}).encode(), 2.0)
+    e.handle(T.start, _start("t1", 4), 3.0)
+    (refused,) = published(e.take_commands(), T.results)
+    assert refused["attempt"] == 4 and refused["refused"] == wire.refusals.BUSY
+    assert "still stopping attempt 3" in refused["error"]
+    e.task_finished("t1", "", "stopped", 4.0)
+    (stopped,) = published(e.take_commands(), T.results)
+    assert stopped["attempt"] == 3 and "stopped" in stopped["error"]
+
+
+def test_the_same_start_twice_runs_once() -> None:
+    e = engine()
+    e.on_connected(0.0)
+    e.take_commands()
+    e.handle(T.start, _start("t1", 3), 1.0)
+    e.handle(T.start, _start("t1", 3), 2.0)
+    assert [c.start.id for c in e.take_commands() if isinstance(c, RunTask)] == ["t1"]
+    assert e.counters["duplicate_starts"] == 1
