@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/propeller demo
 
+# Workers: one more than the cores (much of the suite waits on real time: live scenarios, liveness
+# timeouts); each test file runs whole on one worker, so its module fixtures are built once.
+# TEST_WORKERS=0 runs serially (e.g. to debug one test); PYTEST_ARGS adds pytest options.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchestrator proplets twin hil tests

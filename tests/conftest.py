@@ -63,3 +63,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse two tests with one id: pytest-xdist schedules by id and would silently run only one
+    (schemathesis gave every operation of a test the same id until it was parametrized)."""
+    seen: set[str] = set()
+    twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
+    if twice:
+        raise pytest.UsageError(f"{len(twice)} test ids are collected more than once, e.g. {twice[0]}")

@@ -108,7 +108,8 @@ def test_unset_values_and_times_show_as_a_dash() -> None:
     assert table.splitlines()[-1].split() == ["t1", "-"]
 
 
-def test_task_details_summarise_the_module_and_wrap() -> None:
+def test_task_details_summarise_the_module_and_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")  # the wrapping below is for 100 columns, whatever runs the test
     task = {**TASKS[1], "file": "AGFzbQEAAA<REDACTED>AAAAAAAAAA", "module": {"size": 73, "sha256": "ab" * 32}}
     shown = summarise_module(task)
     assert "file" not in shown and shown["module"]["size"] == 73

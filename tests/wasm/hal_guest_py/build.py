@@ -49,5 +49,9 @@ def build(here: Path = HERE, world: str = "hal-test") -> Path:
             cwd=work, check=True, capture_output=True, timeout=600,
         )  # fmt: skip
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(built, out)
+        # Parallel test workers may build the same guest: each copies beside the target, then renames
+        # (atomic), so nobody reads a half-copied file.
+        partial = out.with_name(f".{out.name}.{os.getpid()}")
+        shutil.copyfile(built, partial)
+        os.replace(partial, out)
     return out
