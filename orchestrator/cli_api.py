@@ -296,8 +296,11 @@ def _workflow_create(api: Any, args: argparse.Namespace) -> int:
     workflow_id = tasks[0].get("workflow_id", "") if tasks else ""
     emit(args, created, lambda c: created_table({"workflow_id": workflow_id, **c}))
     if args.start:
+        # Only the roots: the manager starts each other task when its dependencies are done. Starting
+        # it here would run it before them (or find it already running: 409).
         for task in tasks:
-            api.start_task(task["id"])
+            if not task.get("depends_on"):
+                api.start_task(task["id"])
     return 0
 
 

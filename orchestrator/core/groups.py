@@ -91,7 +91,8 @@ class Groups:
         for t in tasks:
             if t.state.is_terminal:
                 states.apply(t, Trigger.RESET)
-                t.attempt, t.results, t.error, t.finish_time = 0, None, "", None
+                t.results, t.error, t.finish_time = None, "", None
+                t.uncounted_attempts = t.attempt  # a fresh run; its attempts still get new numbers
         for t in workflow.topological_order(tasks):
             if not t.depends_on:
                 self.e.start_task(t.id, now, wall)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 import json
 import os
@@ -155,6 +156,9 @@ async def test_jobs_and_workflows_through_the_cli(embedded_cluster: Cluster, tmp
     code, out, err = await propeller("workflow", "get", workflow_id, "--json", env=env)
     got = json.loads(out)
     assert (got["state"], sorted(t["results"] for t in got["tasks"])) == ("completed", ["11", "15"]), err
+    parent, child = sorted(got["tasks"], key=lambda t: t["id"] != first)
+    started = dt.datetime.fromisoformat(child["start_time"])
+    assert started >= dt.datetime.fromisoformat(parent["finish_time"])  # --start started only the root
     code, out, _ = await propeller("workflow", "list", env=env)
     assert code == 0 and workflow_id in out and "completed" in out
     code, out, _ = await propeller("task", "list", "--workflow", workflow_id, "--json", env=env)
