@@ -1299,6 +1299,11 @@ class Engine:
         task = self.get_task(task_id)
         if task.state in (TaskState.RUNNING, TaskState.SCHEDULED):
             raise Conflict(f"task {task_id} is already {task.state.label.lower()}")
+        # As upstream: a dependent starts once every dependency has ended (its workflow starts it
+        # then). A dependency not in memory has ended: unfinished tasks are always resident.
+        unmet = [d for d in task.depends_on if (dep := self.tasks.find(d)) and not dep.state.is_terminal]
+        if unmet:
+            raise Conflict(f"task {task_id} has unmet dependencies: {', '.join(unmet)} not finished")
         if not task.file and not task.image_url:
             raise ValidationError("task has no module: set file or image_url", "file")
         if task.proplet_id:

@@ -46,6 +46,25 @@ def test_workflow_runs_dependents_after_success_and_skips_the_failure_branch() -
     assert engine.tasks["b"].state is TaskState.COMPLETED
 
 
+def test_a_dependent_cannot_be_started_before_its_dependencies_end() -> None:
+    # As upstream's StartTask: "unmet dependencies" (a dependent started by hand would run without
+    # its parents' results); once they end, the workflow starts it.
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    engine.create_workflow([spec("a"), spec("b", "a")], 0)
+    with pytest.raises(Conflict, match="task b has unmet dependencies: a not finished"):
+        engine.start_task("b", 1.0, 1.0)
+    engine.start_task("a", 1.0, 1.0)
+    with pytest.raises(Conflict, match="unmet dependencies"):
+        engine.start_task("b", 1.5, 1.5)
+    engine.take_commands()
+    finish(engine, "a", 2.0)
+    assert started(engine) == ["b"]
+    finish(engine, "b", 3.0)
+    engine.start_task("b", 4.0, 4.0)  # ended dependencies: it may run again by hand
+    assert started(engine) == ["b"]
+
+
 def test_workflow_dependent_receives_parent_results() -> None:
     engine = make_engine()
     heartbeat(engine, "p1", 0.0)
