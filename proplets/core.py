@@ -580,7 +580,8 @@ class PropletEngine:
         runs it; the manager places it again without counting it) rather than answered by the
         stopped run's "stopped".
         """
-        new_attempt = start.attempt and entry.start.attempt and start.attempt != entry.start.attempt
+        # Attempt numbers only grow: a lower one is an old start delivered again, a duplicate too.
+        new_attempt = start.attempt and entry.start.attempt and start.attempt > entry.start.attempt
         if not new_attempt:
             self._count("duplicate_starts")
             self._commands.append(LogEvent("duplicate_start_ignored", {"task_id": start.id}))

@@ -829,7 +829,8 @@ class Engine:
         task.receipt, task.verified = verdict.receipt, verdict.verified
         self._dequeue(task.id)
         assert msg.attempt is not None
-        task.attempt, task.proplet_id = msg.attempt, sender
+        # The attempt number stays the highest sent (never reused); the event names the one that ran.
+        task.attempt, task.proplet_id = max(task.attempt, msg.attempt), sender
         task.results, task.error, task.finish_time = msg.results, "", wall
         states.apply(task, Trigger.COMPLETE)
         self.counters["late_results_accepted"] += 1
@@ -837,7 +838,7 @@ class Engine:
         self._log("task_finished", task_id=task.id, state=task.state.label, proplet_id=sender, late=True)
         self._task_event(
             task.id, wall, "result", "late result of a superseded attempt", state=task.state.label,
-            proplet_id=sender, attempt=task.attempt, verified=task.verified,
+            proplet_id=sender, attempt=msg.attempt, verified=task.verified,
         )  # fmt: skip
         self._persist_task(task, wall)
         self._after_terminal(task, now, wall)

@@ -299,11 +299,15 @@ def test_a_new_attempt_of_a_task_being_stopped_here_is_refused_not_answered_by_t
     assert stopped["attempt"] == 3 and "stopped" in stopped["error"]
 
 
-def test_the_same_start_twice_runs_once() -> None:
+def test_the_same_start_twice_runs_once_and_an_older_one_changes_nothing() -> None:
     e = engine()
     e.on_connected(0.0)
     e.take_commands()
     e.handle(T.start, _start("t1", 3), 1.0)
     e.handle(T.start, _start("t1", 3), 2.0)
+    e.handle(T.start, _start("t1", 2), 2.5)  # an older start delivered again
     assert [c.start.id for c in e.take_commands() if isinstance(c, RunTask)] == ["t1"]
-    assert e.counters["duplicate_starts"] == 1
+    assert e.counters["duplicate_starts"] == 2
+    e.task_finished("t1", "3", None, 3.0)
+    (result,) = published(e.take_commands(), T.results)
+    assert result["attempt"] == 3
