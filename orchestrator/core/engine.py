@@ -1294,6 +1294,15 @@ class Engine:
             raise NotFound(f"proplet {proplet_id} not found")
         return proplet
 
+    @staticmethod
+    def reset_for_rerun(task: Task) -> None:
+        """A terminal task about to run again (started by hand, or its job restarted): nothing of the
+        last run's outcome stays, and its next attempts still get new numbers, none of them counted yet."""
+        states.apply(task, Trigger.RESET)
+        task.uncounted_attempts = task.attempt
+        task.results, task.result_type, task.error, task.finish_time = None, "", "", None
+        task.receipt, task.verified = None, False
+
     def start_task(self, task_id: str, now: float, wall: float) -> Task:
         if self.shutting_down:
             raise ShuttingDown("service is shutting down")
@@ -1317,11 +1326,7 @@ class Engine:
         if task.id not in self.tasks.live:
             self._admit(task)  # a settled task started again is resident until it settles again
         if task.state.is_terminal:
-            states.apply(task, Trigger.RESET)
-            task.uncounted_attempts = task.attempt  # a fresh run; its attempts still get new numbers
-            task.results = None
-            task.result_type = ""
-            task.receipt, task.verified = None, False
+            self.reset_for_rerun(task)
         task.error = ""
         task.finish_time = None
         if task.broadcast:

@@ -90,9 +90,7 @@ class Groups:
             raise Conflict(f"job {job_id} is already running")
         for t in tasks:
             if t.state.is_terminal:
-                states.apply(t, Trigger.RESET)
-                t.results, t.error, t.finish_time = None, "", None
-                t.uncounted_attempts = t.attempt  # a fresh run; its attempts still get new numbers
+                self.e.reset_for_rerun(t)
         for t in workflow.topological_order(tasks):
             if not t.depends_on:
                 self.e.start_task(t.id, now, wall)

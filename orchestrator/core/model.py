@@ -145,11 +145,6 @@ class Task:
     finish_time: float | None = None
     created_at: float | None = None
     updated_at: float | None = None
-    @property
-    def attempts_counted(self) -> int:
-        """The attempts spent against ``max_attempts`` in this run of the task."""
-        return self.attempt - self.uncounted_attempts
-
     # Trust (orchestrator/core/receipts.py): the signed receipt of the accepted result (broadcast: one
     # per target, by proplet id) and whether it verified against the enrolled key.
     receipt: dict[str, Any] | None = None
@@ -158,6 +153,11 @@ class Task:
     monitoring_profile: dict[str, Any] | None = None
     kbs_resource_path: str = ""
     hal_storage_path: str | None = None
+
+    @property
+    def attempts_counted(self) -> int:
+        """The attempts spent against ``max_attempts`` in this run of the task."""
+        return self.attempt - self.uncounted_attempts
 
 
 @dataclass

@@ -106,6 +106,26 @@ def test_sequential_job_runs_one_after_another_and_fails_fast() -> None:
     assert "job failed fast" in engine.tasks["c"].error
 
 
+def test_a_restarted_job_keeps_nothing_of_its_last_run_and_numbers_attempts_on() -> None:
+    engine = make_engine()
+    heartbeat(engine, "p1", 0.0)
+    job, _ = engine.create_job("seq", [spec("a"), spec("b")], "sequential", 0)
+    engine.start_job(job.id, 1.0, 1.0)
+    finish(engine, "a", 2.0)
+    finish(engine, "b", 3.0)
+    engine.tasks["b"].receipt, engine.tasks["b"].verified = {"sig": "x"}, True  # as if it had verified
+    engine.tasks["b"].result_type = "json"
+    engine.take_commands()
+    engine.start_job(job.id, 4.0, 4.0)
+    b = engine.tasks["b"]  # waits for a: nothing of its last run may show meanwhile
+    assert b.state is TaskState.PENDING and (b.results, b.result_type, b.receipt, b.verified) == (
+        None, "", None, False,
+    )
+    (start,) = publishes(engine.take_commands(), T.start)
+    assert start["id"] == "a" and start["attempt"] == 2  # a new number, the first counted of this run
+    assert engine.tasks["a"].attempts_counted == 1
+
+
 def test_parallel_job_interrupts_siblings_when_one_fails() -> None:
     engine = make_engine()
     heartbeat(engine, "p1", 0.0)
