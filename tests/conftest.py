@@ -14,6 +14,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.store",
+    "tests.fixtures.unique_ids",
     "hil.plugin",
 ]
 
@@ -64,11 +65,3 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Refuse two tests with one id: pytest-xdist schedules by id and would silently run only one
-    (schemathesis gave every operation of a test the same id until it was parametrized)."""
-    seen: set[str] = set()
-    twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
-    if twice:
-        raise pytest.UsageError(f"{len(twice)} test ids are collected more than once, e.g. {twice[0]}")
