@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 
 from orchestrator import wire
+from orchestrator.core.commands import Publish as ManagerPublish
 from orchestrator.core.errors import NotFound
 from orchestrator.core.model import TaskState
+from proplets.core import PropletConfig, PropletEngine, RunTask
+from proplets.core import Publish as PropletPublish
 from tests.unit.test_engine import WASM, T, heartbeat, make_engine, publishes, send, submit
 
 
@@ -376,10 +379,6 @@ def test_a_stop_for_a_superseded_attempt_never_ends_a_later_attempt_on_the_same_
     its number back, the new start had the stopped attempt's number: p1 took it for a duplicate, and
     the stopped run's "stopped" answered the new attempt, failing a task that never failed.
     """
-    from orchestrator.core.commands import Publish as ManagerPublish
-    from proplets.core import PropletConfig, PropletEngine, RunTask
-    from proplets.core import Publish as PropletPublish
-
     manager = make_engine()
     p1 = PropletEngine(PropletConfig(proplet_id="p1", domain="d1", channel="c1", heartbeat_interval=10.0))
 

@@ -17,11 +17,19 @@ def engine(**kw: Any) -> PropletEngine:
     )
 
 
+def connected(**kw: Any) -> PropletEngine:
+    """An engine on the broker, its connect-time announcements taken."""
+    e = engine(**kw)
+    e.on_connected(0.0)
+    e.take_commands()
+    return e
+
+
 def published(commands: list[Any], topic: str) -> list[dict[str, Any]]:
     return [json.loads(c.payload) for c in commands if isinstance(c, Publish) and c.topic == topic]
 
 
-def start(task_id: str, target: str = "me") -> bytes:
+def start(task_id: str, target: str = "me", attempt: int = 3) -> bytes:
     return json.dumps(
         {
             "id": task_id,
@@ -30,7 +38,7 @@ def start(task_id: str, target: str = "me") -> bytes:
             "inputs": ["1", "2"],
             "cli_args": None,
             "proplet_id": target,
-            "attempt": 3,
+            "attempt": attempt,
         }
     ).encode()
 
@@ -61,9 +69,7 @@ def test_heartbeats_keep_their_interval_while_a_task_runs() -> None:
 
 
 def test_start_for_another_proplet_is_ignored_but_untargeted_runs() -> None:
-    e = engine()
-    e.on_connected(0.0)
-    e.take_commands()
+    e = connected()
     e.handle(T.start, start("other", target="someone-else"), 1.0)
     e.handle(T.start, start("mine", target=""), 1.0)
     broadcast = {**json.loads(start("everyone", target="someone-else")), "broadcast": True}
@@ -74,9 +80,7 @@ def test_start_for_another_proplet_is_ignored_but_untargeted_runs() -> None:
 
 
 def test_a_malformed_start_for_me_still_fails_with_the_reason() -> None:
-    e = engine()
-    e.on_connected(0.0)
-    e.take_commands()
+    e = connected()
     bad = {**json.loads(start("t1")), "inputs": "not a list"}
     e.handle(T.start, json.dumps(bad).encode(), 1.0)
     (result,) = published(e.take_commands(), T.results)
@@ -142,9 +146,7 @@ def test_busy_proplet_refuses_with_a_clear_error() -> None:
 
 
 def test_malformed_start_for_me_gets_an_error_result_and_garbage_is_counted() -> None:
-    e = engine()
-    e.on_connected(0.0)
-    e.take_commands()
+    e = connected()
     e.handle(T.start, b'{"id": "t9", "proplet_id": "me"}', 1.0)  # no name, no module
     e.handle(T.start, b"\x00\xff", 1.0)
     (result,) = published(e.take_commands(), T.results)
@@ -225,9 +227,7 @@ def test_a_stop_for_another_attempt_leaves_the_running_one_alone() -> None:
 
 
 def test_a_discovery_request_makes_the_proplet_announce_itself_again() -> None:
-    e = engine()
-    e.on_connected(0.0)
-    e.take_commands()
+    e = connected()
     e.handle(T.discover, json.dumps({"proplet_id": "other"}).encode(), 1.0)
     assert not published(e.take_commands(), T.create)
     e.handle(T.discover, json.dumps({"proplet_id": "me"}).encode(), 2.0)
@@ -263,18 +263,12 @@ def test_a_broadcast_discovery_request_re_sends_recent_results_too() -> None:
     assert published(commands, T.create)
 
 
-def _start(task_id: str, attempt: int) -> bytes:
-    return json.dumps({**json.loads(start(task_id)), "attempt": attempt}).encode()
-
-
 def test_a_new_attempt_of_a_task_running_here_is_answered_by_the_run_in_progress() -> None:
     # The manager gave up on attempt 3 (it thought the start lost) and placed attempt 4 here: one run,
     # whose result answers attempt 4; a stop still aimed at attempt 3 no longer ends it.
-    e = engine()
-    e.on_connected(0.0)
-    e.take_commands()
-    e.handle(T.start, _start("t1", 3), 1.0)
-    e.handle(T.start, _start("t1", 4), 2.0)
+    e = connected()
+    e.handle(T.start, start("t1", attempt=3), 1.0)
+    e.handle(T.start, start("t1", attempt=4), 2.0)
     e.handle(T.stop, json.dumps({"id": "t1", "proplet_id": "me", "attempt": 3}).encode(), 3.0)
     commands = e.take_commands()
     assert [c.start.attempt for c in commands if isinstance(c, RunTask)] == [3]  # not run twice
@@ -285,12 +279,10 @@ def test_a_new_attempt_of_a_task_running_here_is_answered_by_the_run_in_progress
 
 
 def test_a_new_attempt_of_a_task_being_stopped_here_is_refused_not_answered_by_the_stop() -> None:
-    e = engine()
-    e.on_connected(0.0)
-    e.take_commands()
-    e.handle(T.start, _start("t1", 3), 1.0)
+    e = connected()
+    e.handle(T.start, start("t1", attempt=3), 1.0)
     e.handle(T.stop, json.dumps({"id": "t1", "proplet_id": "me", "attempt": 3}).encode(), 2.0)
-    e.handle(T.start, _start("t1", 4), 3.0)
+    e.handle(T.start, start("t1", attempt=4), 3.0)
     (refused,) = published(e.take_commands(), T.results)
     assert refused["attempt"] == 4 and refused["refused"] == wire.refusals.BUSY
     assert "still stopping attempt 3" in refused["error"]
@@ -300,12 +292,10 @@ def test_a_new_attempt_of_a_task_being_stopped_here_is_refused_not_answered_by_t
 
 
 def test_the_same_start_twice_runs_once_and_an_older_one_changes_nothing() -> None:
-    e = engine()
-    e.on_connected(0.0)
-    e.take_commands()
-    e.handle(T.start, _start("t1", 3), 1.0)
-    e.handle(T.start, _start("t1", 3), 2.0)
-    e.handle(T.start, _start("t1", 2), 2.5)  # an older start delivered again
+    e = connected()
+    e.handle(T.start, start("t1", attempt=3), 1.0)
+    e.handle(T.start, start("t1", attempt=3), 2.0)
+    e.handle(T.start, start("t1", attempt=2), 2.5)  # an older start delivered again
     assert [c.start.id for c in e.take_commands() if isinstance(c, RunTask)] == ["t1"]
     assert e.counters["duplicate_starts"] == 2
     e.task_finished("t1", "3", None, 3.0)
