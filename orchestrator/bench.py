@@ -340,6 +340,9 @@ async def cluster(
                         "--heartbeat-interval", str(heartbeat), "--cache-dir", str(tmp / "cache"),
                     ),
                     tmp / f"proplets-{first}.log",
+                    {**os.environ, "PROPELLER_PROFILE": profile.replace("manager-", f"proplets{first}-")}
+                    if profile
+                    else None,
                 )  # fmt: skip
                 stack.callback(pool.stop)
                 pools.append(pool)
@@ -987,7 +990,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
             print(f"\npy-spy {raw} (share of samples, inclusive):")
             print(py_spy_top(raw, 40))
     if args.profile:
-        for prof in sorted(Path(args.profile).glob("manager-*.prof")):
+        for prof in sorted(Path(args.profile).glob("*.prof")):
             print(f"\nprofile {prof} (top 25 by own time):")
             print(profile_top(prof, 25))
     _write_json(
@@ -1047,8 +1050,10 @@ def cmd_proplets(args: argparse.Namespace) -> int:
         finally:
             await stop_proplets(agents)
 
+    from orchestrator.cli import run_loop
+
     try:
-        asyncio.run(main())
+        run_loop(main())
     except Exception as err:
         print(f"propeller bench proplets: {err}", file=sys.stderr)
         return 1

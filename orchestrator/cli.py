@@ -177,7 +177,7 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         await _serve_until_signal(agent.start, agent.stop)
 
     try:
-        asyncio.run(main())
+        run_loop(main())
     except Exception as err:
         from proplets.agent import AUTH_HINT
 

@@ -23,7 +23,6 @@ import os
 import platform
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from orchestrator import wire
 from orchestrator.adapters.aio import CANCEL_GRACE_S, cancel_and_wait, wait_event
 from orchestrator.adapters.mqtt import MqttClient, MqttError, Will, parse_broker_url
 from orchestrator.adapters.otel import Tracing
+from orchestrator.adapters.workers import Workers
 from proplets import egress
 from proplets import profile as embedded
 from proplets.backoff import Backoff
@@ -61,6 +61,7 @@ from proplets.output import TaskOutput, task_output
 from proplets.runtime import (
     CancelToken,
     Limits,
+    RunOutcome,
     RunRequest,
     WasmRuntime,
     WasmtimeRuntime,
@@ -248,8 +249,13 @@ class PropletAgent:
             cache_dir=Path(settings.cache_dir) if settings.cache_dir else None
         )
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=max(1, settings.max_instances), thread_name_prefix="wasm")
+        # WasmtimeRuntime.run_inline: small pure modules run on the loop (see its docstring).
+        self._run_inline: Callable[[RunRequest, CancelToken], RunOutcome | None] | None = getattr(
+            self.runtime, "run_inline", None
+        )
+        self._pool = Workers(max(1, settings.max_instances), "wasm")
         self._cancels: dict[str, CancelToken] = {}
+        self._default_limits: Limits | None = None  # built on first use (_limits)
         self._deployed: dict[str, bytes] = {}  # latent task id -> module bytes
         self._chunks = MqttChunkFetcher(self._request_chunks)
         self._fetch_limits = FetchLimits(egress=egress.EgressPolicy(settings.fetch_allow))
@@ -333,7 +339,7 @@ class PropletAgent:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         # Every job has ended and every token is cancelled, so the workers are idle: joining is quick.
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_pending=True)
         self.runtime.close()
 
     # ------------------------------------------------------------------ engine I/O
@@ -423,9 +429,12 @@ class PropletAgent:
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
-    def _request(
-        self, start: wire.StartTask, wasm: bytes, inputs: tuple[Any, ...], env: dict[str, str]
-    ) -> RunRequest:
+    def _limits(self, start: wire.StartTask) -> Limits:
+        """The run's limits: the proplet's defaults under the task's own. Most tasks set none, and
+        then the one ``Limits`` built for that case serves them all (this runs per task)."""
+        plain = not start.limits and not start.daemon
+        if plain and self._default_limits is not None:
+            return self._default_limits
         requested: dict[str, Any] = {**self.settings.default_limits, **dict(start.limits or {})}
         if start.daemon and "timeout_s" not in (start.limits or {}):
             requested["timeout_s"] = None  # a daemon runs until stopped (unless it sets its own limit)
@@ -438,6 +447,14 @@ class PropletAgent:
             limits = Limits(**requested)
         except (TypeError, ValueError) as err:
             raise TaskInputError(f"bad limits: {err}") from None
+        if plain:
+            self._default_limits = limits
+        return limits
+
+    def _request(
+        self, start: wire.StartTask, wasm: bytes, inputs: tuple[Any, ...], env: dict[str, str]
+    ) -> RunRequest:
+        limits = self._limits(start)
         try:
             storage = task_storage_dir(
                 Path(self.settings.hal_root) if self.settings.hal_root else default_hal_root(),
@@ -472,9 +489,7 @@ class PropletAgent:
         )
 
     async def _execute_wasm(self, request: RunRequest, token: CancelToken) -> tuple[str, str | None]:
-        outcome = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self.runtime.run, request, token
-        )
+        outcome = await self._pool.run(self.runtime.run, request, token)
         return outcome.results, outcome.error
 
     def _output_seen(self, task_id: str, stream: str, data: bytes) -> None:
@@ -494,11 +509,17 @@ class PropletAgent:
 
         request = replace(request, on_output=on_output, live_stdout=daemon)
 
+        if not daemon and self._run_inline is not None:
+            quick = self._run_inline(request, token)  # a small pure module: no thread hand-off
+            if quick is not None:
+                output = task_output(quick, request.limits.log_bytes, notes)
+                return output.results, quick.error, output
+
         def run() -> tuple[str | None, TaskOutput]:  # typing a 1 MiB result is work: off the loop too
             outcome = self.runtime.run(request, token)
             return outcome.error, task_output(outcome, request.limits.log_bytes, notes)
 
-        error, output = await loop.run_in_executor(self._pool, run)
+        error, output = await self._pool.run(run)
         return output.results, error, output
 
     async def _run(self, start: wire.StartTask) -> None:
@@ -566,9 +587,7 @@ class PropletAgent:
         if plan.memory_cap_bytes is not None:
             # Linear memory may grow into what the device heap has left after this instance.
             request = replace(request, limits=replace(request.limits, memory_bytes=plan.memory_cap_bytes))
-        outcome = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self.runtime.run, request, token
-        )
+        outcome = await self._pool.run(self.runtime.run, request, token)
         if outcome.error is not None:
             return "", outcome.error
         try:

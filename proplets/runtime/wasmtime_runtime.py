@@ -36,6 +36,9 @@ from proplets.runtime.inputs import InputError, convert_inputs, format_value
 from proplets.runtime.wasmbin import PAGE_BYTES, WasmFormatError, custom_section_names, is_component, is_wasm
 
 FUEL_UNLIMITED = 2**63 - 1
+# What a run on the caller's thread may spend before it is abandoned and run again on a worker
+# (run_inline): about 1 fuel per simple instruction, so a millisecond or two of guest code.
+INLINE_FUEL = 1_000_000
 FALLBACK_EXPORTS = ("main", "run", "_start")
 _STDERR_TAIL = 512
 
@@ -50,6 +53,16 @@ _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _NO_FINALIZER = _Finalizer(lambda _p: None)
 _WASI_P1 = "wasi_snapshot_preview1"
 _MAX_WAIT_S = 3600.0  # one wait of a host-call sleep (threading waits overflow on huge timeouts)
+
+
+def _out_of_fuel(e: Exception) -> bool:
+    if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return True
+    return _cause(e) == "wasm trap: all fuel consumed by WebAssembly"  # components: no trap code
+
+
+class _OverInlineBudget(Exception):
+    """An inline run spent INLINE_FUEL: it is dropped and runs again on a worker thread."""
 
 
 class _RunError(Exception):
@@ -188,6 +201,7 @@ class _PreparedCore:
     pre: wasmtime.InstancePre | None  # None: an import is undefined (instantiate names it)
     funcs: dict[str, tuple[list[str], list[str]]]  # export -> (param types, result types)
     memories: tuple[str, ...]  # exported memories (limit diagnostics)
+    pure: bool = False  # imports nothing: a run has no effect but its result (see run_inline)
 
 
 class WasmtimeRuntime:
@@ -216,6 +230,7 @@ class WasmtimeRuntime:
         self.components: ArtifactCache[cm.Component] = ArtifactCache(namespace, cache_dir, entries)
         self._prepared: OrderedDict[str, _PreparedCore] = OrderedDict()
         self._prepared_lock = threading.Lock()
+        self._long_modules: OrderedDict[str, None] = OrderedDict()  # spent INLINE_FUEL once: workers only
         self._http_gate_component: cm.Component | None = None  # built on the first wasi:http guest
         # Linkers are immutable after this and shared by every run (WASI state lives in each Store).
         self._core_linker = wasmtime.Linker(self.engine)
@@ -302,7 +317,7 @@ class WasmtimeRuntime:
                 funcs[export.name] = ([str(p) for p in kind.params], [str(r) for r in kind.results])
             elif isinstance(kind, wasmtime.MemoryType):
                 memories.append(export.name)
-        prepared = _PreparedCore(module, wasi, pre, funcs, tuple(memories))
+        prepared = _PreparedCore(module, wasi, pre, funcs, tuple(memories), pure=not module.imports)
         with self._prepared_lock:
             self._prepared[key] = prepared
             while len(self._prepared) > self.modules.max_entries:
@@ -335,6 +350,43 @@ class WasmtimeRuntime:
             self._ended()
             if self._slots is not None:
                 self._slots.release()
+
+    def run_inline(self, request: RunRequest, cancel: CancelToken | None = None) -> RunOutcome | None:
+        """Run ``request`` on the calling thread when that is cheap and safe, else return None (the
+        caller then uses ``run`` on a worker thread).
+
+        Why: handing a run to a worker thread and its outcome back costs more CPU than a small
+        module's whole run (tens of microseconds per hop with the GIL on a busy host). So a core
+        module that imports nothing (it can read and change nothing outside its own instance: its
+        only effect is its result), already compiled, runs here with at most ``INLINE_FUEL`` fuel.
+        If it spends that, the run is dropped, the module is remembered as a long one, and None sends
+        it to a worker, where it runs again from the start under its own limits: nobody can tell the
+        dropped run happened, except for the time it took (bounded by the fuel cap).
+        """
+        if self._stop.is_set() or is_component(request.wasm) or not is_wasm(request.wasm):
+            return None
+        key = self.modules.key(request.wasm, "module")
+        with self._prepared_lock:
+            prepared = self._prepared.get(key)
+            if prepared is None or not prepared.pure or key in self._long_modules:
+                return None
+            self._prepared.move_to_end(key)
+        start = time.monotonic()
+        if cancel is not None and cancel.cancelled:
+            return RunOutcome("", "stopped", kind="core", duration_s=0.0)
+        self.modules.count_memory_hit()
+        notes = [f"core {self.modules.last_source()}" if self.modules.last_source() else "core"]
+        lim = request.limits
+        deadline = None if lim.timeout_s is None else start + lim.timeout_s
+        watch = _Watch(cancel, deadline, lim.timeout_s, lim.output_bytes)
+        try:
+            return self._execute(request, "core", prepared, notes, watch, None, start, fuel_cap=INLINE_FUEL)
+        except _OverInlineBudget:
+            with self._prepared_lock:
+                self._long_modules[key] = None
+                while len(self._long_modules) > self.modules.max_entries:
+                    self._long_modules.popitem(last=False)
+            return None
 
     def _run(self, req: RunRequest, cancel: CancelToken | None, start: float) -> RunOutcome:
         kind: RunKind = "component" if is_component(req.wasm) else "core"
@@ -385,10 +437,16 @@ class WasmtimeRuntime:
         watch: _Watch,
         io: _Io | None,
         start: float,
+        fuel_cap: int | None = None,
     ) -> RunOutcome:
+        """One run in a fresh Store. With ``fuel_cap`` below the run's own fuel limit, raises
+        ``_OverInlineBudget`` when the guest spends the cap (nothing of the run is kept)."""
         lim = req.limits
         store = wasmtime.Store(self.engine)
         fuel = FUEL_UNLIMITED if lim.fuel is None else lim.fuel
+        capped = False
+        if fuel_cap is not None and fuel > fuel_cap:
+            fuel, capped = fuel_cap, True
         memories: list[wasmtime.Memory] = []
         results, exit_code, error = "", None, None
         values: tuple[float, ...] = ()
@@ -417,6 +475,9 @@ class WasmtimeRuntime:
         except wasmtime.ExitTrap as e:
             exit_code = e.code
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            if capped and watch.reason is None and _out_of_fuel(e):
+                store.close()
+                raise _OverInlineBudget from None
             error = self._describe(e, watch, lim, fuel, store, memories)
         finally:
             self._wasi_p1.watches.pop(store_address, None)
@@ -468,8 +529,7 @@ class WasmtimeRuntime:
         if watch.reason is not None:
             return watch.reason
         message = _cause(e)
-        out_of_fuel = isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL
-        if out_of_fuel or message == "wasm trap: all fuel consumed by WebAssembly":  # components: no code
+        if _out_of_fuel(e):
             message = f"CPU budget exhausted (fuel {fuel})"
         # memory.grow past the limit returns -1 inside the guest (stack-notes §3c): a guest that then
         # traps or spins looks like any other failure unless we check where its memory stands

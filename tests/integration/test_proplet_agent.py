@@ -164,6 +164,28 @@ async def test_stop_interrupts_an_infinite_loop_and_the_result_says_stopped(
     assert observer.results("forever")[0]["error"] == "task forever was stopped before completion"
 
 
+async def test_a_compiled_pure_module_that_runs_long_leaves_the_loop_free_and_stops(
+    broker: EmbeddedBroker, observer: Observer, agents: list[PropletAgent]
+) -> None:
+    # After one run the module is compiled, and it imports nothing: its runs start on the loop
+    # (WasmtimeRuntime.run_inline). One that runs long must be handed to a thread, not hold the loop.
+    agent = await started(agents, settings(broker.url, heartbeat_interval=0.2))
+    observer.send_start("warm", "add", ["2", "3"])
+    await eventually(lambda: bool(observer.results("warm")), 10)
+    assert observer.results("warm")[0]["results"] == "5"
+    observer.send_start("long", "spin", [], limits={"timeout_s": 120})
+    await eventually(lambda: "long" in agent.engine.running, 5)
+    await eventually(
+        lambda: sum(b.get("running") == ["long"] for b in observer.on(observer.topics.alive)) >= 3, 10
+    )
+    observer.client.publish(observer.topics.stop, b'{"id": "long"}', 1)
+    await eventually(lambda: bool(observer.results("long")), 10)
+    assert observer.results("long")[0]["error"] == "task long was stopped before completion"
+    observer.send_start("again", "add", ["4", "5"])  # the module is a long one now: a thread runs it
+    await eventually(lambda: bool(observer.results("again")), 10)
+    assert observer.results("again")[0]["results"] == "9"
+
+
 async def test_last_will_tells_the_manager_the_proplet_is_offline_on_abort(
     broker: EmbeddedBroker, observer: Observer
 ) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from proplets.runtime import CancelToken, Limits, Preopen, RunRequest, memory_requirements
+from proplets.runtime import CancelToken, Limits, Preopen, RunRequest, memory_requirements, wasmtime_runtime
 from proplets.runtime.wasmtime_runtime import WasmtimeRuntime
 
 WASM_DIR = Path(__file__).resolve().parents[1] / "wasm"
@@ -81,6 +81,55 @@ def test_a_named_export_that_is_missing_fails_not_main(rt: WasmtimeRuntime, core
 def test_trap_is_reported_with_its_message(rt: WasmtimeRuntime, core: bytes) -> None:
     out = rt.run(req(core, "div", 1, 0))
     assert out.error == "wasm trap: integer divide by zero" and out.results == ""
+
+
+# -- small pure modules run inline (WasmtimeRuntime.run_inline) -------------------------------------
+
+
+def test_a_small_pure_module_runs_inline_with_the_outcome_it_has_on_a_thread(core: bytes) -> None:
+    with WasmtimeRuntime() as fresh:
+        assert fresh.run_inline(req(core, "add", 2, 40)) is None  # not compiled yet: no compiling there
+        threaded = fresh.run(req(core, "add", 2, 40))
+        inline = fresh.run_inline(req(core, "add", 2, 40))
+        assert inline is not None
+        fields = ("results", "error", "values", "fuel_consumed", "kind", "exit_code")
+        assert [getattr(inline, f) for f in fields] == [getattr(threaded, f) for f in fields]
+        assert (inline.results, inline.error) == ("42", None)
+        assert inline.notes[1:] == threaded.notes[1:]  # entry point, fuel consumed
+
+
+def test_a_pure_module_past_the_inline_budget_is_dropped_then_runs_on_a_thread(core: bytes) -> None:
+    reps = 10_000  # fib(30) 10,000 times: a few million fuel, well past INLINE_FUEL
+    expected = (832_040 * reps + 2**31) % 2**32 - 2**31  # i32 arithmetic wraps
+    assert 1_000 * reps > wasmtime_runtime.INLINE_FUEL
+    with WasmtimeRuntime() as fresh:
+        fresh.run(req(core, "add", 1, 1))
+        assert fresh.run_inline(req(core, "fib_reps", 30, reps)) is None
+        # The module is remembered as a long one: its later runs go to a thread at once.
+        assert fresh.run_inline(req(core, "add", 1, 2)) is None
+        out = fresh.run(req(core, "fib_reps", 30, reps))
+        assert (out.results, out.error) == (str(expected), None)
+
+
+def test_an_inline_run_that_spends_its_own_fuel_limit_fails_as_on_a_thread(core: bytes) -> None:
+    with WasmtimeRuntime() as fresh:
+        fresh.run(req(core, "add", 1, 1))
+        out = fresh.run_inline(req(core, "spin", limits=Limits(fuel=200_000)))
+        assert out is not None
+        assert out.error == "CPU budget exhausted (fuel 200000)" and out.fuel_consumed == 200_000
+        stopped = CancelToken()
+        stopped.cancel()
+        before = fresh.run_inline(req(core, "add", 1, 1), stopped)
+        assert before is not None and before.error == "stopped"
+
+
+def test_a_module_that_imports_anything_never_runs_inline() -> None:
+    wasi = wasm("wasi_cmd.wat")
+    imports_host = bytes(wasmtime.wat2wasm('(module (import "env" "f" (func)) (func (export "main")))'))
+    with WasmtimeRuntime() as fresh:
+        for binary in (wasi, imports_host):
+            fresh.run(req(binary))
+            assert fresh.run_inline(req(binary)) is None
 
 
 # -- hostile modules --------------------------------------------------------------------------------

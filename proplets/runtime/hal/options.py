@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ DEFAULT_QUOTA_BYTES = 64 * 1024 * 1024
 DEFAULT_TSM_ROOT = "/sys/kernel/config/tsm/report"
 
 
+@functools.cache
 def default_root() -> Path:
-    """Upstream's `/tmp/proplet/hal-storage`, under this machine's temp dir."""
+    """Upstream's `/tmp/proplet/hal-storage`, under this machine's temp dir (looked up once: every
+    task asks)."""
     return Path(tempfile.gettempdir()) / "proplet" / "hal-storage"
 
 
@@ -49,8 +52,9 @@ def task_storage_dir(root: Path, task_id: str, requested: str | None) -> Path:
         rel = _safe(task_id)
     base = _resolved(root)
     target = base / rel
-    if "/" in rel or rel in (".", "..") or os.path.islink(target):
-        target = target.resolve()  # else one plain name under a resolved root is its own real path
+    if "/" not in rel and rel not in (".", "..") and not os.path.islink(target):
+        return target  # one plain name under a resolved root is its own real path, inside the root
+    target = target.resolve()
     if target != base and base not in target.parents:
         raise StoragePathError(f"hal_storage_path {requested!r} leaves the proplet's HAL storage root")
     return target
@@ -62,5 +66,10 @@ def _resolved(root: Path) -> Path:
     return root.resolve()
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,119}")
+
+
 def _safe(task_id: str) -> str:
+    if _PLAIN_NAME.fullmatch(task_id):
+        return task_id  # what the manager's ids look like: nothing to replace (this runs per task)
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:120].lstrip(".") or "task"
