@@ -23,9 +23,14 @@ Choices, and why:
   Each row is checked in Python before the transaction (text the backend cannot hold, integers out of
   range, JSON that cannot be encoded or is nested deeper than ``MAX_JSON_DEPTH``): a refused row is
   reported by id and the rest of the batch is still written. On SQLite the whole transaction runs in
-  one call to a dedicated writer thread over a plain ``sqlite3`` connection, not one aiosqlite thread
-  hand-off per statement.
-- On that thread the window's statements bypass SQLAlchemy's execution layer (``_RawSqlite``): each
+  one call over a plain ``sqlite3`` connection, not one aiosqlite thread hand-off per statement: on
+  the event loop's thread when the window is small and the write lock is free within
+  ``INLINE_BUSY_MS`` (it is, unless another process writes the file), else on a writer thread. On the
+  2-core machines we measure, a thread hand-off there and back costs more CPU than the few rows of a
+  typical window (docs/benchmarks.md). That connection does not checkpoint the WAL as it commits (the
+  fsyncs would hold the loop): every ``CHECKPOINT_EVERY`` commits a checkpoint takes a window's turn
+  on the writer thread.
+- The window's statements bypass SQLAlchemy's execution layer (``_RawSqlite``): each
   Core statement is compiled once by SQLAlchemy's SQLite dialect to positional SQL and run with
   ``sqlite3``'s ``executemany``. Per execute SQLAlchemy spends more Python (connection checkout,
   compiled-cache lookup, bind processors, result setup) than SQLite spends writing the rows: it was
@@ -44,15 +49,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import operator
 import re
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +75,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from orchestrator.adapters.workers import Workers
 from orchestrator.core.identity import Identity
 from orchestrator.core.model import Job, Proplet, PropletMetadata, Task, TaskState
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -313,6 +322,14 @@ _LIVE = frozenset(int(s) for s in TaskState if not s.is_terminal)
 # Rows this process last wrote (fingerprints), kept to write only changed columns next time (LRU).
 WRITTEN_ROWS_CACHE = 10_000
 
+# SQLite group-commit windows (see _sqlite_writer and Store._run_sqlite):
+BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock before it fails
+INLINE_BUSY_MS = 50  # ... when it runs on the event loop; past it the window waits on the writer thread
+INLINE_ROWS = 128  # a window with more rows than this runs on the writer thread (a long one holds the loop)
+# Commits between two WAL checkpoints: a window of a few tasks adds about ten 4 KiB pages (row and
+# indexes), so about SQLite's own 1,000-page autocheckpoint.
+CHECKPOINT_EVERY = 100
+
 
 class RawJson(str):
     """JSON text the store already encoded (and checked); the engines' serializer passes it through."""
@@ -444,11 +461,11 @@ class Store:
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if sqlite_backend else contextlib.nullcontext()
         )
-        # SQLite batches run whole in one call to this thread (see the module docstring).
+        # SQLite: small windows run on the loop; waiting or large ones, and checkpoints, on this thread.
         self._writer = writer
-        self._writer_thread = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer") if writer else None
-        )
+        self._writer_thread = Workers(1, "store-writer") if writer else None
+        self._commits_since_checkpoint = 0
+        self._checkpointing: asyncio.Future[None] | None = None
         # Group-commit windows skip SQLAlchemy's per-execute Python on it (see the module docstring).
         self._raw = _RawSqlite(writer) if writer and _RawSqlite.supported() else None
         # Built once: constructing `excluded` costs about a millisecond, more than the write itself.
@@ -508,9 +525,11 @@ class Store:
         if not self._closed:
             self._closed = True
             if self._writer_thread is not None and self._writer is not None:
-                # The writer's sqlite3 connection belongs to its thread: close it there.
+                if self._checkpointing is not None:
+                    with contextlib.suppress(Exception):
+                        await self._checkpointing
                 close = self._raw.close if self._raw is not None else self._writer.dispose
-                await asyncio.wrap_future(self._writer_thread.submit(close))
+                await self._writer_thread.run(close)
                 self._writer_thread.shutdown(wait=True)
             await self._engine.dispose()
 
@@ -1013,9 +1032,8 @@ class Store:
                 self._next_seq += 1
                 plan.inserts.append(row)
                 continue
-            changed = {
-                c: v for c, v, o in zip(_TASK_COLUMNS, values, old, strict=True) if _fingerprint(v) != o
-            }
+            fingerprints = plan.fingerprints[task_id] = _fingerprints(values)
+            changed = {c: v for c, v, f, o in zip(_TASK_COLUMNS, values, fingerprints, old) if f != o}  # noqa: B905
             if changed:
                 plan.updates.setdefault(tuple(changed), []).append({"_id": task_id, **changed})
 
@@ -1023,9 +1041,8 @@ class Store:
         """Apply ``plan`` in one transaction; with ``isolate``, each row in its own savepoint."""
         self._check_open(what)
         try:
-            if self._writer is not None:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._writer_thread, self._apply_on_writer, plan, isolate)
+            if self._writer_thread is not None:
+                await self._run_sqlite(plan, isolate)
             else:
                 async with self._engine.begin() as conn:
                     await conn.run_sync(self._apply, plan, isolate)
@@ -1035,10 +1052,65 @@ class Store:
             self._written.pop(task_id, None)
         for task_id, values in plan.written.items():
             if isolate is None or task_id not in isolate.tasks:
-                self._written[task_id] = tuple(map(_fingerprint, values))
+                found = plan.fingerprints.get(task_id)
+                self._written[task_id] = found if found is not None else _fingerprints(values)
                 self._written.move_to_end(task_id)
         while len(self._written) > WRITTEN_ROWS_CACHE:
             self._written.popitem(last=False)
+
+    async def _run_sqlite(self, plan: _Plan, isolate: Refusals | None) -> None:
+        """One window on SQLite: on the loop's thread when it is small and the lock is free at once
+        (a thread hand-off there and back cost more CPU than writing a few rows: docs/benchmarks.md),
+        else on the writer thread, waiting up to ``BUSY_TIMEOUT_MS`` for the lock."""
+        assert self._writer_thread is not None
+        if _plan_rows(plan) <= INLINE_ROWS:
+            try:
+                self._apply_on_writer(plan, isolate)
+            except DBAPIError as exc:
+                if not _is_busy(exc):
+                    raise
+                await self._writer_thread.run(self._apply_waiting, plan, isolate)
+        else:
+            await self._writer_thread.run(self._apply_waiting, plan, isolate)
+        self._commits_since_checkpoint += 1
+        if self._commits_since_checkpoint >= CHECKPOINT_EVERY and (
+            self._checkpointing is None or self._checkpointing.done()
+        ):
+            self._commits_since_checkpoint = 0
+            self._checkpointing = asyncio.ensure_future(self._checkpoint_window())
+            self._checkpointing.add_done_callback(_log_checkpoint_failure)
+
+    async def _checkpoint_window(self) -> None:
+        """A checkpoint takes a window's turn (the write locks), on the writer thread: windows wait
+        for it in asyncio, not on the loop's thread, and with no write beside it the checkpoint
+        copies the whole WAL, so the next window starts the WAL over (a checkpoint racing writes
+        never catches up, and the WAL file would only grow)."""
+        assert self._writer_thread is not None
+        async with self._batch_lock, self._write_lock:
+            if not self._closed:
+                await self._writer_thread.run(self._checkpoint)
+
+    def _apply_waiting(self, plan: _Plan, isolate: Refusals | None) -> None:
+        """The window on the writer thread, retried while another process holds the lock, for up to
+        ``BUSY_TIMEOUT_MS`` (each try itself waits ``INLINE_BUSY_MS``)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._apply_on_writer(plan, isolate)
+                return
+            except DBAPIError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: readers of other processes are not waited
+        for), on the group-commit connection, whose own automatic checkpoints are off."""
+        if self._raw is not None:
+            self._raw.checkpoint()
+            return
+        assert self._writer is not None
+        with self._writer.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
 
     def _apply_on_writer(self, plan: _Plan, isolate: Refusals | None) -> None:
         assert self._writer is not None
@@ -1246,6 +1318,7 @@ class _Plan:
     events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     prune: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     written: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)  # of written
 
 
 def _column_checks(table: sa.Table, *, skip: tuple[str, ...] = ()) -> dict[str, Callable[[Any, str], Any]]:
@@ -1327,16 +1400,16 @@ def _check_for(column: sa.Column[Any], name: str) -> Callable[[Any, str], Any]:
     return lambda value, owner: none(owner) if value is None else value
 
 
-def _fingerprint(value: Any) -> Any:
-    """What the written-rows cache keeps of a value: small ones as they are, long text and bytes (a
-    module, a big result) as (length, hash), so the cache does not hold every module it wrote. str and
-    bytes cache their hash, so an unchanged object costs nothing to compare again."""
-    if type(value) in _HASHED and len(value) > 64:
-        return (len(value), hash(value))
-    return value
-
-
 _HASHED = frozenset({str, RawJson, bytes})
+
+
+def _fingerprints(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What the written-rows cache keeps of a row's values: small ones as they are, long text and bytes
+    (a module, a big result) as (length, hash), so the cache does not hold every module it wrote. str
+    and bytes cache their hash, so an unchanged object costs nothing to compare again. One
+    comprehension, no call per value: it runs for every column of every row written."""
+    hashed = _HASHED
+    return tuple((len(v), hash(v)) if type(v) in hashed and len(v) > 64 else v for v in values)
 
 
 def _storable_ids(ids: list[str]) -> list[str]:
@@ -1402,15 +1475,41 @@ def _is_data_error(exc: BaseException | None) -> bool:
     return isinstance(exc, StatementError | TypeError | ValueError | RecursionError)
 
 
+def _is_busy(exc: DBAPIError) -> bool:
+    """SQLite could not take the write lock in time (another connection holds it): worth waiting for."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in str(exc.orig)
+
+
+def _plan_rows(plan: _Plan) -> int:
+    """About how many rows a window writes (what decides whether it may run on the event loop)."""
+    return (
+        len(plan.inserts) + sum(map(len, plan.updates.values())) + len(plan.proplets) + len(plan.jobs)
+        + len(plan.task_metrics) + len(plan.proplet_metrics) + len(plan.task_logs) + len(plan.events)
+        + len(plan.deleted_tasks) + len(plan.deleted_proplets)
+    )  # fmt: skip
+
+
+def _log_checkpoint_failure(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning(json.dumps({"event": "wal_checkpoint_failed", "error": str(done.exception())}))
+
+
 def _sqlite_writer(url: URL) -> sa.Engine:
-    """A plain (synchronous) sqlite3 engine for the writer thread, set up like the async one."""
+    """A plain (synchronous) sqlite3 engine for group-commit windows, set up like the async one, with
+    one connection. Windows run on the event loop's thread and, when they must wait for a lock or are
+    large, on the store's writer thread: never two at once (the store's write locks), so the
+    connection may move between the two (``check_same_thread=False``). It waits briefly for a lock
+    (``INLINE_BUSY_MS``: the wait holds the loop) and does not checkpoint as it commits
+    (``Store._checkpoint_window`` does, on the writer thread, where the fsyncs cannot hold the loop)."""
     engine = sa.create_engine(
         url.set(drivername="sqlite+pysqlite"),
         json_serializer=_serialize,
         json_deserializer=json.loads,
-        poolclass=sa.pool.SingletonThreadPool,
+        poolclass=sa.pool.StaticPool,
+        connect_args={"check_same_thread": False},
     )
-    _sqlite_hooks(engine)
+    _sqlite_hooks(engine, busy_ms=INLINE_BUSY_MS, autocheckpoint=0)
     return engine
 
 
@@ -1477,7 +1576,8 @@ class _RawSqlite:
     an executemany, ``begin_nested``), turns ``sqlite3`` errors into the ``DBAPIError`` subclasses
     SQLAlchemy would raise, and fires the writer engine's ``before/after_cursor_execute`` listeners
     (with no connection, cursor or context; return values ignored), so callers and statement hooks
-    cannot tell the two paths apart. Used from the writer thread only.
+    cannot tell the two paths apart. Used by one window at a time (the store's write locks), on the
+    loop's thread or the writer thread.
     """
 
     @staticmethod
@@ -1531,6 +1631,11 @@ class _RawSqlite:
         compiled = self._compile(stmt, batch[0], many)
         params = compiled.params(batch)
         self._sql(compiled.sql, params if many else params[0], many)
+
+    def checkpoint(self) -> None:
+        if self._fairy is None:
+            self._fairy = self._engine.raw_connection()
+        self._fairy.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         if self._fairy is not None:
@@ -1656,12 +1761,17 @@ def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
     return engine
 
 
-def _sqlite_hooks(engine: sa.Engine) -> None:
+def _sqlite_hooks(engine: sa.Engine, *, busy_ms: int = BUSY_TIMEOUT_MS, autocheckpoint: int = 1000) -> None:
+    pragmas = (
+        "journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={busy_ms}", "foreign_keys=ON",
+        f"wal_autocheckpoint={autocheckpoint}",
+    )  # fmt: skip
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
         cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=ON"):
+        for pragma in pragmas:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 

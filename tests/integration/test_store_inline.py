@@ -1,0 +1,86 @@
+"""SQLite group-commit windows on the event loop's thread (``Store._run_sqlite``): a window never holds
+the loop while another process holds the write lock, large windows go to the writer thread, and the
+WAL is checkpointed there (the window's own connection never does it)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from orchestrator.adapters import store as store_module
+from orchestrator.adapters.store import INLINE_ROWS, Store, WriteBatch
+from orchestrator.core.model import Task, TaskState
+
+
+def window(*ids: str) -> WriteBatch:
+    return WriteBatch(tasks={i: Task(id=i, name="add", state=TaskState.RUNNING) for i in ids})
+
+
+async def test_a_window_waits_for_another_process_write_lock_then_is_written(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "m.db"))
+    other = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction holds the lock
+        other.execute("UPDATE tasks SET name = name")
+        write = asyncio.ensure_future(store.write(window("t1")))
+        # The window waits on the writer thread (after INLINE_BUSY_MS on the loop's) and the loop goes
+        # on: this sleep ends while the lock is still held, so the write cannot be done yet.
+        await asyncio.sleep(0.3)
+        assert not write.done()
+        other.execute("COMMIT")
+        refused = await asyncio.wait_for(write, 30)
+        assert not refused
+        stored = await store.get_task("t1")
+        assert stored is not None and stored.state is TaskState.RUNNING
+        assert not await store.write(window("t2"))  # and the next window goes as usual
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_small_windows_run_on_the_loop_and_large_ones_on_the_writer_thread(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "m.db"))
+    threads: list[str] = []
+
+    def seen(*_args: Any) -> None:
+        threads.append(threading.current_thread().name)
+
+    assert store._writer is not None
+    event.listen(store._writer, "before_cursor_execute", seen)
+    try:
+        await store.write(window("small"))
+        assert set(threads) == {threading.current_thread().name}
+        threads.clear()
+        await store.write(window(*(f"big-{i}" for i in range(INLINE_ROWS + 1))))
+        assert set(threads) == {"store-writer_0"}
+        assert len(await store.load_tasks()) == INLINE_ROWS + 2
+    finally:
+        await store.close()
+
+
+async def wal_bytes_after(tmp_path: Path, name: str, windows: int) -> int:
+    store = await Store.open(str(tmp_path / name))
+    try:
+        for i in range(windows):
+            await store.write(window(f"t{i}"))
+            await asyncio.sleep(0)  # as the manager's flush loop does between windows
+        if store._checkpointing is not None:
+            await store._checkpointing
+        return (tmp_path / f"{name}-wal").stat().st_size
+    finally:
+        await store.close()
+
+
+async def test_the_writer_thread_checkpoints_the_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 10**9)
+    unchecked = await wal_bytes_after(tmp_path, "never.db", 300)
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 20)
+    checked = await wal_bytes_after(tmp_path, "every20.db", 300)
+    # Checkpointed WAL is reused from its start, so it stays near 20 windows' worth of pages.
+    assert checked * 4 < unchecked
