@@ -555,29 +555,45 @@ async def run_load(
 
     async def batcher() -> None:
         """The same window of ``concurrency`` tasks in flight, refilled by POST /tasks/batch (start:
-        true) whenever a quarter of it is free: one request per several tasks."""
+        true) whenever a quarter of it is free: one request per several tasks. A request goes out
+        as soon as its slots are free, without waiting for the previous one's answer (as a client
+        of a queue does not wait for the worker); a task holds its slot from its request to its
+        result."""
         chunk = max(1, result.concurrency // 4)
-        pending: set[asyncio.Future[None]] = set()
-        i = 0
-        while i < result.tasks:
-            while pending and len(pending) > result.concurrency - chunk:
-                done, _ = await asyncio.wait(pending, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-                pending = pending - done if done else set()  # a timeout is counted from the store
-            n = min(chunk, result.tasks - i)
+        slots = asyncio.Semaphore(result.concurrency)
+        posts: list[asyncio.Task[None]] = []
+        pending: list[asyncio.Future[None]] = []
+
+        async def post(first: int, n: int) -> None:
             t0 = time.time()
-            specs = [{"name": "add", "file": module, "inputs": [j, 1]} for j in range(i, i + n)]
+            specs = [{"name": "add", "file": module, "inputs": [j, 1]} for j in range(first, first + n)]
             created = await c.api.post("/tasks/batch", json={"start": True, "tasks": specs})
             if created.status_code != 201:
                 fail(f"POST /tasks/batch: {created.status_code} {created.text[:200]}")
-            else:
-                for j, item in enumerate(created.json()["results"]):
-                    task_id = item["task"]["id"]
-                    waiters[task_id] = waiter = loop.create_future()
-                    if task_id in early:
-                        waiter.set_result(None)
-                    pending.add(waiter)
-                    submitted[task_id] = (t0, i + j)
+                for _ in range(n):
+                    slots.release()
+                return
+            for j, item in enumerate(created.json()["results"]):
+                task_id = item["task"]["id"]
+                waiters[task_id] = waiter = loop.create_future()
+                waiter.add_done_callback(lambda _done: slots.release())
+                if task_id in early:
+                    waiter.set_result(None)
+                pending.append(waiter)
+                submitted[task_id] = (t0, first + j)
+
+        i = 0
+        while i < result.tasks:
+            n = min(chunk, result.tasks - i)
+            try:
+                for _ in range(n):
+                    await asyncio.wait_for(slots.acquire(), 60)
+            except TimeoutError:  # no result for a minute: stop; what was sent is counted from the store
+                fail(f"no slot freed in 60 s after {i} tasks: submitting stopped")
+                break
+            posts.append(asyncio.create_task(post(i, n)))
             i += n
+        await asyncio.gather(*posts)
         if pending:
             await asyncio.wait(pending, timeout=60)
 
@@ -947,6 +963,7 @@ def celery_table(results: Iterable[E2EResult], celery: dict[int, Any]) -> str:
 
 def cmd_e2e(args: argparse.Namespace) -> int:
     from orchestrator import bench_celery
+    from orchestrator.cli import run_loop  # the bench's client on uvloop too, as the manager and proplets
 
     results: list[E2EResult] = []
     celery: dict[int, Any] = {}
@@ -960,7 +977,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
             for n in args.proplets:
                 profile = str(Path(args.profile) / f"manager-{broker}-{n}.prof") if args.profile else None
                 spy = str(Path(args.py_spy) / f"manager-{broker}-{n}.txt") if args.py_spy else None
-                r = asyncio.run(
+                r = run_loop(
                     run_e2e(
                         broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages,
                         args.submit, profile, spy, args.proplet_procs or os.cpu_count() or 1, args.mosquitto,
@@ -1083,7 +1100,8 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--submit", choices=["start", "two", "batch"], default="start",
         help="start: POST /tasks with start:true (default); two: POST /tasks then POST /tasks/{id}/start;"
-        " batch: POST /tasks/batch of concurrency/4 tasks whenever that many slots are free",
+        " batch: POST /tasks/batch of concurrency/4 tasks whenever that many slots are free (without"
+        " waiting for the previous request's answer)",
     )  # fmt: skip
     e.add_argument(
         "--proplet-procs", type=_positive, default=None,

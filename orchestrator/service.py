@@ -608,6 +608,8 @@ class ManagerService:
                 if not waiter.done():
                     waiter.set_exception(fenced)
             return
+        if commands:
+            self.engine.counters["flush_windows"] += 1
         try:
             refused = await self._execute(commands)
         except StoreError as err:
