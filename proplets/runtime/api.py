@@ -156,6 +156,11 @@ class CancelToken:
 
 
 class WasmRuntime(Protocol):
+    """What the agent runs modules with. A runtime may also offer ``run_inline(request, cancel) ->
+    RunOutcome | None``, a run on the caller's (the event loop's) thread when it is cheap and has no
+    effect but its result, None otherwise; the agent tries it first when it exists
+    (``WasmtimeRuntime.run_inline``)."""
+
     def run(self, request: RunRequest, cancel: CancelToken | None = None) -> RunOutcome:
         """Execute `request` to completion (blocking). Never raises for guest misbehaviour."""
         ...
