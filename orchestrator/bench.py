@@ -530,6 +530,13 @@ async def run_load(
         if len(result.error_samples) < 5:
             result.error_samples.append(reason)
 
+    def expect(task_id: str) -> asyncio.Future[None]:
+        """Done when the task's result passes the observer (which may have seen it already)."""
+        waiters[task_id] = waiter = loop.create_future()
+        if task_id in early:
+            waiter.set_result(None)
+        return waiter
+
     async def worker() -> None:
         for i in counter:
             t0 = time.time()
@@ -541,9 +548,7 @@ async def run_load(
                 fail(f"POST /tasks: {created.status_code} {created.text[:200]}")
                 continue
             task_id = created.json()["id"]
-            waiters[task_id] = loop.create_future()
-            if task_id in early:
-                waiters[task_id].set_result(None)
+            waiter = expect(task_id)
             if result.submit == "two":
                 started = await c.api.post(f"/tasks/{task_id}/start")
                 if started.status_code != 200:
@@ -551,7 +556,7 @@ async def run_load(
                     continue
             submitted[task_id] = (t0, i)
             with contextlib.suppress(TimeoutError):  # counted below from its stored state
-                await asyncio.wait_for(waiters[task_id], 60)
+                await asyncio.wait_for(waiter, 60)
 
     async def batcher() -> None:
         """The same window of ``concurrency`` tasks in flight, refilled by POST /tasks/batch (start:
@@ -563,27 +568,30 @@ async def run_load(
         slots = asyncio.Semaphore(result.concurrency)
         posts: list[asyncio.Task[None]] = []
         pending: list[asyncio.Future[None]] = []
+        broken: list[BaseException] = []  # a request that raised (the manager went away, ...)
 
         async def post(first: int, n: int) -> None:
             t0 = time.time()
             specs = [{"name": "add", "file": module, "inputs": [j, 1]} for j in range(first, first + n)]
-            created = await c.api.post("/tasks/batch", json={"start": True, "tasks": specs})
-            if created.status_code != 201:
-                fail(f"POST /tasks/batch: {created.status_code} {created.text[:200]}")
+            try:
+                created = await c.api.post("/tasks/batch", json={"start": True, "tasks": specs})
+            except Exception as err:
+                broken.append(err)
+                created = None
+            if created is None or created.status_code != 201:
+                if created is not None:
+                    fail(f"POST /tasks/batch: {created.status_code} {created.text[:200]}")
                 for _ in range(n):
                     slots.release()
                 return
             for j, item in enumerate(created.json()["results"]):
-                task_id = item["task"]["id"]
-                waiters[task_id] = waiter = loop.create_future()
+                waiter = expect(item["task"]["id"])
                 waiter.add_done_callback(lambda _done: slots.release())
-                if task_id in early:
-                    waiter.set_result(None)
                 pending.append(waiter)
-                submitted[task_id] = (t0, first + j)
+                submitted[item["task"]["id"]] = (t0, first + j)
 
         i = 0
-        while i < result.tasks:
+        while i < result.tasks and not broken:
             n = min(chunk, result.tasks - i)
             try:
                 for _ in range(n):
@@ -594,6 +602,8 @@ async def run_load(
             posts.append(asyncio.create_task(post(i, n)))
             i += n
         await asyncio.gather(*posts)
+        if broken:
+            raise broken[0]  # as a request of the sequential loop would have
         if pending:
             await asyncio.wait(pending, timeout=60)
 

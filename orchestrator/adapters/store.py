@@ -1025,6 +1025,7 @@ class Store:
         """Split the encoded tasks into whole-row inserts (first time seen) and updates of the columns
         that differ from what this store last wrote. Runs under the batch lock."""
         for task_id, values in list(plan.written.items()):
+            fingerprints = plan.fingerprints[task_id] = _fingerprints(values)  # kept once written (_run)
             old = self._written.get(task_id)
             if old is None:
                 row = dict(zip(_TASK_COLUMNS, values, strict=True))
@@ -1032,7 +1033,6 @@ class Store:
                 self._next_seq += 1
                 plan.inserts.append(row)
                 continue
-            fingerprints = plan.fingerprints[task_id] = _fingerprints(values)
             changed = {c: v for c, v, f, o in zip(_TASK_COLUMNS, values, fingerprints, old) if f != o}  # noqa: B905
             if changed:
                 plan.updates.setdefault(tuple(changed), []).append({"_id": task_id, **changed})
@@ -1050,10 +1050,9 @@ class Store:
             raise StoreError(self.url, what, exc) from exc
         for task_id in plan.deleted_tasks:
             self._written.pop(task_id, None)
-        for task_id, values in plan.written.items():
+        for task_id, fingerprints in plan.fingerprints.items():
             if isolate is None or task_id not in isolate.tasks:
-                found = plan.fingerprints.get(task_id)
-                self._written[task_id] = found if found is not None else _fingerprints(values)
+                self._written[task_id] = fingerprints
                 self._written.move_to_end(task_id)
         while len(self._written) > WRITTEN_ROWS_CACHE:
             self._written.popitem(last=False)
@@ -1109,8 +1108,9 @@ class Store:
             self._raw.checkpoint()
             return
         assert self._writer is not None
-        with self._writer.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+        with contextlib.closing(self._writer.raw_connection()) as conn:  # not in a transaction: no BEGIN
+            assert isinstance(conn.driver_connection, sqlite3.Connection)
+            _wal_checkpoint(conn.driver_connection)
 
     def _apply_on_writer(self, plan: _Plan, isolate: Refusals | None) -> None:
         assert self._writer is not None
@@ -1318,7 +1318,7 @@ class _Plan:
     events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     prune: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     written: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
-    fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)  # of written
+    fingerprints: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)  # of written, by _plan
 
 
 def _column_checks(table: sa.Table, *, skip: tuple[str, ...] = ()) -> dict[str, Callable[[Any, str], Any]]:
@@ -1490,6 +1490,11 @@ def _plan_rows(plan: _Plan) -> int:
     )  # fmt: skip
 
 
+def _wal_checkpoint(conn: sqlite3.Connection) -> None:
+    """PASSIVE: copies what it can without waiting for other connections' readers."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 def _log_checkpoint_failure(done: asyncio.Future[None]) -> None:
     if not done.cancelled() and done.exception() is not None:
         log.warning(json.dumps({"event": "wal_checkpoint_failed", "error": str(done.exception())}))
@@ -1635,7 +1640,7 @@ class _RawSqlite:
     def checkpoint(self) -> None:
         if self._fairy is None:
             self._fairy = self._engine.raw_connection()
-        self._fairy.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        _wal_checkpoint(self._fairy.driver_connection)
 
     def close(self) -> None:
         if self._fairy is not None:

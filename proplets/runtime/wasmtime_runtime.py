@@ -61,6 +61,12 @@ def _out_of_fuel(e: Exception) -> bool:
     return _cause(e) == "wasm trap: all fuel consumed by WebAssembly"  # components: no trap code
 
 
+def _source_note(kind: RunKind, cache: ArtifactCache[Any]) -> str:
+    """The run's first note: its kind and how this thread's last cache lookup was served."""
+    source = cache.last_source()
+    return f"{kind} {source}" if source else kind
+
+
 class _OverInlineBudget(Exception):
     """An inline run spent INLINE_FUEL: it is dropped and runs again on a worker thread."""
 
@@ -296,12 +302,9 @@ class WasmtimeRuntime:
         shared linker; its exports), cached by the sha256 of ``wasm`` like the compiled module.
         Only compiled code is shared between runs: every run gets a fresh Store and instance."""
         key = self.modules.key(wasm, "module")
-        with self._prepared_lock:
-            hit = self._prepared.get(key)
-            if hit is not None:
-                self._prepared.move_to_end(key)
-                self.modules.count_memory_hit()
-                return hit
+        hit = self._cached_core(key)
+        if hit is not None:
+            return hit
         module = self.compile_module(wasm, key)
         wasi = any(i.module.startswith(("wasi_snapshot_preview1", "wasi_unstable")) for i in module.imports)
         linker = self._wasi_linker if wasi else self._core_linker
@@ -323,6 +326,17 @@ class WasmtimeRuntime:
             while len(self._prepared) > self.modules.max_entries:
                 self._prepared.popitem(last=False)
         return prepared
+
+    def _cached_core(self, key: str, *, inline: bool = False) -> _PreparedCore | None:
+        """The prepared module under ``key`` if it is in memory (a hit: counted, kept fresh); with
+        ``inline``, only one that may run on the caller's thread (pure, not known to run long)."""
+        with self._prepared_lock:
+            hit = self._prepared.get(key)
+            if hit is None or (inline and (not hit.pure or key in self._long_modules)):
+                return None
+            self._prepared.move_to_end(key)
+        self.modules.count_memory_hit()
+        return hit
 
     def compile_component(self, wasm: bytes) -> cm.Component:
         return self.components.get(
@@ -366,21 +380,15 @@ class WasmtimeRuntime:
         if self._stop.is_set() or is_component(request.wasm) or not is_wasm(request.wasm):
             return None
         key = self.modules.key(request.wasm, "module")
-        with self._prepared_lock:
-            prepared = self._prepared.get(key)
-            if prepared is None or not prepared.pure or key in self._long_modules:
-                return None
-            self._prepared.move_to_end(key)
+        prepared = self._cached_core(key, inline=True)
+        if prepared is None:
+            return None
         start = time.monotonic()
         if cancel is not None and cancel.cancelled:
             return RunOutcome("", "stopped", kind="core", duration_s=0.0)
-        self.modules.count_memory_hit()
-        notes = [f"core {self.modules.last_source()}" if self.modules.last_source() else "core"]
-        lim = request.limits
-        deadline = None if lim.timeout_s is None else start + lim.timeout_s
-        watch = _Watch(cancel, deadline, lim.timeout_s, lim.output_bytes)
+        notes = [_source_note("core", self.modules)]
         try:
-            return self._execute(request, "core", prepared, notes, watch, None, start, fuel_cap=INLINE_FUEL)
+            return self._execute_plain(request, prepared, notes, cancel, start, fuel_cap=INLINE_FUEL)
         except _OverInlineBudget:
             with self._prepared_lock:
                 self._long_modules[key] = None
@@ -404,17 +412,14 @@ class WasmtimeRuntime:
             return RunOutcome(
                 "", f"invalid wasm {kind}: {_cause(e)}", kind=kind, duration_s=time.monotonic() - start
             )
-        notes = [f"{kind} {cache.last_source()}" if cache.last_source() else kind]
+        notes = [_source_note(kind, cache)]
         compile_s = time.monotonic() - compile_start
         if compile_s >= 1.0:  # the wall-time limit counts it: say where the time went
             notes[0] += f" in {compile_s:.1f} s"
+        if isinstance(artifact, _PreparedCore) and not artifact.wasi:
+            return self._execute_plain(req, artifact, notes, cancel, start)
         lim = req.limits
         deadline = None if lim.timeout_s is None else start + lim.timeout_s
-        if isinstance(artifact, _PreparedCore) and not artifact.wasi:
-            # No WASI imports: the module cannot see stdio, files, args or env, so none are set up
-            # (and there is no output to stream).
-            watch = _Watch(cancel, deadline, lim.timeout_s, lim.output_bytes)
-            return self._execute(req, kind, artifact, notes, watch, None, start)
         with tempfile.TemporaryDirectory(prefix=f"wasm-{_safe(req.task_id)}-", dir=_IO_DIR) as tmp:
             io = _open_io(Path(tmp), req.stdin)
             watch = _Watch(
@@ -427,6 +432,22 @@ class WasmtimeRuntime:
                 watch.finish_streaming()  # before the fds it reads are closed
                 for fd in io.fds:
                     os.close(fd)
+
+    def _execute_plain(
+        self,
+        req: RunRequest,
+        prepared: _PreparedCore,
+        notes: list[str],
+        cancel: CancelToken | None,
+        start: float,
+        fuel_cap: int | None = None,
+    ) -> RunOutcome:
+        """A core module without WASI imports: it cannot see stdio, files, args or env, so none are
+        set up (and there is no output to stream)."""
+        lim = req.limits
+        deadline = None if lim.timeout_s is None else start + lim.timeout_s
+        watch = _Watch(cancel, deadline, lim.timeout_s, lim.output_bytes)
+        return self._execute(req, "core", prepared, notes, watch, None, start, fuel_cap)
 
     def _execute(
         self,
