@@ -158,6 +158,12 @@ async def test_start_true_and_batch_create_and_run_in_one_request(manager: Clust
             assert (await c.api.get(f"/tasks/{task_id}")).json()["state"] == int(TaskState.PENDING)
         else:
             assert (await c.wait_terminal(task_id))["results"] == str(i + 1)
+    # One request, one flush window for all its tasks (group commit), counted where /metrics shows it.
+    windows = c.manager.engine.counters["flush_windows"]
+    created = await c.api.post("/tasks/batch", json={"tasks": [add(i) for i in range(8)]})
+    assert created.status_code == 201 and created.json()["created"] == 8
+    assert 1 <= c.manager.engine.counters["flush_windows"] - windows < 8  # (a heartbeat may add one)
+    assert 'propeller_engine_events_total{event="flush_windows"}' in (await c.api.get("/metrics")).text
     none = await c.api.post("/tasks/batch", json={"tasks": [{"bogus": 1}]})
     assert none.status_code == 400 and none.json()["failed"] == 1
     empty = await c.api.post("/tasks/batch", json={"tasks": []})

@@ -11,9 +11,9 @@ import pytest
 
 from orchestrator import wire
 from orchestrator.core.commands import MessageReceived, PersistProplet, PersistTask, Publish
-from orchestrator.core.engine import Engine, EngineConfig
+from orchestrator.core.engine import Engine, EngineConfig, snapshot
 from orchestrator.core.errors import Conflict, IllegalTransition, NotFound, ValidationError
-from orchestrator.core.model import TaskState
+from orchestrator.core.model import Task, TaskState
 from orchestrator.core.states import Trigger, next_state
 
 T = wire.Topics("d1", "c1")
@@ -457,3 +457,16 @@ def test_while_our_broker_link_is_down_nobody_is_declared_dead_and_nothing_dispa
     assert engine.proplets["p1"].alive
     engine.on_timer(161.0, 0)
     assert not engine.proplets["p1"].alive
+
+
+def test_a_persisted_task_is_a_copy_the_engine_does_not_change_afterwards() -> None:
+    task = Task(id="t", name="add", inputs=[1, 2], metadata={"k": "v"}, results={"p1": "3"}, env={"A": "1"})
+    copy = snapshot(task)
+    assert copy == task and copy is not task
+    task.state = TaskState.RUNNING
+    task.inputs.append(3)
+    task.results["p2"] = "4"  # a broadcast's per-proplet results: mutated in place
+    task.env["B"] = "2"
+    task.attempt += 1
+    assert copy.state is TaskState.PENDING and copy.inputs == [1, 2] and copy.results == {"p1": "3"}
+    assert copy.env == {"A": "1"} and copy.attempt == 0 and copy.metadata == {"k": "v"}

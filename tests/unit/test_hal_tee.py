@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
-from proplets.runtime.hal import tee
+from proplets.runtime.hal import options, tee
 from proplets.runtime.hal.options import StoragePathError, task_storage_dir
 
 
@@ -47,6 +49,28 @@ def test_storage_paths_stay_under_the_root(tmp_path: Path) -> None:
     assert task_storage_dir(tmp_path, "t-1", "/shared/x") == (tmp_path / "shared" / "x").resolve()
     with pytest.raises(StoragePathError, match="leaves the proplet's HAL storage root"):
         task_storage_dir(tmp_path, "t-1", "a/../../etc")
+
+
+def test_a_task_named_like_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "t-1").symlink_to(outside)  # a plain task id: the fast path must still see the link
+    with pytest.raises(StoragePathError, match="leaves the proplet's HAL storage root"):
+        task_storage_dir(root, "t-1", None)
+    assert task_storage_dir(root, "t-2", None) == root.resolve() / "t-2"
+
+
+@example(".hidden")
+@example("..")
+@example("-x")
+@example("a" * 120)
+@example("a" * 121)
+@example("tâche-1")
+@given(st.text(max_size=200) | st.from_regex(r"[A-Za-z0-9_.\-]{1,130}", fullmatch=True))
+def test_a_task_id_becomes_the_same_directory_name_as_before_the_fast_path(task_id: str) -> None:
+    slow = "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:120].lstrip(".") or "task"
+    assert options._safe(task_id) == slow
 
 
 def test_tsm_report_without_the_interface_is_a_clear_error(tmp_path: Path) -> None:

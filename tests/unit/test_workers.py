@@ -30,27 +30,35 @@ async def test_what_the_call_raises_reaches_the_caller() -> None:
         workers.shutdown()
 
 
-async def test_calls_run_at_once_up_to_the_thread_count_and_no_further() -> None:
-    workers = Workers(2, "unit")
-    inside = threading.Semaphore(0)
-    release = threading.Event()
+class Held:
+    """A call that says when a thread has entered it and returns (its thread's name) once released."""
 
-    def hold() -> str:
-        inside.release()
-        release.wait(30)
+    def __init__(self) -> None:
+        self.inside = threading.Semaphore(0)
+        self.released = threading.Event()
+
+    def __call__(self) -> str:
+        self.inside.release()
+        self.released.wait(30)
         return threading.current_thread().name
 
+    async def entered(self) -> bool:
+        return await asyncio.to_thread(self.inside.acquire, True, 30)
+
+
+async def test_calls_run_at_once_up_to_the_thread_count_and_no_further() -> None:
+    workers = Workers(2, "unit")
+    hold = Held()
     try:
         held = [asyncio.ensure_future(workers.run(hold)) for _ in range(3)]
-        # Two calls are inside at once; the third waits for a thread (only two may exist).
-        assert await asyncio.to_thread(inside.acquire, True, 30)
-        assert await asyncio.to_thread(inside.acquire, True, 30)
-        assert not inside.acquire(timeout=0.2)
-        release.set()
+        # Two calls are inside at once; the third cannot enter until one ends (only two threads exist).
+        assert await hold.entered() and await hold.entered()
+        assert not hold.inside.acquire(timeout=0.2)
+        hold.released.set()
         names = await asyncio.gather(*held)
         assert set(names) == {"unit_0", "unit_1"}
     finally:
-        release.set()
+        hold.released.set()
         workers.shutdown()
 
 
@@ -60,7 +68,7 @@ async def test_a_call_cancelled_before_a_thread_takes_it_never_runs() -> None:
     ran: list[str] = []
     try:
         first = asyncio.ensure_future(workers.run(gate.wait, 30))
-        await asyncio.sleep(0)  # queued: the only thread now waits at the gate
+        await asyncio.sleep(0)  # queued first: the only thread takes it and waits at the gate
         second = asyncio.ensure_future(workers.run(ran.append, "second"))
         await asyncio.sleep(0)
         second.cancel()
@@ -78,20 +86,13 @@ async def test_a_call_cancelled_before_a_thread_takes_it_never_runs() -> None:
 
 async def test_shutdown_cancels_what_no_thread_took_and_refuses_new_calls() -> None:
     workers = Workers(1, "unit")
-    gate = threading.Event()
-    inside = threading.Event()
-
-    def hold() -> str:
-        inside.set()
-        gate.wait(30)
-        return "finished"
-
+    hold = Held()
     running = asyncio.ensure_future(workers.run(hold))
     queued = asyncio.ensure_future(workers.run(lambda: "never"))
-    assert await asyncio.to_thread(inside.wait, 30)
+    assert await hold.entered()
     workers.shutdown(wait=False, cancel_pending=True)
-    gate.set()
-    assert await running == "finished"  # a running call finishes
+    hold.released.set()
+    assert await running == "unit_0"  # a running call finishes
     with pytest.raises(asyncio.CancelledError):
         await queued
     with pytest.raises(RuntimeError, match="shut down"):
