@@ -1104,8 +1104,12 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     e.add_argument("--tasks", type=_positive, default=500, help="tasks per measurement")
     e.add_argument("--concurrency", type=_positive, default=16, help="tasks in flight at once")
-    e.add_argument("--layout", choices=["split", "inprocess"], default="split",
-                   help="split: manager and proplets in processes of their own; inprocess: one process")
+    e.add_argument(
+        "--layout",
+        choices=["split", "inprocess"],
+        default="split",
+        help="split: manager and proplets in processes of their own; inprocess: one process",
+    )
     e.add_argument("--rtt-messages", type=int, default=5000, help="raw QoS 1 round trips (0: skip)")
     e.add_argument(
         "--submit", choices=["start", "two", "batch"], default="start",
@@ -1129,8 +1133,9 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
     r = bsub.add_parser("registry", help="manager RSS with many registered proplets")
     r.add_argument("--proplets", type=_positive, default=1000, help="proplets registered")
     r.add_argument("--rounds", type=_positive, default=5, help="heartbeats per proplet")
-    r.add_argument("--broker", choices=["embedded", "mosquitto", "both"], default="embedded",
-                   help="broker(s) to measure")
+    r.add_argument(
+        "--broker", choices=["embedded", "mosquitto", "both"], default="embedded", help="broker(s) to measure"
+    )
     output_arg(r)
     r.set_defaults(func=cmd_registry)
 

@@ -223,6 +223,7 @@ def agent_settings(s: Any) -> Any:
         tsm_root=s.tsm_root,
         kbs_url=s.kbs_url,
         otel=s.otel,
+        direct_start=s.direct_start,
     )
     return with_identity(settings, s.identity) if s.identity else settings
 

@@ -26,6 +26,7 @@ from orchestrator.core.identity import (
     Enrollment,
     Identity,
     check_id,
+    direct_start_suffix,
     new_enrollment,
     public_key_of,
 )
@@ -178,6 +179,7 @@ def mosquitto_files(identities: list[Identity]) -> tuple[str, str]:
                 acl.append(f"topic write m/+/c/+/{suffix}")
             for suffix in PROPLET_READ:
                 acl.append(f"topic read m/+/c/+/{suffix}")
+            acl.append(f"topic read m/+/c/+/{direct_start_suffix(identity)}")
         acl.append("")
     return "\n".join(passwd) + "\n", "\n".join(acl)
 

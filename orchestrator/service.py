@@ -706,7 +706,7 @@ class ManagerService:
                 if dropped and _message_task_id(command.payload) in dropped:
                     continue
                 payload, span = command.payload, None
-                if self.tracing.enabled and command.topic == self.engine.topics.start:
+                if self.tracing.enabled and self.engine.topics.is_start(command.topic):
                     payload, span = self._traced_start(payload)
                 if self.mqtt is not None:
                     try:

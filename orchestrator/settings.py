@@ -190,8 +190,9 @@ class ManagerSettings:
     mqtt_insecure: bool = _opt(False, "do not verify the broker's certificate")
     timeline: bool = _opt(True, "record each task's and proplet's timeline (GET /tasks/{id}/events)")
     otel: bool = _opt(
-        False, "OpenTelemetry spans: dispatch, execute on the proplet, result (the otel extra; exporter: "
-        "OTEL_TRACES_EXPORTER=otlp|console|none)"
+        False,
+        "OpenTelemetry spans: dispatch, execute on the proplet, result (the otel extra; exporter: "
+        "OTEL_TRACES_EXPORTER=otlp|console|none)",
     )
     timeline_observations: int = _opt(
         100, "console lines and faults reported from outside (POST /tasks/{id}/events) kept per task"
@@ -252,6 +253,13 @@ class PropletSettings:
         metadata={"help": "key broker for encrypted tasks (also env PROPLET_KBS_URI; see docs/hal.md)"},
     )
     otel: bool = _opt(
-        False, "OpenTelemetry execute spans, children of the manager's dispatch span (the otel extra; "
-        "exporter: OTEL_TRACES_EXPORTER=otlp|console|none)"
+        False,
+        "OpenTelemetry execute spans, children of the manager's dispatch span (the otel extra; "
+        "exporter: OTEL_TRACES_EXPORTER=otlp|console|none)",
+    )
+    direct_start: bool = _opt(
+        True,
+        "also read starts on this proplet's own topic (control/manager/start/{id}) and say so when it "
+        "announces itself: one delivery per start instead of one per proplet of the channel "
+        "(--no-direct-start: upstream's shared start topic only)",
     )

@@ -133,6 +133,8 @@ class AgentSettings:
     kbs_url: str = ""
     # OpenTelemetry execute spans, children of the manager's dispatch span (orchestrator/adapters/otel.py).
     otel: bool = False
+    # Read starts on our own topic too (PropletConfig.direct_start); False: upstream's shared topic only.
+    direct_start: bool = True
 
     def __post_init__(self) -> None:
         if self.profile != "host":
@@ -209,6 +211,7 @@ def engine_config(settings: AgentSettings) -> PropletConfig:
         metrics_interval=settings.metrics_interval,
         max_instances=settings.max_instances,
         signing_key=settings.signing_key,
+        direct_start=settings.direct_start,
     )
     if settings.profile == "host":
         return replace(base, metadata=host_metadata(settings), attest=receipt_attester(settings))

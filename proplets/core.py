@@ -73,6 +73,11 @@ class PropletConfig:
     # a lost connection is never re-established (reconnect False).
     filter_target: bool = True
     honour_stop: bool = True
+    # Also read starts on our own topic (control/manager/start/{proplet_id}) and say so in the discovery
+    # (``direct_start``), so a manager that knows it sends our starts there: one delivery per start
+    # instead of one per proplet of the channel. Never on the embedded profile or for upstream firmware
+    # (their subscriptions stay upstream's), nor for an id that cannot name a topic level.
+    direct_start: bool = True
     blocking_execution: bool = False
     reconnect: bool = True
     # Raw 32-byte Ed25519 private key from the proplet's enrolled identity (signs execution receipts).
@@ -210,6 +215,14 @@ class PropletEngine:
         self._heap_peak = 0
         self._signer = receipts.Signer(config.signing_key) if config.signing_key is not None else None
         self._invoked: dict[str, tuple[wire.InvokeTask, float]] = {}  # invocation id -> (invoke, since)
+        direct = (
+            config.direct_start
+            and config.filter_target
+            and config.profile is not wire.Profile.EMBEDDED
+            and wire.direct_start_ok(config.proplet_id)
+        )
+        # The topic suffix of our own starts, or None when we read only the shared start topic.
+        self._direct_suffix = wire.START_DIRECT + config.proplet_id if direct else None
 
     @property
     def embedded(self) -> bool:
@@ -254,6 +267,8 @@ class PropletEngine:
             metadata["total_memory_bytes"] = self.budget.config.heap_bytes
             metadata["free_memory_bytes"] = max(0, self.budget.free_bytes)
             metadata["max_instances"] = self._instance_limit()
+        if self._direct_suffix is not None:
+            metadata["direct_start"] = True
         return wire.Discovery(self.config.proplet_id, self.config.namespace, metadata)
 
     def _instance_limit(self) -> int:
@@ -273,6 +288,8 @@ class PropletEngine:
             self._commands.append(Subscribe(topic, self.config.qos))
         if not self.embedded:  # our extension; the firmware's buffers and subscriptions stay upstream's
             self._commands.append(Subscribe(self.topics.discover, self.config.qos))
+        if self._direct_suffix is not None:  # before the discovery that tells the manager to use it
+            self._commands.append(Subscribe(self.topics.topic(self._direct_suffix), self.config.qos))
         self._publish(self.topics.create, self.discovery())
         # Results held while offline go before the heartbeat that no longer lists their tasks.
         held, self._outbox = self._outbox, []
@@ -431,7 +448,12 @@ class PropletEngine:
     def handle(self, topic: str, payload: bytes, now: float) -> None:
         self._clock = now
         suffix = self.topics.suffix(topic)
-        if suffix not in _HANDLED:
+        if suffix is None:
+            return
+        direct = suffix == self._direct_suffix
+        if direct:
+            suffix = "control/manager/start"  # sent to us alone: the others' starts never come here
+        elif suffix not in _HANDLED:
             return
         if self.embedded and len(payload) > wire.EMBEDDED_MAX_PAYLOAD_BYTES:
             # The firmware's buffer holds 1023 bytes: it would truncate and fail to parse. We say why.
@@ -445,12 +467,12 @@ class PropletEngine:
                 )
                 self._result(start_id, "", error, None)
             return
-        if suffix == "control/manager/start" and self._for_another(payload):
+        if not direct and suffix == "control/manager/start" and self._for_another(payload):
             # Every proplet of a channel receives every start: skip the full decode of the others'.
             self._count("starts_for_others")
             return
         try:
-            message = wire.decode(self.topics, topic, payload)
+            message = wire.decode_payload(suffix, payload, topic)
         except wire.CodecError as err:
             self.malformed += 1
             self._commands.append(LogEvent("malformed_message", {"topic": topic, "error": str(err)}))

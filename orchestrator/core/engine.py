@@ -1539,9 +1539,16 @@ class Engine:
         self._arm_deadline(task, now)
         self.counters["tasks_dispatched"] += 1
         self._persist_task(task, wall)
-        self._emit(Publish(self.topics.start, payload, self.config.qos))
+        self._emit(Publish(self._start_topic(proplet), payload, self.config.qos))
         self._log("task_dispatched", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt)
         self._task_event(task.id, wall, "start_published", "", proplet_id=proplet.id, attempt=task.attempt)
+
+    def _start_topic(self, proplet: Proplet) -> str:
+        """Where a start for ``proplet`` alone goes: its own topic if it announced that it reads one
+        (``direct_start``: one delivery instead of one per proplet of the channel), else the shared one."""
+        if proplet.metadata.direct_start and wire.direct_start_ok(proplet.id):
+            return self.topics.start_for(proplet.id)
+        return self.topics.start
 
     def _start_message(self, task: Task, *, proplet_id: str, broadcast: bool) -> wire.StartTask:
         return wire.StartTask(

@@ -72,6 +72,11 @@ PROPLET_READ: tuple[str, ...] = tuple(sorted(_PROPLET_SUBSCRIBE))  # ... and may
 _BASE_RE = re.compile(r"m/.+/c/.+")
 
 
+def direct_start_suffix(identity: Identity) -> str:
+    """The one start topic of its own a proplet may read besides the shared ones (topics.START_DIRECT)."""
+    return t.START_DIRECT + identity.proplet_id
+
+
 def _suffix(topic: str, known: Iterable[str]) -> str | None:
     """The known channel suffix ``topic`` ends with (after a well-formed ``m/{d}/c/{c}`` base)."""
     for suffix in known:
@@ -425,7 +430,11 @@ class IdentityRegistry:
         """None if ``identity`` may subscribe to ``topic_filter``, else the reason it may not."""
         if identity.kind == "manager":
             return None
-        if _suffix(topic_filter, _PROPLET_SUBSCRIBE) and "+" not in topic_filter and "#" not in topic_filter:
+        if "+" in topic_filter or "#" in topic_filter:
+            return f"a {identity.kind} may not subscribe to {topic_filter[:120]!r}"
+        if _suffix(topic_filter, _PROPLET_SUBSCRIBE) or _suffix(
+            topic_filter, (direct_start_suffix(identity),)
+        ):
             return None
         return f"a {identity.kind} may not subscribe to {topic_filter[:120]!r}"
 
@@ -440,4 +449,3 @@ class IdentityRegistry:
         if identity is None or not identity.active or identity.kind == "manager":
             return None
         return identity.public_key, identity.kind
-

@@ -61,6 +61,8 @@ class PropletMetadata:
     tee: bool = False
     tee_type: str = ""
     hal: str = ""
+    # It reads its starts on its own topic too (orchestrator/wire/topics.py, START_DIRECT).
+    direct_start: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

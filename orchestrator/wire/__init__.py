@@ -116,13 +116,14 @@ from orchestrator.wire.messages import (
     TaskMetrics,
     TaskResult,
 )
-from orchestrator.wire.topics import Topics
+from orchestrator.wire.topics import START_DIRECT, Topics, direct_start_ok
 
 WIRE_VERSION = "propeller-2026.08"
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "EMBEDDED_MAX_PAYLOAD_BYTES",
+    "START_DIRECT",
     "WIRE_VERSION",
     "CodecError",
     "Discovery",
@@ -143,6 +144,7 @@ __all__ = [
     "Topics",
     "decode",
     "decode_payload",
+    "direct_start_ok",
     "encode",
     "refusals",
     "suffix_of",

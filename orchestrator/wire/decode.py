@@ -400,4 +400,6 @@ def decode(
     if suffix is None:
         shown = topic[:200] if isinstance(topic, str) else repr(topic)[:200]
         raise CodecError(shown, "", f"topic is outside channel {topics.base!r}")
+    if suffix.startswith(t.START_DIRECT):
+        suffix = t.START  # a start sent to one proplet alone is a start
     return decode_payload(suffix, payload, topic, max_payload_bytes=max_payload_bytes)

@@ -36,7 +36,8 @@ METADATA_TEXT_KEYS = (
 METADATA_INT_KEYS = ("total_memory_bytes", "free_memory_bytes", "max_instances")
 # Our TEE/HAL extensions (proplets/runtime/hal): whether the proplet runs in a TEE, which one, HAL package.
 METADATA_TEE_KEYS = ("tee_type", "hal")
-METADATA_BOOL_KEYS = ("tee",)
+# ``direct_start``: the proplet also reads the starts sent to it alone (topics.START_DIRECT).
+METADATA_BOOL_KEYS = ("tee", "direct_start")
 METADATA_EXTENSION_KEYS = frozenset({"free_memory_bytes", "max_instances"})
 
 # MonitoringProfile (§2.9): Rust requires all ten keys; ``interval`` is integer seconds.

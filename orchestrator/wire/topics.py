@@ -12,11 +12,27 @@ INVOKE_RESULTS = "control/proplet/invoke_results"
 METRICS = "control/proplet/metrics"
 TASK_METRICS = "control/proplet/task_metrics"
 START = "control/manager/start"
+# Our extension: ``control/manager/start/{proplet_id}``, the starts meant for one proplet alone. Upstream's
+# start topic is read by every proplet of the channel (each start costs N deliveries and N decodes, and
+# every proplet sees every task's inputs); a proplet that announces ``direct_start`` in its metadata
+# subscribes to its own topic too, and the manager sends it its starts there. Upstream proplets
+# subscribe to the exact start topic, so they never see these.
+START_DIRECT = START + "/"
 STOP = "control/manager/stop"
 INVOKE = "control/manager/invoke"
 DISCOVER = "control/manager/discover"  # our extension: please announce yourself again
 REGISTRY_REQUEST = "registry/proplet"
 REGISTRY_SERVER = "registry/server"
+
+
+def direct_start_ok(proplet_id: object) -> bool:
+    """Whether ``proplet_id`` can be the last level of a topic: non-empty, no ``/`` (another level),
+    no wildcard and no NUL. Other ids keep upstream's shared start topic."""
+    return (
+        isinstance(proplet_id, str)
+        and proplet_id != ""
+        and not any(bad in proplet_id for bad in ("/", "+", "#", "\x00"))
+    )
 
 
 def _check_segment(name: str, value: object) -> str:
@@ -89,6 +105,23 @@ class Topics:
     @property
     def start(self) -> str:
         return self.topic(START)
+
+    def start_for(self, proplet_id: str) -> str:
+        """The start topic of one proplet (our extension; see ``START_DIRECT``)."""
+        if not direct_start_ok(proplet_id):
+            raise ValueError(f"proplet id {str(proplet_id)[:80]!r} cannot name a topic level")
+        return self._prefix + START_DIRECT + proplet_id
+
+    def is_start(self, topic: str) -> bool:
+        """Whether ``topic`` carries starts: the shared start topic or one proplet's own."""
+        start = self._prefix + START
+        return topic == start or topic.startswith(start + "/")
+
+    @property
+    def every_start(self) -> str:
+        """A filter for every start of the channel: the shared topic and each proplet's own (what an
+        observer of the fleet, not a proplet, subscribes to; ``a/#`` matches ``a`` too)."""
+        return self._prefix + START + "/#"
 
     @property
     def stop(self) -> str:

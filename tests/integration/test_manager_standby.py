@@ -151,7 +151,7 @@ class Wire:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         body = json.loads(payload)
-        if topic == self.topics.start:
+        if self.topics.is_start(topic):
             self.starts[body["id"]] += 1
             self.started_at.append(time.monotonic())
             what = f"start attempt {body.get('attempt')} on {body.get('proplet_id')}"
@@ -176,7 +176,7 @@ class Wire:
 
     async def start(self) -> None:
         await self.client.connect()
-        await self.client.subscribe_and_wait(self.topics.start, 1)
+        await self.client.subscribe_and_wait(self.topics.every_start, 1)
         await self.client.subscribe_and_wait(self.topics.results, 1)
 
 

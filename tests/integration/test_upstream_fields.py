@@ -71,7 +71,7 @@ async def test_upstream_fields_reach_the_proplet_and_are_kept(embedded_cluster: 
 
     spy = c.peer("upstream-fields-spy", on_message=on_message)  # trusted like the manager: reads starts
     await spy.connect()
-    await spy.subscribe_and_wait(topics.start, 1)
+    await spy.subscribe_and_wait(topics.every_start, 1)
     try:
         spec = {
             "name": "add",

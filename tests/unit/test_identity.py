@@ -123,6 +123,15 @@ def test_a_proplet_subscribes_only_to_manager_topics_without_wildcards() -> None
     assert reg.subscribe_verdict(rust, "m/d/c/c/control/manager/start") is None
 
 
+def test_a_proplet_may_read_its_own_start_topic_and_no_other_proplets() -> None:
+    reg, _ = _registry()
+    p1 = reg.get("p1")
+    assert p1 is not None
+    assert reg.subscribe_verdict(p1, f"{BASE}/control/manager/start/p1") is None
+    for bad in ("p2", "p1/x", "+", "#", "p"):
+        assert reg.subscribe_verdict(p1, f"{BASE}/control/manager/start/{bad}") is not None, bad
+
+
 def test_the_manager_drops_messages_claiming_unenrolled_or_revoked_ids() -> None:
     reg, _ = _registry()
     alive = f"{BASE}/control/proplet/alive"
@@ -177,3 +186,6 @@ def test_mosquitto_files_hold_one_hash_and_one_topic_block_per_active_identity()
     assert "user mgr\ntopic readwrite #" in acl
     assert "user p1\ntopic write m/+/c/+/control/proplet/create" in acl
     assert "topic read m/+/c/+/control/manager/start" in acl and "user p2" not in acl
+    # Each proplet reads its own start topic, and only its own.
+    assert acl.count("topic read m/+/c/+/control/manager/start/p1\n") == 1
+    assert "control/manager/start/p2" not in acl and "start/mgr" not in acl

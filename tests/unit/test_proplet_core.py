@@ -47,9 +47,11 @@ def test_connect_subscribes_announces_and_heartbeats_at_once() -> None:
     e = engine()
     e.on_connected(0.0)
     commands = e.take_commands()
-    assert {c.topic for c in commands if isinstance(c, Subscribe)} == {*T.proplet_subscriptions, T.discover}
+    subscribed = {c.topic for c in commands if isinstance(c, Subscribe)}
+    assert subscribed == {*T.proplet_subscriptions, T.discover, T.start_for("me")}
     (discovery,) = published(commands, T.create)
     assert discovery["proplet_id"] == "me"
+    assert discovery["metadata"]["direct_start"] is True
     assert published(commands, T.alive) == [
         {"proplet_id": "me", "status": "alive", "namespace": "default", "running": []}
     ]
