@@ -91,6 +91,7 @@ def full_proplet(i: int = 0) -> Proplet:
             tee=True,
             tee_type="sev",
             hal="elastic:hal@0.1.0",
+            direct_start=True,
         ),
         alive=True,
         last_seen=123.456,

@@ -32,6 +32,7 @@ CHANGED: dict[str, Any] = {
     "tsm_root": "/tmp/tsm",
     "kbs_url": "https://kbs.example",
     "otel": True,
+    "direct_start": False,
 }
 SET = {k: v for k, v in CHANGED.items() if v is not None}
 
@@ -61,6 +62,7 @@ def test_every_field_survives_the_command_line_and_reaches_the_worker() -> None:
     assert (agent.hal_root, agent.hal_quota_bytes, agent.tsm_root, agent.kbs_url) == (
         "/srv/hal", 1024, "/tmp/tsm", "https://kbs.example",
     )  # fmt: skip
+    assert agent.direct_start is False
 
 
 def test_every_field_survives_the_environment() -> None:
