@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt import _packet as _paho_packet
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from orchestrator.adapters.aio import cancel_and_wait
@@ -140,6 +141,9 @@ class _Paho(paho.Client):
     """
 
     preconnected: socket.socket | None = None
+    # (topic, payload, mid, qos) of each QoS 0/1 message received, bypassing paho's MQTTMessage (see
+    # _handle_publish); None: paho's own path and its on_message.
+    deliver: Callable[[str, bytes, int, int], None] | None = None
     _rbuf: bytes = b""  # bytes read from the socket and not yet handed to paho, from _rpos on
     _rpos = 0
     _send_credit = -1  # >= 0 while paho accounts for bytes a joined send() already wrote
@@ -194,6 +198,32 @@ class _Paho(paho.Client):
         finally:
             self._send_credit = -1
 
+    def _handle_publish(self) -> MQTTErrorCode:
+        """A QoS 0/1 PUBLISH of MQTT 3.1.1 straight to ``deliver``, then its PUBACK as paho sends it.
+
+        Why: for every message paho builds an MQTTMessage (with a MQTTMessageInfo and its
+        threading.Condition), walks its per-topic callback trie (we register none), formats a debug
+        line and takes two mutexes; for a proplet that is a tenth of its time per task. The packet is
+        decoded by paho's own decoder; QoS 2, MQTT 5 and a topic that is not UTF-8 take paho's path.
+        """
+        deliver = self.deliver
+        if deliver is None or self._protocol == paho.MQTTv5:
+            return super()._handle_publish()
+        packet = _paho_packet.decode_publish(
+            self._in_packet["command"], self._in_packet["packet"], self._protocol
+        )
+        qos = packet.qos
+        if qos > 1:
+            return super()._handle_publish()
+        try:
+            topic = packet.topic.decode("utf-8")
+        except UnicodeDecodeError:
+            return super()._handle_publish()
+        deliver(topic, bytes(packet.payload), packet.mid, qos)  # already bytes (struct.unpack): no copy
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(packet.mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def _sock_send(self, buf: bytes | bytearray) -> int:
         credit = self._send_credit
         if credit < 0:
@@ -205,9 +235,14 @@ class _Paho(paho.Client):
         return taken
 
 
-for _internal in ("_create_socket_connection", "_sock_recv", "_sock_send", "_sock_close", "_packet_write"):
+for _internal in (
+    "_create_socket_connection", "_sock_recv", "_sock_send", "_sock_close", "_packet_write",
+    "_handle_publish", "_send_puback",
+):  # fmt: skip
     if not callable(getattr(paho.Client, _internal, None)):
         raise RuntimeError(f"paho-mqtt internals changed: Client.{_internal} is gone (see mqtt.py)")
+if not callable(getattr(_paho_packet, "decode_publish", None)):
+    raise RuntimeError("paho-mqtt internals changed: _packet.decode_publish is gone (see mqtt.py)")
 
 
 class _Ticker:
@@ -355,6 +390,7 @@ class MqttClient:
         p.on_connect = self._paho_connect
         p.on_disconnect = self._paho_disconnect
         p.on_message = self._paho_message
+        p.deliver = self._deliver
         p.on_publish = self._paho_publish
         p.on_subscribe = self._paho_subscribe
         return p
@@ -728,9 +764,12 @@ class MqttClient:
             )
 
     def _paho_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
-        if self._manual_ack and message.qos > 0:
-            self._unacked.append((message.mid, message.qos))
-        self._fire(self._on_message, message.topic, message.payload)
+        self._deliver(message.topic, bytes(message.payload), message.mid, message.qos)
+
+    def _deliver(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        if self._manual_ack and qos > 0:
+            self._unacked.append((mid, qos))
+        self._fire(self._on_message, topic, payload)
 
     def take_unacked(self) -> tuple[int, list[tuple[int, int]]]:
         """(connection, messages received and not yet acknowledged), in arrival order (manual_ack)."""

@@ -73,6 +73,44 @@ async def test_publish_subscribe_round_trip(broker_url: str, unique_topic: str, 
     assert pub.callback_errors == 0 and sub.callback_errors == 0
 
 
+async def test_messages_skip_paho_message_objects_and_qos1_is_still_acknowledged(
+    broker_url: str, unique_topic: str, clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path (_Paho._handle_publish) hands topic and payload over without paho's MQTTMessage,
+    and acknowledges as paho would: a persistent session that reconnects gets nothing again."""
+    import paho.mqtt.client as paho_client
+
+    slow_path: list[str] = []
+    original = paho_client.Client._handle_on_message
+    monkeypatch.setattr(
+        paho_client.Client,
+        "_handle_on_message",
+        lambda self, message: (slow_path.append(message.topic), original(self, message)),
+    )
+    inbox = Inbox()
+    name = cid("persistent")
+    sub = MqttClient(broker_url, name, on_message=inbox, clean_session=False)
+    pub = clients(broker_url, "pub")
+    await sub.connect()
+    await pub.connect()
+    await sub.subscribe_and_wait(f"{unique_topic}/#", qos=1)
+    for i in range(5):
+        pub.publish(f"{unique_topic}/q{i % 2}", f"m{i}".encode(), qos=i % 2)
+    await eventually(lambda: len(inbox.messages) == 5, timeout=5)
+    assert sorted(p for _t, p in inbox.messages) == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    await sub.disconnect()
+    inbox.messages.clear()
+    again = MqttClient(broker_url, name, on_message=inbox, clean_session=False)  # the same session
+    await again.connect()
+    try:
+        await pub.publish_and_wait(f"{unique_topic}/end", b"end", qos=1)
+        await eventually(lambda: (f"{unique_topic}/end", b"end") in inbox.messages, timeout=5)
+        assert inbox.messages == [(f"{unique_topic}/end", b"end")]  # nothing was redelivered
+    finally:
+        await again.disconnect()
+    assert slow_path == []
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
 async def test_every_read_acks_at_once_so_a_nagling_broker_does_not_wait(
     embedded_broker: EmbeddedBroker, unique_topic: str, clients, monkeypatch: pytest.MonkeyPatch
