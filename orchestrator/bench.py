@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from orchestrator import wire
@@ -519,6 +520,17 @@ async def run_load(
                 elif not waiter.done():
                     waiter.set_result(None)
 
+    # The load's own HTTP client: its CPU shares the machine with what is measured, and aiohttp spends
+    # about half of httpx's per request here (docs/benchmarks.md); the rest of the bench uses c.api.
+    load: aiohttp.ClientSession  # opened just before the load starts, closed after it
+
+    async def call(request: Any) -> tuple[int, Any]:
+        """(status, JSON body or text) of one load request."""
+        async with request as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.text()
+
     observer = MqttClient(c.broker_url, f"bench-obs-{uuid.uuid4().hex[:8]}", on_message=on_result)
     await observer.connect()
     await observer.subscribe_and_wait(topics.results, 1)
@@ -543,16 +555,16 @@ async def run_load(
             spec: dict[str, Any] = {"name": "add", "file": module, "inputs": [i, 1]}
             if result.submit == "start":
                 spec["start"] = True  # create and start in one request
-            created = await c.api.post("/tasks", json=spec)
-            if created.status_code != 201:
-                fail(f"POST /tasks: {created.status_code} {created.text[:200]}")
+            status, created = await call(load.post("/tasks", json=spec))
+            if status != 201:
+                fail(f"POST /tasks: {status} {str(created)[:200]}")
                 continue
-            task_id = created.json()["id"]
+            task_id = created["id"]
             waiter = expect(task_id)
             if result.submit == "two":
-                started = await c.api.post(f"/tasks/{task_id}/start")
-                if started.status_code != 200:
-                    fail(f"POST /tasks/{task_id}/start: {started.status_code} {started.text[:200]}")
+                status, started = await call(load.post(f"/tasks/{task_id}/start"))
+                if status != 200:
+                    fail(f"POST /tasks/{task_id}/start: {status} {str(started)[:200]}")
                     continue
             submitted[task_id] = (t0, i)
             with contextlib.suppress(TimeoutError):  # counted below from its stored state
@@ -574,17 +586,17 @@ async def run_load(
             t0 = time.time()
             specs = [{"name": "add", "file": module, "inputs": [j, 1]} for j in range(first, first + n)]
             try:
-                created = await c.api.post("/tasks/batch", json={"start": True, "tasks": specs})
+                status, created = await call(load.post("/tasks/batch", json={"start": True, "tasks": specs}))
             except Exception as err:
                 broken.append(err)
-                created = None
-            if created is None or created.status_code != 201:
-                if created is not None:
-                    fail(f"POST /tasks/batch: {created.status_code} {created.text[:200]}")
+                status, created = 0, None
+            if status != 201:
+                if status:
+                    fail(f"POST /tasks/batch: {status} {str(created)[:200]}")
                 for _ in range(n):
                     slots.release()
                 return
-            for j, item in enumerate(created.json()["results"]):
+            for j, item in enumerate(created["results"]):
                 waiter = expect(item["task"]["id"])
                 waiter.add_done_callback(lambda _done: slots.release())
                 pending.append(waiter)
@@ -607,6 +619,7 @@ async def run_load(
         if pending:
             await asyncio.wait(pending, timeout=60)
 
+    load = aiohttp.ClientSession(str(c.api.base_url), headers=dict(c.api.headers))
     try:
         if result.submit == "batch":
             await batcher()
@@ -614,6 +627,7 @@ async def run_load(
             await asyncio.gather(*(worker() for _ in range(result.concurrency)))
     finally:
         await observer.disconnect()
+        await load.close()
 
     # The observer can see a result a moment before the manager has stored it. Wait with a cheap
     # count (the store filters by state) so the CPU window holds the manager's work for every task
