@@ -145,6 +145,7 @@ class E2EResult:
     proplet_procs: int = 1
     broker_rtt: RoundTrip | None = None
     error_samples: list[str] = field(default_factory=list)
+    round: int = 0  # with --rounds N: which of the N measurements of this row (Celery's of the same round)
 
     @property
     def tasks_per_s(self) -> float:
@@ -962,25 +963,55 @@ def _conditions() -> dict[str, Any]:
     }
 
 
-def celery_table(results: Iterable[E2EResult], celery: dict[int, Any]) -> str:
-    """Celery + Redis beside propeller, per worker count: tasks/s, CPU per task, and the ratio."""
+def celery_table(results: Iterable[E2EResult], celery: dict[int, list[Any]]) -> str:
+    """Celery + Redis beside propeller, per worker count (and round): tasks/s, CPU per task, the ratio."""
     head = (
-        "workers  celery tasks/s  p50ms  worker-cpu/task-ms  redis-cpu/task-ms  client-cpu/task-ms"
+        "workers  round  celery tasks/s  p50ms  worker-cpu/task-ms  redis-cpu/task-ms  client-cpu/task-ms"
         "  | propeller (broker) tasks/s  mgr-cpu/task-ms  ratio"
     )
     rows = [head, "-" * len(head)]
     for r in results:
-        c = celery.get(r.proplets)
-        if c is None or not c.completed:
+        c = _paired(r, celery)
+        if c is None:
             continue
         per = 1000 / c.completed
         redis = f"{c.redis_cpu_s * per:.2f}" if c.redis_cpu_s is not None else "-"
         mgr = 1000 * r.manager_cpu_s / r.completed if r.completed else float("nan")
-        ratio = r.tasks_per_s / c.tasks_per_s if c.tasks_per_s else float("nan")
         rows.append(
-            f"{c.workers:>7} {c.tasks_per_s:>15.1f} {_ms(percentile(c.latencies_s, 50)):>6}"
+            f"{c.workers:>7} {r.round + 1:>6} {c.tasks_per_s:>15.1f} {_ms(percentile(c.latencies_s, 50)):>6}"
             f" {c.worker_cpu_s * per:>19.2f} {redis:>18} {c.client_cpu_s * per:>19.2f}"
-            f"  | {r.tasks_per_s:>13.1f} ({r.broker:<9}) {mgr:>16.2f} {ratio:>5.2f}x"
+            f"  | {r.tasks_per_s:>13.1f} ({r.broker:<9}) {mgr:>16.2f} {r.tasks_per_s / c.tasks_per_s:>5.2f}x"
+        )
+    return "\n".join(rows)
+
+
+def _paired(r: E2EResult, celery: dict[int, list[Any]]) -> Any:
+    """The Celery measurement taken right after ``r`` (same worker count and round), if it completed."""
+    rounds = celery.get(r.proplets, [])
+    c = rounds[r.round] if r.round < len(rounds) else None
+    return c if c is not None and c.completed and c.tasks_per_s else None
+
+
+def _celery_summary(c: Any) -> dict[str, Any]:
+    return {**{k: v for k, v in asdict(c).items() if k != "latencies_s"}, "tasks_per_s": c.tasks_per_s}
+
+
+def rounds_table(results: Sequence[E2EResult], celery: dict[int, list[Any]]) -> str:
+    """Per row measured in several rounds: median tasks/s of each side and the median, lowest and
+    highest of the per-round ratios (each round's two measurements were taken one after the other)."""
+    import statistics
+
+    head = "broker     proplets  rounds  propeller tasks/s  celery tasks/s  ratio median  ratio min..max"
+    rows = [head, "-" * len(head)]
+    for key in dict.fromkeys((r.broker, r.proplets) for r in results):
+        mine = [r for r in results if (r.broker, r.proplets) == key]
+        pairs = [(r, c) for r in mine if (c := _paired(r, celery)) is not None]
+        ratios = [r.tasks_per_s / c.tasks_per_s for r, c in pairs]
+        theirs = statistics.median(c.tasks_per_s for _, c in pairs) if pairs else float("nan")
+        spread = f"{min(ratios):.2f}..{max(ratios):.2f}" if ratios else "-"
+        rows.append(
+            f"{key[0]:<10} {key[1]:>8} {len(mine):>7} {statistics.median(r.tasks_per_s for r in mine):>18.1f}"
+            f" {theirs:>15.1f} {statistics.median(ratios) if ratios else float('nan'):>12.2f}x {spread:>15}"
         )
     return "\n".join(rows)
 
@@ -990,7 +1021,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     from orchestrator.cli import run_loop  # the bench's client on uvloop too, as the manager and proplets
 
     results: list[E2EResult] = []
-    celery: dict[int, Any] = {}
+    celery: dict[int, list[Any]] = {}  # per worker count, one measurement per round
     print(f"conditions: {_conditions()}", flush=True)
     why_not = "skipped (--no-celery)" if args.no_celery else bench_celery.available()
     for out_dir in (args.profile, args.py_spy):
@@ -999,22 +1030,29 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     try:
         for broker in _brokers(args.broker):
             for n in args.proplets:
-                profile = str(Path(args.profile) / f"manager-{broker}-{n}.prof") if args.profile else None
-                spy = str(Path(args.py_spy) / f"manager-{broker}-{n}.txt") if args.py_spy else None
-                r = run_loop(
-                    run_e2e(
-                        broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages,
-                        args.submit, profile, spy, args.proplet_procs or os.cpu_count() or 1, args.mosquitto,
-                    )
-                )  # fmt: skip
-                results.append(r)
-                print(f"done: {broker} x{n}: {r.tasks_per_s:.1f} tasks/s, {r.errors} errors", flush=True)
-                for sample in r.error_samples:
-                    print(f"  error: {sample}", file=sys.stderr)
-                if why_not is None and n not in celery:
-                    with tempfile.TemporaryDirectory(prefix="propeller-bench-") as tmp:
-                        celery[n] = bench_celery.run_celery(n, args.tasks, args.concurrency, Path(tmp))
-                    print(f"done: celery x{n}: {celery[n].tasks_per_s:.1f} tasks/s", flush=True)
+                for round_ in range(args.rounds):  # each round: propeller, then Celery right after it
+                    tag = f"{broker}-{n}" + (f"-r{round_ + 1}" if args.rounds > 1 else "")
+                    profile = str(Path(args.profile) / f"manager-{tag}.prof") if args.profile else None
+                    spy = str(Path(args.py_spy) / f"manager-{tag}.txt") if args.py_spy else None
+                    r = run_loop(
+                        run_e2e(
+                            broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages,
+                            args.submit, profile, spy, args.proplet_procs or os.cpu_count() or 1,
+                            args.mosquitto,
+                        )
+                    )  # fmt: skip
+                    r.round = round_
+                    results.append(r)
+                    print(f"done: {tag}: {r.tasks_per_s:.1f} tasks/s, {r.errors} errors", flush=True)
+                    for sample in r.error_samples:
+                        print(f"  error: {sample}", file=sys.stderr)
+                    if why_not is None and len(celery.setdefault(n, [])) <= round_:
+                        with tempfile.TemporaryDirectory(prefix="propeller-bench-") as tmp:
+                            c = bench_celery.run_celery(n, args.tasks, args.concurrency, Path(tmp))
+                        celery[n].append(c)
+                        print(
+                            f"done: celery x{n} round {round_ + 1}: {c.tasks_per_s:.1f} tasks/s", flush=True
+                        )
     except (OSError, RuntimeError, TimeoutError, ValueError) as err:
         print(f"propeller bench e2e: {err}", file=sys.stderr)
         return 1
@@ -1024,6 +1062,9 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     if celery:
         print()
         print(celery_table(results, celery))
+        if args.rounds > 1:
+            print()
+            print(rounds_table(results, celery))
     else:
         print(f"\nCelery + Redis comparison: {why_not}")
     if args.py_spy:
@@ -1039,13 +1080,9 @@ def cmd_e2e(args: argparse.Namespace) -> int:
         {
             "conditions": _conditions(),
             "e2e": [r.summary() for r in results],
-            "celery": {
-                n: {
-                    **{k: v for k, v in asdict(c).items() if k != "latencies_s"},
-                    "tasks_per_s": c.tasks_per_s,
-                }
-                for n, c in celery.items()
-            },
+            # The first round's, as before --rounds; every round's in celery_rounds.
+            "celery": {n: _celery_summary(rounds[0]) for n, rounds in celery.items() if rounds},
+            "celery_rounds": {n: [_celery_summary(c) for c in rounds] for n, rounds in celery.items()},
         },
     )
     return 1 if any(r.errors for r in results) else 0
@@ -1137,6 +1174,11 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
         " proplet; Celery's prefork pool runs one process per worker)",
     )  # fmt: skip
     e.add_argument("--no-celery", action="store_true", help="skip the Celery + Redis comparison")
+    e.add_argument(
+        "--rounds", type=_positive, default=1,
+        help="measure each row this many times, each followed by Celery's (a shared machine's load"
+        " drifts between runs): medians and the spread of the per-round ratios are printed too",
+    )  # fmt: skip
     e.add_argument("--profile", default=None, help="directory: cProfile the manager (split layout) into it")
     e.add_argument(
         "--py-spy", default=None, help="directory: py-spy samples of the manager and proplets during the load"

@@ -60,6 +60,24 @@ def test_bench_e2e_batch_submit_beside_celery(tmp_path: Path) -> None:
         assert f"Celery + Redis comparison: {why_not}" in run.stdout
 
 
+def test_bench_e2e_rounds_pair_each_measurement_with_celerys(tmp_path: Path) -> None:
+    """--rounds N: each row N times, each followed by Celery's, and the ratios' median and spread."""
+    from orchestrator.bench_celery import available
+
+    out = tmp_path / "e2e.json"
+    run = propeller(
+        "bench", "e2e", "--proplets", "1", "--tasks", "20", "--concurrency", "4", "--broker", "embedded",
+        "--submit", "batch", "--rtt-messages", "0", "--rounds", "2", "--output", str(out), timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(out.read_text())
+    assert [(e["round"], e["completed"]) for e in data["e2e"]] == [(0, 20), (1, 20)]
+    if available() is None:
+        assert [c["completed"] for c in data["celery_rounds"]["1"]] == [20, 20]
+        assert "ratio median" in run.stdout and "ratio min..max" in run.stdout
+    assert "propeller bench e2e: --rounds" not in run.stderr
+
+
 def test_bench_registry_reports_rss_and_heartbeat_rate(tmp_path: Path) -> None:
     out = tmp_path / "reg.json"
     run = propeller("bench", "registry", "--proplets", "100", "--rounds", "2", "--output", str(out))
