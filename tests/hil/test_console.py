@@ -25,7 +25,7 @@ def feed_all(data: bytes, chunk: int | None = None) -> list[ConsoleEvent | Conso
         return parser.feed(data, 1.0)
     out = []
     for i in range(0, len(data), chunk):
-        out += parser.feed(data[i : i + chunk], 1.0)
+        out += parser.feed(data[i:i + chunk], 1.0)
     return out
 
 
@@ -39,10 +39,8 @@ def test_event_line_is_parsed_with_level_fields_and_board_uptime() -> None:
 
 
 def test_quoted_values_and_escapes() -> None:
-    line = (
-        b"[00:00:02.000,000] <wrn> prop: task_end id=t1 ok=0 "
-        b'error="trap: \\"unreachable\\" at 0x2a" duration_ms=12\n'
-    )
+    line = (b'[00:00:02.000,000] <wrn> prop: task_end id=t1 ok=0 '
+            b'error="trap: \\"unreachable\\" at 0x2a" duration_ms=12\n')
     [event] = feed_all(line)
     assert isinstance(event, ConsoleEvent)
     assert event.fields["error"] == 'trap: "unreachable" at 0x2a'
@@ -52,11 +50,8 @@ def test_quoted_values_and_escapes() -> None:
 
 
 def test_byte_by_byte_equals_whole_and_lf_equals_crlf() -> None:
-    stream = (
-        BOOT + b"[00:00:02.000,000] <inf> prop: heartbeat seq=1\r\nuart:~$ prop status\r\n"
+    stream = BOOT + b"[00:00:02.000,000] <inf> prop: heartbeat seq=1\r\nuart:~$ prop status\r\n" \
         b"status state=idle wifi=up mqtt=connected tasks=0 heap_free=1000 uptime_ms=5\r\nOK\r\n"
-    )
-
     def no_prompts(items: list[ConsoleEvent | ConsoleLine]) -> list[ConsoleEvent | ConsoleLine]:
         # A prompt is reported on its own only when the stream pauses right after it.
         return [i for i in items if not (isinstance(i, ConsoleLine) and i.kind == "prompt")]
@@ -92,10 +87,8 @@ def test_log_line_redrawn_over_prompt_is_still_an_event() -> None:
 
 
 def test_shell_replies_status_ok_error() -> None:
-    items = feed_all(
-        b"ERROR missing key: broker\r\nOK\r\n"
-        b"status state=running wifi=up mqtt=connected tasks=2 heap_free=9000 uptime_ms=77\r\n"
-    )
+    items = feed_all(b"ERROR missing key: broker\r\nOK\r\n"
+                     b"status state=running wifi=up mqtt=connected tasks=2 heap_free=9000 uptime_ms=77\r\n")
     error, ok, status = items
     assert isinstance(error, ConsoleLine) and (error.kind, error.text) == ("error", "missing key: broker")
     assert isinstance(ok, ConsoleLine) and ok.kind == "ok"
@@ -104,12 +97,10 @@ def test_shell_replies_status_ok_error() -> None:
 
 
 def test_other_modules_and_malformed_prop_lines_are_kept_not_parsed() -> None:
-    items = feed_all(
-        b"[00:00:00.100,000] <err> wifi_esp32: scan failed\r\n"
-        b"[00:00:00.200,000] <wrn> prop: not provisioned: use prop provision\r\n"
-        b'[00:00:00.300,000] <inf> prop: task_end id=x error="unterminated\r\n'
-        b"ESP-ROM:esp32s3-20210327\r\n"
-    )
+    items = feed_all(b"[00:00:00.100,000] <err> wifi_esp32: scan failed\r\n"
+                     b"[00:00:00.200,000] <wrn> prop: not provisioned: use prop provision\r\n"
+                     b'[00:00:00.300,000] <inf> prop: task_end id=x error="unterminated\r\n'
+                     b"ESP-ROM:esp32s3-20210327\r\n")
     lines = [i for i in items if isinstance(i, ConsoleLine)]
     assert len(lines) == len(items)
     assert [i.kind for i in lines] == ["log", "log", "log", "text"]
@@ -126,13 +117,11 @@ def test_overlong_line_is_capped_and_reported_truncated() -> None:
     assert [getattr(i, "event", None) for i in after] == ["boot"]
 
 
-@pytest.mark.parametrize(
-    "value", ["", "plain", "two words", 'q"uote', "back\\slash", "k=v", "tab\there", "new\nline", "ünï"]
-)
+@pytest.mark.parametrize("value", ["", "plain", "two words", 'q"uote', "back\\slash", "k=v", "tab\there",
+                                   "new\nline", "ünï"])
 def test_formatter_and_parser_agree(value: str) -> None:
-    line = format_event(
-        "task_end", {"id": "t", "ok": 1, "result": value, "v": value}, uptime_s=3725.5, level="wrn"
-    )
+    line = format_event("task_end", {"id": "t", "ok": 1, "result": value, "v": value}, uptime_s=3725.5,
+                        level="wrn")
     assert line.startswith("[01:02:05.500,000] <wrn> prop: task_end ")
     [event] = feed_all(line.encode() + b"\r\n")
     assert isinstance(event, ConsoleEvent)
@@ -152,7 +141,7 @@ def test_formatter_rejects_bad_names() -> None:
 
 def test_fuzz_random_bytes_never_raise_and_memory_stays_bounded() -> None:
     rng = random.Random(20261124)
-    alphabet = list(range(256)) + [ord(c) for c in '\r\n\x1b[m=" '] * 20
+    alphabet = list(range(256)) + [ord(c) for c in "\r\n\x1b[m=\" "] * 20
     parser = ConsoleParser()
     for round_ in range(300):
         junk = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 400)))

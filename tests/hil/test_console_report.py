@@ -46,13 +46,17 @@ async def test_the_boards_console_lines_join_the_running_tasks_timeline(tmp_path
         causes = [e["cause"] for e in lines]
         assert any("status state=idle" in line for line in causes), causes
         assert any("reset=sw" in line for line in causes), causes  # the reset's boot line
-        assert {(e["fields"]["proplet_id"], e["fields"]["source"]) for e in lines} == {("bench-1", "console")}
+        assert {(e["fields"]["proplet_id"], e["fields"]["source"]) for e in lines} == {
+            ("bench-1", "console")
+        }
         await c.api.post(f"/tasks/{task_id}/stop")
     finally:
         await close_cluster(c)
 
 
-def test_report_to_needs_the_boards_proplet_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_to_needs_the_boards_proplet_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = argparse.Namespace(map=None, board=None, port="/dev/null", run_dir=str(tmp_path), reset=False,
                               send=None, seconds=0.1, report_to="http://127.0.0.1:9", proplet_id=None,
                               api_token=None)  # fmt: skip

@@ -62,24 +62,9 @@ def image(tmp_path: Path) -> Path:
 
 def test_esptool_command_line_and_kept_output(fakes: Path, image: Path, tmp_path: Path) -> None:
     result = flash(FlashConfig(), "/dev/ttyACM0", image, tmp_path / "run")
-    assert calls(fakes) == [
-        [
-            "esptool",
-            "--chip",
-            "esp32s3",
-            "--port",
-            "/dev/ttyACM0",
-            "--baud",
-            "460800",
-            "--before",
-            "default_reset",
-            "--after",
-            "hard_reset",
-            "write_flash",
-            "0x0",
-            str(image),
-        ]
-    ]
+    assert calls(fakes) == [["esptool", "--chip", "esp32s3", "--port", "/dev/ttyACM0", "--baud", "460800",
+                             "--before", "default_reset", "--after", "hard_reset", "write_flash", "0x0",
+                             str(image)]]
     kept = result.log_path.read_text()
     assert result.log_path.parent == tmp_path / "run"
     assert "Hash of data verified." in kept and "[exit 0]" in kept and "--chip esp32s3" in kept
@@ -93,15 +78,13 @@ def test_esptool_v5_spelling(fakes: Path, image: Path, tmp_path: Path) -> None:
 
 def test_west_command_line(fakes: Path, tmp_path: Path) -> None:
     result = flash(FlashConfig(runner="west", build_dir=tmp_path / "build"), "/dev/ttyUSB0", None, tmp_path)
-    assert calls(fakes) == [
-        ["west", "flash", "--build-dir", str(tmp_path / "build"), "--esp-device", "/dev/ttyUSB0"]
-    ]
+    assert calls(fakes) == [["west", "flash", "--build-dir", str(tmp_path / "build"),
+                             "--esp-device", "/dev/ttyUSB0"]]
     assert "Hard resetting" in result.output
 
 
-def test_failing_flasher_names_exit_code_and_last_lines(
-    fakes: Path, image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failing_flasher_names_exit_code_and_last_lines(fakes: Path, image: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_FLASH_EXIT", "2")
     with pytest.raises(FlashError) as info:
         flash(FlashConfig(), "/dev/ttyACM0", image, tmp_path)
@@ -126,9 +109,8 @@ def test_bad_inputs_are_named(fakes: Path, tmp_path: Path) -> None:
     assert not fakes.exists()  # nothing ran
 
 
-def test_board_hands_its_port_to_the_flasher_and_takes_it_back(
-    fakes: Path, image: Path, board: SerialBoard
-) -> None:
+def test_board_hands_its_port_to_the_flasher_and_takes_it_back(fakes: Path, image: Path,
+                                                              board: SerialBoard) -> None:
     board.reset(timeout=3)
     result = board.flash(image)
     [call] = calls(fakes)
@@ -138,23 +120,13 @@ def test_board_hands_its_port_to_the_flasher_and_takes_it_back(
     assert "flash: done" in board.log_path.read_text()
 
 
-def test_cli_flash_from_a_map(
-    fakes: Path, image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_flash_from_a_map(fakes: Path, image: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
     hw = tmp_path / "map.yaml"
-    hw.write_text(
-        "- name: s3\n  platform: esp32s3_devkitc\n  serial: /dev/ttyFAKE0\n"
-        "  write_flash: write-flash\n  flash_baud: 115200\n"
-    )
-    args = argparse.Namespace(
-        map=str(hw),
-        board="s3",
-        port=None,
-        image=str(image),
-        runner=None,
-        build_dir=None,
-        run_dir=str(tmp_path / "runs"),
-    )
+    hw.write_text("- name: s3\n  platform: esp32s3_devkitc\n  serial: /dev/ttyFAKE0\n"
+                  "  write_flash: write-flash\n  flash_baud: 115200\n")
+    args = argparse.Namespace(map=str(hw), board="s3", port=None, image=str(image), runner=None,
+                              build_dir=None, run_dir=str(tmp_path / "runs"))
     assert cmd_flash(args) == 0
     [call] = calls(fakes)
     assert call[:5] == ["esptool", "--chip", "esp32s3", "--port", "/dev/ttyFAKE0"] and "write-flash" in call

@@ -37,15 +37,9 @@ def test_a_good_map_loads(tmp_path: Path) -> None:
     path = tmp_path / "map.yaml"
     path.write_text(GOOD)
     a, b = load_map(path)
-    assert a == BoardSpec(
-        name="s3-a",
-        platform="esp32s3_devkitc",
-        serial="/dev/ttyACM0",
-        id="F4:12:FA:00:11:22",
-        write_flash="write-flash",
-        power_cycle="uhubctl -l 1-1 -p 2 -a cycle",
-        fixtures=("wifi_ap", "relay"),
-    )
+    assert a == BoardSpec(name="s3-a", platform="esp32s3_devkitc", serial="/dev/ttyACM0",
+                          id="F4:12:FA:00:11:22", write_flash="write-flash",
+                          power_cycle="uhubctl -l 1-1 -p 2 -a cycle", fixtures=("wifi_ap", "relay"))
     assert (b.runner, b.build_dir, b.baud, b.connected) == ("west", "build/s3", 921600, False)
     assert b.flash_config().build_dir == Path("build/s3")
     assert parse_map(dump_map([a, b])) == [a, b]
@@ -77,17 +71,10 @@ def test_map_errors_name_file_line_and_key(tmp_path: Path, text: str, message: s
 
 
 def fake_ports() -> list[SimpleNamespace]:
-    def port(
-        device: str,
-        vid: int | None,
-        pid: int | None,
-        serial: str | None = None,
-        location: str | None = None,
-        product: str | None = None,
-    ) -> SimpleNamespace:
-        return SimpleNamespace(
-            device=device, vid=vid, pid=pid, serial_number=serial, location=location, product=product
-        )
+    def port(device: str, vid: int | None, pid: int | None, serial: str | None = None,
+             location: str | None = None, product: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(device=device, vid=vid, pid=pid, serial_number=serial, location=location,
+                               product=product)
 
     return [
         port("/dev/ttyACM1", 0x303A, 0x1001, "F4:12:FA:00:11:22", "1-1.2", "USB JTAG/serial debug unit"),
@@ -114,9 +101,8 @@ def test_a_mapped_board_is_found_by_serial_number_or_location() -> None:
         rig.resolve_port(BoardSpec(name="c", platform="p", id="nope"), fake_ports)
 
 
-def test_discover_writes_a_map_that_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_discover_writes_a_map_that_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(rig, "_comports", fake_ports)
     out = tmp_path / "map.yaml"
     args = argparse.Namespace(write=str(out), force=False, platform="esp32s3_devkitc")
@@ -124,9 +110,7 @@ def test_discover_writes_a_map_that_loads(
     assert "/dev/ttyACM1\t303a:1001\tESP32-S3 USB-Serial/JTAG" in capsys.readouterr().out
     boards = load_map(out)
     assert [(b.name, b.serial, b.vid_pid) for b in boards][:2] == [
-        ("board1", "/dev/ttyACM1", "303a:1001"),
-        ("board2", "/dev/ttyUSB0", "10c4:ea60"),
-    ]
+        ("board1", "/dev/ttyACM1", "303a:1001"), ("board2", "/dev/ttyUSB0", "10c4:ea60")]
     assert cmd_discover(args) == 2  # refuses to overwrite
     assert "exists; pass --force" in capsys.readouterr().err
 
@@ -143,25 +127,13 @@ def test_port_lock_refuses_a_second_user_until_released(tmp_path: Path) -> None:
 
 
 def test_port_lock_holds_against_another_process(tmp_path: Path) -> None:
-    code = (
-        "import sys; from pathlib import Path; from hil.rig import PortLock, PortBusy\n"
-        "try:\n    PortLock('esp32sim://x', Path(sys.argv[1])).acquire()\n"
-        "except PortBusy as e:\n    print(e); sys.exit(3)\n"
-    )
+    code = ("import sys; from pathlib import Path; from hil.rig import PortLock, PortBusy\n"
+            "try:\n    PortLock('esp32sim://x', Path(sys.argv[1])).acquire()\n"
+            "except PortBusy as e:\n    print(e); sys.exit(3)\n")
     with PortLock("esp32sim://x", tmp_path):
-        busy = subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=Path(__file__).parents[2],
-        )
+        busy = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                              check=False, cwd=Path(__file__).parents[2])
     assert busy.returncode == 3 and "in use by another run" in busy.stdout
-    free = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).parents[2],
-    )
+    free = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          check=False, cwd=Path(__file__).parents[2])
     assert free.returncode == 0, free.stdout + free.stderr

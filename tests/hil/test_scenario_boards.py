@@ -31,12 +31,8 @@ def fleet(tmp_path: Path, trace: list[Record]) -> Iterator[ScenarioBoards]:
         with lock:
             trace.append((device, t, data))
 
-    boards = ScenarioBoards(
-        tmp_path,
-        on_console=on_console,
-        lock_dir=tmp_path / "locks",
-        device_factory=lambda name: StandInDevice(StandInTimings(heartbeat_s=0.1)),
-    )
+    boards = ScenarioBoards(tmp_path, on_console=on_console, lock_dir=tmp_path / "locks",
+                            device_factory=lambda name: StandInDevice(StandInTimings(heartbeat_s=0.1)))
     yield boards
     boards.close()
 
@@ -60,13 +56,8 @@ def test_boards_join_with_the_scenarios_settings(fleet: ScenarioBoards, trace: l
         assert (event.fields["broker"], event.fields["channel"]) == ("127.0.0.1:18831", "c-1")
     for device in ("esp-a", "esp-b"):
         fleet.boards[device].expect_event("heartbeat", timeout=3)
-        assert events(trace, device)[:5] == [
-            "boot",
-            "provisioned",
-            "wifi_up",
-            "mqtt_connected",
-            "discovery_sent",
-        ]
+        assert events(trace, device)[:5] == ["boot", "provisioned", "wifi_up", "mqtt_connected",
+                                             "discovery_sent"]
     times = [t for _, t, _ in trace]
     assert all(t >= 0 for t in times)
     mqtt = next(d for dev, _, d in trace if dev == "esp-a" and d.get("event") == "mqtt_connected")

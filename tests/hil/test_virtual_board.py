@@ -19,24 +19,15 @@ from hil.rig import PortBusy
 from hil.vfirmware import StandInDevice, StandInTimings
 from hil.virtual_board import PtyBoard
 
-PROV = Provisioning(
-    ssid="lab net",
-    psk="s3cr3t",
-    broker="127.0.0.1:18830",
-    proplet_id="p-7",
-    api_key="k-1",
-    domain="dom",
-    channel="chan",
-)
+PROV = Provisioning(ssid="lab net", psk="s3cr3t", broker="127.0.0.1:18830", proplet_id="p-7",
+                    api_key="k-1", domain="dom", channel="chan")
 FAST = StandInTimings(wifi_s=0.02, mqtt_s=0.04, heartbeat_s=0.1, heap_s=0.15)
 
 
 @pytest.fixture
 def pty_board(tmp_path: Path) -> Iterator[tuple[PtyBoard, SerialBoard]]:
-    with (
-        PtyBoard("pty1", StandInDevice(FAST)) as virtual,
-        SerialBoard("pty1", virtual.port, tmp_path / "run", lock_dir=tmp_path / "locks") as board,
-    ):
+    with PtyBoard("pty1", StandInDevice(FAST)) as virtual, \
+            SerialBoard("pty1", virtual.port, tmp_path / "run", lock_dir=tmp_path / "locks") as board:
         yield virtual, board
 
 
@@ -56,12 +47,8 @@ def test_provision_then_the_board_joins(pty_board: tuple[PtyBoard, SerialBoard])
     _, board = pty_board
     board.reset(timeout=3)
     provisioned = board.provision(PROV)
-    assert provisioned.fields == {
-        "proplet_id": "p-7",
-        "broker": "127.0.0.1:18830",
-        "domain": "dom",
-        "channel": "chan",
-    }
+    assert provisioned.fields == {"proplet_id": "p-7", "broker": "127.0.0.1:18830", "domain": "dom",
+                                  "channel": "chan"}
     board.expect_event("wifi_up", timeout=3)
     board.expect_event("mqtt_connected", timeout=3, broker="127.0.0.1:18830")
     board.expect_event("discovery_sent", timeout=3, proplet_id="p-7")
@@ -123,9 +110,8 @@ def test_console_log_has_timestamps_per_line(pty_board: tuple[PtyBoard, SerialBo
     assert any("event:mqtt_connected" in line for line in lines)
 
 
-def test_a_second_user_of_the_port_is_refused(
-    pty_board: tuple[PtyBoard, SerialBoard], tmp_path: Path
-) -> None:
+def test_a_second_user_of_the_port_is_refused(pty_board: tuple[PtyBoard, SerialBoard],
+                                              tmp_path: Path) -> None:
     virtual, board = pty_board
     with pytest.raises(PortBusy, match=f"port {virtual.port} is in use by another run"):
         SerialBoard("again", virtual.port, tmp_path / "run2", lock_dir=tmp_path / "locks")
@@ -141,10 +127,8 @@ def test_events_reach_an_observer_in_order(tmp_path: Path) -> None:
         if isinstance(item, ConsoleEvent):
             seen.append((name, item.event))
 
-    with (
-        PtyBoard("obs", StandInDevice(FAST)) as virtual,
-        SerialBoard("obs", virtual.port, tmp_path, lock_dir=tmp_path / "l", on_item=observe) as board,
-    ):
+    with PtyBoard("obs", StandInDevice(FAST)) as virtual, \
+            SerialBoard("obs", virtual.port, tmp_path, lock_dir=tmp_path / "l", on_item=observe) as board:
         board.provision(PROV)
         board.expect_event("discovery_sent", timeout=3)
     names = [e for _, e in seen]
@@ -192,19 +176,11 @@ def test_serial_unplug_and_replug(board: SerialBoard, hil_backends: dict) -> Non
     assert "link lost" in board.log_path.read_text()
 
 
-def test_cli_console_sends_commands_and_prints_the_console(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_console_sends_commands_and_prints_the_console(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     with PtyBoard("cli", StandInDevice(FAST)) as virtual:
-        args = argparse.Namespace(
-            map=None,
-            board=None,
-            port=virtual.port,
-            run_dir=str(tmp_path),
-            reset=True,
-            send=["prop status", "nope"],
-            seconds=0.1,
-        )
+        args = argparse.Namespace(map=None, board=None, port=virtual.port, run_dir=str(tmp_path),
+                                  reset=True, send=["prop status", "nope"], seconds=0.1)
         assert cmd_console(args) == 1  # the second command fails
     captured = capsys.readouterr()
     assert "reset=sw" in captured.out and "status state=idle" in captured.out

@@ -70,12 +70,8 @@ async def test_persistent_session_receives_messages_sent_while_offline() -> None
     async with EmbeddedBroker(users={"dev1": "pw-dev1", "ops": "pw-ops"}) as broker:
         base = broker.url.replace("mqtt://", "")
         inbox: list[tuple[str, bytes]] = []
-        device = MqttClient(
-            f"mqtt://dev1:pw-dev1@{base}",
-            "dev1",
-            clean_session=False,
-            on_message=lambda t, p: inbox.append((t, p)),
-        )
+        device = MqttClient(f"mqtt://dev1:pw-dev1@{base}", "dev1", clean_session=False,
+                            on_message=lambda t, p: inbox.append((t, p)))
         await device.connect()
         await device.subscribe_and_wait("cmd/dev1", qos=1)
         await device.disconnect()
@@ -196,7 +192,6 @@ async def test_a_subscriber_that_never_acks_gets_one_warning_line_not_a_tracebac
         publisher.publish("mute/in", b"hello", 1)
         # the delivery arrives and is never acknowledged; amqtt gives up after its 5 s PUBACK wait
         assert (await asyncio.wait_for(reader.read(1), 5))[0] >> 4 == 3  # PUBLISH
-
         def logged(text: str) -> bool:
             return any(text in r.getMessage() for r in caplog.records)
 

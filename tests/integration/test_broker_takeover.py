@@ -20,9 +20,8 @@ def raw_publish_packet(topic: str, payload: bytes) -> bytes:
     return bytes([0x30, len(body)]) + body
 
 
-async def _raw_connect(
-    url: str, client_id: str, will_topic: str, will: bytes
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _raw_connect(url: str, client_id: str, will_topic: str, will: bytes) -> tuple[asyncio.StreamReader,
+                                                                                    asyncio.StreamWriter]:
     host, port = url.removeprefix("mqtt://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(raw_connect_packet(client_id, 60, will_topic, will))  # keep-alive far beyond the test
@@ -55,3 +54,5 @@ async def test_reconnect_with_the_same_id_takes_over_and_fires_the_old_will(brok
         if new_writer is not None:
             new_writer.close()
         await watcher.disconnect()
+
+

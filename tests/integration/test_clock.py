@@ -58,11 +58,9 @@ async def test_scaled_time_tracks_wall_time() -> None:
     await clock.run(until=2.0)
     wall = loop.time() - t0
     lag = clock.lag_stats()
-    print(
-        f"\n2.0 simulated s at 4x: wall {wall:.3f} s (ideal 0.500), "
-        f"lag median {lag.median_s * 1e3:.2f} ms, "
-        f"p99 {lag.p99_s * 1e3:.2f} ms, max {lag.max_s * 1e3:.2f} ms over {lag.events} events"
-    )
+    print(f"\n2.0 simulated s at 4x: wall {wall:.3f} s (ideal 0.500), "
+          f"lag median {lag.median_s * 1e3:.2f} ms, "
+          f"p99 {lag.p99_s * 1e3:.2f} ms, max {lag.max_s * 1e3:.2f} ms over {lag.events} events")
     assert wall >= 0.49  # it can be late, never early
     assert len(ticks) >= 19  # 0.1 .. 2.0 (float accumulation may land the last one just past 2.0)
 

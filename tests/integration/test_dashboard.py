@@ -293,7 +293,9 @@ def test_api_docs_render_offline(fleet: Fleet, browser_page: tuple[Any, list[str
 
     page, blocked = browser_page
     page.goto(f"{fleet.url}/docs")
-    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Propeller manager", timeout=WAIT_MS)
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+        "Propeller manager", timeout=WAIT_MS
+    )
     expect(page.locator(".opblock-summary-path").first).to_be_visible()
     _shot(page, "docs")
     page.goto(f"{fleet.url}/redoc")

@@ -34,7 +34,7 @@ def explain(manager: Manager, task_ids: list[str]) -> str:
             task = api.get(f"/tasks/{task_id}").json()
             lines.append(f"task {task_id}: state {task.get('state')} error {task.get('error')!r}")
             counted, most = task.get("attempts_counted"), task.get("max_attempts")
-            where = task.get("proplet_id")
+            where = task.get('proplet_id')
             lines.append(f"  attempt {task.get('attempt')} ({counted} of {most}), on {where}")
     log = manager.log.read_text(errors="replace").splitlines()
     for task_id in task_ids:

@@ -80,10 +80,8 @@ async def test_1000_clients_share_one_loop_without_threads(
             orchestrator.publish(f"{prefix}/dev/{i}/cmd", b"run", qos=1)
         await eventually(lambda: len(inbox) == n, timeout=60)
         fanout_s = time.perf_counter() - started
-        print(
-            f"\n{broker}: {n} clients connected in {connected_s:.2f} s; "
-            f"fan-out of {n - 1} QoS 1 messages in {fanout_s:.2f} s"
-        )
+        print(f"\n{broker}: {n} clients connected in {connected_s:.2f} s; "
+              f"fan-out of {n - 1} QoS 1 messages in {fanout_s:.2f} s")
         await orchestrator.disconnect()
     finally:
         await asyncio.gather(*(c.disconnect() for c in fleet + small))

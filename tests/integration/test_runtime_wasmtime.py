@@ -210,18 +210,8 @@ def test_a_cached_module_gets_a_fresh_instance_and_its_limits_on_every_run(rt: W
 
 
 def test_wasi_argv_env_stdin_stdout_stderr(rt: WasmtimeRuntime, tmp_path: Path) -> None:
-    out = rt.run(
-        RunRequest(
-            "t-2",
-            wasm("wasi_cmd.wat"),
-            "",
-            (),
-            ("a", "b c"),
-            {"K": "V", "TASK": "t-2"},
-            b"line one\nline two",
-            dirs=(Preopen(str(tmp_path), "/data"),),
-        )
-    )
+    out = rt.run(RunRequest("t-2", wasm("wasi_cmd.wat"), "", (), ("a", "b c"), {"K": "V", "TASK": "t-2"},
+                            b"line one\nline two", dirs=(Preopen(str(tmp_path), "/data"),)))
     assert out.error is None and out.kind == "wasi" and out.exit_code == 0
     assert out.stdout == b"task.wasm\na\nb c\nK=V\nTASK=t-2\nline one\nline two"
     assert out.stderr == b"warn\n"
@@ -241,26 +231,22 @@ def calc() -> bytes:
     return wasm("calc.component.wat")
 
 
-@pytest.mark.parametrize(
-    ("function", "inputs", "expected"),
-    [
-        ("add", ("2", "40"), "42"),
-        ("echo", ('"h\\u{e9}llo \\"q\\""',), '"héllo \\"q\\""'),
-        ("sum", ("{x: 3, y: 4}",), "7"),
-        ("maybe", ("some(5)",), "5"),
-        ("maybe", ("none",), "-1"),
-        ("code", ("blue",), "2"),
-        ("same", ("{read, exec}",), "{read, exec}"),
-        ("first", ("[7, 8]",), "some(7)"),
-        ("first", ("[]",), "none"),
-        ("check", ("5",), "ok(5)"),
-        ("check", ("-5",), 'err("negative")'),
-        ("example:calc/api#add", ("1", "2"), "3"),
-    ],
-)
-def test_component_call_with_wave(
-    rt: WasmtimeRuntime, calc: bytes, function: str, inputs: tuple[str, ...], expected: str
-) -> None:
+@pytest.mark.parametrize(("function", "inputs", "expected"), [
+    ("add", ("2", "40"), "42"),
+    ("echo", ('"h\\u{e9}llo \\"q\\""',), '"héllo \\"q\\""'),
+    ("sum", ("{x: 3, y: 4}",), "7"),
+    ("maybe", ("some(5)",), "5"),
+    ("maybe", ("none",), "-1"),
+    ("code", ("blue",), "2"),
+    ("same", ("{read, exec}",), "{read, exec}"),
+    ("first", ("[7, 8]",), "some(7)"),
+    ("first", ("[]",), "none"),
+    ("check", ("5",), "ok(5)"),
+    ("check", ("-5",), 'err("negative")'),
+    ("example:calc/api#add", ("1", "2"), "3"),
+])
+def test_component_call_with_wave(rt: WasmtimeRuntime, calc: bytes, function: str, inputs: tuple[str, ...],
+                                  expected: str) -> None:
     out = rt.run(req(calc, function, *inputs))
     assert (out.results, out.error, out.kind) == (expected, None, "component")
 
@@ -273,10 +259,8 @@ def test_component_errors(rt: WasmtimeRuntime, calc: bytes) -> None:
     assert "component export 'missing' not found" in missing and "example:calc/api" in missing
     spin = rt.run(req(calc, "example:calc/api#spin", limits=Limits(timeout_s=0.1)))
     assert spin.error == "wall-time limit of 0.1 s exceeded"
-    assert (
-        rt.run(req(calc, "example:calc/api#spin", limits=Limits(fuel=10_000))).error
-        == "CPU budget exhausted (fuel 10000)"
-    )
+    assert rt.run(req(calc, "example:calc/api#spin", limits=Limits(fuel=10_000))).error == \
+        "CPU budget exhausted (fuel 10000)"
 
 
 def test_component_wasi_cli_run_command(rt: WasmtimeRuntime) -> None:

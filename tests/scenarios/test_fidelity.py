@@ -59,9 +59,8 @@ def _meta(report: Path) -> dict[str, object]:
 
 
 @pytest.mark.timeout(300)
-def test_a_starved_run_is_inconclusive_with_the_lag_figures(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_starved_run_is_inconclusive_with_the_lag_figures(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     scenario = tmp_path / "starved.yaml"
     scenario.write_text(SCENARIO)
     junit, report = tmp_path / "junit.xml", tmp_path / "report"

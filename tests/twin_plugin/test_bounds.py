@@ -42,15 +42,13 @@ def test_failing_user_test_reports_the_bound_and_cleans_up(pytester: pytest.Pyte
         """
     )
     report = pytester.path / "report"
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-o", "asyncio_mode=auto", f"--twin-report={report}"
-    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+                                           f"--twin-report={report}")
 
     result.assert_outcomes(failed=1)
     # 0.5 s after a (silent) power loss the manager has not noticed yet: its last view is still alive.
-    result.stdout.fnmatch_lines(
-        ["*AssertionError: edge-1 was not marked alive again within 0.5 s (last manager view: alive)*"]
-    )
+    result.stdout.fnmatch_lines(["*AssertionError: edge-1 was not marked alive again within 0.5 s "
+                                 "(last manager view: alive)*"])
     for pid in map(int, pids.read_text().split()):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

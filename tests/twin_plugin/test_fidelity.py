@@ -33,10 +33,6 @@ def test_starved_cluster_test_is_skipped_with_the_figures(pytester: pytest.Pytes
     if outcomes.get("skipped") == 2:  # this machine is so busy that even the idle test lagged
         pytest.skip("host too busy: both tests were inconclusive")
     result.assert_outcomes(failed=1, skipped=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*SKIPPED*inconclusive: loop lag p99 * ms > budget 150 ms*"
-            "(the test failed: *a bound missed because the host was starved*"
-        ]
-    )
+    result.stdout.fnmatch_lines(["*SKIPPED*inconclusive: loop lag p99 * ms > budget 150 ms*"
+                                 "(the test failed: *a bound missed because the host was starved*"])
     result.stdout.fnmatch_lines(["*AssertionError: a real failure", "FAILED *::test_kept_up*"])

@@ -119,10 +119,7 @@ def test_a_restarted_job_keeps_nothing_of_its_last_run_and_numbers_attempts_on()
     engine.start_job(job.id, 4.0, 4.0)
     b = engine.tasks["b"]  # waits for a: nothing of its last run may show meanwhile
     assert b.state is TaskState.PENDING and (b.results, b.result_type, b.receipt, b.verified) == (
-        None,
-        "",
-        None,
-        False,
+        None, "", None, False,
     )
     (start,) = publishes(engine.take_commands(), T.start)
     assert start["id"] == "a" and start["attempt"] == 2  # a new number, the first counted of this run

@@ -139,7 +139,7 @@ def test_progress_on_tty_redraws_in_place() -> None:
 def test_html_report_has_a_task_table_and_the_detection_delay() -> None:
     page = render_html(result(dead_after=2.5))
     # Detection: the power loss at t=3 and the manager's verdict 2.5 s later, with its reason.
-    assert '<h2 id="detection">Detection: fault → manager verdict</h2>' in page
+    assert "<h2 id=\"detection\">Detection: fault → manager verdict</h2>" in page
     assert "<td>esp-1</td><td>power_loss</td><td>3.00</td><td>5.50</td><td>2.50 s</td><td>lwt</td>" in page
     # Tasks: the one that moved comes first, with both attempts, where they ran and why it moved.
     tasks = page.split('<h2 id="tasks">', 1)[1].split("</table>", 1)[0]

@@ -100,15 +100,8 @@ def test_a_profile_file_overrides_a_named_base() -> None:
 
 def test_instance_cost_is_the_documented_sum() -> None:
     s = ESP32S3_ESP_IDF  # a module per instance: its bytes are part of each instance's cost
-    assert s.instance_cost(1000, 2) == (
-        1000
-        + 2 * 65536
-        + s.wasm_stack_bytes
-        + s.exec_env_bytes
-        + s.instance_overhead_bytes
-        + s.thread_stack_bytes
-        + s.app_heap_bytes
-    )
+    assert s.instance_cost(1000, 2) == (1000 + 2 * 65536 + s.wasm_stack_bytes + s.exec_env_bytes
+                                        + s.instance_overhead_bytes + s.thread_stack_bytes + s.app_heap_bytes)
 
 
 def test_the_model_and_the_proplet_budget_agree() -> None:
