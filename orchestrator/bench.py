@@ -1034,6 +1034,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
                     tag = f"{broker}-{n}" + (f"-r{round_ + 1}" if args.rounds > 1 else "")
                     profile = str(Path(args.profile) / f"manager-{tag}.prof") if args.profile else None
                     spy = str(Path(args.py_spy) / f"manager-{tag}.txt") if args.py_spy else None
+                    shown = f"{broker} x{n}" + (f" round {round_ + 1}" if args.rounds > 1 else "")
                     r = run_loop(
                         run_e2e(
                             broker, n, args.tasks, args.concurrency, args.layout, args.rtt_messages,
@@ -1043,7 +1044,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
                     )  # fmt: skip
                     r.round = round_
                     results.append(r)
-                    print(f"done: {tag}: {r.tasks_per_s:.1f} tasks/s, {r.errors} errors", flush=True)
+                    print(f"done: {shown}: {r.tasks_per_s:.1f} tasks/s, {r.errors} errors", flush=True)
                     for sample in r.error_samples:
                         print(f"  error: {sample}", file=sys.stderr)
                     if why_not is None and len(celery.setdefault(n, [])) <= round_:
