@@ -430,11 +430,8 @@ class IdentityRegistry:
         """None if ``identity`` may subscribe to ``topic_filter``, else the reason it may not."""
         if identity.kind == "manager":
             return None
-        if "+" in topic_filter or "#" in topic_filter:
-            return f"a {identity.kind} may not subscribe to {topic_filter[:120]!r}"
-        if _suffix(topic_filter, _PROPLET_SUBSCRIBE) or _suffix(
-            topic_filter, (direct_start_suffix(identity),)
-        ):
+        wildcard = "+" in topic_filter or "#" in topic_filter
+        if not wildcard and _suffix(topic_filter, (*_PROPLET_SUBSCRIBE, direct_start_suffix(identity))):
             return None
         return f"a {identity.kind} may not subscribe to {topic_filter[:120]!r}"
 
