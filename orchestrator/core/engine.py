@@ -140,6 +140,12 @@ class Engine:
         self._stale: dict[str, dict[str, int]] = {}
         # Proplets that refused a start as busy: not chosen again until they report room.
         self._busy: set[str] = set()
+        # Proplets that announced their own start topic (direct_start): those that have answered a start
+        # (a heartbeat listed it, or a result came), and those whose topic seems not to reach them (a
+        # start sent there was lost before any was answered: most likely a broker ACL written before
+        # direct starts). These get the shared topic until they announce themselves afresh.
+        self._direct_answered: set[str] = set()
+        self._direct_unreachable: set[str] = set()
         self._refusals: Counter[str] = Counter()
         self._no_fit: dict[str, set[str]] = {}  # task -> proplets that refused it out of memory while empty
         # When we last asked a proplet without metadata to announce itself.
@@ -657,6 +663,8 @@ class Engine:
         """
         settle = 2 * self.config.heartbeat_interval  # the start may still be in flight
         running = set(reported)
+        if not running.isdisjoint(self._running_on.get(proplet.id, {})):
+            self._direct_answered.add(proplet.id)
         lost = [
             t
             for t in self._running_on.get(proplet.id, {}).values()
@@ -679,6 +687,20 @@ class Engine:
                 del stale[task_id]  # that attempt is over
             if not stale:
                 del self._stale[proplet.id]
+        if (
+            lost
+            and self._start_topic(proplet) != self.topics.start
+            and proplet.id not in self._direct_answered
+        ):
+            self._direct_unreachable.add(proplet.id)
+            self.counters["direct_start_unreachable"] += 1
+            self._log(
+                "direct_start_unreachable",
+                "warning",
+                proplet_id=proplet.id,
+                reason="no start sent to its own topic was ever answered (a broker ACL without "
+                "control/manager/start/{proplet_id}?); its starts go to the shared topic",
+            )
         for task in lost:
             # Most likely its start was lost (results are sent before the heartbeat that drops a
             # task): nothing ran, so no attempt is spent; bounded like refusals.
@@ -702,6 +724,8 @@ class Engine:
         self._busy.discard(proplet.id)  # a fresh announcement is a fresh start
         if unchanged:
             return  # an alive proplet announcing the same again (asked after a broker outage)
+        self._direct_answered.discard(proplet.id)  # (re)joined: its own start topic is tried again
+        self._direct_unreachable.discard(proplet.id)
         proplet.namespace = msg.namespace
         self._log("proplet_discovered", proplet_id=proplet.id, embedded=proplet.is_embedded)
         self._persist_proplet(proplet)
@@ -758,6 +782,8 @@ class Engine:
         if task.broadcast:
             self._on_broadcast_result(task, sender or _receipt_signer(msg), msg, now, wall, verdict)
             return
+        if sender and sender == task.proplet_id:
+            self._direct_answered.add(sender)  # it received a start (see _reconcile)
         if (
             late
             and msg.is_success
@@ -1439,7 +1465,8 @@ class Engine:
         for table in (self._stale, self._asked_discovery, self._grace):
             table.pop(proplet_id, None)
         self.observations.forget_proplet(proplet_id)
-        self._busy.discard(proplet_id)
+        for ids in (self._busy, self._direct_answered, self._direct_unreachable):
+            ids.discard(proplet_id)
         self._emit(DeleteProplet(proplet_id))
 
     # ------------------------------------------------------------------ dispatch
@@ -1546,7 +1573,11 @@ class Engine:
     def _start_topic(self, proplet: Proplet) -> str:
         """Where a start for ``proplet`` alone goes: its own topic if it announced that it reads one
         (``direct_start``: one delivery instead of one per proplet of the channel), else the shared one."""
-        if proplet.metadata.direct_start and wire.direct_start_ok(proplet.id):
+        if (
+            proplet.metadata.direct_start
+            and proplet.id not in self._direct_unreachable
+            and wire.direct_start_ok(proplet.id)
+        ):
             return self.topics.start_for(proplet.id)
         return self.topics.start
 

@@ -382,6 +382,28 @@ async def test_health_fails_while_the_managers_broker_link_is_down(fleet: Fleet)
     await fleet.legit_task_completes(on="p1")
 
 
+@pytest.mark.parametrize("fleet", [pytest.param("mosquitto", marks=pytest.mark.mosquitto)], indirect=True)
+async def test_an_acl_from_before_direct_starts_costs_one_lost_start_and_nothing_else(fleet: Fleet) -> None:
+    """Files generated before proplets had a start topic of their own: Mosquitto grants the subscription
+    and delivers nothing on it. The first start sent there is lost, the manager says why and sends that
+    proplet's starts to the shared topic; the task completes without spending an attempt."""
+    acl = fleet.tmp / "mosq" / "acl"
+    old = [line for line in acl.read_text().splitlines() if "control/manager/start/" not in line]
+    assert len(old) < len(acl.read_text().splitlines())  # the generated file had the lines
+    acl.write_text("\n".join(old) + "\n")
+    assert fleet.mosquitto is not None
+    fleet.mosquitto.kill()  # restarted rather than reloaded: every client reconnects under the old rules
+    await fleet.mosquitto.wait()
+    fleet.mosquitto = await _start_mosquitto(fleet.tmp, fleet.port)
+    await eventually(lambda: _health_is(fleet, 200, "pass"), 30, "the manager back on the broker")
+    await eventually(lambda: fleet.alive("p1"), 20, "p1 back")
+    spec = {"name": "add", "file": ADD, "inputs": [2, 40], "proplet_id": "p1"}
+    task = await fleet.run_task(spec, TASK_TIMEOUT)
+    assert (task["state"], task["results"], task["proplet_id"]) == (3, "42", "p1"), task
+    assert task["attempts_counted"] == 1 and task["attempt"] >= 2  # the lost start was not counted
+    assert fleet.manager.engine.counters["direct_start_unreachable"] == 1
+
+
 async def _health_is(fleet: Fleet, status: int, verdict: str) -> bool:
     r = await fleet.api.get("/health")
     return r.status_code == status and r.json()["status"] == verdict

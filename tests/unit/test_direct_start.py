@@ -158,3 +158,45 @@ def test_a_direct_start_runs_once_on_its_proplet_and_is_never_seen_by_the_others
     assert [engine.tasks[i].state for i in ids] == [TaskState.COMPLETED] * 4, [
         engine.tasks[i].error for i in ids
     ]
+
+
+def test_a_proplet_whose_own_topic_never_reaches_it_gets_the_shared_topic_and_loses_nothing() -> None:
+    """A broker ACL written before direct starts grants the subscription but delivers nothing: the first
+    start sent there is lost (the heartbeat does not list it), so it and the next go to the shared topic,
+    without spending an attempt; a fresh announcement tries the proplet's own topic again."""
+    engine = make_engine()
+    announce(engine, "p1", 0.0, direct_start=True)
+    heartbeat(engine, "p1", 0.0)
+    engine.take_commands()
+    first = submit(engine, 1.0)
+    assert starts(engine) == [(T.start_for("p1"), "p1")]
+    send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": []}, 30.0)  # never arrived
+    assert starts(engine) == [(T.start, "p1")]  # placed again, on the shared topic
+    task = engine.tasks[first]
+    assert task.state is TaskState.RUNNING and task.attempt - task.uncounted_attempts == 1
+    assert engine.counters["direct_start_unreachable"] == 1
+    submit(engine, 31.0)
+    assert starts(engine) == [(T.start, "p1")]
+    heartbeat(engine, "p1", 100.0)  # gone quiet and back: not a fresh announcement
+    announce(engine, "p1", 200.0, direct_start=True, description="restarted")
+    engine.take_commands()
+    submit(engine, 201.0)
+    assert starts(engine) == [(T.start_for("p1"), "p1")]
+
+
+def test_a_lost_start_of_a_proplet_that_has_answered_on_its_own_topic_keeps_that_topic() -> None:
+    """Starts get lost for other reasons (a broker restart): a proplet that once answered a start sent
+    to its own topic keeps it."""
+    engine = make_engine()
+    announce(engine, "p1", 0.0, direct_start=True)
+    heartbeat(engine, "p1", 0.0)
+    engine.take_commands()
+    first = submit(engine, 1.0)
+    starts(engine)
+    send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": [first]}, 5.0)  # it runs
+    second = submit(engine, 6.0)
+    assert starts(engine) == [(T.start_for("p1"), "p1")]
+    send(engine, T.alive, {"proplet_id": "p1", "status": "alive", "running": [first]}, 40.0)  # second lost
+    assert starts(engine) == [(T.start_for("p1"), "p1")]  # placed again on its own topic
+    assert engine.tasks[second].state is TaskState.RUNNING
+    assert engine.counters.get("direct_start_unreachable", 0) == 0
