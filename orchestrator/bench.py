@@ -525,12 +525,16 @@ async def run_load(
     # about half of httpx's per request here (docs/benchmarks.md); the rest of the bench uses c.api.
     load: aiohttp.ClientSession  # opened just before the load starts, closed after it
 
-    async def call(request: Any) -> tuple[int, Any]:
-        """(status, JSON body or text) of one load request."""
-        async with request as response:
-            if response.content_type == "application/json":
-                return response.status, await response.json()
-            return response.status, await response.text()
+    async def call(path: str, body: Any = None) -> tuple[int, Any]:
+        """(status, JSON body or text) of one load request (a POST); a failed connection is a
+        ConnectionError naming the request (aiohttp's errors stop here)."""
+        try:
+            async with load.post(path, json=body) as response:
+                if response.content_type == "application/json":
+                    return response.status, await response.json()
+                return response.status, await response.text()
+        except aiohttp.ClientError as err:
+            raise ConnectionError(f"POST {path} to the manager at {c.api.base_url}: {err}") from err
 
     observer = MqttClient(c.broker_url, f"bench-obs-{uuid.uuid4().hex[:8]}", on_message=on_result)
     await observer.connect()
@@ -556,14 +560,14 @@ async def run_load(
             spec: dict[str, Any] = {"name": "add", "file": module, "inputs": [i, 1]}
             if result.submit == "start":
                 spec["start"] = True  # create and start in one request
-            status, created = await call(load.post("/tasks", json=spec))
+            status, created = await call("/tasks", spec)
             if status != 201:
                 fail(f"POST /tasks: {status} {str(created)[:200]}")
                 continue
             task_id = created["id"]
             waiter = expect(task_id)
             if result.submit == "two":
-                status, started = await call(load.post(f"/tasks/{task_id}/start"))
+                status, started = await call(f"/tasks/{task_id}/start")
                 if status != 200:
                     fail(f"POST /tasks/{task_id}/start: {status} {str(started)[:200]}")
                     continue
@@ -587,7 +591,7 @@ async def run_load(
             t0 = time.time()
             specs = [{"name": "add", "file": module, "inputs": [j, 1]} for j in range(first, first + n)]
             try:
-                status, created = await call(load.post("/tasks/batch", json={"start": True, "tasks": specs}))
+                status, created = await call("/tasks/batch", {"start": True, "tasks": specs})
             except Exception as err:
                 broken.append(err)
                 status, created = 0, None

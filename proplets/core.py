@@ -221,8 +221,8 @@ class PropletEngine:
             and config.profile is not wire.Profile.EMBEDDED
             and wire.direct_start_ok(config.proplet_id)
         )
-        # The topic suffix of our own starts, or None when we read only the shared start topic.
-        self._direct_suffix = wire.START_DIRECT + config.proplet_id if direct else None
+        # The topic of our own starts, or None when we read only the shared start topic.
+        self._direct_topic = self.topics.start_for(config.proplet_id) if direct else None
 
     @property
     def embedded(self) -> bool:
@@ -267,7 +267,7 @@ class PropletEngine:
             metadata["total_memory_bytes"] = self.budget.config.heap_bytes
             metadata["free_memory_bytes"] = max(0, self.budget.free_bytes)
             metadata["max_instances"] = self._instance_limit()
-        if self._direct_suffix is not None:
+        if self._direct_topic is not None:
             metadata["direct_start"] = True
         return wire.Discovery(self.config.proplet_id, self.config.namespace, metadata)
 
@@ -288,8 +288,8 @@ class PropletEngine:
             self._commands.append(Subscribe(topic, self.config.qos))
         if not self.embedded:  # our extension; the firmware's buffers and subscriptions stay upstream's
             self._commands.append(Subscribe(self.topics.discover, self.config.qos))
-        if self._direct_suffix is not None:  # before the discovery that tells the manager to use it
-            self._commands.append(Subscribe(self.topics.topic(self._direct_suffix), self.config.qos))
+        if self._direct_topic is not None:  # before the discovery that tells the manager to use it
+            self._commands.append(Subscribe(self._direct_topic, self.config.qos))
         self._publish(self.topics.create, self.discovery())
         # Results held while offline go before the heartbeat that no longer lists their tasks.
         held, self._outbox = self._outbox, []
@@ -450,7 +450,7 @@ class PropletEngine:
         suffix = self.topics.suffix(topic)
         if suffix is None:
             return
-        direct = suffix == self._direct_suffix
+        direct = topic == self._direct_topic
         if direct:
             suffix = "control/manager/start"  # sent to us alone: the others' starts never come here
         elif suffix not in _HANDLED:

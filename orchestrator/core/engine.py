@@ -687,11 +687,7 @@ class Engine:
                 del stale[task_id]  # that attempt is over
             if not stale:
                 del self._stale[proplet.id]
-        if (
-            lost
-            and self._start_topic(proplet) != self.topics.start
-            and proplet.id not in self._direct_answered
-        ):
+        if lost and self._sends_direct(proplet) and proplet.id not in self._direct_answered:
             self._direct_unreachable.add(proplet.id)
             self.counters["direct_start_unreachable"] += 1
             self._log(
@@ -1570,16 +1566,18 @@ class Engine:
         self._log("task_dispatched", task_id=task.id, proplet_id=proplet.id, attempt=task.attempt)
         self._task_event(task.id, wall, "start_published", "", proplet_id=proplet.id, attempt=task.attempt)
 
-    def _start_topic(self, proplet: Proplet) -> str:
-        """Where a start for ``proplet`` alone goes: its own topic if it announced that it reads one
-        (``direct_start``: one delivery instead of one per proplet of the channel), else the shared one."""
-        if (
+    def _sends_direct(self, proplet: Proplet) -> bool:
+        """Whether starts for ``proplet`` alone go to its own topic: it announced that it reads one
+        (``direct_start``: one delivery instead of one per proplet of the channel), its id can name a
+        topic level, and that topic has not proved unreachable (_reconcile)."""
+        return (
             proplet.metadata.direct_start
             and proplet.id not in self._direct_unreachable
             and wire.direct_start_ok(proplet.id)
-        ):
-            return self.topics.start_for(proplet.id)
-        return self.topics.start
+        )
+
+    def _start_topic(self, proplet: Proplet) -> str:
+        return self.topics.start_for(proplet.id) if self._sends_direct(proplet) else self.topics.start
 
     def _start_message(self, task: Task, *, proplet_id: str, broadcast: bool) -> wire.StartTask:
         return wire.StartTask(

@@ -116,14 +116,13 @@ from orchestrator.wire.messages import (
     TaskMetrics,
     TaskResult,
 )
-from orchestrator.wire.topics import START_DIRECT, Topics, direct_start_ok
+from orchestrator.wire.topics import Topics, direct_start_ok
 
 WIRE_VERSION = "propeller-2026.08"
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "EMBEDDED_MAX_PAYLOAD_BYTES",
-    "START_DIRECT",
     "WIRE_VERSION",
     "CodecError",
     "Discovery",
