@@ -75,7 +75,9 @@ def test_bench_e2e_rounds_pair_each_measurement_with_celerys(tmp_path: Path) -> 
     if available() is None:
         assert [c["completed"] for c in data["celery_rounds"]["1"]] == [20, 20]
         assert "ratio median" in run.stdout and "ratio min..max" in run.stdout
-    assert "propeller bench e2e: --rounds" not in run.stderr
+    for bad in ("0", "-1", "two"):
+        refused = propeller("bench", "e2e", "--rounds", bad)
+        assert refused.returncode == 2 and "--rounds" in refused.stderr and repr(bad) in refused.stderr
 
 
 def test_bench_registry_reports_rss_and_heartbeat_rate(tmp_path: Path) -> None:

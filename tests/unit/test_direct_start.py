@@ -112,6 +112,31 @@ def test_the_manager_sends_a_start_to_its_proplets_own_topic_only_when_announced
     assert sorted(starts(engine)) == [(T.start, "ours"), (T.start, "upstream")]
 
 
+@pytest.mark.parametrize("odd", ["a/b", "p+", "p#", "/", "x/"])
+def test_an_id_that_cannot_be_a_topic_level_keeps_the_shared_topic_whatever_it_announces(odd: str) -> None:
+    engine = make_engine()
+    announce(engine, odd, 0.0, direct_start=True)
+    heartbeat(engine, odd, 0.0)
+    engine.take_commands()
+    submit(engine, 1.0)
+    assert starts(engine) == [(T.start, odd)]
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, [], {}])
+def test_an_announcement_whose_direct_start_is_not_a_boolean_is_refused_naming_the_field(value: Any) -> None:
+    """Not taken as true (a forged "yes" must not move a proplet's starts): the whole announcement is
+    refused as malformed, naming the field, and the proplet keeps the shared topic."""
+    engine = make_engine()
+    send(engine, T.create, {"proplet_id": "p1", "metadata": {"direct_start": value}}, 0.0)
+    heartbeat(engine, "p1", 0.0)
+    assert sum(engine.malformed.values()) == (0 if value is None else 1)  # JSON null: the key is absent
+    engine.take_commands()
+    submit(engine, 1.0)
+    assert starts(engine) == [(T.start, "p1")]
+    with pytest.raises(wire.CodecError, match=r"metadata\.direct_start"):
+        wire.encode(wire.Discovery("p1", "ns", {"direct_start": "yes"}))
+
+
 def test_a_broadcast_task_still_goes_to_the_shared_topic() -> None:
     engine = make_engine()
     for pid in ("a", "b"):
