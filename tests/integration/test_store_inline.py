@@ -28,11 +28,25 @@ async def test_a_window_waits_for_another_process_write_lock_then_is_written(tmp
     try:
         other.execute("BEGIN IMMEDIATE")  # another process's write transaction holds the lock
         other.execute("UPDATE tasks SET name = name")
+        on_writer = threading.Event()
+        waiting = store._apply_waiting
+
+        def apply_waiting(*args: Any) -> None:
+            on_writer.set()  # the inline try met the lock: the window now waits on the writer thread
+            waiting(*args)
+
+        store._apply_waiting = apply_waiting  # type: ignore[method-assign]
         write = asyncio.ensure_future(store.write(window("t1")))
-        # The window cannot be written while the lock is held: it must wait (on the writer thread,
-        # after INLINE_BUSY_MS on the loop's), not fail with "database is locked". This sleep only
-        # gives it time to try; that the loop stays free meanwhile is what INLINE_BUSY_MS bounds.
-        await asyncio.sleep(0.3)
+        # The window cannot be written while the lock is held: it must wait, not fail with "database
+        # is locked". Positive signals, not a sleep: it reaches the writer thread, and this coroutine
+        # keeps running on the loop meanwhile (the loop is not held by the wait).
+        for _ in range(1000):
+            if on_writer.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert on_writer.is_set(), "the window never went to the writer thread"
+        for _ in range(5):
+            await asyncio.sleep(0)  # the loop turns while the writer thread waits for the lock
         assert not write.done()
         other.execute("COMMIT")
         refused = await asyncio.wait_for(write, 30)
