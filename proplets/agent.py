@@ -455,7 +455,12 @@ class PropletAgent:
         return limits
 
     def _request(
-        self, start: wire.StartTask, wasm: bytes, inputs: tuple[Any, ...], env: dict[str, str]
+        self,
+        start: wire.StartTask,
+        wasm: bytes,
+        inputs: tuple[Any, ...],
+        env: dict[str, str],
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> RunRequest:
         limits = self._limits(start)
         try:
@@ -489,6 +494,8 @@ class PropletAgent:
                 self.settings.hal_quota_bytes,
                 self._tee.kind,
             ),
+            on_output=on_output,
+            live_stdout=start.daemon and on_output is not None,
         )
 
     async def _execute_wasm(self, request: RunRequest, token: CancelToken) -> tuple[str, str | None]:
@@ -500,17 +507,17 @@ class PropletAgent:
         self._execute()
 
     async def _run_with_output(
-        self, request: RunRequest, token: CancelToken, notes: list[str], *, daemon: bool = False
+        self, start: wire.StartTask, wasm: bytes, token: CancelToken, notes: list[str]
     ) -> tuple[str, str | None, TaskOutput]:
-        """Run ``request`` streaming its stderr live (and its stdout, for a daemon, whose output never
+        """Run the task streaming its stderr live (and its stdout, for a daemon, whose output never
         ends in a result); the typed result and logs come back with it."""
         loop = asyncio.get_running_loop()
-        task_id = request.task_id
+        task_id, daemon = start.id, start.daemon
 
         def on_output(stream: str, chunk: bytes) -> None:  # on the run's thread: hand over to the loop
             loop.call_soon_threadsafe(self._output_seen, task_id, stream, chunk)
 
-        request = replace(request, on_output=on_output, live_stdout=daemon)
+        request = self._request(start, wasm, tuple(start.inputs), dict(start.env), on_output=on_output)
 
         if not daemon and self._run_inline is not None:
             quick = self._run_inline(request, token)  # a small pure module: no thread hand-off
@@ -555,10 +562,7 @@ class PropletAgent:
                 self.tracing.end(span)
                 return
             else:
-                request = self._request(start, wasm, tuple(start.inputs), dict(start.env))
-                results, error, output = await self._run_with_output(
-                    request, token, notes, daemon=start.daemon
-                )
+                results, error, output = await self._run_with_output(start, wasm, token, notes)
         except (DeliveryError, TaskInputError) as err:
             if isinstance(err, FetchRefused):
                 self.stats.fetch_refused += 1

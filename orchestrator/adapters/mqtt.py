@@ -58,6 +58,10 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt import _packet as _paho_packet
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from orchestrator.adapters.aio import cancel_and_wait
 from orchestrator.adapters.broker_url import BrokerUrl, parse_broker_url
@@ -125,6 +129,28 @@ def _check_qos(qos: int) -> None:
 
 # One recv() takes up to this much; the rest waits in _Paho's read buffer for the next packets.
 _READ_CHUNK = 64 * 1024
+
+
+def _frame(buf: bytes, pos: int) -> tuple[int, int, int] | None:
+    """(fixed-header byte, body start, body end) of the MQTT packet at ``buf[pos]`` when ``buf`` holds
+    all of it; None when it does not (or the remaining length is not a valid 1-4 byte varint, which
+    paho's own reader then reports)."""
+    size = len(buf)
+    i, length, shift = pos + 1, 0, 0
+    while i < size and shift <= 21:
+        byte = buf[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return (buf[pos], i, i + length) if i + length <= size else None
+        shift += 7
+    return None
+
+
+# What a MQTT 3.1.1 PUBACK carries for on_publish: always success, no properties (paho builds new
+# objects for each one); our on_publish reads only the message id.
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 class _Paho(paho.Client):
@@ -198,6 +224,60 @@ class _Paho(paho.Client):
         finally:
             self._send_credit = -1
 
+    def _packet_read(self) -> MQTTErrorCode:
+        """A packet that the read buffer holds whole goes straight to paho's handler.
+
+        Why: paho reads a packet through five or more ``_sock_recv`` calls (the command byte, each
+        length byte, the body, then one more), updating its reader state at each; for the manager
+        and a proplet that framing was a fifth of the MQTT time per message. Here one slice frames it
+        and paho's own ``_packet_handle`` does the protocol work, with paho's error handling and
+        keep-alive bookkeeping. A packet begun on an earlier read, split across reads, or with a bad
+        length takes paho's path, which reads it from the same buffer.
+        """
+        if self._in_packet["command"] != 0 or self._sock is None:
+            return super()._packet_read()
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            try:
+                data: bytes = paho.Client._sock_recv(self, _READ_CHUNK)
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError:
+                return super()._packet_read()  # paho meets the same error and reports it its way
+            if not data:
+                return super()._packet_read()  # the peer closed: so does paho's path
+            buf, pos = self._rbuf, self._rpos = data, 0
+        framed = _frame(buf, pos)
+        if framed is None or framed[0] == 0:
+            return super()._packet_read()
+        command, start, end = framed
+        self._rpos = end
+        self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
+                           "remaining_mult": 1, "remaining_length": end - start,
+                           "packet": bytearray(buf[start:end]), "to_process": 0, "pos": 0}  # fmt: skip
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket:
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [],
+                           "remaining_mult": 1, "remaining_length": 0, "packet": bytearray(),
+                           "to_process": 0, "pos": 0}  # fmt: skip
+        with self._msgtime_mutex:
+            self._last_bytes_received = paho.time_func()
+        return rc
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        """A MQTT 3.1.1 PUBACK without paho's ReasonCode and Properties objects per packet (the
+        broker acknowledges every QoS 1 message we send); anything else takes paho's path."""
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or self._protocol == paho.MQTTv5 or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def _handle_publish(self) -> MQTTErrorCode:
         """A QoS 0/1 PUBLISH of MQTT 3.1.1 straight to ``deliver``, then its PUBACK as paho sends it.
 
@@ -237,10 +317,13 @@ class _Paho(paho.Client):
 
 for _internal in (
     "_create_socket_connection", "_sock_recv", "_sock_send", "_sock_close", "_packet_write",
-    "_handle_publish", "_send_puback",
+    "_handle_publish", "_send_puback", "_packet_read", "_packet_handle", "_handle_pubackcomp",
+    "_do_on_publish",
 ):  # fmt: skip
     if not callable(getattr(paho.Client, _internal, None)):
         raise RuntimeError(f"paho-mqtt internals changed: Client.{_internal} is gone (see mqtt.py)")
+if not callable(getattr(paho, "time_func", None)):
+    raise RuntimeError("paho-mqtt internals changed: client.time_func is gone (see mqtt.py)")
 if not callable(getattr(_paho_packet, "decode_publish", None)):
     raise RuntimeError("paho-mqtt internals changed: _packet.decode_publish is gone (see mqtt.py)")
 

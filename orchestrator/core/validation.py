@@ -175,12 +175,16 @@ def _looks_like_wat(data: bytes) -> bool:
     return not data.startswith(b"\0asm") and head.startswith((b"(module", b"(component", b";;"))
 
 
+# Built once (build_task runs for every task submitted).
+_SPEC_FIELDS = frozenset(Task.__dataclass_fields__) | _READ_ONLY | {"mode", "requires"}
+_TASK_KINDS = frozenset(k.value for k in TaskKind)
+
+
 def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: int = 3) -> Task:
     """``default_max_attempts``: the manager's ``--max-attempts``, used when the spec sets none."""
     if not isinstance(spec, dict):
         raise ValidationError("task must be a JSON object")
-    known = set(Task.__dataclass_fields__) | _READ_ONLY | {"mode", "requires"}
-    unknown = sorted(set(spec) - known)
+    unknown = sorted(spec.keys() - _SPEC_FIELDS)
     if unknown:
         raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
     for key, value in spec.items():
@@ -218,13 +222,13 @@ def build_task(spec: Any, new_id: Callable[[], str], *, default_max_attempts: in
     requires = _requires(spec, metadata)
     if requires:
         metadata = {**metadata, "requires": requires}
-    if len(json.dumps(metadata, allow_nan=False)) > MAX_METADATA_BYTES:
+    if metadata and len(json.dumps(metadata, allow_nan=False)) > MAX_METADATA_BYTES:
         raise ValidationError("metadata exceeds 1 MiB", "metadata")
     run_if = _expect(spec, "run_if", str, "a string") or ""
     if run_if not in ("", "success", "failure"):
         raise ValidationError("run_if must be 'success' or 'failure'", "run_if")
     kind = _expect(spec, "kind", str, "a string") or TaskKind.STANDARD.value
-    if kind not in {k.value for k in TaskKind}:
+    if kind not in _TASK_KINDS:
         raise ValidationError("kind must be 'standard' or 'federated'", "kind")
     sha256 = _expect(spec, "sha256", str, "a hex sha256 digest") or ""
     if sha256 and not _SHA256.match(sha256):

@@ -139,20 +139,37 @@ class RunOutcome:
 
 class CancelToken:
     """Thread-safe stop flag. The runtime polls it on every epoch tick of a running module, and waits
-    on it while the module sleeps in a host call (WASI p1 poll_oneoff, HAL sleep)."""
+    on it while the module sleeps in a host call (WASI p1 poll_oneoff, HAL sleep).
+
+    The ``threading.Event`` (a Condition and two locks) is made by the first ``wait``: every task gets
+    a token, few tasks sleep, and building one was a visible share of a small task's cost."""
+
+    _making = threading.Lock()  # makes the Event once even if two threads wait at once
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._cancelled = False
+        self._event: threading.Event | None = None
 
     def cancel(self) -> None:
-        self._event.set()
+        self._cancelled = True  # before reading _event: a waiter that makes it after sees the flag
+        event = self._event
+        if event is not None:
+            event.set()
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._cancelled
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
+        event = self._event
+        if event is None:
+            with CancelToken._making:
+                if self._event is None:
+                    self._event = threading.Event()
+                event = self._event
+        if self._cancelled:  # cancelled before the Event existed: it was never set
+            return True
+        return event.wait(timeout)
 
 
 class WasmRuntime(Protocol):

@@ -186,6 +186,97 @@ async def test_a_turn_larger_than_the_socket_buffer_arrives_whole_and_in_order(
     assert pub.callback_errors == 0 and sub.callback_errors == 0
 
 
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    command = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return command, await reader.readexactly(length)
+
+
+def _packet(command: int, body: bytes) -> bytes:
+    length, size = bytearray(), len(body)
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        length.append(byte | (0x80 if size else 0))
+        if not size:
+            return bytes([command, *length]) + body
+
+
+async def test_packets_cut_anyhow_across_reads_arrive_whole_in_order_and_acknowledged(
+    clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader takes a packet straight from its buffer when the buffer holds all of it and leaves a
+    packet split across reads to paho. A peer speaking MQTT 3.1.1 over a real socket cuts its stream
+    of PUBLISHes (QoS 0 and 1, up to 70 KB, more than one read) and PUBACKs into pieces of 1 byte to
+    3 KB: every message arrives whole and in order, every QoS 1 one is acknowledged, every publish of
+    ours is confirmed, and no PUBACK goes through paho's per-packet ReasonCode/Properties decoder."""
+    from paho.mqtt import _packet as paho_packet
+
+    decoded: list[object] = []
+    original = paho_packet.decode_puback
+    monkeypatch.setattr(paho_packet, "decode_puback", lambda *a: (decoded.append(a), original(*a))[1])
+    rng = random.Random(7)
+    sizes = [0, 1, 2, 5, 127, 128, 300, 16_384, 70_000, 3, 1]
+    expected = [(f"t/{i}", bytes([i]) * size) for i, size in enumerate(sizes * 3)]
+    acked: list[int] = []
+    done = asyncio.Event()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        command, _connect = await _read_packet(reader)
+        assert command == 0x10
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        ours = []
+        while len(ours) < 5:  # the client's QoS 1 publishes: their ids, to acknowledge
+            command, body = await _read_packet(reader)
+            if command & 0xF0 == 0x30:
+                topic_len = int.from_bytes(body[:2], "big")
+                ours.append(body[2 + topic_len : 4 + topic_len])
+        stream = bytearray()
+        for i, (topic, payload) in enumerate(expected):
+            qos = i % 2
+            mid = (1000 + i).to_bytes(2, "big") if qos else b""
+            stream += _packet(0x30 | qos << 1, len(topic).to_bytes(2, "big") + topic.encode() + mid + payload)
+            if i < len(ours):
+                stream += _packet(0x40, ours[i])
+        pos = 0
+        while pos < len(stream):
+            step = rng.choice([1, 1, 2, 3, 7, 100, 3000])
+            writer.write(bytes(stream[pos : pos + step]))
+            pos += step
+            await writer.drain()
+            await asyncio.sleep(0.0005 if step < 10 else 0)  # let small pieces arrive as reads of their own
+        while len(acked) < len(expected) // 2:
+            command, body = await _read_packet(reader)
+            if command == 0x40:
+                acked.append(int.from_bytes(body, "big"))
+        done.set()
+        await reader.read()  # until the client disconnects
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        inbox = Inbox()
+        client = clients(f"mqtt://127.0.0.1:{port}", "cut", on_message=inbox)
+        await client.connect()
+        confirmed = [
+            asyncio.create_task(client.publish_and_wait("ours", b"x%d" % i, qos=1, timeout=20))
+            for i in range(5)
+        ]
+        await asyncio.gather(*confirmed)
+        await asyncio.wait_for(done.wait(), 30)
+        assert inbox.messages == expected
+        assert acked == [1000 + i for i in range(len(expected)) if i % 2]
+        assert client.callback_errors == 0
+        assert decoded == []
+    finally:
+        server.close()
+
+
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
