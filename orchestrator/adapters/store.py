@@ -321,6 +321,10 @@ MAX_JSON_DEPTH = 100
 _LIVE = frozenset(int(s) for s in TaskState if not s.is_terminal)
 # Rows this process last wrote (fingerprints), kept to write only changed columns next time (LRU).
 WRITTEN_ROWS_CACHE = 10_000
+# Tasks in flight whose last checked values are kept (Store._task_values); more only costs re-checks.
+LAST_CHECKED_TASKS = 4096
+# Values a check may be skipped for when they are the very object checked before (never mutated).
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
 # SQLite group-commit windows (see _sqlite_writer and Store._run_sqlite):
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock before it fails
@@ -477,6 +481,8 @@ class Store:
         self._written: collections.OrderedDict[str, tuple[Any, ...]] = collections.OrderedDict()
         self._checks = {t.name: _column_checks(t) for t in (TASKS, PROPLETS, JOBS)}
         self._task_checks = [self._checks["tasks"][name] for name in (*_TASK_PLAIN, "state", "extras")]
+        # task id -> (raw values, checked values) of its last write, while it is in flight (_task_values)
+        self._last_checked: dict[str, tuple[list[Any], tuple[Any, ...]]] = {}
         self._metric_checks = {
             t.name: _column_checks(t, skip=("id",))
             for t in (TASK_METRICS, PROPLET_METRICS, TASK_LOGS, TIMELINE)
@@ -926,13 +932,33 @@ class Store:
     # -- batch writes --------------------------------------------------------------------------------
 
     def _task_values(self, task: Task) -> tuple[Any, ...]:
-        """The task's column values in ``_TASK_COLUMNS`` order, checked; raises ``Unstorable``."""
+        """The task's column values in ``_TASK_COLUMNS`` order, checked; raises ``Unstorable``.
+
+        A check is a pure function of the value, so an immutable value that is the very object checked
+        at the task's previous write keeps its checked form (most columns of a running task do not
+        change between its writes). Only tasks still in flight are remembered: their values are held
+        by the engine anyway, and a settled task's module must not stay alive here.
+        """
         fields = task.__dict__
         values = [fields[name] for name in _TASK_PLAIN]  # every column but state and extras
         values.append(int(task.state))
         values.append({f: fields[f] for f in _TASK_EXTRAS})
         owner = task.id
-        return tuple([check(v, owner) for check, v in zip(self._task_checks, values)])  # noqa: B905
+        checks = self._task_checks
+        last = self._last_checked.pop(owner, None)
+        if last is None:
+            checked = tuple([check(v, owner) for check, v in zip(checks, values)])  # noqa: B905
+        else:
+            same, immutable = last[0], _IMMUTABLE
+            checked = tuple([
+                done if v is was and type(v) in immutable else check(v, owner)
+                for check, v, was, done in zip(checks, values, same, last[1])  # noqa: B905
+            ])  # fmt: skip
+        if not task.state.is_terminal:
+            self._last_checked[owner] = (values, checked)
+            if len(self._last_checked) > LAST_CHECKED_TASKS:
+                del self._last_checked[next(iter(self._last_checked))]
+        return checked
 
     def _checked(self, table: str, row: dict[str, Any], owner: str) -> dict[str, Any]:
         checks = self._checks[table] if table in self._checks else self._metric_checks[table]
@@ -1414,6 +1440,8 @@ def _fingerprints(values: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _storable_ids(ids: list[str]) -> list[str]:
     """Ids that a row could have: deleting one the store cannot hold is a no-op, not an error."""
+    if not ids:
+        return []  # the usual window deletes nothing
     check = _check_for(TASKS.c.id, "id")
     out = []
     for i in ids:

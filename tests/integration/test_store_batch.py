@@ -105,6 +105,32 @@ async def test_updates_write_only_the_changed_columns(store: Store) -> None:
     assert not any(isinstance(v, bytes) and len(v) > 64 for row in store._written.values() for v in row)
 
 
+@pytest.mark.parametrize("bad", sorted(BAD_TASKS))
+async def test_a_value_turning_unstorable_after_clean_writes_is_refused(store: Store, bad: str) -> None:
+    """Values unchanged since a task's last write keep their check; a changed one is checked again."""
+    clean = Task(id="bad", name="fine", state=TaskState.RUNNING)
+    for _ in range(2):
+        assert not await store.write(WriteBatch(tasks={"bad": dataclasses.replace(clean)}))
+    broken = BAD_TASKS[bad]()
+    changed = {f.name: getattr(broken, f.name) for f in dataclasses.fields(Task) if f.name != "state"}
+    refused = await store.write(WriteBatch(tasks={"bad": dataclasses.replace(clean, **changed)}))
+    assert "'bad' field" in refused.tasks["bad"]
+    assert await store.get_task("bad") == clean
+
+
+async def test_a_settled_task_keeps_no_values_in_the_store_cache(store: Store) -> None:
+    """In-flight tasks' checked values are remembered between writes; a settled task's (its module
+    included) are not, so the cache does not grow with history."""
+    module = b"\x00asm" + bytes(100_000)
+    for i in range(20):
+        task = Task(id=f"t{i}", name="n", file=module, state=TaskState.RUNNING)
+        await store.write(WriteBatch(tasks={task.id: dataclasses.replace(task)}))
+        task.state, task.results = TaskState.COMPLETED, "2"
+        await store.write(WriteBatch(tasks={task.id: dataclasses.replace(task)}))
+        assert await store.get_task(task.id) == task
+    assert store._last_checked == {}
+
+
 async def test_delete_then_recreate_in_one_batch_keeps_the_new_row(store: Store) -> None:
     await store.save_task(Task(id="t", name="first"))
     batch = WriteBatch()
