@@ -26,7 +26,9 @@ def test_every_waiter_is_woken_by_a_later_cancel() -> None:
         woken: list[bool] = []
         started = threading.Barrier(5)
 
-        def waiter(token: CancelToken = token, woken: list[bool] = woken) -> None:
+        def waiter(
+            token: CancelToken = token, woken: list[bool] = woken, started: threading.Barrier = started
+        ) -> None:
             started.wait()
             woken.append(token.wait(timeout=30))
 
