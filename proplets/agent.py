@@ -465,9 +465,7 @@ class PropletAgent:
         limits = self._limits(start)
         try:
             storage = task_storage_dir(
-                Path(self.settings.hal_root) if self.settings.hal_root else default_hal_root(),
-                start.id,
-                start.hal_storage_path,
+                self.settings.hal_root or default_hal_root(), start.id, start.hal_storage_path
             )
         except StoragePathError as err:
             raise TaskInputError(str(err)) from None
@@ -488,7 +486,7 @@ class PropletAgent:
             env={**env, **extra},
             limits=limits,
             hal=HalOptions(
-                str(storage),
+                storage,
                 tuple(self.settings.fetch_allow),
                 self.settings.tsm_root,
                 self.settings.hal_quota_bytes,

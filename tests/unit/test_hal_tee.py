@@ -45,8 +45,8 @@ def test_no_signal_is_no_tee(tmp_path: Path) -> None:
 
 
 def test_storage_paths_stay_under_the_root(tmp_path: Path) -> None:
-    assert task_storage_dir(tmp_path, "t-1", None) == (tmp_path / "t-1").resolve()
-    assert task_storage_dir(tmp_path, "t-1", "/shared/x") == (tmp_path / "shared" / "x").resolve()
+    assert task_storage_dir(tmp_path, "t-1", None) == str((tmp_path / "t-1").resolve())
+    assert task_storage_dir(tmp_path, "t-1", "/shared/x") == str((tmp_path / "shared" / "x").resolve())
     with pytest.raises(StoragePathError, match="leaves the proplet's HAL storage root"):
         task_storage_dir(tmp_path, "t-1", "a/../../etc")
 
@@ -58,7 +58,7 @@ def test_a_task_named_like_a_symlink_out_of_the_root_is_refused(tmp_path: Path) 
     (root / "t-1").symlink_to(outside)  # a plain task id: the fast path must still see the link
     with pytest.raises(StoragePathError, match="leaves the proplet's HAL storage root"):
         task_storage_dir(root, "t-1", None)
-    assert task_storage_dir(root, "t-2", None) == root.resolve() / "t-2"
+    assert task_storage_dir(root, "t-2", None) == str(root.resolve() / "t-2")
 
 
 @example(".hidden")

@@ -41,29 +41,31 @@ class StoragePathError(ValueError):
     pass
 
 
-def task_storage_dir(root: Path, task_id: str, requested: str | None) -> Path:
+def task_storage_dir(root: Path | str, task_id: str, requested: str | None) -> str:
     """The task's `hal_storage_path` inside the proplet's HAL root (default: one directory per task).
 
     A task may name its directory (upstream lets it name any host path); here the name is always
-    taken relative to the proplet's root, and a path leaving the root is refused.
+    taken relative to the proplet's root, and a path leaving the root is refused. Strings, not
+    ``Path`` objects, on the common path: this runs for every task.
     """
     rel = requested.strip().lstrip("/") if requested else _safe(task_id)
     if not rel:
         rel = _safe(task_id)
-    base = _resolved(root)
-    target = base / rel
-    if "/" not in rel and rel not in (".", "..") and not os.path.islink(target):
-        return target  # one plain name under a resolved root is its own real path, inside the root
-    target = target.resolve()
-    if target != base and base not in target.parents:
+    base = _resolved(os.fspath(root))
+    if "/" not in rel and rel not in (".", ".."):
+        target = os.path.join(base, rel)
+        if not os.path.islink(target):
+            return target  # one plain name under a resolved root is its own real path, inside the root
+    resolved = Path(base, rel).resolve()
+    if resolved != Path(base) and Path(base) not in resolved.parents:
         raise StoragePathError(f"hal_storage_path {requested!r} leaves the proplet's HAL storage root")
-    return target
+    return str(resolved)
 
 
 @functools.lru_cache(maxsize=16)
-def _resolved(root: Path) -> Path:
+def _resolved(root: str) -> str:
     """The real path of a HAL root (resolved once per root: this runs for every task)."""
-    return root.resolve()
+    return str(Path(root).resolve())
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,119}")
