@@ -32,6 +32,7 @@ from orchestrator.bench import (
     parse_sample,
     percentile,
     proplet_shares,
+    py_spy_top,
     run_e2e,
 )
 from tests.conftest import free_port
@@ -103,6 +104,23 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
     assert percentile([3.0], 99) == 3.0
     assert math.isnan(percentile([], 50))
+
+
+def test_py_spy_top_shares_are_inclusive_and_name_function_and_file(tmp_path: Path) -> None:
+    raw = tmp_path / "manager.txt"
+    raw.write_text(
+        "main (cli.py:9);run (/x/orchestrator/service.py:5);write (/x/orchestrator/adapters/store.py:7) 3\n"
+        "main (cli.py:9);run (/x/orchestrator/service.py:5) 1\n"
+        "main (cli.py:9);idle 4\n"
+    )
+    lines = py_spy_top(raw).splitlines()
+    assert lines[0] == "8 samples"
+    assert lines[1:4] == [
+        " 100.0%  main (cli.py:9)",
+        "  50.0%  run (orchestrator/service.py:5)",
+        "  50.0%  idle",
+    ]
+    assert lines[4] == "  37.5%  write (adapters/store.py:7)"
 
 
 def test_proplets_are_spread_evenly_over_processes_with_contiguous_ids() -> None:
