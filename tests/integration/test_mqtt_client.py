@@ -21,6 +21,7 @@ from orchestrator.adapters.broker import EmbeddedBroker
 from orchestrator.adapters.mqtt import MqttClient, MqttError, TlsOptions, Will
 from tests.conftest import free_port
 from tests.fixtures.mqtt import eventually
+from tests.support.mqtt_packets import packet, read_packet
 from tests.support.procs import PrivateMosquitto
 
 
@@ -186,26 +187,6 @@ async def test_a_turn_larger_than_the_socket_buffer_arrives_whole_and_in_order(
     assert pub.callback_errors == 0 and sub.callback_errors == 0
 
 
-async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    command = (await reader.readexactly(1))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return command, await reader.readexactly(length)
-
-
-def _packet(command: int, body: bytes) -> bytes:
-    length, size = bytearray(), len(body)
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        length.append(byte | (0x80 if size else 0))
-        if not size:
-            return bytes([command, *length]) + body
-
-
 async def test_packets_cut_anyhow_across_reads_arrive_whole_in_order_and_acknowledged(
     clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,12 +207,12 @@ async def test_packets_cut_anyhow_across_reads_arrive_whole_in_order_and_acknowl
     done = asyncio.Event()
 
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        command, _connect = await _read_packet(reader)
+        command, _connect = await read_packet(reader)
         assert command == 0x10
         writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
         ours = []
         while len(ours) < 5:  # the client's QoS 1 publishes: their ids, to acknowledge
-            command, body = await _read_packet(reader)
+            command, body = await read_packet(reader)
             if command & 0xF0 == 0x30:
                 topic_len = int.from_bytes(body[:2], "big")
                 ours.append(body[2 + topic_len : 4 + topic_len])
@@ -239,9 +220,9 @@ async def test_packets_cut_anyhow_across_reads_arrive_whole_in_order_and_acknowl
         for i, (topic, payload) in enumerate(expected):
             qos = i % 2
             mid = (1000 + i).to_bytes(2, "big") if qos else b""
-            stream += _packet(0x30 | qos << 1, len(topic).to_bytes(2, "big") + topic.encode() + mid + payload)
+            stream += packet(0x30 | qos << 1, len(topic).to_bytes(2, "big") + topic.encode() + mid + payload)
             if i < len(ours):
-                stream += _packet(0x40, ours[i])
+                stream += packet(0x40, ours[i])
         pos = 0
         while pos < len(stream):
             step = rng.choice([1, 1, 2, 3, 7, 100, 3000])
@@ -250,7 +231,7 @@ async def test_packets_cut_anyhow_across_reads_arrive_whole_in_order_and_acknowl
             await writer.drain()
             await asyncio.sleep(0.0005 if step < 10 else 0)  # let small pieces arrive as reads of their own
         while len(acked) < len(expected) // 2:
-            command, body = await _read_packet(reader)
+            command, body = await read_packet(reader)
             if command == 0x40:
                 acked.append(int.from_bytes(body, "big"))
         done.set()

@@ -7,15 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.adapters.mqtt import _frame
-
-
-def packet(command: int, body: bytes) -> bytes:
-    length, size = bytearray(), len(body)
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        length.append(byte | (0x80 if size else 0))
-        if not size:
-            return bytes([command, *length]) + body
+from tests.support.mqtt_packets import packet
 
 
 def test_a_whole_packet_is_framed_with_its_body() -> None:
