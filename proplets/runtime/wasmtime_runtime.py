@@ -91,7 +91,9 @@ class _Watch:
     live_stdout: bool = False
     streamed: list[int] = field(default_factory=lambda: [0, 0])  # stdout, stderr bytes handed over
     streamer: threading.Thread | None = field(default=None, repr=False)
-    stream_done: threading.Event = field(default_factory=threading.Event, repr=False)
+    # Made with the streaming thread: most runs (a plain core module) never stream, and an Event per
+    # run was a visible share of a small task's cost (as CancelToken's was).
+    stream_done: threading.Event | None = field(default=None, repr=False)
 
     def stream(self) -> None:
         """Hand output written since the last call to ``on_output`` (at most ``output_cap`` a stream)."""
@@ -116,9 +118,10 @@ class _Watch:
         a host call (WASI poll_oneoff), and a daemon that prints then sleeps must still be seen."""
         if self.on_output is None or self.streamer is not None:
             return
+        done = self.stream_done = threading.Event()
 
         def loop() -> None:
-            while not self.stream_done.wait(STREAM_INTERVAL_S):
+            while not done.wait(STREAM_INTERVAL_S):
                 self.stream()
 
         self.streamer = threading.Thread(target=loop, name="wasm-output", daemon=True)
@@ -126,7 +129,8 @@ class _Watch:
 
     def finish_streaming(self) -> None:
         """Stop the streaming thread and hand over what is left (idempotent)."""
-        self.stream_done.set()
+        if self.stream_done is not None:
+            self.stream_done.set()
         if self.streamer is not None:
             self.streamer.join()
             self.streamer = None
