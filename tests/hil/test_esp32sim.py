@@ -128,6 +128,10 @@ def test_unplugged_port_fails_and_comes_back_after_replug(sim: tuple[esp32sim.Si
         serial.serial_for_url(url)
     board.replug()
     with serial.serial_for_url(url, timeout=0.05) as again:
+        # Replugging powers the chip on: wait for that boot's prompt first, so the reset below is seen
+        # as its own boot however slowly this test runs (a busy machine could let the power-on boot
+        # land after the reset pulse began and answer the read below with its prompt).
+        assert b"reset=power_on" in read_until(again, b"uart:~$ ")
         again.rts = True
         again.dtr = False
         again.rts = False
