@@ -315,6 +315,24 @@ _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
 _json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
 # One encoder, reused: json.dumps with options builds a new JSONEncoder on every call.
 _json_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def _json_loads(text: str | bytes) -> Any:
+    """``json.loads`` for the JSON columns, with the empty values answered without the parser: a task
+    row has 11 JSON columns and most of them hold one of these, so a listing (a workflow of 10,000
+    tasks, a restore) spent about half of its reading time in ``json.loads`` (docs/benchmarks.md).
+    A list or dict is a new one each time: a task read back may be changed by its reader."""
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    if text == "null":
+        return None
+    if text == '""':
+        return ""
+    return json.loads(text)
+
+
 # JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper
 # value could be written but not read back (a store that cannot be loaded at restart).
 MAX_JSON_DEPTH = 100
@@ -1538,7 +1556,7 @@ def _sqlite_writer(url: URL) -> sa.Engine:
     engine = sa.create_engine(
         url.set(drivername="sqlite+pysqlite"),
         json_serializer=_serialize,
-        json_deserializer=json.loads,
+        json_deserializer=_json_loads,
         poolclass=sa.pool.StaticPool,
         connect_args={"check_same_thread": False},
     )
@@ -1774,7 +1792,7 @@ def _resolve_url(raw: str) -> URL:
 
 
 def _create_engine(url: URL, shown: str, schema: str | None) -> AsyncEngine:
-    common: dict[str, Any] = {"json_serializer": _serialize, "json_deserializer": json.loads}
+    common: dict[str, Any] = {"json_serializer": _serialize, "json_deserializer": _json_loads}
     if url.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {"connect_timeout": 10}
         if schema is not None:
