@@ -321,16 +321,20 @@ def _json_loads(text: str | bytes) -> Any:
     """``json.loads`` for the JSON columns, with the empty values answered without the parser: a task
     row has 11 JSON columns and most of them hold one of these, so a listing (a workflow of 10,000
     tasks, a restore) spent about half of its reading time in ``json.loads`` (docs/benchmarks.md).
-    A list or dict is a new one each time: a task read back may be changed by its reader."""
-    if text == "[]":
-        return []
-    if text == "{}":
-        return {}
-    if text == "null":
-        return None
-    if text == '""':
-        return ""
+    SQLite hands over text, psycopg bytes. A list or dict is a new one each time: a task read back
+    may be changed by its reader."""
+    if len(text) <= 4:
+        make = _EMPTY_JSON_READS.get(text)
+        if make is not None:
+            return make()
     return json.loads(text)
+
+
+_EMPTY_JSON_READS: dict[str | bytes, Callable[[], Any]] = {
+    form: make
+    for text, make in (("[]", list), ("{}", dict), ("null", type(None)), ('""', str))
+    for form in (text, text.encode())
+}
 
 
 # JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,11 +26,13 @@ def test_reads_what_json_loads_reads(value: Any) -> None:
         assert _json_loads(text.encode()) == json.loads(text)
 
 
-def test_empty_containers_are_new_each_time() -> None:
-    first, second = _json_loads("[]"), _json_loads("[]")
+@pytest.mark.parametrize("form", [str, str.encode], ids=["sqlite-text", "psycopg-bytes"])
+def test_empty_containers_are_new_each_time(form: Any) -> None:
+    first, second = _json_loads(form("[]")), _json_loads(form("[]"))
     first.append(1)
-    assert second == [] and _json_loads("[]") == []
-    a, b = _json_loads("{}"), _json_loads("{}")
+    assert second == [] and _json_loads(form("[]")) == []
+    a, b = _json_loads(form("{}")), _json_loads(form("{}"))
     a["k"] = 1
-    assert b == {} and _json_loads("{}") == {}
-    assert _json_loads("null") is None and _json_loads('""') == ""
+    assert b == {} and _json_loads(form("{}")) == {}
+    assert _json_loads(form("null")) is None and _json_loads(form('""')) == ""
+    assert _json_loads(form("1")) == 1 and _json_loads(form("true")) is True
