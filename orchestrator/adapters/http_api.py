@@ -225,10 +225,11 @@ class _PlainJsonRoute(APIRoute):
 
     FastAPI first passes a returned value through ``jsonable_encoder``, which visits every value in
     Python to convert types our views never produce: 6.5 ms for a page of 100 tasks against 0.7 ms
-    for rendering it, and about 0.7 s of the event loop for a workflow of 10,000 tasks (docs/
-    benchmarks.md). Only routes documented with ``response_model=None`` (every route of ours: see
-    ``described``) and written as coroutines are changed; a ``Response`` an endpoint returns passes
-    through, and a value JSON cannot hold is still a 500, as before (the renderer refuses it).
+    for rendering it (docs/benchmarks.md), so at that rate ~0.65 s of the event loop for the largest
+    workflow read (``MAX_WORKFLOW_TASKS``). Only routes documented with ``response_model=None`` (every
+    route of ours: see ``described``) and written as coroutines are changed; a ``Response`` an
+    endpoint returns passes through, and a value JSON cannot hold is still a 500, as before (the
+    renderer refuses it).
     """
 
     def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:

@@ -316,27 +316,6 @@ _json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":
 # One encoder, reused: json.dumps with options builds a new JSONEncoder on every call.
 _json_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
-
-def _json_loads(text: str | bytes) -> Any:
-    """``json.loads`` for the JSON columns, with the empty values answered without the parser: a task
-    row has 11 JSON columns and most of them hold one of these, so a listing (a workflow of 10,000
-    tasks, a restore) spent about half of its reading time in ``json.loads`` (docs/benchmarks.md).
-    SQLite hands over text, psycopg bytes. A list or dict is a new one each time: a task read back
-    may be changed by its reader."""
-    if len(text) <= 4:
-        make = _EMPTY_JSON_READS.get(text)
-        if make is not None:
-            return make()
-    return json.loads(text)
-
-
-_EMPTY_JSON_READS: dict[str | bytes, Callable[[], Any]] = {
-    form: make
-    for text, make in (("[]", list), ("{}", dict), ("null", type(None)), ('""', str))
-    for form in (text, text.encode())
-}
-
-
 # JSON nested deeper than this is refused: Python's json needs a stack frame per level, so a deeper
 # value could be written but not read back (a store that cannot be loaded at restart).
 MAX_JSON_DEPTH = 100
@@ -365,7 +344,26 @@ def _serialize(value: Any) -> str:
     return value if type(value) is RawJson else _json_dumps(value)
 
 
-_EMPTY_JSON: dict[type, RawJson] = {list: RawJson("[]"), dict: RawJson("{}"), type(None): RawJson("null")}
+# The empty JSON values, which most JSON columns hold, both ways: written without the encoder
+# (check_json) and read without the parser (_json_loads).
+_EMPTY_JSON: dict[type, RawJson] = {
+    list: RawJson("[]"), dict: RawJson("{}"), type(None): RawJson("null"), str: RawJson('""')
+}  # fmt: skip
+_EMPTY_JSON_READS: dict[str | bytes, type] = {
+    form: kind for kind, text in _EMPTY_JSON.items() for form in (str(text), text.encode())
+}
+
+
+def _json_loads(text: str | bytes | bytearray) -> Any:
+    """``json.loads`` for the JSON columns, with the empty values answered without the parser: a task
+    row has 11 JSON columns, mostly empty, and parsing them was half the store's time in reading a
+    2,000-task workflow (docs/benchmarks.md). SQLite hands over text, psycopg bytes. A list or dict
+    is a new one each time: a task read back may be changed by its reader."""
+    if len(text) <= 4 and not isinstance(text, bytearray):  # a bytearray cannot be a dict key
+        kind = _EMPTY_JSON_READS.get(text)
+        if kind is not None:
+            return kind()
+    return json.loads(text)
 
 
 class Unstorable(ValueError):
@@ -1392,7 +1390,7 @@ def _check_for(column: sa.Column[Any], name: str) -> Callable[[Any, str], Any]:
     if isinstance(kind, sa.JSON):
 
         def check_json(value: Any, owner: str) -> Any:
-            if not value and type(value) in _EMPTY_JSON:  # most list/dict fields are empty
+            if not value and type(value) in _EMPTY_JSON:  # most JSON fields are empty
                 return _EMPTY_JSON[type(value)]
             try:
                 text = _json_encode(value)

@@ -38,18 +38,16 @@ def _app() -> FastAPI:
 async def test_a_json_value_is_rendered_with_the_route_status_and_parameters() -> None:
     transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        await _check(client)
-
-
-async def _check(client: httpx.AsyncClient) -> None:
-    response = await client.post("/things/a%20b", params={"q": "x"})
+        response = await client.post("/things/a%20b", params={"q": "x"})
+        text = await client.get("/text")
+        sync = await client.get("/sync")
+        nan = await client.get("/nan")
     assert response.status_code == 201
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"id": "a b", "q": "x", "nested": {"list": [1, 2.5, None]}}
-    text = await client.get("/text")
     assert (text.status_code, text.text) == (202, "plain")
-    assert (await client.get("/sync")).json() == {"sync": True}
-    assert (await client.get("/nan")).status_code == 500  # JSON cannot hold NaN: refused, not sent as text
+    assert sync.json() == {"sync": True}
+    assert nan.status_code == 500  # JSON cannot hold NaN: refused, not sent as text
 
 
 def test_every_api_route_with_a_json_body_takes_the_direct_path() -> None:

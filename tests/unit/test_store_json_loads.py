@@ -24,9 +24,14 @@ def test_reads_what_json_loads_reads(value: Any) -> None:
     for text in (json.dumps(value), json.dumps(value, separators=(",", ":"))):
         assert _json_loads(text) == json.loads(text)
         assert _json_loads(text.encode()) == json.loads(text)
+        assert _json_loads(bytearray(text.encode())) == json.loads(text)
 
 
-@pytest.mark.parametrize("form", [str, str.encode], ids=["sqlite-text", "psycopg-bytes"])
+@pytest.mark.parametrize(
+    "form",
+    [str, str.encode, lambda text: bytearray(text.encode())],
+    ids=["sqlite-text", "psycopg-bytes", "bytearray"],
+)
 def test_empty_containers_are_new_each_time(form: Any) -> None:
     first, second = _json_loads(form("[]")), _json_loads(form("[]"))
     first.append(1)
