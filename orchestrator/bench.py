@@ -1130,13 +1130,14 @@ def cmd_proplets(args: argparse.Namespace) -> int:
             args.broker, args.count, args.prefix, args.domain, args.channel, args.heartbeat_interval, tmp,
             args.first,
         )  # fmt: skip
+        settle_heap()  # as `propeller proplet` does once started
         print(f"propeller bench proplets: {len(agents)} proplets running", flush=True)
         try:
             await done.wait()
         finally:
             await stop_proplets(agents)
 
-    from orchestrator.cli import run_loop
+    from orchestrator.cli import run_loop, settle_heap
 
     try:
         run_loop(main())
