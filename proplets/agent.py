@@ -264,6 +264,7 @@ class PropletAgent:
         self._fetch_limits = FetchLimits(egress=egress.EgressPolicy(settings.fetch_allow))
         self._jobs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._timer_due = 0.0  # when _timer_loop looks at the engine's deadlines next, unless woken
         self._timer: asyncio.Task[None] | None = None
         self._connects = 0
         self._sampler: ProcessSampler | None = None
@@ -373,7 +374,9 @@ class PropletAgent:
     async def _timer_loop(self) -> None:
         while True:
             deadline = self.engine.next_deadline()
-            delay = 0.5 if deadline is None else max(0.0, deadline - self._clock())
+            now = self._clock()
+            delay = 0.5 if deadline is None else max(0.0, deadline - now)
+            self._timer_due = now + min(delay, 0.5)
             self._wake.clear()
             await wait_event(self._wake, min(delay, 0.5))
             self.engine.on_timer(self._clock())
@@ -382,7 +385,12 @@ class PropletAgent:
     def _execute(self) -> None:
         while commands := self.engine.take_commands():
             self._execute_batch(commands)
-        self._wake.set()
+        # Wake the timer loop only for a deadline sooner than it will look anyway: a task's start and
+        # end leave the heartbeat and metrics times as they were, and waking it for each message cost
+        # ~5 % of a proplet's CPU per task.
+        due = self.engine.next_deadline()
+        if due is not None and due < self._timer_due:
+            self._wake.set()
 
     def _execute_batch(self, commands: list[Any]) -> None:
         for command in commands:
@@ -416,7 +424,6 @@ class PropletAgent:
                         default=str,
                     )
                 )
-        self._wake.set()
 
     def _collect_metrics(self) -> None:
         # psutil reads a few /proc files: well under a millisecond, so it runs inline on the loop.

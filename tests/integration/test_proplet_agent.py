@@ -153,6 +153,33 @@ async def test_heartbeats_keep_flowing_while_a_module_spins(
     assert len(during) >= 5  # ten are due in 2 s; the GIL-free wasm thread must not starve the loop
 
 
+async def test_tasks_do_not_wake_the_timer_loop_a_sooner_heartbeat_does(
+    broker: EmbeddedBroker, observer: Observer, agents: list[PropletAgent]
+) -> None:
+    """A task's start and end leave the heartbeat time as it was, so they do not wake the timer loop
+    (that cost ~5 % of a proplet's CPU per task); a deadline sooner than the loop's next look does."""
+    agent = await started(agents, settings(broker.url, heartbeat_interval=30.0))
+    await eventually(lambda: len(observer.on(observer.topics.create)) == 1, 10)
+    wakes = 0
+    wake = agent._wake.set
+
+    def counted() -> None:
+        nonlocal wakes
+        wakes += 1
+        wake()
+
+    agent._wake.set = counted  # type: ignore[method-assign]
+    for i in range(20):
+        observer.send_start(f"t{i}", "add", [str(i), "1"])
+    await eventually(lambda: all(observer.results(f"t{i}") for i in range(20)), 10)
+    assert wakes == 0
+    beats = len(observer.on(observer.topics.alive))
+    agent.engine.resume_heartbeats(0.0)  # due now
+    agent._execute()
+    assert wakes == 1
+    await eventually(lambda: len(observer.on(observer.topics.alive)) > beats, 10)
+
+
 async def test_stop_interrupts_an_infinite_loop_and_the_result_says_stopped(
     broker: EmbeddedBroker, observer: Observer, agents: list[PropletAgent]
 ) -> None:
