@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.routing import request_response as starlette_request_response
 
 from orchestrator.adapters import api_models as m
 from orchestrator.adapters import dashboard
@@ -230,12 +231,33 @@ class _PlainJsonRoute(APIRoute):
     route of ours: see ``described``) and written as coroutines are changed; a ``Response`` an
     endpoint returns passes through, and a value JSON cannot hold is still a 500, as before (the
     renderer refuses it).
+
+    A coroutine endpoint that takes the request and nothing else (``POST /tasks``, ``POST
+    /tasks/batch``, the listings: they read their own body and query) has nothing for FastAPI's
+    request handler to solve, so Starlette's serves it: the same request, the same exception handlers
+    (EngineError, HTTPException, StoreError), without solving an empty dependency set, two exit stacks
+    and FastAPI's per-operation telemetry. That was ~30 µs of the ~95 µs the framework added to each
+    ``POST /tasks`` (docs/benchmarks.md, session 12). The route's matching and its OpenAPI entry
+    are FastAPI's as before.
     """
 
     def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
         if kwargs.get("response_model", ...) is None and inspect.iscoroutinefunction(endpoint):
             endpoint = _rendered(endpoint, kwargs.get("status_code") or 200)
         super().__init__(path, endpoint, **kwargs)
+        if _takes_only_the_request(self):
+            self.app = starlette_request_response(self.endpoint)
+
+
+def _takes_only_the_request(route: APIRoute) -> bool:
+    d = route.dependant
+    return (
+        inspect.iscoroutinefunction(route.endpoint)
+        and d.request_param_name is not None
+        and len(inspect.signature(route.endpoint).parameters) == 1
+        and not (d.dependencies or d.path_params or d.query_params or d.header_params)
+        and not (d.cookie_params or d.body_params)
+    )
 
 
 def _rendered(endpoint: Any, status_code: int) -> Any:
@@ -390,6 +412,10 @@ def create_app(manager: ManagerService) -> FastAPI:
         description="WebAssembly orchestrator API",
         docs_url=None,  # served offline by the dashboard module (vendored Swagger UI and ReDoc)
         redoc_url=None,
+        # FastAPI's own OpenTelemetry: HTTP server spans with --otel (which installs the tracer
+        # provider); never its metrics or logs (we install no provider for them). Off, its check of
+        # the global providers on every request cost ~10 µs.
+        telemetry={"tracing": manager.settings.otel, "metrics": False, "logs": False},
     )
     app.router.route_class = _PlainJsonRoute
     instance_id = str(uuid.uuid4())
