@@ -242,18 +242,18 @@ class _PlainJsonRoute(APIRoute):
     """
 
     def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
-        if kwargs.get("response_model", ...) is None and inspect.iscoroutinefunction(endpoint):
+        rendered = kwargs.get("response_model", ...) is None and inspect.iscoroutinefunction(endpoint)
+        if rendered:
             endpoint = _rendered(endpoint, kwargs.get("status_code") or 200)
         super().__init__(path, endpoint, **kwargs)
-        if _takes_only_the_request(self):
+        if rendered and _takes_only_the_request(self):  # it returns a Response (Starlette's needs one)
             self.app = starlette_request_response(self.endpoint)
 
 
 def _takes_only_the_request(route: APIRoute) -> bool:
     d = route.dependant
     return (
-        inspect.iscoroutinefunction(route.endpoint)
-        and d.request_param_name is not None
+        d.request_param_name is not None
         and len(inspect.signature(route.endpoint).parameters) == 1
         and not (d.dependencies or d.path_params or d.query_params or d.header_params)
         and not (d.cookie_params or d.body_params)

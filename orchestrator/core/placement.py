@@ -113,12 +113,6 @@ class RoundRobin(_Policy):
                 return Choice(proplet)
         return Choice(None, eligible(task, candidates, reserved)[1])
 
-    def pick(self, ok: list[Proplet], reserved: Mapping[str, int]) -> Proplet:
-        ordered = sorted(ok, key=lambda p: p.id)
-        chosen = next((p for p in ordered if p.id > self._last), ordered[0])
-        self._last = chosen.id
-        return chosen
-
 
 class LeastLoaded(_Policy):
     """Fewest running tasks first; ties broken by id."""

@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from orchestrator.adapters import http_api
 from orchestrator.core.errors import EngineError, ValidationError
@@ -130,3 +131,22 @@ async def test_an_endpoint_taking_only_the_request_answers_as_through_fastapis_h
     assert [status for status, _, _ in answers[1][0]] == [201, 400, 200, 400, 405, 405]
     assert json.loads(answers[1][0][1][2]) == {"error": "name is required", "field": "name"}
     assert solves[0] >= 4 and solves[1] == 0  # FastAPI's handler solved each call; the lean one none
+
+
+async def test_a_request_only_endpoint_with_a_response_model_keeps_fastapis_handler() -> None:
+    """FastAPI turns such an endpoint's value into its model's JSON; Starlette's handler could not."""
+
+    class Thing(BaseModel):
+        name: str
+
+    app = FastAPI()
+    app.router.route_class = http_api._PlainJsonRoute
+
+    @app.get("/thing", response_model=Thing)
+    async def thing(request: Request) -> Any:
+        return {"name": request.query_params["name"], "dropped": True}
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        response = await client.get("/thing", params={"name": "a"})
+    assert (response.status_code, response.json()) == (200, {"name": "a"})
