@@ -331,10 +331,16 @@ class ManagerService:
 
     @property
     def role(self) -> str:
+        """leader | standby | starting | deposed (docs/ha.md). ``starting``: leads and still restores,
+        or has not read the lease yet (a standby names the leader it waits for)."""
         if self.lease is None:
             return "leader"
         role = self.lease.core.role.value
-        return "starting" if role == "leader" and not self.serving else role
+        if role == "leader" and not self.serving:
+            return "starting"
+        if role == "standby" and self.lease.leader_seen is None:
+            return "starting"
+        return role
 
     def _tls(self) -> TlsOptions | None:
         s = self.settings
