@@ -1120,27 +1120,24 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_proplets(args: argparse.Namespace) -> int:
-    async def main() -> None:
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, done.set)
-        tmp = Path(args.cache_dir or tempfile.mkdtemp(prefix="propeller-bench-cache-"))
-        agents = await start_proplets(
-            args.broker, args.count, args.prefix, args.domain, args.channel, args.heartbeat_interval, tmp,
-            args.first,
-        )  # fmt: skip
-        settle_heap()  # as `propeller proplet` does once started
-        print(f"propeller bench proplets: {len(agents)} proplets running", flush=True)
-        try:
-            await done.wait()
-        finally:
-            await stop_proplets(agents)
+    from orchestrator.cli import run_loop, serve_until_signal
 
-    from orchestrator.cli import run_loop, settle_heap
+    tmp = Path(args.cache_dir or tempfile.mkdtemp(prefix="propeller-bench-cache-"))
+    agents: list[Any] = []
+
+    async def start() -> None:
+        a = args
+        started = await start_proplets(
+            a.broker, a.count, a.prefix, a.domain, a.channel, a.heartbeat_interval, tmp, a.first
+        )
+        agents.extend(started)
+        print(f"propeller bench proplets: {len(agents)} proplets running", flush=True)
+
+    async def stop() -> None:
+        await stop_proplets(agents)
 
     try:
-        run_loop(main())
+        run_loop(serve_until_signal(start, stop))  # as `propeller proplet` runs (and settles its heap)
     except Exception as err:
         print(f"propeller bench proplets: {err}", file=sys.stderr)
         return 1

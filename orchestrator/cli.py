@@ -69,7 +69,7 @@ def settle_heap() -> None:
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
-async def _serve_until_signal(
+async def serve_until_signal(
     start: Callable[[], Any], stop: Callable[[], Any], done: asyncio.Event | None = None
 ) -> None:
     """Run ``start``, serve until SIGINT/SIGTERM (or ``done`` is set), then ``stop``; a signal during
@@ -146,7 +146,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         print(f"propeller manager: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        run_loop(_serve_until_signal(service.start, service.stop, service.finished), args.loop)
+        run_loop(serve_until_signal(service.start, service.stop, service.finished), args.loop)
     except (OSError, ValueError) as err:
         print(f"propeller manager: {err}", file=sys.stderr)
         return 1
@@ -196,7 +196,7 @@ def cmd_proplet(args: argparse.Namespace) -> int:
         from proplets.agent import PropletAgent
 
         agent = PropletAgent(settings)
-        await _serve_until_signal(agent.start, agent.stop)
+        await serve_until_signal(agent.start, agent.stop)
 
     try:
         run_loop(main())
@@ -315,7 +315,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
             await store.close()
 
     try:
-        asyncio.run(_serve_until_signal(start, stop))
+        asyncio.run(serve_until_signal(start, stop))
     except BrokerStartError as err:
         print(f"propeller broker: {err}", file=sys.stderr)
         return 1

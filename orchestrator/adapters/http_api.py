@@ -251,12 +251,12 @@ class _PlainJsonRoute(APIRoute):
 
 
 def _takes_only_the_request(route: APIRoute) -> bool:
+    """One parameter, the request, and no dependencies (the route's or its router's)."""
     d = route.dependant
     return (
         d.request_param_name is not None
         and len(inspect.signature(route.endpoint).parameters) == 1
-        and not (d.dependencies or d.path_params or d.query_params or d.header_params)
-        and not (d.cookie_params or d.body_params)
+        and not d.dependencies
     )
 
 

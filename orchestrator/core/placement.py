@@ -106,7 +106,7 @@ class RoundRobin(_Policy):
         chosen one, not for all of them (the same choice as filtering first; at 50 proplets filtering
         all was ~5 % of the manager's CPU per task, and it grows with the fleet)."""
         ordered = sorted(candidates, key=_by_id)
-        first = bisect.bisect_right([p.id for p in ordered], self._last)
+        first = bisect.bisect_right(ordered, self._last, key=_by_id)
         for proplet in itertools.chain(ordered[first:], ordered[:first]):
             if not fits(task, proplet, reserved):
                 self._last = proplet.id

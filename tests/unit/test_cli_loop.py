@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import GC_YOUNG_THRESHOLD, _serve_until_signal, run_loop
+from orchestrator.cli import GC_YOUNG_THRESHOLD, run_loop, serve_until_signal
 
 
 async def _loop_module() -> str:
@@ -60,7 +60,7 @@ def test_a_started_service_leaves_its_start_up_objects_out_of_collections(gc_res
         seen["serving"] = (gc.get_freeze_count(), gc.get_threshold()[0])
         seen["tracked"] = any(o is seen["app"] for o in gc.get_objects())
 
-    asyncio.run(_serve_until_signal(start, stop, done))
+    asyncio.run(serve_until_signal(start, stop, done))
     assert seen["before"][0] == 0
     frozen, young = seen["serving"]
     assert frozen >= 1000 and young >= GC_YOUNG_THRESHOLD
@@ -75,5 +75,5 @@ def test_a_service_that_fails_to_start_does_not_settle(gc_restored: None) -> Non
         pass
 
     with pytest.raises(RuntimeError, match="store is away"):
-        asyncio.run(_serve_until_signal(start, stop, asyncio.Event()))
+        asyncio.run(serve_until_signal(start, stop, asyncio.Event()))
     assert gc.get_freeze_count() == 0

@@ -10,7 +10,7 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -150,3 +150,22 @@ async def test_a_request_only_endpoint_with_a_response_model_keeps_fastapis_hand
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         response = await client.get("/thing", params={"name": "a"})
     assert (response.status_code, response.json()) == (200, {"name": "a"})
+
+
+async def test_a_request_only_endpoint_with_a_dependency_keeps_fastapis_handler() -> None:
+    """A route (or router) dependency must still run: such a route is not handed to Starlette."""
+
+    async def deny() -> None:
+        raise HTTPException(403, "no")
+
+    app = FastAPI()
+    app.router.route_class = http_api._PlainJsonRoute
+
+    @app.get("/guarded", response_model=None, dependencies=[Depends(deny)])
+    async def guarded(request: Request) -> dict[str, Any]:
+        return {"reached": True}
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        response = await client.get("/guarded")
+    assert response.status_code == 403
