@@ -973,8 +973,8 @@ def _conditions() -> dict[str, Any]:
 def celery_table(results: Iterable[E2EResult], celery: dict[int, list[Any]]) -> str:
     """Celery + Redis beside propeller, per worker count (and round): tasks/s, CPU per task, the ratio."""
     head = (
-        "workers  round  celery tasks/s  p50ms  worker-cpu/task-ms  redis-cpu/task-ms  client-cpu/task-ms"
-        "  | propeller (broker) tasks/s  mgr-cpu/task-ms  ratio"
+        "workers  round  celery tasks/s  p50ms  p99ms   maxms  worker-cpu/task-ms  redis-cpu/task-ms"
+        "  client-cpu/task-ms  | propeller (broker) tasks/s  mgr-cpu/task-ms  ratio"
     )
     rows = [head, "-" * len(head)]
     for r in results:
@@ -986,6 +986,7 @@ def celery_table(results: Iterable[E2EResult], celery: dict[int, list[Any]]) -> 
         mgr = 1000 * r.manager_cpu_s / r.completed if r.completed else float("nan")
         rows.append(
             f"{c.workers:>7} {r.round + 1:>6} {c.tasks_per_s:>15.1f} {_ms(percentile(c.latencies_s, 50)):>6}"
+            f" {_ms(percentile(c.latencies_s, 99)):>6} {_ms(max(c.latencies_s, default=float('nan'))):>7}"
             f" {c.worker_cpu_s * per:>19.2f} {redis:>18} {c.client_cpu_s * per:>19.2f}"
             f"  | {r.tasks_per_s:>13.1f} ({r.broker:<9}) {mgr:>16.2f} {r.tasks_per_s / c.tasks_per_s:>5.2f}x"
         )
@@ -1000,7 +1001,14 @@ def _paired(r: E2EResult, celery: dict[int, list[Any]]) -> Any:
 
 
 def _celery_summary(c: Any) -> dict[str, Any]:
-    return {**{k: v for k, v in asdict(c).items() if k != "latencies_s"}, "tasks_per_s": c.tasks_per_s}
+    lat = c.latencies_s
+    return {
+        **{k: v for k, v in asdict(c).items() if k != "latencies_s"},
+        "tasks_per_s": c.tasks_per_s,
+        "p50_s": percentile(lat, 50) if lat else None,
+        "p99_s": percentile(lat, 99) if lat else None,
+        "max_s": max(lat, default=None),
+    }
 
 
 def rounds_table(results: Sequence[E2EResult], celery: dict[int, list[Any]]) -> str:
@@ -1159,7 +1167,11 @@ def add_bench_subcommands(sub: argparse._SubParsersAction) -> None:
         " it can see); private: one started for the run on an ephemeral port with the recommended"
         " configuration (set_tcp_nodelay true)",
     )  # fmt: skip
-    e.add_argument("--tasks", type=_positive, default=500, help="tasks per measurement")
+    e.add_argument(
+        "--tasks", type=_positive, default=5000,
+        help="tasks per measurement (default 5000: long enough to hold each side's periodic pauses, e.g."
+        " Celery's result waits of up to ~1 s a few times per 5,000 tasks; see docs/benchmarks.md)",
+    )  # fmt: skip
     e.add_argument("--concurrency", type=_positive, default=16, help="tasks in flight at once")
     e.add_argument(
         "--layout",

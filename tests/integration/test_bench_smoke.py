@@ -54,8 +54,11 @@ def test_bench_e2e_batch_submit_beside_celery(tmp_path: Path) -> None:
     assert e2e["manager_cpu_per_task_ms"] > 0
     why_not = available()
     if why_not is None:
-        assert "celery tasks/s" in run.stdout and "ratio" in run.stdout
-        assert data["celery"]["1"]["completed"] == 40 and data["celery"]["1"]["errors"] == 0
+        assert "celery tasks/s" in run.stdout and "ratio" in run.stdout and "maxms" in run.stdout
+        celery = data["celery"]["1"]
+        assert celery["completed"] == 40 and celery["errors"] == 0
+        # Celery's pauses show in its latency tail as ours do in e2e's (docs/benchmarks.md)
+        assert 0 < celery["p50_s"] <= celery["p99_s"] <= celery["max_s"]
     else:
         assert f"Celery + Redis comparison: {why_not}" in run.stdout
 
