@@ -142,6 +142,12 @@ class E2EResult:
     manager_cpu_s: float = 0.0
     proplets_cpu_s: float = 0.0  # all proplet processes (split layout)
     client_cpu_s: float = 0.0
+    # Mosquitto's process, when this machine shows it (the embedded broker is in the manager's CPU);
+    # a shared Mosquitto's includes whatever else it carried meanwhile, as a shared Redis's does.
+    broker_cpu_s: float | None = None
+    # Every process of the run, each counted once: manager (with the embedded broker), proplets, the
+    # load client, Mosquitto when seen; what Celery's all-cpu (worker pool, Redis, client) compares to.
+    system_cpu_s: float = 0.0
     proplet_procs: int = 1
     broker_rtt: RoundTrip | None = None
     error_samples: list[str] = field(default_factory=list)
@@ -159,6 +165,9 @@ class E2EResult:
             manager_cpu_per_task_ms=round(1000 * self.manager_cpu_s / self.completed, 3)
             if self.completed
             else None,
+            system_cpu_per_task_ms=round(1000 * self.system_cpu_s / self.completed, 3)
+            if self.completed
+            else None,
             p50_s=percentile(lat, 50),
             p90_s=percentile(lat, 90),
             p99_s=percentile(lat, 99),
@@ -173,7 +182,7 @@ def e2e_table(results: Iterable[E2EResult]) -> str:
     head = (
         "broker     proplets  tasks  conc  tasks/s   p50ms   p90ms   p99ms   maxms  errors"
         "  mgr-p50<=  mgr-p99<=  mgr-cpu/task-ms  proplet-procs  proplets-cpu/task-ms  client-cpu/task-ms"
-        "  qos1-rtt msg/s  rtt-p50ms"
+        "  broker-cpu/task-ms  all-cpu/task-ms  qos1-rtt msg/s  rtt-p50ms"
     )
     rows = [head, "-" * len(head)]
     for r in results:
@@ -182,11 +191,14 @@ def e2e_table(results: Iterable[E2EResult]) -> str:
         per_task = r.manager_cpu_s / r.completed if r.completed else float("nan")
         proplets_cpu = r.proplets_cpu_s / r.completed if r.completed else float("nan")
         client_cpu = r.client_cpu_s / r.completed if r.completed else float("nan")
+        broker_cpu = "-" if r.broker_cpu_s is None or not r.completed else _ms(r.broker_cpu_s / r.completed)
+        all_cpu = r.system_cpu_s / r.completed if r.completed else float("nan")
         rows.append(
             f"{r.broker:<10} {r.proplets:>8} {r.tasks:>6} {r.concurrency:>5} {r.tasks_per_s:>8.1f}"
             f" {_ms(s['p50_s']):>7} {_ms(s['p90_s']):>7} {_ms(s['p99_s']):>7} {_ms(s['max_s']):>7}"
             f" {r.errors:>7} {_ms(r.manager_p50_le_s):>10} {_ms(r.manager_p99_le_s):>10}"
             f" {_ms(per_task):>16} {r.proplet_procs:>14} {_ms(proplets_cpu):>21} {_ms(client_cpu):>19}"
+            f" {broker_cpu:>19} {_ms(all_cpu):>16}"
             f" {rtt.rate if rtt else 0:>15.0f} {_ms(rtt.p50_s) if rtt else '-':>10}"
         )
     return "\n".join(rows)
@@ -272,6 +284,7 @@ class Cluster:
     manager_pid: int
     proplets_pids: tuple[int, ...]  # the process(es) running the proplets
     broker_config: str = ""  # which broker configuration the run used (describe_mosquitto)
+    broker_pid: int | None = None  # Mosquitto's process, when this machine shows it
 
 
 @contextlib.asynccontextmanager
@@ -376,7 +389,11 @@ async def cluster(
             return sum(1 for p in page["proplets"] if p["alive"] and p["id"].startswith(prefix)) >= proplets
 
         await _until(all_alive, 30 + proplets * 0.5, f"{proplets} proplets to be alive", *guards)
-        yield Cluster(api, client_broker, domain, channel, manager_pid, proplets_pids, broker_config)
+        seen = _mosquitto_at(client_broker) if broker == "mosquitto" else None
+        yield Cluster(
+            api, client_broker, domain, channel, manager_pid, proplets_pids, broker_config,
+            seen[0] if seen else None,
+        )  # fmt: skip
 
 
 # The Mosquitto settings that change these figures, with Mosquitto 2.0's defaults.
@@ -387,9 +404,9 @@ MOSQUITTO_SETTINGS = {
 }
 
 
-def describe_mosquitto(url: str) -> str:
-    """Which configuration the Mosquitto serving ``url`` runs with, as far as this machine shows it:
-    the process listening there, its ``-c`` file and that file's ``MOSQUITTO_SETTINGS``."""
+def _mosquitto_at(url: str) -> tuple[int, Path, list[list[str]]] | None:
+    """(pid, config file, its lines split into words) of the Mosquitto listening at ``url``'s port,
+    found by the ``listener`` lines of each running Mosquitto's ``-c`` file; None when not visible."""
     import psutil
 
     port = url.rsplit(":", 1)[-1].strip("/")
@@ -403,12 +420,22 @@ def describe_mosquitto(url: str) -> str:
         except (OSError, psutil.Error):
             continue
         if any(words[:2] == ["listener", port] for words in lines):
-            said = []
-            for name, default in MOSQUITTO_SETTINGS.items():
-                value = next((w[1] for w in lines if len(w) > 1 and w[0] == name), None)
-                said.append(f"{name} {value}" if value else f"{name} {default} (default)")
-            return f"mosquitto at {url}, pid {proc.pid}, {conf}: {', '.join(said)}"
-    return f"mosquitto at {url}: configuration not visible from here (set_tcp_nodelay unknown)"
+            return int(proc.pid), conf, lines
+    return None
+
+
+def describe_mosquitto(url: str) -> str:
+    """Which configuration the Mosquitto serving ``url`` runs with, as far as this machine shows it:
+    the process listening there, its ``-c`` file and that file's ``MOSQUITTO_SETTINGS``."""
+    found = _mosquitto_at(url)
+    if found is None:
+        return f"mosquitto at {url}: configuration not visible from here (set_tcp_nodelay unknown)"
+    pid, conf, lines = found
+    said = []
+    for name, default in MOSQUITTO_SETTINGS.items():
+        value = next((w[1] for w in lines if len(w) > 1 and w[0] == name), None)
+        said.append(f"{name} {value}" if value else f"{name} {default} (default)")
+    return f"mosquitto at {url}, pid {pid}, {conf}: {', '.join(said)}"
 
 
 def proplet_shares(proplets: int, procs: int) -> list[tuple[int, int]]:
@@ -727,17 +754,20 @@ async def run_e2e(
                 topic = f"bench-rtt/{c.domain}/echo"
                 result.broker_rtt = await broker_roundtrip(c.broker_url, topic, rtt_messages)
             before = (await c.api.get("/metrics")).text
-            pids = (c.manager_pid, os.getpid(), *c.proplets_pids)
+            # every process of the run once (in-process: the manager, client and proplets are one)
+            pids = [*dict.fromkeys((c.manager_pid, os.getpid(), *c.proplets_pids))]
+            if c.broker_pid is not None:
+                pids.append(c.broker_pid)
             spies = []
             if py_spy:  # the manager, and the proplets' process(es) when they are separate ones
                 spies.append(_start_py_spy(c.manager_pid, py_spy))
                 for k, pid in enumerate(p for p in c.proplets_pids if p != c.manager_pid):
                     spies.append(_start_py_spy(pid, py_spy.replace("manager-", f"proplets{k}-")))
-            cpu0 = [cpu_seconds(p) for p in pids]
-            cpu1: list[float] = []
+            cpu0 = {p: cpu_seconds(p) for p in pids}
+            cpu1: dict[int, float] = {}
 
             def settled() -> None:
-                cpu1.extend(cpu_seconds(p) for p in pids)
+                cpu1.update((p, cpu_seconds(p)) for p in pids)
                 for spy in spies:
                     _stop_py_spy(spy)
 
@@ -750,9 +780,13 @@ async def run_e2e(
     h0, h1 = parse_histogram(before, name), parse_histogram(after, name)
     result.manager_p50_le_s = histogram_quantile(h0, h1, 0.5)
     result.manager_p99_le_s = histogram_quantile(h0, h1, 0.99)
-    result.manager_cpu_s = cpu1[0] - cpu0[0]
-    result.client_cpu_s = cpu1[1] - cpu0[1]
-    result.proplets_cpu_s = sum(cpu1[2:]) - sum(cpu0[2:])  # inprocess: the whole process
+    used = {p: cpu1[p] - cpu0[p] for p in pids}
+    result.manager_cpu_s = used[c.manager_pid]
+    result.client_cpu_s = used[os.getpid()]
+    result.proplets_cpu_s = sum(used[p] for p in c.proplets_pids)  # inprocess: the whole process
+    result.system_cpu_s = sum(used.values())
+    if c.broker_pid is not None:
+        result.broker_cpu_s = used[c.broker_pid]
     result.proplet_procs = len(c.proplets_pids)
     return result
 
@@ -974,7 +1008,8 @@ def celery_table(results: Iterable[E2EResult], celery: dict[int, list[Any]]) -> 
     """Celery + Redis beside propeller, per worker count (and round): tasks/s, CPU per task, the ratio."""
     head = (
         "workers  round  celery tasks/s  p50ms  p99ms   maxms  worker-cpu/task-ms  redis-cpu/task-ms"
-        "  client-cpu/task-ms  | propeller (broker) tasks/s  mgr-cpu/task-ms  ratio"
+        "  client-cpu/task-ms  all-cpu/task-ms  | propeller (broker) tasks/s  mgr-cpu/task-ms"
+        "  all-cpu/task-ms  ratio  cpu-ratio"
     )
     rows = [head, "-" * len(head)]
     for r in results:
@@ -984,11 +1019,16 @@ def celery_table(results: Iterable[E2EResult], celery: dict[int, list[Any]]) -> 
         per = 1000 / c.completed
         redis = f"{c.redis_cpu_s * per:.2f}" if c.redis_cpu_s is not None else "-"
         mgr = 1000 * r.manager_cpu_s / r.completed if r.completed else float("nan")
+        theirs = per * (c.worker_cpu_s + c.client_cpu_s + (c.redis_cpu_s or 0.0))  # ms per task
+        ours = 1000 * r.system_cpu_s / r.completed if r.completed else float("nan")
+        # how many times the CPU per task Celery + Redis spend: the ratio no other load on the machine skews
+        cpu_ratio = theirs / ours if ours else float("nan")
         rows.append(
             f"{c.workers:>7} {r.round + 1:>6} {c.tasks_per_s:>15.1f} {_ms(percentile(c.latencies_s, 50)):>6}"
             f" {_ms(percentile(c.latencies_s, 99)):>6} {_ms(max(c.latencies_s, default=float('nan'))):>7}"
-            f" {c.worker_cpu_s * per:>19.2f} {redis:>18} {c.client_cpu_s * per:>19.2f}"
-            f"  | {r.tasks_per_s:>13.1f} ({r.broker:<9}) {mgr:>16.2f} {r.tasks_per_s / c.tasks_per_s:>5.2f}x"
+            f" {c.worker_cpu_s * per:>19.2f} {redis:>18} {c.client_cpu_s * per:>19.2f} {theirs:>16.2f}"
+            f"  | {r.tasks_per_s:>13.1f} ({r.broker:<9}) {mgr:>16.2f} {ours:>16.2f}"
+            f" {r.tasks_per_s / c.tasks_per_s:>5.2f}x {cpu_ratio:>9.2f}x"
         )
     return "\n".join(rows)
 

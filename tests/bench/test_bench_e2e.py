@@ -147,6 +147,9 @@ def test_private_mosquitto_run_names_the_recommended_config_it_used(tmp_path: Pa
     assert "set_tcp_nodelay true" in said and "127.0.0.1:1883" not in said
     (row,) = json.loads((tmp_path / "e2e.json").read_text())["e2e"]
     assert row["completed"] == 5 and row["broker_config"] == said.removeprefix("broker: ")
+    # the private Mosquitto's own CPU is measured, and part of the run's total
+    assert row["broker_cpu_s"] is not None and 0 <= row["broker_cpu_s"] <= row["system_cpu_s"]
+    assert row["system_cpu_s"] >= row["manager_cpu_s"] + row["proplets_cpu_s"] + row["broker_cpu_s"]
 
 
 def test_describe_mosquitto_reads_the_config_of_the_broker_on_that_port(tmp_path: Path) -> None:
