@@ -251,6 +251,17 @@ def cpu_seconds(pid: int) -> float:
     return float(t.user + t.system)
 
 
+def cpu_seconds_of(pids: Iterable[int]) -> dict[int, float]:
+    """``cpu_seconds`` of each of ``pids`` that is still running (a process that is not: left out)."""
+    import psutil
+
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            out[pid] = cpu_seconds(pid)
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     import psutil
 
@@ -754,20 +765,20 @@ async def run_e2e(
                 topic = f"bench-rtt/{c.domain}/echo"
                 result.broker_rtt = await broker_roundtrip(c.broker_url, topic, rtt_messages)
             before = (await c.api.get("/metrics")).text
-            # every process of the run once (in-process: the manager, client and proplets are one)
+            # every process of the run once (in-process: the manager, client and proplets are one);
+            # Mosquitto's only when it is there at both ends (a broker restarted meanwhile: unknown)
             pids = [*dict.fromkeys((c.manager_pid, os.getpid(), *c.proplets_pids))]
-            if c.broker_pid is not None:
-                pids.append(c.broker_pid)
+            broker_pids = [] if c.broker_pid is None else [c.broker_pid]
             spies = []
             if py_spy:  # the manager, and the proplets' process(es) when they are separate ones
                 spies.append(_start_py_spy(c.manager_pid, py_spy))
                 for k, pid in enumerate(p for p in c.proplets_pids if p != c.manager_pid):
                     spies.append(_start_py_spy(pid, py_spy.replace("manager-", f"proplets{k}-")))
-            cpu0 = {p: cpu_seconds(p) for p in pids}
+            cpu0 = {p: cpu_seconds(p) for p in pids} | cpu_seconds_of(broker_pids)
             cpu1: dict[int, float] = {}
 
             def settled() -> None:
-                cpu1.update((p, cpu_seconds(p)) for p in pids)
+                cpu1.update({p: cpu_seconds(p) for p in pids} | cpu_seconds_of(broker_pids))
                 for spy in spies:
                     _stop_py_spy(spy)
 
@@ -780,13 +791,13 @@ async def run_e2e(
     h0, h1 = parse_histogram(before, name), parse_histogram(after, name)
     result.manager_p50_le_s = histogram_quantile(h0, h1, 0.5)
     result.manager_p99_le_s = histogram_quantile(h0, h1, 0.99)
-    used = {p: cpu1[p] - cpu0[p] for p in pids}
+    used = {p: cpu1[p] - cpu0[p] for p in cpu1 if p in cpu0}
     result.manager_cpu_s = used[c.manager_pid]
     result.client_cpu_s = used[os.getpid()]
     result.proplets_cpu_s = sum(used[p] for p in c.proplets_pids)  # inprocess: the whole process
     result.system_cpu_s = sum(used.values())
     if c.broker_pid is not None:
-        result.broker_cpu_s = used[c.broker_pid]
+        result.broker_cpu_s = used.get(c.broker_pid)
     result.proplet_procs = len(c.proplets_pids)
     return result
 

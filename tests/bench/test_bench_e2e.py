@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from orchestrator.bench import (
     E2EResult,
     RoundTrip,
     broker_roundtrip,
+    cpu_seconds_of,
     describe_mosquitto,
     e2e_table,
     histogram_quantile,
@@ -121,6 +123,14 @@ def test_py_spy_top_shares_are_inclusive_and_name_function_and_file(tmp_path: Pa
         "  50.0%  idle",
     ]
     assert lines[4] == "  37.5%  write (adapters/store.py:7)"
+
+
+def test_cpu_seconds_of_leaves_out_a_process_that_has_ended() -> None:
+    """A broker restarted during a run has no figure (the run's total leaves it out), not a crash."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    read = cpu_seconds_of([os.getpid(), ended.pid])
+    assert list(read) == [os.getpid()] and read[os.getpid()] > 0
 
 
 def test_proplets_are_spread_evenly_over_processes_with_contiguous_ids() -> None:
