@@ -323,6 +323,7 @@ async def cluster(
     domain, channel = f"bench-{uuid.uuid4().hex[:10]}", "c"  # Mosquitto is shared: a domain per run
     prefix = f"{domain}-p"
     async with contextlib.AsyncExitStack() as stack:
+        seen: MosquittoSeen | None = None  # the Mosquitto process serving the run
         if broker == "embedded":
             port = free_port() if layout == "split" else 0
             manager_broker, client_broker = f"embedded://127.0.0.1:{port}", f"mqtt://127.0.0.1:{port}"
@@ -335,10 +336,11 @@ async def cluster(
             await private.start()
             stack.push_async_callback(private.stop, signal.SIGTERM)
             manager_broker = client_broker = private.url
-            broker_config = describe_mosquitto(private.url)
         else:
             manager_broker = client_broker = MOSQUITTO_URL
-            broker_config = describe_mosquitto(MOSQUITTO_URL)
+        if broker == "mosquitto":  # one look-up: its configuration line and its CPU name one process
+            seen = _mosquitto_at(client_broker)
+            broker_config = _described(client_broker, seen)
         if layout == "split":
             api_port = free_port()
             manager = Child(
@@ -400,12 +402,14 @@ async def cluster(
             return sum(1 for p in page["proplets"] if p["alive"] and p["id"].startswith(prefix)) >= proplets
 
         await _until(all_alive, 30 + proplets * 0.5, f"{proplets} proplets to be alive", *guards)
-        seen = _mosquitto_at(client_broker) if broker == "mosquitto" else None
         yield Cluster(
             api, client_broker, domain, channel, manager_pid, proplets_pids, broker_config,
             seen[0] if seen else None,
         )  # fmt: skip
 
+
+# A running Mosquitto as _mosquitto_at finds it: pid, its config file, that file's lines split into words.
+MosquittoSeen = tuple[int, Path, list[list[str]]]
 
 # The Mosquitto settings that change these figures, with Mosquitto 2.0's defaults.
 MOSQUITTO_SETTINGS = {
@@ -415,7 +419,7 @@ MOSQUITTO_SETTINGS = {
 }
 
 
-def _mosquitto_at(url: str) -> tuple[int, Path, list[list[str]]] | None:
+def _mosquitto_at(url: str) -> MosquittoSeen | None:
     """(pid, config file, its lines split into words) of the Mosquitto listening at ``url``'s port,
     found by the ``listener`` lines of each running Mosquitto's ``-c`` file; None when not visible."""
     import psutil
@@ -438,7 +442,10 @@ def _mosquitto_at(url: str) -> tuple[int, Path, list[list[str]]] | None:
 def describe_mosquitto(url: str) -> str:
     """Which configuration the Mosquitto serving ``url`` runs with, as far as this machine shows it:
     the process listening there, its ``-c`` file and that file's ``MOSQUITTO_SETTINGS``."""
-    found = _mosquitto_at(url)
+    return _described(url, _mosquitto_at(url))
+
+
+def _described(url: str, found: MosquittoSeen | None) -> str:
     if found is None:
         return f"mosquitto at {url}: configuration not visible from here (set_tcp_nodelay unknown)"
     pid, conf, lines = found
