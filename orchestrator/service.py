@@ -288,7 +288,8 @@ class ManagerService:
         """We hold the lease: every write from now on is fenced by ``epoch``; restore, connect, serve."""
         assert self.store is not None and self.lease is not None
         started = self.now()
-        self.store.fence = self.lease.lease.fence(epoch)
+        # a write transaction may sit idle at most half a lease (see PgLease.fence)
+        self.store.fence = self.lease.lease.fence(epoch, self.lease.core.config.ttl / 2)
         await self.store.refresh_seq()
         await self._restore()
         restored = self.now()

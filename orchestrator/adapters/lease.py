@@ -67,7 +67,12 @@ _RELEASE = sa.text(
     "UPDATE leader_lease SET expires_at = 0 WHERE name = :name AND holder = :holder AND epoch = :epoch"
 )
 _CURRENT = sa.text(f"SELECT holder, epoch, expires_at - {_NOW} FROM leader_lease WHERE name = :name")
-_FENCE = sa.text("SELECT holder, epoch FROM leader_lease WHERE name = :name FOR SHARE")
+# The check also bounds how long this transaction may then sit idle holding the row FOR SHARE (see
+# ``PgLease.fence``): one round trip for both.
+_FENCE = sa.text(
+    "SELECT holder, epoch, set_config('idle_in_transaction_session_timeout', :idle_ms, true) "
+    "FROM leader_lease WHERE name = :name FOR SHARE"
+)
 
 
 class Fenced(StoreError):
@@ -127,11 +132,21 @@ class PgLease:
             row = (await conn.execute(_CURRENT, {"name": self.name})).first()
         return None if row is None else (str(row[0]), int(row[1]), float(row[2]))
 
-    def fence(self, epoch: int) -> Callable[[sa.Connection], None]:
-        """The check ``Store`` runs first in each write transaction while we lead with ``epoch``."""
+    def fence(self, epoch: int, idle_s: float) -> Callable[[sa.Connection], None]:
+        """The check ``Store`` runs first in each write transaction while we lead with ``epoch``.
+
+        The transaction then holds the lease row ``FOR SHARE`` until it ends, and an acquirer's
+        ``UPDATE`` waits for it. A leader frozen inside it (SIGSTOP, a paused VM) would hold that lock
+        for as long as its connection lives (hours: TCP keepalive), and no standby could ever take
+        over. So the check also tells the database to end the session if the transaction sits idle
+        for ``idle_s`` (``idle_in_transaction_session_timeout``, for this transaction only): the lock
+        goes, the frozen leader's commit fails when it wakes, and the takeover waits at most
+        ``idle_s`` past the lease's expiry.
+        """
+        idle_ms = str(max(1, round(idle_s * 1000)))
 
         def check(conn: sa.Connection) -> None:
-            row = conn.execute(_FENCE, {"name": self.name}).first()
+            row = conn.execute(_FENCE, {"name": self.name, "idle_ms": idle_ms}).first()
             if row is None or str(row[0]) != self.holder or int(row[1]) != epoch:
                 holder, current = (row[0], row[1]) if row is not None else ("nobody", 0)
                 raise Fenced(
@@ -216,15 +231,10 @@ class LeaseKeeper:
                     core.refused(self.now())
         except Exception as err:  # database away or slow: the core retries, and steps down in time
             core.failed(self.now())
-            log.warning(
-                json.dumps(
-                    {
-                        "event": "lease_statement_failed",
-                        "action": action.value,
-                        "error": f"{type(err).__name__}: {err}",
-                    }
-                )
-            )
+            why = f"{type(err).__name__}: {err}"
+            if isinstance(err, TimeoutError):  # it carries no text of its own
+                why = f"no answer from the database within {ttl / 2:g} s"
+            log.warning(json.dumps({"event": "lease_statement_failed", "action": action.value, "error": why}))
         if was is Role.STANDBY and core.role is Role.LEADER:
             log.info(
                 json.dumps({"event": "lease_acquired", "holder": self.lease.holder, "epoch": core.epoch})

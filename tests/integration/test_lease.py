@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from orchestrator.adapters.lease import Fenced, PgLease
 from orchestrator.adapters.store import Store, StoreError
@@ -29,7 +31,7 @@ async def test_one_holder_and_a_replaced_leader_cannot_write(pg_schema: PgSchema
         refused = await b.acquire(0.5)
         assert refused.epoch is None  # held, and the refusal says by whom and for how long
         assert refused.held[:2] == ("a", 1) and 0 < refused.held[2] <= 0.5
-        store_a.fence = a.fence(epoch_a)
+        store_a.fence = a.fence(epoch_a, 5.0)
         await store_a.save_task(Task(id="t", name="by a"))
         # A stops renewing (paused, partitioned): once the lease expires B gets it with a new epoch.
         deadline = time.monotonic() + 30
@@ -44,11 +46,42 @@ async def test_one_holder_and_a_replaced_leader_cannot_write(pg_schema: PgSchema
             await store_a.save_task(Task(id="t", name="late write by a"))
         assert not await a.renew(epoch_a, 0.5)
         assert [t.name for t in await store_b.load_tasks()] == ["by a"]
-        store_b.fence = b.fence(epoch_b)
+        store_b.fence = b.fence(epoch_b, 5.0)
         await store_b.save_task(Task(id="t", name="by b"))
         # A clean stop releases: the next acquire by anyone succeeds at once.
         await b.release(epoch_b)
         assert (await a.acquire(30)).epoch == 3
+
+
+async def test_a_leader_frozen_inside_a_write_does_not_hold_off_the_takeover(pg_schema: PgSchema) -> None:
+    """A leader paused (SIGSTOP, a frozen VM) after its write passed the fence holds the lease row
+    FOR SHARE, and an acquirer's UPDATE waits for that lock: the database ends such a transaction
+    once it sits idle past the fence's bound, so the standby takes over soon after the lease expires
+    (before, it waited for as long as the frozen leader's connection lived)."""
+    async with (
+        await Store.open(pg_schema.url, schema=pg_schema.name) as store_a,
+        await Store.open(pg_schema.url, schema=pg_schema.name) as store_b,
+    ):
+        a, b = PgLease(store_a, holder="a"), PgLease(store_b, holder="b")
+        await a.ensure()
+        epoch_a = (await a.acquire(0.5)).epoch
+        assert epoch_a == 1
+        frozen = await store_a.sa_engine.connect()
+        try:
+            await frozen.begin()
+            await frozen.run_sync(a.fence(epoch_a, 0.5))  # passed the check, then nothing more
+            deadline, epoch_b = time.monotonic() + 30, None
+            while epoch_b is None:
+                assert time.monotonic() < deadline, "b never took over from a leader frozen in a write"
+                with contextlib.suppress(TimeoutError):  # waiting on the frozen leader's lock
+                    epoch_b = (await asyncio.wait_for(b.acquire(0.5), 2)).epoch
+                await asyncio.sleep(0.05)
+            assert epoch_b == 2
+            with pytest.raises(sa.exc.DBAPIError, match="idle-in-transaction"):
+                await frozen.execute(sa.text("SELECT 1"))  # woken: its transaction was ended for it
+        finally:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                await frozen.close()
 
 
 async def test_the_lease_needs_postgresql(tmp_path: Path) -> None:
